@@ -1,0 +1,33 @@
+# Two commands for a fresh Debian 12 machine (as root):
+#   make iso    set up, build release binaries, build the ISO of profiles/default into out/
+#   make test   set up and run every test
+SWIFT ?= swift
+PROFILE ?= profiles/default
+OUT ?= out
+RELEASE_FLAGS = -c release --static-swift-stdlib
+RELEASE_BIN = $(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path 2>/dev/null)
+
+.PHONY: setup build release iso test unit e2e bench-build clean
+setup:
+	bash scripts/setup
+
+build: setup
+	$(SWIFT) build
+
+release: setup
+	$(SWIFT) build $(RELEASE_FLAGS)
+
+iso: release
+	$(RELEASE_BIN)/martlet build --profile $(PROFILE) --output $(OUT)
+
+# Unit and integration tests (root: loop devices, KVM, QEMU).
+unit: release
+	MARTLET_RELEASE_BIN=$(RELEASE_BIN) $(SWIFT) test
+
+test: unit
+
+bench-build: release
+	bash scripts/bench-build
+
+clean:
+	rm -rf .build $(OUT)

@@ -1,0 +1,63 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "Martlet",
+    products: [
+        .executable(name: "martlet", targets: ["martlet"]),
+        .executable(name: "martlet-installer", targets: ["martlet-installer"]),
+        .executable(name: "martlet-vmm", targets: ["martlet-vmm"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // C libraries from Debian, imported through pkg-config. Each has a shim.h with
+        // non-variadic wrappers for what Swift cannot call directly.
+        .systemLibrary(
+            name: "CParted", pkgConfig: "libparted", providers: [.apt(["libparted-dev"])]),
+        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        .systemLibrary(
+            name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(name: "CNewt", pkgConfig: "libnewt", providers: [.apt(["libnewt-dev"])]),
+        // ioctl request numbers and thin wrappers for linux/kvm.h.
+        .target(name: "CKVM"),
+
+        .target(
+            name: "MartletCore",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]),
+        .target(
+            name: "MartletBuilder",
+            dependencies: ["MartletCore", "CArchive"]),
+        .target(
+            name: "MartletInstaller",
+            dependencies: ["MartletCore", "CParted", "CBlkid", "CArchive", "CNewt"]),
+        // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
+        .target(name: "MartletVMM", dependencies: ["CKVM"]),
+
+        .executableTarget(
+            name: "martlet",
+            dependencies: [
+                "MartletCore", "MartletBuilder",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(
+            name: "martlet-installer",
+            dependencies: [
+                "MartletCore", "MartletInstaller",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(name: "martlet-vmm", dependencies: ["MartletVMM"]),
+
+        .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore"]),
+        .testTarget(name: "MartletBuilderTests", dependencies: ["MartletBuilder", "MartletCore"]),
+        .testTarget(
+            name: "MartletInstallerTests", dependencies: ["MartletInstaller", "MartletCore"]),
+        .testTarget(name: "MartletVMMTests", dependencies: ["MartletVMM"]),
+    ]
+)

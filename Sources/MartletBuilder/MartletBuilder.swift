@@ -1,0 +1,2 @@
+/// The ISO builder: profiles, build pipeline stages, cache and ISO assembly.
+public enum MartletBuilder {}

@@ -1,0 +1,234 @@
+import Foundation
+import Logging
+
+/// The outcome of a finished subprocess.
+public struct CommandResult: Sendable {
+    public var status: Int32
+    public var stdout: Data
+    public var stderr: String
+
+    public var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
+}
+
+/// A program to run with its arguments. Martlet drives mmdebstrap, xorriso, grub, mkfs and
+/// friends through this, so every failure names the command and carries its stderr.
+public struct Command: Sendable, CustomStringConvertible {
+    public var executable: String
+    public var arguments: [String]
+    /// Variables added to (or replacing) the inherited environment.
+    public var environment: [String: String]
+    public var workingDirectory: String?
+
+    public init(
+        _ executable: String, _ arguments: [String] = [], environment: [String: String] = [:],
+        workingDirectory: String? = nil
+    ) {
+        self.executable = executable
+        self.arguments = arguments
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+    }
+
+    public var description: String {
+        ([executable] + arguments).map { arg in
+            arg.contains(where: { $0 == " " || $0 == "'" || $0 == "\"" }) ? "'\(arg)'" : arg
+        }.joined(separator: " ")
+    }
+
+    /// Runs to completion and throws when the exit status is not zero.
+    @discardableResult
+    public func run(
+        input: Data? = nil, logger: Logger? = nil, hint: String? = nil
+    ) throws -> CommandResult {
+        let result = try runAllowingFailure(input: input, logger: logger)
+        guard result.status == 0 else {
+            throw MartletError(
+                .failed, "'\(self)' exited with status \(result.status)", hint: hint,
+                cause: Self.tail(result.stderr.isEmpty ? result.stdoutText : result.stderr))
+        }
+        return result
+    }
+
+    /// Runs to completion and returns whatever status it ended with.
+    public func runAllowingFailure(input: Data? = nil, logger: Logger? = nil) throws
+        -> CommandResult
+    {
+        let collector = OutputCollector()
+        let status = try execute(
+            input: input, logger: logger,
+            onStdout: { collector.append(stdout: $0) },
+            onStderr: { collector.append(stderr: $0) })
+        return CommandResult(
+            status: status, stdout: collector.stdout,
+            stderr: String(decoding: collector.stderr, as: UTF8.self))
+    }
+
+    /// Runs to completion, handing each line of output to `onLine` as it arrives (for
+    /// progress); throws with the last lines of stderr when the exit status is not zero.
+    public func stream(
+        logger: Logger? = nil, hint: String? = nil,
+        onLine: @escaping @Sendable (_ line: String, _ isStderr: Bool) -> Void
+    ) throws {
+        let stderrTail = OutputCollector()
+        let outSplitter = LineSplitter { onLine($0, false) }
+        let errSplitter = LineSplitter {
+            stderrTail.append(stderr: Data(($0 + "\n").utf8))
+            onLine($0, true)
+        }
+        let status = try execute(
+            input: nil, logger: logger, onStdout: outSplitter.feed, onStderr: errSplitter.feed)
+        outSplitter.finish()
+        errSplitter.finish()
+        guard status == 0 else {
+            throw MartletError(
+                .failed, "'\(self)' exited with status \(status)", hint: hint,
+                cause: Self.tail(String(decoding: stderrTail.stderr, as: UTF8.self)))
+        }
+    }
+
+    private func execute(
+        input: Data?, logger: Logger?,
+        onStdout: @escaping @Sendable (Data) -> Void,
+        onStderr: @escaping @Sendable (Data) -> Void
+    ) throws -> Int32 {
+        let process = Process()
+        let path = try Tool.resolve(executable)
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) {
+                $1
+            }
+        }
+        if let workingDirectory {
+            process.currentDirectoryURL = URL(fileURLWithPath: workingDirectory)
+        }
+        let outPipe = Pipe()
+        let errPipe = Pipe()
+        process.standardOutput = outPipe
+        process.standardError = errPipe
+        let inPipe = input.map { _ in Pipe() }
+        process.standardInput = inPipe ?? FileHandle.nullDevice
+        logger?.debug("run: \(self)")
+        do {
+            try process.run()
+        } catch {
+            throw MartletError(
+                .failed, "could not start '\(executable)'", cause: "\(error)")
+        }
+        // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
+        let group = DispatchGroup()
+        for (handle, sink) in [
+            (outPipe.fileHandleForReading, onStdout), (errPipe.fileHandleForReading, onStderr),
+        ] {
+            group.enter()
+            Thread.detachNewThread {
+                while true {
+                    let chunk = handle.availableData
+                    if chunk.isEmpty { break }
+                    sink(chunk)
+                }
+                group.leave()
+            }
+        }
+        if let input, let inPipe {
+            try? inPipe.fileHandleForWriting.write(contentsOf: input)
+            try? inPipe.fileHandleForWriting.close()
+        }
+        process.waitUntilExit()
+        group.wait()
+        return process.terminationReason == .uncaughtSignal
+            ? 128 + process.terminationStatus : process.terminationStatus
+    }
+
+    static func tail(_ text: String, lines: Int = 20) -> String {
+        text.split(separator: "\n", omittingEmptySubsequences: true).suffix(lines)
+            .joined(separator: "\n")
+    }
+}
+
+private final class OutputCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var stdout = Data()
+    private(set) var stderr = Data()
+    func append(stdout data: Data) { lock.withLock { stdout.append(data) } }
+    func append(stderr data: Data) { lock.withLock { stderr.append(data) } }
+}
+
+/// Splits a byte stream into lines; carriage returns (progress bars) also end a line.
+private final class LineSplitter: @unchecked Sendable {
+    private var buffer = Data()
+    private let emit: (String) -> Void
+    init(_ emit: @escaping (String) -> Void) { self.emit = emit }
+
+    func feed(_ data: Data) {
+        buffer.append(data)
+        while let index = buffer.firstIndex(where: { $0 == 0x0A || $0 == 0x0D }) {
+            let line = buffer[buffer.startIndex..<index]
+            buffer.removeSubrange(buffer.startIndex...index)
+            if !line.isEmpty { emit(String(decoding: line, as: UTF8.self)) }
+        }
+    }
+
+    func finish() {
+        if !buffer.isEmpty { emit(String(decoding: buffer, as: UTF8.self)) }
+        buffer.removeAll()
+    }
+}
+
+/// Finding the external tools Martlet drives, with the Debian package that provides each.
+public enum Tool {
+    /// Debian packages that provide the tools Martlet calls, for error messages.
+    public static let packages: [String: String] = [
+        "mmdebstrap": "mmdebstrap", "xorriso": "xorriso", "mksquashfs": "squashfs-tools",
+        "unsquashfs": "squashfs-tools", "grub-mkimage": "grub-common",
+        "grub-mkstandalone": "grub-common", "grub-install": "grub-pc-bin",
+        "mformat": "mtools", "mcopy": "mtools", "mmd": "mtools", "mkfs.vfat": "dosfstools",
+        "mkfs.ext4": "e2fsprogs", "mkfs.xfs": "xfsprogs", "qemu-system-x86_64": "qemu-system-x86",
+        "qemu-img": "qemu-utils", "sfdisk": "fdisk", "sgdisk": "gdisk", "losetup": "mount",
+        "lvm": "lvm2", "pvcreate": "lvm2", "vgcreate": "lvm2", "lvcreate": "lvm2",
+        "wipefs": "util-linux", "zstd": "zstd", "cpio": "cpio", "iasl": "acpica-tools",
+        "tmux": "tmux", "dpkg-query": "dpkg", "blkid": "util-linux", "udevadm": "udev",
+        "partprobe": "parted", "parted": "parted",
+    ]
+
+    /// The absolute path of `name` on PATH (or `name` itself when it is a path).
+    public static func resolve(_ name: String) throws -> String {
+        if name.contains("/") { return name }
+        if let found = find(name) { return found }
+        let package = packages[name] ?? name
+        throw MartletError(
+            .missingDependency, "required tool '\(name)' was not found on PATH",
+            hint: "install it with: apt-get install \(package)  (or run scripts/setup)")
+    }
+
+    /// The absolute path of `name` on PATH, or nil.
+    public static func find(_ name: String) -> String? {
+        let path =
+            ProcessInfo.processInfo.environment["PATH"]
+            ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        for directory in path.split(separator: ":") + ["/usr/sbin", "/sbin"] {
+            let candidate = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// Throws a `missingDependency` error naming the apt package of the first missing tool.
+    public static func require(_ names: [String]) throws {
+        for name in names { _ = try resolve(name) }
+    }
+}
+
+/// Privilege checks with messages that say what needs root and why.
+public enum Privilege {
+    public static var isRoot: Bool { geteuid() == 0 }
+
+    public static func requireRoot(for action: String) throws {
+        guard isRoot else {
+            throw MartletError(
+                .permissionDenied, "\(action) needs root",
+                hint: "run it again with sudo, or as root")
+        }
+    }
+}

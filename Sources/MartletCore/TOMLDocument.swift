@@ -1,0 +1,255 @@
+import Foundation
+import TOMLKit
+
+/// A parsed TOML file that remembers where it came from, so every error can name the
+/// file, the key and the line. Profiles, answer files and host configuration are all
+/// read through this: unknown keys are errors, never silently ignored.
+public struct TOMLDocument: Sendable {
+    public let path: String
+    public let source: String
+    nonisolated(unsafe) let root: TOMLTable
+
+    /// Reads and parses the file at `path`.
+    public init(path: String) throws {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw MartletError(
+                .notFound, "cannot read '\(path)': no such file or not readable",
+                hint: "check the path")
+        }
+        try self.init(path: path, contents: String(decoding: data, as: UTF8.self))
+    }
+
+    /// Parses `contents`; `path` is used in error messages.
+    public init(path: String, contents: String) throws {
+        self.path = path
+        self.source = contents
+        do {
+            self.root = try TOMLTable(string: contents)
+        } catch let error as TOMLParseError {
+            throw MartletError(
+                .invalidInput,
+                "\(path):\(error.source.begin.line):\(error.source.begin.column): "
+                    + "not valid TOML: \(error.description)",
+                hint: "fix the syntax at that line")
+        }
+    }
+
+    /// The top-level table.
+    public var rootSection: TOMLSection { TOMLSection(document: self, keyPath: [], table: root) }
+
+    /// `file:line:column` of a key (or table header) when it can be found in the source.
+    public func location(of keyPath: [String]) -> String {
+        guard let (line, column) = lineOf(keyPath) else { return path }
+        return "\(path):\(line):\(column)"
+    }
+
+    func lineOf(_ keyPath: [String]) -> (Int, Int)? {
+        guard let last = keyPath.last else { return nil }
+        let parent = keyPath.dropLast().joined(separator: ".")
+        let full = keyPath.joined(separator: ".")
+        var header = ""
+        for (index, rawLine) in source.split(separator: "\n", omittingEmptySubsequences: false)
+            .enumerated()
+        {
+            let line = rawLine.trimmingCharacters(in: .whitespaces)
+            let column = rawLine.count - rawLine.drop(while: { $0 == " " || $0 == "\t" }).count + 1
+            if line.hasPrefix("[") {
+                let name = line.trimmingCharacters(in: CharacterSet(charactersIn: "[] "))
+                    .split(separator: "#").first.map {
+                        $0.trimmingCharacters(in: CharacterSet(charactersIn: "[] "))
+                    } ?? ""
+                header = name.replacingOccurrences(of: "\"", with: "")
+                if header == full { return (index + 1, column) }
+                continue
+            }
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            let key = line[..<eq].trimmingCharacters(in: .whitespaces)
+                .replacingOccurrences(of: "\"", with: "")
+                .replacingOccurrences(of: " ", with: "")
+            let absolute = header.isEmpty ? key : "\(header).\(key)"
+            if absolute == full || (header == parent && key == last) {
+                return (index + 1, column)
+            }
+        }
+        return nil
+    }
+}
+
+/// One table of a `TOMLDocument`. Typed accessors record which keys were read;
+/// `finish()` turns every key nobody asked for into an error.
+public final class TOMLSection: @unchecked Sendable {
+    public let document: TOMLDocument
+    public let keyPath: [String]
+    let table: TOMLTable
+    private var consumed: Set<String> = []
+
+    init(document: TOMLDocument, keyPath: [String], table: TOMLTable) {
+        self.document = document
+        self.keyPath = keyPath
+        self.table = table
+    }
+
+    /// The dotted name of `key` in this section, e.g. `iso.label`.
+    public func name(_ key: String) -> String { (keyPath + [key]).joined(separator: ".") }
+
+    /// An error about `key` that names the file, line and key.
+    public func error(
+        _ key: String?, _ message: String, hint: String? = nil
+    ) -> MartletError {
+        let path = key.map { keyPath + [$0] } ?? keyPath
+        let location = path.isEmpty ? document.path : document.location(of: path)
+        let subject = path.isEmpty ? "" : "key '\(path.joined(separator: "."))': "
+        return MartletError(.invalidInput, "\(location): \(subject)\(message)", hint: hint)
+    }
+
+    public func contains(_ key: String) -> Bool { table.contains(key: key) }
+
+    private func value(_ key: String) -> TOMLValueConvertible? {
+        consumed.insert(key)
+        return table[key]
+    }
+
+    private func typeError(_ key: String, expected: String, found: TOMLValueConvertible)
+        -> MartletError
+    {
+        error(key, "expected \(expected), found \(Self.describe(found.type))")
+    }
+
+    static func describe(_ type: TOMLType) -> String {
+        switch type {
+        case .table: "a table"
+        case .array: "an array"
+        case .string: "a string"
+        case .int: "an integer"
+        case .double: "a float"
+        case .bool: "a boolean"
+        case .date, .time, .dateTime: "a date/time"
+        }
+    }
+
+    public func string(_ key: String) throws -> String? {
+        guard let raw = value(key) else { return nil }
+        guard let string = raw.string else { throw typeError(key, expected: "a string", found: raw) }
+        return string
+    }
+
+    public func int(_ key: String) throws -> Int? {
+        guard let raw = value(key) else { return nil }
+        guard raw.type == .int, let int = raw.int else {
+            throw typeError(key, expected: "an integer", found: raw)
+        }
+        return int
+    }
+
+    public func bool(_ key: String) throws -> Bool? {
+        guard let raw = value(key) else { return nil }
+        guard raw.type == .bool, let bool = raw.bool else {
+            throw typeError(key, expected: "true or false", found: raw)
+        }
+        return bool
+    }
+
+    public func strings(_ key: String) throws -> [String]? {
+        guard let raw = value(key) else { return nil }
+        guard let array = raw.array else {
+            throw typeError(key, expected: "an array of strings", found: raw)
+        }
+        return try array.enumerated().map { index, element in
+            guard let string = element.string else {
+                throw error(
+                    key, "element \(index + 1) should be a string, found "
+                        + Self.describe(element.type))
+            }
+            return string
+        }
+    }
+
+    /// A size written as a string with a unit (`"12GiB"`, `"512M"`) or an integer of bytes.
+    public func size(_ key: String) throws -> ByteSize? {
+        guard let raw = value(key) else { return nil }
+        if raw.type == .int, let int = raw.int, int >= 0 { return ByteSize(UInt64(int)) }
+        guard let text = raw.string else {
+            throw typeError(key, expected: "a size such as \"12GiB\"", found: raw)
+        }
+        guard let size = ByteSize(parsing: text) else {
+            throw error(
+                key, "'\(text)' is not a size", hint: "write a number with a unit, e.g. \"12GiB\"")
+        }
+        return size
+    }
+
+    /// A string that must be one of `allowed`.
+    public func choice(_ key: String, _ allowed: [String]) throws -> String? {
+        guard let text = try string(key) else { return nil }
+        guard allowed.contains(text) else {
+            throw error(
+                key, "'\(text)' is not one of \(allowed.map { "\"\($0)\"" }.joined(separator: ", "))")
+        }
+        return text
+    }
+
+    /// A sub-table, e.g. `[iso]`.
+    public func section(_ key: String) throws -> TOMLSection? {
+        guard let raw = value(key) else { return nil }
+        guard let table = raw.table else { throw typeError(key, expected: "a table", found: raw) }
+        return TOMLSection(document: document, keyPath: keyPath + [key], table: table)
+    }
+
+    /// An array of tables, e.g. `[[overlay]]`.
+    public func sections(_ key: String) throws -> [TOMLSection]? {
+        guard let raw = value(key) else { return nil }
+        guard let array = raw.array else {
+            throw typeError(key, expected: "an array of tables", found: raw)
+        }
+        return try array.enumerated().map { index, element in
+            guard let table = element.table else {
+                throw error(key, "element \(index + 1) should be a table")
+            }
+            return TOMLSection(
+                document: document, keyPath: keyPath + ["\(key)[\(index)]"], table: table)
+        }
+    }
+
+    /// Unwraps a required value or throws "missing key".
+    public func required<T>(_ value: T?, _ key: String, hint: String? = nil) throws -> T {
+        guard let value else {
+            let section = keyPath.isEmpty ? "the top level" : "[\(keyPath.joined(separator: "."))]"
+            throw MartletError(
+                .invalidInput,
+                "\(document.path): missing required key '\(name(key))' in \(section)",
+                hint: hint)
+        }
+        return value
+    }
+
+    /// Keys present in the file that were never read: typos, or keys from another version.
+    public func finish() throws {
+        let unknown = table.keys.filter { !consumed.contains($0) }.sorted()
+        guard let first = unknown.first else { return }
+        let known = consumed.sorted()
+        let suggestion = known.min(by: { Self.distance($0, first) < Self.distance($1, first) })
+            .flatMap { Self.distance($0, first) <= 3 ? "did you mean '\(name($0))'? " : nil }
+            ?? ""
+        throw error(
+            first,
+            unknown.count == 1
+                ? "unknown key" : "unknown keys \(unknown.map { "'\(name($0))'" }.joined(separator: ", "))",
+            hint: "\(suggestion)known keys here: \(known.joined(separator: ", "))")
+    }
+
+    static func distance(_ a: String, _ b: String) -> Int {
+        let a = Array(a)
+        let b = Array(b)
+        var row = Array(0...b.count)
+        for i in 1...max(a.count, 1) where !a.isEmpty {
+            var previous = row[0]
+            row[0] = i
+            for j in stride(from: 1, through: b.count, by: 1) {
+                let old = row[j]
+                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                previous = old
+            }
+        }
+        return row[b.count]
+    }
+}

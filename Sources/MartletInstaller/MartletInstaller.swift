@@ -1,0 +1,2 @@
+/// The installer engine: disk discovery, install plans and their execution.
+public enum MartletInstaller {}

@@ -1,0 +1,2 @@
+/// The KVM virtual machine monitor behind `martlet-vmm`.
+public enum MartletVMM {}
