@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MartletBuilder
+import MartletCore
+
+struct BuildCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Build the hybrid ISO (BIOS+UEFI, CD and USB) of a profile.",
+        discussion: """
+            Stages: rootfs (mmdebstrap, cached) → overlays → binaries → trim → squashfs → \
+            initramfs → grub → iso → checksums. Needs root. The ISO, SHA256SUMS and a \
+            manifest are written into the output folder only when every stage succeeded.
+            """)
+
+    @Option(name: .shortAndLong, help: "Profile name (folder under profiles/) or path.")
+    var profile: String = "default"
+
+    @Option(name: .shortAndLong, help: "Output folder.")
+    var output: String = "out"
+
+    @Option(help: "Folder with release builds of the Martlet binaries (default: next to martlet).")
+    var binaries: String?
+
+    @Option(help: "Cache folder for root filesystems.")
+    var cacheDir: String = "/var/cache/martlet"
+
+    @Flag(help: "Build the root filesystem afresh instead of using the cache.")
+    var noCache = false
+
+    @Option(help: "Timestamp for reproducible output (default: $SOURCE_DATE_EPOCH, else the profile's mtime).")
+    var sourceDateEpoch: Int?
+
+    @Flag(help: "Print progress and the result as JSON lines on stdout.")
+    var json = false
+
+    @Flag(name: .shortAndLong, help: "Log every command run.")
+    var verbose = false
+
+    func run() throws {
+        MartletLogging.bootstrap(level: verbose ? .debug : .info)
+        let logger = Logger(label: "martlet.build")
+        do {
+            let profile = try Profile.load(self.profile)
+            let binaries =
+                binaries
+                ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+                .deletingLastPathComponent().path
+            let epoch =
+                sourceDateEpoch
+                ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int($0) }
+                ?? Int(
+                    ((try? FileManager.default.attributesOfItem(atPath: profile.path)[.modificationDate])
+                        as? Date)?.timeIntervalSince1970 ?? 0)
+            let options = BuildOptions(
+                profile: profile, outputDirectory: output, binariesDirectory: binaries,
+                useCache: !noCache, cacheDirectory: cacheDir, sourceDateEpoch: epoch,
+                progress: json ? JSONLinesProgress() : TextProgress())
+            let result = try BuildPipeline(options).run(logger: logger)
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(decoding: try encoder.encode(result), as: UTF8.self))
+            } else {
+                print("\(result.iso)  \(ByteSize(result.isoSize))  sha256 \(result.isoSHA256)")
+            }
+        } catch let error as MartletError {
+            FileHandle.standardError.write(Data("martlet build: \(error.description)\n".utf8))
+            throw ExitCode(error.code.exitStatus)
+        }
+    }
+}

@@ -1,0 +1,10 @@
+import ArgumentParser
+import MartletCore
+
+@main
+struct Martlet: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "martlet",
+        abstract: "Build, check, try and flash Martlet hypervisor host ISOs.",
+        subcommands: [BuildCommand.self])
+}
