@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import MartletCore
 
@@ -8,6 +9,8 @@ public struct BuildOptions: Sendable {
     public var outputDirectory: String
     /// Folder holding release builds of `martlet`, `martlet-installer` and `martlet-vmm`.
     public var binariesDirectory: String
+    /// Boot assets: GRUB templates and the initramfs `init` (the repository's `iso/`).
+    public var assetsDirectory: String
     /// Reuse (and fill) the rootfs cache.
     public var useCache: Bool
     public var cacheDirectory: String
@@ -17,16 +20,37 @@ public struct BuildOptions: Sendable {
 
     public init(
         profile: Profile, outputDirectory: String, binariesDirectory: String,
-        useCache: Bool = true, cacheDirectory: String = "/var/cache/martlet",
+        assetsDirectory: String, useCache: Bool = true, cacheDirectory: String = "/var/cache/martlet",
         sourceDateEpoch: Int, progress: any ProgressSink = SilentProgress()
     ) {
         self.profile = profile
         self.outputDirectory = outputDirectory
         self.binariesDirectory = binariesDirectory
+        self.assetsDirectory = assetsDirectory
         self.useCache = useCache
         self.cacheDirectory = cacheDirectory
         self.sourceDateEpoch = sourceDateEpoch
         self.progress = progress
+    }
+}
+
+extension BuildOptions {
+    /// The `iso/` assets folder of the checkout a profile lives in: the first ancestor of
+    /// `directory` (or of the working directory) that has `iso/grub.cfg`.
+    public static func findAssets(near directory: String) throws -> String {
+        for start in [directory, FileManager.default.currentDirectoryPath] {
+            var url = URL(fileURLWithPath: start).standardizedFileURL
+            while url.path != "/" {
+                let candidate = url.appendingPathComponent("iso")
+                if FileManager.default.fileExists(atPath: candidate.path + "/grub.cfg") {
+                    return candidate.path
+                }
+                url.deleteLastPathComponent()
+            }
+        }
+        throw MartletError(
+            .notFound, "boot assets (iso/grub.cfg) not found above '\(directory)'",
+            hint: "run from the Martlet checkout or pass --assets DIR")
     }
 }
 
@@ -37,14 +61,117 @@ public struct BuildResult: Sendable, Codable {
     public var manifest: String
     public var isoSize: UInt64
     public var isoSHA256: String
+    /// Seconds each stage took, in pipeline order.
+    public var stageSeconds: [String: Double]
 }
 
-/// The build: rootfs → overlays → binaries → trim → squashfs → initramfs → GRUB → ISO.
+/// One step of the build. Stages share a `BuildContext` and run in a fixed order; each is
+/// timed and reported, and the first failure stops the build with the stage's name.
+protocol BuildStage {
+    var name: String { get }
+    func run(_ context: BuildContext, _ reporter: StageReporter) throws
+}
+
+/// The folders and facts every stage works with. All of it lives under one work folder
+/// that is removed when the build ends, whatever the outcome.
+final class BuildContext: @unchecked Sendable {
+    let options: BuildOptions
+    let logger: Logger
+    let work: String
+    /// The host root filesystem: what the installer copies onto a server.
+    var rootfs: String { work + "/rootfs" }
+    /// The live-only layer stacked above the host root at boot.
+    var liveLayer: String { work + "/live" }
+    /// The tree that becomes the ISO 9660 filesystem.
+    var isoTree: String { work + "/iso" }
+    var initramfsTree: String { work + "/initramfs" }
+    /// Files that go on the ISO's EFI system partition and the BIOS El Torito image.
+    var bootImages: String { work + "/boot-images" }
+
+    /// Filled by the stages, read by the manifest.
+    var kernelVersion = ""
+    var rootfsDigest = ""
+    var binaryHashes: [String: String] = [:]
+    var sizes: [String: UInt64] = [:]
+    var stageSeconds: [String: Double] = [:]
+
+    var profile: Profile { options.profile }
+    var assets: String { options.assetsDirectory }
+    var epoch: Int { options.sourceDateEpoch }
+
+    init(options: BuildOptions, logger: Logger) throws {
+        self.options = options
+        self.logger = logger
+        let base = options.cacheDirectory + "/work"
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        self.work = base + "/\(options.profile.name)-\(getpid())"
+        try? FileManager.default.removeItem(atPath: work)
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+    }
+
+    /// Runs `command`, logging it; failures carry the command and its stderr.
+    @discardableResult
+    func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:])
+        throws -> CommandResult
+    {
+        try Command(executable, arguments, environment: environment).run(logger: logger)
+    }
+
+    deinit {
+        // Removing a tree with device nodes and root-owned files needs nothing special as
+        // root; a leftover work folder would only waste disk.
+        try? FileManager.default.removeItem(atPath: work)
+    }
+}
+
+/// The build: rootfs → overlays → binaries → trim → squashfs → initramfs → grub → ISO.
 public struct BuildPipeline: Sendable {
     public let options: BuildOptions
     public init(_ options: BuildOptions) { self.options = options }
 
+    /// The tools every build needs, checked before anything starts.
+    static let requiredTools = [
+        "mmdebstrap", "mksquashfs", "xorriso", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy",
+        "sha256sum", "dpkg-query", "depmod", "tar",
+    ]
+
     public func run(logger: Logger) throws -> BuildResult {
-        throw MartletError(.unavailable, "the build pipeline is not available yet")
+        try Privilege.requireRoot(for: "building an ISO (mmdebstrap, device nodes, file owners)")
+        try Tool.require(Self.requiredTools)
+        try checkBinaries()
+        let context = try BuildContext(options: options, logger: logger)
+        let stages: [any BuildStage] = [
+            RootfsStage(), OverlayStage(), BinariesStage(), TrimStage(), SquashfsStage(),
+            InitramfsStage(), BootloaderStage(), ISOStage(),
+        ]
+        for (index, stage) in stages.enumerated() {
+            let reporter = StageReporter(
+                sink: options.progress, stage: stage.name, index: index + 1, count: stages.count)
+            reporter.begin()
+            do {
+                try stage.run(context, reporter)
+            } catch var error as MartletError {
+                error.message = "stage '\(stage.name)' failed: \(error.message)"
+                throw error
+            }
+            context.stageSeconds[stage.name] = reporter.elapsed
+            reporter.end()
+        }
+        return try ISOStage.publish(context)
+    }
+
+    /// The binaries must exist and be built with the Swift runtime inside them: the host
+    /// image has no Swift runtime libraries.
+    func checkBinaries() throws {
+        for name in BinariesStage.names {
+            let path = options.binariesDirectory + "/" + name
+            guard FileManager.default.isExecutableFile(atPath: path) else {
+                throw MartletError(
+                    .notFound, "Martlet binary '\(path)' not found",
+                    hint:
+                        "build them with: swift build -c release --static-swift-stdlib, "
+                        + "or pass --binaries DIR")
+            }
+        }
     }
 }

@@ -23,6 +23,9 @@ struct BuildCommand: ParsableCommand {
     @Option(help: "Folder with release builds of the Martlet binaries (default: next to martlet).")
     var binaries: String?
 
+    @Option(help: "Boot assets folder (GRUB templates, initramfs init; default: the iso/ folder above the profile).")
+    var assets: String?
+
     @Option(help: "Cache folder for root filesystems.")
     var cacheDir: String = "/var/cache/martlet"
 
@@ -55,6 +58,7 @@ struct BuildCommand: ParsableCommand {
                         as? Date)?.timeIntervalSince1970 ?? 0)
             let options = BuildOptions(
                 profile: profile, outputDirectory: output, binariesDirectory: binaries,
+                assetsDirectory: try assets ?? BuildOptions.findAssets(near: profile.directory),
                 useCache: !noCache, cacheDirectory: cacheDir, sourceDateEpoch: epoch,
                 progress: json ? JSONLinesProgress() : TextProgress())
             let result = try BuildPipeline(options).run(logger: logger)

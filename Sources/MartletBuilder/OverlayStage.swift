@@ -1,0 +1,141 @@
+import Foundation
+import MartletCore
+
+/// Copies the profile's overlays, in order, onto the host root filesystem, and the live
+/// overlays into the separate live layer. Modes and symlinks are kept; everything becomes
+/// root-owned (a git checkout's owner means nothing on the target); `[[file]]` entries then
+/// set owners and modes explicitly.
+struct OverlayStage: BuildStage {
+    let name = "overlays"
+
+    func run(_ context: BuildContext, _ reporter: StageReporter) throws {
+        let profile = context.profile
+        try FileManager.default.createDirectory(
+            atPath: context.liveLayer, withIntermediateDirectories: true)
+        for overlay in profile.overlays {
+            reporter.note("host overlay \(overlay.source)")
+            try Self.copyTree(overlay.path, into: context.rootfs, context: context)
+        }
+        for overlay in profile.liveOverlays {
+            reporter.note("live overlay \(overlay.source)")
+            try Self.copyTree(overlay.path, into: context.liveLayer, context: context)
+        }
+        try writeRelease(context)
+        for entry in profile.fileModes {
+            let target = context.rootfs + entry.path
+            guard FileManager.default.fileExists(atPath: target) else {
+                throw MartletError(
+                    .invalidInput,
+                    "\(profile.path): [[file]] path '\(entry.path)' does not exist in the root filesystem",
+                    hint: "add it through an overlay or a package, or remove the [[file]] entry")
+            }
+            if let mode = entry.mode, chmod(target, mode_t(mode)) != 0 {
+                throw MartletError.system("chmod", path: target)
+            }
+            if entry.owner != nil || entry.group != nil {
+                let owner = entry.owner.map { uid_t($0) } ?? uid_t.max
+                let group = entry.group.map { gid_t($0) } ?? gid_t.max
+                if lchown(target, owner, group) != 0 {
+                    throw MartletError.system("lchown", path: target)
+                }
+            }
+        }
+    }
+
+    /// `/etc/martlet/release` tells an installed host (and the live system) what it is.
+    private func writeRelease(_ context: BuildContext) throws {
+        let profile = context.profile
+        let text = """
+            NAME=Martlet
+            VERSION=\(profile.version)
+            PROFILE=\(profile.name)
+            BUILD_EPOCH=\(context.epoch)
+
+            """
+        for root in [context.rootfs] {
+            try FileManager.default.createDirectory(
+                atPath: root + "/etc/martlet", withIntermediateDirectories: true)
+            try text.write(toFile: root + "/etc/martlet/release", atomically: false, encoding: .utf8)
+        }
+    }
+
+    /// `cp -R` keeps symlinks as symlinks and modes with `--preserve=mode`; running as root
+    /// makes every copy root-owned.
+    static func copyTree(_ source: String, into destination: String, context: BuildContext) throws {
+        try context.run(
+            "cp", ["-R", "--preserve=mode,links", "--no-preserve=ownership", source + "/.", destination])
+    }
+}
+
+/// Installs the release builds of Martlet's executables into `/usr/bin` and records their
+/// hashes for the manifest.
+struct BinariesStage: BuildStage {
+    let name = "binaries"
+    static let names = ["martlet", "martlet-installer", "martlet-vmm"]
+
+    func run(_ context: BuildContext, _ reporter: StageReporter) throws {
+        for binary in Self.names {
+            let source = context.options.binariesDirectory + "/" + binary
+            let dynamic = try context.run("readelf", ["-d", source]).stdoutText
+            if dynamic.contains("libswiftCore.so") {
+                throw MartletError(
+                    .invalidInput,
+                    "'\(source)' links the Swift runtime dynamically; the host image has no Swift runtime",
+                    hint: "build with: swift build -c release --static-swift-stdlib")
+            }
+            let target = context.rootfs + "/usr/bin/" + binary
+            try? FileManager.default.removeItem(atPath: target)
+            try FileManager.default.copyItem(atPath: source, toPath: target)
+            chmod(target, 0o755)
+            context.binaryHashes[binary] = try Digest.sha256(file: target)
+            context.sizes["binary-\(binary)"] = fileSize(target)
+        }
+    }
+}
+
+/// Removes what a hypervisor host does not need, as the profile declares, plus state that
+/// must never be shared between machines (machine-id, SSH host keys).
+struct TrimStage: BuildStage {
+    let name = "trim"
+
+    func run(_ context: BuildContext, _ reporter: StageReporter) throws {
+        let root = context.rootfs
+        var removed = 0
+        for pattern in context.profile.trim.paths {
+            for match in Self.glob(root + pattern) where match.hasPrefix(root + "/") {
+                try FileManager.default.removeItem(atPath: match)
+                removed += 1
+            }
+        }
+        let modules = root + "/lib/modules/\(context.kernelVersion)/kernel/"
+        for tree in context.profile.trim.kernelModules {
+            let path = modules + tree
+            if FileManager.default.fileExists(atPath: path) {
+                try FileManager.default.removeItem(atPath: path)
+                removed += 1
+            } else {
+                reporter.note("kernel module tree '\(tree)' not present, nothing to trim")
+            }
+        }
+        // Module dependency files must describe what is left, or modprobe fails later.
+        try context.run("depmod", ["-b", root, context.kernelVersion])
+
+        // Per-machine identity: systemd creates the machine-id on first boot of an empty
+        // file; SSH host keys are generated on first boot by martlet-ssh-hostkeys.service.
+        try "".write(toFile: root + "/etc/machine-id", atomically: false, encoding: .utf8)
+        try? FileManager.default.removeItem(atPath: root + "/var/lib/dbus/machine-id")
+        for key in Self.glob(root + "/etc/ssh/ssh_host_*") {
+            try FileManager.default.removeItem(atPath: key)
+        }
+        reporter.note("removed \(removed) paths")
+    }
+
+    static func glob(_ pattern: String) -> [String] {
+        var result = glob_t()
+        defer { globfree(&result) }
+        guard Glibc.glob(pattern, 0, nil, &result) == 0 else { return [] }
+        return (0..<Int(result.gl_pathc)).compactMap { index in
+            result.gl_pathv[index].map { String(cString: $0) }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+import Foundation
+import MartletCore
+
+/// Debian root filesystem from mmdebstrap, cached as a tarball keyed by a digest of
+/// everything that decides its contents (suite, mirror, components, architecture,
+/// variant, packages). A cache entry appears only once complete (written under a
+/// temporary name, then renamed), so an interrupted build never leaves a bad entry.
+struct RootfsStage: BuildStage {
+    let name = "rootfs"
+
+    /// Bumped when the way the rootfs is made changes, so old cache entries are not reused.
+    static let cacheFormat = "1"
+
+    static func cacheKey(_ profile: Profile) throws -> String {
+        let debian = profile.debian
+        let text = [
+            "format=\(cacheFormat)", "suite=\(debian.suite)", "mirror=\(debian.mirror)",
+            "components=\(debian.components.joined(separator: ","))",
+            "architecture=\(debian.architecture)", "variant=\(debian.variant)",
+            "kernel=\(profile.kernel.package)",
+            "packages=\(Set(debian.packages).sorted().joined(separator: ","))",
+        ].joined(separator: "\n")
+        return try Digest.sha256(text: text)
+    }
+
+    func run(_ context: BuildContext, _ reporter: StageReporter) throws {
+        let profile = context.profile
+        let key = try Self.cacheKey(profile)
+        context.rootfsDigest = key
+        let cacheDir = context.options.cacheDirectory + "/rootfs"
+        try FileManager.default.createDirectory(atPath: cacheDir, withIntermediateDirectories: true)
+        let tarball = "\(cacheDir)/\(profile.debian.suite)-\(key.prefix(16)).tar"
+
+        if context.options.useCache, FileManager.default.fileExists(atPath: tarball) {
+            reporter.note("using cached root filesystem \(tarball)")
+        } else {
+            try bootstrap(profile, into: tarball, context: context, reporter: reporter)
+        }
+
+        reporter.note("unpacking")
+        try FileManager.default.createDirectory(
+            atPath: context.rootfs, withIntermediateDirectories: true)
+        try context.run(
+            "tar", [
+                "-C", context.rootfs, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                "-xpf", tarball,
+            ])
+        let modules = (try? FileManager.default.contentsOfDirectory(
+            atPath: context.rootfs + "/lib/modules")) ?? []
+        guard let version = modules.sorted().last else {
+            throw MartletError(
+                .failed, "the root filesystem has no kernel in /lib/modules",
+                hint: "check [kernel] package in \(profile.path)")
+        }
+        context.kernelVersion = version
+        context.sizes["rootfs-tarball"] = fileSize(tarball)
+    }
+
+    private func bootstrap(
+        _ profile: Profile, into tarball: String, context: BuildContext, reporter: StageReporter
+    ) throws {
+        let debian = profile.debian
+        let temporary = tarball + ".partial-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: temporary) }
+        let packages = ([profile.kernel.package] + debian.packages).joined(separator: ",")
+        let arguments = [
+            "--variant=\(debian.variant)", "--architectures=\(debian.architecture)",
+            "--components=\(debian.components.joined(separator: ","))",
+            "--include=\(packages)",
+            // The host image never needs recommends; they only add size.
+            "--aptopt=APT::Install-Recommends \"false\"",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+            debian.suite, temporary, debian.mirror,
+        ]
+        reporter.note("mmdebstrap \(debian.suite) from \(debian.mirror) (\(debian.packages.count + 1) packages)")
+        let stderrLines = LineLog()
+        do {
+            try Command(
+                "mmdebstrap", arguments,
+                environment: ["SOURCE_DATE_EPOCH": String(context.epoch)]
+            ).stream(logger: context.logger) { line, _ in
+                stderrLines.append(line)
+                if line.hasPrefix("I: ") { reporter.update(message: String(line.dropFirst(3))) }
+            }
+        } catch var error as MartletError {
+            // Surface apt's own words for the most common mistake: a package that does not exist.
+            if let missing = stderrLines.lines.first(where: { $0.contains("Unable to locate package") }) {
+                let package = missing.components(separatedBy: "Unable to locate package ").last ?? ""
+                error = MartletError(
+                    .invalidInput,
+                    "\(profile.path): key 'debian.packages': package '\(package)' does not exist in \(debian.suite) (\(debian.mirror))",
+                    hint: "fix the package name, or the suite/components in [debian]",
+                    cause: missing)
+            }
+            throw error
+        }
+        try FileManager.default.moveItem(atPath: temporary, toPath: tarball)
+    }
+}
+
+/// Lines gathered from a streaming subprocess, readable after it ends.
+final class LineLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var storage: [String] = []
+    func append(_ line: String) { lock.withLock { storage.append(line) } }
+    var lines: [String] { lock.withLock { storage } }
+}
+
+func fileSize(_ path: String) -> UInt64 {
+    ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.uint64Value
+        ?? 0
+}
