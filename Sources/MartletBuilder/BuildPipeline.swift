@@ -132,7 +132,7 @@ public struct BuildPipeline: Sendable {
     /// The tools every build needs, checked before anything starts.
     static let requiredTools = [
         "mmdebstrap", "mksquashfs", "xorriso", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy",
-        "sha256sum", "dpkg-query", "depmod", "tar",
+        "sha256sum", "dpkg-query", "depmod", "tar", "strip", "readelf",
     ]
 
     public func run(logger: Logger) throws -> BuildResult {

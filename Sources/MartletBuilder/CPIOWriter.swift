@@ -42,11 +42,13 @@ enum CPIOWriter {
             case S_IFDIR:
                 archive_entry_set_filetype(entry, 0o040000)
                 archive_entry_set_nlink(entry, 2)
+                archive_entry_set_size(entry, 0)
             case S_IFLNK:
                 archive_entry_set_filetype(entry, 0o120000)
-                archive_entry_set_symlink(
-                    entry, try FileManager.default.destinationOfSymbolicLink(atPath: full))
+                let target = try FileManager.default.destinationOfSymbolicLink(atPath: full)
+                archive_entry_set_symlink(entry, target)
                 archive_entry_set_nlink(entry, 1)
+                archive_entry_set_size(entry, Int64(target.utf8.count))
             case S_IFREG:
                 archive_entry_set_filetype(entry, 0o100000)
                 archive_entry_set_nlink(entry, 1)

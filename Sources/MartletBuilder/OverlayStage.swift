@@ -86,6 +86,8 @@ struct BinariesStage: BuildStage {
             let target = context.rootfs + "/usr/bin/" + binary
             try? FileManager.default.removeItem(atPath: target)
             try FileManager.default.copyItem(atPath: source, toPath: target)
+            // Symbols are a third of a static Swift binary; the ISO has better uses for it.
+            try context.run("strip", ["--strip-unneeded", target])
             chmod(target, 0o755)
             context.binaryHashes[binary] = try Digest.sha256(file: target)
             context.sizes["binary-\(binary)"] = fileSize(target)

@@ -9,7 +9,7 @@ struct RootfsStage: BuildStage {
     let name = "rootfs"
 
     /// Bumped when the way the rootfs is made changes, so old cache entries are not reused.
-    static let cacheFormat = "1"
+    static let cacheFormat = "2"
 
     static func cacheKey(_ profile: Profile) throws -> String {
         let debian = profile.debian
@@ -64,12 +64,15 @@ struct RootfsStage: BuildStage {
         defer { try? FileManager.default.removeItem(atPath: temporary) }
         let packages = ([profile.kernel.package] + debian.packages).joined(separator: ",")
         let arguments = [
-            "--variant=\(debian.variant)", "--architectures=\(debian.architecture)",
+            "--format=tar", "--variant=\(debian.variant)", "--architectures=\(debian.architecture)",
             "--components=\(debian.components.joined(separator: ","))",
             "--include=\(packages)",
             // The host image never needs recommends; they only add size.
             "--aptopt=APT::Install-Recommends \"false\"",
             "--dpkgopt=path-exclude=/usr/share/doc/*",
+            // Merged /usr the way debootstrap makes it (usr-is-merged), instead of the
+            // usrmerge package, which would drag full perl into the host image.
+            "--hook-dir=/usr/share/mmdebstrap/hooks/maybe-merged-usr",
             "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             debian.suite, temporary, debian.mirror,
         ]

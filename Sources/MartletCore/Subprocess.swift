@@ -189,7 +189,8 @@ public enum Tool {
         "lvm": "lvm2", "pvcreate": "lvm2", "vgcreate": "lvm2", "lvcreate": "lvm2",
         "wipefs": "util-linux", "zstd": "zstd", "cpio": "cpio", "iasl": "acpica-tools",
         "tmux": "tmux", "dpkg-query": "dpkg", "blkid": "util-linux", "udevadm": "udev",
-        "partprobe": "parted", "parted": "parted",
+        "partprobe": "parted", "parted": "parted", "strip": "binutils", "readelf": "binutils",
+        "depmod": "kmod", "sha256sum": "coreutils",
     ]
 
     /// The absolute path of `name` on PATH (or `name` itself when it is a path).
@@ -207,9 +208,10 @@ public enum Tool {
         let path =
             ProcessInfo.processInfo.environment["PATH"]
             ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        for directory in path.split(separator: ":") + ["/usr/sbin", "/sbin"] {
-            let candidate = "\(directory)/\(name)"
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        let directories = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
+        for directory in directories {
+            let candidate = directory + "/" + name
+            if access(candidate, X_OK) == 0 { return candidate }
         }
         return nil
     }
