@@ -1,0 +1,120 @@
+import Foundation
+import Logging
+import MartletCore
+import Testing
+
+@testable import MartletBuilder
+
+/// Builds of `profiles/test` through the same pipeline as `profiles/default` (only the
+/// compression and the label differ), shared by the boot and reproducibility tests.
+/// Needs root, the release binaries (`MARTLET_RELEASE_BIN`, set by `make test`) and the
+/// tools of `scripts/setup`.
+enum TestBuilds {
+    static let packageRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static let epoch = 1_767_225_600
+    static let outputRoot = "/var/cache/martlet/test-out"
+    /// Serial logs of failed boots are kept here (ignored by git).
+    static let artifacts = packageRoot + "/artifacts"
+
+    static var binaries: String {
+        ProcessInfo.processInfo.environment["MARTLET_RELEASE_BIN"] ?? packageRoot + "/.build/release"
+    }
+
+    static func options(output: String, profile: Profile) throws -> BuildOptions {
+        BuildOptions(
+            profile: profile, outputDirectory: output, binariesDirectory: binaries,
+            assetsDirectory: packageRoot + "/iso", sourceDateEpoch: epoch)
+    }
+
+    static func build(into output: String) throws -> BuildResult {
+        try? FileManager.default.removeItem(atPath: output)
+        let profile = try Profile.load(packageRoot + "/profiles/test")
+        return try BuildPipeline(try options(output: output, profile: profile))
+            .run(logger: Logger(label: "test.build"))
+    }
+
+    /// The first build, made once per test run.
+    static let first: Result<BuildResult, any Error> = Result { try build(into: outputRoot + "/a") }
+}
+
+@Suite(.serialized) struct ISOBuildTests {
+    @Test func buildWritesAVerifiedISOWithManifestAndChecksums() throws {
+        let result = try TestBuilds.first.get()
+        let report = try ISOVerifier(iso: result.iso, expectedLabel: "MARTLET_TEST").verify()
+        for check in report.checks {
+            #expect(check.passed, "\(check.name): \(check.detail)")
+        }
+        let sums = try String(contentsOfFile: result.sha256sums, encoding: .utf8)
+        #expect(sums == "\(result.isoSHA256)  martlet-test-amd64.iso\n")
+
+        let manifest = try JSONSerialization.jsonObject(
+            with: try Data(contentsOf: URL(fileURLWithPath: result.manifest))) as? [String: Any]
+        let packages = manifest?["packages"] as? [[String: String]] ?? []
+        #expect(packages.contains { $0["name"] == "systemd" })
+        #expect(packages.contains { $0["name"] == "linux-image-amd64" })
+        let binaries = manifest?["binaries"] as? [String: String] ?? [:]
+        #expect(Set(binaries.keys) == ["martlet", "martlet-installer", "martlet-vmm"])
+        #expect(binaries.values.allSatisfy { $0.count == 64 })
+        #expect((manifest?["iso"] as? [String: String])?["sha256"] == result.isoSHA256)
+    }
+
+    @Test func sameInputsGiveABitIdenticalISO() throws {
+        let first = try TestBuilds.first.get()
+        let second = try TestBuilds.build(into: TestBuilds.outputRoot + "/b")
+        #expect(first.isoSHA256 == second.isoSHA256)
+        #expect(first.isoSize == second.isoSize)
+    }
+
+    @Test func missingBinariesAreReportedBeforeAnyWork() throws {
+        let profile = try Profile.load(TestBuilds.packageRoot + "/profiles/test")
+        var options = try TestBuilds.options(output: TestBuilds.outputRoot + "/none", profile: profile)
+        options.binariesDirectory = "/nonexistent"
+        let error = #expect(throws: MartletError.self) {
+            try BuildPipeline(options).run(logger: Logger(label: "test"))
+        }
+        #expect(error?.message.contains("/nonexistent/martlet") == true)
+        #expect(!FileManager.default.fileExists(atPath: TestBuilds.outputRoot + "/none"))
+    }
+
+    @Test func unknownPackageNamesThePackageAndLeavesNoISO() throws {
+        var profile = try Profile.load(TestBuilds.packageRoot + "/profiles/test")
+        profile.debian.packages.append("martlet-no-such-package")
+        let output = TestBuilds.outputRoot + "/bad-package"
+        try? FileManager.default.removeItem(atPath: output)
+        let error = #expect(throws: MartletError.self) {
+            try BuildPipeline(try TestBuilds.options(output: output, profile: profile))
+                .run(logger: Logger(label: "test"))
+        }
+        #expect(error?.message.contains("'martlet-no-such-package'") == true)
+        #expect(error?.message.contains("debian.packages") == true)
+        #expect(!FileManager.default.fileExists(atPath: output + "/" + profile.iso.output))
+    }
+}
+
+/// The live ISO boots in QEMU four ways — BIOS and UEFI, as a CD and as a USB stick
+/// written like `dd` — to the `MARTLET-LIVE-READY` marker on the serial port.
+@Suite(.serialized) struct ISOBootTests {
+    @Test(arguments: [
+        (QEMUConfiguration.Firmware.bios, QEMUConfiguration.Medium.cdrom),
+        (.bios, .usb), (.uefi, .cdrom), (.uefi, .usb),
+    ])
+    func bootsToLiveReady(firmware: QEMUConfiguration.Firmware, medium: QEMUConfiguration.Medium)
+        throws
+    {
+        let result = try TestBuilds.first.get()
+        try FileManager.default.createDirectory(
+            atPath: TestBuilds.artifacts, withIntermediateDirectories: true)
+        let log = TestBuilds.artifacts + "/boot-\(firmware.rawValue)-\(medium.rawValue).log"
+        let machine = try QEMUMachine(
+            QEMUConfiguration(
+                iso: result.iso, firmware: firmware, medium: medium, memoryMiB: 2048,
+                serialLog: log))
+        try machine.start()
+        defer { machine.stop() }
+        try machine.waitFor("MARTLET-LIVE-READY 0.1.0", timeout: .seconds(420))
+        // The live root is the overlay of the live layer over the host root: the installer's
+        // source is visible at /run/martlet/host-root (checked by the installer tests).
+        try? FileManager.default.removeItem(atPath: log)
+    }
+}
