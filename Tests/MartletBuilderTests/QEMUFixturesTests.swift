@@ -8,7 +8,7 @@ final class ScratchDirectory {
     let path: String
 
     init(_ prefix: String = "martlet-test") throws {
-        var template = Array((NSTemporaryDirectory() + "/\(prefix).XXXXXX").utf8CString)
+        var template = Array((QEMUMachine.temporaryDirectory + "/\(prefix).XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else {
             throw MartletError.system("mkdtemp", path: NSTemporaryDirectory())
         }
