@@ -35,7 +35,7 @@ struct VerifyCommand: ParsableCommand {
             let report = try verifier.verify(progress: json ? SilentProgress() : TextProgress())
             if json {
                 let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys]
+                encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
                 print(String(decoding: try encoder.encode(report), as: UTF8.self))
             } else {
                 for check in report.checks {
