@@ -185,7 +185,12 @@ public final class QEMUMachine: @unchecked Sendable {
         qemuLogPath = workDirectory + "/qemu.log"
     }
 
-    deinit {
+    deinit { shutdown() }
+
+    /// Stops QEMU and removes the private copies (USB stick image, UEFI variables, QEMU's
+    /// output); a serial log given in the configuration stays. What deinit does, for callers
+    /// that exit without deinit running (a signal handler).
+    public func shutdown() {
         stop()
         try? FileManager.default.removeItem(atPath: workDirectory)
     }

@@ -93,6 +93,8 @@ struct QEMUCommand: ParsableCommand {
                 headless: headless || expect != nil, noReboot: noReboot, boot: boot)
             config.cpus = cpus
             let machine = try QEMUMachine(config)
+            let signals = stopOnSignals(machine)
+            defer { signals.forEach { $0.cancel() } }
             try machine.start()
             if let expect {
                 try machine.waitFor(expect, timeout: .seconds(timeout))
@@ -106,6 +108,20 @@ struct QEMUCommand: ParsableCommand {
         } catch let error as MartletError {
             FileHandle.standardError.write(Data("martlet qemu: \(error.description)\n".utf8))
             throw ExitCode(error.code.exitStatus)
+        }
+    }
+
+    /// SIGINT/SIGTERM/SIGHUP stop QEMU and remove its temp files before martlet exits.
+    private func stopOnSignals(_ machine: QEMUMachine) -> [any DispatchSourceSignal] {
+        [SIGINT, SIGTERM, SIGHUP].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                machine.shutdown()
+                Foundation.exit(128 + number)
+            }
+            source.resume()
+            return source
         }
     }
 
