@@ -350,7 +350,8 @@ public final class QEMUMachine: @unchecked Sendable {
         if let error = spawnError.error { throw error }
     }
 
-    /// Waits until `text` appears on the serial console. Throws when QEMU exits first or when
+    /// Waits until `text` appears on the serial console (anywhere in its output since start,
+    /// so text that came before the call counts). Throws when QEMU exits first or when
     /// `timeout` passes; the error carries the last 30 lines of the serial log.
     public func waitFor(_ text: String, timeout: Duration) throws {
         guard state.pid != nil else {
@@ -362,9 +363,13 @@ public final class QEMUMachine: @unchecked Sendable {
         while true {
             // Read the status first: text written just before exit is still found below.
             let exited = state.exitStatus
-            if let data = FileManager.default.contents(atPath: serialLogPath), data.count > searchFrom {
-                if data[searchFrom...].range(of: needle) != nil { return }
-                searchFrom = max(0, data.count - needle.count)
+            if let handle = FileHandle(forReadingAtPath: serialLogPath) {
+                // Only the new bytes, plus enough overlap for a text split across two reads.
+                try? handle.seek(toOffset: UInt64(searchFrom))
+                let data = (try? handle.readToEnd()) ?? Data()
+                try? handle.close()
+                if data.range(of: needle) != nil { return }
+                searchFrom = max(searchFrom, searchFrom + data.count - needle.count + 1)
             }
             if let exited {
                 throw failure(
