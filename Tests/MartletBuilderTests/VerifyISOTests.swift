@@ -31,12 +31,37 @@ final class VerifiableISO {
         try writeSums()
     }
 
-    /// Writes /SHA256SUMS over every file of the tree, as the build does.
-    func writeSums() throws {
+    /// Writes /SHA256SUMS over every file of the tree but `except` (a `./path`).
+    func writeSums(except: String = "") throws {
         try ToolPath.command(
             "sh",
-            ["-c", "cd \"$1\" && rm -f SHA256SUMS && find . -type f -print0 | sort -z | xargs -0 sha256sum > ../SHA256SUMS.tmp && mv ../SHA256SUMS.tmp SHA256SUMS", "sh", tree]
+            ["-c", "cd \"$1\" && rm -f SHA256SUMS && find . -type f ! -path \"$2\" -print0 | sort -z | xargs -0 sha256sum > ../SHA256SUMS.tmp && mv ../SHA256SUMS.tmp SHA256SUMS", "sh", tree, except]
         ).run()
+    }
+
+    /// Masters the tree the way the build's ISO stage does: the ESP appended as GPT
+    /// partition 2 and used as the EFI El Torito image, the catalog at /boot/boot.cat, and
+    /// the BIOS image (patched by xorriso) left out of /SHA256SUMS.
+    func masterLikeBuild() throws -> String {
+        let efi = scratch.file("efi.img")
+        try FileManager.default.moveItem(atPath: tree + "/efi.img", toPath: efi)
+        try FileManager.default.copyItem(
+            atPath: tree + "/boot/grub/i386-pc/eltorito.img", toPath: tree + "/boot/grub/bios.img")
+        try writeSums(except: "./boot/grub/bios.img")
+        let iso = scratch.file("build.iso")
+        try ToolPath.command(
+            "xorriso",
+            [
+                "-as", "mkisofs", "-o", iso, "-V", "MARTLET_TEST", "-iso-level", "3", "-r", "-J",
+                "--grub2-mbr", "/usr/lib/grub/i386-pc/boot_hybrid.img", "-partition_offset", "16",
+                "--mbr-force-bootable", "-append_partition", "2", "0xef", efi,
+                "-appended_part_as_gpt", "-iso_mbr_part_type", "0x00", "-c", "boot/boot.cat",
+                "-b", "boot/grub/bios.img", "-no-emul-boot", "-boot-load-size", "4",
+                "-boot-info-table", "--grub2-boot-info", "-eltorito-alt-boot",
+                "-e", "--interval:appended_partition_2:all::", "-no-emul-boot", tree,
+            ]
+        ).run()
+        return iso
     }
 
     /// Masters the tree into a hybrid ISO like grub-mkrescue does (minus its HFS+ extras).
@@ -79,6 +104,15 @@ struct VerifyISOTests {
         #expect(report.check("sha256sums")?.detail.contains("not compared: /boot/grub/i386-pc/eltorito.img") == true)
         let json = try JSONEncoder().encode(report)
         #expect(String(decoding: json, as: UTF8.self).contains("\"passed\":true"))
+    }
+
+    @Test("the build's layout passes: appended ESP, catalog in /boot, BIOS image not listed")
+    func buildLayout() throws {
+        let fixture = try VerifiableISO()
+        let report = try fixture.verify(try fixture.masterLikeBuild(), label: "MARTLET_TEST")
+        #expect(report.passed, "\(report.checks.filter { !$0.passed })")
+        #expect(report.check("sha256sums")?.detail.contains("not compared: /boot/grub/bios.img") == true)
+        #expect(report.check("gpt")?.detail.contains("EFI system partition 2") == true)
     }
 
     @Test("a changed file fails sha256sums, naming the file")
