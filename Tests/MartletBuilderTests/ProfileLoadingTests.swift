@@ -150,13 +150,22 @@ struct ProfileLoadingTests {
         #expect(profile.boot.timeout == 5)
     }
 
+    /// Every profile of the repository loads where it is (once the overlays exist).
     @Test(
-        "profiles/default loads in place",
+        "the repository's profiles load in place",
         .enabled(if: FileManager.default.fileExists(atPath: repositoryRoot + "/overlays/host")))
-    func defaultInPlace() throws {
-        let profile = try Profile.load("default", profilesDirectory: repositoryRoot + "/profiles")
-        #expect(profile.path == repositoryRoot + "/profiles/default/profile.toml")
-        #expect(profile.overlays.map(\.path) == [repositoryRoot + "/overlays/host"])
+    func profilesInPlace() throws {
+        let directory = repositoryRoot + "/profiles"
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory)
+            .filter { FileManager.default.fileExists(atPath: "\(directory)/\($0)/profile.toml") }
+        #expect(names.contains("default"))
+        for name in names {
+            let profile = try Profile.load(name, profilesDirectory: directory)
+            #expect(profile.name == name)
+            #expect(profile.path == "\(directory)/\(name)/profile.toml")
+            #expect(profile.overlays.map(\.path) == [repositoryRoot + "/overlays/host"])
+            #expect(profile.liveOverlays.map(\.path) == [repositoryRoot + "/overlays/live"])
+        }
     }
 
     @Test("a profile is found by name, folder or file; an unknown name lists the profiles")
