@@ -100,6 +100,7 @@ public struct Flasher: Sendable {
     public var swaps = "/proc/swaps"
 
     static let chunkSize = 4 << 20
+    static let flushInterval: UInt64 = 32 << 20
 
     public init(iso: String, device: String, force: Bool = false) {
         self.iso = iso
@@ -206,6 +207,14 @@ public struct Flasher: Sendable {
             try writeAll(output, chunk)
             hash.update(chunk)
             written += UInt64(count)
+            // Flush as we go on a device, so the progress shows what the stick has stored
+            // rather than what the page cache has taken (and the final sync is short).
+            if target.kind == .blockDevice, written % Self.flushInterval < UInt64(count) {
+                guard fdatasync(output) == 0 else {
+                    throw MartletError.system(
+                        "fdatasync", path: device, hint: "the device failed to store the data; try another stick")
+                }
+            }
             write.update(
                 completed: written, total: isoSize, unit: "bytes",
                 message: Self.rate(written, write.elapsed))

@@ -93,8 +93,9 @@ public struct QEMUConfiguration: Sendable, Equatable {
         iso: String? = nil, firmware: Firmware = .bios, medium: Medium = .cdrom,
         disks: [Disk] = [], answerDisk: String? = nil, memoryMiB: Int = 1024,
         acceleration: Acceleration = .auto, sshPort: Int? = nil, serialLog: String? = nil,
-        headless: Bool = true, noReboot: Bool = false, boot: BootTarget = .medium
+        headless: Bool = true, noReboot: Bool = false, boot: BootTarget = .medium, cpus: Int = 1
     ) {
+        self.cpus = cpus
         self.iso = iso
         self.firmware = firmware
         self.medium = medium
@@ -212,7 +213,8 @@ public final class QEMUMachine: @unchecked Sendable {
             } ?? ""
     }
 
-    /// The QEMU command line for this configuration (after `prepare` made the private copies).
+    /// QEMU's arguments for this configuration; the USB stick and UEFI variables they name
+    /// are the private copies `start()` makes in `workDirectory`.
     public func arguments() -> [String] {
         let config = configuration
         var args = ["-name", "martlet", "-machine", "q35", "-m", String(config.memoryMiB)]

@@ -86,12 +86,11 @@ struct QEMUCommand: ParsableCommand {
 
     func run() throws {
         do {
-            var config = QEMUConfiguration(
+            let config = QEMUConfiguration(
                 iso: iso, firmware: uefi ? .uefi : .bios, medium: usb ? .usb : .cdrom,
                 disks: try disks.map(QEMUConfiguration.Disk.init(parsing:)), answerDisk: answerDisk,
                 memoryMiB: memory, acceleration: accel, sshPort: sshPort, serialLog: serialLog,
-                headless: headless || expect != nil, noReboot: noReboot, boot: boot)
-            config.cpus = cpus
+                headless: headless || expect != nil, noReboot: noReboot, boot: boot, cpus: cpus)
             let machine = try QEMUMachine(config)
             let signals = stopOnSignals(machine)
             defer { signals.forEach { $0.cancel() } }
