@@ -1,0 +1,527 @@
+import Foundation
+import MartletCore
+
+/// How `QEMUMachine` boots an ISO or a disk: firmware, how the ISO is attached, extra disks,
+/// networking and where the serial console goes.
+public struct QEMUConfiguration: Sendable, Equatable {
+    public enum Firmware: String, Sendable, CaseIterable { case bios, uefi }
+
+    /// How the ISO reaches the guest.
+    public enum Medium: String, Sendable, CaseIterable {
+        /// A CD-ROM drive (El Torito boot).
+        case cdrom
+        /// A USB stick: the ISO copied to a raw file as `dd` would write it (MBR/GPT boot).
+        case usb
+    }
+
+    public enum Acceleration: String, Sendable, CaseIterable {
+        /// TCG on these machines: their KVM cannot boot stock kernels (DESIGN.md facts).
+        case auto
+        case kvm
+        case tcg
+    }
+
+    /// Which device firmware tries first.
+    public enum BootTarget: String, Sendable, CaseIterable {
+        /// The ISO (CD or USB stick), then the disks.
+        case medium
+        /// The first extra disk, then the ISO.
+        case disk
+    }
+
+    public struct Disk: Sendable, Equatable {
+        public enum Interface: String, Sendable, CaseIterable { case virtio, nvme, sata }
+        public var path: String
+        public var interface: Interface
+
+        public init(path: String, interface: Interface = .virtio) {
+            self.path = path
+            self.interface = interface
+        }
+
+        /// Parses the CLI form `FILE[,if=virtio|nvme|sata]`.
+        public init(parsing text: String) throws {
+            var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            let path = parts.removeFirst()
+            guard !path.isEmpty else {
+                throw MartletError(
+                    .invalidInput, "disk '\(text)': the file name is empty",
+                    hint: "write FILE or FILE,if=virtio|nvme|sata")
+            }
+            var interface = Interface.virtio
+            for option in parts {
+                let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
+                guard pair.count == 2, pair[0] == "if", let parsed = Interface(rawValue: pair[1])
+                else {
+                    throw MartletError(
+                        .invalidInput, "disk '\(text)': unknown option '\(option)'",
+                        hint: "the only option is if=virtio, if=nvme or if=sata")
+                }
+                interface = parsed
+            }
+            self.init(path: path, interface: interface)
+        }
+    }
+
+    /// The ISO to boot; nil boots only the disks.
+    public var iso: String?
+    public var firmware: Firmware = .bios
+    public var medium: Medium = .cdrom
+    /// Extra disks in order; raw or qcow2 (detected by the file's magic).
+    public var disks: [Disk] = []
+    /// A raw disk image carrying an answer file, attached as a virtio disk with serial
+    /// `MARTLET-ANSWER`.
+    public var answerDisk: String?
+    public var memoryMiB: Int = 1024
+    public var cpus: Int = 1
+    public var acceleration: Acceleration = .auto
+    /// Host port on 127.0.0.1 forwarded to the guest's port 22.
+    public var sshPort: Int?
+    /// Serial console log; a file in the machine's private temp folder when nil.
+    public var serialLog: String?
+    /// No console: serial only to the log, no display, stdin closed. When false, the serial
+    /// console (multiplexed with the QEMU monitor, Ctrl-A X quits) is on this terminal.
+    public var headless: Bool = true
+    /// Exit instead of rebooting (a guest's reboot ends the run).
+    public var noReboot: Bool = false
+    public var boot: BootTarget = .medium
+    /// OVMF images for `uefi`.
+    public var ovmfCode: String = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    public var ovmfVars: String = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+    public init(
+        iso: String? = nil, firmware: Firmware = .bios, medium: Medium = .cdrom,
+        disks: [Disk] = [], answerDisk: String? = nil, memoryMiB: Int = 1024,
+        acceleration: Acceleration = .auto, sshPort: Int? = nil, serialLog: String? = nil,
+        headless: Bool = true, noReboot: Bool = false, boot: BootTarget = .medium, cpus: Int = 1
+    ) {
+        self.cpus = cpus
+        self.iso = iso
+        self.firmware = firmware
+        self.medium = medium
+        self.disks = disks
+        self.answerDisk = answerDisk
+        self.memoryMiB = memoryMiB
+        self.acceleration = acceleration
+        self.sshPort = sshPort
+        self.serialLog = serialLog
+        self.headless = headless
+        self.noReboot = noReboot
+        self.boot = boot
+    }
+
+    /// The accelerator actually used: `auto` means TCG here.
+    public var effectiveAcceleration: Acceleration { acceleration == .auto ? .tcg : acceleration }
+
+    /// Checks the configuration against the files it names, before anything starts.
+    public func validate() throws {
+        guard iso != nil || !disks.isEmpty else {
+            throw MartletError(
+                .invalidInput, "nothing to boot: give an ISO or at least one disk")
+        }
+        guard (128...65536).contains(memoryMiB) else {
+            throw MartletError(
+                .invalidInput, "memory \(memoryMiB) MiB is out of range",
+                hint: "give between 128 and 65536 MiB")
+        }
+        guard (1...64).contains(cpus) else {
+            throw MartletError(.invalidInput, "cpus \(cpus) is out of range (1–64)")
+        }
+        if let sshPort, !(1...65535).contains(sshPort) {
+            throw MartletError(.invalidInput, "ssh port \(sshPort) is not a TCP port (1–65535)")
+        }
+        if boot == .disk && disks.isEmpty {
+            throw MartletError(
+                .invalidInput, "boot from disk asked for, but no disk is attached",
+                hint: "add --disk FILE")
+        }
+        var files: [(String, String)] = disks.map { ("disk", $0.path) }
+        if let iso { files.insert(("ISO", iso), at: 0) }
+        if let answerDisk { files.append(("answer disk", answerDisk)) }
+        if firmware == .uefi { files += [("OVMF code", ovmfCode), ("OVMF vars", ovmfVars)] }
+        for (what, path) in files {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory),
+                !isDirectory.boolValue
+            else {
+                let hint =
+                    what.hasPrefix("OVMF") ? "install it with: apt-get install ovmf" : "check the path"
+                throw MartletError(.notFound, "\(what) '\(path)' does not exist", hint: hint)
+            }
+        }
+        if effectiveAcceleration == .kvm && access("/dev/kvm", R_OK | W_OK) != 0 {
+            throw MartletError(
+                .missingDependency, "KVM acceleration asked for, but /dev/kvm is not usable",
+                hint: "use --accel tcg")
+        }
+    }
+}
+
+/// One QEMU virtual machine booting an ISO (BIOS or UEFI, as CD or USB stick) and/or disks.
+///
+/// QEMU runs in its own process, started by `start()`; `deinit` kills it and removes the
+/// temporary copies (USB stick image, UEFI variables). QEMU is also started with a
+/// parent-death signal, so it dies with this process even if `deinit` never runs.
+public final class QEMUMachine: @unchecked Sendable {
+    public let configuration: QEMUConfiguration
+    /// Private folder for the USB stick copy, the OVMF variables and QEMU's own output.
+    public let workDirectory: String
+    /// Where the guest's serial console is written.
+    public let serialLogPath: String
+    /// QEMU's stdout and stderr when headless.
+    public let qemuLogPath: String
+
+    private let state = ProcessState()
+
+    /// Validates `configuration` and prepares a private work folder; starts nothing yet.
+    public init(_ configuration: QEMUConfiguration) throws {
+        try configuration.validate()
+        self.configuration = configuration
+        var template = Array((Self.temporaryDirectory + "/martlet-qemu.XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else {
+            throw MartletError.system("mkdtemp", path: Self.temporaryDirectory)
+        }
+        workDirectory = String(cString: made)
+        serialLogPath = configuration.serialLog ?? workDirectory + "/serial.log"
+        qemuLogPath = workDirectory + "/qemu.log"
+    }
+
+    deinit { shutdown() }
+
+    /// Stops QEMU and removes the private copies (USB stick image, UEFI variables, QEMU's
+    /// output); a serial log given in the configuration stays. What deinit does, for callers
+    /// that exit without deinit running (a signal handler).
+    public func shutdown() {
+        stop()
+        try? FileManager.default.removeItem(atPath: workDirectory)
+    }
+
+    /// Whether QEMU has been started and has not exited.
+    public var isRunning: Bool { state.pid != nil && state.exitStatus == nil }
+
+    /// The QEMU process id once started.
+    public var pid: pid_t? { state.pid }
+
+    /// QEMU's exit status once it has exited.
+    public var exitStatus: Int32? { state.exitStatus }
+
+    /// Everything the guest wrote to the serial console so far.
+    public var serialOutput: String {
+        (try? String(contentsOfFile: serialLogPath, encoding: .utf8))
+            ?? FileManager.default.contents(atPath: serialLogPath).map {
+                String(decoding: $0, as: UTF8.self)
+            } ?? ""
+    }
+
+    /// QEMU's arguments for this configuration; the USB stick and UEFI variables they name
+    /// are the private copies `start()` makes in `workDirectory`.
+    public func arguments() -> [String] {
+        let config = configuration
+        var args = ["-name", "martlet", "-machine", "q35", "-m", String(config.memoryMiB)]
+        args += ["-smp", String(config.cpus)]
+        switch config.effectiveAcceleration {
+        case .kvm: args += ["-accel", "kvm", "-cpu", "host"]
+        case .tcg, .auto: args += ["-accel", "tcg", "-cpu", "max"]
+        }
+        if config.firmware == .uefi {
+            args += [
+                "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=\(Self.escape(config.ovmfCode))",
+                "-drive", "if=pflash,format=raw,unit=1,file=\(Self.escape(varsPath))",
+            ]
+        }
+        let mediumIndex = config.boot == .medium ? 1 : 2
+        var diskIndex = config.boot == .disk ? 1 : 3
+        var sataPort = 0
+        if let iso = config.iso {
+            switch config.medium {
+            case .cdrom:
+                args += [
+                    "-drive",
+                    "if=none,id=medium,media=cdrom,format=raw,readonly=on,file=\(Self.escape(iso))",
+                    "-device", "ide-cd,drive=medium,bus=ide.\(sataPort),bootindex=\(mediumIndex)",
+                ]
+                sataPort += 1
+            case .usb:
+                args += [
+                    "-device", "qemu-xhci,id=xhci",
+                    "-drive", "if=none,id=medium,format=raw,file=\(Self.escape(usbStickPath))",
+                    "-device", "usb-storage,bus=xhci.0,drive=medium,bootindex=\(mediumIndex)",
+                ]
+            }
+        }
+        for (index, disk) in config.disks.enumerated() {
+            let id = "disk\(index)"
+            let format = Self.imageFormat(disk.path)
+            args += ["-drive", "if=none,id=\(id),format=\(format),file=\(Self.escape(disk.path))"]
+            let bootIndex = ",bootindex=\(diskIndex)"
+            diskIndex += 1
+            switch disk.interface {
+            case .virtio:
+                args += ["-device", "virtio-blk-pci,drive=\(id)\(bootIndex)"]
+            case .nvme:
+                args += ["-device", "nvme,drive=\(id),serial=martlet\(index)\(bootIndex)"]
+            case .sata:
+                args += ["-device", "ide-hd,drive=\(id),bus=ide.\(sataPort)\(bootIndex)"]
+                sataPort += 1
+            }
+        }
+        if let answer = config.answerDisk {
+            args += [
+                "-drive", "if=none,id=answer,format=raw,file=\(Self.escape(answer))",
+                "-device", "virtio-blk-pci,drive=answer,serial=MARTLET-ANSWER",
+            ]
+        }
+        var nic = "user,restrict=on,model=virtio-net-pci"
+        if let port = config.sshPort { nic += ",hostfwd=tcp:127.0.0.1:\(port)-:22" }
+        args += ["-nic", nic]
+        let log = Self.escape(serialLogPath)
+        if config.headless {
+            args += [
+                "-display", "none", "-monitor", "none",
+                "-chardev", "file,id=serial0,path=\(log)", "-serial", "chardev:serial0",
+            ]
+        } else {
+            args += [
+                "-chardev", "stdio,id=serial0,mux=on,signal=off,logfile=\(log)",
+                "-serial", "chardev:serial0", "-mon", "chardev=serial0",
+            ]
+            if ProcessInfo.processInfo.environment["DISPLAY"] == nil {
+                args += ["-display", "none"]
+            }
+        }
+        if config.noReboot { args.append("-no-reboot") }
+        return args
+    }
+
+    private var usbStickPath: String { workDirectory + "/usb-stick.img" }
+    private var varsPath: String { workDirectory + "/OVMF_VARS.fd" }
+
+    /// Makes the private copies and starts QEMU. Returns once the process runs.
+    public func start() throws {
+        guard state.pid == nil else {
+            throw MartletError(.failed, "this QEMU machine was already started")
+        }
+        let qemu = try ToolPath.resolve("qemu-system-x86_64")
+        let fm = FileManager.default
+        if configuration.firmware == .uefi {
+            try copy(configuration.ovmfVars, to: varsPath, what: "OVMF variables")
+        }
+        if let iso = configuration.iso, configuration.medium == .usb {
+            try copy(iso, to: usbStickPath, what: "ISO (as a USB stick)")
+        }
+        if configuration.serialLog != nil {
+            let directory = (serialLogPath as NSString).deletingLastPathComponent
+            try? fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        // The chardev appends; start every run with an empty log.
+        guard fm.createFile(atPath: serialLogPath, contents: nil) else {
+            throw MartletError(
+                .failed, "cannot create the serial log '\(serialLogPath)'",
+                hint: "check that its folder is writable")
+        }
+
+        // setpriv sets a parent-death signal and execs QEMU: if this process dies without
+        // running deinit (a crash, SIGKILL), the kernel kills QEMU too. The signal is tied to
+        // the thread that spawns, so the spawn happens on the waiter thread that lives exactly
+        // as long as QEMU.
+        let deathSignal = ToolPath.find("setpriv").map { [$0, "--pdeathsig", "KILL", "--"] } ?? []
+        let argv = deathSignal + [qemu] + arguments()
+        let headless = configuration.headless
+        let outputPath = qemuLogPath
+        let spawned = state
+        let ready = DispatchSemaphore(value: 0)
+        let spawnError = SpawnResult()
+        let thread = Thread {
+            let result = Self.spawn(argv, outputPath: headless ? outputPath : nil)
+            switch result {
+            case .failure(let error):
+                spawnError.error = error
+                ready.signal()
+            case .success(let pid):
+                spawned.started(pid)
+                ready.signal()
+                var status: Int32 = 0
+                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+                spawned.exited(exit)
+            }
+        }
+        thread.name = "martlet-qemu-waiter"
+        thread.start()
+        ready.wait()
+        if let error = spawnError.error { throw error }
+    }
+
+    /// Waits until `text` appears on the serial console (anywhere in its output since start,
+    /// so text that came before the call counts). Throws when QEMU exits first or when
+    /// `timeout` passes; the error carries the last 30 lines of the serial log.
+    public func waitFor(_ text: String, timeout: Duration) throws {
+        guard state.pid != nil else {
+            throw MartletError(.failed, "waiting for '\(text)': QEMU was never started")
+        }
+        let needle = Data(text.utf8)
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        var searchFrom = 0
+        while true {
+            // Read the status first: text written just before exit is still found below.
+            let exited = state.exitStatus
+            if let handle = FileHandle(forReadingAtPath: serialLogPath) {
+                // Only the new bytes, plus enough overlap for a text split across two reads.
+                try? handle.seek(toOffset: UInt64(searchFrom))
+                let data = (try? handle.readToEnd()) ?? Data()
+                try? handle.close()
+                if data.range(of: needle) != nil { return }
+                searchFrom = max(searchFrom, searchFrom + data.count - needle.count + 1)
+            }
+            if let exited {
+                throw failure(
+                    "QEMU exited with status \(exited) before '\(text)' appeared on the serial console")
+            }
+            if ContinuousClock.now >= deadline {
+                throw failure(
+                    "'\(text)' did not appear on the serial console within \(Self.seconds(timeout))")
+            }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+    }
+
+    /// Waits until QEMU exits and returns its exit status; throws after `timeout`.
+    @discardableResult
+    public func waitForExit(timeout: Duration) throws -> Int32 {
+        guard state.pid != nil else {
+            throw MartletError(.failed, "waiting for QEMU to exit: it was never started")
+        }
+        let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+        if let status = state.waitForExit(until: Date(timeIntervalSinceNow: seconds)) {
+            return status
+        }
+        throw failure("QEMU did not exit within \(Self.seconds(timeout))")
+    }
+
+    /// Stops QEMU: SIGTERM, then SIGKILL after 3 s. Safe to call more than once.
+    public func stop() {
+        guard let pid = state.pid, state.exitStatus == nil else { return }
+        kill(pid, SIGTERM)
+        if state.waitForExit(until: Date(timeIntervalSinceNow: 3)) == nil {
+            kill(pid, SIGKILL)
+            _ = state.waitForExit(until: Date(timeIntervalSinceNow: 10))
+        }
+    }
+
+    /// The last `count` lines of the serial log.
+    public func serialTail(_ count: Int = 30) -> String {
+        serialOutput.split(separator: "\n", omittingEmptySubsequences: false).suffix(count)
+            .joined(separator: "\n")
+    }
+
+    private func failure(_ message: String) -> MartletError {
+        var cause = "last lines of the serial console (\(serialLogPath)):\n" + serialTail(30)
+        if let qemuOutput = FileManager.default.contents(atPath: qemuLogPath), !qemuOutput.isEmpty {
+            cause += "\nQEMU said:\n" + String(decoding: qemuOutput, as: UTF8.self)
+        }
+        return MartletError(.failed, message, cause: cause)
+    }
+
+    private func copy(_ source: String, to destination: String, what: String) throws {
+        try? FileManager.default.removeItem(atPath: destination)
+        do {
+            try FileManager.default.copyItem(atPath: source, toPath: destination)
+        } catch {
+            throw MartletError(
+                .failed, "could not copy the \(what) '\(source)' to '\(destination)'",
+                hint: "check free space in \(Self.temporaryDirectory)", cause: "\(error)")
+        }
+    }
+
+    /// `$TMPDIR` (or /tmp) without a trailing slash.
+    static var temporaryDirectory: String {
+        let path = NSTemporaryDirectory()
+        return path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+    }
+
+    /// `qcow2` when the file starts with QEMU's qcow magic, else `raw`.
+    static func imageFormat(_ path: String) -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return "raw" }
+        defer { try? handle.close() }
+        let magic = (try? handle.read(upToCount: 4)) ?? Data()
+        return magic == Data([0x51, 0x46, 0x49, 0xFB]) ? "qcow2" : "raw"
+    }
+
+    /// QEMU option values separate with commas; a comma inside a value is written twice.
+    static func escape(_ value: String) -> String {
+        value.replacingOccurrences(of: ",", with: ",,")
+    }
+
+    static func seconds(_ duration: Duration) -> String {
+        "\(duration.components.seconds) s"
+    }
+
+    /// posix_spawn with stdin from /dev/null and stdout+stderr into `outputPath` (headless),
+    /// or the terminal inherited (interactive).
+    private static func spawn(_ argv: [String], outputPath: String?) -> Result<pid_t, MartletError> {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let outputPath {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_addopen(
+                &actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // The child must not inherit blocked signals (SIGTERM from stop() has to reach it).
+        var emptySet = sigset_t()
+        sigemptyset(&emptySet)
+        posix_spawnattr_setsigmask(&attributes, &emptySet)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in [SIGTERM, SIGINT, SIGPIPE, SIGCHLD] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(
+            &attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, argv[0], &actions, &attributes, cArgs, environ)
+        guard result == 0 else {
+            return .failure(MartletError.system("posix_spawn", path: argv[0], errno: result))
+        }
+        return .success(pid)
+    }
+}
+
+/// The pid and exit status of the QEMU process, shared with its waiter thread.
+private final class ProcessState: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var _pid: pid_t?
+    private var _exitStatus: Int32?
+
+    var pid: pid_t? { condition.withLock { _pid } }
+    var exitStatus: Int32? { condition.withLock { _exitStatus } }
+
+    func started(_ pid: pid_t) { condition.withLock { _pid = pid } }
+
+    func exited(_ status: Int32) {
+        condition.withLock {
+            _exitStatus = status
+            condition.broadcast()
+        }
+    }
+
+    /// The exit status, waiting for it until `deadline`; nil when QEMU is still running.
+    func waitForExit(until deadline: Date) -> Int32? {
+        condition.withLock {
+            while _exitStatus == nil {
+                if !condition.wait(until: deadline) { break }
+            }
+            return _exitStatus
+        }
+    }
+}
+
+private final class SpawnResult: @unchecked Sendable {
+    var error: MartletError?
+}
