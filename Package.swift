@@ -38,7 +38,7 @@ let package = Package(
             name: "MartletInstaller",
             dependencies: ["MartletCore", "CParted", "CBlkid", "CArchive", "CNewt"]),
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
-        .target(name: "MartletVMM", dependencies: ["CKVM"]),
+        .target(name: "MartletVMM", dependencies: ["CKVM"], exclude: ["Guest"]),
 
         .executableTarget(
             name: "martlet",
@@ -52,7 +52,7 @@ let package = Package(
                 "MartletCore", "MartletInstaller",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .executableTarget(name: "martlet-vmm", dependencies: ["MartletVMM"]),
+        .executableTarget(name: "martlet-vmm", dependencies: ["MartletVMM"], exclude: ["README.md"]),
 
         .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore"]),
         .testTarget(name: "MartletBuilderTests", dependencies: ["MartletBuilder", "MartletCore"]),

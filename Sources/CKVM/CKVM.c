@@ -1,12 +1,29 @@
 #if defined(__linux__)
 #include "CKVM.h"
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/ioctl.h>
 
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
 const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
 const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+const unsigned long CKVM_CREATE_VCPU = KVM_CREATE_VCPU;
+const unsigned long CKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+const unsigned long CKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
+const unsigned long CKVM_IRQFD = KVM_IRQFD;
+const unsigned long CKVM_RUN = KVM_RUN;
+const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
+const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
+const unsigned long CKVM_GET_SREGS = KVM_GET_SREGS;
+const unsigned long CKVM_SET_SREGS = KVM_SET_SREGS;
+const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
+const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
 
 long ckvm_ioctl(int fd, unsigned long request, unsigned long arg) {
     int result;
@@ -14,5 +31,107 @@ long ckvm_ioctl(int fd, unsigned long request, unsigned long arg) {
         result = ioctl(fd, request, arg);
     } while (result < 0 && errno == EINTR);
     return result < 0 ? -errno : result;
+}
+
+long ckvm_ioctl_once(int fd, unsigned long request, unsigned long arg) {
+    int result = ioctl(fd, request, arg);
+    return result < 0 ? -errno : result;
+}
+
+void ckvm_read_exit(const struct kvm_run *run, struct ckvm_exit *out) {
+    memset(out, 0, sizeof(*out));
+    out->reason = run->exit_reason;
+    switch (run->exit_reason) {
+    case KVM_EXIT_IO:
+        out->io_direction = run->io.direction;
+        out->io_size = run->io.size;
+        out->io_port = run->io.port;
+        out->io_count = run->io.count;
+        out->io_data_offset = run->io.data_offset;
+        break;
+    case KVM_EXIT_MMIO:
+        out->mmio_address = run->mmio.phys_addr;
+        out->mmio_length = run->mmio.len;
+        out->mmio_is_write = run->mmio.is_write;
+        break;
+    case KVM_EXIT_SYSTEM_EVENT:
+        out->event_type = run->system_event.type;
+        break;
+    case KVM_EXIT_FAIL_ENTRY:
+        out->hardware_reason = run->fail_entry.hardware_entry_failure_reason;
+        break;
+    case KVM_EXIT_INTERNAL_ERROR:
+        out->suberror = run->internal.suberror;
+        break;
+    case KVM_EXIT_UNKNOWN:
+        out->hardware_reason = run->hw.hardware_exit_reason;
+        break;
+    default:
+        break;
+    }
+}
+
+uint8_t *ckvm_mmio_data(struct kvm_run *run) { return run->mmio.data; }
+
+void ckvm_set_immediate_exit(struct kvm_run *run, uint8_t value) { run->immediate_exit = value; }
+
+long ckvm_get_supported_cpuid(int kvm_fd, struct kvm_cpuid_entry2 *entries, uint32_t *count) {
+    size_t size = sizeof(struct kvm_cpuid2) + *count * sizeof(struct kvm_cpuid_entry2);
+    struct kvm_cpuid2 *cpuid = calloc(1, size);
+    if (!cpuid) return -ENOMEM;
+    cpuid->nent = *count;
+    long result = ckvm_ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, (unsigned long)cpuid);
+    if (result >= 0) {
+        memcpy(entries, cpuid->entries, cpuid->nent * sizeof(struct kvm_cpuid_entry2));
+        *count = cpuid->nent;
+    }
+    free(cpuid);
+    return result;
+}
+
+long ckvm_set_cpuid2(int vcpu_fd, const struct kvm_cpuid_entry2 *entries, uint32_t count) {
+    size_t size = sizeof(struct kvm_cpuid2) + count * sizeof(struct kvm_cpuid_entry2);
+    struct kvm_cpuid2 *cpuid = calloc(1, size);
+    if (!cpuid) return -ENOMEM;
+    cpuid->nent = count;
+    memcpy(cpuid->entries, entries, count * sizeof(struct kvm_cpuid_entry2));
+    long result = ckvm_ioctl(vcpu_fd, KVM_SET_CPUID2, (unsigned long)cpuid);
+    free(cpuid);
+    return result;
+}
+
+long ckvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *values, uint32_t count) {
+    size_t size = sizeof(struct kvm_msrs) + count * sizeof(struct kvm_msr_entry);
+    struct kvm_msrs *msrs = calloc(1, size);
+    if (!msrs) return -ENOMEM;
+    msrs->nmsrs = count;
+    for (uint32_t i = 0; i < count; i++) {
+        msrs->entries[i].index = indices[i];
+        msrs->entries[i].data = values[i];
+    }
+    long result = ckvm_ioctl(vcpu_fd, KVM_SET_MSRS, (unsigned long)msrs);
+    free(msrs);
+    return result;
+}
+
+#define APIC_LVT0 0x350
+#define APIC_LVT1 0x360
+#define APIC_MODE_NMI 0x4
+#define APIC_MODE_EXTINT 0x7
+
+static void set_lvt_mode(struct kvm_lapic_state *lapic, int offset, uint32_t mode) {
+    uint32_t value;
+    memcpy(&value, lapic->regs + offset, 4);
+    value = (value & ~0x700u) | (mode << 8);
+    memcpy(lapic->regs + offset, &value, 4);
+}
+
+long ckvm_setup_lapic_lint(int vcpu_fd) {
+    struct kvm_lapic_state lapic;
+    long result = ckvm_ioctl(vcpu_fd, KVM_GET_LAPIC, (unsigned long)&lapic);
+    if (result < 0) return result;
+    set_lvt_mode(&lapic, APIC_LVT0, APIC_MODE_EXTINT);
+    set_lvt_mode(&lapic, APIC_LVT1, APIC_MODE_NMI);
+    return ckvm_ioctl(vcpu_fd, KVM_SET_LAPIC, (unsigned long)&lapic);
 }
 #endif

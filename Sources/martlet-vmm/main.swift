@@ -1,8 +1,271 @@
+import MartletVMM
+
 #if canImport(Glibc)
     import Glibc
 #endif
 
-// The VMM lands with its own issue; until then say so instead of pretending.
-let message = "martlet-vmm: not available yet in this build\n"
-_ = message.withCString { write(2, $0, strlen($0)) }
-exit(69)
+let version = "0.1.0"
+
+let usage = """
+    USAGE: martlet-vmm [--config FILE] [options]
+           martlet-vmm selftest [--json] [--verbose]
+           martlet-vmm check [--json]
+           martlet-vmm --version | --help
+
+    Runs one KVM virtual machine: boots a Linux bzImage (or ELF vmlinux) through the 64-bit
+    boot protocol with a serial console and virtio-mmio devices.
+
+    OPTIONS (override the same fields of --config):
+      --config FILE            JSON configuration (see README: vcpus, memory_mib, kernel, ...)
+      --kernel PATH            bzImage or ELF vmlinux
+      --initrd PATH            initramfs
+      --cmdline TEXT           kernel command line (default "console=ttyS0")
+      --vcpus N                number of vCPUs (1-64, default 1)
+      --memory MIB             guest RAM in MiB (default 256)
+      --disk PATH[,ro][,id=ID] add a virtio-blk disk (raw file or block device); repeatable
+      --rng                    add a virtio-rng device
+      --serial WHERE           stdout (default), none, or file:PATH
+      --on-reboot POLICY       exit (default) or restart, when the guest resets
+      --control-socket PATH    serve the JSON control API on this unix socket
+      --ap-start MODE          sipi (default, like a PC) or entry (all vCPUs at the entry point)
+      --timeout SECONDS        stop the VM after this long (exit code 1)
+      --stats                  print exit statistics as JSON on stderr when the VM ends
+      -h, --help               show this help
+      --version                show the version
+
+    SUBCOMMANDS:
+      selftest                 boot the built-in test guest (serial, virtio-blk round trip,
+                               power-off); prints PASS/FAIL; exit 0 when it passes
+      check                    check that KVM is usable here (device, permission, capabilities)
+
+    EXIT CODES:
+      0 guest powered off (or shut down through the control socket), selftest passed
+      1 VMM error or guest crash (reason on stderr), selftest failed
+      2 bad arguments or configuration
+      3 guest reset with on_reboot "exit"
+      4 stopped through the control socket ("stop")
+
+    """
+
+func fail(_ message: String, code: Int32) -> Never {
+    let text = "martlet-vmm: \(message)\n"
+    _ = text.withCString { write(2, $0, strlen($0)) }
+    exit(code)
+}
+
+func say(_ text: String) {
+    _ = (text + "\n").withCString { write(1, $0, strlen($0)) }
+}
+
+func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+}
+
+let startNanoseconds = monotonicNanoseconds()
+let arguments = Array(CommandLine.arguments.dropFirst())
+
+func selftest(_ arguments: [String]) -> Never {
+    var json = false
+    var verbose = false
+    for argument in arguments {
+        switch argument {
+        case "--json": json = true
+        case "--verbose", "-v": verbose = true
+        case "-h", "--help":
+            say("USAGE: martlet-vmm selftest [--json] [--verbose]\n\nBoots the built-in 64-bit test guest: serial output, a virtio-blk round trip on a temporary file, power-off.")
+            exit(0)
+        default: fail("selftest: unknown argument '\(argument)'; see 'martlet-vmm selftest --help'", code: 2)
+        }
+    }
+    do {
+        let report = try Selftest.run()
+        if json {
+            say(JSON.object([
+                ("passed", .bool(report.passed)),
+                ("exit", .string(report.exit)),
+                ("milliseconds", .number(report.milliseconds.rounded())),
+                ("checks", .array(report.checks.map { .object([("name", .string($0.name)), ("passed", .bool($0.passed))]) })),
+                ("serial", .string(report.serial)),
+            ]).text)
+        } else {
+            if verbose { say(report.serial) }
+            for check in report.checks { say("\(check.passed ? "ok  " : "FAIL") \(check.name)") }
+            say("\(report.passed ? "PASS" : "FAIL") martlet-vmm selftest (\(Int(report.milliseconds)) ms)")
+        }
+        exit(report.passed ? 0 : 1)
+    } catch {
+        fail("selftest: \(error)", code: 1)
+    }
+}
+
+func check(_ arguments: [String]) -> Never {
+    let json = arguments.contains("--json")
+    do {
+        let system = try KVMSystem()
+        let cpuid = try system.supportedCPUID()
+        if json {
+            say(JSON.object([("ok", .bool(true)), ("cpuid_entries", .number(Double(cpuid.count)))]).text)
+        } else {
+            say("ok: /dev/kvm is usable (API 12, irqchip, PIT2, \(cpuid.count) CPUID entries)")
+        }
+        exit(0)
+    } catch {
+        if json { say(JSON.object([("ok", .bool(false)), ("error", .string("\(error)"))]).text) }
+        fail("\(error)", code: 1)
+    }
+}
+
+switch arguments.first {
+case "selftest": selftest(Array(arguments.dropFirst()))
+case "check": check(Array(arguments.dropFirst()))
+case "--version":
+    say("martlet-vmm \(version)")
+    exit(0)
+case "-h", "--help", "help":
+    say(usage)
+    exit(0)
+default: break
+}
+
+var config = VMConfig()
+var timeout: Double?
+var printStats = false
+var overrides: [(inout VMConfig) throws -> Void] = []
+
+func value(_ flag: String, _ index: inout Int) -> String {
+    index += 1
+    guard index < arguments.count else { fail("\(flag) needs a value; see --help", code: 2) }
+    return arguments[index]
+}
+
+func number(_ flag: String, _ text: String) -> Int {
+    guard let value = Int(text) else { fail("\(flag): '\(text)' is not a number", code: 2) }
+    return value
+}
+
+var index = 0
+var configPath: String?
+while index < arguments.count {
+    let flag = arguments[index]
+    switch flag {
+    case "--config": configPath = value(flag, &index)
+    case "--kernel": let v = value(flag, &index); overrides.append { $0.kernel = v }
+    case "--initrd": let v = value(flag, &index); overrides.append { $0.initrd = v }
+    case "--cmdline": let v = value(flag, &index); overrides.append { $0.cmdline = v }
+    case "--vcpus": let v = number(flag, value(flag, &index)); overrides.append { $0.vcpus = v }
+    case "--memory": let v = number(flag, value(flag, &index)); overrides.append { $0.memoryMiB = v }
+    case "--rng": overrides.append { $0.rng = true }
+    case "--stats": printStats = true
+    case "--control-socket": let v = value(flag, &index); overrides.append { $0.controlSocket = v }
+    case "--serial":
+        let v = value(flag, &index)
+        overrides.append { $0.serial = try SerialOutput(parsing: v, field: "--serial") }
+    case "--on-reboot":
+        let v = value(flag, &index)
+        guard let policy = VMConfig.RebootPolicy(rawValue: v) else { fail("--on-reboot: '\(v)' is not exit or restart", code: 2) }
+        overrides.append { $0.onReboot = policy }
+    case "--ap-start":
+        let v = value(flag, &index)
+        guard let mode = VMConfig.APStart(rawValue: v) else { fail("--ap-start: '\(v)' is not sipi or entry", code: 2) }
+        overrides.append { $0.apStart = mode }
+    case "--timeout":
+        let v = value(flag, &index)
+        guard let seconds = Double(v), seconds > 0 else { fail("--timeout: '\(v)' is not a positive number of seconds", code: 2) }
+        timeout = seconds
+    case "--disk":
+        let parts = value(flag, &index).split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        var disk = VMConfig.Disk(path: parts[0])
+        for option in parts.dropFirst() {
+            if option == "ro" {
+                disk.readOnly = true
+            } else if option.hasPrefix("id=") {
+                disk.id = String(option.dropFirst(3))
+            } else {
+                fail("--disk: unknown option '\(option)'; use PATH[,ro][,id=ID]", code: 2)
+            }
+        }
+        overrides.append { $0.disks.append(disk) }
+    default:
+        fail("unknown argument '\(flag)'; see 'martlet-vmm --help'", code: 2)
+    }
+    index += 1
+}
+
+do {
+    if let configPath {
+        let fd = open(configPath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { fail("cannot open config '\(configPath)': \(String(cString: strerror(errno)))", code: 2) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            guard count >= 0 else { fail("cannot read config '\(configPath)': \(String(cString: strerror(errno)))", code: 2) }
+            if count == 0 { break }
+            bytes += chunk.prefix(count)
+        }
+        close(fd)
+        config = try VMConfig(json: String(decoding: bytes, as: UTF8.self), source: configPath)
+    }
+    for override in overrides { try override(&config) }
+    try config.validate()
+} catch {
+    fail("\(error)", code: 2)
+}
+
+let machine: Machine
+do {
+    machine = try Machine(config: config)
+} catch let error as VMMError where error.code == .config {
+    fail("\(error)", code: 2)
+} catch {
+    fail("\(error)", code: 1)
+}
+
+var server: ControlServer?
+if let socketPath = config.controlSocket {
+    do {
+        server = try ControlServer(path: socketPath, machine: machine)
+        try server?.start()
+    } catch {
+        fail("\(error)", code: 2)
+    }
+}
+
+let result: Machine.Exit
+do {
+    result = try machine.run(timeout: timeout)
+} catch {
+    fail("\(error)", code: 1)
+}
+server?.close()
+
+if printStats {
+    let text = JSON.object([
+        ("exit", .string("\(result)")),
+        ("start_ns", .number(Double(startNanoseconds))),
+        ("first_exit_ns", .number(Double(machine.firstExitNanoseconds))),
+        ("end_ns", .number(Double(monotonicNanoseconds()))),
+        ("port_io_exits", .number(Double(machine.portIOExits))),
+    ]).text + "\n"
+    _ = text.withCString { write(2, $0, strlen($0)) }
+}
+
+switch result {
+case .powerOff:
+    exit(0)
+case .stopped:
+    exit(4)
+case .reset:
+    if config.onReboot == .restart {
+        // A fresh process is the cleanest reset: every device and vCPU starts anew.
+        let argv = CommandLine.unsafeArgv
+        execv("/proc/self/exe", argv)
+        fail("restart after guest reset failed: execv: \(String(cString: strerror(errno)))", code: 1)
+    }
+    fail("guest requested a reset (on_reboot: exit)", code: 3)
+case .crashed(let reason):
+    fail("guest stopped: \(reason)", code: 1)
+}

@@ -1,13 +1,71 @@
 #pragma once
 // KVM ioctl request numbers are function-like macros (_IOW, _IOR...) that Swift cannot
 // import, so they are exported here as constants, with thin non-variadic ioctl wrappers
-// that return the result or -errno.
+// that return the result or -errno. Structures with unions or flexible array members
+// (kvm_run, kvm_cpuid2, kvm_msrs, kvm_lapic_state) get small accessors here because their
+// Swift imports are awkward or lossy.
 #include <linux/kvm.h>
+#include <stdint.h>
 
 extern const unsigned long CKVM_GET_API_VERSION;
 extern const unsigned long CKVM_CREATE_VM;
 extern const unsigned long CKVM_GET_VCPU_MMAP_SIZE;
 extern const unsigned long CKVM_CHECK_EXTENSION;
+extern const unsigned long CKVM_SET_USER_MEMORY_REGION;
+extern const unsigned long CKVM_CREATE_VCPU;
+extern const unsigned long CKVM_SET_TSS_ADDR;
+extern const unsigned long CKVM_SET_IDENTITY_MAP_ADDR;
+extern const unsigned long CKVM_CREATE_IRQCHIP;
+extern const unsigned long CKVM_CREATE_PIT2;
+extern const unsigned long CKVM_IRQ_LINE;
+extern const unsigned long CKVM_IRQFD;
+extern const unsigned long CKVM_RUN;
+extern const unsigned long CKVM_GET_REGS;
+extern const unsigned long CKVM_SET_REGS;
+extern const unsigned long CKVM_GET_SREGS;
+extern const unsigned long CKVM_SET_SREGS;
+extern const unsigned long CKVM_SET_FPU;
+extern const unsigned long CKVM_SET_MP_STATE;
 
-/// ioctl(fd, request, arg) returning the result, or -errno on failure.
+/// ioctl(fd, request, arg) returning the result, or -errno on failure; retries on EINTR.
 long ckvm_ioctl(int fd, unsigned long request, unsigned long arg);
+/// ioctl(fd, request, arg) once, without retrying on EINTR (KVM_RUN must return to the
+/// caller when a signal kicks the vCPU thread).
+long ckvm_ioctl_once(int fd, unsigned long request, unsigned long arg);
+
+/// The exit information of a `kvm_run` area, flattened out of its unions.
+struct ckvm_exit {
+    uint32_t reason;
+    /* KVM_EXIT_IO */
+    uint8_t io_direction;
+    uint8_t io_size;
+    uint16_t io_port;
+    uint32_t io_count;
+    uint64_t io_data_offset;
+    /* KVM_EXIT_MMIO */
+    uint64_t mmio_address;
+    uint32_t mmio_length;
+    uint8_t mmio_is_write;
+    /* KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTERNAL_ERROR */
+    uint32_t event_type;
+    uint64_t hardware_reason;
+    uint32_t suberror;
+};
+
+/// Copies the exit reason and its details out of `run`.
+void ckvm_read_exit(const struct kvm_run *run, struct ckvm_exit *out);
+/// The 8 data bytes of an MMIO exit (read or written by the guest).
+uint8_t *ckvm_mmio_data(struct kvm_run *run);
+/// Sets `kvm_run.immediate_exit`.
+void ckvm_set_immediate_exit(struct kvm_run *run, uint8_t value);
+
+/// KVM_GET_SUPPORTED_CPUID into `entries` (capacity `*count`); `*count` receives the number
+/// filled in. Returns 0 or -errno.
+long ckvm_get_supported_cpuid(int kvm_fd, struct kvm_cpuid_entry2 *entries, uint32_t *count);
+/// KVM_SET_CPUID2 with `count` entries. Returns 0 or -errno.
+long ckvm_set_cpuid2(int vcpu_fd, const struct kvm_cpuid_entry2 *entries, uint32_t count);
+/// KVM_SET_MSRS with `count` (index, value) pairs. Returns the number set, or -errno.
+long ckvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *values, uint32_t count);
+/// Programs the local APIC's LINT0 as ExtINT and LINT1 as NMI (KVM_GET/SET_LAPIC), the
+/// wiring a PC has and Linux expects. Returns 0 or -errno.
+long ckvm_setup_lapic_lint(int vcpu_fd);

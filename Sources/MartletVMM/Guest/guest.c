@@ -1,0 +1,327 @@
+/* The tiny 64-bit test guest of martlet-vmm. Entered like Linux (64-bit mode, identity-mapped
+ * paging, zero page in RSI), it reads "test=NAME" from the command line and exercises one part
+ * of the VMM: serial, port I/O, i8042 reset, SMP (APIC IDs), virtio-blk, virtio-rng, or the
+ * polling benchmarks. It ends by powering off through the ACPI PM1a control port.
+ * Built twice: as an ELF by the test suite, and as the flat binary embedded for `selftest`. */
+#include <stdint.h>
+
+__asm__(".section .text.start, \"ax\"\n"
+        ".global _start\n"
+        "_start:\n"
+        "  mov %rsi, %rdi\n"
+        "  call guest_main\n"
+        "1: cli\n"
+        "  hlt\n"
+        "  jmp 1b\n"
+        ".text\n");
+
+static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outw(uint16_t port, uint16_t v) { __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }
+static inline uint8_t inb(uint16_t port) {
+    uint8_t v;
+    __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+static inline uint32_t mmio_read(uint64_t addr) { return *(volatile uint32_t *)addr; }
+static inline void mmio_write(uint64_t addr, uint32_t v) { *(volatile uint32_t *)addr = v; }
+static inline void barrier(void) { __asm__ volatile("mfence" ::: "memory"); }
+
+#define COM1 0x3f8
+static volatile int print_lock;
+
+static void putc_raw(char c) {
+    while (!(inb(COM1 + 5) & 0x20)) {
+    }
+    outb(COM1, (uint8_t)c);
+}
+static void puts_raw(const char *s) {
+    while (*s) putc_raw(*s++);
+}
+static void lock(void) {
+    while (__atomic_test_and_set(&print_lock, __ATOMIC_ACQUIRE)) {
+    }
+}
+static void unlock(void) { __atomic_clear(&print_lock, __ATOMIC_RELEASE); }
+static void print(const char *s) {
+    lock();
+    puts_raw(s);
+    unlock();
+}
+static void put_hex(uint64_t v, int digits) {
+    for (int i = digits - 1; i >= 0; i--) putc_raw("0123456789abcdef"[(v >> (4 * i)) & 0xf]);
+}
+static void put_dec(uint64_t v) {
+    char buf[21];
+    int i = 20;
+    buf[i] = 0;
+    do {
+        buf[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    puts_raw(buf + i);
+}
+
+static void power_off(void) {
+    outw(0x604, (5 << 10) | (1 << 13)); /* SLP_TYP = S5, SLP_EN */
+    for (;;) __asm__ volatile("cli; hlt");
+}
+
+/* The value of "key=" in the command line, or 0. */
+static const char *cmdline;
+static const char *arg(const char *key) {
+    for (const char *p = cmdline; p && *p; p++) {
+        if (p != cmdline && p[-1] != ' ') continue;
+        const char *k = key, *q = p;
+        while (*k && *q == *k) k++, q++;
+        if (!*k) return q;
+    }
+    return 0;
+}
+static int arg_is(const char *key, const char *value) {
+    const char *v = arg(key);
+    if (!v) return 0;
+    while (*value && *v == *value) v++, value++;
+    return !*value && (*v == 0 || *v == ' ');
+}
+static uint64_t arg_number(const char *key, uint64_t fallback) {
+    const char *v = arg(key);
+    if (!v || *v < '0' || *v > '9') return fallback;
+    uint64_t n = 0;
+    while (*v >= '0' && *v <= '9') n = n * 10 + (uint64_t)(*v++ - '0');
+    return n;
+}
+
+static uint32_t apic_id(void) {
+    uint32_t a, b, c, d;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+    return b >> 24;
+}
+
+/* ---- virtio-mmio (modern) driver, polling ---- */
+#define VIRTIO_BASE 0xd0000000ull
+#define Q_DESC 0x300000ull
+#define Q_AVAIL 0x300400ull
+#define Q_USED 0x300800ull
+#define BUF_HDR 0x301000ull
+#define BUF_DATA 0x302000ull
+#define BUF_STATUS 0x304000ull
+#define QSIZE 8
+
+struct desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags, next;
+};
+
+static uint64_t dev;
+static uint16_t avail_idx, used_seen;
+
+static uint64_t find_device(uint32_t id) {
+    for (int i = 0; i < 16; i++) {
+        uint64_t base = VIRTIO_BASE + 0x1000ull * i;
+        if (mmio_read(base) == 0x74726976 && mmio_read(base + 4) == 2 && mmio_read(base + 8) == id) return base;
+    }
+    return 0;
+}
+
+static int virtio_init(uint32_t id, uint32_t wanted_low) {
+    dev = find_device(id);
+    if (!dev) return -1;
+    mmio_write(dev + 0x70, 0);
+    mmio_write(dev + 0x70, 1 | 2); /* ACKNOWLEDGE | DRIVER */
+    mmio_write(dev + 0x14, 1);
+    if (!(mmio_read(dev + 0x10) & 1)) return -2; /* VIRTIO_F_VERSION_1 */
+    mmio_write(dev + 0x14, 0);
+    uint32_t low = mmio_read(dev + 0x10) & wanted_low;
+    mmio_write(dev + 0x24, 0);
+    mmio_write(dev + 0x20, low);
+    mmio_write(dev + 0x24, 1);
+    mmio_write(dev + 0x20, 1);
+    mmio_write(dev + 0x70, 1 | 2 | 8);
+    if (!(mmio_read(dev + 0x70) & 8)) return -3;
+    mmio_write(dev + 0x30, 0);
+    if (mmio_read(dev + 0x34) < QSIZE) return -4;
+    mmio_write(dev + 0x38, QSIZE);
+    mmio_write(dev + 0x80, (uint32_t)Q_DESC);
+    mmio_write(dev + 0x84, 0);
+    mmio_write(dev + 0x90, (uint32_t)Q_AVAIL);
+    mmio_write(dev + 0x94, 0);
+    mmio_write(dev + 0xa0, (uint32_t)Q_USED);
+    mmio_write(dev + 0xa4, 0);
+    mmio_write(dev + 0x44, 1);
+    mmio_write(dev + 0x70, 1 | 2 | 8 | 4);
+    avail_idx = used_seen = 0;
+    return mmio_read(dev + 0x70) & 0x40 ? -5 : 0;
+}
+
+/* Submits the chain starting at descriptor 0 and polls for its completion; returns used len. */
+static int64_t submit(void) {
+    volatile uint16_t *avail = (volatile uint16_t *)Q_AVAIL;
+    volatile uint16_t *used = (volatile uint16_t *)Q_USED;
+    avail[2 + (avail_idx % QSIZE)] = 0;
+    barrier();
+    avail[1] = ++avail_idx;
+    barrier();
+    mmio_write(dev + 0x50, 0);
+    while (used[1] == used_seen) {
+        if (mmio_read(dev + 0x70) & 0x40) return -1;
+    }
+    used_seen++;
+    mmio_write(dev + 0x64, mmio_read(dev + 0x60));
+    return *(volatile uint32_t *)(Q_USED + 4 + 8 * ((used_seen - 1) % QSIZE) + 4);
+}
+
+/* One virtio-blk request: type, sector, data length (0 for none). Returns the status byte. */
+static int blk_request(uint32_t type, uint64_t sector, uint32_t len) {
+    struct desc *d = (struct desc *)Q_DESC;
+    volatile uint32_t *hdr = (volatile uint32_t *)BUF_HDR;
+    hdr[0] = type;
+    hdr[1] = 0;
+    *(volatile uint64_t *)(BUF_HDR + 8) = sector;
+    *(volatile uint8_t *)BUF_STATUS = 0xff;
+    d[0] = (struct desc){BUF_HDR, 16, 1, 1};
+    if (len) {
+        d[1] = (struct desc){BUF_DATA, len, (uint16_t)(1 | (type == 1 ? 0 : 2)), 2};
+        d[2] = (struct desc){BUF_STATUS, 1, 2, 0};
+    } else {
+        d[0].next = 2;
+        d[2] = (struct desc){BUF_STATUS, 1, 2, 0};
+    }
+    if (submit() < 0) return -1;
+    return *(volatile uint8_t *)BUF_STATUS;
+}
+
+static void test_blk(void) {
+    int r = virtio_init(2, 1u << 9);
+    if (r) {
+        print("blk: init failed ");
+        put_dec((uint64_t)-r);
+        print("\n");
+        return;
+    }
+    volatile char *data = (volatile char *)BUF_DATA;
+    if (blk_request(0, 0, 512) != 0) {
+        print("blk: read failed\n");
+        return;
+    }
+    lock();
+    puts_raw("blk read: ");
+    for (int i = 0; i < 64 && data[i] && data[i] != '\n'; i++) putc_raw(data[i]);
+    puts_raw("\n");
+    unlock();
+    const char *msg = "written by the martlet guest";
+    for (int i = 0; i < 512; i++) data[i] = 0;
+    for (int i = 0; msg[i]; i++) data[i] = msg[i];
+    if (blk_request(1, 1, 512) != 0) {
+        print("blk: write failed\n");
+        return;
+    }
+    if (blk_request(4, 0, 0) != 0) {
+        print("blk: flush failed\n");
+        return;
+    }
+    for (int i = 0; i < 20; i++) data[i] = 0;
+    if (blk_request(8, 0, 20) == 0) {
+        lock();
+        puts_raw("blk id: ");
+        for (int i = 0; i < 20 && data[i]; i++) putc_raw(data[i]);
+        puts_raw("\n");
+        unlock();
+    }
+    print("blk ok\n");
+}
+
+static void test_rng(void) {
+    if (virtio_init(4, 0)) {
+        print("rng: init failed\n");
+        return;
+    }
+    struct desc *d = (struct desc *)Q_DESC;
+    d[0] = (struct desc){BUF_DATA, 32, 2, 0};
+    int64_t n = submit();
+    lock();
+    puts_raw("rng bytes: ");
+    put_dec((uint64_t)n);
+    puts_raw(" ");
+    for (int i = 0; i < 32; i++) put_hex(((volatile uint8_t *)BUF_DATA)[i], 2);
+    puts_raw("\n");
+    unlock();
+}
+
+static volatile uint32_t cpus_done;
+
+static void test_smp(uint32_t id) {
+    uint64_t n = arg_number("n=", 1);
+    lock();
+    puts_raw("cpu ");
+    put_dec(id);
+    puts_raw("\n");
+    unlock();
+    __atomic_add_fetch(&cpus_done, 1, __ATOMIC_SEQ_CST);
+    if (id != 0) return;
+    while (__atomic_load_n(&cpus_done, __ATOMIC_SEQ_CST) < n) {
+    }
+    print("smp ok\n");
+}
+
+static void bench_blk(void) {
+    uint64_t n = arg_number("n=", 1000);
+    if (virtio_init(2, 0)) {
+        print("bench-blk: init failed\n");
+        return;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        if (blk_request(0, (i * 8) % 2048, 4096) != 0) {
+            print("bench-blk: request failed\n");
+            return;
+        }
+    }
+    print("bench-blk done\n");
+}
+
+void guest_main(const uint8_t *zero_page) {
+    uint32_t id = apic_id();
+    cmdline = (const char *)(uint64_t)(*(const uint32_t *)(zero_page + 0x228));
+    if (id == 0) {
+        if (*(const uint32_t *)(zero_page + 0x202) != 0x53726448) puts_raw("no zero page in RSI\n");
+        const char *name = arg("test=");
+        lock();
+        puts_raw("martlet test guest: test=");
+        while (name && *name && *name != ' ') putc_raw(*name++);
+        puts_raw("\n");
+        unlock();
+    }
+    if (arg_is("test=", "smp")) {
+        test_smp(id);
+        if (id != 0) return;
+    } else if (id != 0) {
+        return;
+    } else if (arg_is("test=", "serial")) {
+        print("hello from the martlet test guest\n");
+    } else if (arg_is("test=", "portio")) {
+        int bad = 0;
+        for (int i = 0; i < 256; i++) {
+            outb(COM1 + 7, (uint8_t)i);
+            if (inb(COM1 + 7) != i) bad++;
+        }
+        print(bad ? "portio mismatch\n" : "portio ok\n");
+    } else if (arg_is("test=", "reset")) {
+        print("resetting\n");
+        outb(0x64, 0xfe);
+        for (;;) __asm__ volatile("cli; hlt");
+    } else if (arg_is("test=", "blk") || arg_is("test=", "selftest")) {
+        test_blk();
+    } else if (arg_is("test=", "rng")) {
+        test_rng();
+    } else if (arg_is("test=", "bench-pio")) {
+        uint64_t n = arg_number("n=", 100000);
+        for (uint64_t i = 0; i < n; i++) outb(COM1 + 7, (uint8_t)i);
+        print("bench-pio done\n");
+    } else if (arg_is("test=", "bench-blk")) {
+        bench_blk();
+    } else if (arg_is("test=", "halt")) {
+        return;
+    }
+    print("guest done\n");
+    power_off();
+}

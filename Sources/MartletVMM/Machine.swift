@@ -1,0 +1,377 @@
+import CKVM
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A running virtual machine: KVM handles, guest memory, devices and one thread per vCPU.
+public final class Machine: @unchecked Sendable {
+    /// How the guest ended.
+    public enum Exit: Equatable, Sendable {
+        case powerOff
+        case reset
+        case stopped
+        case crashed(String)
+    }
+
+    public enum State: String, Sendable { case created, running, paused, stopped }
+
+    /// Base of the virtio-mmio windows (one 4 KiB window per device) inside the MMIO hole.
+    public static let virtioBase: UInt64 = GuestMemory.mmioHoleStart
+    /// IOAPIC pins of the virtio devices: ISA-free lines, avoiding COM1 (4), RTC (8), SCI (9).
+    public static let virtioIRQs: [UInt32] = [5, 6, 7, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
+
+    public let config: VMConfig
+    let kvm: KVMSystem
+    let vm: VirtualMachineHandle
+    public let memory: GuestMemory
+    let vcpus: [VCPUHandle]
+    let serial: Serial
+    let powerManagement: PowerManagement
+    let virtio: [VirtioMMIOTransport]
+    private var portDevices: [(range: ClosedRange<UInt16>, device: PortIODevice)] = []
+
+    private let control = ConditionLock()
+    private var exitResult: Exit?
+    private var paused = false
+    private var stopping = false
+    private var pausedVCPUs = 0
+    private var threads: [pthread_t] = []
+    private var started = false
+    private var serialFD: Int32 = -1
+    private var exitCounts = [Int](repeating: 0, count: 1)
+    /// CLOCK_MONOTONIC nanoseconds of the first VM exit (the guest has run).
+    public private(set) var firstExitNanoseconds: UInt64 = 0
+
+    /// Creates the VM: validates `config`, loads the kernel (or `kernelOverride`) and initrd,
+    /// builds devices and vCPUs. `serialSink` replaces `config.serial` (tests capture output).
+    public init(config: VMConfig, kernelOverride: KernelImage? = nil, serialSink: ((UInt8) -> Void)? = nil) throws {
+        try config.validate()
+        self.config = config
+        let kernel = try kernelOverride ?? KernelImage(bytes: readWholeFile(config.kernel, what: "kernel"), path: config.kernel)
+        let initrd = try config.initrd.map { try readWholeFile($0, what: "initrd") }
+        var disks: [VirtioBlock] = []
+        for (index, disk) in config.disks.enumerated() {
+            do {
+                disks.append(try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.id))
+            } catch let error as VMMError {
+                throw VMMError(error.code, "disks[\(index)]: \(error.message)")
+            }
+        }
+
+        kvm = try KVMSystem()
+        vm = try VirtualMachineHandle(system: kvm)
+        memory = try GuestMemory(size: UInt64(config.memoryMiB) << 20)
+        for (slot, region) in memory.regions.enumerated() {
+            try vm.setMemoryRegion(slot: UInt32(slot), guestAddress: region.guestAddress, size: region.size, host: region.host)
+        }
+        try vm.createPlatform(tssAddress: BootLayout.tss)
+
+        var sinkFD: Int32 = -1
+        switch config.serial {
+        case .stdout: sinkFD = 1
+        case .none: sinkFD = -1
+        case .file(let path):
+            sinkFD = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard sinkFD >= 0 else { throw VMMError(.config, "serial: cannot open '\(path)': \(errnoText(errno))") }
+        }
+        serialFD = sinkFD
+        let vm = self.vm
+        let sink: (UInt8) -> Void = serialSink ?? { byte in
+            guard sinkFD >= 0 else { return }
+            var byte = byte
+            _ = Glibc.write(sinkFD, &byte, 1)
+        }
+        serial = Serial(sink: sink, raiseIRQ: { vm.pulseIRQ(Serial.irq) })
+        var onEvent: (PlatformEvent) -> Void = { _ in }
+        let eventRelay: (PlatformEvent) -> Void = { onEvent($0) }
+        powerManagement = PowerManagement(onEvent: eventRelay, raiseSCI: { try? vm.setIRQLine(PowerManagement.sciIRQ, level: $0) })
+
+        var transports: [VirtioMMIOTransport] = []
+        var devices: [VirtioDevice] = disks
+        if config.rng { devices.append(try VirtioRNG()) }
+        for (index, device) in devices.enumerated() {
+            transports.append(VirtioMMIOTransport(
+                device: device, base: Machine.virtioBase + UInt64(index) * 0x1000, irq: Machine.virtioIRQs[index],
+                memory: memory, interrupt: { vm.pulseIRQ($0) }))
+        }
+        virtio = transports
+
+        let supportedCPUID = try kvm.supportedCPUID()
+        var vcpus: [VCPUHandle] = []
+        for index in 0..<config.vcpus {
+            let vcpu = try VCPUHandle(vm: vm, index: index)
+            try vcpu.setCPUID(VCPUHandle.cpuid(supportedCPUID, index: index, count: config.vcpus))
+            try vcpu.setupLAPIC()
+            vcpus.append(vcpu)
+        }
+        self.vcpus = vcpus
+        exitCounts = [Int](repeating: 0, count: config.vcpus)
+
+        try loadGuest(kernel: kernel, initrd: initrd)
+        for vcpu in vcpus {
+            if vcpu.index == 0 || config.apStart == .entry {
+                let stack = vcpu.index == 0 ? BootLayout.bootStack : BootLayout.apStackTop - UInt64(vcpu.index - 1) * 0x1000
+                try vcpu.setupLongMode(entry: kernel.entry, stack: stack)
+                if vcpu.index > 0 { try vcpu.setMPState(runnable: true) }
+            }
+        }
+
+        portDevices = [
+            (Serial.base...Serial.base + 7, serial),
+            (0x60...0x64, I8042(onEvent: eventRelay)),
+            (PowerManagement.eventBlock...PowerManagement.controlBlock + 1, powerManagement),
+        ]
+        onEvent = { [unowned self] event in
+            finish(event == .powerOff ? .powerOff : .reset)
+        }
+    }
+
+    deinit {
+        if serialFD > 2 { close(serialFD) }
+    }
+
+    /// The kernel command line with the virtio-mmio devices appended, for kernels built with
+    /// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES (others find them in the DSDT).
+    var commandLine: String {
+        var line = config.cmdline
+        for transport in virtio {
+            line += " virtio_mmio.device=4K@0x\(String(transport.mmioBase, radix: 16)):\(transport.irq)"
+        }
+        return line
+    }
+
+    private func loadGuest(kernel: KernelImage, initrd: [UInt8]?) throws {
+        for segment in kernel.segments {
+            guard memory.contains(segment.address, length: UInt64(segment.bytes.count)) else {
+                throw VMMError(.boot, "kernel: segment at 0x\(String(segment.address, radix: 16)) (\(segment.bytes.count) bytes) does not fit in \(config.memoryMiB) MiB of memory; raise memory_mib")
+            }
+            try memory.write(segment.bytes, at: segment.address)
+        }
+        var initrdPlacement: (UInt64, UInt64)?
+        if let initrd {
+            let lowEnd = memory.regions[0].size
+            let top = min(lowEnd, kernel.initrdAddressMax + 1)
+            let size = UInt64(initrd.count)
+            let kernelEnd = KernelImage.loadAddress + max(kernel.initSize, UInt64(kernel.segments.map(\.bytes.count).max() ?? 0))
+            guard size < top, (top - size) & ~0xFFF > kernelEnd else {
+                throw VMMError(.boot, "initrd: \(initrd.count) bytes do not fit between the kernel and the top of low memory; raise memory_mib")
+            }
+            let address = (top - size) & ~0xFFF
+            try memory.write(initrd, at: address)
+            initrdPlacement = (address, size)
+        }
+        let line = commandLine
+        try memory.write(Array(line.utf8) + [0], at: BootLayout.commandLine)
+        try BootLayout.writePageTables(memory)
+        try BootLayout.writeGDT(memory)
+        let rsdp = try ACPITables(vcpus: config.vcpus, virtio: virtio.map { ($0.mmioBase, $0.mmioSize, $0.irq) }).write(to: memory, at: BootLayout.acpiStart)
+        let zeroPage = ZeroPage(kernel: kernel, commandLine: line, initrd: initrdPlacement, e820: BootLayout.e820(memory), rsdp: rsdp)
+        try memory.write(zeroPage.bytes, at: BootLayout.zeroPage)
+    }
+
+    // MARK: Running
+
+    /// Starts the vCPU threads and blocks until the guest ends (or `timeout` seconds pass,
+    /// which stops it and reports `.crashed("timeout")`).
+    public func run(timeout: Double? = nil) throws -> Exit {
+        Machine.installKickHandler()
+        try control.withLock {
+            guard !started else { throw VMMError(.guest, "the machine already ran") }
+            started = true
+        }
+        for vcpu in vcpus {
+            do {
+                threads.append(try startThread { [self] in vcpuLoop(vcpu) })
+            } catch {
+                finish(.crashed("\(error)"))
+                break
+            }
+        }
+        let result: Exit = control.withLock {
+            if let timeout {
+                if !control.wait(until: { exitResult != nil }, timeout: timeout) {
+                    exitResult = .crashed("timeout after \(timeout) s")
+                }
+            } else {
+                control.wait(until: { exitResult != nil })
+            }
+            stopping = true
+            control.broadcast()
+            return exitResult!
+        }
+        kickAll()
+        for thread in threads { pthread_join(thread, nil) }
+        return result
+    }
+
+    /// Ends the run with `exit` (the first reason wins).
+    func finish(_ exit: Exit) {
+        control.withLock {
+            if exitResult == nil { exitResult = exit }
+            control.broadcast()
+        }
+    }
+
+    public var state: State {
+        control.withLock {
+            if !started { return .created }
+            if exitResult != nil { return .stopped }
+            return paused ? .paused : .running
+        }
+    }
+
+    /// Stops every vCPU out of KVM_RUN and waits until all are parked.
+    public func pause() {
+        control.withLock { paused = true }
+        kickAll()
+        control.withLock {
+            _ = control.wait(until: { pausedVCPUs == threads.count || exitResult != nil }, timeout: 5)
+        }
+    }
+
+    public func resume() {
+        control.withLock {
+            paused = false
+            control.broadcast()
+        }
+    }
+
+    /// Stops the VM at once (control API `stop`).
+    public func stop() { finish(.stopped) }
+
+    /// Presses the ACPI power button (control API `shutdown`); the guest powers off through S5.
+    public func pressPowerButton() { powerManagement.pressPowerButton() }
+
+    /// Port I/O exits handled so far, summed over the vCPUs.
+    public var portIOExits: Int { control.withLock { exitCounts.reduce(0, +) } }
+
+    /// Virtio devices that stopped on malformed guest input, with the reason.
+    public var deviceErrors: [String] { virtio.compactMap { $0.lastError?.message } }
+
+    private func kickAll() {
+        let running = control.withLock { threads }
+        for (index, thread) in running.enumerated() {
+            vcpus[index].setImmediateExit(true)
+            pthread_kill(thread, SIGUSR2)
+        }
+    }
+
+    private static let installKick: Void = {
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = 0  // no SA_RESTART: KVM_RUN must return EINTR
+        sigaction(SIGUSR2, &action, nil)
+    }()
+
+    static func installKickHandler() { _ = installKick }
+
+    /// Parks while paused; returns false when the vCPU must leave its loop.
+    private func shouldContinue(_ vcpu: VCPUHandle) -> Bool {
+        control.withLock {
+            if stopping || exitResult != nil { return false }
+            if paused {
+                pausedVCPUs += 1
+                control.broadcast()
+                control.wait(until: { !paused || stopping || exitResult != nil })
+                pausedVCPUs -= 1
+            }
+            return !(stopping || exitResult != nil)
+        }
+    }
+
+    private func vcpuLoop(_ vcpu: VCPUHandle) {
+        var ioExits = 0
+        defer { control.withLock { exitCounts[vcpu.index] = ioExits } }
+        while shouldContinue(vcpu) {
+            do {
+                guard let exit = try vcpu.runOnce() else {
+                    vcpu.setImmediateExit(false)
+                    continue
+                }
+                if firstExitNanoseconds == 0 { recordFirstExit() }
+                switch Int32(exit.reason) {
+                case KVM_EXIT_IO:
+                    ioExits += 1
+                    if ioExits & 0xFFF == 0 { control.withLock { exitCounts[vcpu.index] = ioExits } }
+                    handlePortIO(vcpu, exit)
+                case KVM_EXIT_MMIO:
+                    handleMMIO(vcpu, exit)
+                case KVM_EXIT_HLT:
+                    continue
+                case KVM_EXIT_SHUTDOWN:
+                    finish(.reset)  // a triple fault: Linux's last-resort reboot
+                case KVM_EXIT_SYSTEM_EVENT:
+                    switch Int32(exit.event_type) {
+                    case KVM_SYSTEM_EVENT_SHUTDOWN: finish(.powerOff)
+                    case KVM_SYSTEM_EVENT_RESET: finish(.reset)
+                    default: finish(.crashed("vCPU \(vcpu.index): system event \(exit.event_type)"))
+                    }
+                case KVM_EXIT_FAIL_ENTRY:
+                    finish(.crashed("vCPU \(vcpu.index): VM entry failed, hardware reason 0x\(String(exit.hardware_reason, radix: 16))"))
+                case KVM_EXIT_INTERNAL_ERROR:
+                    finish(.crashed("vCPU \(vcpu.index): KVM internal error, suberror \(exit.suberror)\(describeRegisters(vcpu))"))
+                default:
+                    finish(.crashed("vCPU \(vcpu.index): unhandled exit reason \(exit.reason)\(describeRegisters(vcpu))"))
+                }
+            } catch {
+                finish(.crashed("\(error)"))
+            }
+        }
+    }
+
+    private func recordFirstExit() {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        control.withLock {
+            if firstExitNanoseconds == 0 { firstExitNanoseconds = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec) }
+        }
+    }
+
+    private func describeRegisters(_ vcpu: VCPUHandle) -> String {
+        guard let regs = try? vcpu.registers() else { return "" }
+        return " at rip 0x\(String(regs.rip, radix: 16))"
+    }
+
+    private func handlePortIO(_ vcpu: VCPUHandle, _ exit: ckvm_exit) {
+        let port = exit.io_port
+        let size = Int(exit.io_size)
+        guard let device = portDevices.first(where: { $0.range.contains(port) })?.device else {
+            if exit.io_direction == UInt8(KVM_EXIT_IO_IN) {
+                memset(vcpu.ioData(exit), 0xFF, size * Int(exit.io_count))
+            }
+            return
+        }
+        var data = vcpu.ioData(exit)
+        for _ in 0..<max(1, Int(exit.io_count)) {
+            if exit.io_direction == UInt8(KVM_EXIT_IO_OUT) {
+                var value: UInt32 = 0
+                memcpy(&value, data, size)
+                device.write(port: port, size: size, value: value)
+            } else {
+                var value = device.read(port: port, size: size)
+                memcpy(data, &value, size)
+            }
+            data += size
+        }
+    }
+
+    private func handleMMIO(_ vcpu: VCPUHandle, _ exit: ckvm_exit) {
+        let address = exit.mmio_address
+        let size = Int(min(exit.mmio_length, 8))
+        let data = vcpu.mmioData()
+        guard let device = virtio.first(where: { address >= $0.mmioBase && address - $0.mmioBase < $0.mmioSize }) else {
+            if exit.mmio_is_write == 0 { memset(data, 0xFF, size) }
+            return
+        }
+        if exit.mmio_is_write != 0 {
+            var value: UInt64 = 0
+            memcpy(&value, data, size)
+            device.write(offset: address - device.mmioBase, size: size, value: value)
+        } else {
+            var value = device.read(offset: address - device.mmioBase, size: size)
+            memcpy(data, &value, size)
+        }
+    }
+}

@@ -1,2 +1,0 @@
-/// The KVM virtual machine monitor behind `martlet-vmm`.
-public enum MartletVMM {}

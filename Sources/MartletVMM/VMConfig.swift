@@ -1,0 +1,65 @@
+/// Everything needed to start a VM; built from JSON (`VMConfig(json:)`) or from flags.
+public struct VMConfig: Equatable, Sendable {
+    public struct Disk: Equatable, Sendable {
+        public var path: String
+        public var readOnly = false
+        /// The virtio-blk serial (GET_ID), at most 20 bytes.
+        public var id = ""
+        public init(path: String, readOnly: Bool = false, id: String = "") {
+            self.path = path
+            self.readOnly = readOnly
+            self.id = id
+        }
+    }
+
+    /// What a guest-requested reset does.
+    public enum RebootPolicy: String, Sendable { case exit, restart }
+
+    /// How application processors start: waiting for INIT/SIPI like on a PC (Linux), or all
+    /// at the kernel entry in 64-bit mode (the tiny test guests, which have no trampoline).
+    public enum APStart: String, Sendable { case sipi, entry }
+
+    public var vcpus = 1
+    public var memoryMiB = 256
+    public var kernel = ""
+    public var initrd: String?
+    public var cmdline = "console=ttyS0"
+    public var disks: [Disk] = []
+    public var rng = false
+    public var serial: SerialOutput = .stdout
+    public var onReboot: RebootPolicy = .exit
+    public var controlSocket: String?
+    public var apStart: APStart = .sipi
+
+    public init() {}
+
+    public static let maxVCPUs = 64
+
+    /// Checks ranges and combinations before any resource is created; errors name the field.
+    public func validate() throws {
+        guard (1...VMConfig.maxVCPUs).contains(vcpus) else {
+            throw VMMError(.config, "vcpus: \(vcpus) is out of range; use 1 to \(VMConfig.maxVCPUs)")
+        }
+        guard (4...(1 << 20)).contains(memoryMiB) else {
+            throw VMMError(.config, "memory_mib: \(memoryMiB) is out of range; use 4 to 1048576")
+        }
+        guard !kernel.isEmpty else {
+            throw VMMError(.config, "kernel: missing; give the path of a bzImage or ELF vmlinux")
+        }
+        guard cmdline.utf8.count < BootLayout.commandLineMax - 256 else {
+            throw VMMError(.config, "cmdline: \(cmdline.utf8.count) bytes is too long; keep it under \(BootLayout.commandLineMax - 256)")
+        }
+        guard disks.count + (rng ? 1 : 0) <= Machine.virtioIRQs.count else {
+            throw VMMError(.config, "disks: at most \(Machine.virtioIRQs.count - (rng ? 1 : 0)) virtio devices fit")
+        }
+        for (index, disk) in disks.enumerated() {
+            guard !disk.path.isEmpty else { throw VMMError(.config, "disks[\(index)].path: missing") }
+            guard disk.id.utf8.count <= 20 else {
+                throw VMMError(.config, "disks[\(index)].id: '\(disk.id)' is longer than 20 bytes")
+            }
+        }
+        if case .file(let path) = serial, path.isEmpty {
+            throw VMMError(.config, "serial: empty file path; use \"stdout\", \"none\" or \"file:PATH\"")
+        }
+    }
+}

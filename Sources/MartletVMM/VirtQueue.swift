@@ -1,0 +1,116 @@
+/// One element of a descriptor chain, already checked to lie inside guest RAM.
+public struct DescriptorBuffer: Equatable {
+    public var address: UInt64
+    public var length: UInt32
+    public var writable: Bool
+}
+
+/// A descriptor chain popped from the available ring: its head index and its buffers,
+/// device-readable ones first, then device-writable ones (the order the spec requires).
+public struct DescriptorChain {
+    public var head: UInt16
+    public var buffers: [DescriptorBuffer]
+    public var readable: [DescriptorBuffer] { buffers.filter { !$0.writable } }
+    public var writable: [DescriptorBuffer] { buffers.filter(\.writable) }
+}
+
+/// A split virtqueue in guest memory. Everything read from the rings is untrusted: indices,
+/// chain links, addresses and lengths are checked, and a malformed chain is a device error.
+public final class VirtQueue {
+    static let descriptorNext: UInt16 = 1
+    static let descriptorWrite: UInt16 = 2
+    static let descriptorIndirect: UInt16 = 4
+
+    public let maxSize: UInt16
+    public var size: UInt16
+    public var ready = false
+    public var descriptorTable: UInt64 = 0
+    public var availableRing: UInt64 = 0
+    public var usedRing: UInt64 = 0
+    public private(set) var nextAvailable: UInt16 = 0
+    private var nextUsed: UInt16 = 0
+
+    public init(maxSize: UInt16) {
+        self.maxSize = maxSize
+        self.size = maxSize
+    }
+
+    public func reset() {
+        ready = false
+        size = maxSize
+        descriptorTable = 0
+        availableRing = 0
+        usedRing = 0
+        nextAvailable = 0
+        nextUsed = 0
+    }
+
+    /// Checks the size and that the three rings lie inside guest RAM (when the driver sets QueueReady).
+    public func validate(_ memory: GuestMemory) throws {
+        guard size > 0, size <= maxSize, size & (size - 1) == 0 else {
+            throw VMMError(.device, "queue size \(size) is not a power of two between 1 and \(maxSize)")
+        }
+        let count = UInt64(size)
+        guard memory.contains(descriptorTable, length: 16 * count), descriptorTable % 16 == 0,
+            memory.contains(availableRing, length: 6 + 2 * count), availableRing % 2 == 0,
+            memory.contains(usedRing, length: 6 + 8 * count), usedRing % 4 == 0
+        else {
+            throw VMMError(.device, "virtqueue rings (desc 0x\(String(descriptorTable, radix: 16)), avail 0x\(String(availableRing, radix: 16)), used 0x\(String(usedRing, radix: 16))) are misaligned or outside guest RAM")
+        }
+    }
+
+    /// The next available chain, or nil when the driver has not made one available.
+    public func pop(_ memory: GuestMemory) throws -> DescriptorChain? {
+        let availableIndex: UInt16 = try memory.read(at: availableRing + 2)
+        let pending = availableIndex &- nextAvailable
+        if pending == 0 { return nil }
+        guard pending <= size else {
+            throw VMMError(.device, "available index \(availableIndex) ran \(pending) entries ahead of the device, more than the queue size \(size)")
+        }
+        let head: UInt16 = try memory.read(at: availableRing + 4 + 2 * UInt64(nextAvailable % size))
+        nextAvailable &+= 1
+        var buffers: [DescriptorBuffer] = []
+        var index = head
+        var total: UInt64 = 0
+        while true {
+            guard index < size else {
+                throw VMMError(.device, "descriptor index \(index) is outside the queue of \(size)")
+            }
+            guard buffers.count < Int(size) else {
+                throw VMMError(.device, "descriptor chain from \(head) is longer than the queue (a loop)")
+            }
+            let descriptor = descriptorTable + 16 * UInt64(index)
+            let address: UInt64 = try memory.read(at: descriptor)
+            let length: UInt32 = try memory.read(at: descriptor + 8)
+            let flags: UInt16 = try memory.read(at: descriptor + 12)
+            let next: UInt16 = try memory.read(at: descriptor + 14)
+            guard flags & VirtQueue.descriptorIndirect == 0 else {
+                throw VMMError(.device, "descriptor \(index) is indirect, a feature not offered")
+            }
+            guard memory.contains(address, length: UInt64(length)) else {
+                throw VMMError(.device, "descriptor \(index) points outside guest RAM (0x\(String(address, radix: 16))+\(length))")
+            }
+            let writable = flags & VirtQueue.descriptorWrite != 0
+            if !writable, buffers.last?.writable == true {
+                throw VMMError(.device, "descriptor \(index) is device-readable after a device-writable one")
+            }
+            total += UInt64(length)
+            guard total <= UInt64(UInt32.max) else {
+                throw VMMError(.device, "descriptor chain from \(head) is longer than 4 GiB")
+            }
+            buffers.append(DescriptorBuffer(address: address, length: length, writable: writable))
+            guard flags & VirtQueue.descriptorNext != 0 else { break }
+            index = next
+        }
+        return DescriptorChain(head: head, buffers: buffers)
+    }
+
+    /// Returns a chain to the driver through the used ring with `length` bytes written.
+    public func push(_ memory: GuestMemory, head: UInt16, length: UInt32) throws {
+        let element = usedRing + 4 + 8 * UInt64(nextUsed % size)
+        try memory.write(UInt32(head), at: element)
+        try memory.write(length, at: element + 4)
+        nextUsed &+= 1
+        try memory.write(nextUsed, at: usedRing + 2)
+    }
+}

@@ -1,0 +1,171 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// virtio-blk over a raw image file or a block device: read, write, flush, get ID; read-only
+/// on request. Request buffers come from the guest and are checked like everything else.
+final class VirtioBlock: VirtioDevice {
+    static let featureReadOnly: UInt64 = 1 << 5
+    static let featureFlush: UInt64 = 1 << 9
+    static let sectorSize: UInt64 = 512
+
+    let deviceID: UInt32 = 2
+    let queueSizes: [UInt16] = [256]
+    let path: String
+    let readOnly: Bool
+    let serial: [UInt8]
+    private let fd: Int32
+    let capacityBytes: UInt64
+
+    /// Opens `path` (O_RDONLY when `readOnly`); errors name the path.
+    init(path: String, readOnly: Bool, serial: String) throws {
+        let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+        guard fd >= 0 else { throw VMMError(.io, "cannot open disk '\(path)': \(errnoText(errno))") }
+        let size = lseek(fd, 0, SEEK_END)
+        guard size >= 0 else {
+            let code = errno
+            close(fd)
+            throw VMMError.syscall("lseek", path: path, errno: code)
+        }
+        self.fd = fd
+        self.path = path
+        self.readOnly = readOnly
+        self.capacityBytes = UInt64(size)
+        self.serial = Array(serial.utf8.prefix(20))
+    }
+
+    deinit { close(fd) }
+
+    var features: UInt64 { VirtioBlock.featureFlush | (readOnly ? VirtioBlock.featureReadOnly : 0) }
+
+    func readConfig(offset: Int, size: Int) -> UInt64 {
+        var config = [UInt8](repeating: 0, count: 64)
+        config.put(capacityBytes / VirtioBlock.sectorSize, at: 0)
+        guard offset >= 0, offset + size <= config.count else { return 0 }
+        return config.le(UInt64.self, at: offset) & (size >= 8 ? ~0 : (1 << (8 * UInt64(size))) - 1)
+    }
+
+    enum Status: UInt8 { case ok = 0, ioError = 1, unsupported = 2 }
+
+    func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool {
+        var used = false
+        while let chain = try virtQueue.pop(memory) {
+            let written = try handle(chain, memory: memory)
+            try virtQueue.push(memory, head: chain.head, length: written)
+            used = true
+        }
+        return used
+    }
+
+    /// Executes one request; returns the number of bytes written into guest buffers.
+    private func handle(_ chain: DescriptorChain, memory: GuestMemory) throws -> UInt32 {
+        guard let header = chain.buffers.first, !header.writable, header.length >= 16 else {
+            throw VMMError(.device, "virtio-blk request \(chain.head): the first descriptor must be a device-readable 16-byte header")
+        }
+        guard let statusBuffer = chain.buffers.last, statusBuffer.writable, statusBuffer.length >= 1, chain.buffers.count >= 2 else {
+            throw VMMError(.device, "virtio-blk request \(chain.head): the last descriptor must be a device-writable status byte")
+        }
+        let type: UInt32 = try memory.read(at: header.address)
+        let sector: UInt64 = try memory.read(at: header.address + 8)
+        var data = Array(chain.buffers.dropFirst().dropLast())
+        // The status byte may share the last data descriptor.
+        let statusAddress = statusBuffer.address + UInt64(statusBuffer.length) - 1
+        if statusBuffer.length > 1 {
+            data.append(DescriptorBuffer(address: statusBuffer.address, length: statusBuffer.length - 1, writable: true))
+        }
+        var status = Status.ok
+        var written: UInt32 = 0
+        switch type {
+        case 0, 1:  // IN, OUT
+            let isRead = type == 0
+            guard data.allSatisfy({ $0.writable == isRead }) else {
+                throw VMMError(.device, "virtio-blk request \(chain.head): \(isRead ? "read" : "write") data buffers have the wrong direction")
+            }
+            let length = data.reduce(UInt64(0)) { $0 + UInt64($1.length) }
+            let (start, overflow) = sector.multipliedReportingOverflow(by: VirtioBlock.sectorSize)
+            if overflow || start > capacityBytes || length > capacityBytes - start {
+                status = .ioError
+            } else if !isRead && readOnly {
+                status = .ioError
+            } else {
+                var offset = Int(start)
+                for buffer in data {
+                    let bytes = try memory.buffer(at: buffer.address, length: UInt64(buffer.length))
+                    guard transfer(bytes, at: offset, read: isRead) else {
+                        status = .ioError
+                        break
+                    }
+                    offset += Int(buffer.length)
+                    if isRead { written += buffer.length }
+                }
+            }
+        case 4:  // FLUSH
+            if fdatasync(fd) != 0 { status = .ioError }
+        case 8:  // GET_ID
+            guard let target = data.first, target.writable else {
+                throw VMMError(.device, "virtio-blk request \(chain.head): GET_ID needs a device-writable buffer")
+            }
+            var id = serial + [UInt8](repeating: 0, count: 20 - serial.count)
+            id = Array(id.prefix(Int(min(target.length, 20))))
+            try memory.write(id, at: target.address)
+            written += UInt32(id.count)
+        default:
+            status = .unsupported
+        }
+        try memory.write(status.rawValue, at: statusAddress)
+        return written + 1
+    }
+
+    private func transfer(_ bytes: UnsafeMutableRawBufferPointer, at offset: Int, read isRead: Bool) -> Bool {
+        var done = 0
+        while done < bytes.count {
+            let pointer = bytes.baseAddress! + done
+            let count = isRead ? pread(fd, pointer, bytes.count - done, offset + done) : pwrite(fd, pointer, bytes.count - done, offset + done)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { return false }
+            done += count
+        }
+        return true
+    }
+}
+
+/// virtio-rng: fills device-writable buffers from /dev/urandom.
+final class VirtioRNG: VirtioDevice {
+    let deviceID: UInt32 = 4
+    let features: UInt64 = 0
+    let queueSizes: [UInt16] = [64]
+    private let fd: Int32
+
+    init() throws {
+        fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw VMMError(.io, "rng: cannot open '/dev/urandom': \(errnoText(errno))") }
+    }
+
+    deinit { close(fd) }
+
+    func readConfig(offset: Int, size: Int) -> UInt64 { 0 }
+
+    func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool {
+        var used = false
+        while let chain = try virtQueue.pop(memory) {
+            guard chain.buffers.allSatisfy(\.writable) else {
+                throw VMMError(.device, "virtio-rng request \(chain.head) has a device-readable buffer")
+            }
+            var written: UInt32 = 0
+            for buffer in chain.buffers {
+                let bytes = try memory.buffer(at: buffer.address, length: UInt64(buffer.length))
+                var done = 0
+                while done < bytes.count {
+                    let count = read(fd, bytes.baseAddress! + done, bytes.count - done)
+                    if count < 0 && errno == EINTR { continue }
+                    guard count > 0 else { break }
+                    done += count
+                }
+                written += UInt32(done)
+            }
+            try virtQueue.push(memory, head: chain.head, length: written)
+            used = true
+        }
+        return used
+    }
+}

@@ -1,0 +1,171 @@
+/// A virtio device behind the MMIO transport.
+protocol VirtioDevice: AnyObject {
+    var deviceID: UInt32 { get }
+    /// Device feature bits (VIRTIO_F_VERSION_1 is added by the transport).
+    var features: UInt64 { get }
+    var queueSizes: [UInt16] { get }
+    /// Reads `size` bytes of the device configuration space at `offset`.
+    func readConfig(offset: Int, size: Int) -> UInt64
+    /// Handles every available chain of `queue`; returns whether the used ring changed.
+    func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool
+}
+
+/// The virtio-mmio transport, version 2 ("modern"), one device per 4 KiB window.
+final class VirtioMMIOTransport: MMIODevice {
+    static let magic: UInt32 = 0x7472_6976  // "virt"
+    static let versionOne: UInt64 = 1 << 32
+    static let statusNeedsReset: UInt32 = 0x40
+    static let statusDriverOK: UInt32 = 0x04
+
+    let mmioBase: UInt64
+    let mmioSize: UInt64 = 0x1000
+    let irq: UInt32
+    let device: VirtioDevice
+    let queues: [VirtQueue]
+    private let memory: GuestMemory
+    private let lock = ConditionLock()
+    private let interrupt: (UInt32) -> Void
+    private var status: UInt32 = 0
+    private var interruptStatus: UInt32 = 0
+    private var deviceFeaturesSelect: UInt32 = 0
+    private var driverFeaturesSelect: UInt32 = 0
+    private(set) var driverFeatures: UInt64 = 0
+    private var queueSelect: UInt32 = 0
+    /// The last malformed-input error; the device stops until the driver resets it.
+    private(set) var lastError: VMMError?
+
+    init(device: VirtioDevice, base: UInt64, irq: UInt32, memory: GuestMemory, interrupt: @escaping (UInt32) -> Void) {
+        self.device = device
+        self.mmioBase = base
+        self.irq = irq
+        self.memory = memory
+        self.interrupt = interrupt
+        self.queues = device.queueSizes.map { VirtQueue(maxSize: $0) }
+    }
+
+    var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne }
+
+    private var selectedQueue: VirtQueue? {
+        Int(queueSelect) < queues.count ? queues[Int(queueSelect)] : nil
+    }
+
+    func read(offset: UInt64, size: Int) -> UInt64 {
+        lock.withLock {
+            if offset >= 0x100 { return device.readConfig(offset: Int(offset - 0x100), size: size) }
+            let value: UInt32
+            switch offset {
+            case 0x000: value = VirtioMMIOTransport.magic
+            case 0x004: value = 2
+            case 0x008: value = device.deviceID
+            case 0x00C: value = 0x4D52_544C  // "LTRM"
+            case 0x010:
+                value = deviceFeaturesSelect < 2 ? UInt32(truncatingIfNeeded: offeredFeatures >> (32 * UInt64(deviceFeaturesSelect))) : 0
+            case 0x034: value = UInt32(selectedQueue?.maxSize ?? 0)
+            case 0x044: value = selectedQueue?.ready == true ? 1 : 0
+            case 0x060: value = interruptStatus
+            case 0x070: value = status
+            case 0x0FC: value = 0
+            default: value = 0
+            }
+            return UInt64(value)
+        }
+    }
+
+    func write(offset: UInt64, size: Int, value wide: UInt64) {
+        let value = UInt32(truncatingIfNeeded: wide)
+        var notify: Int?
+        lock.withLock {
+            switch offset {
+            case 0x014: deviceFeaturesSelect = value
+            case 0x020:
+                if driverFeaturesSelect < 2 {
+                    let shift = 32 * UInt64(driverFeaturesSelect)
+                    driverFeatures = (driverFeatures & ~(0xFFFF_FFFF << shift)) | (UInt64(value) << shift)
+                }
+            case 0x024: driverFeaturesSelect = value
+            case 0x030: queueSelect = value
+            case 0x038: selectedQueue?.size = UInt16(truncatingIfNeeded: value)
+            case 0x044:
+                guard let queue = selectedQueue else { break }
+                if value == 1 {
+                    do {
+                        try queue.validate(memory)
+                        queue.ready = true
+                    } catch let error as VMMError {
+                        fail(error)
+                    } catch {}
+                } else {
+                    queue.ready = false
+                }
+            case 0x050: notify = Int(value)
+            case 0x064: interruptStatus &= ~value
+            case 0x070:
+                if value == 0 {
+                    reset()
+                } else {
+                    if value & 0x08 != 0, status & 0x08 == 0, driverFeatures & ~offeredFeatures != 0 {
+                        // FEATURES_OK refused: the driver accepted bits we never offered.
+                        status = value & ~0x08
+                    } else {
+                        status = value | (status & VirtioMMIOTransport.statusNeedsReset)
+                    }
+                }
+            case 0x080: setAddress(&selectedQueue!.descriptorTable, low: true, value)
+            case 0x084: setAddress(&selectedQueue!.descriptorTable, low: false, value)
+            case 0x090: setAddress(&selectedQueue!.availableRing, low: true, value)
+            case 0x094: setAddress(&selectedQueue!.availableRing, low: false, value)
+            case 0x0A0: setAddress(&selectedQueue!.usedRing, low: true, value)
+            case 0x0A4: setAddress(&selectedQueue!.usedRing, low: false, value)
+            default: break
+            }
+        }
+        if let notify { self.notify(queue: notify) }
+    }
+
+    private func setAddress(_ address: inout UInt64, low: Bool, _ value: UInt32) {
+        address = low ? (address & 0xFFFF_FFFF_0000_0000) | UInt64(value) : (address & 0xFFFF_FFFF) | (UInt64(value) << 32)
+    }
+
+    private func reset() {
+        status = 0
+        interruptStatus = 0
+        driverFeatures = 0
+        queueSelect = 0
+        lastError = nil
+        for queue in queues { queue.reset() }
+    }
+
+    /// Marks the device broken (DEVICE_NEEDS_RESET) and tells the driver with a config interrupt.
+    private func fail(_ error: VMMError) {
+        lastError = error
+        status |= VirtioMMIOTransport.statusNeedsReset
+        interruptStatus |= 2
+        interrupt(irq)
+    }
+
+    /// The driver notified `queue`: process it and interrupt if the used ring moved.
+    func notify(queue index: Int) {
+        let raise: Bool = lock.withLock {
+            guard index < queues.count, queues[index].ready,
+                status & VirtioMMIOTransport.statusDriverOK != 0,
+                status & VirtioMMIOTransport.statusNeedsReset == 0
+            else { return false }
+            do {
+                guard try device.process(queue: index, queues[index], memory: memory) else { return false }
+                interruptStatus |= 1
+                return true
+            } catch let error as VMMError {
+                lastError = error
+                status |= VirtioMMIOTransport.statusNeedsReset
+                interruptStatus |= 2
+                return true
+            } catch {
+                return false
+            }
+        }
+        if raise { interrupt(irq) }
+    }
+
+    /// Whether the device stopped on malformed input (for tests and `info`).
+    var needsReset: Bool { lock.withLock { status & VirtioMMIOTransport.statusNeedsReset != 0 } }
+}
