@@ -32,6 +32,8 @@ public struct Disk: Codable, Sendable, Equatable {
     public var holders: [Holder]
     /// This disk carries the live system the installer runs from.
     public var isBootMedium: Bool
+    /// Why libblkid could not read the disk, when it could not: its content is then unknown.
+    public var probeError: String?
 
     public init(
         path: String, name: String, devno: String = "0:0", size: ByteSize, model: String? = nil,
@@ -135,11 +137,14 @@ public struct Disk: Codable, Sendable, Equatable {
     public var allMountpoints: [String] { mountpoints + partitions.flatMap(\.mountpoints) }
 
     /// Whether installing here destroys something: a partition table, partitions or signatures.
-    public var hasData: Bool { partitionTable != nil || !partitions.isEmpty || !allSignatures.isEmpty }
+    public var hasData: Bool {
+        partitionTable != nil || !partitions.isEmpty || !allSignatures.isEmpty || probeError != nil
+    }
 
     /// One line about what is on the disk, for plans and listings.
     public var contentSummary: String {
         var parts: [String] = []
+        if let probeError { parts.append("unreadable (\(probeError))") }
         if let partitionTable { parts.append("\(partitionTable) partition table") }
         if !partitions.isEmpty { parts.append("\(partitions.count) partition(s)") }
         let types = allSignatures.map { sig in sig.label.map { "\(sig.type) '\($0)'" } ?? sig.type }

@@ -80,6 +80,7 @@ public struct DiskDiscovery: Sendable {
             disk.model = Self.read("\(base)/loop/backing_file").map { "loop: \($0)" }
         }
         let probe = BlkidProbe.probe(path: path)
+        disk.probeError = probe.error
         disk.partitionTable = probe.partitionTable
         disk.signatures = probe.signatures
         disk.mountpoints = mounts.mountpoints(devno: devno)
@@ -218,11 +219,15 @@ enum BlkidProbe {
     struct Result {
         var partitionTable: String?
         var signatures: [Disk.Signature] = []
+        var error: String?
     }
 
     static func probe(path: String) -> Result {
         var result = Result()
-        guard let probe = blkid_new_probe_from_filename(path) else { return result }
+        guard let probe = blkid_new_probe_from_filename(path) else {
+            result.error = String(cString: strerror(errno))
+            return result
+        }
         defer { blkid_free_probe(probe) }
         blkid_probe_enable_superblocks(probe, 1)
         blkid_probe_set_superblocks_flags(

@@ -153,7 +153,7 @@ public final class Installer {
                 ])
             try GPTWriter.write(layout, to: disk.path)
         }
-        try? Command("udevadm", ["settle", "--timeout=10"]).runAllowingFailure()
+        _ = try? Command("udevadm", ["settle", "--timeout=10"]).runAllowingFailure()
         for entry in plan.layout.entries { try waitForDevice(plan.target.partitionPath(entry.number)) }
         for disk in plan.extraDisks { try waitForDevice(disk.partitionPath(1)) }
     }
