@@ -28,20 +28,20 @@ public enum AnswerLocator {
         try FileManager.default.createDirectory(atPath: workDirectory, withIntermediateDirectories: true)
         let local = "\(workDirectory)/answer.toml"
         if value.hasPrefix("http://") || value.hasPrefix("https://") {
-            try Command("curl", ["--fail", "--silent", "--show-error", "--location", "--retry", "5",
+            try SystemTool.command("curl", ["--fail", "--silent", "--show-error", "--location", "--retry", "5",
                 "--retry-connrefused", "--max-time", "60", "-o", local, value])
                 .run(hint: "check the URL and the network of the live system")
             return local
         }
         if value.hasPrefix("label:") {
             let label = String(value.dropFirst("label:".count))
-            let device = try Command("blkid", ["-L", label]).run(
+            let device = try SystemTool.command("blkid", ["-L", label]).run(
                 hint: "plug in the stick or disk whose filesystem is labelled \(label)").stdoutText
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             let mountpoint = "\(workDirectory)/answer-medium"
             try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-            try Command("mount", ["-o", "ro", device, mountpoint]).run()
-            defer { _ = try? Command("umount", [mountpoint]).runAllowingFailure() }
+            try SystemTool.command("mount", ["-o", "ro", device, mountpoint]).run()
+            defer { _ = try? SystemTool.command("umount", [mountpoint]).runAllowingFailure() }
             let source = "\(mountpoint)/answer.toml"
             guard FileManager.default.fileExists(atPath: source) else {
                 throw MartletError(.notFound, "\(device) (label \(label)) has no answer.toml at its top level")

@@ -57,7 +57,7 @@ public final class Installer {
         if plan.answer.disk.filesystem == .xfs && plan.pools.contains(where: { $0.type == .directory }) {
             tools.append("mkfs.xfs")
         }
-        try Tool.require(tools)
+        try SystemTool.require(tools)
         if !FileManager.default.fileExists(atPath: "\(plan.source)/usr/sbin/grub-install") {
             throw MartletError(
                 .missingDependency, "the host root filesystem '\(plan.source)' has no grub-install",
@@ -99,12 +99,12 @@ public final class Installer {
     private var currentReporter: StageReporter?
 
     private func run(_ executable: String, _ arguments: [String], input: Data? = nil) throws {
-        logger.info("run: \(Command(executable, arguments))")
-        try Command(executable, arguments).run(input: input, logger: logger)
+        logger.info("run: \(executable) \(arguments.joined(separator: " "))")
+        try SystemTool.command(executable, arguments).run(input: input, logger: logger)
     }
 
     private func runOutput(_ executable: String, _ arguments: [String]) throws -> String {
-        try Command(executable, arguments).run(logger: logger).stdoutText
+        try SystemTool.command(executable, arguments).run(logger: logger).stdoutText
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
@@ -122,7 +122,7 @@ public final class Installer {
             // Deactivate old volume groups first, or the kernel keeps holding the partitions.
             var groups = Set<String>()
             for device in devices where FileManager.default.fileExists(atPath: device) {
-                let result = try? Command("pvs", ["--noheadings", "-o", "vg_name", device]).runAllowingFailure()
+                let result = try? SystemTool.command("pvs", ["--noheadings", "-o", "vg_name", device]).runAllowingFailure()
                 if let name = result?.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines), !name.isEmpty {
                     groups.insert(name)
                 }
@@ -153,14 +153,19 @@ public final class Installer {
                 ])
             try GPTWriter.write(layout, to: disk.path)
         }
-        _ = try? Command("udevadm", ["settle", "--timeout=10"]).runAllowingFailure()
+        _ = try? SystemTool.command("udevadm", ["settle", "--timeout=10"]).runAllowingFailure()
         for entry in plan.layout.entries { try waitForDevice(plan.target.partitionPath(entry.number)) }
         for disk in plan.extraDisks { try waitForDevice(disk.partitionPath(1)) }
     }
 
     private func waitForDevice(_ path: String) throws {
-        for _ in 0..<100 {
+        for attempt in 0..<100 {
             if FileManager.default.fileExists(atPath: path) { return }
+            // Some kernels ignore a whole-table re-read on loop devices: add partitions one by one.
+            if attempt == 10 {
+                let disk = plan.extraDisks.first { path.hasPrefix($0.path) }?.path ?? plan.target.path
+                _ = try? SystemTool.command("partx", ["--update", disk]).runAllowingFailure()
+            }
             usleep(100_000)
         }
         throw MartletError(.failed, "the partition \(path) did not appear after partitioning")
@@ -198,7 +203,9 @@ public final class Installer {
     // MARK: - mount
 
     private func mountTarget() throws {
-        targetRoot = try runOutput("mktemp", ["-d", "/tmp/martlet-target.XXXXXX"])
+        var template = Array("/tmp/martlet-target.XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw MartletError.system("mkdtemp", path: "/tmp") }
+        targetRoot = String(cString: template)
         try mount(device(.root), at: targetRoot)
         try FileManager.default.createDirectory(atPath: "\(targetRoot)/boot/efi", withIntermediateDirectories: true)
         try mount(device(.esp), at: "\(targetRoot)/boot/efi")
@@ -211,8 +218,8 @@ public final class Installer {
 
     private func unmountAll() {
         for path in mounts.reversed() {
-            if (try? Command("umount", [path]).run(logger: logger)) == nil {
-                _ = try? Command("umount", ["-l", path]).runAllowingFailure()
+            if (try? SystemTool.command("umount", [path]).run(logger: logger)) == nil {
+                _ = try? SystemTool.command("umount", ["-l", path]).runAllowingFailure()
             }
         }
         mounts.removeAll()
@@ -388,8 +395,8 @@ public final class Installer {
     public static func conclude(_ mode: AnswerFile.RebootMode) throws {
         switch mode {
         case .none: return
-        case .reboot: try Command("systemctl", ["reboot"]).run()
-        case .poweroff: try Command("systemctl", ["poweroff"]).run()
+        case .reboot: try SystemTool.command("systemctl", ["reboot"]).run()
+        case .poweroff: try SystemTool.command("systemctl", ["poweroff"]).run()
         }
     }
 }

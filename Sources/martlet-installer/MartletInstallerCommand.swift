@@ -26,8 +26,20 @@ struct MartletInstallerCommand: ParsableCommand {
     }
 }
 
+/// The installer drives system tools (mount, wipefs, mkfs, chroot...): make sure their
+/// directories are on PATH even when started from a minimal environment.
+func ensureSystemPath() {
+    let current = ProcessInfo.processInfo.environment["PATH"] ?? ""
+    let missing = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .filter { !current.split(separator: ":").contains(Substring($0)) }
+    if !missing.isEmpty {
+        setenv("PATH", ((current.isEmpty ? [] : [current]) + missing).joined(separator: ":"), 1)
+    }
+}
+
 /// Reports a `MartletError` on stderr with its exit status; other errors go to ArgumentParser.
 func runReporting(_ body: () throws -> Void) throws {
+    ensureSystemPath()
     do {
         try body()
     } catch let error as MartletError {

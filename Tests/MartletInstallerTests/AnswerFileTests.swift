@@ -61,7 +61,7 @@ let malformedAnswers: [MalformedAnswer] = [
     .init(name: "vlan wrong type", old: "vlan = 42", new: "vlan = \"42\"", key: "network.vlan"),
     .init(name: "bad interface", old: "interface = \"52:54:00:12:34:56\"", new: "interface = \"a very long interface name\"", key: "network.interface"),
     .init(name: "missing network section", old: "[network]", new: "[networking]", key: "network"),
-    .init(name: "not TOML", old: "vlan = 42", new: "vlan = = 42", key: "answer.toml:"),
+    .init(name: "not TOML", old: "vlan = 42", new: "vlan = = 42", key: "not valid TOML"),
 ]
 
 @Suite("Answer file")

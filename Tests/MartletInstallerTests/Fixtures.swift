@@ -1,10 +1,23 @@
 import Foundation
 import MartletCore
 
+@testable import MartletInstaller
+
+/// The test runner may start with a PATH that lacks the system directories the tools live in.
+let standardPath: Void = {
+    let current = ProcessInfo.processInfo.environment["PATH"] ?? ""
+    let missing = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .filter { !current.split(separator: ":").contains(Substring($0)) }
+    if !missing.isEmpty {
+        setenv("PATH", ((current.isEmpty ? [] : [current]) + missing).joined(separator: ":"), 1)
+    }
+}()
+
 /// Runs a command and returns stdout; throws with stderr when it fails.
 @discardableResult
-func sh(_ executable: String, _ arguments: [String]) throws -> String {
-    try Command(executable, arguments).run().stdoutText
+func sh(_ executable: String, _ arguments: [String], input: Data? = nil) throws -> String {
+    standardPath
+    return try SystemTool.command(executable, arguments).run(input: input).stdoutText
 }
 
 /// A sparse file attached as a loop device with partition scanning. `deinit` unmounts what
@@ -15,6 +28,7 @@ final class LoopDisk {
 
     init(size: ByteSize) throws {
         file = "/var/tmp/martlet-installer-test-\(UUID().uuidString.prefix(8)).img"
+        standardPath
         guard FileManager.default.createFile(atPath: file, contents: nil) else {
             throw MartletError(.failed, "cannot create \(file)")
         }
@@ -33,13 +47,21 @@ final class LoopDisk {
 
     func partition(_ number: Int) -> String { "\(path)p\(number)" }
 
+    /// Writes a partition table with sfdisk and waits for the kernel's partition devices.
+    func partition(script: String, count: Int) throws {
+        try sh("sfdisk", ["--quiet", path], input: Data(script.utf8))
+        // Some kernels ignore the re-read ioctl on loop devices; partx adds them one by one.
+        _ = try? sh("partx", ["--update", path])
+        for _ in 0..<50 where !FileManager.default.fileExists(atPath: partition(count)) { usleep(100_000) }
+    }
+
     /// Volume groups with a physical volume on this disk.
     func volumeGroups() -> [String] {
         let name = (path as NSString).lastPathComponent
         let devices = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/block/\(name)")) ?? [])
             .filter { $0.hasPrefix(name + "p") }.map { "/dev/\($0)" } + [path]
         return devices.compactMap { device in
-            let group = (try? Command("pvs", ["--noheadings", "-o", "vg_name", device]).runAllowingFailure())?
+            let group = (try? SystemTool.command("pvs", ["--noheadings", "-o", "vg_name", device]).runAllowingFailure())?
                 .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
             return group.isEmpty ? nil : group
         }
@@ -56,11 +78,11 @@ final class LoopDisk {
                 if source.hasPrefix("/dev/mapper/") && !volumeGroups().contains(where: { source.contains($0) }) {
                     continue
                 }
-                _ = try? Command("umount", ["-l", String(fields[4])]).runAllowingFailure()
+                _ = try? SystemTool.command("umount", ["-l", String(fields[4])]).runAllowingFailure()
             }
         }
-        for group in volumeGroups() { _ = try? Command("vgchange", ["-an", group]).runAllowingFailure() }
-        _ = try? Command("losetup", ["-d", path]).runAllowingFailure()
+        for group in volumeGroups() { _ = try? SystemTool.command("vgchange", ["-an", group]).runAllowingFailure() }
+        _ = try? SystemTool.command("losetup", ["-d", path]).runAllowingFailure()
         try? FileManager.default.removeItem(atPath: file)
     }
 }
@@ -70,8 +92,10 @@ final class TemporaryDirectory {
     let path: String
 
     init(_ prefix: String = "martlet-installer-test") throws {
-        path = try sh("mktemp", ["-d", "/var/tmp/\(prefix).XXXXXX"])
-            .trimmingCharacters(in: .whitespacesAndNewlines)
+        standardPath
+        var template = Array("/var/tmp/\(prefix).XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw MartletError.system("mkdtemp", path: "/var/tmp") }
+        path = String(cString: template)
     }
 
     @discardableResult
@@ -81,7 +105,7 @@ final class TemporaryDirectory {
         return file
     }
 
-    deinit { _ = try? Command("rm", ["-rf", "--one-file-system", path]).runAllowingFailure() }
+    deinit { _ = try? SystemTool.command("rm", ["-rf", "--one-file-system", path]).runAllowingFailure() }
 }
 
 /// The martlet-installer executable of this build (or of MARTLET_RELEASE_BIN).
