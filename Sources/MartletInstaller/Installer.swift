@@ -57,12 +57,27 @@ public final class Installer {
         if plan.answer.disk.filesystem == .xfs && plan.pools.contains(where: { $0.type == .directory }) {
             tools.append("mkfs.xfs")
         }
+        if !kernelSupports("vfat") { tools.append("mcopy") }
         try SystemTool.require(tools)
+        if plan.pools.contains(where: { $0.type == .lvmThin }) && !deviceMapperAvailable() {
+            throw MartletError(
+                .missingDependency,
+                "storage.type: \"lvm-thin\" needs the kernel's device-mapper, and /dev/mapper/control is missing",
+                hint: "load dm_mod and dm_thin_pool (modprobe), or use [storage] type = \"directory\"")
+        }
         if !FileManager.default.fileExists(atPath: "\(plan.source)/usr/sbin/grub-install") {
             throw MartletError(
                 .missingDependency, "the host root filesystem '\(plan.source)' has no grub-install",
                 hint: "the host image needs the package grub2-common (with grub-pc-bin and grub-efi-amd64-bin)")
         }
+    }
+
+    /// Whether LVM can activate volumes here; tries loading the modules once.
+    static func deviceMapperAvailable() -> Bool {
+        if FileManager.default.fileExists(atPath: "/dev/mapper/control") { return true }
+        _ = try? SystemTool.command("modprobe", ["-q", "dm_mod"]).runAllowingFailure()
+        _ = try? SystemTool.command("modprobe", ["-q", "dm_thin_pool"]).runAllowingFailure()
+        return FileManager.default.fileExists(atPath: "/dev/mapper/control")
     }
 
     /// Runs every stage; on failure unmounts what it mounted and rethrows naming the stage.
@@ -127,7 +142,10 @@ public final class Installer {
                     groups.insert(name)
                 }
             }
-            for group in groups.sorted() { try run("vgchange", ["-an", group]) }
+            // Without device-mapper nothing can be active, and vgchange would only fail.
+            if Self.deviceMapperAvailable() {
+                for group in groups.sorted() { try run("vgchange", ["-an", group]) }
+            }
             for device in devices where FileManager.default.fileExists(atPath: device) {
                 try run("wipefs", ["--all", "--force", device])
             }
@@ -208,7 +226,34 @@ public final class Installer {
         targetRoot = String(cString: template)
         try mount(device(.root), at: targetRoot)
         try FileManager.default.createDirectory(atPath: "\(targetRoot)/boot/efi", withIntermediateDirectories: true)
-        try mount(device(.esp), at: "\(targetRoot)/boot/efi")
+        if Self.kernelSupports("vfat") {
+            try mount(device(.esp), at: "\(targetRoot)/boot/efi")
+        } else {
+            espStaged = true
+            currentReporter?.note("this kernel cannot mount vfat: the ESP is filled with mtools after GRUB")
+        }
+    }
+
+    /// The ESP's files are staged in the target's /boot/efi and copied with mtools, for
+    /// kernels without vfat.
+    private var espStaged = false
+
+    static func kernelSupports(_ filesystem: String) -> Bool {
+        func listed() -> Bool {
+            let text = (try? String(contentsOfFile: "/proc/filesystems", encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").contains { $0.split(separator: "\t").last == Substring(filesystem) }
+        }
+        if listed() { return true }
+        _ = try? SystemTool.command("modprobe", ["-q", filesystem]).runAllowingFailure()
+        return listed()
+    }
+
+    private func copyStagedESP() throws {
+        let staged = "\(targetRoot)/boot/efi"
+        for item in try FileManager.default.contentsOfDirectory(atPath: staged).sorted() {
+            try run("mcopy", ["-s", "-o", "-Q", "-i", device(.esp), "\(staged)/\(item)", "::/"])
+            try FileManager.default.removeItem(atPath: "\(staged)/\(item)")
+        }
     }
 
     private func mount(_ source: String, at path: String, options: [String] = []) throws {
@@ -345,10 +390,9 @@ public final class Installer {
     private func installBootloader() throws {
         try bindSystemDirectories()
         try chroot(["grub-install", "--target=i386-pc", "--recheck", plan.target.path])
-        let efi = ["--target=x86_64-efi", "--efi-directory=/boot/efi", "--no-nvram"]
-        try chroot(["grub-install"] + efi + ["--bootloader-id=martlet"])
-        try chroot(["grub-install"] + efi + ["--removable"])
         let rootUUID = try uuid(device(.root))
+        try installEFIImages(rootUUID: rootUUID)
+        if espStaged { try copyStagedESP() }
         let kernels = ((try? FileManager.default.contentsOfDirectory(atPath: "\(targetRoot)/boot")) ?? [])
             .filter { $0.hasPrefix("vmlinuz-") }.sorted()
         guard let kernel = kernels.last else {
@@ -360,6 +404,37 @@ public final class Installer {
             "etc/default/grub.d/martlet.cfg",
             "GRUB_CMDLINE_LINUX=\"\(BootConfiguration.kernelArguments)\"\nGRUB_TERMINAL=\"console serial\"\n"
                 + "GRUB_SERIAL_COMMAND=\"serial --unit=0 --speed=115200\"\n")
+    }
+
+    /// GRUB for UEFI, built with grub-mkimage the way `grub-install --no-nvram` does it (an
+    /// image that finds the root filesystem by UUID and loads its modules from /boot/grub),
+    /// written both as EFI/martlet/grubx64.efi and at the removable path EFI/BOOT/BOOTX64.EFI.
+    /// No NVRAM boot entry is written: the removable path boots on any firmware, and the
+    /// firmware of the target machine is not the live system's to change.
+    private func installEFIImages(rootUUID: String) throws {
+        let modules = "\(targetRoot)/usr/lib/grub/x86_64-efi"
+        guard FileManager.default.fileExists(atPath: modules) else {
+            throw MartletError(
+                .missingDependency, "the host root filesystem has no /usr/lib/grub/x86_64-efi",
+                hint: "the host image needs grub-efi-amd64-bin")
+        }
+        let grubDir = "\(targetRoot)/boot/grub/x86_64-efi"
+        try? FileManager.default.removeItem(atPath: grubDir)
+        try FileManager.default.createDirectory(atPath: grubDir, withIntermediateDirectories: true)
+        for file in try FileManager.default.contentsOfDirectory(atPath: modules)
+        where file.hasSuffix(".mod") || file.hasSuffix(".lst") {
+            try FileManager.default.copyItem(atPath: "\(modules)/\(file)", toPath: "\(grubDir)/\(file)")
+        }
+        try write("boot/grub/x86_64-efi/load.cfg", "search.fs_uuid \(rootUUID) root\nset prefix=($root)'/boot/grub'\n")
+        for (directory, name) in [("EFI/martlet", "grubx64.efi"), ("EFI/BOOT", "BOOTX64.EFI")] {
+            try FileManager.default.createDirectory(
+                atPath: "\(targetRoot)/boot/efi/\(directory)", withIntermediateDirectories: true)
+            try chroot([
+                "grub-mkimage", "--format=x86_64-efi", "--directory=/usr/lib/grub/x86_64-efi",
+                "--config=/boot/grub/x86_64-efi/load.cfg", "--prefix=", "--output=/boot/efi/\(directory)/\(name)",
+                "part_gpt", "part_msdos", "ext2", "fat", "search_fs_uuid",
+            ])
+        }
     }
 
     // MARK: - initramfs
@@ -385,7 +460,7 @@ public final class Installer {
         mounts.removeAll()
         for path in mounted.reversed() { try run("umount", [path]) }
         try? FileManager.default.removeItem(atPath: targetRoot)
-        for pool in plan.pools where pool.type == .lvmThin {
+        for pool in plan.pools where pool.type == .lvmThin && Self.deviceMapperAvailable() {
             try run("vgchange", ["-an", pool.volumeGroup!])
         }
         try run("sync", [])

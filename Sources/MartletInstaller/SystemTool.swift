@@ -22,7 +22,8 @@ enum SystemTool {
 
     /// A `Command` for `name` with its resolved path.
     static func command(_ name: String, _ arguments: [String]) -> Command {
-        Command(path(name), arguments)
+        // LVM warns about every inherited descriptor (Foundation's pipes) on stderr.
+        Command(path(name), arguments, environment: ["LVM_SUPPRESS_FD_WARNINGS": "1"])
     }
 
     /// Throws naming the apt package of the first tool that is not installed.
