@@ -72,12 +72,14 @@ public final class Installer {
         }
     }
 
-    /// Whether LVM can activate volumes here; tries loading the modules once.
+    /// Whether the kernel's device-mapper has the thin-pool target (loading the modules when
+    /// needed). /dev/mapper/control alone proves nothing: LVM creates the node itself.
     static func deviceMapperAvailable() -> Bool {
-        if FileManager.default.fileExists(atPath: "/dev/mapper/control") { return true }
-        _ = try? SystemTool.command("modprobe", ["-q", "dm_mod"]).runAllowingFailure()
         _ = try? SystemTool.command("modprobe", ["-q", "dm_thin_pool"]).runAllowingFailure()
-        return FileManager.default.fileExists(atPath: "/dev/mapper/control")
+        guard let targets = try? SystemTool.command("dmsetup", ["targets"]).runAllowingFailure(),
+            targets.status == 0
+        else { return false }
+        return targets.stdoutText.split(separator: "\n").contains { $0.hasPrefix("thin-pool") }
     }
 
     /// Runs every stage; on failure unmounts what it mounted and rethrows naming the stage.
@@ -209,9 +211,9 @@ public final class Installer {
                 try run("lvcreate", ["-y", "--type", "thin-pool", "-l", "95%FREE", "-n", pool.thinPool!, group])
             case .directory:
                 if pool.filesystem == "xfs" {
-                    try run("mkfs.xfs", ["-q", "-f", "-L", "martlet-\(pool.name)", pool.device])
+                    try run("mkfs.xfs", ["-q", "-f", "-L", "pool-\(pool.name)", pool.device])
                 } else {
-                    try run("mkfs.ext4", ["-q", "-F", "-L", "martlet-\(pool.name)", pool.device])
+                    try run("mkfs.ext4", ["-q", "-F", "-L", "pool-\(pool.name)", pool.device])
                 }
             }
             currentReporter?.note("storage pool \(pool.name) on \(pool.device)")

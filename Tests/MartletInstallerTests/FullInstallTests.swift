@@ -47,8 +47,11 @@ func addMetadataTree(to root: String) throws {
 func metadataListing(_ root: String, _ subtree: String) throws -> [String] {
     try sh("find", ["\(root)/\(subtree)", "-printf", "%P|%y|%m|%U:%G|%s|%l|%Ts|%n|%D\n"])
         .split(separator: "\n").map { line in
-            // The device number differs between filesystems; keep it out of the comparison.
-            String(line.split(separator: "|", omittingEmptySubsequences: false).dropLast().joined(separator: "|"))
+            // The device number differs between filesystems, and a directory's size depends on
+            // how its entries were hashed in: both are not the copy's to keep.
+            var fields = line.split(separator: "|", omittingEmptySubsequences: false).dropLast()
+            if fields[1] == "d" { fields[4] = "-" }
+            return fields.joined(separator: "|")
         }.sorted()
 }
 
@@ -135,7 +138,7 @@ struct FullInstallTests {
         for subtree in ["usr", "srv", "var/lib/dpkg"] {
             let before = try metadataListing(source, subtree)
             let after = try metadataListing(mountpoint, subtree)
-            #expect(before.count > 0 && before == after, "\(subtree): \(Set(before).symmetricDifference(after).prefix(10))")
+            #expect(before.count > 10 && before == after, "\(subtree): \(Array(Set(before).symmetricDifference(after)).prefix(10))")
         }
         let xattrs = { (root: String) in try sh("getfattr", ["--absolute-names", "-d", "-m", "-", "\(root)/srv/meta/owned.txt"]) }
         #expect(try xattrs(mountpoint).contains("trusted.martlet=\"secret\""))
