@@ -36,7 +36,10 @@ let package = Package(
             dependencies: ["MartletCore", "CArchive"]),
         .target(
             name: "MartletInstaller",
-            dependencies: ["MartletCore", "CParted", "CBlkid", "CArchive", "CNewt"]),
+            dependencies: [
+                "MartletCore", "CParted", "CBlkid", "CArchive", "CNewt",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
         .target(name: "MartletVMM", dependencies: ["CKVM"], exclude: ["Guest"]),
 
@@ -51,7 +54,9 @@ let package = Package(
             dependencies: [
                 "MartletCore", "MartletInstaller",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["README.md", "answer.example.toml"]),
         .executableTarget(name: "martlet-vmm", dependencies: ["MartletVMM"], exclude: ["README.md"]),
 
         .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore"]),

@@ -1,0 +1,476 @@
+import Foundation
+import MartletCore
+
+/// An unattended install's answers, read strictly from TOML: every key is typed and checked,
+/// unknown keys are errors, and every error names the file, line and dotted key. The text UI
+/// builds the same value from its screens.
+public struct AnswerFile: Codable, Sendable, Equatable {
+    public var global: Global
+    public var disk: DiskAnswer
+    public var storage: StorageAnswer
+    public var network: NetworkAnswer
+
+    public init(global: Global, disk: DiskAnswer, storage: StorageAnswer, network: NetworkAnswer) {
+        self.global = global
+        self.disk = disk
+        self.storage = storage
+        self.network = network
+    }
+
+    /// What happens when the install has finished.
+    public enum RebootMode: String, Codable, Sendable, CaseIterable {
+        case reboot, poweroff, none
+    }
+
+    /// The root password, as typed or already hashed with crypt(3).
+    public enum RootPassword: Codable, Sendable, Equatable {
+        case plain(String)
+        case hashed(String)
+    }
+
+    public struct Global: Codable, Sendable, Equatable {
+        public var hostname: String
+        public var timezone: String
+        public var keyboard: String
+        public var rootPassword: RootPassword?
+        public var rootSSHKeys: [String]
+        public var rebootMode: RebootMode
+
+        public init(
+            hostname: String, timezone: String = "UTC", keyboard: String = "us",
+            rootPassword: RootPassword?, rootSSHKeys: [String] = [],
+            rebootMode: RebootMode = .reboot
+        ) {
+            self.hostname = hostname
+            self.timezone = timezone
+            self.keyboard = keyboard
+            self.rootPassword = rootPassword
+            self.rootSSHKeys = rootSSHKeys
+            self.rebootMode = rebootMode
+        }
+    }
+
+    public enum Filesystem: String, Codable, Sendable, CaseIterable { case ext4, xfs }
+
+    public struct DiskAnswer: Codable, Sendable, Equatable {
+        public var target: DiskSelector
+        /// Filesystem of a directory storage pool (the root filesystem is always ext4).
+        public var filesystem: Filesystem
+        public var rootSize: ByteSize?
+        public var swapSize: ByteSize?
+        public var wipe: Bool
+
+        public init(
+            target: DiskSelector, filesystem: Filesystem = .ext4, rootSize: ByteSize? = nil,
+            swapSize: ByteSize? = nil, wipe: Bool = false
+        ) {
+            self.target = target
+            self.filesystem = filesystem
+            self.rootSize = rootSize
+            self.swapSize = swapSize
+            self.wipe = wipe
+        }
+    }
+
+    public enum StorageType: String, Codable, Sendable, CaseIterable {
+        case lvmThin = "lvm-thin"
+        case directory
+    }
+
+    public struct StorageAnswer: Codable, Sendable, Equatable {
+        public var type: StorageType
+        public var volumeGroup: String
+        public var extraDisks: [DiskSelector]
+
+        public init(
+            type: StorageType = .lvmThin, volumeGroup: String = "martlet",
+            extraDisks: [DiskSelector] = []
+        ) {
+            self.type = type
+            self.volumeGroup = volumeGroup
+            self.extraDisks = extraDisks
+        }
+    }
+
+    public enum AddressMode: String, Codable, Sendable, CaseIterable { case dhcp, `static` }
+
+    /// IPv6 on the bridge: router advertisements, off, or a static address.
+    public enum IPv6Mode: Codable, Sendable, Equatable {
+        case auto
+        case off
+        case address(String)
+    }
+
+    public struct NetworkAnswer: Codable, Sendable, Equatable {
+        public var interface: InterfaceSelector
+        public var mode: AddressMode
+        public var address: String?
+        public var gateway: String?
+        public var dns: [String]
+        public var ipv6: IPv6Mode
+        public var ipv6Gateway: String?
+        public var vlan: Int?
+
+        public init(
+            interface: InterfaceSelector, mode: AddressMode = .dhcp, address: String? = nil,
+            gateway: String? = nil, dns: [String] = [], ipv6: IPv6Mode = .auto,
+            ipv6Gateway: String? = nil, vlan: Int? = nil
+        ) {
+            self.interface = interface
+            self.mode = mode
+            self.address = address
+            self.gateway = gateway
+            self.dns = dns
+            self.ipv6 = ipv6
+            self.ipv6Gateway = ipv6Gateway
+            self.vlan = vlan
+        }
+    }
+}
+
+/// How the answer names a disk: a device path, or a property that must match exactly one disk.
+public enum DiskSelector: Codable, Sendable, Equatable, CustomStringConvertible {
+    case path(String)
+    case serial(String)
+    case model(String)
+    case wwn(String)
+    case smallest
+    case largest
+
+    /// Parses `/dev/sda`, `serial:S`, `model:M`, `wwn:W`, `size:smallest`, `size:largest`.
+    public init?(parsing text: String) {
+        func rest(_ prefix: String) -> String? {
+            guard text.hasPrefix(prefix) else { return nil }
+            let value = String(text.dropFirst(prefix.count))
+            return value.isEmpty ? nil : value
+        }
+        if text.hasPrefix("/dev/"), text.count > 5 {
+            self = .path(text)
+        } else if text.hasPrefix("serial:") {
+            guard let value = rest("serial:") else { return nil }
+            self = .serial(value)
+        } else if text.hasPrefix("model:") {
+            guard let value = rest("model:") else { return nil }
+            self = .model(value)
+        } else if text.hasPrefix("wwn:") {
+            guard let value = rest("wwn:") else { return nil }
+            self = .wwn(value)
+        } else if text == "size:smallest" {
+            self = .smallest
+        } else if text == "size:largest" {
+            self = .largest
+        } else {
+            return nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .path(let path): path
+        case .serial(let value): "serial:\(value)"
+        case .model(let value): "model:\(value)"
+        case .wwn(let value): "wwn:\(value)"
+        case .smallest: "size:smallest"
+        case .largest: "size:largest"
+        }
+    }
+}
+
+/// The management NIC: by kernel name or by MAC address.
+public enum InterfaceSelector: Codable, Sendable, Equatable, CustomStringConvertible {
+    case name(String)
+    case mac(String)
+
+    public init?(parsing text: String) {
+        if NetworkSyntax.isMAC(text) {
+            self = .mac(text.lowercased())
+        } else if NetworkSyntax.isInterfaceName(text) {
+            self = .name(text)
+        } else {
+            return nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .name(let name): name
+        case .mac(let mac): mac
+        }
+    }
+}
+
+extension AnswerFile {
+    /// Reads and validates the answer file at `path`.
+    public static func load(path: String) throws -> AnswerFile {
+        try parse(TOMLDocument(path: path))
+    }
+
+    /// Parses and validates `contents`; `path` names the file in errors.
+    public static func parse(path: String, contents: String) throws -> AnswerFile {
+        try parse(TOMLDocument(path: path, contents: contents))
+    }
+
+    static func parse(_ document: TOMLDocument) throws -> AnswerFile {
+        let root = document.rootSection
+        let globalSection = try root.required(root.section("global"), "global")
+        let diskSection = try root.required(root.section("disk"), "disk")
+        let storageSection = try root.section("storage")
+        let networkSection = try root.required(root.section("network"), "network")
+        try root.finish()
+
+        let global = try parseGlobal(globalSection)
+        let disk = try parseDisk(diskSection)
+        let storage = try storageSection.map(parseStorage) ?? StorageAnswer()
+        let network = try parseNetwork(networkSection)
+        let answer = AnswerFile(global: global, disk: disk, storage: storage, network: network)
+        if storage.extraDisks.contains(disk.target), let storageSection {
+            throw storageSection.error(
+                "extra-disks", "'\(disk.target)' is also the install target ([disk] target)",
+                hint: "list only other disks as extra storage")
+        }
+        return answer
+    }
+
+    private static func parseGlobal(_ section: TOMLSection) throws -> Global {
+        let hostname = try section.required(section.string("hostname"), "hostname")
+        guard NetworkSyntax.isHostname(hostname) else {
+            throw section.error(
+                "hostname", "'\(hostname)' is not a valid host name",
+                hint: "use letters, digits and '-', labels of 1-63 characters separated by '.'")
+        }
+        let timezone = try section.string("timezone") ?? "UTC"
+        let zonePattern = #"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$"#
+        guard timezone.range(of: zonePattern, options: .regularExpression) != nil,
+            !timezone.contains("..")
+        else {
+            throw section.error(
+                "timezone", "'\(timezone)' is not a time zone name",
+                hint: "use a tz database name such as \"Europe/Paris\" or \"UTC\"")
+        }
+        let keyboard = try section.string("keyboard") ?? "us"
+        guard keyboard.range(of: #"^[a-z]{2,8}(:[A-Za-z0-9_\-]+)?$"#, options: .regularExpression)
+            != nil
+        else {
+            throw section.error(
+                "keyboard", "'\(keyboard)' is not a keyboard layout",
+                hint: "use an XKB layout such as \"us\", \"de\" or \"fr:bepo\" (layout:variant)")
+        }
+        let plain = try section.string("root-password")
+        let hash = try section.string("root-password-hash")
+        var password: RootPassword?
+        switch (plain, hash) {
+        case (.some, .some):
+            throw section.error(
+                "root-password-hash", "conflicts with 'global.root-password'",
+                hint: "give either root-password or root-password-hash, not both")
+        case (.some(let plain), nil):
+            guard !plain.isEmpty else {
+                throw section.error("root-password", "is empty", hint: "set a password or remove the key")
+            }
+            guard !plain.contains("\n"), !plain.contains(":") else {
+                throw section.error("root-password", "must not contain ':' or a line break")
+            }
+            password = .plain(plain)
+        case (nil, .some(let hash)):
+            guard
+                hash.range(of: #"^\$(1|5|6|y|gy|2b|7)\$[./A-Za-z0-9$=,]+$"#, options: .regularExpression)
+                    != nil
+            else {
+                throw section.error(
+                    "root-password-hash", "is not a crypt(3) hash",
+                    hint: "create one with: openssl passwd -6   (or mkpasswd -m yescrypt)")
+            }
+            password = .hashed(hash)
+        case (nil, nil):
+            password = nil
+        }
+        let keys = try section.strings("root-ssh-keys") ?? []
+        for (index, key) in keys.enumerated() {
+            let fields = key.split(separator: " ")
+            guard fields.count >= 2, fields[0].hasPrefix("ssh-") || fields[0].hasPrefix("ecdsa-")
+                || fields[0].hasPrefix("sk-"), !key.contains("\n")
+            else {
+                throw section.error(
+                    "root-ssh-keys", "element \(index + 1) is not an SSH public key",
+                    hint: "paste one line of an id_*.pub file: \"ssh-ed25519 AAAA... comment\"")
+            }
+        }
+        if password == nil && keys.isEmpty {
+            throw section.error(
+                "root-password",
+                "missing: the installed host would have no way to log in as root",
+                hint: "set root-password, root-password-hash or root-ssh-keys")
+        }
+        let mode = try section.choice("reboot-mode", RebootMode.allCases.map(\.rawValue))
+            .flatMap(RebootMode.init(rawValue:)) ?? .reboot
+        try section.finish()
+        return Global(
+            hostname: hostname, timezone: timezone, keyboard: keyboard, rootPassword: password,
+            rootSSHKeys: keys, rebootMode: mode)
+    }
+
+    private static func diskSelector(_ section: TOMLSection, _ key: String, _ text: String) throws
+        -> DiskSelector
+    {
+        guard let selector = DiskSelector(parsing: text) else {
+            throw section.error(
+                key, "'\(text)' does not name a disk",
+                hint: "use a path (\"/dev/sda\", \"/dev/disk/by-id/...\"), \"serial:...\", "
+                    + "\"model:...\", \"wwn:...\", \"size:smallest\" or \"size:largest\"")
+        }
+        return selector
+    }
+
+    private static func parseDisk(_ section: TOMLSection) throws -> DiskAnswer {
+        let targetText = try section.required(
+            section.string("target"), "target",
+            hint: "name the disk to install on, e.g. target = \"/dev/sda\"; "
+                + "`martlet-installer disks` lists them")
+        let target = try diskSelector(section, "target", targetText)
+        let filesystem = try section.choice("filesystem", Filesystem.allCases.map(\.rawValue))
+            .flatMap(Filesystem.init(rawValue:)) ?? .ext4
+        let rootSize = try section.size("root-size")
+        if let rootSize, rootSize < PartitionLayout.minimumRootSize {
+            throw section.error(
+                "root-size", "\(rootSize) is too small",
+                hint: "the root filesystem needs at least \(PartitionLayout.minimumRootSize)")
+        }
+        let swapSize = try section.size("swap-size")
+        let wipe = try section.bool("wipe") ?? false
+        try section.finish()
+        return DiskAnswer(
+            target: target, filesystem: filesystem,
+            rootSize: rootSize, swapSize: swapSize.flatMap { $0.bytes == 0 ? nil : $0 }, wipe: wipe)
+    }
+
+    private static func parseStorage(_ section: TOMLSection) throws -> StorageAnswer {
+        let type = try section.choice("type", StorageType.allCases.map(\.rawValue))
+            .flatMap(StorageType.init(rawValue:)) ?? .lvmThin
+        let group = try section.string("volume-group") ?? "martlet"
+        guard group.range(of: #"^[A-Za-z0-9_+][A-Za-z0-9_+.\-]{0,63}$"#, options: .regularExpression)
+            != nil
+        else {
+            throw section.error(
+                "volume-group", "'\(group)' is not a valid LVM volume group name",
+                hint: "use letters, digits, '_', '+', '.', '-' (not starting with '-')")
+        }
+        var extra: [DiskSelector] = []
+        for text in try section.strings("extra-disks") ?? [] {
+            let selector = try diskSelector(section, "extra-disks", text)
+            guard !extra.contains(selector) else {
+                throw section.error("extra-disks", "'\(text)' is listed twice")
+            }
+            extra.append(selector)
+        }
+        try section.finish()
+        return StorageAnswer(type: type, volumeGroup: group, extraDisks: extra)
+    }
+
+    private static func parseNetwork(_ section: TOMLSection) throws -> NetworkAnswer {
+        let interfaceText = try section.required(
+            section.string("interface"), "interface",
+            hint: "name the management NIC, e.g. interface = \"eno1\" or a MAC address")
+        guard let interface = InterfaceSelector(parsing: interfaceText) else {
+            throw section.error(
+                "interface", "'\(interfaceText)' is neither an interface name nor a MAC address",
+                hint: "e.g. \"eno1\" or \"52:54:00:12:34:56\"")
+        }
+        let mode = try section.choice("mode", AddressMode.allCases.map(\.rawValue))
+            .flatMap(AddressMode.init(rawValue:)) ?? .dhcp
+        let address = try section.string("address")
+        let gateway = try section.string("gateway")
+        switch mode {
+        case .static:
+            let address = try section.required(
+                address, "address", hint: "mode = \"static\" needs address = \"192.0.2.10/24\"")
+            guard NetworkSyntax.isCIDR(address, family: AF_INET) else {
+                throw section.error(
+                    "address", "'\(address)' is not an IPv4 address with a prefix length",
+                    hint: "write it in CIDR form, e.g. \"192.0.2.10/24\"")
+            }
+            if let gateway, !NetworkSyntax.isAddress(gateway, family: AF_INET) {
+                throw section.error("gateway", "'\(gateway)' is not an IPv4 address")
+            }
+        case .dhcp:
+            if address != nil {
+                throw section.error(
+                    "address", "is only used with mode = \"static\"",
+                    hint: "set mode = \"static\" or remove address")
+            }
+            if gateway != nil {
+                throw section.error(
+                    "gateway", "is only used with mode = \"static\"",
+                    hint: "set mode = \"static\" or remove gateway")
+            }
+        }
+        let dns = try section.strings("dns") ?? []
+        for server in dns
+        where !NetworkSyntax.isAddress(server, family: AF_INET)
+            && !NetworkSyntax.isAddress(server, family: AF_INET6)
+        {
+            throw section.error("dns", "'\(server)' is not an IP address")
+        }
+        let ipv6Text = try section.string("ipv6") ?? "auto"
+        let ipv6: IPv6Mode
+        switch ipv6Text {
+        case "auto": ipv6 = .auto
+        case "none", "off": ipv6 = .off
+        default:
+            guard NetworkSyntax.isCIDR(ipv6Text, family: AF_INET6) else {
+                throw section.error(
+                    "ipv6", "'\(ipv6Text)' is not \"auto\", \"none\" or an IPv6 address with prefix",
+                    hint: "e.g. ipv6 = \"2001:db8::10/64\"")
+            }
+            ipv6 = .address(ipv6Text)
+        }
+        let ipv6Gateway = try section.string("ipv6-gateway")
+        if let ipv6Gateway {
+            guard case .address = ipv6 else {
+                throw section.error("ipv6-gateway", "is only used with a static ipv6 address")
+            }
+            guard NetworkSyntax.isAddress(ipv6Gateway, family: AF_INET6) else {
+                throw section.error("ipv6-gateway", "'\(ipv6Gateway)' is not an IPv6 address")
+            }
+        }
+        let vlan = try section.int("vlan")
+        if let vlan, !(1...4094).contains(vlan) {
+            throw section.error("vlan", "\(vlan) is not a VLAN id", hint: "use 1 to 4094")
+        }
+        try section.finish()
+        return NetworkAnswer(
+            interface: interface, mode: mode, address: address, gateway: gateway, dns: dns,
+            ipv6: ipv6, ipv6Gateway: ipv6Gateway, vlan: vlan)
+    }
+}
+
+/// Syntax checks for the network keys, with inet_pton as the judge of addresses.
+enum NetworkSyntax {
+    static func isAddress(_ text: String, family: Int32) -> Bool {
+        var buffer = [UInt8](repeating: 0, count: 16)
+        return inet_pton(family, text, &buffer) == 1
+    }
+
+    static func isCIDR(_ text: String, family: Int32) -> Bool {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let prefix = Int(parts[1]), String(prefix) == parts[1] else {
+            return false
+        }
+        let limit = family == AF_INET ? 32 : 128
+        return (0...limit).contains(prefix) && isAddress(String(parts[0]), family: family)
+    }
+
+    static func isMAC(_ text: String) -> Bool {
+        text.range(of: #"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"#, options: .regularExpression) != nil
+    }
+
+    static func isInterfaceName(_ text: String) -> Bool {
+        text.range(of: #"^[A-Za-z0-9_.\-]{1,15}$"#, options: .regularExpression) != nil
+            && text != "." && text != ".."
+    }
+
+    static func isHostname(_ text: String) -> Bool {
+        guard text.count <= 253 else { return false }
+        let label = #"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"#
+        return text.range(of: "^\(label)(\\.\(label))*$", options: .regularExpression) != nil
+    }
+}

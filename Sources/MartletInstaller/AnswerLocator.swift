@@ -1,0 +1,59 @@
+import Foundation
+import MartletCore
+
+/// Finds the answer file named on the kernel command line (`martlet.answer=`): a path on the
+/// boot medium, `label:MARTLET-ANSWER` (a partition or stick with that filesystem label,
+/// holding `answer.toml`), or an http(s) URL fetched with curl.
+public enum AnswerLocator {
+    public static let parameter = "martlet.answer="
+
+    /// The value of `martlet.answer=` in `cmdline`, or nil.
+    public static func value(inCommandLine cmdline: String) -> String? {
+        cmdline.split(whereSeparator: { $0 == " " || $0 == "\n" })
+            .last { $0.hasPrefix(parameter) }
+            .map { String($0.dropFirst(parameter.count)) }
+    }
+
+    /// Fetches the answer named on /proc/cmdline into a local file and returns its path.
+    public static func fromKernelCommandLine(
+        cmdline: String = "/proc/cmdline", medium: String = DiskDiscovery.defaultMediumMount,
+        workDirectory: String = "/run/martlet"
+    ) throws -> String {
+        let text = (try? String(contentsOfFile: cmdline, encoding: .utf8)) ?? ""
+        guard let value = value(inCommandLine: text), !value.isEmpty else {
+            throw MartletError(
+                .notFound, "no answer file: give --answer FILE, or boot with martlet.answer=",
+                hint: "martlet.answer= takes a path on the boot medium, label:MARTLET-ANSWER, or an http(s) URL")
+        }
+        try FileManager.default.createDirectory(atPath: workDirectory, withIntermediateDirectories: true)
+        let local = "\(workDirectory)/answer.toml"
+        if value.hasPrefix("http://") || value.hasPrefix("https://") {
+            try SystemTool.command("curl", ["--fail", "--silent", "--show-error", "--location", "--retry", "5",
+                "--retry-connrefused", "--max-time", "60", "-o", local, value])
+                .run(hint: "check the URL and the network of the live system")
+            return local
+        }
+        if value.hasPrefix("label:") {
+            let label = String(value.dropFirst("label:".count))
+            let device = try SystemTool.command("blkid", ["-L", label]).run(
+                hint: "plug in the stick or disk whose filesystem is labelled \(label)").stdoutText
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            let mountpoint = "\(workDirectory)/answer-medium"
+            try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+            try SystemTool.command("mount", ["-o", "ro", device, mountpoint]).run()
+            defer { _ = try? SystemTool.command("umount", [mountpoint]).runAllowingFailure() }
+            let source = "\(mountpoint)/answer.toml"
+            guard FileManager.default.fileExists(atPath: source) else {
+                throw MartletError(.notFound, "\(device) (label \(label)) has no answer.toml at its top level")
+            }
+            try? FileManager.default.removeItem(atPath: local)
+            try FileManager.default.copyItem(atPath: source, toPath: local)
+            return local
+        }
+        let path = value.hasPrefix("/") ? "\(medium)\(value)" : "\(medium)/\(value)"
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw MartletError(.notFound, "martlet.answer=\(value): no such file on the boot medium (\(path))")
+        }
+        return path
+    }
+}

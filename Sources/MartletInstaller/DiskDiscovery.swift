@@ -1,0 +1,255 @@
+import CBlkid
+import Foundation
+import MartletCore
+
+/// Finds the machine's disks from /sys/block and probes their contents with libblkid.
+/// Reads only: nothing here opens a device for writing.
+public struct DiskDiscovery: Sendable {
+    /// Where the live system mounts its boot medium (the ISO9660 filesystem).
+    public static let defaultMediumMount = "/run/martlet/medium"
+
+    public var sysBlock: String
+    public var mediumMount: String
+    /// Report loop devices (for tests and for installing onto images).
+    public var includeLoop: Bool
+
+    public init(
+        sysBlock: String = "/sys/block", mediumMount: String = DiskDiscovery.defaultMediumMount,
+        includeLoop: Bool = true
+    ) {
+        self.sysBlock = sysBlock
+        self.mediumMount = mediumMount
+        self.includeLoop = includeLoop
+    }
+
+    /// Every whole disk worth showing, sorted by name.
+    public func disks() throws -> [Disk] {
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: sysBlock).sorted()
+        } catch {
+            throw MartletError(
+                .failed, "cannot list block devices in '\(sysBlock)'", hint: "is /sys mounted?",
+                cause: "\(error)")
+        }
+        let mounts = MountTable.read()
+        let mediumDevno = mounts.devno(mountedAt: mediumMount)
+        return names.compactMap { name -> Disk? in
+            let skipped = ["ram", "zram", "dm-", "md", "sr", "fd", "nbd"]
+            if skipped.contains(where: { name.hasPrefix($0) }) { return nil }
+            if name.hasPrefix("loop") && !includeLoop { return nil }
+            return disk(named: name, mounts: mounts, mediumDevno: mediumDevno)
+        }
+    }
+
+    /// The disk at `path` (a device node or a symlink to one, e.g. /dev/disk/by-id/...).
+    public func disk(path: String) throws -> Disk {
+        let resolved = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        let name = (resolved as NSString).lastPathComponent
+        let mounts = MountTable.read()
+        guard FileManager.default.fileExists(atPath: "\(sysBlock)/\(name)"),
+            let disk = disk(
+                named: name, mounts: mounts, mediumDevno: mounts.devno(mountedAt: mediumMount))
+        else {
+            throw MartletError(
+                .notFound, "'\(path)' is not a whole disk on this machine",
+                hint: "`martlet-installer disks` lists the disks (a partition is not a target)")
+        }
+        return disk
+    }
+
+    func disk(named name: String, mounts: MountTable, mediumDevno: String?) -> Disk? {
+        let base = "\(sysBlock)/\(name)"
+        let sectors = UInt64(Self.read("\(base)/size") ?? "") ?? 0
+        guard sectors > 0 else { return nil }
+        let devno = Self.read("\(base)/dev") ?? "0:0"
+        let path = "/dev/\(name)"
+        let udev = Self.udevProperties(devno: devno)
+        var disk = Disk(
+            path: path, name: name, devno: devno, size: ByteSize(sectors * 512),
+            model: Self.read("\(base)/device/model") ?? udev["ID_MODEL"],
+            serial: Self.read("\(base)/device/serial") ?? udev["ID_SERIAL_SHORT"],
+            wwn: Self.read("\(base)/device/wwid") ?? Self.read("\(base)/wwid") ?? udev["ID_WWN"],
+            transport: Self.transport(name: name, sysPath: base, udev: udev),
+            rotational: Self.read("\(base)/queue/rotational") == "1",
+            removable: Self.read("\(base)/removable") == "1",
+            readOnly: Self.read("\(base)/ro") == "1",
+            logicalSectorSize: Int(Self.read("\(base)/queue/logical_block_size") ?? "") ?? 512,
+            physicalSectorSize: Int(Self.read("\(base)/queue/physical_block_size") ?? "") ?? 512)
+        if name.hasPrefix("loop") {
+            disk.model = Self.read("\(base)/loop/backing_file").map { "loop: \($0)" }
+        }
+        let probe = BlkidProbe.probe(path: path)
+        disk.probeError = probe.error
+        disk.partitionTable = probe.partitionTable
+        disk.signatures = probe.signatures
+        disk.mountpoints = mounts.mountpoints(devno: devno)
+        disk.holders = Self.holders(sysPath: base, holds: path, mounts: mounts)
+
+        let children = ((try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [])
+            .filter { $0.hasPrefix(name) && FileManager.default.fileExists(atPath: "\(base)/\($0)/partition") }
+        for child in children {
+            let partBase = "\(base)/\(child)"
+            let number = Int(Self.read("\(partBase)/partition") ?? "") ?? 0
+            let partDevno = Self.read("\(partBase)/dev") ?? "0:0"
+            let partPath = "/dev/\(child)"
+            let partSectors = UInt64(Self.read("\(partBase)/size") ?? "") ?? 0
+            disk.partitions.append(
+                Disk.Partition(
+                    path: partPath, number: number, size: ByteSize(partSectors * 512),
+                    signatures: BlkidProbe.probe(path: partPath).signatures,
+                    mountpoints: mounts.mountpoints(devno: partDevno),
+                    holders: Self.holders(sysPath: partBase, holds: partPath, mounts: mounts)))
+        }
+        disk.partitions.sort { $0.number < $1.number }
+
+        var isMediumDevice = false
+        if let mediumDevno {
+            isMediumDevice =
+                devno == mediumDevno
+                || children.contains { Self.read("\(base)/\($0)/dev") == mediumDevno }
+        }
+        let hasMartletISO = disk.allSignatures.contains {
+            $0.type == "iso9660" && ($0.label ?? "").uppercased().hasPrefix("MARTLET")
+        }
+        disk.isBootMedium = isMediumDevice || hasMartletISO
+        return disk
+    }
+
+    static func read(_ path: String) -> String? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return text.isEmpty ? nil : text
+    }
+
+    /// The udev database entry of a device (`E:KEY=value` lines), when udev runs.
+    static func udevProperties(devno: String) -> [String: String] {
+        guard let text = read("/run/udev/data/b\(devno)") else { return [:] }
+        var properties: [String: String] = [:]
+        for line in text.split(separator: "\n") where line.hasPrefix("E:") {
+            let pair = line.dropFirst(2).split(separator: "=", maxSplits: 1)
+            if pair.count == 2 { properties[String(pair[0])] = String(pair[1]) }
+        }
+        return properties
+    }
+
+    static func transport(name: String, sysPath: String, udev: [String: String]) -> String {
+        if name.hasPrefix("loop") { return "loop" }
+        if name.hasPrefix("nvme") { return "nvme" }
+        if name.hasPrefix("vd") { return "virtio" }
+        if name.hasPrefix("mmcblk") { return "mmc" }
+        let real = URL(fileURLWithPath: sysPath).resolvingSymlinksInPath().path
+        if real.contains("/usb") { return "usb" }
+        if real.contains("/virtio") { return "virtio" }
+        if real.contains("/ata") { return "sata" }
+        if let bus = udev["ID_BUS"] { return bus == "ata" ? "sata" : bus }
+        return real.contains("/host") ? "scsi" : "unknown"
+    }
+
+    static func holders(sysPath: String, holds: String, mounts: MountTable) -> [Disk.Holder] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "\(sysPath)/holders")) ?? []
+        return names.sorted().map { device in
+            let base = "/sys/block/\(device)"
+            let dmName = read("\(base)/dm/name")
+            let dmUUID = read("\(base)/dm/uuid") ?? ""
+            let kind =
+                dmUUID.hasPrefix("LVM-") ? "lvm" : device.hasPrefix("md") ? "md"
+                : dmName != nil ? "dm" : "other"
+            let devno = read("\(base)/dev") ?? ""
+            let stacked = (try? FileManager.default.contentsOfDirectory(atPath: "\(base)/holders")) ?? []
+            // An LVM LV is only safe to deactivate when nothing mounts or stacks on it;
+            // any md array counts as in use: stopping it is the user's decision.
+            let inUse = kind != "lvm" || !mounts.mountpoints(devno: devno).isEmpty || !stacked.isEmpty
+            return Disk.Holder(
+                device: device, name: dmName ?? read("\(base)/md/metadata_version").map { _ in device } ?? device,
+                kind: kind, inUse: inUse, holds: holds)
+        }
+    }
+}
+
+/// /proc/self/mountinfo and /proc/swaps, keyed by `major:minor`.
+struct MountTable {
+    var byDevno: [String: [String]] = [:]
+    var sourceByMountpoint: [String: String] = [:]
+
+    static func read() -> MountTable {
+        var table = MountTable()
+        if let text = DiskDiscovery.read("/proc/self/mountinfo") {
+            for line in text.split(separator: "\n") {
+                let fields = line.split(separator: " ")
+                guard fields.count > 4 else { continue }
+                let devno = String(fields[2])
+                let mountpoint = Self.unescape(String(fields[4]))
+                table.byDevno[devno, default: []].append(mountpoint)
+                table.sourceByMountpoint[mountpoint] = devno
+            }
+        }
+        if let text = DiskDiscovery.read("/proc/swaps") {
+            for line in text.split(separator: "\n").dropFirst() {
+                guard let device = line.split(separator: " ").first else { continue }
+                var info = stat()
+                if stat(String(device), &info) == 0, (info.st_mode & S_IFMT) == S_IFBLK {
+                    let devno = "\(major(info.st_rdev)):\(minor(info.st_rdev))"
+                    table.byDevno[devno, default: []].append("[swap]")
+                }
+            }
+        }
+        return table
+    }
+
+    func mountpoints(devno: String) -> [String] { byDevno[devno] ?? [] }
+
+    func devno(mountedAt path: String) -> String? { sourceByMountpoint[path] }
+
+    static func unescape(_ text: String) -> String {
+        text.replacingOccurrences(of: "\\040", with: " ").replacingOccurrences(of: "\\011", with: "\t")
+    }
+
+    private static func major(_ dev: dev_t) -> UInt64 {
+        (UInt64(dev) >> 8) & 0xfff | (UInt64(dev) >> 32) & ~0xfff
+    }
+    private static func minor(_ dev: dev_t) -> UInt64 {
+        UInt64(dev) & 0xff | (UInt64(dev) >> 12) & ~0xff
+    }
+}
+
+/// Read-only probing with libblkid: partition table type and every superblock signature
+/// (all of them, like wipefs, so stale LVM/md/ZFS labels next to a filesystem show up).
+enum BlkidProbe {
+    struct Result {
+        var partitionTable: String?
+        var signatures: [Disk.Signature] = []
+        var error: String?
+    }
+
+    static func probe(path: String) -> Result {
+        var result = Result()
+        guard let probe = blkid_new_probe_from_filename(path) else {
+            result.error = String(cString: strerror(errno))
+            return result
+        }
+        defer { blkid_free_probe(probe) }
+        blkid_probe_enable_superblocks(probe, 1)
+        blkid_probe_set_superblocks_flags(
+            probe, Int32(BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID | BLKID_SUBLKS_TYPE | BLKID_SUBLKS_MAGIC))
+        blkid_probe_enable_partitions(probe, 1)
+        blkid_probe_set_partitions_flags(probe, Int32(BLKID_PARTS_MAGIC))
+        while blkid_do_probe(probe) == 0 {
+            if let table = value(probe, "PTTYPE") {
+                result.partitionTable = table
+            } else if let type = value(probe, "TYPE") {
+                let signature = Disk.Signature(
+                    type: type, label: value(probe, "LABEL"), uuid: value(probe, "UUID"))
+                if !result.signatures.contains(signature) { result.signatures.append(signature) }
+            }
+        }
+        return result
+    }
+
+    private static func value(_ probe: blkid_probe, _ name: String) -> String? {
+        var data: UnsafePointer<CChar>?
+        var length = 0
+        guard blkid_probe_lookup_value(probe, name, &data, &length) == 0, let data else { return nil }
+        return String(cString: data)
+    }
+}

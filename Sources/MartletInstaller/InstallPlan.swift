@@ -1,0 +1,246 @@
+import Foundation
+import MartletCore
+
+/// Everything an install will do, decided before anything is written: which disks, the
+/// partition layout, the storage pools and the system settings. `make` is a pure function of
+/// the answers and the discovered disks, and it performs every safety check.
+public struct InstallPlan: Codable, Sendable, Equatable {
+    /// The root filesystem tree that gets copied.
+    public var source: String
+    public var target: Disk
+    public var layout: PartitionLayout
+    /// Existing content that will be destroyed, one line per item (empty on a blank disk).
+    public var destroys: [String]
+    public var pools: [StoragePool]
+    public var extraDisks: [Disk]
+    public var answer: AnswerFile
+
+    /// A VM storage pool as written to /etc/martlet/storage.toml.
+    public struct StoragePool: Codable, Sendable, Equatable {
+        public var name: String
+        public var type: AnswerFile.StorageType
+        /// The partition backing it (e.g. `/dev/sda5`, `/dev/sdb1`).
+        public var device: String
+        /// lvm-thin: volume group and thin pool.
+        public var volumeGroup: String?
+        public var thinPool: String?
+        /// directory: the filesystem and where it is mounted on the host.
+        public var filesystem: String?
+        public var path: String?
+    }
+
+    public static let defaultSource = "/run/martlet/host-root"
+    public static let storageDirectory = "/var/lib/martlet/storage"
+
+    /// Builds the plan for `answer` against the disks found on this machine.
+    public static func make(
+        answer: AnswerFile, disks: [Disk], source: String = InstallPlan.defaultSource
+    ) throws -> InstallPlan {
+        let target = try select(answer.disk.target, key: "disk.target", from: disks)
+        var destroys = try check(target, wipe: answer.disk.wipe, key: "disk.target")
+        let storageContent = answer.storage.type == .lvmThin ? "lvm" : answer.disk.filesystem.rawValue
+        let layout: PartitionLayout
+        do {
+            layout = try PartitionLayout.compute(
+                diskSize: target.size, rootSize: answer.disk.rootSize,
+                swapSize: answer.disk.swapSize, storageContent: storageContent)
+        } catch let error as MartletError {
+            throw MartletError(
+                error.code, "\(target.path): \(error.message)", hint: error.hint, cause: error.cause)
+        }
+        let storagePartition = target.partitionPath(layout.entry(.storage)!.number)
+        var pools = [pool(answer, name: "local", device: storagePartition, suffix: "")]
+        var extras: [Disk] = []
+        for (index, selector) in answer.storage.extraDisks.enumerated() {
+            let disk = try select(selector, key: "storage.extra-disks", from: disks)
+            guard disk.path != target.path, !extras.contains(where: { $0.path == disk.path }) else {
+                throw MartletError(
+                    .invalidInput,
+                    "storage.extra-disks: '\(selector)' selects \(disk.path), which is already used",
+                    hint: "each disk may appear once, and not as the install target")
+            }
+            destroys += try check(disk, wipe: answer.disk.wipe, key: "storage.extra-disks")
+            let minimum = PartitionLayout.minimumStorageSize.bytes + 2 * PartitionLayout.alignment
+            guard disk.size.bytes >= minimum else {
+                throw MartletError(
+                    .refused,
+                    "storage.extra-disks: \(disk.path) is too small: \(disk.size), "
+                        + "an extra pool needs at least \(ByteSize(minimum))")
+            }
+            extras.append(disk)
+            pools.append(
+                pool(answer, name: "extra\(index + 1)", device: disk.partitionPath(1),
+                    suffix: "-extra\(index + 1)"))
+        }
+        return InstallPlan(
+            source: source, target: target, layout: layout, destroys: destroys, pools: pools,
+            extraDisks: extras, answer: answer)
+    }
+
+    private static func pool(
+        _ answer: AnswerFile, name: String, device: String, suffix: String
+    ) -> StoragePool {
+        switch answer.storage.type {
+        case .lvmThin:
+            StoragePool(
+                name: name, type: .lvmThin, device: device,
+                volumeGroup: answer.storage.volumeGroup + suffix, thinPool: "data")
+        case .directory:
+            StoragePool(
+                name: name, type: .directory, device: device,
+                filesystem: answer.disk.filesystem.rawValue, path: storageDirectory + suffix)
+        }
+    }
+
+    /// The one disk `selector` names; errors say which disks there were.
+    public static func select(_ selector: DiskSelector, key: String, from disks: [Disk]) throws -> Disk {
+        let candidates = disks.filter { !$0.isBootMedium && !$0.readOnly }
+        let matches: [Disk]
+        switch selector {
+        case .path(let path):
+            let resolved = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+            matches = disks.filter { $0.path == path || $0.path == resolved }
+        case .serial(let serial): matches = candidates.filter { $0.serial == serial }
+        case .model(let model): matches = candidates.filter { $0.model == model }
+        case .wwn(let wwn):
+            matches = candidates.filter { ($0.wwn ?? "").lowercased().hasSuffix(wwn.lowercased()) }
+        case .smallest:
+            matches = candidates.filter { $0.transport != "loop" }.min { $0.size < $1.size }.map { [$0] } ?? []
+        case .largest:
+            matches = candidates.filter { $0.transport != "loop" }.max { $0.size < $1.size }.map { [$0] } ?? []
+        }
+        let listing = disks.map { "\($0.path) (\($0.size), \($0.model ?? "no model"), serial \($0.serial ?? "-"))" }
+            .joined(separator: "; ")
+        guard let disk = matches.first else {
+            throw MartletError(
+                .notFound, "\(key): no disk matches '\(selector)'",
+                hint: "disks on this machine: \(listing.isEmpty ? "none" : listing)")
+        }
+        guard matches.count == 1 else {
+            throw MartletError(
+                .invalidInput,
+                "\(key): '\(selector)' matches \(matches.count) disks: "
+                    + matches.map(\.path).joined(separator: ", "),
+                hint: "name the disk by path or serial")
+        }
+        return disk
+    }
+
+    /// Every safety check of one disk; returns what wiping it destroys.
+    public static func check(_ disk: Disk, wipe: Bool, key: String) throws -> [String] {
+        if disk.isBootMedium {
+            throw MartletError(
+                .refused, "\(key): \(disk.path) is the boot medium the installer runs from",
+                hint: "choose another disk; `martlet-installer disks` marks the boot medium")
+        }
+        if disk.readOnly {
+            throw MartletError(.refused, "\(key): \(disk.path) is read-only")
+        }
+        let mounts = disk.mountpoints.map { "\(disk.path) on \($0)" }
+            + disk.partitions.flatMap { p in p.mountpoints.map { "\(p.path) on \($0)" } }
+        if !mounts.isEmpty {
+            throw MartletError(
+                .refused, "\(key): \(disk.path) is in use: mounted (\(mounts.joined(separator: ", ")))",
+                hint: "unmount it (umount / swapoff) or choose another disk")
+        }
+        let holders = disk.holders + disk.partitions.flatMap(\.holders)
+        let busy = holders.filter(\.inUse)
+        if !busy.isEmpty {
+            let stop = busy.contains { $0.kind == "md" } ? "mdadm --stop, " : ""
+            throw MartletError(
+                .refused,
+                "\(key): \(disk.path) is held by \(busy.map(\.description).joined(separator: "; "))",
+                hint: "stop what uses it (\(stop)umount, vgchange -an, dmsetup remove) or choose another disk")
+        }
+        var destroys: [String] = []
+        if disk.hasData {
+            destroys.append("\(disk.path): \(disk.contentSummary)")
+        }
+        for holder in holders {
+            destroys.append("\(disk.path): active LVM volume \(holder.name) (will be deactivated)")
+        }
+        if !destroys.isEmpty && !wipe {
+            throw MartletError(
+                .refused,
+                "\(key): \(disk.path) is not empty (\(disk.contentSummary)"
+                    + (holders.isEmpty ? "" : "; active LVM volumes \(holders.map(\.name).joined(separator: ", "))")
+                    + ")",
+                hint: "set wipe = true in [disk] to destroy its contents, or choose an empty disk")
+        }
+        return destroys
+    }
+}
+
+extension InstallPlan {
+    /// The plan for a person: disks, partitions, pools and settings. Passwords are not shown.
+    public var text: String {
+        var lines: [String] = []
+        let global = answer.global
+        lines.append("Install plan")
+        lines.append("  source:    \(source)")
+        lines.append(
+            "  target:    \(target.path)  \(target.size)  \(target.model ?? "")  serial \(target.serial ?? "-")")
+        if destroys.isEmpty {
+            lines.append("  wipes:     nothing (the disk is empty)")
+        } else {
+            for (index, item) in destroys.enumerated() {
+                lines.append("  \(index == 0 ? "WIPES:    " : "          ") \(item)")
+            }
+        }
+        lines.append("  partitions (GPT):")
+        for entry in layout.entries {
+            let device = target.partitionPath(entry.number)
+            lines.append(
+                "    \(device.padding(toLength: 16, withPad: " ", startingAt: 0)) "
+                    + "\(entry.name.padding(toLength: 10, withPad: " ", startingAt: 0)) "
+                    + "\(entry.size.description.padding(toLength: 10, withPad: " ", startingAt: 0)) "
+                    + "\(entry.content ?? "-")")
+        }
+        lines.append("  storage pools:")
+        for pool in pools {
+            switch pool.type {
+            case .lvmThin:
+                lines.append(
+                    "    \(pool.name): lvm-thin \(pool.volumeGroup ?? "")/\(pool.thinPool ?? "") on \(pool.device)")
+            case .directory:
+                lines.append(
+                    "    \(pool.name): directory \(pool.path ?? "") (\(pool.filesystem ?? "")) on \(pool.device)")
+            }
+        }
+        lines.append("  hostname:  \(global.hostname)")
+        lines.append("  timezone:  \(global.timezone)   keyboard: \(global.keyboard)")
+        let password: String =
+            switch global.rootPassword {
+            case .plain: "password set"
+            case .hashed: "password hash set"
+            case nil: "no password"
+            }
+        lines.append("  root:      \(password), \(global.rootSSHKeys.count) SSH key(s)")
+        let net = answer.network
+        var network = "br0 over \(net.interface)"
+        if let vlan = net.vlan { network += " (VLAN \(vlan))" }
+        network += net.mode == .dhcp ? ", DHCP" : ", \(net.address ?? "") via \(net.gateway ?? "no gateway")"
+        switch net.ipv6 {
+        case .auto: network += ", IPv6 auto"
+        case .off: network += ", IPv6 off"
+        case .address(let address): network += ", IPv6 \(address)"
+        }
+        if !net.dns.isEmpty { network += ", DNS \(net.dns.joined(separator: " "))" }
+        lines.append("  network:   \(network)")
+        lines.append("  then:      \(global.rebootMode.rawValue)")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The plan as JSON with passwords replaced by a marker.
+    public func json() throws -> Data {
+        var copy = self
+        switch copy.answer.global.rootPassword {
+        case .plain: copy.answer.global.rootPassword = .plain("<redacted>")
+        case .hashed: copy.answer.global.rootPassword = .hashed("<redacted>")
+        case nil: break
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try encoder.encode(copy)
+    }
+}

@@ -1,0 +1,479 @@
+import Foundation
+import Logging
+import MartletCore
+
+/// Executes an `InstallPlan`: wipe, partition, format, copy, configure, bootloader,
+/// initramfs. Each stage reports begin/update/end to a `ProgressSink`; a failure names the
+/// stage and carries the failing command's output, and everything mounted is unmounted.
+public final class Installer {
+    public let plan: InstallPlan
+    let progress: any ProgressSink
+    let logger: Logger
+    /// The live system's install log, copied onto the target at the end.
+    let logFile: String?
+    /// Where the target's root filesystem is mounted during the install.
+    public private(set) var targetRoot = ""
+    private var mounts: [String] = []
+
+    public static let stageNames = [
+        "wipe", "partition", "format", "mount", "copy", "configure", "network", "storage",
+        "bootloader", "initramfs", "finish",
+    ]
+
+    public init(
+        plan: InstallPlan, progress: any ProgressSink = SilentProgress(),
+        logger: Logger = Logger(label: "martlet.installer"), logFile: String? = nil
+    ) {
+        self.plan = plan
+        self.progress = progress
+        self.logger = logger
+        self.logFile = logFile
+    }
+
+    /// Checks what the plan needs from this machine and the source tree; writes nothing.
+    public static func preflight(_ plan: InstallPlan) throws {
+        try Privilege.requireRoot(for: "installing onto a disk")
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: plan.source, isDirectory: &isDirectory),
+            isDirectory.boolValue
+        else {
+            throw MartletError(
+                .notFound, "the source root filesystem '\(plan.source)' does not exist",
+                hint: "pass --source DIR, or boot the Martlet live system (it mounts it at \(InstallPlan.defaultSource))")
+        }
+        for required in ["etc", "usr", "boot"] where !FileManager.default.fileExists(atPath: "\(plan.source)/\(required)") {
+            throw MartletError(
+                .invalidInput, "'\(plan.source)' does not look like a root filesystem: no /\(required)")
+        }
+        let zone = plan.answer.global.timezone
+        if !FileManager.default.fileExists(atPath: "\(plan.source)/usr/share/zoneinfo/\(zone)") {
+            throw MartletError(
+                .invalidInput, "global.timezone: '\(zone)' is not in the host's time zone database",
+                hint: "see \(plan.source)/usr/share/zoneinfo for the names")
+        }
+        var tools = ["wipefs", "mkfs.vfat", "mkfs.ext4", "mount", "umount", "chroot", "sync", "blkid"]
+        if plan.answer.disk.swapSize != nil { tools.append("mkswap") }
+        if plan.pools.contains(where: { $0.type == .lvmThin }) { tools += ["pvcreate", "vgcreate", "lvcreate"] }
+        if plan.answer.disk.filesystem == .xfs && plan.pools.contains(where: { $0.type == .directory }) {
+            tools.append("mkfs.xfs")
+        }
+        if !kernelSupports("vfat") { tools.append("mcopy") }
+        try SystemTool.require(tools)
+        if plan.pools.contains(where: { $0.type == .lvmThin }) && !deviceMapperAvailable() {
+            throw MartletError(
+                .missingDependency,
+                "storage.type: \"lvm-thin\" needs the kernel's device-mapper, and /dev/mapper/control is missing",
+                hint: "load dm_mod and dm_thin_pool (modprobe), or use [storage] type = \"directory\"")
+        }
+        if !FileManager.default.fileExists(atPath: "\(plan.source)/usr/sbin/grub-install") {
+            throw MartletError(
+                .missingDependency, "the host root filesystem '\(plan.source)' has no grub-install",
+                hint: "the host image needs the package grub2-common (with grub-pc-bin and grub-efi-amd64-bin)")
+        }
+    }
+
+    /// Whether the kernel's device-mapper has the thin-pool target (loading the modules when
+    /// needed). /dev/mapper/control alone proves nothing: LVM creates the node itself.
+    static func deviceMapperAvailable() -> Bool {
+        _ = try? SystemTool.command("modprobe", ["-q", "dm_thin_pool"]).runAllowingFailure()
+        guard let targets = try? SystemTool.command("dmsetup", ["targets"]).runAllowingFailure(),
+            targets.status == 0
+        else { return false }
+        return targets.stdoutText.split(separator: "\n").contains { $0.hasPrefix("thin-pool") }
+    }
+
+    /// Runs every stage; on failure unmounts what it mounted and rethrows naming the stage.
+    public func run() throws {
+        try Self.preflight(plan)
+        let stages: [(String, () throws -> Void)] = [
+            ("wipe", wipe), ("partition", partition), ("format", format), ("mount", mountTarget),
+            ("copy", copySystem), ("configure", configure), ("network", writeNetwork),
+            ("storage", writeStorage), ("bootloader", installBootloader),
+            ("initramfs", regenerateInitramfs), ("finish", finish),
+        ]
+        let started = Date()
+        for (index, (name, body)) in stages.enumerated() {
+            let reporter = StageReporter(sink: progress, stage: name, index: index + 1, count: stages.count)
+            reporter.begin()
+            logger.info("stage \(name) started")
+            do {
+                currentReporter = reporter
+                try body()
+            } catch {
+                logger.error("stage \(name) failed: \(error)")
+                unmountAll()
+                let inner = error as? MartletError
+                throw MartletError(
+                    inner?.code ?? .failed, "install step '\(name)' failed: \(inner?.message ?? "\(error)")",
+                    hint: inner?.hint ?? "the install log has every command run",
+                    cause: inner?.cause)
+            }
+            reporter.end()
+        }
+        logger.info("install finished in \(Int(Date().timeIntervalSince(started))) s")
+    }
+
+    private var currentReporter: StageReporter?
+
+    private func run(_ executable: String, _ arguments: [String], input: Data? = nil) throws {
+        logger.info("run: \(executable) \(arguments.joined(separator: " "))")
+        try SystemTool.command(executable, arguments).run(input: input, logger: logger)
+    }
+
+    private func runOutput(_ executable: String, _ arguments: [String]) throws -> String {
+        try SystemTool.command(executable, arguments).run(logger: logger).stdoutText
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func chroot(_ arguments: [String], input: Data? = nil) throws {
+        try run("chroot", [targetRoot] + arguments, input: input)
+    }
+
+    private var allDisks: [Disk] { [plan.target] + plan.extraDisks }
+
+    // MARK: - wipe
+
+    private func wipe() throws {
+        for disk in allDisks {
+            let devices = disk.partitions.map(\.path) + [disk.path]
+            // Deactivate old volume groups first, or the kernel keeps holding the partitions.
+            var groups = Set<String>()
+            for device in devices where FileManager.default.fileExists(atPath: device) {
+                let result = try? SystemTool.command("pvs", ["--noheadings", "-o", "vg_name", device]).runAllowingFailure()
+                if let name = result?.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines), !name.isEmpty {
+                    groups.insert(name)
+                }
+            }
+            // Without device-mapper nothing can be active, and vgchange would only fail.
+            if Self.deviceMapperAvailable() {
+                for group in groups.sorted() { try run("vgchange", ["-an", group]) }
+            }
+            for device in devices where FileManager.default.fileExists(atPath: device) {
+                try run("wipefs", ["--all", "--force", device])
+            }
+            currentReporter?.note("wiped \(disk.path)")
+        }
+    }
+
+    // MARK: - partition
+
+    private func partition() throws {
+        try GPTWriter.write(plan.layout, to: plan.target.path)
+        for (index, disk) in plan.extraDisks.enumerated() {
+            let end = (disk.size.bytes / PartitionLayout.alignment - 1) * PartitionLayout.alignment
+            let content = plan.pools[index + 1].type == .lvmThin ? "lvm" : plan.answer.disk.filesystem.rawValue
+            let layout = PartitionLayout(
+                diskSize: disk.size,
+                entries: [
+                    .init(
+                        number: 1, role: .storage, name: "storage", start: PartitionLayout.alignment,
+                        size: ByteSize(end - PartitionLayout.alignment),
+                        typeGUID: content == "lvm" ? PartitionLayout.GUID.lvm : PartitionLayout.GUID.linuxData,
+                        content: content)
+                ])
+            try GPTWriter.write(layout, to: disk.path)
+        }
+        _ = try? SystemTool.command("udevadm", ["settle", "--timeout=10"]).runAllowingFailure()
+        for entry in plan.layout.entries { try waitForDevice(plan.target.partitionPath(entry.number)) }
+        for disk in plan.extraDisks { try waitForDevice(disk.partitionPath(1)) }
+    }
+
+    private func waitForDevice(_ path: String) throws {
+        for attempt in 0..<100 {
+            if FileManager.default.fileExists(atPath: path) { return }
+            // Some kernels ignore a whole-table re-read on loop devices: add partitions one by one.
+            if attempt == 10 {
+                let disk = plan.extraDisks.first { path.hasPrefix($0.path) }?.path ?? plan.target.path
+                _ = try? SystemTool.command("partx", ["--update", disk]).runAllowingFailure()
+            }
+            usleep(100_000)
+        }
+        throw MartletError(.failed, "the partition \(path) did not appear after partitioning")
+    }
+
+    // MARK: - format
+
+    private func device(_ role: PartitionLayout.Role) -> String {
+        plan.target.partitionPath(plan.layout.entry(role)!.number)
+    }
+
+    private func format() throws {
+        try run("mkfs.vfat", ["-F", "32", "-n", "EFI", device(.esp)])
+        try run("mkfs.ext4", ["-q", "-F", "-L", "martlet-root", device(.root)])
+        if plan.layout.entry(.swap) != nil { try run("mkswap", ["-L", "martlet-swap", device(.swap)]) }
+        for pool in plan.pools {
+            switch pool.type {
+            case .lvmThin:
+                let group = pool.volumeGroup!
+                try run("pvcreate", ["-ff", "-y", pool.device])
+                try run("vgcreate", ["-y", group, pool.device])
+                // Leave room for the thin pool's metadata and its spare.
+                try run("lvcreate", ["-y", "--type", "thin-pool", "-l", "95%FREE", "-n", pool.thinPool!, group])
+            case .directory:
+                if pool.filesystem == "xfs" {
+                    try run("mkfs.xfs", ["-q", "-f", "-L", "pool-\(pool.name)", pool.device])
+                } else {
+                    try run("mkfs.ext4", ["-q", "-F", "-L", "pool-\(pool.name)", pool.device])
+                }
+            }
+            currentReporter?.note("storage pool \(pool.name) on \(pool.device)")
+        }
+    }
+
+    // MARK: - mount
+
+    private func mountTarget() throws {
+        var template = Array("/tmp/martlet-target.XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw MartletError.system("mkdtemp", path: "/tmp") }
+        targetRoot = String(cString: template)
+        try mount(device(.root), at: targetRoot)
+        try FileManager.default.createDirectory(atPath: "\(targetRoot)/boot/efi", withIntermediateDirectories: true)
+        if Self.kernelSupports("vfat") {
+            try mount(device(.esp), at: "\(targetRoot)/boot/efi")
+        } else {
+            espStaged = true
+            currentReporter?.note("this kernel cannot mount vfat: the ESP is filled with mtools after GRUB")
+        }
+    }
+
+    /// The ESP's files are staged in the target's /boot/efi and copied with mtools, for
+    /// kernels without vfat.
+    private var espStaged = false
+
+    static func kernelSupports(_ filesystem: String) -> Bool {
+        func listed() -> Bool {
+            let text = (try? String(contentsOfFile: "/proc/filesystems", encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").contains { $0.split(separator: "\t").last == Substring(filesystem) }
+        }
+        if listed() { return true }
+        _ = try? SystemTool.command("modprobe", ["-q", filesystem]).runAllowingFailure()
+        return listed()
+    }
+
+    private func copyStagedESP() throws {
+        let staged = "\(targetRoot)/boot/efi"
+        for item in try FileManager.default.contentsOfDirectory(atPath: staged).sorted() {
+            try run("mcopy", ["-s", "-o", "-Q", "-i", device(.esp), "\(staged)/\(item)", "::/"])
+            try FileManager.default.removeItem(atPath: "\(staged)/\(item)")
+        }
+    }
+
+    private func mount(_ source: String, at path: String, options: [String] = []) throws {
+        try run("mount", options + [source, path])
+        mounts.append(path)
+    }
+
+    private func unmountAll() {
+        for path in mounts.reversed() {
+            if (try? SystemTool.command("umount", [path]).run(logger: logger)) == nil {
+                _ = try? SystemTool.command("umount", ["-l", path]).runAllowingFailure()
+            }
+        }
+        mounts.removeAll()
+        if !targetRoot.isEmpty { try? FileManager.default.removeItem(atPath: targetRoot) }
+    }
+
+    // MARK: - copy
+
+    private func copySystem() throws {
+        let total = try SystemCopy.measure(plan.source)
+        currentReporter?.note("\(total.files) files, \(ByteSize(total.bytes))")
+        let reporter = currentReporter
+        let copied = try SystemCopy.copy(from: plan.source, to: targetRoot) { done in
+            reporter?.update(completed: done.bytes, total: total.bytes, unit: "bytes", message: "\(done.files)/\(total.files) files")
+        }
+        logger.info("copied \(copied.files) files, \(copied.bytes) bytes")
+    }
+
+    // MARK: - configure
+
+    private func write(_ relative: String, _ text: String, mode: Int = 0o644) throws {
+        let path = "\(targetRoot)/\(relative)"
+        try FileManager.default.createDirectory(
+            atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        if (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) != nil {
+            try FileManager.default.removeItem(atPath: path)
+        }
+        guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode]) else {
+            throw MartletError.system("open", path: path)
+        }
+        logger.info("wrote \(relative)")
+    }
+
+    private func uuid(_ device: String) throws -> String {
+        try runOutput("blkid", ["-p", "-s", "UUID", "-o", "value", device])
+    }
+
+    private func configure() throws {
+        let global = plan.answer.global
+        var fstab = "# /etc/fstab: written by martlet-installer; filesystems by UUID.\n"
+        fstab += "UUID=\(try uuid(device(.root)))\t/\text4\terrors=remount-ro\t0\t1\n"
+        fstab += "UUID=\(try uuid(device(.esp)))\t/boot/efi\tvfat\tumask=0077\t0\t2\n"
+        if plan.layout.entry(.swap) != nil {
+            fstab += "UUID=\(try uuid(device(.swap)))\tnone\tswap\tsw\t0\t0\n"
+        }
+        for pool in plan.pools where pool.type == .directory {
+            fstab += "UUID=\(try uuid(pool.device))\t\(pool.path!)\t\(pool.filesystem!)\tdefaults\t0\t2\n"
+            try FileManager.default.createDirectory(atPath: targetRoot + pool.path!, withIntermediateDirectories: true)
+        }
+        try write("etc/fstab", fstab)
+
+        let short = global.hostname.split(separator: ".").first.map(String.init) ?? global.hostname
+        try write("etc/hostname", short + "\n")
+        let names = global.hostname == short ? short : "\(global.hostname) \(short)"
+        try write(
+            "etc/hosts",
+            "127.0.0.1\tlocalhost\n127.0.1.1\t\(names)\n\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                + "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
+
+        switch global.rootPassword {
+        case .plain(let password): try chroot(["chpasswd"], input: Data("root:\(password)\n".utf8))
+        case .hashed(let hash): try chroot(["chpasswd", "-e"], input: Data("root:\(hash)\n".utf8))
+        case nil: logger.info("no root password: login by SSH key only")
+        }
+        if !global.rootSSHKeys.isEmpty {
+            try FileManager.default.createDirectory(
+                atPath: "\(targetRoot)/root/.ssh", withIntermediateDirectories: true,
+                attributes: [.posixPermissions: 0o700])
+            try write("root/.ssh/authorized_keys", global.rootSSHKeys.joined(separator: "\n") + "\n", mode: 0o600)
+        }
+
+        let localtime = "\(targetRoot)/etc/localtime"
+        try? FileManager.default.removeItem(atPath: localtime)
+        try FileManager.default.createSymbolicLink(
+            atPath: localtime, withDestinationPath: "/usr/share/zoneinfo/\(global.timezone)")
+        try write("etc/timezone", global.timezone + "\n")
+
+        let keyboard = global.keyboard.split(separator: ":", maxSplits: 1).map(String.init)
+        try write(
+            "etc/default/keyboard",
+            "# written by martlet-installer\nXKBMODEL=\"pc105\"\nXKBLAYOUT=\"\(keyboard[0])\"\n"
+                + "XKBVARIANT=\"\(keyboard.count > 1 ? keyboard[1] : "")\"\nXKBOPTIONS=\"\"\nBACKSPACE=\"guess\"\n")
+
+        // An empty machine-id makes systemd create a fresh one on first boot.
+        try write("etc/machine-id", "", mode: 0o444)
+        try? FileManager.default.removeItem(atPath: "\(targetRoot)/var/lib/dbus/machine-id")
+    }
+
+    // MARK: - network
+
+    private func writeNetwork() throws {
+        let files = NetworkConfiguration(answer: plan.answer.network).files
+        for (name, text) in files { try write("etc/systemd/network/\(name)", text) }
+        let wants = "\(targetRoot)/etc/systemd/system/multi-user.target.wants"
+        try FileManager.default.createDirectory(atPath: wants, withIntermediateDirectories: true)
+        let unit = "/lib/systemd/system/systemd-networkd.service"
+        if FileManager.default.fileExists(atPath: targetRoot + unit),
+            !FileManager.default.fileExists(atPath: "\(wants)/systemd-networkd.service")
+        {
+            try FileManager.default.createSymbolicLink(atPath: "\(wants)/systemd-networkd.service", withDestinationPath: unit)
+        }
+    }
+
+    // MARK: - storage
+
+    private func writeStorage() throws {
+        try write("etc/martlet/storage.toml", StorageConfiguration.toml(plan.pools))
+    }
+
+    // MARK: - bootloader
+
+    private func bindSystemDirectories() throws {
+        for directory in ["dev", "proc", "sys", "run"] {
+            let path = "\(targetRoot)/\(directory)"
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            try mount("/\(directory)", at: path, options: ["--bind"])
+        }
+        if FileManager.default.fileExists(atPath: "/sys/firmware/efi/efivars") {
+            try mount("efivarfs", at: "\(targetRoot)/sys/firmware/efi/efivars", options: ["-t", "efivarfs"])
+        }
+    }
+
+    private func installBootloader() throws {
+        try bindSystemDirectories()
+        try chroot(["grub-install", "--target=i386-pc", "--recheck", plan.target.path])
+        let rootUUID = try uuid(device(.root))
+        try installEFIImages(rootUUID: rootUUID)
+        if espStaged { try copyStagedESP() }
+        let kernels = ((try? FileManager.default.contentsOfDirectory(atPath: "\(targetRoot)/boot")) ?? [])
+            .filter { $0.hasPrefix("vmlinuz-") }.sorted()
+        guard let kernel = kernels.last else {
+            throw MartletError(.failed, "no kernel (/boot/vmlinuz-*) in the copied system")
+        }
+        let version = String(kernel.dropFirst("vmlinuz-".count))
+        try write("boot/grub/grub.cfg", BootConfiguration.grubConfig(rootUUID: rootUUID, kernelVersion: version))
+        try write(
+            "etc/default/grub.d/martlet.cfg",
+            "GRUB_CMDLINE_LINUX=\"\(BootConfiguration.kernelArguments)\"\nGRUB_TERMINAL=\"console serial\"\n"
+                + "GRUB_SERIAL_COMMAND=\"serial --unit=0 --speed=115200\"\n")
+    }
+
+    /// GRUB for UEFI, built with grub-mkimage the way `grub-install --no-nvram` does it (an
+    /// image that finds the root filesystem by UUID and loads its modules from /boot/grub),
+    /// written both as EFI/martlet/grubx64.efi and at the removable path EFI/BOOT/BOOTX64.EFI.
+    /// No NVRAM boot entry is written: the removable path boots on any firmware, and the
+    /// firmware of the target machine is not the live system's to change.
+    private func installEFIImages(rootUUID: String) throws {
+        let modules = "\(targetRoot)/usr/lib/grub/x86_64-efi"
+        guard FileManager.default.fileExists(atPath: modules) else {
+            throw MartletError(
+                .missingDependency, "the host root filesystem has no /usr/lib/grub/x86_64-efi",
+                hint: "the host image needs grub-efi-amd64-bin")
+        }
+        let grubDir = "\(targetRoot)/boot/grub/x86_64-efi"
+        try? FileManager.default.removeItem(atPath: grubDir)
+        try FileManager.default.createDirectory(atPath: grubDir, withIntermediateDirectories: true)
+        for file in try FileManager.default.contentsOfDirectory(atPath: modules)
+        where file.hasSuffix(".mod") || file.hasSuffix(".lst") {
+            try FileManager.default.copyItem(atPath: "\(modules)/\(file)", toPath: "\(grubDir)/\(file)")
+        }
+        try write("boot/grub/x86_64-efi/load.cfg", "search.fs_uuid \(rootUUID) root\nset prefix=($root)'/boot/grub'\n")
+        for (directory, name) in [("EFI/martlet", "grubx64.efi"), ("EFI/BOOT", "BOOTX64.EFI")] {
+            try FileManager.default.createDirectory(
+                atPath: "\(targetRoot)/boot/efi/\(directory)", withIntermediateDirectories: true)
+            try chroot([
+                "grub-mkimage", "--format=x86_64-efi", "--directory=/usr/lib/grub/x86_64-efi",
+                "--config=/boot/grub/x86_64-efi/load.cfg", "--prefix=", "--output=/boot/efi/\(directory)/\(name)",
+                "part_gpt", "part_msdos", "ext2", "fat", "search_fs_uuid",
+            ])
+        }
+    }
+
+    // MARK: - initramfs
+
+    private func regenerateInitramfs() throws {
+        let hasInitrd = ((try? FileManager.default.contentsOfDirectory(atPath: "\(targetRoot)/boot")) ?? [])
+            .contains { $0.hasPrefix("initrd.img-") }
+        try chroot(["update-initramfs", hasInitrd ? "-u" : "-c", "-k", "all"])
+    }
+
+    // MARK: - finish
+
+    private func finish() throws {
+        if let logFile, FileManager.default.fileExists(atPath: logFile) {
+            try FileManager.default.createDirectory(
+                atPath: "\(targetRoot)/var/log/martlet", withIntermediateDirectories: true)
+            let destination = "\(targetRoot)/var/log/martlet/install.log"
+            try? FileManager.default.removeItem(atPath: destination)
+            try FileManager.default.copyItem(atPath: logFile, toPath: destination)
+        }
+        try run("sync", [])
+        let mounted = mounts
+        mounts.removeAll()
+        for path in mounted.reversed() { try run("umount", [path]) }
+        try? FileManager.default.removeItem(atPath: targetRoot)
+        for pool in plan.pools where pool.type == .lvmThin && Self.deviceMapperAvailable() {
+            try run("vgchange", ["-an", pool.volumeGroup!])
+        }
+        try run("sync", [])
+    }
+
+    /// Reboots or powers off as the answer asks (`none` returns).
+    public static func conclude(_ mode: AnswerFile.RebootMode) throws {
+        switch mode {
+        case .none: return
+        case .reboot: try SystemTool.command("systemctl", ["reboot"]).run()
+        case .poweroff: try SystemTool.command("systemctl", ["poweroff"]).run()
+        }
+    }
+}

@@ -1,0 +1,58 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MartletCore
+import MartletInstaller
+
+struct InstallCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "install",
+        abstract: "Install unattended from an answer file.",
+        discussion: """
+            The answer file is validated completely and every safety check runs before any
+            disk is opened for writing: the boot medium, mounted or held disks, disks with data
+            unless [disk] wipe = true, and disks that are too small are refused.
+            Without --answer the file named by martlet.answer= on the kernel command line is used.
+            The log goes to /var/log/martlet/install.log (and is copied onto the target).
+            """)
+
+    @Option(name: .long, help: "The TOML answer file.")
+    var answer: String?
+
+    @Option(name: .long, help: "The root filesystem to copy.")
+    var source: String = InstallPlan.defaultSource
+
+    @Flag(name: .long, help: "Print the plan and write nothing.")
+    var dryRun = false
+
+    @Flag(name: .long, help: "Machine-readable output: the plan as JSON (--dry-run), progress as JSON lines.")
+    var json = false
+
+    @Option(name: .long, help: "Install log on the live system.")
+    var log: String = "/var/log/martlet/install.log"
+
+    func run() throws {
+        try runReporting {
+            let path = try answer ?? AnswerLocator.fromKernelCommandLine()
+            let answers = try AnswerFile.load(path: path)
+            let disks = try DiskDiscovery().disks()
+            let plan = try InstallPlan.make(answer: answers, disks: disks, source: source)
+            if dryRun {
+                if json {
+                    FileHandle.standardOutput.write(try plan.json() + Data("\n".utf8))
+                } else {
+                    print(plan.text, terminator: "")
+                }
+                return
+            }
+            try Installer.preflight(plan)
+            MartletLogging.bootstrap(level: .warning, file: log)
+            let logger = Logger(label: "martlet.installer")
+            logger.info("answer file \(path)\n\(plan.text)")
+            if !json { FileHandle.standardError.write(Data(plan.text.utf8)) }
+            let progress: any ProgressSink = json ? JSONLinesProgress() : TextProgress()
+            try Installer(plan: plan, progress: progress, logger: logger, logFile: log).run()
+            try Installer.conclude(answers.global.rebootMode)
+        }
+    }
+}

@@ -1,0 +1,164 @@
+import Foundation
+import MartletCore
+
+@testable import MartletInstaller
+
+/// The test runner may start with a PATH that lacks the system directories the tools live in.
+let standardPath: Void = {
+    let current = ProcessInfo.processInfo.environment["PATH"] ?? ""
+    let missing = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .filter { !current.split(separator: ":").contains(Substring($0)) }
+    if !missing.isEmpty {
+        setenv("PATH", ((current.isEmpty ? [] : [current]) + missing).joined(separator: ":"), 1)
+    }
+}()
+
+/// Runs a command and returns stdout; throws with stderr when it fails.
+@discardableResult
+func sh(_ executable: String, _ arguments: [String], input: Data? = nil) throws -> String {
+    standardPath
+    return try SystemTool.command(executable, arguments).run(input: input).stdoutText
+}
+
+/// A sparse file attached as a loop device with partition scanning. `deinit` unmounts what
+/// is mounted from it, deactivates volume groups on it and detaches it, also after failures.
+final class LoopDisk {
+    let file: String
+    let path: String
+
+    init(size: ByteSize) throws {
+        file = "/var/tmp/martlet-installer-test-\(UUID().uuidString.prefix(8)).img"
+        standardPath
+        guard FileManager.default.createFile(atPath: file, contents: nil) else {
+            throw MartletError(.failed, "cannot create \(file)")
+        }
+        guard truncate(file, off_t(size.bytes)) == 0 else {
+            try? FileManager.default.removeItem(atPath: file)
+            throw MartletError.system("truncate", path: file)
+        }
+        do {
+            path = try sh("losetup", ["--find", "--show", "--partscan", file])
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+        } catch {
+            try? FileManager.default.removeItem(atPath: file)
+            throw error
+        }
+    }
+
+    func partition(_ number: Int) -> String { "\(path)p\(number)" }
+
+    /// Writes a partition table with sfdisk and waits for the kernel's partition devices.
+    func partition(script: String, count: Int) throws {
+        try sh("sfdisk", ["--quiet", path], input: Data(script.utf8))
+        // Some kernels ignore the re-read ioctl on loop devices; partx adds them one by one.
+        _ = try? sh("partx", ["--update", path])
+        for _ in 0..<50 where !FileManager.default.fileExists(atPath: partition(count)) { usleep(100_000) }
+    }
+
+    /// Volume groups with a physical volume on this disk.
+    func volumeGroups() -> [String] {
+        let name = (path as NSString).lastPathComponent
+        let devices = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/block/\(name)")) ?? [])
+            .filter { $0.hasPrefix(name + "p") }.map { "/dev/\($0)" } + [path]
+        return devices.compactMap { device in
+            let group = (try? SystemTool.command("pvs", ["--noheadings", "-o", "vg_name", device]).runAllowingFailure())?
+                .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            return group.isEmpty ? nil : group
+        }
+    }
+
+    deinit {
+        let name = (path as NSString).lastPathComponent
+        let mountinfo = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        for line in mountinfo.split(separator: "\n").reversed() {
+            let fields = line.split(separator: " ")
+            guard let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count else { continue }
+            let source = fields[dash + 2]
+            if source == path || source.hasPrefix("/dev/\(name)p") || source.hasPrefix("/dev/mapper/") {
+                if source.hasPrefix("/dev/mapper/") && !volumeGroups().contains(where: { source.contains($0) }) {
+                    continue
+                }
+                _ = try? SystemTool.command("umount", ["-l", String(fields[4])]).runAllowingFailure()
+            }
+        }
+        for group in volumeGroups() { _ = try? SystemTool.command("vgchange", ["-an", group]).runAllowingFailure() }
+        _ = try? SystemTool.command("losetup", ["-d", path]).runAllowingFailure()
+        try? FileManager.default.removeItem(atPath: file)
+    }
+}
+
+/// A temporary directory removed in `deinit`.
+final class TemporaryDirectory {
+    let path: String
+
+    init(_ prefix: String = "martlet-installer-test") throws {
+        standardPath
+        var template = Array("/var/tmp/\(prefix).XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw MartletError.system("mkdtemp", path: "/var/tmp") }
+        path = String(cString: template)
+    }
+
+    @discardableResult
+    func write(_ name: String, _ text: String) -> String {
+        let file = "\(path)/\(name)"
+        _ = FileManager.default.createFile(atPath: file, contents: Data(text.utf8))
+        return file
+    }
+
+    deinit { _ = try? SystemTool.command("rm", ["-rf", "--one-file-system", path]).runAllowingFailure() }
+}
+
+/// The martlet-installer executable of this build (or of MARTLET_RELEASE_BIN).
+func installerExecutable() -> String {
+    if let bin = ProcessInfo.processInfo.environment["MARTLET_RELEASE_BIN"],
+        FileManager.default.isExecutableFile(atPath: "\(bin)/martlet-installer")
+    {
+        return "\(bin)/martlet-installer"
+    }
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+    var directory = (exe as NSString).deletingLastPathComponent
+    while !directory.isEmpty && directory != "/" {
+        if FileManager.default.isExecutableFile(atPath: "\(directory)/martlet-installer") {
+            return "\(directory)/martlet-installer"
+        }
+        directory = (directory as NSString).deletingLastPathComponent
+    }
+    return "martlet-installer"
+}
+
+/// A valid answer file; tests replace lines to break it.
+func validAnswer(
+    target: String = "/dev/sdz", wipe: Bool = false, group: String = "martlet",
+    storage: String = "lvm-thin", swap: String = "1GiB"
+) -> String {
+    """
+    [global]
+    hostname = "hv1.example.org"
+    timezone = "Europe/Paris"
+    keyboard = "de"
+    root-password = "s3cret pass"
+    root-ssh-keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7 admin@example.org"]
+    reboot-mode = "none"
+
+    [disk]
+    target = "\(target)"
+    filesystem = "ext4"
+    swap-size = "\(swap)"
+    wipe = \(wipe)
+
+    [storage]
+    type = "\(storage)"
+    volume-group = "\(group)"
+
+    [network]
+    interface = "52:54:00:12:34:56"
+    mode = "static"
+    address = "192.0.2.10/24"
+    gateway = "192.0.2.1"
+    dns = ["192.0.2.53", "2001:db8::53"]
+    ipv6 = "2001:db8::10/64"
+    ipv6-gateway = "2001:db8::1"
+    vlan = 42
+
+    """
+}

@@ -1,0 +1,117 @@
+import Foundation
+import MartletCore
+import Testing
+
+@testable import MartletInstaller
+
+/// Runs martlet-installer and returns (status, stdout, stderr).
+func installer(_ arguments: [String]) throws -> (Int32, String, String) {
+    let result = try SystemTool.command(installerExecutable(), arguments).runAllowingFailure()
+    return (result.status, result.stdoutText, result.stderr)
+}
+
+/// SHA-256 of the first and last MiB of a device: where partition tables and signatures live.
+func fingerprint(_ device: String, size: ByteSize) throws -> String {
+    let head = try sh("sh", ["-c", "dd if=\(device) bs=1M count=1 status=none | sha256sum"])
+    let tail = try sh(
+        "sh", ["-c", "dd if=\(device) bs=1M skip=\(size.bytes / (1 << 20) - 1) count=1 status=none | sha256sum"])
+    return head + tail
+}
+
+/// Loop devices and LVM are shared by the whole machine: one test at a time.
+@Suite("Disks on loop devices", .serialized)
+struct LoopDiskTests {
+    /// GPT with an ext4 partition and an LVM PV, written with sfdisk/mkfs/pvcreate.
+    func preparedDisk() throws -> LoopDisk {
+        let disk = try LoopDisk(size: .gib(8))
+        try disk.partition(
+            script: "label: gpt\nsize=200MiB, name=old\nsize=200MiB, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+            count: 2)
+        try sh("mkfs.ext4", ["-q", "-L", "olddata", disk.partition(1)])
+        try sh("pvcreate", ["-q", "-ff", "-y", disk.partition(2)])
+        return disk
+    }
+
+    @Test("discovery reports GPT, ext4 with its label and the LVM PV of a loop disk")
+    func discovery() throws {
+        let disk = try preparedDisk()
+        let found = try DiskDiscovery().disk(path: disk.path)
+        #expect(found.transport == "loop")
+        #expect(found.size == .gib(8))
+        #expect(found.partitionTable == "gpt")
+        #expect(found.partitions.map(\.number) == [1, 2])
+        #expect(found.partitions.first?.signatures.first?.type == "ext4")
+        #expect(found.partitions.first?.signatures.first?.label == "olddata")
+        #expect(found.partitions.last?.signatures.map(\.type) == ["LVM2_member"])
+        #expect(found.isBootMedium == false)
+        #expect(found.hasData)
+        let (status, out, _) = try installer(["disks", "--json"])
+        #expect(status == 0)
+        let listed = try JSONDecoder().decode([Disk].self, from: Data(out.utf8))
+        #expect(listed.first { $0.path == disk.path }?.partitions.count == 2)
+    }
+
+    @Test("install refuses a disk with data without wipe, refuses it mounted, accepts it with wipe")
+    func refusals() throws {
+        let disk = try preparedDisk()
+        let dir = try TemporaryDirectory()
+        let before = try fingerprint(disk.path, size: .gib(8))
+        let noWipe = dir.write("nowipe.toml", validAnswer(target: disk.path, wipe: false))
+        var (status, _, err) = try installer(["install", "--answer", noWipe, "--dry-run"])
+        #expect(status == 6)
+        #expect(err.contains("is not empty") && err.contains("wipe = true"), "\(err)")
+
+        let wipe = dir.write("wipe.toml", validAnswer(target: disk.path, wipe: true))
+        let mountpoint = "\(dir.path)/mnt"
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        try sh("mount", [disk.partition(1), mountpoint])
+        (status, _, err) = try installer(["install", "--answer", wipe, "--source", "/"])
+        try sh("umount", [mountpoint])
+        #expect(status == 6)
+        #expect(err.contains("mounted") && err.contains(mountpoint), "\(err)")
+
+        let out: String
+        (status, out, err) = try installer(["install", "--answer", wipe, "--dry-run"])
+        #expect(status == 0, "\(err)")
+        #expect(out.contains("WIPES") && out.contains("LVM2_member"))
+        #expect(out.contains(disk.partition(5)))
+        #expect(try fingerprint(disk.path, size: .gib(8)) == before)
+    }
+
+    @Test("every malformed answer is rejected by validate and by install before a disk is touched")
+    func malformedViaCLI() throws {
+        let disk = try preparedDisk()
+        let dir = try TemporaryDirectory()
+        let before = try fingerprint(disk.path, size: .gib(8))
+        for (index, bad) in malformedAnswers.enumerated() {
+            // Broken the same way as in the unit tests, then aimed at the loop disk with wipe on.
+            let text = bad.apply(to: validAnswer()).replacingOccurrences(of: "/dev/sdz", with: disk.path)
+                .replacingOccurrences(of: "wipe = false", with: "wipe = true")
+            let file = dir.write("bad\(index).toml", text)
+            let (validateStatus, _, validateErr) = try installer(["validate", file])
+            #expect(validateStatus == 2, "\(bad.name)")
+            #expect(validateErr.contains(bad.key), "\(bad.name): \(validateErr)")
+            let (installStatus, _, installErr) = try installer(["install", "--answer", file, "--source", "/"])
+            #expect(installStatus == 2, "\(bad.name)")
+            #expect(installErr.contains(bad.key), "\(bad.name): \(installErr)")
+        }
+        #expect(try fingerprint(disk.path, size: .gib(8)) == before)
+        let found = try DiskDiscovery().disk(path: disk.path)
+        #expect(found.partitions.first?.signatures.first?.label == "olddata")
+    }
+
+    @Test("a disk holding a MARTLET ISO9660 image is the boot medium and is refused")
+    func bootMedium() throws {
+        let dir = try TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: "\(dir.path)/tree", withIntermediateDirectories: true)
+        dir.write("tree/hello", "martlet")
+        let disk = try LoopDisk(size: .gib(6))
+        try sh("xorriso", ["-as", "mkisofs", "-quiet", "-V", "MARTLET_TEST", "-o", disk.path, "\(dir.path)/tree"])
+        let found = try DiskDiscovery().disk(path: disk.path)
+        #expect(found.isBootMedium)
+        let answer = dir.write("a.toml", validAnswer(target: disk.path, wipe: true))
+        let (status, _, err) = try installer(["install", "--answer", answer, "--dry-run"])
+        #expect(status == 6)
+        #expect(err.contains("boot medium"), "\(err)")
+    }
+}
