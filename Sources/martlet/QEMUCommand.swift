@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import MartletBuilder
 import MartletCore
 
@@ -92,35 +93,29 @@ struct QEMUCommand: ParsableCommand {
                 memoryMiB: memory, acceleration: accel, sshPort: sshPort, serialLog: serialLog,
                 headless: headless || expect != nil, noReboot: noReboot, boot: boot, cpus: cpus)
             let machine = try QEMUMachine(config)
-            let signals = stopOnSignals(machine)
-            defer { signals.forEach { $0.cancel() } }
+            Interruption.install()
             try machine.start()
-            if let expect {
-                try machine.waitFor(expect, timeout: .seconds(timeout))
-                machine.stop()
-                print("found '\(expect)' on the serial console (log: \(serialLog ?? "not kept"))")
-            } else if config.headless {
-                try follow(machine)
-            } else {
-                try machine.waitForExit(timeout: .seconds(365 * 24 * 3600))
+            Interruption.watch(machine.pid)
+            do {
+                if let expect {
+                    try machine.waitFor(expect, timeout: .seconds(timeout))
+                    machine.stop()
+                    print("found '\(expect)' on the serial console (log: \(serialLog ?? "not kept"))")
+                } else if config.headless {
+                    try follow(machine)
+                } else {
+                    try machine.waitForExit(timeout: .seconds(365 * 24 * 3600))
+                }
+            } catch {
+                if Interruption.signal == 0 { throw error }
+            }
+            if Interruption.signal != 0 {
+                machine.shutdown()
+                throw MartletError(.failed, "interrupted by signal \(Interruption.signal); QEMU stopped")
             }
         } catch let error as MartletError {
             FileHandle.standardError.write(Data("martlet qemu: \(error.description)\n".utf8))
-            throw ExitCode(error.code.exitStatus)
-        }
-    }
-
-    /// SIGINT/SIGTERM/SIGHUP stop QEMU and remove its temp files before martlet exits.
-    private func stopOnSignals(_ machine: QEMUMachine) -> [any DispatchSourceSignal] {
-        [SIGINT, SIGTERM, SIGHUP].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                machine.shutdown()
-                Foundation.exit(128 + number)
-            }
-            source.resume()
-            return source
+            throw ExitCode(Interruption.signal != 0 ? 128 + Interruption.signal : error.code.exitStatus)
         }
     }
 
@@ -150,5 +145,30 @@ struct QEMUCommand: ParsableCommand {
             }
             Thread.sleep(forTimeInterval: 0.2)
         }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP end QEMU from the handler (kill(2) is async-signal-safe); the
+/// waiting code then sees QEMU gone and returns, and the machine's temp files are removed on
+/// the normal path instead of being left behind by a process killed mid-way.
+enum Interruption {
+    private static let received = Atomic<Int32>(0)
+    private static let qemu = Atomic<Int32>(0)
+
+    static var signal: Int32 { received.load(ordering: .relaxed) }
+
+    static func install() {
+        for number in [SIGINT, SIGTERM, SIGHUP] {
+            _ = Glibc.signal(number) { number in
+                Interruption.received.store(number, ordering: .relaxed)
+                let pid = Interruption.qemu.load(ordering: .relaxed)
+                if pid > 0 { kill(pid, SIGTERM) }
+            }
+        }
+    }
+
+    static func watch(_ pid: pid_t?) {
+        qemu.store(pid ?? 0, ordering: .relaxed)
+        if let pid, signal != 0 { kill(pid, SIGTERM) }
     }
 }
