@@ -158,6 +158,12 @@ enum Interruption {
     static var signal: Int32 { received.load(ordering: .relaxed) }
 
     static func install() {
+        // A parent may have started us with these blocked (Foundation's Process does not
+        // reset the mask); blocked, they would stay pending and never stop anything.
+        var set = sigset_t()
+        sigemptyset(&set)
+        for number in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, number) }
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
         for number in [SIGINT, SIGTERM, SIGHUP] {
             _ = Glibc.signal(number) { number in
                 Interruption.received.store(number, ordering: .relaxed)

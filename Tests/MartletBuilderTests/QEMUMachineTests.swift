@@ -70,6 +70,38 @@ final class QEMUMachineTests {
         #expect(!FileManager.default.fileExists(atPath: work))
     }
 
+    @Test("martlet qemu stopped by SIGTERM ends QEMU and removes its temp files", .enabled(if: martletExecutable != nil))
+    func commandSignal() throws {
+        let temporary = QEMUMachine.temporaryDirectory
+        func workDirectories() throws -> Set<String> {
+            Set(try FileManager.default.contentsOfDirectory(atPath: temporary).filter { $0.hasPrefix("martlet-qemu.") })
+        }
+        let before = try workDirectories()
+        let log = directory.file("command.log")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try #require(martletExecutable))
+        process.arguments = [
+            "qemu", iso, "--headless", "--usb", "--memory", "256", "--serial-log", log, "--timeout", "60",
+        ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !((try? String(contentsOfFile: log, encoding: .utf8))?.contains(marker) ?? false) {
+            try #require(ContinuousClock.now < deadline, "the marker never came")
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        let children = try ToolPath.command("pgrep", ["-P", String(process.processIdentifier)]).run().stdoutText
+        let qemu = try #require(children.split(separator: "\n").first.flatMap { pid_t($0) })
+        #expect(try workDirectories().count == before.count + 1)
+        process.terminate()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 143)
+        #expect(kill(qemu, 0) != 0, "QEMU \(qemu) outlived martlet qemu")
+        #expect(try workDirectories() == before)
+    }
+
     @Test("QEMU failing to start the machine is reported with QEMU's own message")
     func earlyExit() throws {
         // qcow2 magic followed by garbage: QEMU refuses the image and exits.
