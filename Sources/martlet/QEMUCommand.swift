@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
-import Synchronization
 import MartletBuilder
 import MartletCore
+import Synchronization
 
 extension QEMUConfiguration.Acceleration: ExpressibleByArgument {}
 extension QEMUConfiguration.BootTarget: ExpressibleByArgument {}
@@ -45,7 +45,9 @@ struct QEMUCommand: ParsableCommand {
             valueName: "FILE[,if=virtio|nvme|sata]"))
     var disks: [String] = []
 
-    @Option(help: ArgumentHelp("Raw disk holding an answer file (virtio, serial MARTLET-ANSWER).", valueName: "FILE"))
+    @Option(
+        help: ArgumentHelp(
+            "Raw disk holding an answer file (virtio, serial MARTLET-ANSWER).", valueName: "FILE"))
     var answerDisk: String?
 
     @Option(help: ArgumentHelp("Guest memory in MiB.", valueName: "MiB"))
@@ -57,16 +59,25 @@ struct QEMUCommand: ParsableCommand {
     @Option(help: "Boot the ISO first (medium) or the first --disk first (disk).")
     var boot: QEMUConfiguration.BootTarget = .medium
 
-    @Option(help: ArgumentHelp("Forward 127.0.0.1:PORT on this host to the guest's port 22.", valueName: "PORT"))
+    @Option(
+        help: ArgumentHelp(
+            "Forward 127.0.0.1:PORT on this host to the guest's port 22.", valueName: "PORT"))
     var sshPort: Int?
 
-    @Option(help: ArgumentHelp("Write the serial console to FILE (kept afterwards).", valueName: "FILE"))
+    @Option(
+        help: ArgumentHelp("Write the serial console to FILE (kept afterwards).", valueName: "FILE")
+    )
     var serialLog: String?
 
-    @Option(help: ArgumentHelp("Wait for TEXT on the serial console, then stop (implies --headless).", valueName: "TEXT"))
+    @Option(
+        help: ArgumentHelp(
+            "Wait for TEXT on the serial console, then stop (implies --headless).",
+            valueName: "TEXT"))
     var expect: String?
 
-    @Option(help: ArgumentHelp("Seconds to wait for --expect, or for QEMU to exit when headless.", valueName: "SEC"))
+    @Option(
+        help: ArgumentHelp(
+            "Seconds to wait for --expect, or for QEMU to exit when headless.", valueName: "SEC"))
     var timeout: Int = 300
 
     @Flag(help: "No console and no display: serial output goes to stdout and the log.")
@@ -100,7 +111,8 @@ struct QEMUCommand: ParsableCommand {
                 if let expect {
                     try machine.waitFor(expect, timeout: .seconds(timeout))
                     machine.stop()
-                    print("found '\(expect)' on the serial console (log: \(serialLog ?? "not kept"))")
+                    print(
+                        "found '\(expect)' on the serial console (log: \(serialLog ?? "not kept"))")
                 } else if config.headless {
                     try follow(machine)
                 } else {
@@ -111,11 +123,13 @@ struct QEMUCommand: ParsableCommand {
             }
             if Interruption.signal != 0 {
                 machine.shutdown()
-                throw MartletError(.failed, "interrupted by signal \(Interruption.signal); QEMU stopped")
+                throw MartletError(
+                    .failed, "interrupted by signal \(Interruption.signal); QEMU stopped")
             }
         } catch let error as MartletError {
             FileHandle.standardError.write(Data("martlet qemu: \(error.description)\n".utf8))
-            throw ExitCode(Interruption.signal != 0 ? 128 + Interruption.signal : error.code.exitStatus)
+            throw ExitCode(
+                Interruption.signal != 0 ? 128 + Interruption.signal : error.code.exitStatus)
         }
     }
 
@@ -141,7 +155,8 @@ struct QEMUCommand: ParsableCommand {
             }
             if ContinuousClock.now >= deadline {
                 machine.stop()
-                throw MartletError(.failed, "QEMU still ran after --timeout \(timeout) s; stopped it")
+                throw MartletError(
+                    .failed, "QEMU still ran after --timeout \(timeout) s; stopped it")
             }
             Thread.sleep(forTimeInterval: 0.2)
         }

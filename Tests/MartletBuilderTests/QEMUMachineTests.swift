@@ -70,18 +70,24 @@ final class QEMUMachineTests {
         #expect(!FileManager.default.fileExists(atPath: work))
     }
 
-    @Test("martlet qemu stopped by SIGTERM ends QEMU and removes its temp files", .enabled(if: martletExecutable != nil))
+    @Test(
+        "martlet qemu stopped by SIGTERM ends QEMU and removes its temp files",
+        .enabled(if: martletExecutable != nil))
     func commandSignal() throws {
         let temporary = QEMUMachine.temporaryDirectory
         func workDirectories() throws -> Set<String> {
-            Set(try FileManager.default.contentsOfDirectory(atPath: temporary).filter { $0.hasPrefix("martlet-qemu.") })
+            Set(
+                try FileManager.default.contentsOfDirectory(atPath: temporary).filter {
+                    $0.hasPrefix("martlet-qemu.")
+                })
         }
         let before = try workDirectories()
         let log = directory.file("command.log")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try #require(martletExecutable))
         process.arguments = [
-            "qemu", iso, "--headless", "--usb", "--memory", "256", "--serial-log", log, "--timeout", "60",
+            "qemu", iso, "--headless", "--usb", "--memory", "256", "--serial-log", log, "--timeout",
+            "60",
         ]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -92,7 +98,8 @@ final class QEMUMachineTests {
             try #require(ContinuousClock.now < deadline, "the marker never came")
             Thread.sleep(forTimeInterval: 0.2)
         }
-        let children = try ToolPath.command("pgrep", ["-P", String(process.processIdentifier)]).run().stdoutText
+        let children = try ToolPath.command("pgrep", ["-P", String(process.processIdentifier)])
+            .run().stdoutText
         let qemu = try #require(children.split(separator: "\n").first.flatMap { pid_t($0) })
         #expect(try workDirectories().count == before.count + 1)
         process.terminate()
@@ -105,7 +112,8 @@ final class QEMUMachineTests {
     @Test("QEMU failing to start the machine is reported with QEMU's own message")
     func earlyExit() throws {
         // qcow2 magic followed by garbage: QEMU refuses the image and exits.
-        let disk = try directory.write("broken.qcow2", Data([0x51, 0x46, 0x49, 0xFB]) + Data(count: 508))
+        let disk = try directory.write(
+            "broken.qcow2", Data([0x51, 0x46, 0x49, 0xFB]) + Data(count: 508))
         let machine = try QEMUMachine(
             QEMUConfiguration(disks: [.init(path: disk)], memoryMiB: 256))
         try machine.start()
@@ -143,7 +151,9 @@ struct QEMUArgumentsTests {
         #expect(args.contains("nvme,drive=disk1,serial=martlet1,bootindex=4"))
         #expect(args.contains("ide-hd,drive=disk2,bus=ide.0,bootindex=5"))
         #expect(args.contains("serial=MARTLET-ANSWER"))
-        #expect(args.contains("-nic user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22"))
+        #expect(
+            args.contains(
+                "-nic user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22"))
         #expect(args.contains("-no-reboot"))
         #expect(args.contains("-smp 2"))
     }
