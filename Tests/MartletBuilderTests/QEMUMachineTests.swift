@@ -98,9 +98,7 @@ final class QEMUMachineTests {
             try #require(ContinuousClock.now < deadline, "the marker never came")
             Thread.sleep(forTimeInterval: 0.2)
         }
-        let children = try ToolPath.command("pgrep", ["-P", String(process.processIdentifier)])
-            .run().stdoutText
-        let qemu = try #require(children.split(separator: "\n").first.flatMap { pid_t($0) })
+        let qemu = try #require(childProcesses(of: process.processIdentifier).first)
         #expect(try workDirectories().count == before.count + 1)
         process.terminate()
         process.waitUntilExit()
@@ -183,5 +181,18 @@ struct QEMUArgumentsTests {
         }
         #expect(error?.message.contains("if=scsi") == true)
         #expect(try QEMUConfiguration.Disk(parsing: "x.img,if=sata").interface == .sata)
+    }
+}
+
+/// Pids whose parent is `parent`, from /proc/PID/stat (field 4, after the command in parens).
+func childProcesses(of parent: pid_t) -> [pid_t] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { entry -> pid_t? in
+        guard let pid = pid_t(entry),
+            let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 && pid_t(fields[1]) == parent ? pid : nil
     }
 }
