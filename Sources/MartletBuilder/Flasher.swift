@@ -3,7 +3,10 @@ import MartletCore
 
 /// What `martlet flash` is about to write to.
 public struct FlashTarget: Sendable, Codable, Equatable {
-    public enum Kind: String, Sendable, Codable { case blockDevice = "block-device", file }
+    public enum Kind: String, Sendable, Codable {
+        case blockDevice = "block-device"
+        case file
+    }
 
     /// The path as given (`/dev/sdb`, `/dev/disk/by-id/usb-…`, or a file).
     public var path: String
@@ -131,7 +134,8 @@ public struct Flasher: Sendable {
         }
         var isoInfo = stat()
         if stat(iso, &isoInfo) == 0, isoInfo.st_dev == info.st_dev, isoInfo.st_ino == info.st_ino {
-            throw MartletError(.refused, "'\(device)' is the ISO itself", hint: "name another target")
+            throw MartletError(
+                .refused, "'\(device)' is the ISO itself", hint: "name another target")
         }
         switch info.st_mode & S_IFMT {
         case S_IFREG:
@@ -143,7 +147,9 @@ public struct Flasher: Sendable {
                 throw MartletError(
                     .refused,
                     "\(target.summary) is not a removable disk; refusing to overwrite it",
-                    hint: "check that this is the USB stick you mean (lsblk -d -o NAME,SIZE,RM,TRAN,MODEL); if it is, add --force")
+                    hint:
+                        "check that this is the USB stick you mean (lsblk -d -o NAME,SIZE,RM,TRAN,MODEL); if it is, add --force"
+                )
             }
             if let size = target.size, size < isoSize {
                 throw MartletError(
@@ -187,7 +193,9 @@ public struct Flasher: Sendable {
             let size = lseek(output, 0, SEEK_END)
             if size >= 0, UInt64(size) < isoSize {
                 throw MartletError(
-                    .refused, "\(device) holds \(ByteSize(UInt64(size))), less than the ISO (\(ByteSize(isoSize)))")
+                    .refused,
+                    "\(device) holds \(ByteSize(UInt64(size))), less than the ISO (\(ByteSize(isoSize)))"
+                )
             }
             lseek(output, 0, SEEK_SET)
         }
@@ -195,13 +203,17 @@ public struct Flasher: Sendable {
         let write = StageReporter(sink: progress, stage: "write", index: 1, count: 2)
         write.begin("\(iso) → \(target.summary)")
         var hash = SHA256()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunkSize, alignment: 4096)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: Self.chunkSize, alignment: 4096)
         defer { buffer.deallocate() }
         var written: UInt64 = 0
         while written < isoSize {
             let count = try readChunk(source, into: buffer, path: iso)
             guard count > 0 else {
-                throw MartletError(.failed, "\(iso) ended after \(written) of \(isoSize) bytes; did it change while flashing?")
+                throw MartletError(
+                    .failed,
+                    "\(iso) ended after \(written) of \(isoSize) bytes; did it change while flashing?"
+                )
             }
             let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
             try writeAll(output, chunk)
@@ -212,7 +224,8 @@ public struct Flasher: Sendable {
             if target.kind == .blockDevice, written % Self.flushInterval < UInt64(count) {
                 guard fdatasync(output) == 0 else {
                     throw MartletError.system(
-                        "fdatasync", path: device, hint: "the device failed to store the data; try another stick")
+                        "fdatasync", path: device,
+                        hint: "the device failed to store the data; try another stick")
                 }
             }
             write.update(
@@ -222,12 +235,15 @@ public struct Flasher: Sendable {
         write.note("syncing (waiting for the device to store everything)")
         guard fsync(output) == 0 else {
             throw MartletError.system(
-                "fsync", path: device, hint: "the device failed to store the data; try another stick")
+                "fsync", path: device,
+                hint: "the device failed to store the data; try another stick")
         }
         outputOpen = false
         guard close(output) == 0 else { throw MartletError.system("close", path: device) }
         let writeSeconds = write.elapsed
-        write.end("\(ByteSize(written)) written in \(String(format: "%.1f", writeSeconds)) s (\(Self.rate(written, writeSeconds)))")
+        write.end(
+            "\(ByteSize(written)) written in \(String(format: "%.1f", writeSeconds)) s (\(Self.rate(written, writeSeconds)))"
+        )
         let sha256 = hash.finalize()
 
         let verify = StageReporter(sink: progress, stage: "verify", index: 2, count: 2)
@@ -269,7 +285,8 @@ public struct Flasher: Sendable {
             guard magic == Data("CD001".utf8) else {
                 throw MartletError(
                     .refused, "'\(iso)' is not an ISO 9660 image",
-                    hint: "give the .iso that martlet build wrote, or add --force to write any file")
+                    hint: "give the .iso that martlet build wrote, or add --force to write any file"
+                )
             }
         }
         return UInt64(info.st_size)
@@ -285,7 +302,8 @@ public struct Flasher: Sendable {
         }
         let name = (directory as NSString).lastPathComponent
         if FileManager.default.fileExists(atPath: directory + "/partition") {
-            let disk = ((directory as NSString).deletingLastPathComponent as NSString).lastPathComponent
+            let disk = ((directory as NSString).deletingLastPathComponent as NSString)
+                .lastPathComponent
             throw MartletError(
                 .refused, "\(device) is a partition (\(name)) of /dev/\(disk)",
                 hint: "an ISO goes onto the whole disk: use /dev/\(disk)")
@@ -303,8 +321,10 @@ public struct Flasher: Sendable {
     /// block device. `--force` does not override this.
     private func checkInUse(_ target: FlashTarget, rdev: dev_t) throws {
         let fm = FileManager.default
-        let directory = URL(fileURLWithPath: "\(sysfs)/dev/block/\(Self.split(rdev).0):\(Self.split(rdev).1)")
-            .resolvingSymlinksInPath().path
+        let directory = URL(
+            fileURLWithPath: "\(sysfs)/dev/block/\(Self.split(rdev).0):\(Self.split(rdev).1)"
+        )
+        .resolvingSymlinksInPath().path
         var nodes: [(name: String, dev: String, directory: String)] = [
             (target.name ?? device, read(directory + "/dev") ?? "", directory)
         ]
@@ -323,7 +343,9 @@ public struct Flasher: Sendable {
         if !mounted.isEmpty {
             throw MartletError(
                 .refused, "\(device) is mounted: \(mounted.joined(separator: ", "))",
-                hint: "unmount it first (umount \(mounted.map { $0.components(separatedBy: " on ")[1] }.joined(separator: " "))); --force does not override this")
+                hint:
+                    "unmount it first (umount \(mounted.map { $0.components(separatedBy: " on ")[1] }.joined(separator: " "))); --force does not override this"
+            )
         }
 
         var swapped: [String] = []
@@ -337,26 +359,33 @@ public struct Flasher: Sendable {
         if !swapped.isEmpty {
             throw MartletError(
                 .refused, "\(device) is in use as swap: \(swapped.joined(separator: ", "))",
-                hint: "swapoff \(swapped.joined(separator: " ")) first; --force does not override this")
+                hint:
+                    "swapoff \(swapped.joined(separator: " ")) first; --force does not override this"
+            )
         }
 
         var holders: [String] = []
         for node in nodes {
             for holder in (try? fm.contentsOfDirectory(atPath: node.directory + "/holders")) ?? [] {
                 let dmName = read("\(sysfs)/block/\(holder)/dm/name")
-                holders.append("/dev/\(node.name) is held by \(holder)\(dmName.map { " (\($0))" } ?? "")")
+                holders.append(
+                    "/dev/\(node.name) is held by \(holder)\(dmName.map { " (\($0))" } ?? "")")
             }
         }
         if !holders.isEmpty {
             throw MartletError(
                 .refused, "\(device) is in use: \(holders.joined(separator: ", "))",
-                hint: "deactivate what uses it (vgchange -an, mdadm --stop, cryptsetup close) first; --force does not override this")
+                hint:
+                    "deactivate what uses it (vgchange -an, mdadm --stop, cryptsetup close) first; --force does not override this"
+            )
         }
     }
 
     // MARK: - I/O
 
-    private func readBackHash(count: UInt64, buffer: UnsafeMutableRawBufferPointer, stage: StageReporter) throws -> String {
+    private func readBackHash(
+        count: UInt64, buffer: UnsafeMutableRawBufferPointer, stage: StageReporter
+    ) throws -> String {
         let input = open(device, O_RDONLY | O_CLOEXEC)
         guard input >= 0 else { throw MartletError.system("open", path: device) }
         defer { close(input) }
@@ -366,20 +395,27 @@ public struct Flasher: Sendable {
         var done: UInt64 = 0
         while done < count {
             let want = Int(min(UInt64(buffer.count), count - done))
-            let got = try readChunk(input, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), path: device)
+            let got = try readChunk(
+                input, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), path: device
+            )
             guard got > 0 else {
                 throw MartletError(
-                    .verificationFailed, "\(device) ended after \(done) of \(count) bytes while reading back")
+                    .verificationFailed,
+                    "\(device) ended after \(done) of \(count) bytes while reading back")
             }
             hash.update(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
             done += UInt64(got)
-            stage.update(completed: done, total: count, unit: "bytes", message: Self.rate(done, stage.elapsed))
+            stage.update(
+                completed: done, total: count, unit: "bytes",
+                message: Self.rate(done, stage.elapsed))
         }
         return hash.finalize()
     }
 
     /// One `read(2)`, retried on EINTR.
-    private func readChunk(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, path: String) throws -> Int {
+    private func readChunk(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, path: String)
+        throws -> Int
+    {
         while true {
             let count = Glibc.read(fd, buffer.baseAddress, buffer.count)
             if count >= 0 { return count }
@@ -394,7 +430,9 @@ public struct Flasher: Sendable {
             let count = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
             if count < 0 {
                 if errno == EINTR { continue }
-                let hint = errno == ENOSPC ? "the target is full" : "the device may have been removed or be faulty"
+                let hint =
+                    errno == ENOSPC
+                    ? "the target is full" : "the device may have been removed or be faulty"
                 throw MartletError.system("write", path: device, hint: hint)
             }
             offset += count
@@ -419,7 +457,9 @@ public struct Flasher: Sendable {
         var result = ""
         var characters = Substring(text)
         while let first = characters.first {
-            if first == "\\", characters.count >= 4, let code = UInt8(characters.dropFirst().prefix(3), radix: 8) {
+            if first == "\\", characters.count >= 4,
+                let code = UInt8(characters.dropFirst().prefix(3), radix: 8)
+            {
                 result.append(Character(UnicodeScalar(code)))
                 characters = characters.dropFirst(4)
             } else {

@@ -14,16 +14,20 @@ enum SHA256Sums {
     /// Parses `text`; a malformed line is an error naming its number.
     static func parse(_ text: String) -> Result<[Entry], Problem> {
         var entries: [Entry] = []
-        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated()
+        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false)
+            .enumerated()
         where !line.isEmpty {
             let hash = line.prefix(64)
             let rest = line.dropFirst(64)
             guard hash.count == 64, hash.allSatisfy(\.isHexDigit),
                 rest.hasPrefix("  ") || rest.hasPrefix(" *"), rest.count > 2
             else {
-                return .failure(Problem(text: "line \(index + 1) is not '<sha256>  ./path': '\(line.prefix(100))'"))
+                return .failure(
+                    Problem(
+                        text: "line \(index + 1) is not '<sha256>  ./path': '\(line.prefix(100))'"))
             }
-            entries.append(Entry(hash: hash.lowercased(), path: normalize(String(rest.dropFirst(2)))))
+            entries.append(
+                Entry(hash: hash.lowercased(), path: normalize(String(rest.dropFirst(2)))))
         }
         return .success(entries)
     }
@@ -42,12 +46,14 @@ enum SHA256Sums {
         throws -> ISOCheck
     {
         guard let data = FileManager.default.contents(atPath: root + "/SHA256SUMS") else {
-            return ISOCheck(name: "sha256sums", passed: false, detail: "/SHA256SUMS is not on the ISO")
+            return ISOCheck(
+                name: "sha256sums", passed: false, detail: "/SHA256SUMS is not on the ISO")
         }
         let entries: [Entry]
         switch parse(String(decoding: data, as: UTF8.self)) {
         case .failure(let problem):
-            return ISOCheck(name: "sha256sums", passed: false, detail: "/SHA256SUMS: \(problem.text)")
+            return ISOCheck(
+                name: "sha256sums", passed: false, detail: "/SHA256SUMS: \(problem.text)")
         case .success(let parsed): entries = parsed
         }
         let files = regularFiles(under: root).filter { !ignoring.contains($0) }
@@ -65,7 +71,9 @@ enum SHA256Sums {
                 continue
             }
             if let found = hashes[entry.path], found != entry.hash, !patched.contains(entry.path) {
-                problems.append("/\(entry.path) does not match (listed \(entry.hash.prefix(12))…, is \(found.prefix(12))…)")
+                problems.append(
+                    "/\(entry.path) does not match (listed \(entry.hash.prefix(12))…, is \(found.prefix(12))…)"
+                )
             }
         }
         for file in files where !listed.contains(file) && !patched.contains(file) {
@@ -79,10 +87,13 @@ enum SHA256Sums {
         let skipped = patched.intersection(onISO).sorted()
         let note =
             skipped.isEmpty
-            ? "" : " (boot images patched by xorriso not compared: \(skipped.map { "/" + $0 }.joined(separator: ", ")))"
+            ? ""
+            : " (boot images patched by xorriso not compared: \(skipped.map { "/" + $0 }.joined(separator: ", ")))"
         return ISOCheck(
             name: "sha256sums", passed: true,
-            detail: "\(entries.count - patched.intersection(listed).count) files match /SHA256SUMS\(note)")
+            detail:
+                "\(entries.count - patched.intersection(listed).count) files match /SHA256SUMS\(note)"
+        )
     }
 
     /// The ISO against a `SHA256SUMS` next to it, when that file exists and names the ISO.
@@ -96,7 +107,8 @@ enum SHA256Sums {
         else { return nil }
         let found = try sha256([name], in: directory.isEmpty ? "." : directory)[name] ?? ""
         return found == entry.hash
-            ? ISOCheck(name: "iso-sha256", passed: true, detail: "\(name) matches \(sums): \(found)")
+            ? ISOCheck(
+                name: "iso-sha256", passed: true, detail: "\(name) matches \(sums): \(found)")
             : ISOCheck(
                 name: "iso-sha256", passed: false,
                 detail: "\(name) has sha256 \(found), \(sums) lists \(entry.hash)")
@@ -123,7 +135,10 @@ enum SHA256Sums {
             let output = try Command(tool, ["--"] + batch, workingDirectory: directory).run()
             let lines = output.stdoutText.split(separator: "\n")
             guard lines.count == batch.count else {
-                throw MartletError(.failed, "sha256sum printed \(lines.count) lines for \(batch.count) files in \(directory)")
+                throw MartletError(
+                    .failed,
+                    "sha256sum printed \(lines.count) lines for \(batch.count) files in \(directory)"
+                )
             }
             // sha256sum escapes unusual names with a leading '\'; pair by order instead.
             for (file, line) in zip(batch, lines) {

@@ -77,7 +77,9 @@ public struct ISOVerifier: Sendable {
 
     /// Runs every check. Throws only when the ISO cannot be read at all (missing file, missing
     /// tool); failed checks are in the report.
-    public func verify(progress: any ProgressSink = SilentProgress()) throws -> ISOVerificationReport {
+    public func verify(progress: any ProgressSink = SilentProgress()) throws
+        -> ISOVerificationReport
+    {
         let image = try ISOImageFile(path: iso)
         let pvd = image.read(at: 0x8000, count: 6)
         guard pvd.count == 6, Array(pvd[1..<6]) == Array("CD001".utf8) else {
@@ -221,7 +223,9 @@ enum ElTorito {
     /// What xorriso says about the boot setup: the catalog's path in the ISO tree, and the
     /// boot images it patched while writing (`boot-info-table`, `grub2-boot-info`), whose
     /// bytes on the ISO therefore differ from the files the SHA256SUMS was made from.
-    static func xorrisoReport(iso: String) throws -> (catalogPath: String?, patchedImages: Set<String>) {
+    static func xorrisoReport(iso: String) throws -> (
+        catalogPath: String?, patchedImages: Set<String>
+    ) {
         let output = try ToolPath.command(
             "xorriso", ["-indev", iso, "-report_el_torito", "plain"]
         ).run().stdoutText
@@ -233,7 +237,8 @@ enum ElTorito {
                 $0.trimmingCharacters(in: .whitespaces)
             }
             guard parts.count == 2 else { continue }
-            let fields = parts[1].split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+            let fields = parts[1].split(separator: " ", omittingEmptySubsequences: true).map(
+                String.init)
             switch parts[0] {
             case "El Torito cat path":
                 catalogPath = SHA256Sums.normalize(parts[1])
@@ -276,7 +281,8 @@ enum ElTorito {
             }
         }
         guard let catalogSector else {
-            return .failure(Problem(text: "no El Torito boot record: the ISO cannot boot from a CD"))
+            return .failure(
+                Problem(text: "no El Torito boot record: the ISO cannot boot from a CD"))
         }
         let catalog = image.read(at: UInt64(catalogSector) * 2048, count: 2048 * 4)
         guard catalog.count >= 64 else {
@@ -286,7 +292,10 @@ enum ElTorito {
         let sum = stride(from: 0, to: 32, by: 2).reduce(UInt16(0)) { $0 &+ validation.le16($1) }
         guard catalog[0] == 1, catalog[30] == 0x55, catalog[31] == 0xAA, sum == 0 else {
             return .failure(
-                Problem(text: "the boot catalog at sector \(catalogSector) has no valid validation entry"))
+                Problem(
+                    text:
+                        "the boot catalog at sector \(catalogSector) has no valid validation entry")
+            )
         }
         var entries: [Entry] = []
         func entry(_ offset: Int, platform: UInt8) {
@@ -322,7 +331,8 @@ enum ElTorito {
 enum HybridPartitions {
     /// EFI system partition type GUID C12A7328-F81F-11D2-BA4B-00A0C93EC93B as stored on disk.
     static let espType: [UInt8] = [
-        0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B,
+        0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9,
+        0x3B,
     ]
 
     static func checkMBR(_ image: ISOImageFile) -> ISOCheck {
@@ -330,7 +340,9 @@ enum HybridPartitions {
         guard sector.count == 512, sector[510] == 0x55, sector[511] == 0xAA else {
             return ISOCheck(
                 name: "mbr", passed: false,
-                detail: "no MBR boot signature (0x55AA) in sector 0: a dd'd stick would not boot with BIOS")
+                detail:
+                    "no MBR boot signature (0x55AA) in sector 0: a dd'd stick would not boot with BIOS"
+            )
         }
         var partitions: [String] = []
         for index in 0..<4 {
@@ -342,7 +354,9 @@ enum HybridPartitions {
             let name =
                 type == 0xEE ? " (GPT protective)" : type == 0xEF ? " (EFI system)" : ""
             partitions.append(
-                String(format: "%d: type 0x%02X%@ at sector %u, %u sectors", index + 1, type, name, start, count))
+                String(
+                    format: "%d: type 0x%02X%@ at sector %u, %u sectors", index + 1, type, name,
+                    start, count))
         }
         guard !partitions.isEmpty else {
             return ISOCheck(name: "mbr", passed: false, detail: "the MBR has no partition entries")
@@ -361,11 +375,13 @@ enum HybridPartitions {
         guard header.count == 512, Array(header[0..<8]) == Array("EFI PART".utf8) else {
             return ISOCheck(
                 name: "gpt", passed: false,
-                detail: "no GPT header ('EFI PART') at sector 1: a dd'd stick would not boot with UEFI")
+                detail:
+                    "no GPT header ('EFI PART') at sector 1: a dd'd stick would not boot with UEFI")
         }
         let headerSize = Int(header.le32(12))
         guard (92...512).contains(headerSize) else {
-            return ISOCheck(name: "gpt", passed: false, detail: "GPT header size \(headerSize) is invalid")
+            return ISOCheck(
+                name: "gpt", passed: false, detail: "GPT header size \(headerSize) is invalid")
         }
         var zeroed = Data(header.prefix(headerSize))
         zeroed.replaceSubrange(16..<20, with: [0, 0, 0, 0])
@@ -418,38 +434,49 @@ enum HybridPartitions {
 /// CRC-32 (IEEE 802.3, as GPT uses it).
 enum CRC32 {
     static let table: [UInt32] = (0..<256).map { index in
-        (0..<8).reduce(UInt32(index)) { crc, _ in crc & 1 == 1 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1 }
+        (0..<8).reduce(UInt32(index)) { crc, _ in crc & 1 == 1 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1
+        }
     }
 
     static func checksum(_ data: Data) -> UInt32 {
-        ~data.reduce(~UInt32(0)) { crc, byte in table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
+        ~data.reduce(~UInt32(0)) { crc, byte in table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8)
+        }
     }
 }
 
 /// The squashfs superblock.
 enum Squashfs {
-    static let compressors: [UInt16: String] = [1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"]
+    static let compressors: [UInt16: String] = [
+        1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd",
+    ]
 
     static func check(header: Data, fileSize: UInt64, name: String) -> ISOCheck {
         guard header.count >= 96, Array(header.prefix(4)) == Array("hsqs".utf8) else {
             return ISOCheck(
-                name: "squashfs", passed: false, detail: "\(name) is not a squashfs (no 'hsqs' magic)")
+                name: "squashfs", passed: false,
+                detail: "\(name) is not a squashfs (no 'hsqs' magic)")
         }
         let major = header.le16(28)
         let blockSize = header.le32(12)
         let bytesUsed = header.le64(40)
         guard major == 4 else {
-            return ISOCheck(name: "squashfs", passed: false, detail: "\(name) is squashfs version \(major), not 4")
+            return ISOCheck(
+                name: "squashfs", passed: false,
+                detail: "\(name) is squashfs version \(major), not 4")
         }
         guard bytesUsed <= fileSize else {
             return ISOCheck(
                 name: "squashfs", passed: false,
-                detail: "\(name) is cut off: the superblock says \(bytesUsed) bytes, the file has \(fileSize)")
+                detail:
+                    "\(name) is cut off: the superblock says \(bytesUsed) bytes, the file has \(fileSize)"
+            )
         }
         let compressor = compressors[header.le16(20)] ?? "compressor \(header.le16(20))"
         return ISOCheck(
             name: "squashfs", passed: true,
-            detail: "\(name): squashfs 4, \(compressor), \(ByteSize(UInt64(blockSize))) blocks, \(ByteSize(fileSize))")
+            detail:
+                "\(name): squashfs 4, \(compressor), \(ByteSize(UInt64(blockSize))) blocks, \(ByteSize(fileSize))"
+        )
     }
 }
 
@@ -459,7 +486,8 @@ final class ExtractedTree {
     let path: String
 
     init(iso: String) throws {
-        var template = Array((QEMUMachine.temporaryDirectory + "/martlet-verify.XXXXXX").utf8CString)
+        var template = Array(
+            (QEMUMachine.temporaryDirectory + "/martlet-verify.XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else {
             throw MartletError.system("mkdtemp", path: QEMUMachine.temporaryDirectory)
         }

@@ -29,7 +29,9 @@ extension Profile {
             guard fm.fileExists(atPath: nameOrPath, isDirectory: &isDirectory) else {
                 throw MartletError(
                     .notFound, "profile '\(nameOrPath)' does not exist",
-                    hint: "give a profile name (a folder under \(profilesDirectory)/), a profile folder or a profile.toml")
+                    hint:
+                        "give a profile name (a folder under \(profilesDirectory)/), a profile folder or a profile.toml"
+                )
             }
             let file = isDirectory.boolValue ? nameOrPath + "/profile.toml" : nameOrPath
             guard fm.fileExists(atPath: file) else {
@@ -43,7 +45,8 @@ extension Profile {
         guard fm.fileExists(atPath: file) else {
             let available =
                 ((try? fm.contentsOfDirectory(atPath: profilesDirectory)) ?? [])
-                .filter { fm.fileExists(atPath: "\(profilesDirectory)/\($0)/profile.toml") }.sorted()
+                .filter { fm.fileExists(atPath: "\(profilesDirectory)/\($0)/profile.toml") }
+                .sorted()
             throw MartletError(
                 .notFound, "no profile named '\(nameOrPath)': '\(file)' does not exist",
                 hint: available.isEmpty
@@ -71,7 +74,8 @@ struct ProfileReader {
 
     func read() throws -> Profile {
         let root = document.rootSection
-        let name = try root.required(try root.string("name"), "name", hint: "e.g. name = \"default\"")
+        let name = try root.required(
+            try root.string("name"), "name", hint: "e.g. name = \"default\"")
         try check(root, "name", ProfileRules.nameProblem(name))
         let version = try root.required(
             try root.string("version"), "version", hint: "e.g. version = \"0.1.0\"")
@@ -85,7 +89,8 @@ struct ProfileReader {
         let trim = try readTrim(try root.section("trim"))
         let squashfs = try readSquashfs(try root.section("squashfs"))
         let iso = try readISO(
-            try root.section("iso"), name: name, version: version, architecture: debian.architecture)
+            try root.section("iso"), name: name, version: version, architecture: debian.architecture
+        )
         let boot = try readBoot(try root.section("boot"))
         try root.finish()
 
@@ -123,7 +128,9 @@ struct ProfileReader {
             hint: "list the Debian packages of the root filesystem, e.g. packages = [\"systemd\"]")
         try check(
             section, "packages", ProfileRules.packagesProblem(packages),
-            hint: "Debian package names are lower case letters, digits and + - . (at least two characters)")
+            hint:
+                "Debian package names are lower case letters, digits and + - . (at least two characters)"
+        )
         try section.finish()
         return Profile.Debian(
             suite: suite, mirror: mirror, components: components, architecture: architecture,
@@ -140,7 +147,9 @@ struct ProfileReader {
         return Profile.Kernel(package: package, cmdline: cmdline)
     }
 
-    private func readOverlays(_ section: TOMLSection?) throws -> ([Profile.Overlay], [Profile.Overlay]) {
+    private func readOverlays(_ section: TOMLSection?) throws -> (
+        [Profile.Overlay], [Profile.Overlay]
+    ) {
         guard let section else { return ([], []) }
         let host = try readOverlayList(section, "host")
         let live = try readOverlayList(section, "live")
@@ -148,13 +157,16 @@ struct ProfileReader {
         return (host, live)
     }
 
-    private func readOverlayList(_ section: TOMLSection, _ key: String) throws -> [Profile.Overlay] {
+    private func readOverlayList(_ section: TOMLSection, _ key: String) throws -> [Profile.Overlay]
+    {
         let sources = try section.strings(key) ?? []
         return try sources.map { source in
             let path = Profile.absolute(
-                source.hasPrefix("/") ? source : (directory.isEmpty ? source : "\(directory)/\(source)"))
+                source.hasPrefix("/")
+                    ? source : (directory.isEmpty ? source : "\(directory)/\(source)"))
             var isDirectory: ObjCBool = false
-            guard !source.isEmpty, FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
+            guard !source.isEmpty,
+                FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
             else {
                 throw section.error(
                     key, "overlay '\(source)' does not exist (looked for '\(path)')",
@@ -179,7 +191,8 @@ struct ProfileReader {
             do {
                 if let text = try section.string("mode") {
                     guard let parsed = ProfileRules.octalMode(text) else {
-                        throw fail(section, "mode", "'\(text)' is not an octal mode", hint: modeHint)
+                        throw fail(
+                            section, "mode", "'\(text)' is not an octal mode", hint: modeHint)
                     }
                     mode = parsed
                 }
@@ -192,7 +205,8 @@ struct ProfileReader {
             if mode == nil && owner == nil && group == nil {
                 throw fail(
                     section, "path", "sets neither mode, owner nor group",
-                    hint: "add mode = \"0755\", owner = 0 and/or group = 0, or remove this [[file]]")
+                    hint: "add mode = \"0755\", owner = 0 and/or group = 0, or remove this [[file]]"
+                )
             }
             try section.finish()
             return Profile.FileMode(path: path, mode: mode, owner: owner, group: group)
@@ -217,14 +231,18 @@ struct ProfileReader {
         for module in modules {
             try check(
                 section, "kernel-modules", ProfileRules.moduleTreeProblem(module),
-                hint: "write module trees relative to /lib/modules/<version>/kernel/, e.g. \"drivers/gpu\"")
+                hint:
+                    "write module trees relative to /lib/modules/<version>/kernel/, e.g. \"drivers/gpu\""
+            )
         }
         try section.finish()
         return Profile.Trim(paths: paths, kernelModules: modules)
     }
 
     private func readSquashfs(_ section: TOMLSection?) throws -> Profile.Squashfs {
-        guard let section else { return Profile.Squashfs(compression: "xz", level: nil, blockSize: 1 << 20) }
+        guard let section else {
+            return Profile.Squashfs(compression: "xz", level: nil, blockSize: 1 << 20)
+        }
         let compression = try section.choice("compression", ["zstd", "xz"]) ?? "xz"
         let level = try section.int("level")
         if let level {
@@ -252,14 +270,17 @@ struct ProfileReader {
                 label: ProfileRules.defaultLabel(name: name, version: version),
                 output: defaultOutput, publisher: "Martlet")
         }
-        let label = try section.string("label") ?? ProfileRules.defaultLabel(name: name, version: version)
+        let label =
+            try section.string("label") ?? ProfileRules.defaultLabel(name: name, version: version)
         try check(
             section, "label", ProfileRules.labelProblem(label),
             hint: "use 1 to 32 characters of A-Z, 0-9 and _, e.g. \"MARTLET_0_1_0\"")
         let output = try section.string("output") ?? defaultOutput
         try check(
             section, "output", ProfileRules.outputProblem(output),
-            hint: "give a file name ending in .iso, e.g. \"martlet-0.1.0-amd64.iso\"; the folder comes from --output")
+            hint:
+                "give a file name ending in .iso, e.g. \"martlet-0.1.0-amd64.iso\"; the folder comes from --output"
+        )
         let publisher = try section.string("publisher") ?? "Martlet"
         try check(
             section, "publisher",
@@ -322,7 +343,9 @@ struct ProfileReader {
             return error
         }
         var fixed = error
-        fixed.message = "\(document.path):\(line):\(column): " + error.message.dropFirst(document.path.count + 2)
+        fixed.message =
+            "\(document.path):\(line):\(column): "
+            + error.message.dropFirst(document.path.count + 2)
         return fixed
     }
 }

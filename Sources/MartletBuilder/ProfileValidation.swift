@@ -13,11 +13,15 @@ enum ProfileRules {
     static let baudRates = [9600, 19200, 38400, 57600, 115200]
 
     static func isName(_ text: String) -> Bool {
-        !text.isEmpty && text.allSatisfy { ("a"..."z").contains($0) || $0.isASCII && $0.isNumber || $0 == "-" }
+        !text.isEmpty
+            && text.allSatisfy {
+                ("a"..."z").contains($0) || $0.isASCII && $0.isNumber || $0 == "-"
+            }
     }
 
     static func nameProblem(_ name: String) -> String? {
-        isName(name) ? nil : "'\(name)' is not a profile name: use lower case letters, digits and '-'"
+        isName(name)
+            ? nil : "'\(name)' is not a profile name: use lower case letters, digits and '-'"
     }
 
     static func versionProblem(_ version: String) -> String? {
@@ -26,13 +30,17 @@ enum ProfileRules {
             $0.isASCII && ($0.isLetter || $0.isNumber || ".+~-_".contains($0))
         }
         return allowed
-            ? nil : "'\(version)' may only hold letters, digits and . + ~ - _ (it names the ISO file)"
+            ? nil
+            : "'\(version)' may only hold letters, digits and . + ~ - _ (it names the ISO file)"
     }
 
     static func suiteProblem(_ suite: String) -> String? {
         guard !suite.isEmpty else { return "is empty; give a Debian suite such as \"bookworm\"" }
-        let allowed = suite.allSatisfy { $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }
-        return allowed ? nil : "'\(suite)' is not a Debian suite name (e.g. \"bookworm\", \"stable\")"
+        let allowed = suite.allSatisfy {
+            $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-")
+        }
+        return allowed
+            ? nil : "'\(suite)' is not a Debian suite name (e.g. \"bookworm\", \"stable\")"
     }
 
     static func mirrorProblem(_ mirror: String) -> String? {
@@ -52,9 +60,12 @@ enum ProfileRules {
         if components.isEmpty { return "is empty; list at least \"main\"" }
         for component in components
         where component.isEmpty
-            || !component.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || "-/".contains($0)) })
+            || !component.allSatisfy({
+                $0.isASCII && ($0.isLowercase || $0.isNumber || "-/".contains($0))
+            })
         {
-            return "'\(component)' is not an archive component (e.g. \"main\", \"non-free-firmware\")"
+            return
+                "'\(component)' is not an archive component (e.g. \"main\", \"non-free-firmware\")"
         }
         return nil
     }
@@ -65,7 +76,9 @@ enum ProfileRules {
         let characters = Array(name)
         guard characters.count >= 2, let first = characters.first,
             first.isASCII && (first.isLowercase || first.isNumber),
-            characters.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || "+-.".contains($0)) })
+            characters.allSatisfy({
+                $0.isASCII && ($0.isLowercase || $0.isNumber || "+-.".contains($0))
+            })
         else {
             return "'\(name)' is not a valid Debian package name"
         }
@@ -76,14 +89,18 @@ enum ProfileRules {
         if packages.isEmpty { return "is empty; a root filesystem needs packages" }
         var seen: Set<String> = []
         for (index, package) in packages.enumerated() {
-            if let problem = packageNameProblem(package) { return "element \(index + 1): \(problem)" }
+            if let problem = packageNameProblem(package) {
+                return "element \(index + 1): \(problem)"
+            }
             if !seen.insert(package).inserted { return "'\(package)' is listed twice" }
         }
         return nil
     }
 
     static func cmdlineProblem(_ cmdline: String) -> String? {
-        cmdline.contains(where: { $0.isNewline || $0 == "\"" || $0 == "'" || $0 == "$" || $0 == ";" })
+        cmdline.contains(where: {
+            $0.isNewline || $0 == "\"" || $0 == "'" || $0 == "$" || $0 == ";"
+        })
             ? "must be one line without quotes, '$' or ';' (it is written into grub.cfg)" : nil
     }
 
@@ -124,8 +141,12 @@ enum ProfileRules {
 
     static func labelProblem(_ label: String) -> String? {
         if label.isEmpty { return "is empty" }
-        if label.count > 32 { return "'\(label)' has \(label.count) characters; ISO 9660 allows 32" }
-        let allowed = label.allSatisfy { $0.isASCII && ($0.isUppercase || $0.isNumber || $0 == "_") }
+        if label.count > 32 {
+            return "'\(label)' has \(label.count) characters; ISO 9660 allows 32"
+        }
+        let allowed = label.allSatisfy {
+            $0.isASCII && ($0.isUppercase || $0.isNumber || $0 == "_")
+        }
         return allowed ? nil : "'\(label)' may only hold A-Z, 0-9 and _"
     }
 
@@ -139,7 +160,9 @@ enum ProfileRules {
 
     static func outputProblem(_ output: String) -> String? {
         if output.contains("/") { return "'\(output)' must be a file name without '/'" }
-        if !output.hasSuffix(".iso") || output == ".iso" { return "'\(output)' does not end in .iso" }
+        if !output.hasSuffix(".iso") || output == ".iso" {
+            return "'\(output)' does not end in .iso"
+        }
         if output.hasPrefix(".") { return "'\(output)' would be a hidden file" }
         return nil
     }
@@ -152,7 +175,8 @@ enum ProfileRules {
             return "'\(serial)' is not a serial console"
         }
         return baudRates.contains(baud)
-            ? nil : "\(baud) is not a baud rate (\(baudRates.map(String.init).joined(separator: ", ")))"
+            ? nil
+            : "\(baud) is not a baud rate (\(baudRates.map(String.init).joined(separator: ", ")))"
     }
 
     /// `(line, column)` of a dotted key whose path may index arrays of tables, e.g.
@@ -160,11 +184,14 @@ enum ProfileRules {
     static func line(of keyPath: String, in source: String) -> (Int, Int)? {
         var counters: [String: Int] = [:]
         var header = ""
-        for (index, rawLine) in source.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (index, rawLine) in source.split(separator: "\n", omittingEmptySubsequences: false)
+            .enumerated()
+        {
             let line = rawLine.trimmingCharacters(in: .whitespaces)
             let column = rawLine.count - rawLine.drop(while: { $0 == " " || $0 == "\t" }).count + 1
             if line.hasPrefix("[[") {
-                let name = line.dropFirst(2).prefix { $0 != "]" }.trimmingCharacters(in: .whitespaces)
+                let name = line.dropFirst(2).prefix { $0 != "]" }.trimmingCharacters(
+                    in: .whitespaces)
                 let count = counters[name, default: 0]
                 counters[name] = count + 1
                 header = "\(name)[\(count)]"
@@ -176,7 +203,8 @@ enum ProfileRules {
                 continue
             }
             guard let eq = line.firstIndex(of: "=") else { continue }
-            let key = line[..<eq].trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "\"", with: "")
+            let key = line[..<eq].trimmingCharacters(in: .whitespaces).replacingOccurrences(
+                of: "\"", with: "")
             if (header.isEmpty ? key : "\(header).\(key)") == keyPath { return (index + 1, column) }
         }
         return nil

@@ -13,7 +13,8 @@ enum ToolPath {
         let path =
             ProcessInfo.processInfo.environment["PATH"]
             ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        let directories: [String] = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
+        let directories: [String] =
+            path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
         for directory in directories {
             let candidate = directory + "/" + name
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }

@@ -41,7 +41,8 @@ public struct QEMUConfiguration: Sendable, Equatable {
 
         /// Parses the CLI form `FILE[,if=virtio|nvme|sata]`.
         public init(parsing text: String) throws {
-            var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(
+                String.init)
             let path = parts.removeFirst()
             guard !path.isEmpty else {
                 throw MartletError(
@@ -145,7 +146,8 @@ public struct QEMUConfiguration: Sendable, Equatable {
                 !isDirectory.boolValue
             else {
                 let hint =
-                    what.hasPrefix("OVMF") ? "install it with: apt-get install ovmf" : "check the path"
+                    what.hasPrefix("OVMF")
+                    ? "install it with: apt-get install ovmf" : "check the path"
                 throw MartletError(.notFound, "\(what) '\(path)' does not exist", hint: hint)
             }
         }
@@ -225,7 +227,8 @@ public final class QEMUMachine: @unchecked Sendable {
         }
         if config.firmware == .uefi {
             args += [
-                "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=\(Self.escape(config.ovmfCode))",
+                "-drive",
+                "if=pflash,format=raw,unit=0,readonly=on,file=\(Self.escape(config.ovmfCode))",
                 "-drive", "if=pflash,format=raw,unit=1,file=\(Self.escape(varsPath))",
             ]
         }
@@ -375,11 +378,13 @@ public final class QEMUMachine: @unchecked Sendable {
             }
             if let exited {
                 throw failure(
-                    "QEMU exited with status \(exited) before '\(text)' appeared on the serial console")
+                    "QEMU exited with status \(exited) before '\(text)' appeared on the serial console"
+                )
             }
             if ContinuousClock.now >= deadline {
                 throw failure(
-                    "'\(text)' did not appear on the serial console within \(Self.seconds(timeout))")
+                    "'\(text)' did not appear on the serial console within \(Self.seconds(timeout))"
+                )
             }
             Thread.sleep(forTimeInterval: 0.1)
         }
@@ -391,7 +396,8 @@ public final class QEMUMachine: @unchecked Sendable {
         guard state.pid != nil else {
             throw MartletError(.failed, "waiting for QEMU to exit: it was never started")
         }
-        let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+        let seconds =
+            Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
         if let status = state.waitForExit(until: Date(timeIntervalSinceNow: seconds)) {
             return status
         }
@@ -458,7 +464,8 @@ public final class QEMUMachine: @unchecked Sendable {
 
     /// posix_spawn with stdin from /dev/null and stdout+stderr into `outputPath` (headless),
     /// or the terminal inherited (interactive).
-    private static func spawn(_ argv: [String], outputPath: String?) -> Result<pid_t, MartletError> {
+    private static func spawn(_ argv: [String], outputPath: String?) -> Result<pid_t, MartletError>
+    {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

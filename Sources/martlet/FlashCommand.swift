@@ -50,7 +50,9 @@ struct FlashCommand: ParsableCommand {
                 encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
                 print(String(decoding: try encoder.encode(result), as: UTF8.self))
             } else {
-                print("\(device): \(ByteSize(result.bytes)) written and verified, sha256 \(result.sha256)")
+                print(
+                    "\(device): \(ByteSize(result.bytes)) written and verified, sha256 \(result.sha256)"
+                )
             }
         } catch let error as MartletError {
             FileHandle.standardError.write(Data("martlet flash: \(error.description)\n".utf8))
@@ -65,7 +67,9 @@ struct FlashCommand: ParsableCommand {
                 hint: "add --yes to write \(device) without asking")
         }
         FileHandle.standardError.write(
-            Data("Write \(iso) to \(target.summary)?\nEverything on it will be lost. Type 'yes' to go on: ".utf8))
+            Data(
+                "Write \(iso) to \(target.summary)?\nEverything on it will be lost. Type 'yes' to go on: "
+                    .utf8))
         guard readLine()?.trimmingCharacters(in: .whitespaces).lowercased() == "yes" else {
             throw MartletError(.refused, "not confirmed; \(device) was not touched")
         }

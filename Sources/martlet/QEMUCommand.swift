@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import MartletBuilder
 import MartletCore
+import Synchronization
 
 extension QEMUConfiguration.Acceleration: ExpressibleByArgument {}
 extension QEMUConfiguration.BootTarget: ExpressibleByArgument {}
@@ -44,7 +45,9 @@ struct QEMUCommand: ParsableCommand {
             valueName: "FILE[,if=virtio|nvme|sata]"))
     var disks: [String] = []
 
-    @Option(help: ArgumentHelp("Raw disk holding an answer file (virtio, serial MARTLET-ANSWER).", valueName: "FILE"))
+    @Option(
+        help: ArgumentHelp(
+            "Raw disk holding an answer file (virtio, serial MARTLET-ANSWER).", valueName: "FILE"))
     var answerDisk: String?
 
     @Option(help: ArgumentHelp("Guest memory in MiB.", valueName: "MiB"))
@@ -56,16 +59,25 @@ struct QEMUCommand: ParsableCommand {
     @Option(help: "Boot the ISO first (medium) or the first --disk first (disk).")
     var boot: QEMUConfiguration.BootTarget = .medium
 
-    @Option(help: ArgumentHelp("Forward 127.0.0.1:PORT on this host to the guest's port 22.", valueName: "PORT"))
+    @Option(
+        help: ArgumentHelp(
+            "Forward 127.0.0.1:PORT on this host to the guest's port 22.", valueName: "PORT"))
     var sshPort: Int?
 
-    @Option(help: ArgumentHelp("Write the serial console to FILE (kept afterwards).", valueName: "FILE"))
+    @Option(
+        help: ArgumentHelp("Write the serial console to FILE (kept afterwards).", valueName: "FILE")
+    )
     var serialLog: String?
 
-    @Option(help: ArgumentHelp("Wait for TEXT on the serial console, then stop (implies --headless).", valueName: "TEXT"))
+    @Option(
+        help: ArgumentHelp(
+            "Wait for TEXT on the serial console, then stop (implies --headless).",
+            valueName: "TEXT"))
     var expect: String?
 
-    @Option(help: ArgumentHelp("Seconds to wait for --expect, or for QEMU to exit when headless.", valueName: "SEC"))
+    @Option(
+        help: ArgumentHelp(
+            "Seconds to wait for --expect, or for QEMU to exit when headless.", valueName: "SEC"))
     var timeout: Int = 300
 
     @Flag(help: "No console and no display: serial output goes to stdout and the log.")
@@ -92,35 +104,32 @@ struct QEMUCommand: ParsableCommand {
                 memoryMiB: memory, acceleration: accel, sshPort: sshPort, serialLog: serialLog,
                 headless: headless || expect != nil, noReboot: noReboot, boot: boot, cpus: cpus)
             let machine = try QEMUMachine(config)
-            let signals = stopOnSignals(machine)
-            defer { signals.forEach { $0.cancel() } }
+            Interruption.install()
             try machine.start()
-            if let expect {
-                try machine.waitFor(expect, timeout: .seconds(timeout))
-                machine.stop()
-                print("found '\(expect)' on the serial console (log: \(serialLog ?? "not kept"))")
-            } else if config.headless {
-                try follow(machine)
-            } else {
-                try machine.waitForExit(timeout: .seconds(365 * 24 * 3600))
+            Interruption.watch(machine.pid)
+            do {
+                if let expect {
+                    try machine.waitFor(expect, timeout: .seconds(timeout))
+                    machine.stop()
+                    print(
+                        "found '\(expect)' on the serial console (log: \(serialLog ?? "not kept"))")
+                } else if config.headless {
+                    try follow(machine)
+                } else {
+                    try machine.waitForExit(timeout: .seconds(365 * 24 * 3600))
+                }
+            } catch {
+                if Interruption.signal == 0 { throw error }
+            }
+            if Interruption.signal != 0 {
+                machine.shutdown()
+                throw MartletError(
+                    .failed, "interrupted by signal \(Interruption.signal); QEMU stopped")
             }
         } catch let error as MartletError {
             FileHandle.standardError.write(Data("martlet qemu: \(error.description)\n".utf8))
-            throw ExitCode(error.code.exitStatus)
-        }
-    }
-
-    /// SIGINT/SIGTERM/SIGHUP stop QEMU and remove its temp files before martlet exits.
-    private func stopOnSignals(_ machine: QEMUMachine) -> [any DispatchSourceSignal] {
-        [SIGINT, SIGTERM, SIGHUP].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                machine.shutdown()
-                Foundation.exit(128 + number)
-            }
-            source.resume()
-            return source
+            throw ExitCode(
+                Interruption.signal != 0 ? 128 + Interruption.signal : error.code.exitStatus)
         }
     }
 
@@ -146,9 +155,41 @@ struct QEMUCommand: ParsableCommand {
             }
             if ContinuousClock.now >= deadline {
                 machine.stop()
-                throw MartletError(.failed, "QEMU still ran after --timeout \(timeout) s; stopped it")
+                throw MartletError(
+                    .failed, "QEMU still ran after --timeout \(timeout) s; stopped it")
             }
             Thread.sleep(forTimeInterval: 0.2)
         }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP end QEMU from the handler (kill(2) is async-signal-safe); the
+/// waiting code then sees QEMU gone and returns, and the machine's temp files are removed on
+/// the normal path instead of being left behind by a process killed mid-way.
+enum Interruption {
+    private static let received = Atomic<Int32>(0)
+    private static let qemu = Atomic<Int32>(0)
+
+    static var signal: Int32 { received.load(ordering: .relaxed) }
+
+    static func install() {
+        // A parent may have started us with these blocked (Foundation's Process does not
+        // reset the mask); blocked, they would stay pending and never stop anything.
+        var set = sigset_t()
+        sigemptyset(&set)
+        for number in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, number) }
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        for number in [SIGINT, SIGTERM, SIGHUP] {
+            _ = Glibc.signal(number) { number in
+                Interruption.received.store(number, ordering: .relaxed)
+                let pid = Interruption.qemu.load(ordering: .relaxed)
+                if pid > 0 { kill(pid, SIGTERM) }
+            }
+        }
+    }
+
+    static func watch(_ pid: pid_t?) {
+        qemu.store(pid ?? 0, ordering: .relaxed)
+        if let pid, signal != 0 { kill(pid, SIGTERM) }
     }
 }

@@ -10,7 +10,9 @@ func makeSmallISO(in scratch: ScratchDirectory, kib: Int = 600) throws -> String
     for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255) }
     try scratch.write("isotree/random.bin", Data(bytes))
     let iso = scratch.file("small.iso")
-    try ToolPath.command("xorriso", ["-as", "mkisofs", "-o", iso, "-V", "FLASH_TEST", scratch.file("isotree")]).run()
+    try ToolPath.command(
+        "xorriso", ["-as", "mkisofs", "-o", iso, "-V", "FLASH_TEST", scratch.file("isotree")]
+    ).run()
     return iso
 }
 
@@ -34,8 +36,10 @@ final class LoopDisk {
         if partitioned {
             try ToolPath.command("sfdisk", ["-q", image]).run(input: Data("label: gpt\n,,L\n".utf8))
         }
-        device = try ToolPath.command("losetup", ["--find", "--show"] + (partitioned ? ["-P"] : []) + [image])
-            .run().stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        device = try ToolPath.command(
+            "losetup", ["--find", "--show"] + (partitioned ? ["-P"] : []) + [image]
+        )
+        .run().stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     var firstPartition: String { device + "p1" }
@@ -44,7 +48,9 @@ final class LoopDisk {
         // losetup -P does not always leave the partition node behind on these machines;
         // asking the kernel to read the table again does.
         for attempt in 0..<50 where !FileManager.default.fileExists(atPath: firstPartition) {
-            if attempt % 10 == 5 { _ = try? ToolPath.command("partx", ["-a", device]).runAllowingFailure() }
+            if attempt % 10 == 5 {
+                _ = try? ToolPath.command("partx", ["-a", device]).runAllowingFailure()
+            }
             Thread.sleep(forTimeInterval: 0.1)
         }
         try ToolPath.command("mkfs.ext4", ["-q", "-F", firstPartition]).run()
@@ -78,15 +84,22 @@ struct FlashLoopDeviceTests {
         #expect(try contents(disk.device, count: size) == Data(count: size), "refused, yet written")
 
         let progress = RecordingProgress()
-        let result = try Flasher(iso: iso, device: disk.device, force: true).flash(progress: progress)
+        let result = try Flasher(iso: iso, device: disk.device, force: true).flash(
+            progress: progress)
         #expect(result.verified)
         #expect(result.target.kind == .blockDevice)
         #expect(result.target.size == 8 << 20)
         #expect(result.bytes == UInt64(size))
-        #expect(try contents(disk.device, count: size) == (try Data(contentsOf: URL(fileURLWithPath: iso))))
+        #expect(
+            try contents(disk.device, count: size)
+                == (try Data(contentsOf: URL(fileURLWithPath: iso))))
         let sha = try ToolPath.command("sha256sum", [iso]).run().stdoutText.prefix(64)
         #expect(result.sha256 == String(sha))
-        #expect(progress.events.contains { $0.stage == "write" && $0.kind == .update && $0.completed == UInt64(size) && $0.total == UInt64(size) })
+        #expect(
+            progress.events.contains {
+                $0.stage == "write" && $0.kind == .update && $0.completed == UInt64(size)
+                    && $0.total == UInt64(size)
+            })
         #expect(progress.events.contains { $0.stage == "verify" && $0.kind == .end })
     }
 
@@ -100,7 +113,8 @@ struct FlashLoopDeviceTests {
             try Flasher(iso: iso, device: disk.device, force: true).flash()
         }
         #expect(error?.code == .refused)
-        #expect(error?.message.contains("\(disk.firstPartition) on \(disk.mountPoint ?? "?")") == true)
+        #expect(
+            error?.message.contains("\(disk.firstPartition) on \(disk.mountPoint ?? "?")") == true)
         let partition = #expect(throws: MartletError.self) {
             try Flasher(iso: iso, device: disk.firstPartition, force: true).inspect()
         }
@@ -119,7 +133,9 @@ struct FlashLoopDeviceTests {
         #expect(error?.message.contains("smaller than the ISO") == true)
     }
 
-    @Test("a held disk is refused and a USB disk needs no --force (sysfs as the kernel would show it)")
+    @Test(
+        "a held disk is refused and a USB disk needs no --force (sysfs as the kernel would show it)"
+    )
     func holdersAndUSB() throws {
         let scratch = try ScratchDirectory()
         let iso = try makeSmallISO(in: scratch)
@@ -134,13 +150,16 @@ struct FlashLoopDeviceTests {
             try scratch.write("sys-\(holder)/\(devicePath)/\(name)/dev", dev + "\n")
             try scratch.write("sys-\(holder)/\(devicePath)/\(name)/removable", "0\n")
             try scratch.write("sys-\(holder)/\(devicePath)/\(name)/size", "16384\n")
-            try fm.createDirectory(atPath: directory + "/holders", withIntermediateDirectories: true)
+            try fm.createDirectory(
+                atPath: directory + "/holders", withIntermediateDirectories: true)
             if holder {
-                try fm.createDirectory(atPath: directory + "/holders/dm-7", withIntermediateDirectories: true)
+                try fm.createDirectory(
+                    atPath: directory + "/holders/dm-7", withIntermediateDirectories: true)
                 try scratch.write("sys-\(holder)/block/dm-7/dm/name", "vg0-pool\n")
             }
             try fm.createDirectory(atPath: root + "/dev/block", withIntermediateDirectories: true)
-            try fm.createSymbolicLink(atPath: "\(root)/dev/block/\(dev)", withDestinationPath: directory)
+            try fm.createSymbolicLink(
+                atPath: "\(root)/dev/block/\(dev)", withDestinationPath: directory)
             return root
         }
         var held = Flasher(iso: iso, device: disk.device, force: true)
@@ -149,7 +168,8 @@ struct FlashLoopDeviceTests {
         #expect(error?.message.contains("held by dm-7 (vg0-pool)") == true)
 
         var usb = Flasher(iso: iso, device: disk.device)
-        usb.sysfs = try fakeSysfs("devices/pci0000:00/0000:00:14.0/usb2/2-1/host0/block", holder: false)
+        usb.sysfs = try fakeSysfs(
+            "devices/pci0000:00/0000:00:14.0/usb2/2-1/host0/block", holder: false)
         let target = try usb.inspect()
         #expect(target.removable)
         #expect(target.transport == "usb")
@@ -181,7 +201,9 @@ struct FlashFileTests {
             try Flasher(iso: notISO, device: scratch.file("out.img")).flash()
         }
         #expect(refused?.message.contains("is not an ISO 9660 image") == true)
-        #expect(try Flasher(iso: notISO, device: scratch.file("out.img"), force: true).flash().bytes == 6)
+        #expect(
+            try Flasher(iso: notISO, device: scratch.file("out.img"), force: true).flash().bytes
+                == 6)
 
         let missing = #expect(throws: MartletError.self) {
             try Flasher(iso: scratch.file("none.iso"), device: scratch.file("x")).flash()
@@ -192,11 +214,15 @@ struct FlashFileTests {
             try Flasher(iso: iso, device: "/dev/martlet-no-such-disk").flash()
         }
         #expect(noDevice?.code == .notFound)
-        let itself = #expect(throws: MartletError.self) { try Flasher(iso: iso, device: iso).flash() }
+        let itself = #expect(throws: MartletError.self) {
+            try Flasher(iso: iso, device: iso).flash()
+        }
         #expect(itself?.message.contains("is the ISO itself") == true)
     }
 
-    @Test("SHA-256 matches sha256sum across block boundaries and split updates", arguments: [0, 3, 55, 56, 63, 64, 65, 1000, 200_000])
+    @Test(
+        "SHA-256 matches sha256sum across block boundaries and split updates",
+        arguments: [0, 3, 55, 56, 63, 64, 65, 1000, 200_000])
     func sha256(length: Int) throws {
         let scratch = try ScratchDirectory()
         let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }

@@ -140,7 +140,8 @@ struct ProfileLoadingTests {
         #expect(profile.kernel.package == "linux-image-amd64")
         #expect(profile.overlays.map(\.path) == [fixture.scratch.file("overlays/host")])
         #expect(profile.liveOverlays.map(\.path) == [fixture.scratch.file("overlays/live")])
-        #expect(profile.fileModes == [.init(path: "/etc/martlet", mode: 0o755, owner: nil, group: nil)])
+        #expect(
+            profile.fileModes == [.init(path: "/etc/martlet", mode: 0o755, owner: nil, group: nil)])
         #expect(profile.trim.kernelModules.contains("drivers/gpu"))
         #expect(profile.squashfs.compression == "xz")
         #expect(profile.squashfs.blockSize == 1 << 20)
@@ -190,65 +191,124 @@ struct ProfileLoadingTests {
     /// Each case changes `validProfile` (replacing `old` with `new`) and names the error text
     /// expected, with its line where the key has one.
     static let malformed: [(String, String, String, String)] = [
-        ("unknown top-level key", "version = \"1.2.3\"", "version = \"1.2.3\"\nversoin = \"2\"",
-         ":3:1: key 'versoin': unknown key"),
-        ("unknown key in a table", "cmdline = \"quiet\"", "cmdline = \"quiet\"\ncmdlin = \"x\"",
-         ":11:1: key 'kernel.cmdlin': unknown key"),
-        ("unknown key in [[file]]", "mode = \"0750\"", "mode = \"0750\"\nmod = \"0644\"",
-         ":19:1: key 'file[0].mod': unknown key"),
-        ("wrong type", "timeout = -1", "timeout = \"never\"",
-         ":41:1: key 'boot.timeout': expected an integer, found a string"),
-        ("bad name", "name = \"small\"", "name = \"Small_One\"",
-         ":1:1: key 'name': 'Small_One' is not a profile name"),
+        (
+            "unknown top-level key", "version = \"1.2.3\"", "version = \"1.2.3\"\nversoin = \"2\"",
+            ":3:1: key 'versoin': unknown key"
+        ),
+        (
+            "unknown key in a table", "cmdline = \"quiet\"", "cmdline = \"quiet\"\ncmdlin = \"x\"",
+            ":11:1: key 'kernel.cmdlin': unknown key"
+        ),
+        (
+            "unknown key in [[file]]", "mode = \"0750\"", "mode = \"0750\"\nmod = \"0644\"",
+            ":19:1: key 'file[0].mod': unknown key"
+        ),
+        (
+            "wrong type", "timeout = -1", "timeout = \"never\"",
+            ":41:1: key 'boot.timeout': expected an integer, found a string"
+        ),
+        (
+            "bad name", "name = \"small\"", "name = \"Small_One\"",
+            ":1:1: key 'name': 'Small_One' is not a profile name"
+        ),
         ("empty version", "version = \"1.2.3\"", "version = \"\"", ":2:1: key 'version': is empty"),
-        ("missing suite", "suite = \"bookworm\"\n", "",
-         "missing required key 'debian.suite' in [debian]"),
-        ("bad mirror", "http://deb.debian.org/debian", "ftp://deb.debian.org/debian",
-         ":6:1: key 'debian.mirror': 'ftp://deb.debian.org/debian' is not an http://, https:// or file:// URL"),
-        ("other architecture", "suite = \"bookworm\"", "suite = \"bookworm\"\narchitecture = \"arm64\"",
-         ":6:1: key 'debian.architecture': 'arm64' is not supported"),
-        ("empty package list", "[\"systemd\", \"linux-base\"]", "[]",
-         ":7:1: key 'debian.packages': is empty"),
-        ("invalid package name", "\"linux-base\"]", "\"Linux_Base\"]",
-         ":7:1: key 'debian.packages': element 2: 'Linux_Base' is not a valid Debian package name"),
-        ("invalid kernel package", "cmdline = \"quiet\"", "package = \"linux image\"",
-         ":10:1: key 'kernel.package': 'linux image' is not a valid Debian package name"),
-        ("missing overlay", "../../overlays/live", "../../overlays/gone",
-         ":14:1: key 'overlays.live': overlay '../../overlays/gone' does not exist"),
-        ("overlay that is a file", "../../overlays/live", "../../overlays/not-a-folder",
-         ":14:1: key 'overlays.live': overlay '../../overlays/not-a-folder' is not a folder"),
-        ("mode as an integer", "mode = \"0750\"", "mode = 750",
-         ":18:1: key 'file[0].mode': expected a string, found an integer"),
-        ("mode not octal", "mode = \"0700\"", "mode = \"0789\"",
-         ":22:1: key 'file[1].mode': '0789' is not an octal mode"),
-        ("owner not an integer", "owner = 0", "owner = \"root\"",
-         ":23:1: key 'file[1].owner': expected an integer, found a string"),
-        ("relative trim path", "\"/usr/share/doc/*\"", "\"usr/share/doc/*\"",
-         ":27:1: key 'trim.paths': 'usr/share/doc/*' is not absolute"),
-        ("absolute module tree", "[\"sound\"]", "[\"/sound\"]",
-         ":28:1: key 'trim.kernel-modules': '/sound' must be relative"),
-        ("unknown compression", "\"zstd\"", "\"gzip\"",
-         ":31:1: key 'squashfs.compression': 'gzip' is not one of \"zstd\", \"xz\""),
-        ("level out of range", "level = 19", "level = 23",
-         ":32:1: key 'squashfs.level': 23 is out of range for zstd (1–22)"),
-        ("block size not a power of two", "\"256KiB\"", "\"300KiB\"",
-         ":33:1: key 'squashfs.block-size': 307200 bytes is not a power of two between 4 KiB and 1 MiB"),
-        ("block size too large", "\"256KiB\"", "\"2MiB\"",
-         ":33:1: key 'squashfs.block-size': 2097152 bytes is not a power of two"),
-        ("lower-case label", "\"SMALL_1\"", "\"small-1\"",
-         ":36:1: key 'iso.label': 'small-1' may only hold A-Z, 0-9 and _"),
-        ("label too long", "\"SMALL_1\"", "\"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456\"",
-         ":36:1: key 'iso.label': 'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456' has 33 characters"),
-        ("output with a folder", "\"small.iso\"", "\"out/small.iso\"",
-         ":37:1: key 'iso.output': 'out/small.iso' must be a file name without '/'"),
-        ("output not .iso", "\"small.iso\"", "\"small.img\"",
-         ":37:1: key 'iso.output': 'small.img' does not end in .iso"),
-        ("unknown boot entry", "\"rescue\"", "\"memtest\"",
-         ":40:1: key 'boot.default': 'memtest' is not one of"),
-        ("timeout below -1", "timeout = -1", "timeout = -2",
-         ":41:1: key 'boot.timeout': -2 is not a timeout"),
-        ("bad serial", "\"ttyS1,9600\"", "\"ttyUSB0\"",
-         ":42:1: key 'boot.serial': 'ttyUSB0' is not a serial console"),
+        (
+            "missing suite", "suite = \"bookworm\"\n", "",
+            "missing required key 'debian.suite' in [debian]"
+        ),
+        (
+            "bad mirror", "http://deb.debian.org/debian", "ftp://deb.debian.org/debian",
+            ":6:1: key 'debian.mirror': 'ftp://deb.debian.org/debian' is not an http://, https:// or file:// URL"
+        ),
+        (
+            "other architecture", "suite = \"bookworm\"",
+            "suite = \"bookworm\"\narchitecture = \"arm64\"",
+            ":6:1: key 'debian.architecture': 'arm64' is not supported"
+        ),
+        (
+            "empty package list", "[\"systemd\", \"linux-base\"]", "[]",
+            ":7:1: key 'debian.packages': is empty"
+        ),
+        (
+            "invalid package name", "\"linux-base\"]", "\"Linux_Base\"]",
+            ":7:1: key 'debian.packages': element 2: 'Linux_Base' is not a valid Debian package name"
+        ),
+        (
+            "invalid kernel package", "cmdline = \"quiet\"", "package = \"linux image\"",
+            ":10:1: key 'kernel.package': 'linux image' is not a valid Debian package name"
+        ),
+        (
+            "missing overlay", "../../overlays/live", "../../overlays/gone",
+            ":14:1: key 'overlays.live': overlay '../../overlays/gone' does not exist"
+        ),
+        (
+            "overlay that is a file", "../../overlays/live", "../../overlays/not-a-folder",
+            ":14:1: key 'overlays.live': overlay '../../overlays/not-a-folder' is not a folder"
+        ),
+        (
+            "mode as an integer", "mode = \"0750\"", "mode = 750",
+            ":18:1: key 'file[0].mode': expected a string, found an integer"
+        ),
+        (
+            "mode not octal", "mode = \"0700\"", "mode = \"0789\"",
+            ":22:1: key 'file[1].mode': '0789' is not an octal mode"
+        ),
+        (
+            "owner not an integer", "owner = 0", "owner = \"root\"",
+            ":23:1: key 'file[1].owner': expected an integer, found a string"
+        ),
+        (
+            "relative trim path", "\"/usr/share/doc/*\"", "\"usr/share/doc/*\"",
+            ":27:1: key 'trim.paths': 'usr/share/doc/*' is not absolute"
+        ),
+        (
+            "absolute module tree", "[\"sound\"]", "[\"/sound\"]",
+            ":28:1: key 'trim.kernel-modules': '/sound' must be relative"
+        ),
+        (
+            "unknown compression", "\"zstd\"", "\"gzip\"",
+            ":31:1: key 'squashfs.compression': 'gzip' is not one of \"zstd\", \"xz\""
+        ),
+        (
+            "level out of range", "level = 19", "level = 23",
+            ":32:1: key 'squashfs.level': 23 is out of range for zstd (1–22)"
+        ),
+        (
+            "block size not a power of two", "\"256KiB\"", "\"300KiB\"",
+            ":33:1: key 'squashfs.block-size': 307200 bytes is not a power of two between 4 KiB and 1 MiB"
+        ),
+        (
+            "block size too large", "\"256KiB\"", "\"2MiB\"",
+            ":33:1: key 'squashfs.block-size': 2097152 bytes is not a power of two"
+        ),
+        (
+            "lower-case label", "\"SMALL_1\"", "\"small-1\"",
+            ":36:1: key 'iso.label': 'small-1' may only hold A-Z, 0-9 and _"
+        ),
+        (
+            "label too long", "\"SMALL_1\"", "\"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456\"",
+            ":36:1: key 'iso.label': 'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456' has 33 characters"
+        ),
+        (
+            "output with a folder", "\"small.iso\"", "\"out/small.iso\"",
+            ":37:1: key 'iso.output': 'out/small.iso' must be a file name without '/'"
+        ),
+        (
+            "output not .iso", "\"small.iso\"", "\"small.img\"",
+            ":37:1: key 'iso.output': 'small.img' does not end in .iso"
+        ),
+        (
+            "unknown boot entry", "\"rescue\"", "\"memtest\"",
+            ":40:1: key 'boot.default': 'memtest' is not one of"
+        ),
+        (
+            "timeout below -1", "timeout = -1", "timeout = -2",
+            ":41:1: key 'boot.timeout': -2 is not a timeout"
+        ),
+        (
+            "bad serial", "\"ttyS1,9600\"", "\"ttyUSB0\"",
+            ":42:1: key 'boot.serial': 'ttyUSB0' is not a serial console"
+        ),
         ("TOML syntax", "timeout = -1", "timeout = = -1", ":41:"),
     ]
 

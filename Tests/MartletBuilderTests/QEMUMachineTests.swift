@@ -70,10 +70,48 @@ final class QEMUMachineTests {
         #expect(!FileManager.default.fileExists(atPath: work))
     }
 
+    @Test(
+        "martlet qemu stopped by SIGTERM ends QEMU and removes its temp files",
+        .enabled(if: martletExecutable != nil))
+    func commandSignal() throws {
+        let temporary = QEMUMachine.temporaryDirectory
+        func workDirectories() throws -> Set<String> {
+            Set(
+                try FileManager.default.contentsOfDirectory(atPath: temporary).filter {
+                    $0.hasPrefix("martlet-qemu.")
+                })
+        }
+        let before = try workDirectories()
+        let log = directory.file("command.log")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try #require(martletExecutable))
+        process.arguments = [
+            "qemu", iso, "--headless", "--usb", "--memory", "256", "--serial-log", log, "--timeout",
+            "60",
+        ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !((try? String(contentsOfFile: log, encoding: .utf8))?.contains(marker) ?? false) {
+            try #require(ContinuousClock.now < deadline, "the marker never came")
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        let qemu = try #require(childProcesses(of: process.processIdentifier).first)
+        #expect(try workDirectories().count == before.count + 1)
+        process.terminate()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 143)
+        #expect(kill(qemu, 0) != 0, "QEMU \(qemu) outlived martlet qemu")
+        #expect(try workDirectories() == before)
+    }
+
     @Test("QEMU failing to start the machine is reported with QEMU's own message")
     func earlyExit() throws {
         // qcow2 magic followed by garbage: QEMU refuses the image and exits.
-        let disk = try directory.write("broken.qcow2", Data([0x51, 0x46, 0x49, 0xFB]) + Data(count: 508))
+        let disk = try directory.write(
+            "broken.qcow2", Data([0x51, 0x46, 0x49, 0xFB]) + Data(count: 508))
         let machine = try QEMUMachine(
             QEMUConfiguration(disks: [.init(path: disk)], memoryMiB: 256))
         try machine.start()
@@ -111,7 +149,9 @@ struct QEMUArgumentsTests {
         #expect(args.contains("nvme,drive=disk1,serial=martlet1,bootindex=4"))
         #expect(args.contains("ide-hd,drive=disk2,bus=ide.0,bootindex=5"))
         #expect(args.contains("serial=MARTLET-ANSWER"))
-        #expect(args.contains("-nic user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22"))
+        #expect(
+            args.contains(
+                "-nic user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22"))
         #expect(args.contains("-no-reboot"))
         #expect(args.contains("-smp 2"))
     }
@@ -141,5 +181,18 @@ struct QEMUArgumentsTests {
         }
         #expect(error?.message.contains("if=scsi") == true)
         #expect(try QEMUConfiguration.Disk(parsing: "x.img,if=sata").interface == .sata)
+    }
+}
+
+/// Pids whose parent is `parent`, from /proc/PID/stat (field 4, after the command in parens).
+func childProcesses(of parent: pid_t) -> [pid_t] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { entry -> pid_t? in
+        guard let pid = pid_t(entry),
+            let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 && pid_t(fields[1]) == parent ? pid : nil
     }
 }

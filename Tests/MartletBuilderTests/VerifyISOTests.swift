@@ -21,11 +21,15 @@ final class VerifiableISO {
                 atPath: tree + "/live", withIntermediateDirectories: true)
             try ToolPath.command(
                 "mksquashfs",
-                [scratch.file("rootfs"), tree + "/live/host.squashfs", "-comp", "zstd", "-noappend", "-quiet"]
+                [
+                    scratch.file("rootfs"), tree + "/live/host.squashfs", "-comp", "zstd",
+                    "-noappend", "-quiet",
+                ]
             ).run()
         }
         tree = scratch.file("iso")
-        try ToolPath.command("xorriso", ["-osirrox", "on", "-indev", first, "-extract", "/", tree]).run()
+        try ToolPath.command("xorriso", ["-osirrox", "on", "-indev", first, "-extract", "/", tree])
+            .run()
         try ToolPath.command("chmod", ["-R", "u+rwX", tree]).run()
         try FileManager.default.removeItem(atPath: tree + "/boot.catalog")
         try writeSums()
@@ -35,7 +39,11 @@ final class VerifiableISO {
     func writeSums(except: String = "") throws {
         try ToolPath.command(
             "sh",
-            ["-c", "cd \"$1\" && rm -f SHA256SUMS && find . -type f ! -path \"$2\" -print0 | sort -z | xargs -0 sha256sum > ../SHA256SUMS.tmp && mv ../SHA256SUMS.tmp SHA256SUMS", "sh", tree, except]
+            [
+                "-c",
+                "cd \"$1\" && rm -f SHA256SUMS && find . -type f ! -path \"$2\" -print0 | sort -z | xargs -0 sha256sum > ../SHA256SUMS.tmp && mv ../SHA256SUMS.tmp SHA256SUMS",
+                "sh", tree, except,
+            ]
         ).run()
     }
 
@@ -65,7 +73,9 @@ final class VerifiableISO {
     }
 
     /// Masters the tree into a hybrid ISO like grub-mkrescue does (minus its HFS+ extras).
-    func master(_ name: String = "test.iso", label: String = "MARTLET_TEST", efi: Bool = true) throws -> String {
+    func master(_ name: String = "test.iso", label: String = "MARTLET_TEST", efi: Bool = true)
+        throws -> String
+    {
         let iso = scratch.file(name)
         var arguments = [
             "-as", "mkisofs", "-o", iso, "-V", label, "-r",
@@ -92,16 +102,24 @@ struct VerifyISOTests {
     func passes() throws {
         let fixture = try VerifiableISO()
         let iso = try fixture.master()
-        try ToolPath.command("sh", ["-c", "cd \"$1\" && sha256sum test.iso > SHA256SUMS", "sh", fixture.scratch.path]).run()
+        try ToolPath.command(
+            "sh",
+            ["-c", "cd \"$1\" && sha256sum test.iso > SHA256SUMS", "sh", fixture.scratch.path]
+        ).run()
         let report = try fixture.verify(iso, label: "MARTLET_TEST")
         #expect(report.passed, "\(report.checks.filter { !$0.passed })")
-        #expect(report.checks.map(\.name) == ["el-torito", "mbr", "gpt", "label", "squashfs", "sha256sums", "iso-sha256"])
+        #expect(
+            report.checks.map(\.name) == [
+                "el-torito", "mbr", "gpt", "label", "squashfs", "sha256sums", "iso-sha256",
+            ])
         #expect(report.check("el-torito")?.detail.contains("BIOS") == true)
         #expect(report.check("el-torito")?.detail.contains("EFI") == true)
         #expect(report.check("squashfs")?.detail.contains("zstd") == true)
         #expect(report.failure == nil)
         // xorriso writes the boot info table into the BIOS boot image; that one file cannot match.
-        #expect(report.check("sha256sums")?.detail.contains("not compared: /boot/grub/i386-pc/eltorito.img") == true)
+        #expect(
+            report.check("sha256sums")?.detail.contains(
+                "not compared: /boot/grub/i386-pc/eltorito.img") == true)
         let json = try JSONEncoder().encode(report)
         #expect(String(decoding: json, as: UTF8.self).contains("\"passed\":true"))
     }
@@ -111,14 +129,17 @@ struct VerifyISOTests {
         let fixture = try VerifiableISO()
         let report = try fixture.verify(try fixture.masterLikeBuild(), label: "MARTLET_TEST")
         #expect(report.passed, "\(report.checks.filter { !$0.passed })")
-        #expect(report.check("sha256sums")?.detail.contains("not compared: /boot/grub/bios.img") == true)
+        #expect(
+            report.check("sha256sums")?.detail.contains("not compared: /boot/grub/bios.img") == true
+        )
         #expect(report.check("gpt")?.detail.contains("EFI system partition 2") == true)
     }
 
     @Test("a changed file fails sha256sums, naming the file")
     func corruptedFile() throws {
         let fixture = try VerifiableISO()
-        try "tampered\n".write(toFile: fixture.tree + "/boot/grub/grub.cfg", atomically: true, encoding: .utf8)
+        try "tampered\n".write(
+            toFile: fixture.tree + "/boot/grub/grub.cfg", atomically: true, encoding: .utf8)
         let report = try fixture.verify(try fixture.master())
         let check = try #require(report.check("sha256sums"))
         #expect(!check.passed)
@@ -133,14 +154,18 @@ struct VerifyISOTests {
         let fixture = try VerifiableISO()
         let sumsPath = fixture.tree + "/SHA256SUMS"
         let sums = try String(contentsOfFile: sumsPath, encoding: .utf8)
-        let line = try #require(sums.split(separator: "\n").first { $0.hasSuffix("./live/host.squashfs") })
+        let line = try #require(
+            sums.split(separator: "\n").first { $0.hasSuffix("./live/host.squashfs") })
         let flipped = (line.first == "0" ? "1" : "0") + line.dropFirst()
-        try sums.replacingOccurrences(of: line, with: flipped).write(toFile: sumsPath, atomically: true, encoding: .utf8)
-        var check = try #require(try fixture.verify(try fixture.master("a.iso")).check("sha256sums"))
+        try sums.replacingOccurrences(of: line, with: flipped).write(
+            toFile: sumsPath, atomically: true, encoding: .utf8)
+        var check = try #require(
+            try fixture.verify(try fixture.master("a.iso")).check("sha256sums"))
         #expect(!check.passed)
         #expect(check.detail.contains("/live/host.squashfs does not match"))
 
-        try (sums + "not a checksum line\n").write(toFile: sumsPath, atomically: true, encoding: .utf8)
+        try (sums + "not a checksum line\n").write(
+            toFile: sumsPath, atomically: true, encoding: .utf8)
         check = try #require(try fixture.verify(try fixture.master("b.iso")).check("sha256sums"))
         #expect(!check.passed)
         #expect(check.detail.contains("line \(sums.split(separator: "\n").count + 1) is not"))
@@ -159,8 +184,12 @@ struct VerifyISOTests {
         try FileManager.default.removeItem(atPath: squashfs)
         var report = try fixture.verify(try fixture.master("a.iso"))
         #expect(report.check("squashfs")?.passed == false)
-        #expect(report.check("squashfs")?.detail.contains("/live/host.squashfs is not on the ISO") == true)
-        #expect(report.check("sha256sums")?.detail.contains("/live/host.squashfs is listed but not on the ISO") == true)
+        #expect(
+            report.check("squashfs")?.detail.contains("/live/host.squashfs is not on the ISO")
+                == true)
+        #expect(
+            report.check("sha256sums")?.detail.contains(
+                "/live/host.squashfs is listed but not on the ISO") == true)
 
         try Data(repeating: 0x41, count: 4096).write(to: URL(fileURLWithPath: squashfs))
         try fixture.writeSums()
@@ -174,12 +203,22 @@ struct VerifyISOTests {
     func bootAndLabel() throws {
         let fixture = try VerifiableISO()
         let iso = try fixture.master(efi: false)
-        try ToolPath.command("sh", ["-c", "cd \"$1\" && echo \"$(printf '0%.0s' $(seq 64))  test.iso\" > SHA256SUMS", "sh", fixture.scratch.path]).run()
+        try ToolPath.command(
+            "sh",
+            [
+                "-c", "cd \"$1\" && echo \"$(printf '0%.0s' $(seq 64))  test.iso\" > SHA256SUMS",
+                "sh", fixture.scratch.path,
+            ]
+        ).run()
         let report = try fixture.verify(iso, label: "OTHER_LABEL")
         #expect(report.check("el-torito")?.passed == false)
-        #expect(report.check("el-torito")?.detail.contains("no bootable EFI (platform 0xEF) entry") == true)
+        #expect(
+            report.check("el-torito")?.detail.contains("no bootable EFI (platform 0xEF) entry")
+                == true)
         #expect(report.check("gpt")?.passed == false)
-        #expect(report.check("label")?.detail == "volume label is 'MARTLET_TEST', expected 'OTHER_LABEL'")
+        #expect(
+            report.check("label")?.detail
+                == "volume label is 'MARTLET_TEST', expected 'OTHER_LABEL'")
         #expect(report.check("iso-sha256")?.passed == false)
         #expect(report.check("mbr")?.passed == true)
     }
@@ -189,16 +228,23 @@ struct VerifyISOTests {
         let scratch = try ScratchDirectory()
         try scratch.write("tree/a.txt", "a\n")
         let iso = scratch.file("plain.iso")
-        try ToolPath.command("xorriso", ["-as", "mkisofs", "-o", iso, "-V", "PLAIN", scratch.file("tree")]).run()
+        try ToolPath.command(
+            "xorriso", ["-as", "mkisofs", "-o", iso, "-V", "PLAIN", scratch.file("tree")]
+        ).run()
         let report = try ISOVerifier(iso: iso).verify()
-        #expect(report.checks.filter { !$0.passed }.map(\.name) == ["el-torito", "mbr", "gpt", "squashfs", "sha256sums"])
+        #expect(
+            report.checks.filter { !$0.passed }.map(\.name) == [
+                "el-torito", "mbr", "gpt", "squashfs", "sha256sums",
+            ])
         #expect(report.check("el-torito")?.detail.contains("no El Torito boot record") == true)
     }
 
     @Test("a file that is not an ISO, or no file, is an error")
     func notAnISO() throws {
         let scratch = try ScratchDirectory()
-        let missing = #expect(throws: MartletError.self) { try ISOVerifier(iso: scratch.file("none.iso")).verify() }
+        let missing = #expect(throws: MartletError.self) {
+            try ISOVerifier(iso: scratch.file("none.iso")).verify()
+        }
         #expect(missing?.code == .notFound)
         let junk = try scratch.write("junk.iso", Data(repeating: 0, count: 1 << 20))
         let error = #expect(throws: MartletError.self) { try ISOVerifier(iso: junk).verify() }
