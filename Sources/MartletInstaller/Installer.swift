@@ -282,6 +282,8 @@ public final class Installer {
         let copied = try SystemCopy.copy(from: plan.source, to: targetRoot) { done in
             reporter?.update(completed: done.bytes, total: total.bytes, unit: "bytes", message: "\(done.files)/\(total.files) files")
         }
+        // "Copied" means on the disk: flush the target filesystem inside this stage.
+        try run("sync", ["--file-system", targetRoot])
         logger.info("copied \(copied.files) files, \(copied.bytes) bytes")
     }
 

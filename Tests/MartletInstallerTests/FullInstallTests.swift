@@ -59,8 +59,11 @@ func metadataListing(_ root: String, _ subtree: String) throws -> [String] {
 struct FullInstallTests {
     static let deviceMapper = Installer.deviceMapperAvailable()
 
-    func answer(_ disk: LoopDisk, storage: String, group: String) -> String {
+    func answer(_ disk: LoopDisk, storage: String, group: String, extra: LoopDisk? = nil) -> String {
         validAnswer(target: disk.path, wipe: true, group: group, storage: storage, swap: "512MiB")
+            .replacingOccurrences(
+                of: "volume-group = \"\(group)\"",
+                with: "volume-group = \"\(group)\"" + (extra.map { "\nextra-disks = [\"\($0.path)\"]" } ?? ""))
             .replacingOccurrences(of: "filesystem = \"ext4\"", with: "filesystem = \"xfs\"")
             .replacingOccurrences(of: "interface = \"52:54:00:12:34:56\"", with: "interface = \"eno1\"")
     }
@@ -73,8 +76,9 @@ struct FullInstallTests {
         try sh("cp", ["-a", rootfs, source])
         try addMetadataTree(to: source)
         let disk = try LoopDisk(size: .gib(8))
+        let extra = try LoopDisk(size: .gib(2))
         let group = "mtest\(UUID().uuidString.prefix(6).lowercased())"
-        let answerFile = work.write("answer.toml", answer(disk, storage: storage, group: group))
+        let answerFile = work.write("answer.toml", answer(disk, storage: storage, group: group, extra: extra))
         let log = "\(work.path)/install.log"
         let result = try SystemTool.command(
             installerExecutable(), ["install", "--answer", answerFile, "--source", source, "--json", "--log", log]
@@ -171,12 +175,20 @@ struct FullInstallTests {
         let storageToml = read("etc/martlet/storage.toml")
         if storage == "lvm-thin" {
             #expect(storageToml.contains("type = \"lvm-thin\"\nvolume-group = \"\(group)\"\nthin-pool = \"data\""))
-            let lvs = try sh("lvs", ["--noheadings", "-o", "lv_name,segtype", group])
-            #expect(lvs.contains("data") && lvs.contains("thin-pool"), "\(lvs)")
+            for name in [group, "\(group)-extra1"] {
+                let lvs = try sh("lvs", ["--noheadings", "-o", "lv_name,segtype", name])
+                #expect(lvs.contains("data") && lvs.contains("thin-pool"), "\(lvs)")
+            }
+            #expect(storageToml.contains("volume-group = \"\(group)-extra1\""))
         } else {
             #expect(storageToml.contains("type = \"directory\"\npath = \"/var/lib/martlet/storage\""))
             #expect(try sh("blkid", ["-p", "-s", "TYPE", "-o", "value", disk.partition(5)]) == "xfs\n")
             #expect(fstab.contains("/var/lib/martlet/storage\txfs"))
+            #expect(try sh("blkid", ["-p", "-s", "TYPE", "-o", "value", extra.partition(1)]) == "xfs\n")
+            let extraUUID = try sh("blkid", ["-p", "-s", "UUID", "-o", "value", extra.partition(1)])
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(fstab.contains("UUID=\(extraUUID)\t/var/lib/martlet/storage-extra1\txfs"))
+            #expect(storageToml.contains("name = \"extra1\"\ntype = \"directory\"\npath = \"/var/lib/martlet/storage-extra1\""))
         }
     }
 

@@ -115,3 +115,58 @@ struct LoopDiskTests {
         #expect(err.contains("boot medium"), "\(err)")
     }
 }
+
+@Suite("Answer file delivery", .serialized)
+struct AnswerDeliveryTests {
+    @Test("martlet.answer= names a file on the boot medium")
+    func onMedium() throws {
+        let dir = try TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: "\(dir.path)/medium/auto", withIntermediateDirectories: true)
+        dir.write("medium/auto/a.toml", validAnswer())
+        let cmdline = dir.write("cmdline", "BOOT_IMAGE=/live/vmlinuz martlet.answer=/auto/a.toml quiet\n")
+        let path = try AnswerLocator.fromKernelCommandLine(
+            cmdline: cmdline, medium: "\(dir.path)/medium", workDirectory: "\(dir.path)/run")
+        #expect(path == "\(dir.path)/medium/auto/a.toml")
+        let missing = dir.write("cmdline2", "martlet.answer=/nothing.toml\n")
+        #expect(throws: MartletError.self) {
+            try AnswerLocator.fromKernelCommandLine(cmdline: missing, medium: "\(dir.path)/medium", workDirectory: "\(dir.path)/run")
+        }
+    }
+
+    @Test("label:MARTLET-ANSWER reads answer.toml from the filesystem with that label")
+    func byLabel() throws {
+        let dir = try TemporaryDirectory()
+        let stick = try LoopDisk(size: .mib(64))
+        let label = "MA\(UUID().uuidString.prefix(8))"
+        try sh("mkfs.ext4", ["-q", "-L", label, stick.path])
+        try FileManager.default.createDirectory(atPath: "\(dir.path)/stick", withIntermediateDirectories: true)
+        try sh("mount", [stick.path, "\(dir.path)/stick"])
+        dir.write("stick/answer.toml", validAnswer(target: "/dev/sdq"))
+        try sh("umount", ["\(dir.path)/stick"])
+        let cmdline = dir.write("cmdline", "quiet martlet.answer=label:\(label)\n")
+        let path = try AnswerLocator.fromKernelCommandLine(cmdline: cmdline, workDirectory: "\(dir.path)/run")
+        #expect(try AnswerFile.load(path: path).disk.target == .path("/dev/sdq"))
+    }
+
+    @Test("an http URL is fetched with curl")
+    func overHTTP() throws {
+        let dir = try TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: "\(dir.path)/www", withIntermediateDirectories: true)
+        dir.write("www/answer.toml", validAnswer(target: "/dev/sdr"))
+        let port = 18_000 + Int(getpid() % 1000)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: SystemTool.path("python3"))
+        server.arguments = ["-m", "http.server", "--bind", "127.0.0.1", "--directory", "\(dir.path)/www", "\(port)"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        // SIGKILL: children of the test runner inherit a signal mask that blocks SIGTERM.
+        defer {
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+        }
+        let cmdline = dir.write("cmdline", "martlet.answer=http://127.0.0.1:\(port)/answer.toml\n")
+        let path = try AnswerLocator.fromKernelCommandLine(cmdline: cmdline, workDirectory: "\(dir.path)/run")
+        #expect(try AnswerFile.load(path: path).disk.target == .path("/dev/sdr"))
+    }
+}
