@@ -25,7 +25,9 @@ struct InstallCommand: ParsableCommand {
     @Flag(name: .long, help: "Print the plan and write nothing.")
     var dryRun = false
 
-    @Flag(name: .long, help: "Machine-readable output: the plan as JSON (--dry-run), progress as JSON lines.")
+    @Flag(
+        name: .long,
+        help: "Machine-readable output: the plan as JSON (--dry-run), progress as JSON lines.")
     var json = false
 
     @Option(name: .long, help: "Install log on the live system.")

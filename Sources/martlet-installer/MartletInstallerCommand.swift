@@ -20,7 +20,7 @@ struct MartletInstallerCommand: ParsableCommand {
     func run() throws {
         try runReporting {
             throw MartletError(
-            .unavailable, "text UI not available yet",
+                .unavailable, "text UI not available yet",
                 hint: "use `martlet-installer install --answer FILE` for an unattended install")
         }
     }

@@ -52,16 +52,21 @@ final class LoopDisk {
         try sh("sfdisk", ["--quiet", path], input: Data(script.utf8))
         // Some kernels ignore the re-read ioctl on loop devices; partx adds them one by one.
         _ = try? sh("partx", ["--update", path])
-        for _ in 0..<50 where !FileManager.default.fileExists(atPath: partition(count)) { usleep(100_000) }
+        for _ in 0..<50 where !FileManager.default.fileExists(atPath: partition(count)) {
+            usleep(100_000)
+        }
     }
 
     /// Volume groups with a physical volume on this disk.
     func volumeGroups() -> [String] {
         let name = (path as NSString).lastPathComponent
-        let devices = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/block/\(name)")) ?? [])
+        let devices =
+            ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/block/\(name)")) ?? [])
             .filter { $0.hasPrefix(name + "p") }.map { "/dev/\($0)" } + [path]
         return devices.compactMap { device in
-            let group = (try? SystemTool.command("pvs", ["--noheadings", "-o", "vg_name", device]).runAllowingFailure())?
+            let group =
+                (try? SystemTool.command("pvs", ["--noheadings", "-o", "vg_name", device])
+                .runAllowingFailure())?
                 .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
             return group.isEmpty ? nil : group
         }
@@ -74,14 +79,21 @@ final class LoopDisk {
             let fields = line.split(separator: " ")
             guard let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count else { continue }
             let source = fields[dash + 2]
-            if source == path || source.hasPrefix("/dev/\(name)p") || source.hasPrefix("/dev/mapper/") {
-                if source.hasPrefix("/dev/mapper/") && !volumeGroups().contains(where: { source.contains($0) }) {
+            if source == path || source.hasPrefix("/dev/\(name)p")
+                || source.hasPrefix("/dev/mapper/")
+            {
+                if source.hasPrefix("/dev/mapper/")
+                    && !volumeGroups().contains(where: { source.contains($0) })
+                {
                     continue
                 }
-                _ = try? SystemTool.command("umount", ["-l", String(fields[4])]).runAllowingFailure()
+                _ = try? SystemTool.command("umount", ["-l", String(fields[4])])
+                    .runAllowingFailure()
             }
         }
-        for group in volumeGroups() { _ = try? SystemTool.command("vgchange", ["-an", group]).runAllowingFailure() }
+        for group in volumeGroups() {
+            _ = try? SystemTool.command("vgchange", ["-an", group]).runAllowingFailure()
+        }
         _ = try? SystemTool.command("losetup", ["-d", path]).runAllowingFailure()
         try? FileManager.default.removeItem(atPath: file)
     }
@@ -93,9 +105,7 @@ final class TemporaryDirectory {
 
     init(_ prefix: String = "martlet-installer-test") throws {
         standardPath
-        var template = Array("/var/tmp/\(prefix).XXXXXX".utf8CString)
-        guard mkdtemp(&template) != nil else { throw MartletError.system("mkdtemp", path: "/var/tmp") }
-        path = String(cString: template)
+        path = try Installer.temporaryDirectory("/var/tmp/\(prefix)")
     }
 
     @discardableResult
@@ -105,7 +115,9 @@ final class TemporaryDirectory {
         return file
     }
 
-    deinit { _ = try? SystemTool.command("rm", ["-rf", "--one-file-system", path]).runAllowingFailure() }
+    deinit {
+        _ = try? SystemTool.command("rm", ["-rf", "--one-file-system", path]).runAllowingFailure()
+    }
 }
 
 /// The martlet-installer executable of this build (or of MARTLET_RELEASE_BIN).

@@ -14,7 +14,11 @@ func installer(_ arguments: [String]) throws -> (Int32, String, String) {
 func fingerprint(_ device: String, size: ByteSize) throws -> String {
     let head = try sh("sh", ["-c", "dd if=\(device) bs=1M count=1 status=none | sha256sum"])
     let tail = try sh(
-        "sh", ["-c", "dd if=\(device) bs=1M skip=\(size.bytes / (1 << 20) - 1) count=1 status=none | sha256sum"])
+        "sh",
+        [
+            "-c",
+            "dd if=\(device) bs=1M skip=\(size.bytes / (1 << 20) - 1) count=1 status=none | sha256sum",
+        ])
     return head + tail
 }
 
@@ -25,7 +29,8 @@ struct LoopDiskTests {
     func preparedDisk() throws -> LoopDisk {
         let disk = try LoopDisk(size: .gib(8))
         try disk.partition(
-            script: "label: gpt\nsize=200MiB, name=old\nsize=200MiB, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+            script:
+                "label: gpt\nsize=200MiB, name=old\nsize=200MiB, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
             count: 2)
         try sh("mkfs.ext4", ["-q", "-L", "olddata", disk.partition(1)])
         try sh("pvcreate", ["-q", "-ff", "-y", disk.partition(2)])
@@ -63,7 +68,8 @@ struct LoopDiskTests {
 
         let wipe = dir.write("wipe.toml", validAnswer(target: disk.path, wipe: true))
         let mountpoint = "\(dir.path)/mnt"
-        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: mountpoint, withIntermediateDirectories: true)
         try sh("mount", [disk.partition(1), mountpoint])
         (status, _, err) = try installer(["install", "--answer", wipe, "--source", "/"])
         try sh("umount", [mountpoint])
@@ -85,13 +91,17 @@ struct LoopDiskTests {
         let before = try fingerprint(disk.path, size: .gib(8))
         for (index, bad) in malformedAnswers.enumerated() {
             // Broken the same way as in the unit tests, then aimed at the loop disk with wipe on.
-            let text = bad.apply(to: validAnswer()).replacingOccurrences(of: "/dev/sdz", with: disk.path)
-                .replacingOccurrences(of: "wipe = false", with: "wipe = true")
+            let text = bad.apply(to: validAnswer()).replacingOccurrences(
+                of: "/dev/sdz", with: disk.path
+            )
+            .replacingOccurrences(of: "wipe = false", with: "wipe = true")
             let file = dir.write("bad\(index).toml", text)
             let (validateStatus, _, validateErr) = try installer(["validate", file])
             #expect(validateStatus == 2, "\(bad.name)")
             #expect(validateErr.contains(bad.key), "\(bad.name): \(validateErr)")
-            let (installStatus, _, installErr) = try installer(["install", "--answer", file, "--source", "/"])
+            let (installStatus, _, installErr) = try installer([
+                "install", "--answer", file, "--source", "/",
+            ])
             #expect(installStatus == 2, "\(bad.name)")
             #expect(installErr.contains(bad.key), "\(bad.name): \(installErr)")
         }
@@ -103,10 +113,13 @@ struct LoopDiskTests {
     @Test("a disk holding a MARTLET ISO9660 image is the boot medium and is refused")
     func bootMedium() throws {
         let dir = try TemporaryDirectory()
-        try FileManager.default.createDirectory(atPath: "\(dir.path)/tree", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: "\(dir.path)/tree", withIntermediateDirectories: true)
         dir.write("tree/hello", "martlet")
         let disk = try LoopDisk(size: .gib(6))
-        try sh("xorriso", ["-as", "mkisofs", "-quiet", "-V", "MARTLET_TEST", "-o", disk.path, "\(dir.path)/tree"])
+        try sh(
+            "xorriso",
+            ["-as", "mkisofs", "-quiet", "-V", "MARTLET_TEST", "-o", disk.path, "\(dir.path)/tree"])
         let found = try DiskDiscovery().disk(path: disk.path)
         #expect(found.isBootMedium)
         let answer = dir.write("a.toml", validAnswer(target: disk.path, wipe: true))
@@ -121,15 +134,18 @@ struct AnswerDeliveryTests {
     @Test("martlet.answer= names a file on the boot medium")
     func onMedium() throws {
         let dir = try TemporaryDirectory()
-        try FileManager.default.createDirectory(atPath: "\(dir.path)/medium/auto", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: "\(dir.path)/medium/auto", withIntermediateDirectories: true)
         dir.write("medium/auto/a.toml", validAnswer())
-        let cmdline = dir.write("cmdline", "BOOT_IMAGE=/live/vmlinuz martlet.answer=/auto/a.toml quiet\n")
+        let cmdline = dir.write(
+            "cmdline", "BOOT_IMAGE=/live/vmlinuz martlet.answer=/auto/a.toml quiet\n")
         let path = try AnswerLocator.fromKernelCommandLine(
             cmdline: cmdline, medium: "\(dir.path)/medium", workDirectory: "\(dir.path)/run")
         #expect(path == "\(dir.path)/medium/auto/a.toml")
         let missing = dir.write("cmdline2", "martlet.answer=/nothing.toml\n")
         #expect(throws: MartletError.self) {
-            try AnswerLocator.fromKernelCommandLine(cmdline: missing, medium: "\(dir.path)/medium", workDirectory: "\(dir.path)/run")
+            try AnswerLocator.fromKernelCommandLine(
+                cmdline: missing, medium: "\(dir.path)/medium", workDirectory: "\(dir.path)/run")
         }
     }
 
@@ -139,24 +155,29 @@ struct AnswerDeliveryTests {
         let stick = try LoopDisk(size: .mib(64))
         let label = "MA\(UUID().uuidString.prefix(8))"
         try sh("mkfs.ext4", ["-q", "-L", label, stick.path])
-        try FileManager.default.createDirectory(atPath: "\(dir.path)/stick", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: "\(dir.path)/stick", withIntermediateDirectories: true)
         try sh("mount", [stick.path, "\(dir.path)/stick"])
         dir.write("stick/answer.toml", validAnswer(target: "/dev/sdq"))
         try sh("umount", ["\(dir.path)/stick"])
         let cmdline = dir.write("cmdline", "quiet martlet.answer=label:\(label)\n")
-        let path = try AnswerLocator.fromKernelCommandLine(cmdline: cmdline, workDirectory: "\(dir.path)/run")
+        let path = try AnswerLocator.fromKernelCommandLine(
+            cmdline: cmdline, workDirectory: "\(dir.path)/run")
         #expect(try AnswerFile.load(path: path).disk.target == .path("/dev/sdq"))
     }
 
     @Test("an http URL is fetched with curl")
     func overHTTP() throws {
         let dir = try TemporaryDirectory()
-        try FileManager.default.createDirectory(atPath: "\(dir.path)/www", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: "\(dir.path)/www", withIntermediateDirectories: true)
         dir.write("www/answer.toml", validAnswer(target: "/dev/sdr"))
         let port = 18_000 + Int(getpid() % 1000)
         let server = Process()
         server.executableURL = URL(fileURLWithPath: SystemTool.path("python3"))
-        server.arguments = ["-m", "http.server", "--bind", "127.0.0.1", "--directory", "\(dir.path)/www", "\(port)"]
+        server.arguments = [
+            "-m", "http.server", "--bind", "127.0.0.1", "--directory", "\(dir.path)/www", "\(port)",
+        ]
         server.standardOutput = FileHandle.nullDevice
         server.standardError = FileHandle.nullDevice
         try server.run()
@@ -166,7 +187,8 @@ struct AnswerDeliveryTests {
             server.waitUntilExit()
         }
         let cmdline = dir.write("cmdline", "martlet.answer=http://127.0.0.1:\(port)/answer.toml\n")
-        let path = try AnswerLocator.fromKernelCommandLine(cmdline: cmdline, workDirectory: "\(dir.path)/run")
+        let path = try AnswerLocator.fromKernelCommandLine(
+            cmdline: cmdline, workDirectory: "\(dir.path)/run")
         #expect(try AnswerFile.load(path: path).disk.target == .path("/dev/sdr"))
     }
 }
