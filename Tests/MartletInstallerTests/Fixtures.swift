@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import Testing
 
 @testable import MartletInstaller
 
@@ -19,6 +20,10 @@ func sh(_ executable: String, _ arguments: [String], input: Data? = nil) throws 
     standardPath
     return try SystemTool.command(executable, arguments).run(input: input).stdoutText
 }
+
+/// Every suite that uses loop devices or LVM nests in here, so they run one at a time.
+@Suite("Loop devices and LVM", .serialized)
+enum LoopDeviceSuites {}
 
 /// A sparse file attached as a loop device with partition scanning. `deinit` unmounts what
 /// is mounted from it, deactivates volume groups on it and detaches it, also after failures.
