@@ -5,7 +5,8 @@ import MartletCore
 /// Executes an `InstallPlan`: wipe, partition, format, copy, configure, bootloader,
 /// initramfs. Each stage reports begin/update/end to a `ProgressSink`; a failure names the
 /// stage and carries the failing command's output, and everything mounted is unmounted.
-public final class Installer {
+/// `run()` is meant to be called once, from one thread (a front end's worker thread).
+public final class Installer: @unchecked Sendable {
     public let plan: InstallPlan
     let progress: any ProgressSink
     let logger: Logger

@@ -62,6 +62,19 @@ final class LoopDisk {
         }
     }
 
+    /// An 8 GiB disk with leftovers of an old system: GPT, an ext4 partition labelled
+    /// `olddata` and an LVM physical volume, written with sfdisk, mkfs.ext4 and pvcreate.
+    static func withOldData() throws -> LoopDisk {
+        let disk = try LoopDisk(size: .gib(8))
+        try disk.partition(
+            script: "label: gpt\nsize=200MiB, name=old\n"
+                + "size=200MiB, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+            count: 2)
+        try sh("mkfs.ext4", ["-q", "-L", "olddata", disk.partition(1)])
+        try sh("pvcreate", ["-q", "-ff", "-y", disk.partition(2)])
+        return disk
+    }
+
     /// Volume groups with a physical volume on this disk.
     func volumeGroups() -> [String] {
         let name = (path as NSString).lastPathComponent

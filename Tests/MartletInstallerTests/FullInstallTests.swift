@@ -93,7 +93,7 @@ extension LoopDeviceSuites {
             let source = "\(work.path)/source"
             try sh("cp", ["-a", rootfs, source])
             try addMetadataTree(to: source)
-            let disk = try LoopDisk(size: .gib(8))
+            let disk = try LoopDisk.withOldData()
             let extra = try LoopDisk(size: .gib(2))
             let group = "mtest\(UUID().uuidString.prefix(6).lowercased())"
             let answerFile = work.write(

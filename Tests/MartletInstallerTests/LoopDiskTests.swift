@@ -27,20 +27,9 @@ extension LoopDeviceSuites {
     @Suite("Disks on loop devices", .serialized)
     struct LoopDiskTests {
         /// GPT with an ext4 partition and an LVM PV, written with sfdisk/mkfs/pvcreate.
-        func preparedDisk() throws -> LoopDisk {
-            let disk = try LoopDisk(size: .gib(8))
-            try disk.partition(
-                script:
-                    "label: gpt\nsize=200MiB, name=old\nsize=200MiB, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
-                count: 2)
-            try sh("mkfs.ext4", ["-q", "-L", "olddata", disk.partition(1)])
-            try sh("pvcreate", ["-q", "-ff", "-y", disk.partition(2)])
-            return disk
-        }
-
         @Test("discovery reports GPT, ext4 with its label and the LVM PV of a loop disk")
         func discovery() throws {
-            let disk = try preparedDisk()
+            let disk = try LoopDisk.withOldData()
             let found = try DiskDiscovery().disk(path: disk.path)
             #expect(found.transport == "loop")
             #expect(found.size == .gib(8))
@@ -61,7 +50,7 @@ extension LoopDeviceSuites {
             "install refuses a disk with data without wipe, refuses it mounted, accepts it with wipe"
         )
         func refusals() throws {
-            let disk = try preparedDisk()
+            let disk = try LoopDisk.withOldData()
             let dir = try TemporaryDirectory()
             let before = try fingerprint(disk.path, size: .gib(8))
             let noWipe = dir.write("nowipe.toml", validAnswer(target: disk.path, wipe: false))
@@ -91,7 +80,7 @@ extension LoopDeviceSuites {
             "every malformed answer is rejected by validate and by install before a disk is touched"
         )
         func malformedViaCLI() throws {
-            let disk = try preparedDisk()
+            let disk = try LoopDisk.withOldData()
             let dir = try TemporaryDirectory()
             let before = try fingerprint(disk.path, size: .gib(8))
             for (index, bad) in malformedAnswers.enumerated() {
