@@ -248,8 +248,9 @@ extension AnswerFile {
                 hint: "use a tz database name such as \"Europe/Paris\" or \"UTC\"")
         }
         let keyboard = try section.string("keyboard") ?? "us"
-        guard keyboard.range(of: #"^[a-z]{2,8}(:[A-Za-z0-9_\-]+)?$"#, options: .regularExpression)
-            != nil
+        guard
+            keyboard.range(of: #"^[a-z]{2,8}(:[A-Za-z0-9_\-]+)?$"#, options: .regularExpression)
+                != nil
         else {
             throw section.error(
                 "keyboard", "'\(keyboard)' is not a keyboard layout",
@@ -265,7 +266,8 @@ extension AnswerFile {
                 hint: "give either root-password or root-password-hash, not both")
         case (.some(let plain), nil):
             guard !plain.isEmpty else {
-                throw section.error("root-password", "is empty", hint: "set a password or remove the key")
+                throw section.error(
+                    "root-password", "is empty", hint: "set a password or remove the key")
             }
             guard !plain.contains("\n"), !plain.contains(":") else {
                 throw section.error("root-password", "must not contain ':' or a line break")
@@ -273,7 +275,8 @@ extension AnswerFile {
             password = .plain(plain)
         case (nil, .some(let hash)):
             guard
-                hash.range(of: #"^\$(1|5|6|y|gy|2b|7)\$[./A-Za-z0-9$=,]+$"#, options: .regularExpression)
+                hash.range(
+                    of: #"^\$(1|5|6|y|gy|2b|7)\$[./A-Za-z0-9$=,]+$"#, options: .regularExpression)
                     != nil
             else {
                 throw section.error(
@@ -287,8 +290,9 @@ extension AnswerFile {
         let keys = try section.strings("root-ssh-keys") ?? []
         for (index, key) in keys.enumerated() {
             let fields = key.split(separator: " ")
-            guard fields.count >= 2, fields[0].hasPrefix("ssh-") || fields[0].hasPrefix("ecdsa-")
-                || fields[0].hasPrefix("sk-"), !key.contains("\n")
+            guard fields.count >= 2,
+                fields[0].hasPrefix("ssh-") || fields[0].hasPrefix("ecdsa-")
+                    || fields[0].hasPrefix("sk-"), !key.contains("\n")
             else {
                 throw section.error(
                     "root-ssh-keys", "element \(index + 1) is not an SSH public key",
@@ -301,7 +305,8 @@ extension AnswerFile {
                 "missing: the installed host would have no way to log in as root",
                 hint: "set root-password, root-password-hash or root-ssh-keys")
         }
-        let mode = try section.choice("reboot-mode", RebootMode.allCases.map(\.rawValue))
+        let mode =
+            try section.choice("reboot-mode", RebootMode.allCases.map(\.rawValue))
             .flatMap(RebootMode.init(rawValue:)) ?? .reboot
         try section.finish()
         return Global(
@@ -327,7 +332,8 @@ extension AnswerFile {
             hint: "name the disk to install on, e.g. target = \"/dev/sda\"; "
                 + "`martlet-installer disks` lists them")
         let target = try diskSelector(section, "target", targetText)
-        let filesystem = try section.choice("filesystem", Filesystem.allCases.map(\.rawValue))
+        let filesystem =
+            try section.choice("filesystem", Filesystem.allCases.map(\.rawValue))
             .flatMap(Filesystem.init(rawValue:)) ?? .ext4
         let rootSize = try section.size("root-size")
         if let rootSize, rootSize < PartitionLayout.minimumRootSize {
@@ -344,11 +350,13 @@ extension AnswerFile {
     }
 
     private static func parseStorage(_ section: TOMLSection) throws -> StorageAnswer {
-        let type = try section.choice("type", StorageType.allCases.map(\.rawValue))
+        let type =
+            try section.choice("type", StorageType.allCases.map(\.rawValue))
             .flatMap(StorageType.init(rawValue:)) ?? .lvmThin
         let group = try section.string("volume-group") ?? "martlet"
-        guard group.range(of: #"^[A-Za-z0-9_+][A-Za-z0-9_+.\-]{0,63}$"#, options: .regularExpression)
-            != nil
+        guard
+            group.range(of: #"^[A-Za-z0-9_+][A-Za-z0-9_+.\-]{0,63}$"#, options: .regularExpression)
+                != nil
         else {
             throw section.error(
                 "volume-group", "'\(group)' is not a valid LVM volume group name",
@@ -375,7 +383,8 @@ extension AnswerFile {
                 "interface", "'\(interfaceText)' is neither an interface name nor a MAC address",
                 hint: "e.g. \"eno1\" or \"52:54:00:12:34:56\"")
         }
-        let mode = try section.choice("mode", AddressMode.allCases.map(\.rawValue))
+        let mode =
+            try section.choice("mode", AddressMode.allCases.map(\.rawValue))
             .flatMap(AddressMode.init(rawValue:)) ?? .dhcp
         let address = try section.string("address")
         let gateway = try section.string("gateway")
@@ -418,7 +427,8 @@ extension AnswerFile {
         default:
             guard NetworkSyntax.isCIDR(ipv6Text, family: AF_INET6) else {
                 throw section.error(
-                    "ipv6", "'\(ipv6Text)' is not \"auto\", \"none\" or an IPv6 address with prefix",
+                    "ipv6",
+                    "'\(ipv6Text)' is not \"auto\", \"none\" or an IPv6 address with prefix",
                     hint: "e.g. ipv6 = \"2001:db8::10/64\"")
             }
             ipv6 = .address(ipv6Text)
@@ -443,14 +453,15 @@ extension AnswerFile {
     }
 }
 
-/// Syntax checks for the network keys, with inet_pton as the judge of addresses.
-enum NetworkSyntax {
-    static func isAddress(_ text: String, family: Int32) -> Bool {
+/// Syntax checks of answer values, with inet_pton as the judge of addresses; public so the
+/// text UI can check a field as it is typed.
+public enum NetworkSyntax {
+    public static func isAddress(_ text: String, family: Int32) -> Bool {
         var buffer = [UInt8](repeating: 0, count: 16)
         return inet_pton(family, text, &buffer) == 1
     }
 
-    static func isCIDR(_ text: String, family: Int32) -> Bool {
+    public static func isCIDR(_ text: String, family: Int32) -> Bool {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, let prefix = Int(parts[1]), String(prefix) == parts[1] else {
             return false
@@ -459,16 +470,16 @@ enum NetworkSyntax {
         return (0...limit).contains(prefix) && isAddress(String(parts[0]), family: family)
     }
 
-    static func isMAC(_ text: String) -> Bool {
+    public static func isMAC(_ text: String) -> Bool {
         text.range(of: #"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"#, options: .regularExpression) != nil
     }
 
-    static func isInterfaceName(_ text: String) -> Bool {
+    public static func isInterfaceName(_ text: String) -> Bool {
         text.range(of: #"^[A-Za-z0-9_.\-]{1,15}$"#, options: .regularExpression) != nil
             && text != "." && text != ".."
     }
 
-    static func isHostname(_ text: String) -> Bool {
+    public static func isHostname(_ text: String) -> Bool {
         guard text.count <= 253 else { return false }
         let label = #"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"#
         return text.range(of: "^\(label)(\\.\(label))*$", options: .regularExpression) != nil

@@ -23,28 +23,39 @@ public enum AnswerLocator {
         guard let value = value(inCommandLine: text), !value.isEmpty else {
             throw MartletError(
                 .notFound, "no answer file: give --answer FILE, or boot with martlet.answer=",
-                hint: "martlet.answer= takes a path on the boot medium, label:MARTLET-ANSWER, or an http(s) URL")
+                hint:
+                    "martlet.answer= takes a path on the boot medium, label:MARTLET-ANSWER, or an http(s) URL"
+            )
         }
-        try FileManager.default.createDirectory(atPath: workDirectory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: workDirectory, withIntermediateDirectories: true)
         let local = "\(workDirectory)/answer.toml"
         if value.hasPrefix("http://") || value.hasPrefix("https://") {
-            try SystemTool.command("curl", ["--fail", "--silent", "--show-error", "--location", "--retry", "5",
-                "--retry-connrefused", "--max-time", "60", "-o", local, value])
-                .run(hint: "check the URL and the network of the live system")
+            try SystemTool.command(
+                "curl",
+                [
+                    "--fail", "--silent", "--show-error", "--location", "--retry", "5",
+                    "--retry-connrefused", "--max-time", "60", "-o", local, value,
+                ]
+            )
+            .run(hint: "check the URL and the network of the live system")
             return local
         }
         if value.hasPrefix("label:") {
             let label = String(value.dropFirst("label:".count))
             let device = try SystemTool.command("blkid", ["-L", label]).run(
-                hint: "plug in the stick or disk whose filesystem is labelled \(label)").stdoutText
+                hint: "plug in the stick or disk whose filesystem is labelled \(label)"
+            ).stdoutText
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             let mountpoint = "\(workDirectory)/answer-medium"
-            try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                atPath: mountpoint, withIntermediateDirectories: true)
             try SystemTool.command("mount", ["-o", "ro", device, mountpoint]).run()
             defer { _ = try? SystemTool.command("umount", [mountpoint]).runAllowingFailure() }
             let source = "\(mountpoint)/answer.toml"
             guard FileManager.default.fileExists(atPath: source) else {
-                throw MartletError(.notFound, "\(device) (label \(label)) has no answer.toml at its top level")
+                throw MartletError(
+                    .notFound, "\(device) (label \(label)) has no answer.toml at its top level")
             }
             try? FileManager.default.removeItem(atPath: local)
             try FileManager.default.copyItem(atPath: source, toPath: local)
@@ -52,7 +63,8 @@ public enum AnswerLocator {
         }
         let path = value.hasPrefix("/") ? "\(medium)\(value)" : "\(medium)/\(value)"
         guard FileManager.default.fileExists(atPath: path) else {
-            throw MartletError(.notFound, "martlet.answer=\(value): no such file on the boot medium (\(path))")
+            throw MartletError(
+                .notFound, "martlet.answer=\(value): no such file on the boot medium (\(path))")
         }
         return path
     }

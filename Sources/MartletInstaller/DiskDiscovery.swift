@@ -87,7 +87,10 @@ public struct DiskDiscovery: Sendable {
         disk.holders = Self.holders(sysPath: base, holds: path, mounts: mounts)
 
         let children = ((try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [])
-            .filter { $0.hasPrefix(name) && FileManager.default.fileExists(atPath: "\(base)/\($0)/partition") }
+            .filter {
+                $0.hasPrefix(name)
+                    && FileManager.default.fileExists(atPath: "\(base)/\($0)/partition")
+            }
         for child in children {
             let partBase = "\(base)/\(child)"
             let number = Int(Self.read("\(partBase)/partition") ?? "") ?? 0
@@ -118,7 +121,8 @@ public struct DiskDiscovery: Sendable {
 
     static func read(_ path: String) -> String? {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(
+            in: .whitespacesAndNewlines)
         return text.isEmpty ? nil : text
     }
 
@@ -147,21 +151,28 @@ public struct DiskDiscovery: Sendable {
     }
 
     static func holders(sysPath: String, holds: String, mounts: MountTable) -> [Disk.Holder] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: "\(sysPath)/holders")) ?? []
+        let names =
+            (try? FileManager.default.contentsOfDirectory(atPath: "\(sysPath)/holders")) ?? []
         return names.sorted().map { device in
             let base = "/sys/block/\(device)"
             let dmName = read("\(base)/dm/name")
             let dmUUID = read("\(base)/dm/uuid") ?? ""
             let kind =
-                dmUUID.hasPrefix("LVM-") ? "lvm" : device.hasPrefix("md") ? "md"
-                : dmName != nil ? "dm" : "other"
+                dmUUID.hasPrefix("LVM-")
+                ? "lvm"
+                : device.hasPrefix("md")
+                    ? "md"
+                    : dmName != nil ? "dm" : "other"
             let devno = read("\(base)/dev") ?? ""
-            let stacked = (try? FileManager.default.contentsOfDirectory(atPath: "\(base)/holders")) ?? []
+            let stacked =
+                (try? FileManager.default.contentsOfDirectory(atPath: "\(base)/holders")) ?? []
             // An LVM LV is only safe to deactivate when nothing mounts or stacks on it;
             // any md array counts as in use: stopping it is the user's decision.
-            let inUse = kind != "lvm" || !mounts.mountpoints(devno: devno).isEmpty || !stacked.isEmpty
+            let inUse =
+                kind != "lvm" || !mounts.mountpoints(devno: devno).isEmpty || !stacked.isEmpty
             return Disk.Holder(
-                device: device, name: dmName ?? read("\(base)/md/metadata_version").map { _ in device } ?? device,
+                device: device,
+                name: dmName ?? read("\(base)/md/metadata_version").map { _ in device } ?? device,
                 kind: kind, inUse: inUse, holds: holds)
         }
     }
@@ -202,7 +213,8 @@ struct MountTable {
     func devno(mountedAt path: String) -> String? { sourceByMountpoint[path] }
 
     static func unescape(_ text: String) -> String {
-        text.replacingOccurrences(of: "\\040", with: " ").replacingOccurrences(of: "\\011", with: "\t")
+        text.replacingOccurrences(of: "\\040", with: " ").replacingOccurrences(
+            of: "\\011", with: "\t")
     }
 
     private static func major(_ dev: dev_t) -> UInt64 {
@@ -231,7 +243,8 @@ enum BlkidProbe {
         defer { blkid_free_probe(probe) }
         blkid_probe_enable_superblocks(probe, 1)
         blkid_probe_set_superblocks_flags(
-            probe, Int32(BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID | BLKID_SUBLKS_TYPE | BLKID_SUBLKS_MAGIC))
+            probe,
+            Int32(BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID | BLKID_SUBLKS_TYPE | BLKID_SUBLKS_MAGIC))
         blkid_probe_enable_partitions(probe, 1)
         blkid_probe_set_partitions_flags(probe, Int32(BLKID_PARTS_MAGIC))
         while blkid_do_probe(probe) == 0 {
@@ -249,7 +262,9 @@ enum BlkidProbe {
     private static func value(_ probe: blkid_probe, _ name: String) -> String? {
         var data: UnsafePointer<CChar>?
         var length = 0
-        guard blkid_probe_lookup_value(probe, name, &data, &length) == 0, let data else { return nil }
+        guard blkid_probe_lookup_value(probe, name, &data, &length) == 0, let data else {
+            return nil
+        }
         return String(cString: data)
     }
 }

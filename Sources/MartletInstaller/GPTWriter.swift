@@ -9,19 +9,20 @@ enum GPTWriter {
     /// message and cancels, so no prompt ever waits on a terminal.
     nonisolated(unsafe) private static var lastException = ""
 
-    private static let handler: @convention(c) (UnsafeMutablePointer<PedException>?) -> PedExceptionOption = {
-        exception in
-        guard let exception else { return PED_EXCEPTION_UNHANDLED }
-        let message = exception.pointee.message.map { String(cString: $0) } ?? "unknown error"
-        GPTWriter.lastException = message
-        // Warnings and information do not stop the write; errors cancel it.
-        if exception.pointee.type.rawValue < PED_EXCEPTION_ERROR.rawValue {
-            return exception.pointee.options.rawValue & PED_EXCEPTION_IGNORE.rawValue != 0
-                ? PED_EXCEPTION_IGNORE : PED_EXCEPTION_UNHANDLED
+    private static let handler:
+        @convention(c) (UnsafeMutablePointer<PedException>?) -> PedExceptionOption = {
+            exception in
+            guard let exception else { return PED_EXCEPTION_UNHANDLED }
+            let message = exception.pointee.message.map { String(cString: $0) } ?? "unknown error"
+            GPTWriter.lastException = message
+            // Warnings and information do not stop the write; errors cancel it.
+            if exception.pointee.type.rawValue < PED_EXCEPTION_ERROR.rawValue {
+                return exception.pointee.options.rawValue & PED_EXCEPTION_IGNORE.rawValue != 0
+                    ? PED_EXCEPTION_IGNORE : PED_EXCEPTION_UNHANDLED
+            }
+            return exception.pointee.options.rawValue & PED_EXCEPTION_CANCEL.rawValue != 0
+                ? PED_EXCEPTION_CANCEL : PED_EXCEPTION_UNHANDLED
         }
-        return exception.pointee.options.rawValue & PED_EXCEPTION_CANCEL.rawValue != 0
-            ? PED_EXCEPTION_CANCEL : PED_EXCEPTION_UNHANDLED
-    }
 
     static func write(_ layout: PartitionLayout, to path: String) throws {
         ped_exception_set_handler(handler)
@@ -33,7 +34,8 @@ enum GPTWriter {
         defer { ped_device_destroy(device) }
         guard ped_device_open(device) != 0 else { throw failure("ped_device_open") }
         defer { ped_device_close(device) }
-        guard let type = ped_disk_type_get("gpt"), let disk = ped_disk_new_fresh(device, type) else {
+        guard let type = ped_disk_type_get("gpt"), let disk = ped_disk_new_fresh(device, type)
+        else {
             throw failure("ped_disk_new_fresh")
         }
         defer { ped_disk_destroy(disk) }
@@ -50,7 +52,8 @@ enum GPTWriter {
             let fsType = fsName.flatMap { ped_file_system_type_get($0) }
             let start = PedSector(entry.start / sectorSize)
             let end = PedSector(entry.end / sectorSize) - 1
-            guard let part = ped_partition_new(disk, PED_PARTITION_NORMAL, fsType, start, end) else {
+            guard let part = ped_partition_new(disk, PED_PARTITION_NORMAL, fsType, start, end)
+            else {
                 throw failure("ped_partition_new (\(entry.name))")
             }
             ped_partition_set_name(part, entry.name)

@@ -20,11 +20,28 @@ public struct NetworkConfiguration: Sendable {
             }
         if let vlan = answer.vlan {
             let vlanName = "vlan\(vlan)"
-            files.append(("15-martlet-\(vlanName).netdev", header + "[NetDev]\nName=\(vlanName)\nKind=vlan\n\n[VLAN]\nId=\(vlan)\n"))
-            files.append(("20-martlet-uplink.network", header + "[Match]\n\(match)\n\n[Network]\nVLAN=\(vlanName)\nLinkLocalAddressing=no\n"))
-            files.append(("25-martlet-\(vlanName).network", header + "[Match]\nName=\(vlanName)\n\n[Network]\nBridge=br0\n"))
+            files.append(
+                (
+                    "15-martlet-\(vlanName).netdev",
+                    header + "[NetDev]\nName=\(vlanName)\nKind=vlan\n\n[VLAN]\nId=\(vlan)\n"
+                ))
+            files.append(
+                (
+                    "20-martlet-uplink.network",
+                    header
+                        + "[Match]\n\(match)\n\n[Network]\nVLAN=\(vlanName)\nLinkLocalAddressing=no\n"
+                ))
+            files.append(
+                (
+                    "25-martlet-\(vlanName).network",
+                    header + "[Match]\nName=\(vlanName)\n\n[Network]\nBridge=br0\n"
+                ))
         } else {
-            files.append(("20-martlet-uplink.network", header + "[Match]\n\(match)\n\n[Network]\nBridge=br0\n"))
+            files.append(
+                (
+                    "20-martlet-uplink.network",
+                    header + "[Match]\n\(match)\n\n[Network]\nBridge=br0\n"
+                ))
         }
         var network = header + "[Match]\nName=br0\n\n[Network]\n"
         switch (answer.mode, answer.ipv6) {
@@ -57,7 +74,8 @@ public enum StorageConfiguration {
             text += "\n[[pool]]\nname = \"\(pool.name)\"\ntype = \"\(pool.type.rawValue)\"\n"
             switch pool.type {
             case .lvmThin:
-                text += "volume-group = \"\(pool.volumeGroup ?? "")\"\nthin-pool = \"\(pool.thinPool ?? "")\"\n"
+                text +=
+                    "volume-group = \"\(pool.volumeGroup ?? "")\"\nthin-pool = \"\(pool.thinPool ?? "")\"\n"
             case .directory:
                 text += "path = \"\(pool.path ?? "")\"\n"
             }
@@ -97,14 +115,22 @@ public enum BootConfiguration {
 /// Disks as a table for people.
 public enum DiskListing {
     public static func text(_ disks: [Disk]) -> String {
-        var lines = ["DEVICE           SIZE       TRANSPORT  MODEL / SERIAL                  CONTENT"]
+        var lines = [
+            "DEVICE           SIZE       TRANSPORT  MODEL / SERIAL                  CONTENT"
+        ]
         for disk in disks {
-            func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count + 1), withPad: " ", startingAt: 0) }
+            func pad(_ s: String, _ n: Int) -> String {
+                s.padding(toLength: max(n, s.count + 1), withPad: " ", startingAt: 0)
+            }
             var flags: [String] = []
             if disk.isBootMedium { flags.append("BOOT MEDIUM") }
-            if !disk.allMountpoints.isEmpty { flags.append("mounted: " + disk.allMountpoints.joined(separator: ",")) }
+            if !disk.allMountpoints.isEmpty {
+                flags.append("mounted: " + disk.allMountpoints.joined(separator: ","))
+            }
             let holders = disk.holders + disk.partitions.flatMap(\.holders)
-            if !holders.isEmpty { flags.append("held by " + holders.map(\.name).joined(separator: ",")) }
+            if !holders.isEmpty {
+                flags.append("held by " + holders.map(\.name).joined(separator: ","))
+            }
             if disk.removable { flags.append("removable") }
             let identity = "\(disk.model ?? "-") / \(disk.serial ?? "-")"
             lines.append(
@@ -112,8 +138,11 @@ public enum DiskListing {
                     + pad(identity, 32) + disk.contentSummary
                     + (flags.isEmpty ? "" : "  [\(flags.joined(separator: "; "))]"))
             for part in disk.partitions {
-                let sigs = part.signatures.map { s in s.label.map { "\(s.type) '\($0)'" } ?? s.type }
-                lines.append("  " + pad(part.path, 15) + pad(part.size.description, 11) + sigs.joined(separator: ", "))
+                let sigs = part.signatures.map { s in s.label.map { "\(s.type) '\($0)'" } ?? s.type
+                }
+                lines.append(
+                    "  " + pad(part.path, 15) + pad(part.size.description, 11)
+                        + sigs.joined(separator: ", "))
             }
         }
         return lines.joined(separator: "\n") + "\n"

@@ -38,7 +38,8 @@ public struct InstallPlan: Codable, Sendable, Equatable {
     ) throws -> InstallPlan {
         let target = try select(answer.disk.target, key: "disk.target", from: disks)
         var destroys = try check(target, wipe: answer.disk.wipe, key: "disk.target")
-        let storageContent = answer.storage.type == .lvmThin ? "lvm" : answer.disk.filesystem.rawValue
+        let storageContent =
+            answer.storage.type == .lvmThin ? "lvm" : answer.disk.filesystem.rawValue
         let layout: PartitionLayout
         do {
             layout = try PartitionLayout.compute(
@@ -46,7 +47,8 @@ public struct InstallPlan: Codable, Sendable, Equatable {
                 swapSize: answer.disk.swapSize, storageContent: storageContent)
         } catch let error as MartletError {
             throw MartletError(
-                error.code, "\(target.path): \(error.message)", hint: error.hint, cause: error.cause)
+                error.code, "\(target.path): \(error.message)", hint: error.hint, cause: error.cause
+            )
         }
         let storagePartition = target.partitionPath(layout.entry(.storage)!.number)
         var pools = [pool(answer, name: "local", device: storagePartition, suffix: "")]
@@ -69,7 +71,8 @@ public struct InstallPlan: Codable, Sendable, Equatable {
             }
             extras.append(disk)
             pools.append(
-                pool(answer, name: "extra\(index + 1)", device: disk.partitionPath(1),
+                pool(
+                    answer, name: "extra\(index + 1)", device: disk.partitionPath(1),
                     suffix: "-extra\(index + 1)"))
         }
         return InstallPlan(
@@ -93,7 +96,9 @@ public struct InstallPlan: Codable, Sendable, Equatable {
     }
 
     /// The one disk `selector` names; errors say which disks there were.
-    public static func select(_ selector: DiskSelector, key: String, from disks: [Disk]) throws -> Disk {
+    public static func select(_ selector: DiskSelector, key: String, from disks: [Disk]) throws
+        -> Disk
+    {
         let candidates = disks.filter { !$0.isBootMedium && !$0.readOnly }
         let matches: [Disk]
         switch selector {
@@ -105,12 +110,18 @@ public struct InstallPlan: Codable, Sendable, Equatable {
         case .wwn(let wwn):
             matches = candidates.filter { ($0.wwn ?? "").lowercased().hasSuffix(wwn.lowercased()) }
         case .smallest:
-            matches = candidates.filter { $0.transport != "loop" }.min { $0.size < $1.size }.map { [$0] } ?? []
+            matches =
+                candidates.filter { $0.transport != "loop" }.min { $0.size < $1.size }.map { [$0] }
+                ?? []
         case .largest:
-            matches = candidates.filter { $0.transport != "loop" }.max { $0.size < $1.size }.map { [$0] } ?? []
+            matches =
+                candidates.filter { $0.transport != "loop" }.max { $0.size < $1.size }.map { [$0] }
+                ?? []
         }
-        let listing = disks.map { "\($0.path) (\($0.size), \($0.model ?? "no model"), serial \($0.serial ?? "-"))" }
-            .joined(separator: "; ")
+        let listing = disks.map {
+            "\($0.path) (\($0.size), \($0.model ?? "no model"), serial \($0.serial ?? "-"))"
+        }
+        .joined(separator: "; ")
         guard let disk = matches.first else {
             throw MartletError(
                 .notFound, "\(key): no disk matches '\(selector)'",
@@ -136,11 +147,13 @@ public struct InstallPlan: Codable, Sendable, Equatable {
         if disk.readOnly {
             throw MartletError(.refused, "\(key): \(disk.path) is read-only")
         }
-        let mounts = disk.mountpoints.map { "\(disk.path) on \($0)" }
+        let mounts =
+            disk.mountpoints.map { "\(disk.path) on \($0)" }
             + disk.partitions.flatMap { p in p.mountpoints.map { "\(p.path) on \($0)" } }
         if !mounts.isEmpty {
             throw MartletError(
-                .refused, "\(key): \(disk.path) is in use: mounted (\(mounts.joined(separator: ", ")))",
+                .refused,
+                "\(key): \(disk.path) is in use: mounted (\(mounts.joined(separator: ", ")))",
                 hint: "unmount it (umount / swapoff) or choose another disk")
         }
         let holders = disk.holders + disk.partitions.flatMap(\.holders)
@@ -150,7 +163,9 @@ public struct InstallPlan: Codable, Sendable, Equatable {
             throw MartletError(
                 .refused,
                 "\(key): \(disk.path) is held by \(busy.map(\.description).joined(separator: "; "))",
-                hint: "stop what uses it (\(stop)umount, vgchange -an, dmsetup remove) or choose another disk")
+                hint:
+                    "stop what uses it (\(stop)umount, vgchange -an, dmsetup remove) or choose another disk"
+            )
         }
         var destroys: [String] = []
         if disk.hasData {
@@ -163,7 +178,9 @@ public struct InstallPlan: Codable, Sendable, Equatable {
             throw MartletError(
                 .refused,
                 "\(key): \(disk.path) is not empty (\(disk.contentSummary)"
-                    + (holders.isEmpty ? "" : "; active LVM volumes \(holders.map(\.name).joined(separator: ", "))")
+                    + (holders.isEmpty
+                        ? ""
+                        : "; active LVM volumes \(holders.map(\.name).joined(separator: ", "))")
                     + ")",
                 hint: "set wipe = true in [disk] to destroy its contents, or choose an empty disk")
         }
@@ -179,7 +196,8 @@ extension InstallPlan {
         lines.append("Install plan")
         lines.append("  source:    \(source)")
         lines.append(
-            "  target:    \(target.path)  \(target.size)  \(target.model ?? "")  serial \(target.serial ?? "-")")
+            "  target:    \(target.path)  \(target.size)  \(target.model ?? "")  serial \(target.serial ?? "-")"
+        )
         if destroys.isEmpty {
             lines.append("  wipes:     nothing (the disk is empty)")
         } else {
@@ -201,10 +219,12 @@ extension InstallPlan {
             switch pool.type {
             case .lvmThin:
                 lines.append(
-                    "    \(pool.name): lvm-thin \(pool.volumeGroup ?? "")/\(pool.thinPool ?? "") on \(pool.device)")
+                    "    \(pool.name): lvm-thin \(pool.volumeGroup ?? "")/\(pool.thinPool ?? "") on \(pool.device)"
+                )
             case .directory:
                 lines.append(
-                    "    \(pool.name): directory \(pool.path ?? "") (\(pool.filesystem ?? "")) on \(pool.device)")
+                    "    \(pool.name): directory \(pool.path ?? "") (\(pool.filesystem ?? "")) on \(pool.device)"
+                )
             }
         }
         lines.append("  hostname:  \(global.hostname)")
@@ -219,7 +239,9 @@ extension InstallPlan {
         let net = answer.network
         var network = "br0 over \(net.interface)"
         if let vlan = net.vlan { network += " (VLAN \(vlan))" }
-        network += net.mode == .dhcp ? ", DHCP" : ", \(net.address ?? "") via \(net.gateway ?? "no gateway")"
+        network +=
+            net.mode == .dhcp
+            ? ", DHCP" : ", \(net.address ?? "") via \(net.gateway ?? "no gateway")"
         switch net.ipv6 {
         case .auto: network += ", IPv6 auto"
         case .off: network += ", IPv6 off"

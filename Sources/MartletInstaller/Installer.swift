@@ -5,7 +5,8 @@ import MartletCore
 /// Executes an `InstallPlan`: wipe, partition, format, copy, configure, bootloader,
 /// initramfs. Each stage reports begin/update/end to a `ProgressSink`; a failure names the
 /// stage and carries the failing command's output, and everything mounted is unmounted.
-public final class Installer {
+/// `run()` is meant to be called once, from one thread (a front end's worker thread).
+public final class Installer: @unchecked Sendable {
     public let plan: InstallPlan
     let progress: any ProgressSink
     let logger: Logger
@@ -39,11 +40,15 @@ public final class Installer {
         else {
             throw MartletError(
                 .notFound, "the source root filesystem '\(plan.source)' does not exist",
-                hint: "pass --source DIR, or boot the Martlet live system (it mounts it at \(InstallPlan.defaultSource))")
+                hint:
+                    "pass --source DIR, or boot the Martlet live system (it mounts it at \(InstallPlan.defaultSource))"
+            )
         }
-        for required in ["etc", "usr", "boot"] where !FileManager.default.fileExists(atPath: "\(plan.source)/\(required)") {
+        for required in ["etc", "usr", "boot"]
+        where !FileManager.default.fileExists(atPath: "\(plan.source)/\(required)") {
             throw MartletError(
-                .invalidInput, "'\(plan.source)' does not look like a root filesystem: no /\(required)")
+                .invalidInput,
+                "'\(plan.source)' does not look like a root filesystem: no /\(required)")
         }
         let zone = plan.answer.global.timezone
         if !FileManager.default.fileExists(atPath: "\(plan.source)/usr/share/zoneinfo/\(zone)") {
@@ -51,10 +56,16 @@ public final class Installer {
                 .invalidInput, "global.timezone: '\(zone)' is not in the host's time zone database",
                 hint: "see \(plan.source)/usr/share/zoneinfo for the names")
         }
-        var tools = ["wipefs", "mkfs.vfat", "mkfs.ext4", "mount", "umount", "chroot", "sync", "blkid"]
+        var tools = [
+            "wipefs", "mkfs.vfat", "mkfs.ext4", "mount", "umount", "chroot", "sync", "blkid",
+        ]
         if plan.answer.disk.swapSize != nil { tools.append("mkswap") }
-        if plan.pools.contains(where: { $0.type == .lvmThin }) { tools += ["pvcreate", "vgcreate", "lvcreate"] }
-        if plan.answer.disk.filesystem == .xfs && plan.pools.contains(where: { $0.type == .directory }) {
+        if plan.pools.contains(where: { $0.type == .lvmThin }) {
+            tools += ["pvcreate", "vgcreate", "lvcreate"]
+        }
+        if plan.answer.disk.filesystem == .xfs
+            && plan.pools.contains(where: { $0.type == .directory })
+        {
             tools.append("mkfs.xfs")
         }
         if !kernelSupports("vfat") { tools.append("mcopy") }
@@ -63,12 +74,16 @@ public final class Installer {
             throw MartletError(
                 .missingDependency,
                 "storage.type: \"lvm-thin\" needs the kernel's device-mapper, and /dev/mapper/control is missing",
-                hint: "load dm_mod and dm_thin_pool (modprobe), or use [storage] type = \"directory\"")
+                hint:
+                    "load dm_mod and dm_thin_pool (modprobe), or use [storage] type = \"directory\""
+            )
         }
         if !FileManager.default.fileExists(atPath: "\(plan.source)/usr/sbin/grub-install") {
             throw MartletError(
                 .missingDependency, "the host root filesystem '\(plan.source)' has no grub-install",
-                hint: "the host image needs the package grub2-common (with grub-pc-bin and grub-efi-amd64-bin)")
+                hint:
+                    "the host image needs the package grub2-common (with grub-pc-bin and grub-efi-amd64-bin)"
+            )
         }
     }
 
@@ -84,6 +99,9 @@ public final class Installer {
 
     /// Runs every stage; on failure unmounts what it mounted and rethrows naming the stage.
     public func run() throws {
+        // A tool that exits before reading its input (chpasswd missing in the target) must
+        // fail its step, not kill the installer with SIGPIPE and leave the disk mounted.
+        signal(SIGPIPE, SIG_IGN)
         try Self.preflight(plan)
         let stages: [(String, () throws -> Void)] = [
             ("wipe", wipe), ("partition", partition), ("format", format), ("mount", mountTarget),
@@ -93,7 +111,8 @@ public final class Installer {
         ]
         let started = Date()
         for (index, (name, body)) in stages.enumerated() {
-            let reporter = StageReporter(sink: progress, stage: name, index: index + 1, count: stages.count)
+            let reporter = StageReporter(
+                sink: progress, stage: name, index: index + 1, count: stages.count)
             reporter.begin()
             logger.info("stage \(name) started")
             do {
@@ -104,7 +123,8 @@ public final class Installer {
                 unmountAll()
                 let inner = error as? MartletError
                 throw MartletError(
-                    inner?.code ?? .failed, "install step '\(name)' failed: \(inner?.message ?? "\(error)")",
+                    inner?.code ?? .failed,
+                    "install step '\(name)' failed: \(inner?.message ?? "\(error)")",
                     hint: inner?.hint ?? "the install log has every command run",
                     cause: inner?.cause)
             }
@@ -139,8 +159,12 @@ public final class Installer {
             // Deactivate old volume groups first, or the kernel keeps holding the partitions.
             var groups = Set<String>()
             for device in devices where FileManager.default.fileExists(atPath: device) {
-                let result = try? SystemTool.command("pvs", ["--noheadings", "-o", "vg_name", device]).runAllowingFailure()
-                if let name = result?.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines), !name.isEmpty {
+                let result = try? SystemTool.command(
+                    "pvs", ["--noheadings", "-o", "vg_name", device]
+                ).runAllowingFailure()
+                if let name = result?.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines),
+                    !name.isEmpty
+                {
                     groups.insert(name)
                 }
             }
@@ -161,20 +185,26 @@ public final class Installer {
         try GPTWriter.write(plan.layout, to: plan.target.path)
         for (index, disk) in plan.extraDisks.enumerated() {
             let end = (disk.size.bytes / PartitionLayout.alignment - 1) * PartitionLayout.alignment
-            let content = plan.pools[index + 1].type == .lvmThin ? "lvm" : plan.answer.disk.filesystem.rawValue
+            let content =
+                plan.pools[index + 1].type == .lvmThin
+                ? "lvm" : plan.answer.disk.filesystem.rawValue
             let layout = PartitionLayout(
                 diskSize: disk.size,
                 entries: [
                     .init(
-                        number: 1, role: .storage, name: "storage", start: PartitionLayout.alignment,
+                        number: 1, role: .storage, name: "storage",
+                        start: PartitionLayout.alignment,
                         size: ByteSize(end - PartitionLayout.alignment),
-                        typeGUID: content == "lvm" ? PartitionLayout.GUID.lvm : PartitionLayout.GUID.linuxData,
+                        typeGUID: content == "lvm"
+                            ? PartitionLayout.GUID.lvm : PartitionLayout.GUID.linuxData,
                         content: content)
                 ])
             try GPTWriter.write(layout, to: disk.path)
         }
         _ = try? SystemTool.command("udevadm", ["settle", "--timeout=10"]).runAllowingFailure()
-        for entry in plan.layout.entries { try waitForDevice(plan.target.partitionPath(entry.number)) }
+        for entry in plan.layout.entries {
+            try waitForDevice(plan.target.partitionPath(entry.number))
+        }
         for disk in plan.extraDisks { try waitForDevice(disk.partitionPath(1)) }
     }
 
@@ -183,7 +213,8 @@ public final class Installer {
             if FileManager.default.fileExists(atPath: path) { return }
             // Some kernels ignore a whole-table re-read on loop devices: add partitions one by one.
             if attempt == 10 {
-                let disk = plan.extraDisks.first { path.hasPrefix($0.path) }?.path ?? plan.target.path
+                let disk =
+                    plan.extraDisks.first { path.hasPrefix($0.path) }?.path ?? plan.target.path
                 _ = try? SystemTool.command("partx", ["--update", disk]).runAllowingFailure()
             }
             usleep(100_000)
@@ -200,7 +231,9 @@ public final class Installer {
     private func format() throws {
         try run("mkfs.vfat", ["-F", "32", "-n", "EFI", device(.esp)])
         try run("mkfs.ext4", ["-q", "-F", "-L", "martlet-root", device(.root)])
-        if plan.layout.entry(.swap) != nil { try run("mkswap", ["-L", "martlet-swap", device(.swap)]) }
+        if plan.layout.entry(.swap) != nil {
+            try run("mkswap", ["-L", "martlet-swap", device(.swap)])
+        }
         for pool in plan.pools {
             switch pool.type {
             case .lvmThin:
@@ -208,7 +241,9 @@ public final class Installer {
                 try run("pvcreate", ["-ff", "-y", pool.device])
                 try run("vgcreate", ["-y", group, pool.device])
                 // Leave room for the thin pool's metadata and its spare.
-                try run("lvcreate", ["-y", "--type", "thin-pool", "-l", "95%FREE", "-n", pool.thinPool!, group])
+                try run(
+                    "lvcreate",
+                    ["-y", "--type", "thin-pool", "-l", "95%FREE", "-n", pool.thinPool!, group])
             case .directory:
                 if pool.filesystem == "xfs" {
                     try run("mkfs.xfs", ["-q", "-f", "-L", "pool-\(pool.name)", pool.device])
@@ -223,16 +258,16 @@ public final class Installer {
     // MARK: - mount
 
     private func mountTarget() throws {
-        var template = Array("/tmp/martlet-target.XXXXXX".utf8CString)
-        guard mkdtemp(&template) != nil else { throw MartletError.system("mkdtemp", path: "/tmp") }
-        targetRoot = String(cString: template)
+        targetRoot = try Self.temporaryDirectory("/tmp/martlet-target")
         try mount(device(.root), at: targetRoot)
-        try FileManager.default.createDirectory(atPath: "\(targetRoot)/boot/efi", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: "\(targetRoot)/boot/efi", withIntermediateDirectories: true)
         if Self.kernelSupports("vfat") {
             try mount(device(.esp), at: "\(targetRoot)/boot/efi")
         } else {
             espStaged = true
-            currentReporter?.note("this kernel cannot mount vfat: the ESP is filled with mtools after GRUB")
+            currentReporter?.note(
+                "this kernel cannot mount vfat: the ESP is filled with mtools after GRUB")
         }
     }
 
@@ -243,7 +278,9 @@ public final class Installer {
     static func kernelSupports(_ filesystem: String) -> Bool {
         func listed() -> Bool {
             let text = (try? String(contentsOfFile: "/proc/filesystems", encoding: .utf8)) ?? ""
-            return text.split(separator: "\n").contains { $0.split(separator: "\t").last == Substring(filesystem) }
+            return text.split(separator: "\n").contains {
+                $0.split(separator: "\t").last == Substring(filesystem)
+            }
         }
         if listed() { return true }
         _ = try? SystemTool.command("modprobe", ["-q", filesystem]).runAllowingFailure()
@@ -256,6 +293,16 @@ public final class Installer {
             try run("mcopy", ["-s", "-o", "-Q", "-i", device(.esp), "\(staged)/\(item)", "::/"])
             try FileManager.default.removeItem(atPath: "\(staged)/\(item)")
         }
+    }
+
+    /// A new directory `prefix.XXXXXX` from mkdtemp(3).
+    static func temporaryDirectory(_ prefix: String) throws -> String {
+        var template = Array("\(prefix).XXXXXX".utf8CString)
+        let created = template.withUnsafeMutableBufferPointer { buffer in
+            mkdtemp(buffer.baseAddress!).map { String(cString: $0) }
+        }
+        guard let created else { throw MartletError.system("mkdtemp", path: prefix) }
+        return created
     }
 
     private func mount(_ source: String, at path: String, options: [String] = []) throws {
@@ -280,8 +327,12 @@ public final class Installer {
         currentReporter?.note("\(total.files) files, \(ByteSize(total.bytes))")
         let reporter = currentReporter
         let copied = try SystemCopy.copy(from: plan.source, to: targetRoot) { done in
-            reporter?.update(completed: done.bytes, total: total.bytes, unit: "bytes", message: "\(done.files)/\(total.files) files")
+            reporter?.update(
+                completed: done.bytes, total: total.bytes, unit: "bytes",
+                message: "\(done.files)/\(total.files) files")
         }
+        // "Copied" means on the disk: flush the target filesystem inside this stage.
+        try run("sync", ["--file-system", targetRoot])
         logger.info("copied \(copied.files) files, \(copied.bytes) bytes")
     }
 
@@ -294,7 +345,10 @@ public final class Installer {
         if (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) != nil {
             try FileManager.default.removeItem(atPath: path)
         }
-        guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode]) else {
+        guard
+            FileManager.default.createFile(
+                atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+        else {
             throw MartletError.system("open", path: path)
         }
         logger.info("wrote \(relative)")
@@ -313,8 +367,10 @@ public final class Installer {
             fstab += "UUID=\(try uuid(device(.swap)))\tnone\tswap\tsw\t0\t0\n"
         }
         for pool in plan.pools where pool.type == .directory {
-            fstab += "UUID=\(try uuid(pool.device))\t\(pool.path!)\t\(pool.filesystem!)\tdefaults\t0\t2\n"
-            try FileManager.default.createDirectory(atPath: targetRoot + pool.path!, withIntermediateDirectories: true)
+            fstab +=
+                "UUID=\(try uuid(pool.device))\t\(pool.path!)\t\(pool.filesystem!)\tdefaults\t0\t2\n"
+            try FileManager.default.createDirectory(
+                atPath: targetRoot + pool.path!, withIntermediateDirectories: true)
         }
         try write("etc/fstab", fstab)
 
@@ -335,7 +391,9 @@ public final class Installer {
             try FileManager.default.createDirectory(
                 atPath: "\(targetRoot)/root/.ssh", withIntermediateDirectories: true,
                 attributes: [.posixPermissions: 0o700])
-            try write("root/.ssh/authorized_keys", global.rootSSHKeys.joined(separator: "\n") + "\n", mode: 0o600)
+            try write(
+                "root/.ssh/authorized_keys", global.rootSSHKeys.joined(separator: "\n") + "\n",
+                mode: 0o600)
         }
 
         let localtime = "\(targetRoot)/etc/localtime"
@@ -348,7 +406,8 @@ public final class Installer {
         try write(
             "etc/default/keyboard",
             "# written by martlet-installer\nXKBMODEL=\"pc105\"\nXKBLAYOUT=\"\(keyboard[0])\"\n"
-                + "XKBVARIANT=\"\(keyboard.count > 1 ? keyboard[1] : "")\"\nXKBOPTIONS=\"\"\nBACKSPACE=\"guess\"\n")
+                + "XKBVARIANT=\"\(keyboard.count > 1 ? keyboard[1] : "")\"\nXKBOPTIONS=\"\"\nBACKSPACE=\"guess\"\n"
+        )
 
         // An empty machine-id makes systemd create a fresh one on first boot.
         try write("etc/machine-id", "", mode: 0o444)
@@ -366,7 +425,8 @@ public final class Installer {
         if FileManager.default.fileExists(atPath: targetRoot + unit),
             !FileManager.default.fileExists(atPath: "\(wants)/systemd-networkd.service")
         {
-            try FileManager.default.createSymbolicLink(atPath: "\(wants)/systemd-networkd.service", withDestinationPath: unit)
+            try FileManager.default.createSymbolicLink(
+                atPath: "\(wants)/systemd-networkd.service", withDestinationPath: unit)
         }
     }
 
@@ -385,7 +445,9 @@ public final class Installer {
             try mount("/\(directory)", at: path, options: ["--bind"])
         }
         if FileManager.default.fileExists(atPath: "/sys/firmware/efi/efivars") {
-            try mount("efivarfs", at: "\(targetRoot)/sys/firmware/efi/efivars", options: ["-t", "efivarfs"])
+            try mount(
+                "efivarfs", at: "\(targetRoot)/sys/firmware/efi/efivars",
+                options: ["-t", "efivarfs"])
         }
     }
 
@@ -395,13 +457,16 @@ public final class Installer {
         let rootUUID = try uuid(device(.root))
         try installEFIImages(rootUUID: rootUUID)
         if espStaged { try copyStagedESP() }
-        let kernels = ((try? FileManager.default.contentsOfDirectory(atPath: "\(targetRoot)/boot")) ?? [])
+        let kernels =
+            ((try? FileManager.default.contentsOfDirectory(atPath: "\(targetRoot)/boot")) ?? [])
             .filter { $0.hasPrefix("vmlinuz-") }.sorted()
         guard let kernel = kernels.last else {
             throw MartletError(.failed, "no kernel (/boot/vmlinuz-*) in the copied system")
         }
         let version = String(kernel.dropFirst("vmlinuz-".count))
-        try write("boot/grub/grub.cfg", BootConfiguration.grubConfig(rootUUID: rootUUID, kernelVersion: version))
+        try write(
+            "boot/grub/grub.cfg",
+            BootConfiguration.grubConfig(rootUUID: rootUUID, kernelVersion: version))
         try write(
             "etc/default/grub.d/martlet.cfg",
             "GRUB_CMDLINE_LINUX=\"\(BootConfiguration.kernelArguments)\"\nGRUB_TERMINAL=\"console serial\"\n"
@@ -425,15 +490,19 @@ public final class Installer {
         try FileManager.default.createDirectory(atPath: grubDir, withIntermediateDirectories: true)
         for file in try FileManager.default.contentsOfDirectory(atPath: modules)
         where file.hasSuffix(".mod") || file.hasSuffix(".lst") {
-            try FileManager.default.copyItem(atPath: "\(modules)/\(file)", toPath: "\(grubDir)/\(file)")
+            try FileManager.default.copyItem(
+                atPath: "\(modules)/\(file)", toPath: "\(grubDir)/\(file)")
         }
-        try write("boot/grub/x86_64-efi/load.cfg", "search.fs_uuid \(rootUUID) root\nset prefix=($root)'/boot/grub'\n")
+        try write(
+            "boot/grub/x86_64-efi/load.cfg",
+            "search.fs_uuid \(rootUUID) root\nset prefix=($root)'/boot/grub'\n")
         for (directory, name) in [("EFI/martlet", "grubx64.efi"), ("EFI/BOOT", "BOOTX64.EFI")] {
             try FileManager.default.createDirectory(
                 atPath: "\(targetRoot)/boot/efi/\(directory)", withIntermediateDirectories: true)
             try chroot([
                 "grub-mkimage", "--format=x86_64-efi", "--directory=/usr/lib/grub/x86_64-efi",
-                "--config=/boot/grub/x86_64-efi/load.cfg", "--prefix=", "--output=/boot/efi/\(directory)/\(name)",
+                "--config=/boot/grub/x86_64-efi/load.cfg", "--prefix=",
+                "--output=/boot/efi/\(directory)/\(name)",
                 "part_gpt", "part_msdos", "ext2", "fat", "search_fs_uuid",
             ])
         }
@@ -442,7 +511,8 @@ public final class Installer {
     // MARK: - initramfs
 
     private func regenerateInitramfs() throws {
-        let hasInitrd = ((try? FileManager.default.contentsOfDirectory(atPath: "\(targetRoot)/boot")) ?? [])
+        let hasInitrd =
+            ((try? FileManager.default.contentsOfDirectory(atPath: "\(targetRoot)/boot")) ?? [])
             .contains { $0.hasPrefix("initrd.img-") }
         try chroot(["update-initramfs", hasInitrd ? "-u" : "-c", "-k", "all"])
     }

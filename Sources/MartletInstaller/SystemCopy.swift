@@ -13,14 +13,19 @@ public enum SystemCopy {
 
     /// Sizes the tree first (for percent) with the same traversal as the copy.
     public static func measure(_ source: String) throws -> Totals {
-        guard let reader = archive_read_disk_new() else { throw MartletError(.failed, "archive_read_disk_new failed") }
+        guard let reader = archive_read_disk_new() else {
+            throw MartletError(.failed, "archive_read_disk_new failed")
+        }
         defer { archive_read_free(reader) }
         archive_read_disk_set_symlink_physical(reader)
         archive_read_disk_set_behavior(
-            reader, ARCHIVE_READDISK_NO_TRAVERSE_MOUNTS | ARCHIVE_READDISK_NO_XATTR | ARCHIVE_READDISK_NO_ACL
+            reader,
+            ARCHIVE_READDISK_NO_TRAVERSE_MOUNTS | ARCHIVE_READDISK_NO_XATTR
+                | ARCHIVE_READDISK_NO_ACL
                 | ARCHIVE_READDISK_NO_FFLAGS)
         guard archive_read_disk_open(reader, source) == ARCHIVE_OK else {
-            let message = archive_error_string(reader).map { String(cString: $0) } ?? "unknown error"
+            let message =
+                archive_error_string(reader).map { String(cString: $0) } ?? "unknown error"
             throw MartletError(.failed, "cannot read the source tree '\(source)'", cause: message)
         }
         var totals = Totals()
@@ -29,7 +34,9 @@ public enum SystemCopy {
         while archive_read_next_header2(reader, entry) >= ARCHIVE_WARN {
             archive_read_disk_descend(reader)
             totals.files += 1
-            if archive_entry_filetype(entry) == S_IFREG { totals.bytes += UInt64(max(archive_entry_size(entry), 0)) }
+            if archive_entry_filetype(entry) == S_IFREG {
+                totals.bytes += UInt64(max(archive_entry_size(entry), 0))
+            }
         }
         return totals
     }
@@ -40,18 +47,25 @@ public enum SystemCopy {
     public static func copy(
         from source: String, to target: String, progress: (Totals) -> Void = { _ in }
     ) throws -> Totals {
-        guard let reader = archive_read_disk_new() else { throw MartletError(.failed, "archive_read_disk_new failed") }
+        guard let reader = archive_read_disk_new() else {
+            throw MartletError(.failed, "archive_read_disk_new failed")
+        }
         defer { archive_read_free(reader) }
-        guard let writer = archive_write_disk_new() else { throw MartletError(.failed, "archive_write_disk_new failed") }
+        guard let writer = archive_write_disk_new() else {
+            throw MartletError(.failed, "archive_write_disk_new failed")
+        }
         defer { archive_write_free(writer) }
         func fail(_ archive: OpaquePointer, _ call: String, _ path: String) -> MartletError {
-            let message = archive_error_string(archive).map { String(cString: $0) } ?? "unknown error"
-            return MartletError(.failed, "copying the system: \(call) failed on '\(path)'", cause: message)
+            let message =
+                archive_error_string(archive).map { String(cString: $0) } ?? "unknown error"
+            return MartletError(
+                .failed, "copying the system: \(call) failed on '\(path)'", cause: message)
         }
         archive_read_disk_set_symlink_physical(reader)
         archive_read_disk_set_behavior(reader, ARCHIVE_READDISK_NO_TRAVERSE_MOUNTS)
         let options =
-            ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_ACL
+            ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME
+            | ARCHIVE_EXTRACT_ACL
             | ARCHIVE_EXTRACT_XATTR | ARCHIVE_EXTRACT_FFLAGS
         archive_write_disk_set_options(writer, options)
         guard archive_read_disk_open(reader, source) == ARCHIVE_OK else {
@@ -70,7 +84,9 @@ public enum SystemCopy {
             let sourcePath = archive_entry_sourcepath(entry).map { String(cString: $0) } ?? "?"
             if status < ARCHIVE_WARN { throw fail(reader, "reading", sourcePath) }
             archive_read_disk_descend(reader)
-            let relative = sourcePath == source || sourcePath + "/" == prefix ? "" : String(sourcePath.dropFirst(prefix.count))
+            let relative =
+                sourcePath == source || sourcePath + "/" == prefix
+                ? "" : String(sourcePath.dropFirst(prefix.count))
             let destination = relative.isEmpty ? base : "\(base)/\(relative)"
             archive_entry_set_pathname(entry, destination)
             // Without a lookup the entry carries numeric ids only: the target's passwd rules.
@@ -102,7 +118,8 @@ public enum SystemCopy {
                     let read = archive_read_data_block(reader, &buffer, &size, &offset)
                     if read == ARCHIVE_EOF { break }
                     guard read >= ARCHIVE_WARN else { throw fail(reader, "reading", sourcePath) }
-                    guard archive_write_data_block(writer, buffer, size, offset) >= ARCHIVE_WARN else {
+                    guard archive_write_data_block(writer, buffer, size, offset) >= ARCHIVE_WARN
+                    else {
                         throw fail(writer, "writing", destination)
                     }
                     totals.bytes += UInt64(size)

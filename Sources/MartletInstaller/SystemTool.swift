@@ -5,7 +5,9 @@ import MartletCore
 /// only finds tools in /usr/sbin and /sbin (its PATH split turns directories into character
 /// arrays), so the installer resolves names itself and hands `Command` absolute paths.
 enum SystemTool {
-    static let directories = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+    static let directories = [
+        "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin",
+    ]
 
     /// `name` resolved on PATH and the system directories; `name` itself when not found, so
     /// `Command` reports it missing with the apt package to install.

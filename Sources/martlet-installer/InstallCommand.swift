@@ -9,11 +9,14 @@ struct InstallCommand: ParsableCommand {
         commandName: "install",
         abstract: "Install unattended from an answer file.",
         discussion: """
-            The answer file is validated completely and every safety check runs before any
-            disk is opened for writing: the boot medium, mounted or held disks, disks with data
-            unless [disk] wipe = true, and disks that are too small are refused.
-            Without --answer the file named by martlet.answer= on the kernel command line is used.
-            The log goes to /var/log/martlet/install.log (and is copied onto the target).
+            The answer file is validated completely and every safety check runs before any \
+            disk is opened for writing: the boot medium, mounted or held disks, disks with \
+            data unless [disk] wipe = true, and disks that are too small are refused.
+
+            Without --answer, the file named by martlet.answer= on the kernel command line is \
+            used: a path on the boot medium, label:MARTLET-ANSWER, or an http(s) URL.
+
+            The log goes to /var/log/martlet/install.log and is copied onto the target.
             """)
 
     @Option(name: .long, help: "The TOML answer file.")
@@ -25,7 +28,9 @@ struct InstallCommand: ParsableCommand {
     @Flag(name: .long, help: "Print the plan and write nothing.")
     var dryRun = false
 
-    @Flag(name: .long, help: "Machine-readable output: the plan as JSON (--dry-run), progress as JSON lines.")
+    @Flag(
+        name: .long,
+        help: "Machine-readable output: the plan as JSON (--dry-run), progress as JSON lines.")
     var json = false
 
     @Option(name: .long, help: "Install log on the live system.")

@@ -9,18 +9,19 @@ struct MartletInstallerCommand: ParsableCommand {
         commandName: "martlet-installer",
         abstract: "Install the Martlet hypervisor host onto a disk.",
         discussion: """
-            Without a subcommand the interactive text UI starts (not available in this build:
-            exits with status 69). Unattended installs read a TOML answer file; see
-            `install --help` and the answer file reference.
-            Exit status: 0 ok, 1 a step failed, 2 invalid input, 3 not found, 4 missing tool,
-            5 needs root, 6 refused by a safety check, 69 unavailable.
+            Without a subcommand the interactive text UI starts (not available in this \
+            build: it exits with status 69). Unattended installs read a TOML answer file: \
+            see `install --help` and Sources/martlet-installer/README.md.
+
+            Exit status: 0 ok, 1 a step failed, 2 invalid input, 3 not found, 4 missing tool \
+            or kernel feature, 5 needs root, 6 refused by a safety check, 69 unavailable.
             """,
         subcommands: [DisksCommand.self, ValidateCommand.self, InstallCommand.self])
 
     func run() throws {
         try runReporting {
             throw MartletError(
-            .unavailable, "text UI not available yet",
+                .unavailable, "text UI not available yet",
                 hint: "use `martlet-installer install --answer FILE` for an unattended install")
         }
     }

@@ -6,7 +6,9 @@ import MartletInstaller
 struct ValidateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "validate",
-        abstract: "Check an answer file completely (syntax, types, values, unknown keys); touches no disk.")
+        abstract:
+            "Check an answer file completely (syntax, types, values, unknown keys); touches no disk."
+    )
 
     @Argument(help: "The TOML answer file.")
     var answer: String

@@ -19,47 +19,106 @@ struct MalformedAnswer: CustomTestStringConvertible, Sendable {
 }
 
 let malformedAnswers: [MalformedAnswer] = [
-    .init(name: "unknown key", old: "keyboard = \"de\"", new: "keyboard = \"de\"\nkeybaord = \"us\"", key: "global.keybaord"),
-    .init(name: "unknown table", old: "[storage]", new: "[storage]\n[storag]\n[storage2]", key: "storag"),
-    .init(name: "hostname not a string", old: "hostname = \"hv1.example.org\"", new: "hostname = 42", key: "global.hostname"),
-    .init(name: "hostname invalid", old: "hostname = \"hv1.example.org\"", new: "hostname = \"hv_1!\"", key: "global.hostname"),
-    .init(name: "missing hostname", old: "hostname = \"hv1.example.org\"\n", new: "", key: "global.hostname"),
-    .init(name: "bad timezone", old: "timezone = \"Europe/Paris\"", new: "timezone = \"../etc/passwd\"", key: "global.timezone"),
-    .init(name: "bad keyboard", old: "keyboard = \"de\"", new: "keyboard = \"German keyboard\"", key: "global.keyboard"),
+    .init(
+        name: "unknown key", old: "keyboard = \"de\"", new: "keyboard = \"de\"\nkeybaord = \"us\"",
+        key: "global.keybaord"),
+    .init(
+        name: "unknown table", old: "[storage]", new: "[storage]\n[storag]\n[storage2]",
+        key: "storag"),
+    .init(
+        name: "hostname not a string", old: "hostname = \"hv1.example.org\"", new: "hostname = 42",
+        key: "global.hostname"),
+    .init(
+        name: "hostname invalid", old: "hostname = \"hv1.example.org\"",
+        new: "hostname = \"hv_1!\"", key: "global.hostname"),
+    .init(
+        name: "missing hostname", old: "hostname = \"hv1.example.org\"\n", new: "",
+        key: "global.hostname"),
+    .init(
+        name: "bad timezone", old: "timezone = \"Europe/Paris\"",
+        new: "timezone = \"../etc/passwd\"", key: "global.timezone"),
+    .init(
+        name: "bad keyboard", old: "keyboard = \"de\"", new: "keyboard = \"German keyboard\"",
+        key: "global.keyboard"),
     .init(
         name: "conflicting password keys", old: "root-password = \"s3cret pass\"",
-        new: "root-password = \"s3cret pass\"\nroot-password-hash = \"$6$salt$abc\"", key: "global.root-password-hash"),
-    .init(name: "bad password hash", old: "root-password = \"s3cret pass\"", new: "root-password-hash = \"plaintext\"", key: "global.root-password-hash"),
-    .init(name: "empty password", old: "root-password = \"s3cret pass\"", new: "root-password = \"\"", key: "global.root-password"),
+        new: "root-password = \"s3cret pass\"\nroot-password-hash = \"$6$salt$abc\"",
+        key: "global.root-password-hash"),
     .init(
-        name: "no way to log in", old: "root-password = \"s3cret pass\"\nroot-ssh-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7 admin@example.org\"]",
+        name: "bad password hash", old: "root-password = \"s3cret pass\"",
+        new: "root-password-hash = \"plaintext\"", key: "global.root-password-hash"),
+    .init(
+        name: "empty password", old: "root-password = \"s3cret pass\"", new: "root-password = \"\"",
+        key: "global.root-password"),
+    .init(
+        name: "no way to log in",
+        old:
+            "root-password = \"s3cret pass\"\nroot-ssh-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7 admin@example.org\"]",
         new: "", key: "global.root-password"),
-    .init(name: "ssh keys not an array", old: "root-ssh-keys = [", new: "root-ssh-keys = \"x\"\nunused = [", key: "global.root-ssh-keys"),
     .init(
-        name: "ssh key malformed", old: "\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7 admin@example.org\"", new: "\"not-a-key\"",
+        name: "ssh keys not an array", old: "root-ssh-keys = [",
+        new: "root-ssh-keys = \"x\"\nunused = [", key: "global.root-ssh-keys"),
+    .init(
+        name: "ssh key malformed",
+        old: "\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7 admin@example.org\"", new: "\"not-a-key\"",
         key: "global.root-ssh-keys"),
-    .init(name: "bad reboot mode", old: "reboot-mode = \"none\"", new: "reboot-mode = \"halt\"", key: "global.reboot-mode"),
+    .init(
+        name: "bad reboot mode", old: "reboot-mode = \"none\"", new: "reboot-mode = \"halt\"",
+        key: "global.reboot-mode"),
     .init(name: "missing target", old: "target = \"/dev/sdz\"\n", new: "", key: "disk.target"),
-    .init(name: "target not a disk", old: "target = \"/dev/sdz\"", new: "target = \"sdz\"", key: "disk.target"),
+    .init(
+        name: "target not a disk", old: "target = \"/dev/sdz\"", new: "target = \"sdz\"",
+        key: "disk.target"),
     .init(name: "wipe not a boolean", old: "wipe = false", new: "wipe = \"yes\"", key: "disk.wipe"),
-    .init(name: "bad filesystem", old: "filesystem = \"ext4\"", new: "filesystem = \"btrfs\"", key: "disk.filesystem"),
-    .init(name: "bad root size", old: "swap-size = \"1GiB\"", new: "swap-size = \"1GiB\"\nroot-size = \"lots\"", key: "disk.root-size"),
-    .init(name: "root size too small", old: "swap-size = \"1GiB\"", new: "swap-size = \"1GiB\"\nroot-size = \"1GiB\"", key: "disk.root-size"),
-    .init(name: "bad swap size type", old: "swap-size = \"1GiB\"", new: "swap-size = true", key: "disk.swap-size"),
-    .init(name: "bad storage type", old: "type = \"lvm-thin\"", new: "type = \"zfs\"", key: "storage.type"),
-    .init(name: "bad volume group", old: "volume-group = \"martlet\"", new: "volume-group = \"-bad/vg\"", key: "storage.volume-group"),
-    .init(name: "extra disk is the target", old: "volume-group = \"martlet\"", new: "volume-group = \"martlet\"\nextra-disks = [\"/dev/sdz\"]", key: "storage.extra-disks"),
-    .init(name: "bad CIDR", old: "address = \"192.0.2.10/24\"", new: "address = \"192.0.2.10/33\"", key: "network.address"),
-    .init(name: "address without prefix", old: "address = \"192.0.2.10/24\"", new: "address = \"192.0.2.10\"", key: "network.address"),
-    .init(name: "static without address", old: "address = \"192.0.2.10/24\"\n", new: "", key: "network.address"),
-    .init(name: "bad gateway", old: "gateway = \"192.0.2.1\"", new: "gateway = \"192.0.2.300\"", key: "network.gateway"),
-    .init(name: "bad dns", old: "dns = [\"192.0.2.53\", \"2001:db8::53\"]", new: "dns = [\"dns.example.org\"]", key: "network.dns"),
-    .init(name: "bad mode", old: "mode = \"static\"", new: "mode = \"manual\"", key: "network.mode"),
-    .init(name: "dhcp with address", old: "mode = \"static\"", new: "mode = \"dhcp\"", key: "network.address"),
-    .init(name: "bad ipv6", old: "ipv6 = \"2001:db8::10/64\"", new: "ipv6 = \"2001:zz8::10/64\"", key: "network.ipv6"),
+    .init(
+        name: "bad filesystem", old: "filesystem = \"ext4\"", new: "filesystem = \"btrfs\"",
+        key: "disk.filesystem"),
+    .init(
+        name: "bad root size", old: "swap-size = \"1GiB\"",
+        new: "swap-size = \"1GiB\"\nroot-size = \"lots\"", key: "disk.root-size"),
+    .init(
+        name: "root size too small", old: "swap-size = \"1GiB\"",
+        new: "swap-size = \"1GiB\"\nroot-size = \"1GiB\"", key: "disk.root-size"),
+    .init(
+        name: "bad swap size type", old: "swap-size = \"1GiB\"", new: "swap-size = true",
+        key: "disk.swap-size"),
+    .init(
+        name: "bad storage type", old: "type = \"lvm-thin\"", new: "type = \"zfs\"",
+        key: "storage.type"),
+    .init(
+        name: "bad volume group", old: "volume-group = \"martlet\"",
+        new: "volume-group = \"-bad/vg\"", key: "storage.volume-group"),
+    .init(
+        name: "extra disk is the target", old: "volume-group = \"martlet\"",
+        new: "volume-group = \"martlet\"\nextra-disks = [\"/dev/sdz\"]", key: "storage.extra-disks"),
+    .init(
+        name: "bad CIDR", old: "address = \"192.0.2.10/24\"", new: "address = \"192.0.2.10/33\"",
+        key: "network.address"),
+    .init(
+        name: "address without prefix", old: "address = \"192.0.2.10/24\"",
+        new: "address = \"192.0.2.10\"", key: "network.address"),
+    .init(
+        name: "static without address", old: "address = \"192.0.2.10/24\"\n", new: "",
+        key: "network.address"),
+    .init(
+        name: "bad gateway", old: "gateway = \"192.0.2.1\"", new: "gateway = \"192.0.2.300\"",
+        key: "network.gateway"),
+    .init(
+        name: "bad dns", old: "dns = [\"192.0.2.53\", \"2001:db8::53\"]",
+        new: "dns = [\"dns.example.org\"]", key: "network.dns"),
+    .init(
+        name: "bad mode", old: "mode = \"static\"", new: "mode = \"manual\"", key: "network.mode"),
+    .init(
+        name: "dhcp with address", old: "mode = \"static\"", new: "mode = \"dhcp\"",
+        key: "network.address"),
+    .init(
+        name: "bad ipv6", old: "ipv6 = \"2001:db8::10/64\"", new: "ipv6 = \"2001:zz8::10/64\"",
+        key: "network.ipv6"),
     .init(name: "vlan out of range", old: "vlan = 42", new: "vlan = 5000", key: "network.vlan"),
     .init(name: "vlan wrong type", old: "vlan = 42", new: "vlan = \"42\"", key: "network.vlan"),
-    .init(name: "bad interface", old: "interface = \"52:54:00:12:34:56\"", new: "interface = \"a very long interface name\"", key: "network.interface"),
+    .init(
+        name: "bad interface", old: "interface = \"52:54:00:12:34:56\"",
+        new: "interface = \"a very long interface name\"", key: "network.interface"),
     .init(name: "missing network section", old: "[network]", new: "[networking]", key: "network"),
     .init(name: "not TOML", old: "vlan = 42", new: "vlan = = 42", key: "not valid TOML"),
 ]
@@ -109,7 +168,8 @@ struct AnswerFileTests {
     @Test("the documented example answer file is valid")
     func exampleIsValid() throws {
         let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-            .appendingPathComponent("../../Sources/martlet-installer/answer.example.toml").standardized.path
+            .appendingPathComponent("../../Sources/martlet-installer/answer.example.toml")
+            .standardized.path
         let answer = try AnswerFile.load(path: example)
         #expect(answer.storage.type == .lvmThin)
     }
@@ -126,7 +186,10 @@ struct AnswerFileTests {
 
     @Test("the kernel command line parameter is found")
     func commandLine() {
-        #expect(AnswerLocator.value(inCommandLine: "quiet martlet.answer=label:MARTLET-ANSWER console=ttyS0\n") == "label:MARTLET-ANSWER")
+        #expect(
+            AnswerLocator.value(
+                inCommandLine: "quiet martlet.answer=label:MARTLET-ANSWER console=ttyS0\n")
+                == "label:MARTLET-ANSWER")
         #expect(AnswerLocator.value(inCommandLine: "BOOT_IMAGE=/live/vmlinuz quiet") == nil)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import Testing
 
 @testable import MartletInstaller
 
@@ -19,6 +20,10 @@ func sh(_ executable: String, _ arguments: [String], input: Data? = nil) throws 
     standardPath
     return try SystemTool.command(executable, arguments).run(input: input).stdoutText
 }
+
+/// Every suite that uses loop devices or LVM nests in here, so they run one at a time.
+@Suite("Loop devices and LVM", .serialized)
+enum LoopDeviceSuites {}
 
 /// A sparse file attached as a loop device with partition scanning. `deinit` unmounts what
 /// is mounted from it, deactivates volume groups on it and detaches it, also after failures.
@@ -52,16 +57,34 @@ final class LoopDisk {
         try sh("sfdisk", ["--quiet", path], input: Data(script.utf8))
         // Some kernels ignore the re-read ioctl on loop devices; partx adds them one by one.
         _ = try? sh("partx", ["--update", path])
-        for _ in 0..<50 where !FileManager.default.fileExists(atPath: partition(count)) { usleep(100_000) }
+        for _ in 0..<50 where !FileManager.default.fileExists(atPath: partition(count)) {
+            usleep(100_000)
+        }
+    }
+
+    /// An 8 GiB disk with leftovers of an old system: GPT, an ext4 partition labelled
+    /// `olddata` and an LVM physical volume, written with sfdisk, mkfs.ext4 and pvcreate.
+    static func withOldData() throws -> LoopDisk {
+        let disk = try LoopDisk(size: .gib(8))
+        try disk.partition(
+            script: "label: gpt\nsize=200MiB, name=old\n"
+                + "size=200MiB, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+            count: 2)
+        try sh("mkfs.ext4", ["-q", "-L", "olddata", disk.partition(1)])
+        try sh("pvcreate", ["-q", "-ff", "-y", disk.partition(2)])
+        return disk
     }
 
     /// Volume groups with a physical volume on this disk.
     func volumeGroups() -> [String] {
         let name = (path as NSString).lastPathComponent
-        let devices = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/block/\(name)")) ?? [])
+        let devices =
+            ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/block/\(name)")) ?? [])
             .filter { $0.hasPrefix(name + "p") }.map { "/dev/\($0)" } + [path]
         return devices.compactMap { device in
-            let group = (try? SystemTool.command("pvs", ["--noheadings", "-o", "vg_name", device]).runAllowingFailure())?
+            let group =
+                (try? SystemTool.command("pvs", ["--noheadings", "-o", "vg_name", device])
+                .runAllowingFailure())?
                 .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
             return group.isEmpty ? nil : group
         }
@@ -74,14 +97,21 @@ final class LoopDisk {
             let fields = line.split(separator: " ")
             guard let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count else { continue }
             let source = fields[dash + 2]
-            if source == path || source.hasPrefix("/dev/\(name)p") || source.hasPrefix("/dev/mapper/") {
-                if source.hasPrefix("/dev/mapper/") && !volumeGroups().contains(where: { source.contains($0) }) {
+            if source == path || source.hasPrefix("/dev/\(name)p")
+                || source.hasPrefix("/dev/mapper/")
+            {
+                if source.hasPrefix("/dev/mapper/")
+                    && !volumeGroups().contains(where: { source.contains($0) })
+                {
                     continue
                 }
-                _ = try? SystemTool.command("umount", ["-l", String(fields[4])]).runAllowingFailure()
+                _ = try? SystemTool.command("umount", ["-l", String(fields[4])])
+                    .runAllowingFailure()
             }
         }
-        for group in volumeGroups() { _ = try? SystemTool.command("vgchange", ["-an", group]).runAllowingFailure() }
+        for group in volumeGroups() {
+            _ = try? SystemTool.command("vgchange", ["-an", group]).runAllowingFailure()
+        }
         _ = try? SystemTool.command("losetup", ["-d", path]).runAllowingFailure()
         try? FileManager.default.removeItem(atPath: file)
     }
@@ -93,9 +123,7 @@ final class TemporaryDirectory {
 
     init(_ prefix: String = "martlet-installer-test") throws {
         standardPath
-        var template = Array("/var/tmp/\(prefix).XXXXXX".utf8CString)
-        guard mkdtemp(&template) != nil else { throw MartletError.system("mkdtemp", path: "/var/tmp") }
-        path = String(cString: template)
+        path = try Installer.temporaryDirectory("/var/tmp/\(prefix)")
     }
 
     @discardableResult
@@ -105,7 +133,9 @@ final class TemporaryDirectory {
         return file
     }
 
-    deinit { _ = try? SystemTool.command("rm", ["-rf", "--one-file-system", path]).runAllowingFailure() }
+    deinit {
+        _ = try? SystemTool.command("rm", ["-rf", "--one-file-system", path]).runAllowingFailure()
+    }
 }
 
 /// The martlet-installer executable of this build (or of MARTLET_RELEASE_BIN).

@@ -17,7 +17,10 @@ struct InstallPlanTests {
         #expect(layout.entries[2].size.bytes == ((rest / 4 + ByteSize.gib(12).bytes) >> 20) << 20)
         for (a, b) in zip(layout.entries, layout.entries.dropFirst()) { #expect(a.end == b.start) }
         #expect(layout.entries.last!.end == ByteSize.gib(20).bytes - (1 << 20))
-        #expect(layout.entries.allSatisfy { $0.start % (1 << 20) == 0 && $0.size.bytes % (1 << 20) == 0 })
+        #expect(
+            layout.entries.allSatisfy {
+                $0.start % (1 << 20) == 0 && $0.size.bytes % (1 << 20) == 0
+            })
         #expect(layout.entries[3].typeGUID == PartitionLayout.GUID.lvm)
     }
 
@@ -43,7 +46,9 @@ struct InstallPlanTests {
     }
 
     func disk(_ path: String, size: ByteSize = .gib(50), serial: String? = nil) -> Disk {
-        Disk(path: path, name: (path as NSString).lastPathComponent, size: size, model: "QEMU HARDDISK", serial: serial)
+        Disk(
+            path: path, name: (path as NSString).lastPathComponent, size: size,
+            model: "QEMU HARDDISK", serial: serial)
     }
 
     func answer(_ target: String, wipe: Bool = false) throws -> AnswerFile {
@@ -57,8 +62,12 @@ struct InstallPlanTests {
         #expect(plan.target.path == "/dev/sdb")
         #expect(plan.pools.first?.device == "/dev/sdb5")
         #expect(plan.pools.first?.volumeGroup == "martlet")
-        #expect(throws: MartletError.self) { try InstallPlan.make(answer: answer("model:QEMU HARDDISK"), disks: disks) }
-        let missing = #expect(throws: MartletError.self) { try InstallPlan.make(answer: answer("/dev/sdq"), disks: disks) }
+        #expect(throws: MartletError.self) {
+            try InstallPlan.make(answer: answer("model:QEMU HARDDISK"), disks: disks)
+        }
+        let missing = #expect(throws: MartletError.self) {
+            try InstallPlan.make(answer: answer("/dev/sdq"), disks: disks)
+        }
         #expect(missing?.message.contains("disk.target") == true)
         #expect(missing?.hint?.contains("/dev/sda") == true)
     }
@@ -77,15 +86,21 @@ struct InstallPlanTests {
     @Test("a mounted disk and a disk held by an md array are refused, naming who holds them")
     func inUse() throws {
         var mounted = disk("/dev/sda")
-        mounted.partitions = [.init(path: "/dev/sda1", number: 1, size: .gib(1), mountpoints: ["/mnt/data"])]
+        mounted.partitions = [
+            .init(path: "/dev/sda1", number: 1, size: .gib(1), mountpoints: ["/mnt/data"])
+        ]
         let error = #expect(throws: MartletError.self) {
             try InstallPlan.make(answer: answer("/dev/sda", wipe: true), disks: [mounted])
         }
         #expect(error?.message.contains("/dev/sda1 on /mnt/data") == true)
         var held = disk("/dev/sdb")
         held.partitions = [
-            .init(path: "/dev/sdb1", number: 1, size: .gib(1),
-                holders: [.init(device: "md127", name: "md127", kind: "md", inUse: true, holds: "/dev/sdb1")])
+            .init(
+                path: "/dev/sdb1", number: 1, size: .gib(1),
+                holders: [
+                    .init(
+                        device: "md127", name: "md127", kind: "md", inUse: true, holds: "/dev/sdb1")
+                ])
         ]
         let heldError = #expect(throws: MartletError.self) {
             try InstallPlan.make(answer: answer("/dev/sdb", wipe: true), disks: [held])
@@ -98,8 +113,14 @@ struct InstallPlanTests {
     func wipe() throws {
         var used = disk("/dev/sda")
         used.partitionTable = "gpt"
-        used.partitions = [.init(path: "/dev/sda1", number: 1, size: .gib(1), signatures: [.init(type: "LVM2_member")])]
-        let error = #expect(throws: MartletError.self) { try InstallPlan.make(answer: answer("/dev/sda"), disks: [used]) }
+        used.partitions = [
+            .init(
+                path: "/dev/sda1", number: 1, size: .gib(1),
+                signatures: [.init(type: "LVM2_member")])
+        ]
+        let error = #expect(throws: MartletError.self) {
+            try InstallPlan.make(answer: answer("/dev/sda"), disks: [used])
+        }
         #expect(error?.hint?.contains("wipe = true") == true)
         let plan = try InstallPlan.make(answer: answer("/dev/sda", wipe: true), disks: [used])
         #expect(plan.destroys.first?.contains("LVM2_member") == true)
@@ -112,10 +133,13 @@ struct InstallPlanTests {
     @Test("networkd files: bridge over a VLAN on the NIC matched by MAC, static v4 and v6")
     func network() throws {
         let answer = try answer("/dev/sda")
-        let files = Dictionary(uniqueKeysWithValues: NetworkConfiguration(answer: answer.network).files)
+        let files = Dictionary(
+            uniqueKeysWithValues: NetworkConfiguration(answer: answer.network).files)
         #expect(files["10-martlet-br0.netdev"]?.contains("Kind=bridge") == true)
         #expect(files["15-martlet-vlan42.netdev"]?.contains("Id=42") == true)
-        #expect(files["20-martlet-uplink.network"]?.contains("PermanentMACAddress=52:54:00:12:34:56") == true)
+        #expect(
+            files["20-martlet-uplink.network"]?.contains("PermanentMACAddress=52:54:00:12:34:56")
+                == true)
         #expect(files["25-martlet-vlan42.network"]?.contains("Bridge=br0") == true)
         let bridge = files["30-martlet-br0.network"] ?? ""
         #expect(bridge.contains("Address=192.0.2.10/24\nGateway=192.0.2.1"))
