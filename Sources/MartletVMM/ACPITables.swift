@@ -75,7 +75,8 @@ public struct ACPITables {
         var ioapic: [UInt8] = [1, 12, UInt8(vcpus), 0, 0, 0, 0, 0, 0, 0, 0, 0]
         ioapic.put(ACPITables.ioapicAddress, at: 4)
         body += ioapic
-        body += [2, 10, 0, 0, 2, 0, 0, 0, 0, 0]  // ISA IRQ 0 (PIT) -> GSI 2
+        // No IRQ0 -> GSI2 override: KVM's default routing wires the in-kernel PIT to IOAPIC
+        // pin 0 (QEMU re-routes it to pin 2 with KVM_SET_GSI_ROUTING; we keep the default).
         body += [2, 10, 0, UInt8(PowerManagement.sciIRQ), UInt8(PowerManagement.sciIRQ), 0, 0, 0, 0x0D, 0]  // SCI: level, active high
         body += [4, 6, 0xFF, 0, 0, 1]  // local APIC NMI on LINT1 of every processor
         return ACPITables.table("APIC", revision: 5, body: body)

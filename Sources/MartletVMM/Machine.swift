@@ -1,4 +1,5 @@
 import CKVM
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -39,7 +40,7 @@ public final class Machine: @unchecked Sendable {
     private var threads: [pthread_t] = []
     private var started = false
     private var serialFD: Int32 = -1
-    private var exitCounts = [Int](repeating: 0, count: 1)
+    private let ioExitCount = Atomic<Int>(0)
     /// CLOCK_MONOTONIC nanoseconds of the first VM exit (the guest has run).
     public private(set) var firstExitNanoseconds: UInt64 = 0
 
@@ -48,15 +49,20 @@ public final class Machine: @unchecked Sendable {
     public init(config: VMConfig, kernelOverride: KernelImage? = nil, serialSink: ((UInt8) -> Void)? = nil) throws {
         try config.validate()
         self.config = config
-        let kernel = try kernelOverride ?? KernelImage(bytes: readWholeFile(config.kernel, what: "kernel"), path: config.kernel)
-        let initrd = try config.initrd.map { try readWholeFile($0, what: "initrd") }
+        // Files named by the configuration are checked before any KVM resource exists; a
+        // problem with one is a configuration error naming the field.
+        func field<T>(_ name: String, _ body: () throws -> T) throws -> T {
+            do {
+                return try body()
+            } catch let error as VMMError {
+                throw VMMError(.config, "\(name): \(error.message)")
+            }
+        }
+        let kernel = try kernelOverride ?? field("kernel") { try KernelImage(bytes: readWholeFile(config.kernel, what: "kernel"), path: config.kernel) }
+        let initrd = try config.initrd.map { path in try field("initrd") { try readWholeFile(path, what: "initrd") } }
         var disks: [VirtioBlock] = []
         for (index, disk) in config.disks.enumerated() {
-            do {
-                disks.append(try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.id))
-            } catch let error as VMMError {
-                throw VMMError(error.code, "disks[\(index)]: \(error.message)")
-            }
+            disks.append(try field("disks[\(index)]") { try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.id) })
         }
 
         kvm = try KVMSystem()
@@ -106,7 +112,6 @@ public final class Machine: @unchecked Sendable {
             vcpus.append(vcpu)
         }
         self.vcpus = vcpus
-        exitCounts = [Int](repeating: 0, count: config.vcpus)
 
         try loadGuest(kernel: kernel, initrd: initrd)
         for vcpu in vcpus {
@@ -244,7 +249,7 @@ public final class Machine: @unchecked Sendable {
     public func pressPowerButton() { powerManagement.pressPowerButton() }
 
     /// Port I/O exits handled so far, summed over the vCPUs.
-    public var portIOExits: Int { control.withLock { exitCounts.reduce(0, +) } }
+    public var portIOExits: Int { ioExitCount.load(ordering: .relaxed) }
 
     /// Virtio devices that stopped on malformed guest input, with the reason.
     public var deviceErrors: [String] { virtio.compactMap { $0.lastError?.message } }
@@ -282,8 +287,11 @@ public final class Machine: @unchecked Sendable {
     }
 
     private func vcpuLoop(_ vcpu: VCPUHandle) {
-        var ioExits = 0
-        defer { control.withLock { exitCounts[vcpu.index] = ioExits } }
+        // The kick signal must reach this thread even if its creator blocked it.
+        var kick = sigset_t()
+        sigemptyset(&kick)
+        sigaddset(&kick, SIGUSR2)
+        pthread_sigmask(SIG_UNBLOCK, &kick, nil)
         while shouldContinue(vcpu) {
             do {
                 guard let exit = try vcpu.runOnce() else {
@@ -293,8 +301,7 @@ public final class Machine: @unchecked Sendable {
                 if firstExitNanoseconds == 0 { recordFirstExit() }
                 switch Int32(exit.reason) {
                 case KVM_EXIT_IO:
-                    ioExits += 1
-                    if ioExits & 0xFFF == 0 { control.withLock { exitCounts[vcpu.index] = ioExits } }
+                    ioExitCount.add(1, ordering: .relaxed)
                     handlePortIO(vcpu, exit)
                 case KVM_EXIT_MMIO:
                     handleMMIO(vcpu, exit)

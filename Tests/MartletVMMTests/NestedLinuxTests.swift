@@ -1,0 +1,138 @@
+import Foundation
+import Testing
+
+@testable import MartletVMM
+
+/// Debian's stock kernel booted by martlet-vmm, for real: these machines' /dev/kvm cannot run
+/// it directly (DESIGN.md, Facts), so an outer QEMU/TCG (`-cpu max`, kvm-amd loaded) runs the
+/// static release martlet-vmm, which boots the same kernel with a busybox initramfs that loads
+/// the virtio modules, reads the virtio-blk disk the outer system prepared and writes to it.
+@Suite(.serialized)
+struct NestedLinuxTests {
+    static let kernelDirectory = "/var/cache/martlet/kernel"
+    static let available =
+        FileManager.default.fileExists(atPath: "\(kernelDirectory)/vmlinuz")
+        && FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64")
+        && FileManager.default.isExecutableFile(atPath: "/bin/busybox")
+
+    static let innerInit = """
+        #!/bin/busybox sh
+        /bin/busybox --install -s /bin
+        mount -t proc proc /proc
+        mount -t sysfs sys /sys
+        mount -t devtmpfs dev /dev
+        echo MARTLET-INNER-INIT
+        for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /modules/$m.ko || echo "INNER: insmod $m failed"; done
+        i=0
+        while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+        echo "INNER-READ: $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n 1)"
+        echo "written by the inner guest" | dd of=/dev/vda bs=512 seek=1 conv=sync,fsync 2>/dev/null
+        sync
+        echo MARTLET-INNER-DONE
+        poweroff -f
+
+        """
+
+    static let outerInit = """
+        #!/bin/busybox sh
+        /bin/busybox --install -s /bin
+        mount -t proc proc /proc
+        mount -t sysfs sys /sys
+        mount -t devtmpfs dev /dev
+        for m in irqbypass ccp kvm kvm-amd; do insmod /modules/$m.ko || echo "OUTER: insmod $m failed"; done
+        [ -c /dev/kvm ] || echo "OUTER: no /dev/kvm"
+        printf 'host wrote this sector\\n' > /disk.img
+        dd if=/dev/zero of=/disk.img bs=1024 count=0 seek=1024 2>/dev/null
+        echo OUTER-START-VMM
+        /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 \\
+            --cmdline "console=ttyS0 panic=-1 loglevel=6 printk.time=1" --disk /disk.img,id=nested --timeout 240
+        echo "OUTER-VMM-EXIT $?"
+        echo "OUTER-DISK: $(dd if=/disk.img bs=512 skip=1 count=1 2>/dev/null | head -n 1)"
+        poweroff -f
+
+        """
+
+    /// The directory holding a static release build of martlet-vmm (`make test` passes it).
+    static func releaseBinary() throws -> String {
+        if let bin = ProcessInfo.processInfo.environment["MARTLET_RELEASE_BIN"], FileManager.default.isExecutableFile(atPath: "\(bin)/martlet-vmm") {
+            return "\(bin)/martlet-vmm"
+        }
+        let swift = FileManager.default.isExecutableFile(atPath: "/opt/swift/usr/bin/swift") ? "/opt/swift/usr/bin/swift" : "/usr/bin/swift"
+        let flags = ["build", "--package-path", TestSupport.repository.path, "-c", "release", "--static-swift-stdlib", "--product", "martlet-vmm"]
+        let build = try TestSupport.run(swift, flags, timeout: 900)
+        guard build.status == 0 else { throw VMMError(.io, "release build of martlet-vmm failed: \(build.output)") }
+        let path = try TestSupport.run(swift, flags + ["--show-bin-path"])
+        return path.output.trimmingCharacters(in: .whitespacesAndNewlines) + "/martlet-vmm"
+    }
+
+    /// Packs `directory` as a gzip'd newc cpio archive at `output`.
+    static func packCPIO(_ directory: URL, to output: URL) throws {
+        let result = try TestSupport.run("/bin/sh", ["-c", "cd '\(directory.path)' && find . | cpio -o -H newc --quiet | gzip -1 > '\(output.path)'"], timeout: 120)
+        guard result.status == 0 else { throw VMMError(.io, "cpio of \(directory.path) failed: \(result.output)") }
+    }
+
+    static func install(_ source: String, into root: URL, as path: String) throws {
+        let target = root.appendingPathComponent(path)
+        try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: URL(fileURLWithPath: source).resolvingSymlinksInPath().path, toPath: target.path)
+    }
+
+    @Test(.enabled(if: available), .timeLimit(.minutes(6)))
+    func stockDebianKernelBootsInsideNestedKVM() throws {
+        let work = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: work) }
+        let version = try FileManager.default.contentsOfDirectory(atPath: "\(Self.kernelDirectory)/lib/modules").sorted().last!
+        let modules = "\(Self.kernelDirectory)/lib/modules/\(version)/kernel"
+        let vmm = try Self.releaseBinary()
+
+        let inner = work.appendingPathComponent("inner")
+        try Self.install("/bin/busybox", into: inner, as: "bin/busybox")
+        for module in ["drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_mmio", "drivers/block/virtio_blk"] {
+            try Self.install("\(modules)/\(module).ko", into: inner, as: "modules/\(URL(fileURLWithPath: module).lastPathComponent).ko")
+        }
+        for directory in ["proc", "sys", "dev"] { try FileManager.default.createDirectory(at: inner.appendingPathComponent(directory), withIntermediateDirectories: true) }
+        try Self.innerInit.write(to: inner.appendingPathComponent("init"), atomically: true, encoding: .utf8)
+        chmod(inner.appendingPathComponent("init").path, 0o755)
+
+        let outer = work.appendingPathComponent("outer")
+        try Self.install("/bin/busybox", into: outer, as: "bin/busybox")
+        for module in ["virt/lib/irqbypass", "drivers/crypto/ccp/ccp", "arch/x86/kvm/kvm", "arch/x86/kvm/kvm-amd"] {
+            try Self.install("\(modules)/\(module).ko", into: outer, as: "modules/\(URL(fileURLWithPath: module).lastPathComponent).ko")
+        }
+        try Self.install(vmm, into: outer, as: "martlet-vmm")
+        // The release binary links the Swift runtime statically, glibc dynamically.
+        let ldd = try TestSupport.run("/usr/bin/ldd", [vmm])
+        for line in ldd.output.split(separator: "\n") {
+            guard let path = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).first(where: { $0.hasPrefix("/") }).map(String.init) else { continue }
+            try? Self.install(path, into: outer, as: String(path.dropFirst()))
+        }
+        try Self.install("\(Self.kernelDirectory)/vmlinuz", into: outer, as: "inner/vmlinuz")
+        try Self.packCPIO(inner, to: outer.appendingPathComponent("inner/initrd.gz"))
+        for directory in ["proc", "sys", "dev", "tmp"] { try FileManager.default.createDirectory(at: outer.appendingPathComponent(directory), withIntermediateDirectories: true) }
+        try Self.outerInit.write(to: outer.appendingPathComponent("init"), atomically: true, encoding: .utf8)
+        chmod(outer.appendingPathComponent("init").path, 0o755)
+        let outerInitrd = work.appendingPathComponent("outer.cpio.gz")
+        try Self.packCPIO(outer, to: outerInitrd)
+
+        let log = work.appendingPathComponent("serial.log")
+        let start = Date()
+        let qemu = try TestSupport.run("/usr/bin/qemu-system-x86_64", [
+            "-accel", "tcg", "-cpu", "max", "-m", "3072", "-smp", "1",
+            "-kernel", "\(Self.kernelDirectory)/vmlinuz", "-initrd", outerInitrd.path,
+            "-append", "console=ttyS0 panic=-1 quiet",
+            "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
+            "-serial", "file:\(log.path)",
+        ], timeout: 330)
+        let seconds = Date().timeIntervalSince(start)
+        let serial = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+        let excerpt = String(serial.suffix(6000))
+        print("nested Linux boot: QEMU exited \(qemu.status) after \(Int(seconds)) s")
+
+        #expect(serial.contains("OUTER-START-VMM"), "the outer system did not start martlet-vmm:\n\(excerpt)")
+        #expect(!serial.contains("OUTER: no /dev/kvm"), "kvm-amd did not load in the outer QEMU:\n\(excerpt)")
+        #expect(serial.contains("MARTLET-INNER-INIT"), "the inner Debian kernel did not reach /init:\n\(excerpt)")
+        #expect(serial.contains("INNER-READ: host wrote this sector"), "the inner guest did not read the virtio-blk disk:\n\(excerpt)")
+        #expect(serial.contains("OUTER-DISK: written by the inner guest"), "the inner guest's write did not reach the disk image:\n\(excerpt)")
+        #expect(serial.contains("OUTER-VMM-EXIT 0"), "martlet-vmm did not end with the guest's power-off:\n\(excerpt)")
+    }
+}

@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+
+@testable import MartletVMM
+
+/// Paths and helpers shared by the VMM tests.
+enum TestSupport {
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let guestDirectory = repository.appendingPathComponent("Sources/MartletVMM/Guest")
+    static let debianKernel = "/var/cache/martlet/kernel/vmlinuz"
+
+    /// A fresh temporary directory, removed by the caller.
+    static func temporaryDirectory() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("martlet-vmm-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+
+    /// Runs a program, returning its exit status and combined output.
+    @discardableResult
+    static func run(_ executable: String, _ arguments: [String], timeout: TimeInterval = 60) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("martlet-vmm-run-\(UUID().uuidString).log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: log) }
+        let handle = try FileHandle(forWritingTo: log)
+        defer { try? handle.close() }
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        let data = (try? Data(contentsOf: log)) ?? Data()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// The test guest ELF, built once with gcc by the guest's build script.
+    static let guestELF: Result<String, Error> = {
+        Result {
+            let directory = try temporaryDirectory()
+            let elf = directory.appendingPathComponent("guest.elf").path
+            let result = try run("/bin/bash", [guestDirectory.appendingPathComponent("build.sh").path, elf])
+            guard result.status == 0 else { throw VMMError(.boot, "building the test guest failed: \(result.output)") }
+            return elf
+        }
+    }()
+
+    /// The martlet-vmm executable next to the test bundle (swift test builds it too).
+    static var vmmBinary: String {
+        let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for candidate in [bundle, bundle.deletingLastPathComponent()] {
+            let path = candidate.appendingPathComponent("martlet-vmm").path
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return repository.appendingPathComponent(".build/debug/martlet-vmm").path
+    }
+}
+
+/// Collects a guest's serial output.
+final class SerialCapture: @unchecked Sendable {
+    private let lock = NSLock()
+    private var bytes: [UInt8] = []
+
+    func append(_ byte: UInt8) {
+        lock.lock()
+        bytes.append(byte)
+        lock.unlock()
+    }
+
+    var text: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// Boots the test guest in-process with `test=NAME` and returns how it ended and what it printed.
+func runGuest(_ test: String, vcpus: Int = 1, memoryMiB: Int = 32, disks: [VMConfig.Disk] = [], rng: Bool = false, apStart: VMConfig.APStart = .sipi, timeout: Double = 20) throws -> (exit: Machine.Exit, serial: String) {
+    var config = VMConfig()
+    config.kernel = try TestSupport.guestELF.get()
+    config.cmdline = "test=\(test)"
+    config.vcpus = vcpus
+    config.memoryMiB = memoryMiB
+    config.disks = disks
+    config.rng = rng
+    config.apStart = apStart
+    config.serial = .none
+    let capture = SerialCapture()
+    let machine = try Machine(config: config) { capture.append($0) }
+    let exit = try machine.run(timeout: timeout)
+    return (exit, capture.text)
+}
