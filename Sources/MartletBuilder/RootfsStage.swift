@@ -30,6 +30,7 @@ struct RootfsStage: BuildStage {
         let cacheDir = context.options.cacheDirectory + "/rootfs"
         try FileManager.default.createDirectory(atPath: cacheDir, withIntermediateDirectories: true)
         let tarball = "\(cacheDir)/\(profile.debian.suite)-\(key.prefix(16)).tar"
+        Self.removeAbandonedPartials(in: cacheDir)
 
         if context.options.useCache, FileManager.default.fileExists(atPath: tarball) {
             reporter.note("using cached root filesystem \(tarball)")
@@ -54,6 +55,18 @@ struct RootfsStage: BuildStage {
         }
         context.kernelVersion = version
         context.sizes["rootfs-tarball"] = fileSize(tarball)
+    }
+
+    /// A build killed mid-bootstrap leaves `NAME.tar.partial-PID`; once PID is gone the
+    /// file is garbage (and large).
+    static func removeAbandonedPartials(in directory: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+            guard let range = name.range(of: ".partial-"),
+                let pid = pid_t(name[range.upperBound...]),
+                kill(pid, 0) != 0, errno == ESRCH
+            else { continue }
+            try? FileManager.default.removeItem(atPath: directory + "/" + name)
+        }
     }
 
     private func bootstrap(

@@ -118,3 +118,46 @@ enum TestBuilds {
         try? FileManager.default.removeItem(atPath: log)
     }
 }
+
+/// When the medium is missing, the live initramfs says so and opens a rescue shell
+/// instead of hanging. Booted straight from the ISO's kernel and initramfs, with no medium.
+@Suite struct LiveInitramfsRescueTests {
+    @Test func missingMediumGivesAClearMessageAndARescueShell() throws {
+        let result = try TestBuilds.first.get()
+        let work = FileManager.default.temporaryDirectory
+            .appendingPathComponent("martlet-rescue-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        try Command(
+            "xorriso",
+            ["-osirrox", "on", "-indev", result.iso, "-extract", "/boot/vmlinuz", work + "/vmlinuz",
+             "-extract", "/boot/initrd.img", work + "/initrd.img"]
+        ).run()
+        let log = work + "/serial.log"
+        let qemu = Process()
+        qemu.executableURL = URL(fileURLWithPath: try Tool.resolve("qemu-system-x86_64"))
+        qemu.arguments = [
+            "-accel", "tcg", "-m", "1024", "-display", "none", "-monitor", "none", "-no-reboot",
+            "-nic", "none", "-serial", "file:\(log)", "-kernel", work + "/vmlinuz",
+            "-initrd", work + "/initrd.img",
+            "-append", "console=ttyS0 martlet.label=MARTLET_NOWHERE martlet.wait=3",
+        ]
+        qemu.standardOutput = FileHandle.nullDevice
+        qemu.standardError = FileHandle.nullDevice
+        try qemu.run()
+        defer {
+            qemu.terminate()
+            qemu.waitUntilExit()
+        }
+        let deadline = Date().addingTimeInterval(240)
+        var output = ""
+        while Date() < deadline, qemu.isRunning {
+            output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            if output.contains("dropping to a rescue shell") { break }
+            Thread.sleep(forTimeInterval: 1)
+        }
+        #expect(output.contains("boot medium with label 'MARTLET_NOWHERE' not found after 3s"))
+        #expect(output.contains("dropping to a rescue shell"))
+        #expect(qemu.isRunning, "QEMU ended instead of waiting in the rescue shell")
+    }
+}
