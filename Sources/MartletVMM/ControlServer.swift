@@ -109,6 +109,7 @@ public final class ControlServer: @unchecked Sendable {
                 ("memory_mib", .number(Double(config.memoryMiB))),
                 ("kernel", .string(config.kernel)),
                 ("disks", .array(config.disks.map { .string($0.path) })),
+                ("nics", .array(config.nics.map { .string($0.tap) })),
                 ("port_io_exits", .number(Double(machine.portIOExits))),
                 ("device_errors", .array(machine.deviceErrors.map { .string($0) })),
             ])

@@ -95,6 +95,10 @@ public final class Machine: @unchecked Sendable {
 
         var transports: [VirtioMMIOTransport] = []
         var devices: [VirtioDevice] = disks
+        for (index, nic) in config.nics.enumerated() {
+            let mac = nic.mac.flatMap(VirtioNet.parseMAC) ?? VirtioNet.defaultMAC(for: nic.tap)
+            devices.append(try field("nics[\(index)]") { try VirtioNet(tap: nic.tap, mac: mac) })
+        }
         if config.rng { devices.append(try VirtioRNG()) }
         for (index, device) in devices.enumerated() {
             transports.append(VirtioMMIOTransport(
@@ -207,6 +211,7 @@ public final class Machine: @unchecked Sendable {
         }
         kickAll()
         for thread in threads { pthread_join(thread, nil) }
+        for transport in virtio { transport.device.stop() }
         return result
     }
 

@@ -23,6 +23,7 @@ let usage = """
       --vcpus N                number of vCPUs (1-64, default 1)
       --memory MIB             guest RAM in MiB (default 256)
       --disk PATH[,ro][,id=ID] add a virtio-blk disk (raw file or block device); repeatable
+      --net TAP[,mac=MAC]      add a virtio-net device on a tap (created if missing); repeatable
       --rng                    add a virtio-rng device
       --serial WHERE           stdout (default), none, or file:PATH
       --on-reboot POLICY       exit (default) or restart, when the guest resets
@@ -174,6 +175,14 @@ while index < arguments.count {
         let v = value(flag, &index)
         guard let seconds = Double(v), seconds > 0 else { fail("--timeout: '\(v)' is not a positive number of seconds", code: 2) }
         timeout = seconds
+    case "--net":
+        let parts = value(flag, &index).split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        var nic = VMConfig.NIC(tap: parts[0])
+        for option in parts.dropFirst() {
+            guard option.hasPrefix("mac=") else { fail("--net: unknown option '\(option)'; use TAP[,mac=MAC]", code: 2) }
+            nic.mac = String(option.dropFirst(4))
+        }
+        overrides.append { $0.nics.append(nic) }
     case "--disk":
         let parts = value(flag, &index).split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         var disk = VMConfig.Disk(path: parts[0])
