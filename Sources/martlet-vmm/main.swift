@@ -10,6 +10,7 @@ let usage = """
     USAGE: martlet-vmm [--config FILE] [options]
            martlet-vmm selftest [--json] [--verbose]
            martlet-vmm check [--json]
+           martlet-vmm control SOCKET COMMAND
            martlet-vmm --version | --help
 
     Runs one KVM virtual machine: boots a Linux bzImage (or ELF vmlinux) through the 64-bit
@@ -38,6 +39,8 @@ let usage = """
       selftest                 boot the built-in test guest (serial, virtio-blk round trip,
                                power-off); prints PASS/FAIL; exit 0 when it passes
       check                    check that KVM is usable here (device, permission, capabilities)
+      control SOCKET COMMAND   send info, state, pause, resume, shutdown or stop to a running
+                               VM's control socket and print the JSON reply (exit 1 if not ok)
 
     EXIT CODES:
       0 guest powered off (or shut down through the control socket), selftest passed
@@ -118,8 +121,20 @@ func check(_ arguments: [String]) -> Never {
     }
 }
 
+func controlClient(_ arguments: [String]) -> Never {
+    guard arguments.count == 2 else { fail("control: usage: martlet-vmm control SOCKET COMMAND", code: 2) }
+    do {
+        let reply = try ControlClient.send(JSON.object([("command", .string(arguments[1]))]), to: arguments[0])
+        say(reply.text)
+        exit(reply["ok"] == .bool(true) ? 0 : 1)
+    } catch {
+        fail("control: \(error)", code: 1)
+    }
+}
+
 switch arguments.first {
 case "selftest": selftest(Array(arguments.dropFirst()))
+case "control": controlClient(Array(arguments.dropFirst()))
 case "check": check(Array(arguments.dropFirst()))
 case "--version":
     say("martlet-vmm \(version)")

@@ -19,7 +19,7 @@ struct NestedLinuxTests {
     static let innerModules = [
         "drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_mmio", "drivers/block/virtio_blk",
         "net/core/failover", "drivers/net/net_failover", "drivers/net/virtio_net",
-        "lib/crc16", "fs/mbcache", "fs/jbd2/jbd2", "crypto/crc32c_generic", "fs/ext4/ext4",
+        "lib/crc16", "fs/mbcache", "fs/jbd2/jbd2", "crypto/crc32c_generic", "fs/ext4/ext4", "drivers/acpi/button",
     ]
 
     static let innerInit = """
@@ -43,6 +43,12 @@ struct NestedLinuxTests {
         ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up
         ping -c 3 -W 2 10.77.0.1 >/dev/null 2>&1 && echo "INNER-PING: ok" || echo "INNER-PING: failed"
         echo MARTLET-INNER-DONE
+        insmod /modules/button.ko || echo "INNER: insmod button failed"
+        before=$(grep acpi /proc/interrupts)
+        echo INNER-WAITING
+        i=0
+        while [ "$(grep acpi /proc/interrupts)" = "$before" ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
+        echo "INNER-POWER-BUTTON: $(grep acpi /proc/interrupts | tr -s ' ')"
         poweroff -f
 
         """
@@ -59,8 +65,15 @@ struct NestedLinuxTests {
         echo OUTER-START-VMM
         /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 \\
             --cmdline "console=ttyS0 panic=-1 loglevel=6 printk.time=1" --disk /disk.img,id=nested \\
-            --net mtap0 --timeout 240
+            --net mtap0 --serial file:/inner.log --control-socket /vm.sock --timeout 240 &
+        vmm=$!
+        i=0
+        while ! grep -q INNER-WAITING /inner.log 2>/dev/null && [ $i -lt 200 ]; do sleep 1; i=$((i+1)); done
+        echo "OUTER-INFO: $(/martlet-vmm control /vm.sock info)"
+        echo "OUTER-SHUTDOWN: $(/martlet-vmm control /vm.sock shutdown)"
+        wait $vmm
         echo "OUTER-VMM-EXIT $?"
+        cat /inner.log
         echo "OUTER-DISK: $(dd if=/disk.img bs=512 skip=1 count=1 2>/dev/null | head -n 1)"
         echo "OUTER-DISK-REPLY: $(grep -a -c 'reply from the inner guest' /disk.img)"
         echo "OUTER-TAP-RX: $(cat /sys/class/net/mtap0/statistics/rx_packets)"
@@ -149,6 +162,9 @@ struct NestedLinuxTests {
         let serial = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
         let excerpt = String(serial.suffix(6000))
         print("nested Linux boot: QEMU exited \(qemu.status) after \(Int(seconds)) s")
+        for line in serial.split(separator: "\n") where line.contains("INNER-") || line.contains("OUTER-") {
+            print("  \(line)")
+        }
 
         #expect(serial.contains("OUTER-START-VMM"), "the outer system did not start martlet-vmm:\n\(excerpt)")
         #expect(!serial.contains("OUTER: no /dev/kvm"), "kvm-amd did not load in the outer QEMU:\n\(excerpt)")
@@ -158,6 +174,8 @@ struct NestedLinuxTests {
         #expect(serial.contains("OUTER-DISK: written by the inner guest"), "the inner guest's raw write did not reach the disk image:\n\(excerpt)")
         #expect(serial.contains("INNER-PING: ok"), "the inner guest got no ping replies over virtio-net:\n\(excerpt)")
         #expect(!serial.contains("OUTER-TAP-RX: 0"), "no packet from the inner guest reached the tap:\n\(excerpt)")
+        #expect(serial.contains("OUTER-SHUTDOWN: {\"ok\":true"), "the control socket refused shutdown:\n\(excerpt)")
+        #expect(serial.contains("INNER-POWER-BUTTON"), "the inner guest did not see the ACPI power button:\n\(excerpt)")
         #expect(serial.contains("OUTER-VMM-EXIT 0"), "martlet-vmm did not end with the guest's power-off:\n\(excerpt)")
     }
 }
