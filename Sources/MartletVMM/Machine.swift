@@ -231,6 +231,21 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
+    /// Feeds bytes read from `fd` (the console's stdin) to COM1 on a dedicated thread, for the
+    /// life of the process.
+    public func attachConsoleInput(fd: Int32) throws {
+        let serial = self.serial
+        _ = try startThread {
+            var buffer = [UInt8](repeating: 0, count: 256)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { return }
+                serial.receive(Array(buffer.prefix(count)))
+            }
+        }
+    }
+
     /// Stops every vCPU out of KVM_RUN and waits until all are parked.
     public func pause() {
         control.withLock { paused = true }

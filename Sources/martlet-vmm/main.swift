@@ -26,7 +26,7 @@ let usage = """
       --disk PATH[,ro][,id=ID] add a virtio-blk disk (raw file or block device); repeatable
       --net TAP[,mac=MAC]      add a virtio-net device on a tap (created if missing); repeatable
       --rng                    add a virtio-rng device
-      --serial WHERE           stdout (default), none, or file:PATH
+      --serial WHERE           stdout (default; stdin is the console input), none, or file:PATH
       --on-reboot POLICY       exit (default) or restart, when the guest resets
       --control-socket PATH    serve the JSON control API on this unix socket
       --ap-start MODE          sipi (default, like a PC) or entry (all vCPUs at the entry point)
@@ -246,6 +246,14 @@ do {
     fail("\(error)", code: 2)
 } catch {
     fail("\(error)", code: 1)
+}
+
+if config.serial == .stdout {
+    do {
+        try machine.attachConsoleInput(fd: 0)
+    } catch {
+        fail("\(error)", code: 1)
+    }
 }
 
 var server: ControlServer?

@@ -109,6 +109,13 @@ struct CLITests {
         #expect(missingKernel.output.contains("cannot open kernel"), "\(missingKernel.output)")
     }
 
+    @Test func consoleInputReachesTheGuest() throws {
+        let elf = try TestSupport.guestELF.get()
+        let result = try TestSupport.run(TestSupport.vmmBinary, ["--kernel", elf, "--cmdline", "test=echo", "--memory", "16", "--timeout", "20"], input: "typed on the console\n")
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("echo: typed on the console"))
+    }
+
     @Test func guestResetExitsWithCode3AndPowerOffWith0() throws {
         let elf = try TestSupport.guestELF.get()
         let reset = try TestSupport.run(TestSupport.vmmBinary, ["--kernel", elf, "--cmdline", "test=reset", "--memory", "16"])
