@@ -29,6 +29,7 @@ struct NestedLinuxTests {
         mount -t sysfs sys /sys
         mount -t devtmpfs dev /dev
         echo MARTLET-INNER-INIT
+        echo "INNER-CPUS: $(cat /sys/devices/system/cpu/online)"
         for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net crc16 mbcache jbd2 crc32c_generic ext4; do
             insmod /modules/$m.ko || echo "INNER: insmod $m failed"
         done
@@ -63,7 +64,7 @@ struct NestedLinuxTests {
         [ -c /dev/kvm ] || echo "OUTER: no /dev/kvm"
         tunctl -t mtap0 >/dev/null && ip addr add 10.77.0.1/24 dev mtap0 && ip link set mtap0 up
         echo OUTER-START-VMM
-        /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 \\
+        /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus 2 \\
             --cmdline "console=ttyS0 panic=-1 loglevel=6 printk.time=1" --disk /disk.img,id=nested \\
             --net mtap0 --serial file:/inner.log --control-socket /vm.sock --timeout 240 &
         vmm=$!
@@ -169,6 +170,7 @@ struct NestedLinuxTests {
         #expect(serial.contains("OUTER-START-VMM"), "the outer system did not start martlet-vmm:\n\(excerpt)")
         #expect(!serial.contains("OUTER: no /dev/kvm"), "kvm-amd did not load in the outer QEMU:\n\(excerpt)")
         #expect(serial.contains("MARTLET-INNER-INIT"), "the inner Debian kernel did not reach /init:\n\(excerpt)")
+        #expect(serial.contains("INNER-CPUS: 0-1"), "the inner guest did not bring up both vCPUs (INIT/SIPI):\n\(excerpt)")
         #expect(serial.contains("INNER-FILE: host file for the inner guest"), "the inner guest did not read the host's file from the ext4 virtio-blk disk:\n\(excerpt)")
         #expect(serial.contains("OUTER-DISK-REPLY: 1"), "the inner guest's file did not reach the disk image:\n\(excerpt)")
         #expect(serial.contains("OUTER-DISK: written by the inner guest"), "the inner guest's raw write did not reach the disk image:\n\(excerpt)")
