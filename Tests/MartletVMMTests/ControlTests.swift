@@ -109,6 +109,47 @@ struct CLITests {
         #expect(missingKernel.output.contains("cannot open kernel"), "\(missingKernel.output)")
     }
 
+    @Test func onRebootRestartStartsTheGuestAgain() throws {
+        let elf = try TestSupport.guestELF.get()
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let disk = directory.appendingPathComponent("state.raw")
+        try Data(count: 4096).write(to: disk)
+        let result = try TestSupport.run(TestSupport.vmmBinary, [
+            "--kernel", elf, "--cmdline", "test=reset-once", "--memory", "16", "--disk", disk.path,
+            "--on-reboot", "restart", "--timeout", "20",
+        ])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("first boot, resetting"))
+        #expect(result.output.contains("second boot after reset"))
+    }
+
+    @Test func controlClientTalksToARunningVM() throws {
+        let elf = try TestSupport.guestELF.get()
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let socket = directory.appendingPathComponent("vm.sock").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: TestSupport.vmmBinary)
+        process.arguments = ["--kernel", elf, "--cmdline", "test=halt", "--memory", "16", "--serial", "none", "--control-socket", socket, "--timeout", "20"]
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        var waited = 0
+        while !FileManager.default.fileExists(atPath: socket) && waited < 200 {
+            usleep(10_000)
+            waited += 1
+        }
+        let state = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "state"])
+        #expect(state.status == 0 && state.output.contains(#""state":"running""#), "\(state.output)")
+        let bad = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "explode"])
+        #expect(bad.status == 1 && bad.output.contains("unknown command"), "\(bad.output)")
+        let stop = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "stop"])
+        #expect(stop.status == 0, "\(stop.output)")
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 4)
+        #expect(!FileManager.default.fileExists(atPath: socket))
+    }
+
     @Test func consoleInputReachesTheGuest() throws {
         let elf = try TestSupport.guestELF.get()
         let result = try TestSupport.run(TestSupport.vmmBinary, ["--kernel", elf, "--cmdline", "test=echo", "--memory", "16", "--timeout", "20"], input: "typed on the console\n")

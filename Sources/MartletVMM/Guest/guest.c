@@ -401,6 +401,21 @@ void guest_main(const uint8_t *zero_page) {
         print("\n");
     } else if (arg_is("test=", "net")) {
         test_net();
+    } else if (arg_is("test=", "reset-once")) {
+        /* First boot: leave a mark on the disk and reset; after the VMM restarts: power off. */
+        volatile char *data = (volatile char *)BUF_DATA;
+        if (virtio_init(2, 0, 1) || blk_request(0, 0, 512) != 0) {
+            print("reset-once: disk failed\n");
+        } else if (data[0] == 'R' && data[1] == 'S') {
+            print("second boot after reset\n");
+        } else {
+            data[0] = 'R', data[1] = 'S';
+            blk_request(1, 0, 512);
+            blk_request(4, 0, 0);
+            print("first boot, resetting\n");
+            outb(0x64, 0xfe);
+            for (;;) __asm__ volatile("cli; hlt");
+        }
     } else if (arg_is("test=", "rng")) {
         test_rng();
     } else if (arg_is("test=", "bench-pio")) {
