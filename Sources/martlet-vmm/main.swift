@@ -9,7 +9,7 @@ let version = "0.1.0"
 let usage = """
     USAGE: martlet-vmm [--config FILE] [options]
            martlet-vmm selftest [--json] [--verbose]
-           martlet-vmm check [--json]
+           martlet-vmm check [--json] [--cpuid]
            martlet-vmm control SOCKET COMMAND
            martlet-vmm --version | --help
 
@@ -38,7 +38,8 @@ let usage = """
     SUBCOMMANDS:
       selftest                 boot the built-in test guest (serial, virtio-blk round trip,
                                power-off); prints PASS/FAIL; exit 0 when it passes
-      check                    check that KVM is usable here (device, permission, capabilities)
+      check                    check that KVM is usable here (device, permission, capabilities);
+                               --cpuid also lists KVM_GET_SUPPORTED_CPUID
       control SOCKET COMMAND   send info, state, pause, resume, shutdown or stop to a running
                                VM's control socket and print the JSON reply (exit 1 if not ok)
 
@@ -109,6 +110,15 @@ func check(_ arguments: [String]) -> Never {
     do {
         let system = try KVMSystem()
         let cpuid = try system.supportedCPUID()
+        if arguments.contains("--cpuid") {
+            func hex(_ value: UInt32) -> String {
+                let digits = String(value, radix: 16)
+                return String(repeating: "0", count: 8 - digits.count) + digits
+            }
+            for entry in cpuid {
+                say("cpuid \(hex(entry.function)).\(entry.index): eax=\(hex(entry.eax)) ebx=\(hex(entry.ebx)) ecx=\(hex(entry.ecx)) edx=\(hex(entry.edx))")
+            }
+        }
         if json {
             say(JSON.object([("ok", .bool(true)), ("cpuid_entries", .number(Double(cpuid.count)))]).text)
         } else {
