@@ -56,6 +56,11 @@ public final class ControlServer: @unchecked Sendable {
                 if errno == EINTR { continue }
                 return
             }
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            // One client at a time: a silent one must not hold the API forever.
+            var timeout = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             handle(client)
             Glibc.close(client)
         }

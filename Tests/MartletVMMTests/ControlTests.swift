@@ -5,7 +5,7 @@ import Testing
 
 /// A minimal client of the control socket: one JSON line out, one JSON line back.
 func control(_ path: String, _ command: String) throws -> JSON {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     #expect(fd >= 0)
     defer { close(fd) }
     var address = sockaddr_un()

@@ -24,6 +24,8 @@ struct NetTests {
         let elf = try TestSupport.guestELF.get()
         try #require(TestSupport.run(Self.ip, ["netns", "add", namespace]).status == 0)
         defer { _ = try? TestSupport.run(Self.ip, ["netns", "del", namespace]) }
+        let sysctl = try TestSupport.run(Self.ip, ["netns", "exec", namespace, "/sbin/sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
+        #expect(sysctl.status == 0, "no IPv6 neighbour discovery on the test link: \(sysctl.output)")
         for command in [
             ["tuntap", "add", "dev", "mtap0", "mode", "tap", "vnet_hdr"],
             ["addr", "add", "10.77.0.1/24", "dev", "mtap0"],

@@ -303,7 +303,7 @@ static void test_net(void) {
     volatile uint8_t *in = (volatile uint8_t *)NET_RX + 12;
     int found = 0;
     for (int frames = 0; frames < 32 && !found; frames++) {
-        int64_t n = wait_used(0, 3000000);
+        int64_t n = wait_used(0, 300000);
         if (n < 0) break;
         found = n >= 12 + 42 && in[12] == 0x08 && in[13] == 0x06 && in[21] == 2;
         if (!found) post(0);
