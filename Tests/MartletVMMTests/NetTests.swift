@@ -43,8 +43,9 @@ struct NetTests {
         #expect(run.output.contains("net mac: 52:54:00:aa:bb:cc"))
         #expect(run.output.contains("net rx: arp reply from 10.77.0.1"), "\(run.output)")
         let after = try tapReceived(namespace)
-        #expect(after.packets == before.packets + 1)
-        #expect(after.bytes == before.bytes + 42)  // the guest's ARP request, header stripped by the tap
+        // The guest's ARP requests (it asks again when a reply is lost), vnet header stripped by the tap.
+        #expect(after.packets > before.packets)
+        #expect(after.bytes - before.bytes == 42 * (after.packets - before.packets))
     }
 
     @Test func badNICConfigIsRejected() {
