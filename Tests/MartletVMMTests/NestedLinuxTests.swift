@@ -88,7 +88,11 @@ struct NestedLinuxTests {
             return "\(bin)/martlet-vmm"
         }
         let swift = FileManager.default.isExecutableFile(atPath: "/opt/swift/usr/bin/swift") ? "/opt/swift/usr/bin/swift" : "/usr/bin/swift"
-        let flags = ["build", "--package-path", TestSupport.repository.path, "-c", "release", "--static-swift-stdlib", "--product", "martlet-vmm"]
+        // A scratch path of its own: the running `swift test` holds the lock on .build.
+        let flags = [
+            "build", "--package-path", TestSupport.repository.path, "--scratch-path", TestSupport.repository.appendingPathComponent(".build-vmm-release").path,
+            "-c", "release", "--static-swift-stdlib", "--product", "martlet-vmm",
+        ]
         let build = try TestSupport.run(swift, flags, timeout: 900)
         guard build.status == 0 else { throw VMMError(.io, "release build of martlet-vmm failed: \(build.output)") }
         let path = try TestSupport.run(swift, flags + ["--show-bin-path"])
