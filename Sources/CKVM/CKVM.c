@@ -4,6 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
@@ -133,5 +137,20 @@ long ckvm_setup_lapic_lint(int vcpu_fd) {
     set_lvt_mode(&lapic, APIC_LVT0, APIC_MODE_EXTINT);
     set_lvt_mode(&lapic, APIC_LVT1, APIC_MODE_NMI);
     return ckvm_ioctl(vcpu_fd, KVM_SET_LAPIC, (unsigned long)&lapic);
+}
+
+int ckvm_open_tap(const char *name, int vnet_header_size) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -errno;
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    request.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if (ioctl(fd, TUNSETIFF, &request) < 0 || ioctl(fd, TUNSETVNETHDRSZ, &vnet_header_size) < 0) {
+        int error = errno;
+        close(fd);
+        return -error;
+    }
+    return fd;
 }
 #endif

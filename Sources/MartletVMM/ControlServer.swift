@@ -56,6 +56,11 @@ public final class ControlServer: @unchecked Sendable {
                 if errno == EINTR { continue }
                 return
             }
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            // One client at a time: a silent one must not hold the API forever.
+            var timeout = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             handle(client)
             Glibc.close(client)
         }
@@ -109,6 +114,7 @@ public final class ControlServer: @unchecked Sendable {
                 ("memory_mib", .number(Double(config.memoryMiB))),
                 ("kernel", .string(config.kernel)),
                 ("disks", .array(config.disks.map { .string($0.path) })),
+                ("nics", .array(config.nics.map { .string($0.tap) })),
                 ("port_io_exits", .number(Double(machine.portIOExits))),
                 ("device_errors", .array(machine.deviceErrors.map { .string($0) })),
             ])
@@ -124,5 +130,47 @@ public final class ControlServer: @unchecked Sendable {
             return failure("unknown command '\(command)'; use info, state, pause, resume, shutdown or stop")
         }
         return .object([("ok", .bool(true)), ("state", .string(machine.state.rawValue))])
+    }
+}
+
+/// The client side of the control socket (`martlet-vmm control`), so hosts need no socat.
+public enum ControlClient {
+    /// Sends one request line and returns the reply line.
+    public static func send(_ request: JSON, to path: String) throws -> JSON {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(path.utf8)
+        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw VMMError(.control, "socket path '\(path)' is too long")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in pathBytes.enumerated() { raw[index] = byte }
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw VMMError(.control, "socket() failed: \(errnoText(errno))") }
+        defer { Glibc.close(fd) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else {
+            throw VMMError(.control, "cannot connect to '\(path)': \(errnoText(errno)); is the VM running with this control_socket?")
+        }
+        let line = Array((request.text + "\n").utf8)
+        var sent = 0
+        while sent < line.count {
+            let count = line.withUnsafeBytes { write(fd, $0.baseAddress! + sent, line.count - sent) }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { throw VMMError(.control, "write to '\(path)' failed: \(errnoText(errno))") }
+            sent += count
+        }
+        var reply: [UInt8] = []
+        var byte: UInt8 = 0
+        while true {
+            let count = read(fd, &byte, 1)
+            if count < 0 && errno == EINTR { continue }
+            guard count == 1, byte != 0x0A else { break }
+            reply.append(byte)
+        }
+        return try JSON(parsing: String(decoding: reply, as: UTF8.self))
     }
 }

@@ -34,7 +34,11 @@ public final class KVMSystem {
         defer { if let fdToClose { close(fdToClose) } }
         let version = ckvm_ioctl(fd, CKVM_GET_API_VERSION, 0)
         guard version == 12 else {
-            throw VMMError(.kvmCapability, "KVM API version \(version) is not the stable version 12")
+            throw VMMError(
+                .kvmCapability,
+                version < 0
+                    ? "\(path) is not a KVM device (KVM_GET_API_VERSION failed: \(errnoText(Int32(-version))))"
+                    : "KVM API version \(version) is not the stable version 12; use a mainline Linux KVM")
         }
         for (capability, name) in KVMSystem.requiredCapabilities
         where ckvm_ioctl(fd, CKVM_CHECK_EXTENSION, UInt(capability)) <= 0 {

@@ -95,6 +95,10 @@ public final class Machine: @unchecked Sendable {
 
         var transports: [VirtioMMIOTransport] = []
         var devices: [VirtioDevice] = disks
+        for (index, nic) in config.nics.enumerated() {
+            let mac = nic.mac.flatMap(VirtioNet.parseMAC) ?? VirtioNet.defaultMAC(for: nic.tap)
+            devices.append(try field("nics[\(index)]") { try VirtioNet(tap: nic.tap, mac: mac) })
+        }
         if config.rng { devices.append(try VirtioRNG()) }
         for (index, device) in devices.enumerated() {
             transports.append(VirtioMMIOTransport(
@@ -207,6 +211,7 @@ public final class Machine: @unchecked Sendable {
         }
         kickAll()
         for thread in threads { pthread_join(thread, nil) }
+        for transport in virtio { transport.device.stop() }
         return result
     }
 
@@ -223,6 +228,21 @@ public final class Machine: @unchecked Sendable {
             if !started { return .created }
             if exitResult != nil { return .stopped }
             return paused ? .paused : .running
+        }
+    }
+
+    /// Feeds bytes read from `fd` (the console's stdin) to COM1 on a dedicated thread, for the
+    /// life of the process.
+    public func attachConsoleInput(fd: Int32) throws {
+        let serial = self.serial
+        _ = try startThread {
+            var buffer = [UInt8](repeating: 0, count: 256)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { return }
+                serial.receive(Array(buffer.prefix(count)))
+            }
         }
     }
 

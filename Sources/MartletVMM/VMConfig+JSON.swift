@@ -1,9 +1,10 @@
 extension VMConfig {
     static let keys: Set<String> = [
-        "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "disks", "rng", "serial", "on_reboot",
+        "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "disks", "nics", "rng", "serial", "on_reboot",
         "control_socket", "ap_start",
     ]
     static let diskKeys: Set<String> = ["path", "read_only", "id"]
+    static let nicKeys: Set<String> = ["tap", "mac"]
 
     /// Decodes the JSON configuration (see Sources/martlet-vmm/README.md); unknown keys and
     /// wrong types are errors naming the field.
@@ -51,6 +52,22 @@ extension VMConfig {
                     throw fail(key, "\(value.text) is not one of \"sipi\", \"entry\"")
                 }
                 apStart = start
+            case "nics":
+                guard case .array(let entries) = value else { throw fail(key, "expected an array of nics") }
+                for (index, entry) in entries.enumerated() {
+                    let field = "nics[\(index)]"
+                    guard case .object(let nicMembers) = entry else { throw fail(field, "expected an object") }
+                    var nic = NIC(tap: "")
+                    for (nicKey, nicValue) in nicMembers {
+                        switch nicKey {
+                        case "tap": nic.tap = try string(nicValue, "\(field).tap")
+                        case "mac": nic.mac = try string(nicValue, "\(field).mac")
+                        default:
+                            throw fail("\(field).\(nicKey)", "unknown key; known keys: \(VMConfig.nicKeys.sorted().joined(separator: ", "))")
+                        }
+                    }
+                    nics.append(nic)
+                }
             case "disks":
                 guard case .array(let entries) = value else { throw fail(key, "expected an array of disks") }
                 for (index, entry) in entries.enumerated() {

@@ -12,6 +12,17 @@ public struct VMConfig: Equatable, Sendable {
         }
     }
 
+    public struct NIC: Equatable, Sendable {
+        /// Name of the tap device (created if missing, with a virtio-net header).
+        public var tap: String
+        /// "52:54:00:12:34:56"; derived from the tap name when nil.
+        public var mac: String?
+        public init(tap: String, mac: String? = nil) {
+            self.tap = tap
+            self.mac = mac
+        }
+    }
+
     /// What a guest-requested reset does.
     public enum RebootPolicy: String, Sendable { case exit, restart }
 
@@ -25,6 +36,7 @@ public struct VMConfig: Equatable, Sendable {
     public var initrd: String?
     public var cmdline = "console=ttyS0"
     public var disks: [Disk] = []
+    public var nics: [NIC] = []
     public var rng = false
     public var serial: SerialOutput = .stdout
     public var onReboot: RebootPolicy = .exit
@@ -49,8 +61,16 @@ public struct VMConfig: Equatable, Sendable {
         guard cmdline.utf8.count < BootLayout.commandLineMax - 256 else {
             throw VMMError(.config, "cmdline: \(cmdline.utf8.count) bytes is too long; keep it under \(BootLayout.commandLineMax - 256)")
         }
-        guard disks.count + (rng ? 1 : 0) <= Machine.virtioIRQs.count else {
-            throw VMMError(.config, "disks: at most \(Machine.virtioIRQs.count - (rng ? 1 : 0)) virtio devices fit")
+        guard disks.count + nics.count + (rng ? 1 : 0) <= Machine.virtioIRQs.count else {
+            throw VMMError(.config, "disks, nics: at most \(Machine.virtioIRQs.count) virtio devices fit")
+        }
+        for (index, nic) in nics.enumerated() {
+            guard !nic.tap.isEmpty, nic.tap.utf8.count < 16, !nic.tap.contains("/") else {
+                throw VMMError(.config, "nics[\(index)].tap: '\(nic.tap)' is not a valid interface name (1-15 characters)")
+            }
+            if let mac = nic.mac, VirtioNet.parseMAC(mac) == nil {
+                throw VMMError(.config, "nics[\(index)].mac: '\(mac)' is not a MAC address like 52:54:00:12:34:56")
+            }
         }
         for (index, disk) in disks.enumerated() {
             guard !disk.path.isEmpty else { throw VMMError(.config, "disks[\(index)].path: missing") }

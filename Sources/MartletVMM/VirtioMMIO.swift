@@ -8,6 +8,12 @@ protocol VirtioDevice: AnyObject {
     func readConfig(offset: Int, size: Int) -> UInt64
     /// Handles every available chain of `queue`; returns whether the used ring changed.
     func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool
+    /// Stops background work (receive threads) when the VM ends.
+    func stop()
+}
+
+extension VirtioDevice {
+    func stop() {}
 }
 
 /// The virtio-mmio transport, version 2 ("modern"), one device per 4 KiB window.
@@ -41,6 +47,34 @@ final class VirtioMMIOTransport: MMIODevice {
         self.memory = memory
         self.interrupt = interrupt
         self.queues = device.queueSizes.map { VirtQueue(maxSize: $0) }
+        if let net = device as? VirtioNet {
+            net.deliver = { [unowned self] body in deliver(queue: 0, body) }
+        }
+    }
+
+    /// Runs `body` on a queue from a device thread (received frames), under the transport's
+    /// lock, and interrupts the guest when it used a buffer. Returns nil when the queue is not live.
+    func deliver(queue index: Int, _ body: (VirtQueue, GuestMemory) throws -> Bool) -> Bool? {
+        var raise = false
+        let result: Bool? = lock.withLock {
+            guard index < queues.count, queues[index].ready,
+                status & VirtioMMIOTransport.statusDriverOK != 0,
+                status & VirtioMMIOTransport.statusNeedsReset == 0
+            else { return nil }
+            do {
+                guard try body(queues[index], memory) else { return false }
+                interruptStatus |= 1
+                raise = true
+                return true
+            } catch let error as VMMError {
+                fail(error)
+                return nil
+            } catch {
+                return nil
+            }
+        }
+        if raise { interrupt(irq) }
+        return result
     }
 
     var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne }

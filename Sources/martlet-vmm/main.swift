@@ -9,7 +9,8 @@ let version = "0.1.0"
 let usage = """
     USAGE: martlet-vmm [--config FILE] [options]
            martlet-vmm selftest [--json] [--verbose]
-           martlet-vmm check [--json]
+           martlet-vmm check [--json] [--cpuid]
+           martlet-vmm control SOCKET COMMAND
            martlet-vmm --version | --help
 
     Runs one KVM virtual machine: boots a Linux bzImage (or ELF vmlinux) through the 64-bit
@@ -23,8 +24,9 @@ let usage = """
       --vcpus N                number of vCPUs (1-64, default 1)
       --memory MIB             guest RAM in MiB (default 256)
       --disk PATH[,ro][,id=ID] add a virtio-blk disk (raw file or block device); repeatable
+      --net TAP[,mac=MAC]      add a virtio-net device on a tap (created if missing); repeatable
       --rng                    add a virtio-rng device
-      --serial WHERE           stdout (default), none, or file:PATH
+      --serial WHERE           stdout (default; stdin is the console input), none, or file:PATH
       --on-reboot POLICY       exit (default) or restart, when the guest resets
       --control-socket PATH    serve the JSON control API on this unix socket
       --ap-start MODE          sipi (default, like a PC) or entry (all vCPUs at the entry point)
@@ -36,7 +38,10 @@ let usage = """
     SUBCOMMANDS:
       selftest                 boot the built-in test guest (serial, virtio-blk round trip,
                                power-off); prints PASS/FAIL; exit 0 when it passes
-      check                    check that KVM is usable here (device, permission, capabilities)
+      check                    check that KVM is usable here (device, permission, capabilities);
+                               --cpuid also lists KVM_GET_SUPPORTED_CPUID
+      control SOCKET COMMAND   send info, state, pause, resume, shutdown or stop to a running
+                               VM's control socket and print the JSON reply (exit 1 if not ok)
 
     EXIT CODES:
       0 guest powered off (or shut down through the control socket), selftest passed
@@ -105,6 +110,15 @@ func check(_ arguments: [String]) -> Never {
     do {
         let system = try KVMSystem()
         let cpuid = try system.supportedCPUID()
+        if arguments.contains("--cpuid") {
+            func hex(_ value: UInt32) -> String {
+                let digits = String(value, radix: 16)
+                return String(repeating: "0", count: 8 - digits.count) + digits
+            }
+            for entry in cpuid {
+                say("cpuid \(hex(entry.function)).\(entry.index): eax=\(hex(entry.eax)) ebx=\(hex(entry.ebx)) ecx=\(hex(entry.ecx)) edx=\(hex(entry.edx))")
+            }
+        }
         if json {
             say(JSON.object([("ok", .bool(true)), ("cpuid_entries", .number(Double(cpuid.count)))]).text)
         } else {
@@ -117,8 +131,20 @@ func check(_ arguments: [String]) -> Never {
     }
 }
 
+func controlClient(_ arguments: [String]) -> Never {
+    guard arguments.count == 2 else { fail("control: usage: martlet-vmm control SOCKET COMMAND", code: 2) }
+    do {
+        let reply = try ControlClient.send(JSON.object([("command", .string(arguments[1]))]), to: arguments[0])
+        say(reply.text)
+        exit(reply["ok"] == .bool(true) ? 0 : 1)
+    } catch {
+        fail("control: \(error)", code: 1)
+    }
+}
+
 switch arguments.first {
 case "selftest": selftest(Array(arguments.dropFirst()))
+case "control": controlClient(Array(arguments.dropFirst()))
 case "check": check(Array(arguments.dropFirst()))
 case "--version":
     say("martlet-vmm \(version)")
@@ -174,6 +200,14 @@ while index < arguments.count {
         let v = value(flag, &index)
         guard let seconds = Double(v), seconds > 0 else { fail("--timeout: '\(v)' is not a positive number of seconds", code: 2) }
         timeout = seconds
+    case "--net":
+        let parts = value(flag, &index).split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        var nic = VMConfig.NIC(tap: parts[0])
+        for option in parts.dropFirst() {
+            guard option.hasPrefix("mac=") else { fail("--net: unknown option '\(option)'; use TAP[,mac=MAC]", code: 2) }
+            nic.mac = String(option.dropFirst(4))
+        }
+        overrides.append { $0.nics.append(nic) }
     case "--disk":
         let parts = value(flag, &index).split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         var disk = VMConfig.Disk(path: parts[0])
@@ -222,6 +256,14 @@ do {
     fail("\(error)", code: 2)
 } catch {
     fail("\(error)", code: 1)
+}
+
+if config.serial == .stdout {
+    do {
+        try machine.attachConsoleInput(fd: 0)
+    } catch {
+        fail("\(error)", code: 1)
+    }
 }
 
 var server: ControlServer?

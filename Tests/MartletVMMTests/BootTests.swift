@@ -84,6 +84,21 @@ struct BootTests {
         #expect(data.selector == 0x18 && data.db == 1 && data.type == 0x3 && data.limit == 0xFFFF_FFFF)
     }
 
+    @Test func kvmErrorsSayWhatToDo() {
+        #expect {
+            _ = try KVMSystem(path: "/nonexistent/kvm")
+        } throws: { error in
+            let error = error as? VMMError
+            return error?.code == .kvmUnavailable && error?.message.contains("load the kvm-intel or kvm-amd module") == true
+        }
+        #expect {
+            _ = try KVMSystem(path: "/dev/null")
+        } throws: { error in
+            let error = error as? VMMError
+            return error?.code == .kvmCapability && error?.message.contains("/dev/null is not a KVM device (KVM_GET_API_VERSION failed") == true
+        }
+    }
+
     @Test func cpuidCarriesPerVCPUAPICIDs() throws {
         let system = try KVMSystem()
         let supported = try system.supportedCPUID()

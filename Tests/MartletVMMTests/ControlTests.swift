@@ -5,7 +5,7 @@ import Testing
 
 /// A minimal client of the control socket: one JSON line out, one JSON line back.
 func control(_ path: String, _ command: String) throws -> JSON {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     #expect(fd >= 0)
     defer { close(fd) }
     var address = sockaddr_un()
@@ -107,6 +107,54 @@ struct CLITests {
         let missingKernel = try TestSupport.run(TestSupport.vmmBinary, ["--kernel", directory.appendingPathComponent("nope").path])
         #expect(missingKernel.status == 2)
         #expect(missingKernel.output.contains("cannot open kernel"), "\(missingKernel.output)")
+    }
+
+    @Test func onRebootRestartStartsTheGuestAgain() throws {
+        let elf = try TestSupport.guestELF.get()
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let disk = directory.appendingPathComponent("state.raw")
+        try Data(count: 4096).write(to: disk)
+        let result = try TestSupport.run(TestSupport.vmmBinary, [
+            "--kernel", elf, "--cmdline", "test=reset-once", "--memory", "16", "--disk", disk.path,
+            "--on-reboot", "restart", "--timeout", "20",
+        ])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("first boot, resetting"))
+        #expect(result.output.contains("second boot after reset"))
+    }
+
+    @Test func controlClientTalksToARunningVM() throws {
+        let elf = try TestSupport.guestELF.get()
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let socket = directory.appendingPathComponent("vm.sock").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: TestSupport.vmmBinary)
+        process.arguments = ["--kernel", elf, "--cmdline", "test=halt", "--memory", "16", "--serial", "none", "--control-socket", socket, "--timeout", "20"]
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        var waited = 0
+        while !FileManager.default.fileExists(atPath: socket) && waited < 200 {
+            usleep(10_000)
+            waited += 1
+        }
+        let state = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "state"])
+        #expect(state.status == 0 && state.output.contains(#""state":"running""#), "\(state.output)")
+        let bad = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "explode"])
+        #expect(bad.status == 1 && bad.output.contains("unknown command"), "\(bad.output)")
+        let stop = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "stop"])
+        #expect(stop.status == 0, "\(stop.output)")
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 4)
+        #expect(!FileManager.default.fileExists(atPath: socket))
+    }
+
+    @Test func consoleInputReachesTheGuest() throws {
+        let elf = try TestSupport.guestELF.get()
+        let result = try TestSupport.run(TestSupport.vmmBinary, ["--kernel", elf, "--cmdline", "test=echo", "--memory", "16", "--timeout", "20"], input: "typed on the console\n")
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("echo: typed on the console"))
     }
 
     @Test func guestResetExitsWithCode3AndPowerOffWith0() throws {

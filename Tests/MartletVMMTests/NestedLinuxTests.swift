@@ -6,7 +6,8 @@ import Testing
 /// Debian's stock kernel booted by martlet-vmm, for real: these machines' /dev/kvm cannot run
 /// it directly (DESIGN.md, Facts), so an outer QEMU/TCG (`-cpu max`, kvm-amd loaded) runs the
 /// static release martlet-vmm, which boots the same kernel with a busybox initramfs that loads
-/// the virtio modules, reads the virtio-blk disk the outer system prepared and writes to it.
+/// the virtio modules, mounts the ext4 virtio-blk disk the test made, reads the host's file,
+/// writes one back, and pings the outer system through virtio-net and a tap.
 @Suite(.serialized)
 struct NestedLinuxTests {
     static let kernelDirectory = "/var/cache/martlet/kernel"
@@ -15,6 +16,12 @@ struct NestedLinuxTests {
         && FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64")
         && FileManager.default.isExecutableFile(atPath: "/bin/busybox")
 
+    static let innerModules = [
+        "drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_mmio", "drivers/block/virtio_blk",
+        "net/core/failover", "drivers/net/net_failover", "drivers/net/virtio_net",
+        "lib/crc16", "fs/mbcache", "fs/jbd2/jbd2", "crypto/crc32c_generic", "fs/ext4/ext4", "drivers/acpi/button",
+    ]
+
     static let innerInit = """
         #!/bin/busybox sh
         /bin/busybox --install -s /bin
@@ -22,13 +29,27 @@ struct NestedLinuxTests {
         mount -t sysfs sys /sys
         mount -t devtmpfs dev /dev
         echo MARTLET-INNER-INIT
-        for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /modules/$m.ko || echo "INNER: insmod $m failed"; done
+        echo "INNER-CPUS: $(cat /sys/devices/system/cpu/online)"
+        for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net crc16 mbcache jbd2 crc32c_generic ext4; do
+            insmod /modules/$m.ko || echo "INNER: insmod $m failed"
+        done
         i=0
         while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-        echo "INNER-READ: $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n 1)"
+        mkdir -p /mnt
+        mount -t ext4 /dev/vda /mnt && echo "INNER-FILE: $(cat /mnt/hello.txt)"
+        echo "reply from the inner guest" > /mnt/reply.txt
+        umount /mnt
         echo "written by the inner guest" | dd of=/dev/vda bs=512 seek=1 conv=sync,fsync 2>/dev/null
         sync
+        ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up
+        ping -c 3 -W 2 10.77.0.1 >/dev/null 2>&1 && echo "INNER-PING: ok" || echo "INNER-PING: failed"
         echo MARTLET-INNER-DONE
+        insmod /modules/button.ko || echo "INNER: insmod button failed"
+        before=$(grep acpi /proc/interrupts)
+        echo INNER-WAITING
+        i=0
+        while [ "$(grep acpi /proc/interrupts)" = "$before" ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
+        echo "INNER-POWER-BUTTON: $(grep acpi /proc/interrupts | tr -s ' ')"
         poweroff -f
 
         """
@@ -39,15 +60,24 @@ struct NestedLinuxTests {
         mount -t proc proc /proc
         mount -t sysfs sys /sys
         mount -t devtmpfs dev /dev
-        for m in irqbypass ccp kvm kvm-amd; do insmod /modules/$m.ko || echo "OUTER: insmod $m failed"; done
+        for m in irqbypass ccp kvm kvm-amd tun; do insmod /modules/$m.ko || echo "OUTER: insmod $m failed"; done
         [ -c /dev/kvm ] || echo "OUTER: no /dev/kvm"
-        printf 'host wrote this sector\\n' > /disk.img
-        dd if=/dev/zero of=/disk.img bs=1024 count=0 seek=1024 2>/dev/null
+        tunctl -t mtap0 >/dev/null && ip addr add 10.77.0.1/24 dev mtap0 && ip link set mtap0 up
         echo OUTER-START-VMM
-        /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 \\
-            --cmdline "console=ttyS0 panic=-1 loglevel=6 printk.time=1" --disk /disk.img,id=nested --timeout 240
+        /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus 2 \\
+            --cmdline "console=ttyS0 panic=-1 loglevel=6 printk.time=1" --disk /disk.img,id=nested \\
+            --net mtap0 --serial file:/inner.log --control-socket /vm.sock --timeout 240 &
+        vmm=$!
+        i=0
+        while ! grep -q INNER-WAITING /inner.log 2>/dev/null && [ $i -lt 200 ]; do sleep 1; i=$((i+1)); done
+        echo "OUTER-INFO: $(/martlet-vmm control /vm.sock info)"
+        echo "OUTER-SHUTDOWN: $(/martlet-vmm control /vm.sock shutdown)"
+        wait $vmm
         echo "OUTER-VMM-EXIT $?"
+        cat /inner.log
         echo "OUTER-DISK: $(dd if=/disk.img bs=512 skip=1 count=1 2>/dev/null | head -n 1)"
+        echo "OUTER-DISK-REPLY: $(grep -a -c 'reply from the inner guest' /disk.img)"
+        echo "OUTER-TAP-RX: $(cat /sys/class/net/mtap0/statistics/rx_packets)"
         poweroff -f
 
         """
@@ -58,7 +88,11 @@ struct NestedLinuxTests {
             return "\(bin)/martlet-vmm"
         }
         let swift = FileManager.default.isExecutableFile(atPath: "/opt/swift/usr/bin/swift") ? "/opt/swift/usr/bin/swift" : "/usr/bin/swift"
-        let flags = ["build", "--package-path", TestSupport.repository.path, "-c", "release", "--static-swift-stdlib", "--product", "martlet-vmm"]
+        // A scratch path of its own: the running `swift test` holds the lock on .build.
+        let flags = [
+            "build", "--package-path", TestSupport.repository.path, "--scratch-path", TestSupport.repository.appendingPathComponent(".build-vmm-release").path,
+            "-c", "release", "--static-swift-stdlib", "--product", "martlet-vmm",
+        ]
         let build = try TestSupport.run(swift, flags, timeout: 900)
         guard build.status == 0 else { throw VMMError(.io, "release build of martlet-vmm failed: \(build.output)") }
         let path = try TestSupport.run(swift, flags + ["--show-bin-path"])
@@ -87,7 +121,7 @@ struct NestedLinuxTests {
 
         let inner = work.appendingPathComponent("inner")
         try Self.install("/bin/busybox", into: inner, as: "bin/busybox")
-        for module in ["drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_mmio", "drivers/block/virtio_blk"] {
+        for module in Self.innerModules {
             try Self.install("\(modules)/\(module).ko", into: inner, as: "modules/\(URL(fileURLWithPath: module).lastPathComponent).ko")
         }
         for directory in ["proc", "sys", "dev"] { try FileManager.default.createDirectory(at: inner.appendingPathComponent(directory), withIntermediateDirectories: true) }
@@ -96,7 +130,7 @@ struct NestedLinuxTests {
 
         let outer = work.appendingPathComponent("outer")
         try Self.install("/bin/busybox", into: outer, as: "bin/busybox")
-        for module in ["virt/lib/irqbypass", "drivers/crypto/ccp/ccp", "arch/x86/kvm/kvm", "arch/x86/kvm/kvm-amd"] {
+        for module in ["virt/lib/irqbypass", "drivers/crypto/ccp/ccp", "arch/x86/kvm/kvm", "arch/x86/kvm/kvm-amd", "drivers/net/tun"] {
             try Self.install("\(modules)/\(module).ko", into: outer, as: "modules/\(URL(fileURLWithPath: module).lastPathComponent).ko")
         }
         try Self.install(vmm, into: outer, as: "martlet-vmm")
@@ -107,6 +141,12 @@ struct NestedLinuxTests {
             try? Self.install(path, into: outer, as: String(path.dropFirst()))
         }
         try Self.install("\(Self.kernelDirectory)/vmlinuz", into: outer, as: "inner/vmlinuz")
+        // The inner guest's disk: an ext4 image with a file from the host.
+        let files = work.appendingPathComponent("disk-files")
+        try FileManager.default.createDirectory(at: files, withIntermediateDirectories: true)
+        try "host file for the inner guest\n".write(to: files.appendingPathComponent("hello.txt"), atomically: true, encoding: .utf8)
+        let mkfs = try TestSupport.run("/sbin/mkfs.ext4", ["-q", "-F", "-d", files.path, outer.appendingPathComponent("disk.img").path, "8M"])
+        try #require(mkfs.status == 0, "mkfs.ext4: \(mkfs.output)")
         try Self.packCPIO(inner, to: outer.appendingPathComponent("inner/initrd.gz"))
         for directory in ["proc", "sys", "dev", "tmp"] { try FileManager.default.createDirectory(at: outer.appendingPathComponent(directory), withIntermediateDirectories: true) }
         try Self.outerInit.write(to: outer.appendingPathComponent("init"), atomically: true, encoding: .utf8)
@@ -127,12 +167,21 @@ struct NestedLinuxTests {
         let serial = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
         let excerpt = String(serial.suffix(6000))
         print("nested Linux boot: QEMU exited \(qemu.status) after \(Int(seconds)) s")
+        for line in serial.split(separator: "\n") where line.contains("INNER-") || line.contains("OUTER-") {
+            print("  \(line)")
+        }
 
         #expect(serial.contains("OUTER-START-VMM"), "the outer system did not start martlet-vmm:\n\(excerpt)")
         #expect(!serial.contains("OUTER: no /dev/kvm"), "kvm-amd did not load in the outer QEMU:\n\(excerpt)")
         #expect(serial.contains("MARTLET-INNER-INIT"), "the inner Debian kernel did not reach /init:\n\(excerpt)")
-        #expect(serial.contains("INNER-READ: host wrote this sector"), "the inner guest did not read the virtio-blk disk:\n\(excerpt)")
-        #expect(serial.contains("OUTER-DISK: written by the inner guest"), "the inner guest's write did not reach the disk image:\n\(excerpt)")
+        #expect(serial.contains("INNER-CPUS: 0-1"), "the inner guest did not bring up both vCPUs (INIT/SIPI):\n\(excerpt)")
+        #expect(serial.contains("INNER-FILE: host file for the inner guest"), "the inner guest did not read the host's file from the ext4 virtio-blk disk:\n\(excerpt)")
+        #expect(serial.contains("OUTER-DISK-REPLY: 1"), "the inner guest's file did not reach the disk image:\n\(excerpt)")
+        #expect(serial.contains("OUTER-DISK: written by the inner guest"), "the inner guest's raw write did not reach the disk image:\n\(excerpt)")
+        #expect(serial.contains("INNER-PING: ok"), "the inner guest got no ping replies over virtio-net:\n\(excerpt)")
+        #expect(!serial.contains("OUTER-TAP-RX: 0"), "no packet from the inner guest reached the tap:\n\(excerpt)")
+        #expect(serial.contains("OUTER-SHUTDOWN: {\"ok\":true"), "the control socket refused shutdown:\n\(excerpt)")
+        #expect(serial.contains("INNER-POWER-BUTTON"), "the inner guest did not see the ACPI power button:\n\(excerpt)")
         #expect(serial.contains("OUTER-VMM-EXIT 0"), "martlet-vmm did not end with the guest's power-off:\n\(excerpt)")
     }
 }

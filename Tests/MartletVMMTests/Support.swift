@@ -18,7 +18,7 @@ enum TestSupport {
 
     /// Runs a program, returning its exit status and combined output.
     @discardableResult
-    static func run(_ executable: String, _ arguments: [String], timeout: TimeInterval = 60) throws -> (status: Int32, output: String) {
+    static func run(_ executable: String, _ arguments: [String], timeout: TimeInterval = 60, input: String? = nil) throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -29,7 +29,12 @@ enum TestSupport {
         defer { try? handle.close() }
         process.standardOutput = handle
         process.standardError = handle
+        let stdin = Pipe()
+        process.standardInput = input == nil ? FileHandle.nullDevice : stdin
         try process.run()
+        if let input {
+            stdin.fileHandleForWriting.write(Data(input.utf8))
+        }
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(10_000) }
         if process.isRunning { process.terminate() }

@@ -13,14 +13,11 @@ final class VirtioHarness {
 
     let memory: GuestMemory
     let transport: VirtioMMIOTransport
-    var interrupts = 0
     var availableIndex: UInt16 = 0
 
     init(device: VirtioDevice) throws {
         memory = try GuestMemory(size: 4 << 20)
-        var count = 0
-        transport = VirtioMMIOTransport(device: device, base: 0xD000_0000, irq: 5, memory: memory) { _ in count += 1 }
-        _ = count
+        transport = VirtioMMIOTransport(device: device, base: 0xD000_0000, irq: 5, memory: memory) { _ in }
         transport.write(offset: 0x70, size: 4, value: 0)
         transport.write(offset: 0x70, size: 4, value: 3)
         transport.write(offset: 0x24, size: 4, value: 1)

@@ -69,3 +69,8 @@ long ckvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *values,
 /// Programs the local APIC's LINT0 as ExtINT and LINT1 as NMI (KVM_GET/SET_LAPIC), the
 /// wiring a PC has and Linux expects. Returns 0 or -errno.
 long ckvm_setup_lapic_lint(int vcpu_fd);
+
+/// Opens (or creates) the tap interface `name` with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a
+/// `vnet_header_size`-byte virtio-net header (TUNSETIFF, TUNSETVNETHDRSZ are _IOW macros).
+/// Returns the fd, or -errno.
+int ckvm_open_tap(const char *name, int vnet_header_size);

@@ -99,12 +99,15 @@ static uint32_t apic_id(void) {
 
 /* ---- virtio-mmio (modern) driver, polling ---- */
 #define VIRTIO_BASE 0xd0000000ull
-#define Q_DESC 0x300000ull
-#define Q_AVAIL 0x300400ull
-#define Q_USED 0x300800ull
-#define BUF_HDR 0x301000ull
-#define BUF_DATA 0x302000ull
-#define BUF_STATUS 0x304000ull
+/* Queue q's rings live at 0x300000 + q * 0x10000: descriptors, then avail, then used. */
+#define Q_DESC(q) (0x300000ull + 0x10000ull * (q))
+#define Q_AVAIL(q) (Q_DESC(q) + 0x400)
+#define Q_USED(q) (Q_DESC(q) + 0x800)
+#define BUF_HDR 0x341000ull
+#define BUF_DATA 0x342000ull
+#define BUF_STATUS 0x344000ull
+#define NET_RX 0x350000ull
+#define NET_TX 0x360000ull
 #define QSIZE 8
 
 struct desc {
@@ -114,7 +117,7 @@ struct desc {
 };
 
 static uint64_t dev;
-static uint16_t avail_idx, used_seen;
+static uint16_t avail_idx[2], used_seen[2];
 
 static uint64_t find_device(uint32_t id) {
     for (int i = 0; i < 16; i++) {
@@ -124,7 +127,7 @@ static uint64_t find_device(uint32_t id) {
     return 0;
 }
 
-static int virtio_init(uint32_t id, uint32_t wanted_low) {
+static int virtio_init(uint32_t id, uint32_t wanted_low, int queues) {
     dev = find_device(id);
     if (!dev) return -1;
     mmio_write(dev + 0x70, 0);
@@ -139,41 +142,52 @@ static int virtio_init(uint32_t id, uint32_t wanted_low) {
     mmio_write(dev + 0x20, 1);
     mmio_write(dev + 0x70, 1 | 2 | 8);
     if (!(mmio_read(dev + 0x70) & 8)) return -3;
-    mmio_write(dev + 0x30, 0);
-    if (mmio_read(dev + 0x34) < QSIZE) return -4;
-    mmio_write(dev + 0x38, QSIZE);
-    mmio_write(dev + 0x80, (uint32_t)Q_DESC);
-    mmio_write(dev + 0x84, 0);
-    mmio_write(dev + 0x90, (uint32_t)Q_AVAIL);
-    mmio_write(dev + 0x94, 0);
-    mmio_write(dev + 0xa0, (uint32_t)Q_USED);
-    mmio_write(dev + 0xa4, 0);
-    mmio_write(dev + 0x44, 1);
+    for (int q = 0; q < queues; q++) {
+        mmio_write(dev + 0x30, (uint32_t)q);
+        if (mmio_read(dev + 0x34) < QSIZE) return -4;
+        mmio_write(dev + 0x38, QSIZE);
+        mmio_write(dev + 0x80, (uint32_t)Q_DESC(q));
+        mmio_write(dev + 0x84, 0);
+        mmio_write(dev + 0x90, (uint32_t)Q_AVAIL(q));
+        mmio_write(dev + 0x94, 0);
+        mmio_write(dev + 0xa0, (uint32_t)Q_USED(q));
+        mmio_write(dev + 0xa4, 0);
+        mmio_write(dev + 0x44, 1);
+        avail_idx[q] = used_seen[q] = 0;
+    }
     mmio_write(dev + 0x70, 1 | 2 | 8 | 4);
-    avail_idx = used_seen = 0;
     return mmio_read(dev + 0x70) & 0x40 ? -5 : 0;
 }
 
-/* Submits the chain starting at descriptor 0 and polls for its completion; returns used len. */
-static int64_t submit(void) {
-    volatile uint16_t *avail = (volatile uint16_t *)Q_AVAIL;
-    volatile uint16_t *used = (volatile uint16_t *)Q_USED;
-    avail[2 + (avail_idx % QSIZE)] = 0;
+/* Makes the chain at descriptor 0 of queue q available and notifies the device. */
+static void post(int q) {
+    volatile uint16_t *avail = (volatile uint16_t *)Q_AVAIL(q);
+    avail[2 + (avail_idx[q] % QSIZE)] = 0;
     barrier();
-    avail[1] = ++avail_idx;
+    avail[1] = ++avail_idx[q];
     barrier();
-    mmio_write(dev + 0x50, 0);
-    while (used[1] == used_seen) {
-        if (mmio_read(dev + 0x70) & 0x40) return -1;
+    mmio_write(dev + 0x50, (uint32_t)q);
+}
+
+/* Polls queue q for its next used element (at most `spins` tries); returns its length or -1. */
+static int64_t wait_used(int q, uint64_t spins) {
+    volatile uint16_t *used = (volatile uint16_t *)Q_USED(q);
+    while (used[1] == used_seen[q]) {
+        if ((mmio_read(dev + 0x70) & 0x40) || spins-- == 0) return -1;
     }
-    used_seen++;
+    used_seen[q]++;
     mmio_write(dev + 0x64, mmio_read(dev + 0x60));
-    return *(volatile uint32_t *)(Q_USED + 4 + 8 * ((used_seen - 1) % QSIZE) + 4);
+    return *(volatile uint32_t *)(Q_USED(q) + 4 + 8 * ((used_seen[q] - 1) % QSIZE) + 4);
+}
+
+static int64_t submit(void) {
+    post(0);
+    return wait_used(0, ~0ull);
 }
 
 /* One virtio-blk request: type, sector, data length (0 for none). Returns the status byte. */
 static int blk_request(uint32_t type, uint64_t sector, uint32_t len) {
-    struct desc *d = (struct desc *)Q_DESC;
+    struct desc *d = (struct desc *)Q_DESC(0);
     volatile uint32_t *hdr = (volatile uint32_t *)BUF_HDR;
     hdr[0] = type;
     hdr[1] = 0;
@@ -192,7 +206,7 @@ static int blk_request(uint32_t type, uint64_t sector, uint32_t len) {
 }
 
 static void test_blk(void) {
-    int r = virtio_init(2, 1u << 9);
+    int r = virtio_init(2, 1u << 9, 1);
     if (r) {
         print("blk: init failed ");
         put_dec((uint64_t)-r);
@@ -232,11 +246,11 @@ static void test_blk(void) {
 }
 
 static void test_rng(void) {
-    if (virtio_init(4, 0)) {
+    if (virtio_init(4, 0, 1)) {
         print("rng: init failed\n");
         return;
     }
-    struct desc *d = (struct desc *)Q_DESC;
+    struct desc *d = (struct desc *)Q_DESC(0);
     d[0] = (struct desc){BUF_DATA, 32, 2, 0};
     int64_t n = submit();
     lock();
@@ -244,6 +258,67 @@ static void test_rng(void) {
     put_dec((uint64_t)n);
     puts_raw(" ");
     for (int i = 0; i < 32; i++) put_hex(((volatile uint8_t *)BUF_DATA)[i], 2);
+    puts_raw("\n");
+    unlock();
+}
+
+/* virtio-net: an ARP request for 10.77.0.1 from 10.77.0.2 out through the tap, and the
+ * reply (from the test's network namespace) back in. */
+static void test_net(void) {
+    int r = virtio_init(1, 1u << 5, 2);
+    if (r) {
+        print("net: init failed\n");
+        return;
+    }
+    uint8_t mac[6];
+    for (int i = 0; i < 6; i++) mac[i] = (uint8_t)(mmio_read(dev + 0x100 + (uint32_t)(i & ~3)) >> (8 * (i & 3)));
+    lock();
+    puts_raw("net mac: ");
+    for (int i = 0; i < 6; i++) {
+        put_hex(mac[i], 2);
+        if (i < 5) putc_raw(':');
+    }
+    puts_raw("\n");
+    unlock();
+    ((struct desc *)Q_DESC(0))[0] = (struct desc){NET_RX, 2048, 2, 0};
+    post(0);
+    volatile uint8_t *f = (volatile uint8_t *)NET_TX;
+    for (int i = 0; i < 12 + 42; i++) f[i] = 0;
+    volatile uint8_t *e = f + 12;
+    for (int i = 0; i < 6; i++) e[i] = 0xff, e[6 + i] = mac[i];
+    e[12] = 0x08, e[13] = 0x06;                        /* ARP */
+    e[14] = 0, e[15] = 1, e[16] = 0x08, e[17] = 0;     /* Ethernet, IPv4 */
+    e[18] = 6, e[19] = 4, e[20] = 0, e[21] = 1;        /* request */
+    for (int i = 0; i < 6; i++) e[22 + i] = mac[i];
+    e[28] = 10, e[29] = 77, e[30] = 0, e[31] = 2;      /* sender 10.77.0.2 */
+    e[38] = 10, e[39] = 77, e[40] = 0, e[41] = 1;      /* target 10.77.0.1 */
+    ((struct desc *)Q_DESC(1))[0] = (struct desc){NET_TX, 12 + 42, 0, 0};
+    /* Like any network stack, ask again when no reply comes: a tap whose carrier just came up
+     * may drop the first reply. Unrelated frames are skipped (the buffer is posted again). */
+    volatile uint8_t *in = (volatile uint8_t *)NET_RX + 12;
+    int found = 0;
+    for (int attempt = 0; attempt < 15 && !found; attempt++) {
+        post(1);
+        if (wait_used(1, ~0ull) < 0) {
+            print("net: transmit failed\n");
+            return;
+        }
+        if (attempt == 0) print("net tx done\n");
+        int64_t n = wait_used(0, 30000);
+        if (n < 0) continue;
+        found = n >= 12 + 42 && in[12] == 0x08 && in[13] == 0x06 && in[21] == 2;
+        if (!found) post(0);
+    }
+    if (!found) {
+        print("net: no ARP reply\n");
+        return;
+    }
+    lock();
+    puts_raw("net rx: arp reply from ");
+    for (int i = 0; i < 4; i++) {
+        put_dec(in[28 + i]);
+        if (i < 3) putc_raw('.');
+    }
     puts_raw("\n");
     unlock();
 }
@@ -266,7 +341,7 @@ static void test_smp(uint32_t id) {
 
 static void bench_blk(void) {
     uint64_t n = arg_number("n=", 1000);
-    if (virtio_init(2, 0)) {
+    if (virtio_init(2, 0, 1)) {
         print("bench-blk: init failed\n");
         return;
     }
@@ -311,6 +386,37 @@ void guest_main(const uint8_t *zero_page) {
         for (;;) __asm__ volatile("cli; hlt");
     } else if (arg_is("test=", "blk") || arg_is("test=", "selftest")) {
         test_blk();
+    } else if (arg_is("test=", "echo")) {
+        char line[80];
+        int n = 0;
+        for (;;) {
+            while (!(inb(COM1 + 5) & 1)) {
+            }
+            char c = (char)inb(COM1);
+            if (c == '\n' || n == (int)sizeof(line) - 1) break;
+            line[n++] = c;
+        }
+        line[n] = 0;
+        print("echo: ");
+        print(line);
+        print("\n");
+    } else if (arg_is("test=", "net")) {
+        test_net();
+    } else if (arg_is("test=", "reset-once")) {
+        /* First boot: leave a mark on the disk and reset; after the VMM restarts: power off. */
+        volatile char *data = (volatile char *)BUF_DATA;
+        if (virtio_init(2, 0, 1) || blk_request(0, 0, 512) != 0) {
+            print("reset-once: disk failed\n");
+        } else if (data[0] == 'R' && data[1] == 'S') {
+            print("second boot after reset\n");
+        } else {
+            data[0] = 'R', data[1] = 'S';
+            blk_request(1, 0, 512);
+            blk_request(4, 0, 0);
+            print("first boot, resetting\n");
+            outb(0x64, 0xfe);
+            for (;;) __asm__ volatile("cli; hlt");
+        }
     } else if (arg_is("test=", "rng")) {
         test_rng();
     } else if (arg_is("test=", "bench-pio")) {

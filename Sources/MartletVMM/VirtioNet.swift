@@ -1,0 +1,163 @@
+import CKVM
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// virtio-net over a tap device opened with a 12-byte virtio-net header (IFF_VNET_HDR), so
+/// frames pass between the tap and the guest's buffers unchanged. Queue 0 receives (a thread
+/// polls the tap), queue 1 transmits (handled on the notifying vCPU).
+final class VirtioNet: VirtioDevice {
+    static let featureMAC: UInt64 = 1 << 5
+    static let headerSize = 12
+    static let maxFrame = 65_562
+
+    let deviceID: UInt32 = 1
+    let features: UInt64 = VirtioNet.featureMAC
+    let queueSizes: [UInt16] = [256, 256]
+    let tap: String
+    let mac: [UInt8]
+    private let fd: Int32
+    private var wake: [Int32] = [-1, -1]
+    private var thread: pthread_t?
+    private let state = ConditionLock()
+    private var stopping = false
+    /// Delivers into the receive queue under the transport's lock (set by the transport).
+    var deliver: ((_ body: (VirtQueue, GuestMemory) throws -> Bool) -> Bool?)?
+
+    init(tap: String, mac: [UInt8]) throws {
+        let result = ckvm_open_tap(tap, Int32(VirtioNet.headerSize))
+        guard result >= 0 else {
+            throw VMMError(.io, "cannot open tap '\(tap)': \(errnoText(-result)); it must be a tap device (ip tuntap add dev \(tap) mode tap vnet_hdr) and the VMM needs CAP_NET_ADMIN or ownership of it")
+        }
+        fd = result
+        self.tap = tap
+        self.mac = mac
+        guard pipe(&wake) == 0 else {
+            close(fd)
+            throw VMMError(.io, "pipe for tap '\(tap)' failed: \(errnoText(errno))")
+        }
+        for end in wake {
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(end, F_SETFL, O_NONBLOCK)
+        }
+    }
+
+    deinit {
+        stop()
+        close(fd)
+        close(wake[0])
+        close(wake[1])
+    }
+
+    func readConfig(offset: Int, size: Int) -> UInt64 {
+        var value: UInt64 = 0
+        for i in 0..<size where offset + i < mac.count {
+            value |= UInt64(mac[offset + i]) << (8 * UInt64(i))
+        }
+        return value
+    }
+
+    func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool {
+        if queue == 0 {
+            startReceiving()
+            var byte: UInt8 = 1
+            _ = write(wake[1], &byte, 1)
+            return false
+        }
+        var used = false
+        while let chain = try virtQueue.pop(memory) {
+            guard chain.buffers.allSatisfy({ !$0.writable }) else {
+                throw VMMError(.device, "virtio-net transmit chain \(chain.head) has a device-writable buffer")
+            }
+            let total = chain.buffers.reduce(0) { $0 + Int($1.length) }
+            guard total >= VirtioNet.headerSize, total <= VirtioNet.maxFrame else {
+                throw VMMError(.device, "virtio-net transmit chain \(chain.head) is \(total) bytes, outside \(VirtioNet.headerSize)...\(VirtioNet.maxFrame)")
+            }
+            var frame: [UInt8] = []
+            frame.reserveCapacity(total)
+            for buffer in chain.buffers {
+                frame += try memory.buffer(at: buffer.address, length: UInt64(buffer.length))
+            }
+            _ = frame.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }  // a full tap drops the frame, like a wire
+            try virtQueue.push(memory, head: chain.head, length: 0)
+            used = true
+        }
+        return used
+    }
+
+    private func startReceiving() {
+        state.withLock {
+            guard thread == nil, !stopping else { return }
+            thread = try? startThread { [unowned self] in receiveLoop() }
+        }
+    }
+
+    /// Stops the receive thread (when the VM ends).
+    func stop() {
+        let running: pthread_t? = state.withLock {
+            stopping = true
+            return thread
+        }
+        var byte: UInt8 = 1
+        _ = write(wake[1], &byte, 1)
+        if let running {
+            pthread_join(running, nil)
+            state.withLock { thread = nil }
+        }
+    }
+
+    private func receiveLoop() {
+        var frame = [UInt8](repeating: 0, count: VirtioNet.maxFrame)
+        var pending = 0
+        while !state.withLock({ stopping }) {
+            var fds = [pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0), pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+            // With a frame waiting for guest buffers, only a notification can help.
+            let ready = poll(&fds, pending > 0 ? 1 : 2, -1)
+            if ready < 0 { if errno == EINTR { continue } else { return } }
+            if fds[0].revents != 0 {
+                var drain = [UInt8](repeating: 0, count: 64)
+                _ = read(wake[0], &drain, drain.count)
+            }
+            if pending == 0 {
+                let count = frame.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                guard count > 0 else { continue }
+                pending = count
+            }
+            let length = pending
+            let delivered = deliver? { queue, memory in
+                guard let chain = try queue.pop(memory) else { return false }
+                guard chain.buffers.allSatisfy(\.writable) else {
+                    throw VMMError(.device, "virtio-net receive chain \(chain.head) has a device-readable buffer")
+                }
+                var offset = 0
+                for buffer in chain.buffers where offset < length {
+                    let count = min(Int(buffer.length), length - offset)
+                    try memory.write(frame[offset..<offset + count], at: buffer.address)
+                    offset += count
+                }
+                try queue.push(memory, head: chain.head, length: UInt32(offset))
+                return true
+            }
+            if delivered == true { pending = 0 }
+            if delivered == nil && pending > 0 { pending = 0 }  // queue not live: drop, like a link that is down
+        }
+    }
+}
+
+extension VirtioNet {
+    /// Parses "52:54:00:12:34:56".
+    static func parseMAC(_ text: String) -> [UInt8]? {
+        let parts = text.split(separator: ":")
+        guard parts.count == 6 else { return nil }
+        let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
+        return bytes.count == 6 ? bytes : nil
+    }
+
+    /// A stable locally administered MAC derived from the tap name.
+    static func defaultMAC(for tap: String) -> [UInt8] {
+        var hash: UInt32 = 2_166_136_261
+        for byte in tap.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        return [0x52, 0x54, 0x00, UInt8(hash & 0xFF), UInt8((hash >> 8) & 0xFF), UInt8((hash >> 16) & 0xFF)]
+    }
+}
