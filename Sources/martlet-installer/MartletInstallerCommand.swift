@@ -9,16 +9,22 @@ struct MartletInstallerCommand: ParsableCommand {
         commandName: "martlet-installer",
         abstract: "Install the Martlet hypervisor host onto a disk.",
         discussion: """
-            Without a subcommand the interactive text UI starts (newt, 80x24, no colour needed):
-            it collects the same answers as an answer file, shows the engine's plan, asks before
-            erasing anything, installs with a progress screen, and offers to save the choices as
-            /root/martlet-answer.toml on the installed host. Esc asks before quitting.
-            Unattended installs read a TOML answer file; see `install --help` and the answer
-            file reference.
-            Exit status: 0 ok (or cancelled), 1 a step failed, 2 invalid input, 3 not found,
-            4 missing tool, 5 needs root, 6 refused by a safety check, 69 unavailable.
+            Without a subcommand the interactive text UI starts (newt; 80x24, no colour needed). It collects the same answers as an answer file, shows the engine's plan, asks before erasing anything, installs with a progress screen, and offers to save the choices as /root/martlet-answer.toml on the installed host. Esc asks before quitting. `martlet-installer --dry-run` runs every screen and prints the plan instead of installing; `martlet-installer tui --help` lists the text UI's options.
+
+            Unattended installs read a TOML answer file; see `install --help` and the answer file reference.
+
+            Exit status: 0 ok (or cancelled in the text UI), 1 a step failed, 2 invalid input, 3 not found, 4 missing tool, 5 needs root, 6 refused by a safety check, 69 unavailable.
             """,
-        subcommands: [DisksCommand.self, ValidateCommand.self, InstallCommand.self])
+        subcommands: [TextUICommand.self, DisksCommand.self, ValidateCommand.self, InstallCommand.self],
+        defaultSubcommand: TextUICommand.self)
+}
+
+/// The text UI, the default subcommand: `martlet-installer` and `martlet-installer --dry-run`.
+/// A subcommand rather than options of the root, so `install --dry-run` stays install's flag.
+struct TextUICommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tui",
+        abstract: "The interactive text UI (the default when no subcommand is given).")
 
     @Flag(name: .long, help: "Text UI: run every screen, then print the plan instead of installing; writes nothing.")
     var dryRun = false

@@ -128,15 +128,19 @@ public final class TextInstaller {
     }
 
     /// Runs `form` until Next passes `validate` (which returns a message to show) or Back/quit.
-    private func loop(_ form: NewtForm, error: newtComponent, back: Bool = true, validate: () -> String?) -> Move {
+    /// `store` keeps what the screen shows in `choices`, also on Back.
+    private func loop(
+        _ form: NewtForm, error: newtComponent, store: () -> Void, validate: () -> String? = { nil }
+    ) -> Move {
         while true {
             switch form.run() {
             case .escape:
                 if confirmQuit() { return .quit }
-            case .button(0) where back:
-                _ = validate()
+            case .button(0):
+                store()
                 return .back
             case .button, .other:
+                store()
                 if let message = validate() {
                     newtTextboxSetText(error, "! " + message)
                     newtRefresh()
@@ -178,10 +182,7 @@ public final class TextInstaller {
             current: current)
         let error = errorLabel(form)
         form.buttons(["Back", "Next"], y: 17)
-        return loop(form, error: error) {
-            choices.keyboard = Self.keyboards[list.current ?? 0].0
-            return nil
-        }
+        return loop(form, error: error, store: { choices.keyboard = Self.keyboards[list.current ?? 0].0 })
     }
 
     static func describe(_ disk: Disk) -> String {
@@ -208,15 +209,19 @@ public final class TextInstaller {
         form.text(1, 11, width: 71, height: 3, offered.isEmpty ? "No disk can be used. \(note)" : note)
         let error = errorLabel(form)
         form.buttons(["Back", "Next"], y: 17)
-        return loop(form, error: error) {
+        let store = {
+            guard let index = list.current, index < self.offered.count else { return }
+            let path = self.offered[index].path
+            if self.choices.target != path {
+                self.choices.target = path
+                self.choices.extraDisks.removeAll { $0 == path }
+            }
+        }
+        return loop(form, error: error, store: store) {
             guard let index = list.current, index < offered.count else {
                 return "No disk can be used: connect a disk, or unmount / stop what uses one."
             }
             let disk = offered[index]
-            if choices.target != disk.path {
-                choices.target = disk.path
-                choices.extraDisks.removeAll { $0 == disk.path }
-            }
             let minimum = PartitionLayout.minimumDiskSize(rootSize: nil, swapSize: nil)
             if disk.size < minimum {
                 return "\(disk.path) is too small (\(disk.size)): the host needs at least \(minimum)."
@@ -254,10 +259,13 @@ public final class TextInstaller {
             selected: Set(candidates.indices.filter { choices.extraDisks.contains(candidates[$0].path) }))
         let error = errorLabel(form)
         form.buttons(["Back", "Next"], y: 17)
-        return loop(form, error: error) {
-            choices.storage = TextUIChoices.StorageChoice(rawValue: kinds.selected) ?? .lvmThin
-            choices.volumeGroup = group.value
-            choices.extraDisks = candidates.indices.filter { tree?.selected.contains($0) ?? false }.map { candidates[$0].path }
+        let store = {
+            self.choices.storage = TextUIChoices.StorageChoice(rawValue: kinds.selected) ?? .lvmThin
+            self.choices.volumeGroup = group.value
+            self.choices.extraDisks = candidates.indices.filter { tree?.selected.contains($0) ?? false }
+                .map { candidates[$0].path }
+        }
+        return loop(form, error: error, store: store) {
             if group.value.range(of: #"^[A-Za-z0-9_+][A-Za-z0-9_+.\-]{0,63}$"#, options: .regularExpression) == nil {
                 return "'\(group.value)' is not a volume group name: letters, digits, _ + . - (not first)."
             }
@@ -296,17 +304,19 @@ public final class TextInstaller {
         form.label(58, 13, "empty: none")
         let error = errorLabel(form)
         form.buttons(["Back", "Next"], y: 17)
-        return loop(form, error: error) {
-            if let index = list.current, index < interfaces.count { choices.interface = interfaces[index].name }
-            choices.dhcp = mode.selected == 0
-            choices.address = entries[0].value
-            choices.gateway = entries[1].value
-            choices.dns = entries[2].value
-            choices.ipv6 = entries[3].value
-            choices.hostname = entries[4].value
-            choices.vlan = entries[5].value
-            return choices.networkProblem()
+        let store = {
+            if let index = list.current, index < self.interfaces.count {
+                self.choices.interface = self.interfaces[index].name
+            }
+            self.choices.dhcp = mode.selected == 0
+            self.choices.address = entries[0].value
+            self.choices.gateway = entries[1].value
+            self.choices.dns = entries[2].value
+            self.choices.ipv6 = entries[3].value
+            self.choices.hostname = entries[4].value
+            self.choices.vlan = entries[5].value
         }
+        return loop(form, error: error, store: store) { choices.networkProblem() }
     }
 
     private func password() -> Move {
@@ -320,10 +330,12 @@ public final class TextInstaller {
         let key = form.entry(1, 8, width: 71, choices.sshKey)
         let error = errorLabel(form)
         form.buttons(["Back", "Next"], y: 17)
-        return loop(form, error: error) {
-            choices.password = first.value
-            choices.passwordAgain = second.value
-            choices.sshKey = key.value.trimmingCharacters(in: .whitespaces)
+        let store = {
+            self.choices.password = first.value
+            self.choices.passwordAgain = second.value
+            self.choices.sshKey = key.value.trimmingCharacters(in: .whitespaces)
+        }
+        return loop(form, error: error, store: store) {
             if let problem = choices.passwordProblem() { return problem }
             if let weakness = choices.passwordWeakness(),
                 !NewtScreen.confirm("Weak password", "The password is weak: \(weakness).\n\nUse it anyway?",
@@ -350,9 +362,8 @@ public final class TextInstaller {
                 + "America/Los_Angeles, Asia/Tokyo, Australia/Sydney...\nServers usually run on UTC.")
         let error = errorLabel(form)
         form.buttons(["Back", "Next"], y: 17)
-        return loop(form, error: error) {
-            choices.timezone = entry.value.trimmingCharacters(in: .whitespaces)
-            return choices.timezoneProblem(zoneinfo: zoneinfo)
+        return loop(form, error: error, store: { choices.timezone = entry.value.trimmingCharacters(in: .whitespaces) }) {
+            choices.timezoneProblem(zoneinfo: zoneinfo)
         }
     }
 
@@ -374,9 +385,9 @@ public final class TextInstaller {
             return .back
         }
         let form = NewtForm(title: options.dryRun ? "Summary (dry run: nothing is written)" : "Summary")
-        form.text(1, 0, width: 71, height: 15, plan.text)
+        form.text(1, 0, width: 71, height: 16, plan.text)
         let erased = ([plan.target] + plan.extraDisks).map { "\($0.path) (\($0.size), \($0.model ?? "no model"))" }
-        form.label(1, 15, "Erases: " + erased.joined(separator: ", "))
+        form.label(1, 16, String(("Erases: " + erased.joined(separator: ", ")).prefix(71)))
         form.buttons(["Back", "Install"], y: 17)
         while true {
             switch form.run() {
