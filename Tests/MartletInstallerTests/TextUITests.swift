@@ -66,8 +66,9 @@ struct TextUITests {
         var screen = try ui.waitFor("is not a VLAN id")
         #expect(screen.contains("┤ Network ├"))
         for (field, bad, message) in [
-            (0, "300.1.2.3/24", "is not IPv4 with a prefix length"), (1, "192.0.2", "is not an IPv4 address"),
-            (2, "dns.example", "is not an IP address"), (4, "", "Enter a host name"), (4, "bad_name!", "is not a host name"),
+            (0, "300.1.2.3/24", "Address '300.1.2.3/24' is not IPv4"), (1, "192.0.2", "Gateway '192.0.2' is not"),
+            (2, "dns.example", "DNS server 'dns.example' is not"), (4, "", "Enter a host name"),
+            (4, "bad_name!", "'bad_name!' is not a host name"),
         ] {
             try focusNetworkField(field, ui)
             try ui.keys("C-u")
@@ -191,22 +192,98 @@ struct TextUITests {
         #expect(try ui.exitStatus() == 0)
     }
 
-    /// From anywhere on the network screen, to field `index` (0 address ... 5 VLAN).
+    @Test("a real install onto a loop disk through the UI, with progress, and the answer file saved on the host")
+    func realInstall() throws {
+        let rootfs = try testRootfs()
+        let disk = try LoopDisk(size: .gib(8))
+        let work = try TemporaryDirectory()
+        let log = "\(work.path)/install.log"
+        let ui = try TmuxInstaller(arguments: ["--source", rootfs, "--log", log, "--disks", disk.path])
+        var walk = TextUIWalk(target: disk.path, storageIndex: 1)
+        walk.staticAddress = nil
+        try walk.drive(ui)
+        try ui.keys("F12")
+        try ui.waitFor("┤ Erase disks ├")
+        try ui.keys("Enter")
+        try ui.waitFor("┤ Installing ├", timeout: 30)
+        var progress: Set<String> = []
+        let deadline = Date().addingTimeInterval(400)
+        var screen = ""
+        while Date() < deadline {
+            screen = try ui.screen()
+            if screen.contains("┤ Installation complete ├") || screen.contains("┤ Installation failed ├") { break }
+            if let line = screen.split(separator: "\n").first(where: { $0.contains("Step ") && $0.contains("%") }) {
+                progress.insert(line.trimmingCharacters(in: CharacterSet(charactersIn: "│ ")))
+            }
+            usleep(200_000)
+        }
+        try #require(screen.contains("┤ Installation complete ├"), "\(screen)\n\(ui.stderr)")
+        #expect(progress.contains { $0.hasPrefix("Step 5 of 11: copy") }, "\(progress)")
+        #expect(progress.count >= 3, "\(progress)")
+        #expect(screen.contains("[*] Save these choices"))
+        try press("Shell", ui)
+        usleep(500_000)
+        try ui.type("exit")
+        try ui.keys("Enter")
+        #expect(try ui.exitStatus(timeout: 30) == 0)
+        #expect(ui.systemctlCalls.isEmpty, "\(ui.systemctlCalls)")
+        #expect(ui.stderr.contains("installed onto \(disk.path)"), "\(ui.stderr)")
+        #expect(ui.stderr.contains("answer file saved: \(disk.partition(3)):/root/martlet-answer.toml"), "\(ui.stderr)")
+
+        let dump = try sh("sfdisk", ["--dump", disk.path])
+        for name in ["bios", "esp", "root", "storage"] { #expect(dump.contains("name=\"\(name)"), "\(dump)") }
+        let mountpoint = "\(work.path)/target"
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        try sh("mount", ["-o", "ro", disk.partition(3), mountpoint])
+        defer { _ = try? sh("umount", [mountpoint]) }
+        let hostname = try String(contentsOfFile: "\(mountpoint)/etc/hostname", encoding: .utf8)
+        // The engine writes the short name to /etc/hostname (the FQDN goes to /etc/hosts).
+        #expect(hostname.trimmingCharacters(in: .whitespacesAndNewlines) == "hv1")
+        #expect(try String(contentsOfFile: "\(mountpoint)/etc/hosts", encoding: .utf8).contains(walk.hostname))
+        #expect(
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(mountpoint)/etc/localtime"))
+                == "/usr/share/zoneinfo/Europe/Paris")
+        #expect(try String(contentsOfFile: "\(mountpoint)/etc/fstab", encoding: .utf8).contains("UUID="))
+        #expect(FileManager.default.fileExists(atPath: "\(mountpoint)/var/log/martlet/install.log"))
+        let saved = "\(mountpoint)/root/martlet-answer.toml"
+        let mode = try FileManager.default.attributesOfItem(atPath: saved)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let (status, _, err) = try installer(["validate", saved])
+        #expect(status == 0, "\(err)")
+        let answer = try AnswerFile.load(path: saved)
+        #expect(answer.disk.target == .path(disk.path) && answer.disk.wipe && answer.storage.type == .directory)
+        #expect(answer.global.keyboard == "de" && answer.network.vlan == 42 && answer.network.mode == .dhcp)
+        guard case .hashed = answer.global.rootPassword else {
+            Issue.record("the saved answer file holds the password itself")
+            return
+        }
+    }
+
+    /// From anywhere on the network screen, to field `index` (0 address ... 5 VLAN, on screen
+    /// rows 10 to 15), watching the cursor.
     func focusNetworkField(_ index: Int, _ ui: TmuxInstaller) throws {
-        // Shift-Tab back to the interface list (the first component), then forward.
-        for _ in 0..<12 { try ui.keys("BTab") }
-        for _ in 0..<20 where ui.cursor.y != 4 { try ui.keys("Tab") }
-        try ui.keys("Tab", "Tab")
-        for _ in 0...index { try ui.keys("Tab") }
+        for _ in 0..<20 where ui.cursor.y != 10 + index {
+            try ui.keys("Tab")
+            usleep(50_000)
+        }
+        guard ui.cursor.y == 10 + index else {
+            throw MartletError(.failed, "could not reach network field \(index)", cause: try ui.screen())
+        }
     }
 
     /// Presses the Back button (focus is moved there with Tab) and waits for `title`.
     func pressBack(_ ui: TmuxInstaller, to title: String) throws {
+        try press("Back", ui)
+        try ui.waitFor(title)
+    }
+
+    /// Moves the focus to the button `name` with Tab, checking the cursor, and presses it.
+    func press(_ name: String, _ ui: TmuxInstaller) throws {
         let screen = try ui.screen().split(separator: "\n").map(String.init)
-        guard let row = screen.lastIndex(where: { $0.contains("<Back>") }),
-            let column = screen[row].range(of: "<Back>").map({ screen[row].distance(from: screen[row].startIndex, to: $0.lowerBound) })
+        guard let row = screen.lastIndex(where: { $0.contains("<\(name)>") }),
+            let column = screen[row].range(of: "<\(name)>").map({ screen[row].distance(from: screen[row].startIndex, to: $0.lowerBound) })
         else {
-            throw MartletError(.notFound, "no Back button", cause: screen.joined(separator: "\n"))
+            throw MartletError(.notFound, "no \(name) button", cause: screen.joined(separator: "\n"))
         }
         var tabs = 0
         while (ui.cursor.y != row || ui.cursor.x != column + 1) && tabs < 20 {
@@ -214,7 +291,9 @@ struct TextUITests {
             usleep(30_000)
             tabs += 1
         }
+        guard ui.cursor.y == row && ui.cursor.x == column + 1 else {
+            throw MartletError(.failed, "could not move the focus to \(name)", cause: screen.joined(separator: "\n"))
+        }
         try ui.keys("Enter")
-        try ui.waitFor(title)
     }
 }
