@@ -259,6 +259,32 @@ struct TextUITests {
         }
     }
 
+    @Test("a failing install shows the failure screen with the step, the message and the log, and exits with status 1")
+    func failureScreen() throws {
+        let disk = try LoopDisk(size: .gib(8))
+        let work = try TemporaryDirectory()
+        // A source tree that passes the first checks but has no time zone database.
+        for directory in ["etc", "usr", "boot"] {
+            try FileManager.default.createDirectory(atPath: "\(work.path)/source/\(directory)", withIntermediateDirectories: true)
+        }
+        let before = try fingerprint(disk.path, size: .gib(8))
+        let log = "\(work.path)/install.log"
+        let ui = try TmuxInstaller(arguments: ["--source", "\(work.path)/source", "--log", log, "--disks", disk.path])
+        try TextUIWalk(target: disk.path).drive(ui)
+        try ui.keys("F12")
+        try ui.waitFor("┤ Erase disks ├")
+        try ui.keys("Enter")
+        let screen = try ui.waitFor("┤ Installation failed ├", timeout: 30)
+        #expect(screen.contains("stopped at step 'preflight'"), "\(screen)")
+        #expect(screen.contains("'Europe/Paris' is not in the host's time zone"), "\(screen)")
+        #expect(screen.contains(log), "\(screen)")
+        try press("Exit", ui)
+        #expect(try ui.exitStatus() == 1)
+        #expect(ui.stderr.contains("time zone database") && ui.stderr.contains("log: \(log)"), "\(ui.stderr)")
+        #expect(ui.systemctlCalls.isEmpty)
+        #expect(try fingerprint(disk.path, size: .gib(8)) == before)
+    }
+
     /// From anywhere on the network screen, to field `index` (0 address ... 5 VLAN, on screen
     /// rows 10 to 15), watching the cursor.
     func focusNetworkField(_ index: Int, _ ui: TmuxInstaller) throws {

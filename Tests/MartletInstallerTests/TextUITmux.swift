@@ -22,8 +22,9 @@ final class TmuxInstaller {
             atPath: stub, contents: Data("#!/bin/sh\necho \"$@\" >> \(directory.path)/systemctl.calls\n".utf8),
             attributes: [.posixPermissions: 0o755])
         let quoted = ([installerExecutable()] + arguments).map { "'\($0)'" }.joined(separator: " ")
+        // xterm-mono: no colours at all, as on a serial console or a BMC's text screen.
         let command =
-            "PATH=\(directory.path)/bin:/usr/sbin:/usr/bin:/sbin:/bin \(quoted) 2>\(directory.path)/stderr; "
+            "TERM=xterm-mono PATH=\(directory.path)/bin:/usr/sbin:/usr/bin:/sbin:/bin \(quoted) 2>\(directory.path)/stderr; "
             + "echo MARTLET-EXIT=$?; sleep 3600"
         // The tmux server outlives the client that starts it and inherits its descriptors:
         // Foundation's Process would wait for them to close forever, so spawn it directly

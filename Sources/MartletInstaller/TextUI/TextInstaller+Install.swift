@@ -111,7 +111,7 @@ extension TextInstaller {
         text += "\nThe disks may be partly written: run the installer again to retry."
         let form = NewtForm(title: "Installation failed")
         form.text(1, 1, width: 71, height: 14, text)
-        form.buttons(["Shell", "Reboot"], y: 17)
+        form.buttons(["Exit", "Reboot"], y: 17)
         var exit = form.run()
         while exit == .escape || exit == .other { exit = form.run() }
         form.close()
