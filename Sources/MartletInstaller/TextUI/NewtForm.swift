@@ -16,7 +16,7 @@ enum NewtScreen {
         }
         newtCls()
         newtDrawRootText(0, 0, "Martlet hypervisor host installer")
-        newtPushHelpLine(" <Tab>/<Alt-Tab> move | <Space> select | <Enter> press | <Esc> quit")
+        newtPushHelpLine(" <Tab>/<Alt-Tab> move | <Space> select | <Enter> press | <F12> next | <Esc> quit")
     }
 
     static func finish() { newtFinished() }
