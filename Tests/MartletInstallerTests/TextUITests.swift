@@ -175,17 +175,28 @@ struct TextUITests {
         try sh("mount", [mounted.path, "\(work.path)/mnt"])
         defer { _ = try? sh("umount", ["\(work.path)/mnt"]) }
         let free = try LoopDisk(size: .gib(8))
+        let small = try LoopDisk(size: .gib(3))
 
-        let ui = try TmuxInstaller(arguments: ["--dry-run", "--disks", medium.path, mounted.path, free.path])
+        let ui = try TmuxInstaller(arguments: [
+            "--dry-run", "--disks", medium.path, mounted.path, free.path, small.path,
+        ])
         try ui.waitFor("┤ Welcome ├")
         try ui.keys("F12")
         try ui.waitFor("┤ Keyboard layout ├")
         try ui.keys("F12")
-        let screen = try ui.waitFor("┤ Target disk ├")
+        var screen = try ui.waitFor("┤ Target disk ├")
         let listed = try ui.rows(containing: "│ │ /dev/")
-        #expect(listed.count == 1 && listed.first?.contains("\(free.path) ") == true, "\(screen)")
+        #expect(listed.count == 2, "\(screen)")
+        #expect(listed.contains { $0.contains("\(free.path) ") && !$0.contains("too small") }, "\(screen)")
+        #expect(listed.contains { $0.contains("\(small.path) ") && $0.contains("[too small]") }, "\(screen)")
+        #expect(!listed.contains { $0.contains("\(medium.path) ") || $0.contains("\(mounted.path) ") })
         #expect(screen.contains("\(medium.path) (boot medium)"), "\(screen)")
         #expect(screen.contains("\(mounted.path) (mounted on") && screen.contains("\(work.path)/mnt)"), "\(screen)")
+        // The small disk is offered with its warning, and refused with a message that stays on the screen.
+        try TextUIWalk(target: small.path).pick(small.path, in: ui, marker: "│ │ /dev/")
+        try ui.keys("F12")
+        screen = try ui.waitFor("is too small")
+        #expect(screen.contains("┤ Target disk ├") && screen.contains("the host needs at least"), "\(screen)")
         try ui.keys("Escape")
         try ui.waitFor("┤ Quit ├")
         try ui.keys("Enter")

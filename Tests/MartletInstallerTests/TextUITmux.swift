@@ -32,9 +32,23 @@ final class TmuxInstaller {
         let status = try spawnAndWait(
             SystemTool.path("tmux"), ["-L", socket, "new-session", "-d", "-x", "80", "-y", "24", command])
         guard status == 0 else { throw MartletError(.failed, "tmux new-session failed with status \(status)") }
+        let pids = try tmux(["display", "-p", "#{pid} #{pane_pid}"]).split(separator: " ").compactMap {
+            pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        (serverPID, panePID) = pids.count == 2 ? (pids[0], pids[1]) : (0, 0)
     }
 
-    deinit { _ = try? tmux(["kill-server"]) }
+    private var serverPID: pid_t = 0
+    private var panePID: pid_t = 0
+
+    /// kill-server alone leaves the server waiting for a pane whose program ignores SIGHUP
+    /// (newt does): kill the pane's process group and the server by their ids.
+    deinit {
+        if panePID > 0 { kill(-panePID, SIGKILL) }
+        _ = try? tmux(["kill-server"])
+        if serverPID > 0 { kill(serverPID, SIGKILL) }
+        try? FileManager.default.removeItem(atPath: "/tmp/tmux-\(getuid())/\(socket)")
+    }
 
     @discardableResult
     private func tmux(_ arguments: [String]) throws -> String {

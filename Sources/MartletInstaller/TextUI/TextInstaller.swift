@@ -194,7 +194,7 @@ public final class TextInstaller {
         let size = disk.size.description.padding(toLength: 10, withPad: " ", startingAt: 0)
         let transport = disk.transport.padding(toLength: 7, withPad: " ", startingAt: 0)
         var model = disk.model ?? "-"
-        if model.count > 22 { model = "..." + model.suffix(19) }
+        if model.count > 18 { model = "..." + model.suffix(15) }
         let line = "\(name) \(size) \(transport) \(model)"
         return flags.isEmpty ? line : "\(line) [\(flags.joined(separator: ", "))]"
     }
