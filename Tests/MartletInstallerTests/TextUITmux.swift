@@ -18,7 +18,7 @@ final class TmuxInstaller {
         directory = try TemporaryDirectory("martlet-tui")
         try FileManager.default.createDirectory(atPath: "\(directory.path)/bin", withIntermediateDirectories: true)
         let stub = "\(directory.path)/bin/systemctl"
-        FileManager.default.createFile(
+        _ = FileManager.default.createFile(
             atPath: stub, contents: Data("#!/bin/sh\necho \"$@\" >> \(directory.path)/systemctl.calls\n".utf8),
             attributes: [.posixPermissions: 0o755])
         let quoted = ([installerExecutable()] + arguments).map { "'\($0)'" }.joined(separator: " ")

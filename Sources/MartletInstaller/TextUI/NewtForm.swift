@@ -21,14 +21,6 @@ enum NewtScreen {
 
     static func finish() { newtFinished() }
 
-    /// Size of the terminal (newt clamps nothing: screens are laid out for 80x24).
-    static var size: (columns: Int, rows: Int) {
-        var columns: Int32 = 0
-        var rows: Int32 = 0
-        newtGetScreenSize(&columns, &rows)
-        return (Int(columns), Int(rows))
-    }
-
     static func message(_ title: String, _ text: String, button: String = "OK") {
         martlet_newtWinMessage(title, button, text)
     }
@@ -153,8 +145,6 @@ final class NewtForm {
             x += title.count + 5
         }
     }
-
-    func focus(_ component: newtComponent) { newtFormSetCurrent(form, component) }
 
     func run() -> Exit {
         var key: Int32 = 0

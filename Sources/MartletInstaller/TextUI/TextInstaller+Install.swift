@@ -77,12 +77,12 @@ extension TextInstaller {
             "The Martlet host is installed on \(plan.target.path).\n\n"
                 + "Remove the installation medium, then reboot into the new host.\n"
                 + "The install log is in /var/log/martlet/install.log on the host.")
-        let where_ = options.answerOut ?? Self.savedAnswerPath + " on the installed host"
-        let save = form.checkbox(1, 9, "Save these choices as an answer file: \(where_)", checked: true)
+        let destination = options.answerOut ?? Self.savedAnswerPath + " on the installed host"
+        let save = form.checkbox(1, 9, "Save these choices as an answer file: \(destination)", checked: true)
         form.label(1, 11, "(to repeat this install unattended: martlet-installer install --answer FILE)")
         form.buttons(["Reboot", "Power off", "Shell"], y: 17)
-        var exit = form.run()
-        while exit == .escape || exit == .other { exit = form.run() }
+        var choice = form.run()
+        while choice == .escape || choice == .other { choice = form.run() }
         var savedMessage = ""
         if save.checked {
             do {
@@ -94,7 +94,7 @@ extension TextInstaller {
         form.close()
         NewtScreen.finish()
         FileHandle.standardError.write(Data(("installed onto \(plan.target.path)\n" + savedMessage).utf8))
-        switch exit {
+        switch choice {
         case .button(0): _ = try? Installer.conclude(.reboot)
         case .button(1): _ = try? Installer.conclude(.poweroff)
         default: return .shell
@@ -112,12 +112,12 @@ extension TextInstaller {
         let form = NewtForm(title: "Installation failed")
         form.text(1, 1, width: 71, height: 14, text)
         form.buttons(["Exit", "Reboot"], y: 17)
-        var exit = form.run()
-        while exit == .escape || exit == .other { exit = form.run() }
+        var choice = form.run()
+        while choice == .escape || choice == .other { choice = form.run() }
         form.close()
         NewtScreen.finish()
         FileHandle.standardError.write(Data("martlet-installer: \(martlet?.description ?? "\(error)")\nlog: \(options.log)\n".utf8))
-        if exit == .button(1) { _ = try? Installer.conclude(.reboot) }
+        if choice == .button(1) { _ = try? Installer.conclude(.reboot) }
     }
 }
 

@@ -160,14 +160,12 @@ public final class TextInstaller {
     private func welcome() -> Move {
         let form = NewtForm(title: "Welcome")
         form.text(1, 1, width: 71, height: 14, MachineFacts.read(releaseFile: options.releaseFile).text)
-        let error = errorLabel(form)
         form.buttons(["Quit", "Next"], y: 17)
         while true {
             switch form.run() {
             case .escape, .button(0):
                 if confirmQuit() { return .quit }
             default:
-                _ = error
                 return .next
             }
         }
