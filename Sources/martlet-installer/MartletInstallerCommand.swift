@@ -53,16 +53,12 @@ struct TextUICommand: ParsableCommand {
             switch try TextInstaller(options: options).run() {
             case .cancelled:
                 FileHandle.standardError.write(Data("martlet-installer: cancelled; no disk was changed\n".utf8))
-            case .planned, .installed:
+            case .planned, .installed, .shell:
+                // The live system starts the installer from root's login shell on tty1 and
+                // ttyS0: leaving it gives that shell.
                 break
             case .failed:
                 throw ExitCode(1)
-            case .shell:
-                let shell = FileManager.default.isExecutableFile(atPath: "/bin/bash") ? "/bin/bash" : "/bin/sh"
-                FileHandle.standardError.write(Data("Type 'exit' to leave the shell.\n".utf8))
-                let arguments: [UnsafeMutablePointer<CChar>?] = [strdup(shell), strdup("-l"), nil]
-                execv(shell, arguments)
-                throw MartletError.system("execv", path: shell)
             }
         }
     }

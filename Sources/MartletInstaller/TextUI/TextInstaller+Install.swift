@@ -93,10 +93,11 @@ extension TextInstaller {
         }
         form.close()
         NewtScreen.finish()
-        FileHandle.standardError.write(Data(("installed onto \(plan.target.path)\n" + savedMessage).utf8))
+        FileHandle.standardError.write(
+            Data(("installed onto \(plan.target.path)\n" + savedMessage + "reboot or poweroff when ready\n").utf8))
         switch choice {
-        case .button(0): _ = try? Installer.conclude(.reboot)
-        case .button(1): _ = try? Installer.conclude(.poweroff)
+        case .button(0): Self.conclude(.reboot)
+        case .button(1): Self.conclude(.poweroff)
         default: return .shell
         }
         return .installed
@@ -117,7 +118,16 @@ extension TextInstaller {
         form.close()
         NewtScreen.finish()
         FileHandle.standardError.write(Data("martlet-installer: \(martlet?.description ?? "\(error)")\nlog: \(options.log)\n".utf8))
-        if choice == .button(1) { _ = try? Installer.conclude(.reboot) }
+        if choice == .button(1) { Self.conclude(.reboot) }
+    }
+
+    /// Reboots or powers off; when that fails the shell is left to the user with the reason.
+    private static func conclude(_ mode: AnswerFile.RebootMode) {
+        do {
+            try Installer.conclude(mode)
+        } catch {
+            FileHandle.standardError.write(Data("martlet-installer: \(mode.rawValue) failed: \(error)\n".utf8))
+        }
     }
 }
 
