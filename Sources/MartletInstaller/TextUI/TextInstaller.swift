@@ -1,0 +1,406 @@
+import CNewt
+import Foundation
+import Logging
+import MartletCore
+
+/// The interactive installer: newt screens that collect an `AnswerFile`, then the same
+/// `InstallPlan.make` and `Installer` as an unattended install.
+public final class TextInstaller {
+    public struct Options: Sendable {
+        public var source: String
+        public var dryRun: Bool
+        /// Where to save the answer file; nil saves /root/martlet-answer.toml on the target.
+        public var answerOut: String?
+        public var log: String
+        /// Consider only these disks (device paths); nil considers every disk.
+        public var onlyDisks: [String]?
+        public var releaseFile: String
+
+        public init(
+            source: String = InstallPlan.defaultSource, dryRun: Bool = false, answerOut: String? = nil,
+            log: String = "/var/log/martlet/install.log", onlyDisks: [String]? = nil,
+            releaseFile: String = "/etc/martlet/release"
+        ) {
+            self.source = source
+            self.dryRun = dryRun
+            self.answerOut = answerOut
+            self.log = log
+            self.onlyDisks = onlyDisks
+            self.releaseFile = releaseFile
+        }
+    }
+
+    /// How the text UI ended, for the exit status.
+    public enum Outcome: Equatable, Sendable {
+        case cancelled
+        case planned(String)
+        case installed
+        case failed
+        case shell
+    }
+
+    static let keyboards: [(String, String)] = [
+        ("us", "English (US)"), ("gb", "English (UK)"), ("de", "German"), ("fr", "French"),
+        ("es", "Spanish"), ("it", "Italian"), ("ch", "Swiss"), ("be", "Belgian"), ("nl", "Dutch"),
+        ("pt", "Portuguese"), ("br", "Portuguese (Brazil)"), ("se", "Swedish"), ("no", "Norwegian"),
+        ("dk", "Danish"), ("fi", "Finnish"), ("pl", "Polish"), ("cz", "Czech"), ("hu", "Hungarian"),
+        ("ru", "Russian"), ("jp", "Japanese"),
+    ]
+
+    let options: Options
+    var choices = TextUIChoices()
+    var disks: [Disk] = []
+    var offered: [Disk] = []
+    var notOffered: [(Disk, String)] = []
+    var interfaces: [NetworkInterface] = []
+
+    public init(options: Options) { self.options = options }
+
+    private enum Step: Int, CaseIterable {
+        case welcome, keyboard, disk, storage, network, password, timezone, summary
+    }
+
+    private enum Move { case next, back, quit }
+
+    /// Runs the screens until the user quits, the dry run prints its plan, or the install ends.
+    public func run() throws -> Outcome {
+        let discovered = try DiskDiscovery().disks()
+        disks = options.onlyDisks.map { only in discovered.filter { only.contains($0.path) } } ?? discovered
+        for disk in disks {
+            if let reason = Self.refusal(disk) { notOffered.append((disk, reason)) } else { offered.append(disk) }
+        }
+        interfaces = NetworkInterface.list()
+        choices.interface = (interfaces.first { $0.state == "link up" } ?? interfaces.first)?.name
+        try NewtScreen.start()
+        var finished = false
+        defer { if !finished { NewtScreen.finish() } }
+
+        var step = Step.welcome
+        while true {
+            let move: Move
+            switch step {
+            case .welcome: move = welcome()
+            case .keyboard: move = keyboard()
+            case .disk: move = targetDisk()
+            case .storage: move = storage()
+            case .network: move = network()
+            case .password: move = password()
+            case .timezone: move = timezone()
+            case .summary:
+                switch summary() {
+                case .back:
+                    move = .back
+                case .quit:
+                    move = .quit
+                case .plan(let plan):
+                    finished = true
+                    return try execute(plan)
+                }
+            }
+            switch move {
+            case .next: step = Step(rawValue: step.rawValue + 1)!
+            case .back: step = Step(rawValue: max(step.rawValue - 1, 0))!
+            case .quit:
+                finished = true
+                NewtScreen.finish()
+                return .cancelled
+            }
+        }
+    }
+
+    /// Why a disk is never offered as a target, or nil when it may be.
+    static func refusal(_ disk: Disk) -> String? {
+        if disk.isBootMedium { return "boot medium" }
+        if disk.readOnly { return "read-only" }
+        if let mount = disk.allMountpoints.first { return "mounted on \(mount)" }
+        if let holder = (disk.holders + disk.partitions.flatMap(\.holders)).first(where: \.inUse) {
+            return "in use by \(holder.name)"
+        }
+        return nil
+    }
+
+    // MARK: - common handling
+
+    /// Esc on any screen: quitting writes nothing, so say so.
+    private func confirmQuit() -> Bool {
+        NewtScreen.confirm(
+            "Quit", "Quit the installer? Nothing has been written to any disk.", yes: "Quit", no: "Stay")
+    }
+
+    /// Runs `form` until Next passes `validate` (which returns a message to show) or Back/quit.
+    /// `store` keeps what the screen shows in `choices`, also on Back.
+    private func loop(
+        _ form: NewtForm, error: newtComponent, store: () -> Void, validate: () -> String? = { nil }
+    ) -> Move {
+        while true {
+            switch form.run() {
+            case .escape:
+                if confirmQuit() { return .quit }
+            case .button(0):
+                store()
+                return .back
+            case .button, .other:
+                store()
+                if let message = validate() {
+                    newtTextboxSetText(error, "! " + message)
+                    newtRefresh()
+                } else {
+                    return .next
+                }
+            }
+        }
+    }
+
+    private func errorLabel(_ form: NewtForm) -> newtComponent {
+        form.text(1, 15, width: 71, height: 2, "")
+    }
+
+    // MARK: - screens
+
+    private func welcome() -> Move {
+        let form = NewtForm(title: "Welcome")
+        form.text(1, 1, width: 71, height: 14, MachineFacts.read(releaseFile: options.releaseFile).text)
+        form.buttons(["Quit", "Next"], y: 17)
+        while true {
+            switch form.run() {
+            case .escape, .button(0):
+                if confirmQuit() { return .quit }
+            default:
+                return .next
+            }
+        }
+    }
+
+    private func keyboard() -> Move {
+        let form = NewtForm(title: "Keyboard layout")
+        form.label(1, 1, "Layout of the keyboard on this machine's console:")
+        let current = Self.keyboards.firstIndex { $0.0 == choices.keyboard } ?? 0
+        let list = form.listbox(
+            1, 3, height: 10, width: 40, items: Self.keyboards.map { "\($0.0.padding(toLength: 4, withPad: " ", startingAt: 0)) \($0.1)" },
+            current: current)
+        let error = errorLabel(form)
+        form.buttons(["Back", "Next"], y: 17)
+        return loop(form, error: error, store: { choices.keyboard = Self.keyboards[list.current ?? 0].0 })
+    }
+
+    static func describe(_ disk: Disk) -> String {
+        var flags: [String] = []
+        if disk.hasData { flags.append("has data") }
+        if disk.transport == "usb" || disk.removable { flags.append("USB/removable") }
+        if disk.size < PartitionLayout.minimumDiskSize(rootSize: nil, swapSize: nil) { flags.append("too small") }
+        let name = disk.path.padding(toLength: 14, withPad: " ", startingAt: 0)
+        let size = disk.size.description.padding(toLength: 10, withPad: " ", startingAt: 0)
+        let transport = disk.transport.padding(toLength: 7, withPad: " ", startingAt: 0)
+        var model = disk.model ?? "-"
+        if model.count > 18 { model = "..." + model.suffix(15) }
+        let line = "\(name) \(size) \(transport) \(model)"
+        return flags.isEmpty ? line : "\(line) [\(flags.joined(separator: ", "))]"
+    }
+
+    private func targetDisk() -> Move {
+        let form = NewtForm(title: "Target disk")
+        form.label(1, 0, "Install the host on (everything on it is erased):")
+        let current = offered.firstIndex { $0.path == choices.target } ?? 0
+        let list = form.listbox(1, 1, height: 8, width: 71, items: offered.map(Self.describe), current: current)
+        var note = notOffered.map { "\($0.0.path) (\($0.1))" }.joined(separator: ", ")
+        note = note.isEmpty ? "" : "Not offered: \(note)"
+        form.text(1, 11, width: 71, height: 3, offered.isEmpty ? "No disk can be used. \(note)" : note)
+        let error = errorLabel(form)
+        form.buttons(["Back", "Next"], y: 17)
+        let store = {
+            guard let index = list.current, index < self.offered.count else { return }
+            let path = self.offered[index].path
+            if self.choices.target != path {
+                self.choices.target = path
+                self.choices.extraDisks.removeAll { $0 == path }
+            }
+        }
+        return loop(form, error: error, store: store) {
+            guard let index = list.current, index < offered.count else {
+                return "No disk can be used: connect a disk, or unmount / stop what uses one."
+            }
+            let disk = offered[index]
+            let minimum = PartitionLayout.minimumDiskSize(rootSize: nil, swapSize: nil)
+            if disk.size < minimum {
+                return "\(disk.path) is too small (\(disk.size)): the host needs at least \(minimum)."
+            }
+            var warnings: [String] = []
+            if disk.hasData { warnings.append("\(disk.path) is not empty: \(disk.contentSummary).") }
+            if disk.transport == "usb" || disk.removable {
+                warnings.append("\(disk.path) is a USB or removable disk: the host would boot from it.")
+            }
+            if !warnings.isEmpty {
+                let text = warnings.joined(separator: "\n") + "\n\nUse it? It is erased only after the summary."
+                if !NewtScreen.confirm("Check the disk", text, yes: "Use it", no: "Choose another") {
+                    return "Choose another disk."
+                }
+            }
+            return nil
+        }
+    }
+
+    private var extraCandidates: [Disk] {
+        let minimum = PartitionLayout.minimumStorageSize.bytes + 2 * PartitionLayout.alignment
+        return offered.filter { $0.path != choices.target && $0.size.bytes >= minimum }
+    }
+
+    private func storage() -> Move {
+        let form = NewtForm(title: "VM storage")
+        form.label(1, 0, "Where virtual machine disks live (the rest of the target disk):")
+        let kinds = form.radios(2, 1, TextUIChoices.StorageChoice.allCases.map(\.title), selected: choices.storage.rawValue)
+        form.label(1, 5, "LVM volume group:")
+        let group = form.entry(20, 5, width: 20, choices.volumeGroup)
+        let candidates = extraCandidates
+        form.label(1, 7, candidates.isEmpty ? "No other disk can be added." : "Also use these disks as storage pools (erased):")
+        let tree = candidates.isEmpty ? nil : form.checkboxTree(
+            1, 8, height: 5, width: 71, items: candidates.map(Self.describe),
+            selected: Set(candidates.indices.filter { choices.extraDisks.contains(candidates[$0].path) }))
+        let error = errorLabel(form)
+        form.buttons(["Back", "Next"], y: 17)
+        let store = {
+            self.choices.storage = TextUIChoices.StorageChoice(rawValue: kinds.selected) ?? .lvmThin
+            self.choices.volumeGroup = group.value
+            self.choices.extraDisks = candidates.indices.filter { tree?.selected.contains($0) ?? false }
+                .map { candidates[$0].path }
+        }
+        return loop(form, error: error, store: store) {
+            if group.value.range(of: #"^[A-Za-z0-9_+][A-Za-z0-9_+.\-]{0,63}$"#, options: .regularExpression) == nil {
+                return "'\(group.value)' is not a volume group name: letters, digits, _ + . - (not first)."
+            }
+            let withData = candidates.filter { choices.extraDisks.contains($0.path) && $0.hasData }
+            if !withData.isEmpty {
+                let text = withData.map { "\($0.path): \($0.contentSummary)" }.joined(separator: "\n")
+                if !NewtScreen.confirm("Check the disks", "Not empty:\n\(text)\n\nUse them?", yes: "Use them", no: "No") {
+                    return "Untick the disks that must be kept."
+                }
+            }
+            return nil
+        }
+    }
+
+    private func network() -> Move {
+        let form = NewtForm(title: "Network")
+        form.label(1, 0, "Management interface (VMs share it through the bridge br0):")
+        let current = interfaces.firstIndex { $0.name == choices.interface } ?? 0
+        let list = form.listbox(
+            1, 1, height: 4, width: 50,
+            items: interfaces.map { "\($0.name.padding(toLength: 16, withPad: " ", startingAt: 0)) \($0.mac)  \($0.state)" },
+            current: current)
+        let mode = form.radios(1, 6, ["DHCP", "Static"], selected: choices.dhcp ? 0 : 1, horizontal: true)
+        let fields: [(String, String)] = [
+            ("Address/prefix:", choices.address), ("Gateway:", choices.gateway),
+            ("DNS servers:", choices.dns), ("IPv6:", choices.ipv6), ("Host name:", choices.hostname),
+            ("VLAN id:", choices.vlan),
+        ]
+        var entries: [NewtEntry] = []
+        for (index, field) in fields.enumerated() {
+            form.label(1, 8 + index, field.0)
+            entries.append(form.entry(17, 8 + index, width: 40, field.1))
+        }
+        form.label(58, 8, "static only")
+        form.label(58, 11, "auto/off/addr")
+        form.label(58, 13, "empty: none")
+        let error = errorLabel(form)
+        form.buttons(["Back", "Next"], y: 17)
+        let store = {
+            if let index = list.current, index < self.interfaces.count {
+                self.choices.interface = self.interfaces[index].name
+            }
+            self.choices.dhcp = mode.selected == 0
+            self.choices.address = entries[0].value
+            self.choices.gateway = entries[1].value
+            self.choices.dns = entries[2].value
+            self.choices.ipv6 = entries[3].value
+            self.choices.hostname = entries[4].value
+            self.choices.vlan = entries[5].value
+        }
+        return loop(form, error: error, store: store) { choices.networkProblem() }
+    }
+
+    private func password() -> Move {
+        let form = NewtForm(title: "Root login")
+        form.label(1, 1, "Password for root:")
+        let first = form.entry(22, 1, width: 40, choices.password, password: true)
+        form.label(1, 2, "Again:")
+        let second = form.entry(22, 2, width: 40, choices.passwordAgain, password: true)
+        form.text(1, 4, width: 71, height: 2, "A strong password has 12 or more characters mixing letters, digits and symbols.")
+        form.label(1, 7, "SSH public key for root (optional, one line of id_*.pub):")
+        let key = form.entry(1, 8, width: 71, choices.sshKey)
+        let error = errorLabel(form)
+        form.buttons(["Back", "Next"], y: 17)
+        let store = {
+            self.choices.password = first.value
+            self.choices.passwordAgain = second.value
+            self.choices.sshKey = key.value.trimmingCharacters(in: .whitespaces)
+        }
+        return loop(form, error: error, store: store) {
+            if let problem = choices.passwordProblem() { return problem }
+            if let weakness = choices.passwordWeakness(),
+                !NewtScreen.confirm("Weak password", "The password is weak: \(weakness).\n\nUse it anyway?",
+                    yes: "Use it", no: "Change it")
+            {
+                return "Choose a stronger password."
+            }
+            return nil
+        }
+    }
+
+    private var zoneinfo: String? {
+        ["\(options.source)/usr/share/zoneinfo", "/usr/share/zoneinfo"].first {
+            FileManager.default.fileExists(atPath: "\($0)/UTC")
+        }
+    }
+
+    private func timezone() -> Move {
+        let form = NewtForm(title: "Time zone")
+        form.label(1, 1, "Time zone of the host:")
+        let entry = form.entry(24, 1, width: 40, choices.timezone)
+        form.text(1, 3, width: 71, height: 4,
+            "A tz database name: UTC, Europe/Paris, Europe/Berlin, America/New_York,\n"
+                + "America/Los_Angeles, Asia/Tokyo, Australia/Sydney...\nServers usually run on UTC.")
+        let error = errorLabel(form)
+        form.buttons(["Back", "Next"], y: 17)
+        return loop(form, error: error, store: { choices.timezone = entry.value.trimmingCharacters(in: .whitespaces) }) {
+            choices.timezoneProblem(zoneinfo: zoneinfo)
+        }
+    }
+
+    private enum SummaryOutcome {
+        case plan(InstallPlan)
+        case back
+        case quit
+    }
+
+    /// The plan in full, then the destructive confirmation naming every disk it erases.
+    private func summary() -> SummaryOutcome {
+        let plan: InstallPlan
+        do {
+            var choices = self.choices
+            choices.wipe = true
+            plan = try InstallPlan.make(answer: try choices.answerFile(), disks: disks, source: options.source)
+        } catch {
+            NewtScreen.message("Cannot plan the install", "\(error)")
+            return .back
+        }
+        let form = NewtForm(title: options.dryRun ? "Summary (dry run: nothing is written)" : "Summary")
+        form.text(1, 0, width: 71, height: 16, plan.text)
+        let erased = ([plan.target] + plan.extraDisks).map { "\($0.path) (\($0.size), \($0.model ?? "no model"))" }
+        form.label(1, 16, String(("Erases: " + erased.joined(separator: ", ")).prefix(71)))
+        form.buttons(["Back", "Install"], y: 17)
+        while true {
+            switch form.run() {
+            case .escape:
+                if confirmQuit() { return .quit }
+            case .button(0):
+                return .back
+            default:
+                let text = "ALL DATA on these disks will be erased:\n\n"
+                    + erased.map { "  \($0)" }.joined(separator: "\n")
+                    + (options.dryRun ? "\n\n(dry run: nothing is written, the plan is printed)" : "\n\nThis cannot be undone.")
+                if NewtScreen.confirm("Erase disks", text, yes: "Erase and install", no: "Cancel") {
+                    return .plan(plan)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+import Foundation
+import MartletCore
+
+/// Everything the screens collected, as typed. `answerFile()` turns it into the same
+/// `AnswerFile` an unattended install reads, checked by the answer file's own parser.
+struct TextUIChoices {
+    var keyboard = "us"
+    var target: String?
+    var storage = StorageChoice.lvmThin
+    var volumeGroup = "martlet"
+    var extraDisks: [String] = []
+    var wipe = false
+    var interface: String?
+    var dhcp = true
+    var address = ""
+    var gateway = ""
+    var dns = ""
+    var ipv6 = "auto"
+    var hostname = "martlet"
+    var vlan = ""
+    var password = ""
+    var passwordAgain = ""
+    var sshKey = ""
+    var timezone = "UTC"
+
+    enum StorageChoice: Int, CaseIterable {
+        case lvmThin, directoryExt4, directoryXFS
+
+        var title: String {
+            switch self {
+            case .lvmThin: "LVM thin pool (thin-provisioned volumes, snapshots)"
+            case .directoryExt4: "Directory of image files on ext4"
+            case .directoryXFS: "Directory of image files on xfs"
+            }
+        }
+    }
+
+    var dnsServers: [String] {
+        dns.split(whereSeparator: { $0 == " " || $0 == "," }).map(String.init)
+    }
+
+    /// The answers as an `AnswerFile`, validated by `AnswerFile.parse` exactly like a file.
+    func answerFile() throws -> AnswerFile {
+        let global = AnswerFile.Global(
+            hostname: hostname, timezone: timezone, keyboard: keyboard,
+            rootPassword: password.isEmpty ? nil : .plain(password),
+            rootSSHKeys: sshKey.isEmpty ? [] : [sshKey], rebootMode: .reboot)
+        let disk = AnswerFile.DiskAnswer(
+            target: .path(target ?? ""), filesystem: storage == .directoryXFS ? .xfs : .ext4, wipe: wipe)
+        let storageAnswer = AnswerFile.StorageAnswer(
+            type: storage == .lvmThin ? .lvmThin : .directory, volumeGroup: volumeGroup,
+            extraDisks: extraDisks.map { .path($0) })
+        let ipv6Mode: AnswerFile.IPv6Mode =
+            switch ipv6 {
+            case "auto", "": .auto
+            case "off", "none": .off
+            default: .address(ipv6)
+            }
+        let network = AnswerFile.NetworkAnswer(
+            interface: .name(interface ?? ""), mode: dhcp ? .dhcp : .static,
+            address: dhcp ? nil : address, gateway: dhcp || gateway.isEmpty ? nil : gateway,
+            dns: dnsServers, ipv6: ipv6Mode, vlan: vlan.isEmpty ? nil : Int(vlan))
+        let answer = AnswerFile(global: global, disk: disk, storage: storageAnswer, network: network)
+        return try AnswerFile.parse(path: "the text UI's answers", contents: answer.toml)
+    }
+
+    // Each check returns the message the screen shows, or nil when the input is fine.
+
+    func networkProblem() -> String? {
+        if interface == nil {
+            return "No network interface was found: the host needs one (check the NIC and its driver)."
+        }
+        if hostname.isEmpty { return "Enter a host name, e.g. hv1.example.org." }
+        if !NetworkSyntax.isHostname(hostname) {
+            return "'\(hostname)' is not a host name: letters, digits, '-', labels joined by '.'."
+        }
+        if !dhcp {
+            if !NetworkSyntax.isCIDR(address, family: AF_INET) {
+                return "Address '\(address)' is not IPv4 with a prefix length, e.g. 192.0.2.10/24."
+            }
+            if !gateway.isEmpty && !NetworkSyntax.isAddress(gateway, family: AF_INET) {
+                return "Gateway '\(gateway)' is not an IPv4 address (leave it empty for none)."
+            }
+        }
+        for server in dnsServers
+        where !NetworkSyntax.isAddress(server, family: AF_INET) && !NetworkSyntax.isAddress(server, family: AF_INET6) {
+            return "DNS server '\(server)' is not an IP address (separate servers with spaces)."
+        }
+        if !["auto", "off", "none", ""].contains(ipv6) && !NetworkSyntax.isCIDR(ipv6, family: AF_INET6) {
+            return "IPv6 '\(ipv6)' is not auto, off or an address with prefix, e.g. 2001:db8::10/64."
+        }
+        if !vlan.isEmpty, !(Int(vlan).map { (1...4094).contains($0) } ?? false) {
+            return "VLAN '\(vlan)' is not a VLAN id: use 1 to 4094, or leave it empty."
+        }
+        return nil
+    }
+
+    func passwordProblem() -> String? {
+        if password.isEmpty && sshKey.isEmpty {
+            return "Set a root password or paste an SSH public key: otherwise nobody can log in."
+        }
+        if password != passwordAgain { return "The passwords do not match: type the same password twice." }
+        if password.contains(":") { return "The password must not contain ':'." }
+        if !sshKey.isEmpty {
+            let fields = sshKey.split(separator: " ")
+            let known = ["ssh-", "ecdsa-", "sk-"]
+            if fields.count < 2 || !known.contains(where: { fields[0].hasPrefix($0) }) {
+                return "The SSH key is not a public key: paste one line of id_*.pub (ssh-ed25519 AAAA...)."
+            }
+        }
+        return nil
+    }
+
+    /// A hint when the password is easy to guess, nil when it looks strong enough.
+    func passwordWeakness() -> String? {
+        guard !password.isEmpty else { return nil }
+        let classes = [
+            password.contains { $0.isLowercase }, password.contains { $0.isUppercase },
+            password.contains { $0.isNumber }, password.contains { !$0.isLetter && !$0.isNumber },
+        ].filter { $0 }.count
+        if password.count < 8 { return "it has only \(password.count) characters (use 12 or more)" }
+        if password.count < 12 && classes < 3 {
+            return "it is short and uses \(classes) kind(s) of characters (mix letters, digits, symbols)"
+        }
+        return nil
+    }
+
+    func timezoneProblem(zoneinfo: String?) -> String? {
+        let pattern = #"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$"#
+        guard timezone.range(of: pattern, options: .regularExpression) != nil, !timezone.contains("..") else {
+            return "'\(timezone)' is not a time zone name, e.g. Europe/Paris or UTC."
+        }
+        if let zoneinfo, !FileManager.default.fileExists(atPath: "\(zoneinfo)/\(timezone)") {
+            return "'\(timezone)' is not in the time zone database, e.g. Europe/Paris or UTC."
+        }
+        return nil
+    }
+}

@@ -1,0 +1,129 @@
+import Foundation
+import MartletCore
+import Testing
+
+@testable import MartletInstaller
+
+/// The text UI's answers without a terminal: what each screen accepts, and the answer file
+/// it writes.
+@Suite("Text UI answers")
+struct TextUIChoicesTests {
+    func valid() -> TextUIChoices {
+        var choices = TextUIChoices()
+        choices.target = "/dev/sdb"
+        choices.interface = "eno1"
+        choices.password = "Correct-Horse-9"
+        choices.passwordAgain = "Correct-Horse-9"
+        return choices
+    }
+
+    @Test("the answers round-trip through the TOML the UI saves, quotes and backslashes included")
+    func tomlRoundTrip() throws {
+        var choices = valid()
+        choices.password = #"a "quoted" \ pass"#
+        choices.passwordAgain = choices.password
+        choices.storage = .directoryXFS
+        choices.extraDisks = ["/dev/sdc", "/dev/sdd"]
+        choices.dhcp = false
+        choices.address = "192.0.2.10/24"
+        choices.dns = "192.0.2.53, 2001:db8::53"
+        choices.ipv6 = "2001:db8::10/64"
+        choices.vlan = "7"
+        choices.sshKey = "ssh-ed25519 AAAAC3Nza admin@example.org"
+        let answer = try choices.answerFile()
+        #expect(try AnswerFile.parse(path: "saved.toml", contents: answer.toml) == answer)
+        #expect(answer.global.rootPassword == .plain(choices.password))
+        #expect(answer.disk.filesystem == .xfs && answer.storage.type == .directory)
+        #expect(answer.storage.extraDisks == [.path("/dev/sdc"), .path("/dev/sdd")])
+        #expect(answer.network.dns == ["192.0.2.53", "2001:db8::53"] && answer.network.gateway == nil)
+        #expect(answer.network.ipv6 == .address("2001:db8::10/64") && answer.network.vlan == 7)
+    }
+
+    @Test("each bad network input is named in the message")
+    func networkProblems() {
+        let cases: [(WritableKeyPath<TextUIChoices, String>, String, String, Bool)] = [
+            (\.hostname, "", "Enter a host name", true),
+            (\.hostname, "-bad", "'-bad' is not a host name", true),
+            (\.address, "192.0.2.10", "'192.0.2.10' is not IPv4 with a prefix", false),
+            (\.address, "192.0.2.10/33", "'192.0.2.10/33' is not IPv4", false),
+            (\.gateway, "gw", "Gateway 'gw'", false),
+            (\.dns, "192.0.2.53 nameserver", "DNS server 'nameserver'", true),
+            (\.ipv6, "2001:db8::1", "IPv6 '2001:db8::1'", true),
+            (\.vlan, "0", "VLAN '0'", true),
+            (\.vlan, "4095", "VLAN '4095'", true),
+        ]
+        for (key, value, message, dhcp) in cases {
+            var choices = valid()
+            choices.dhcp = dhcp
+            choices.address = dhcp ? "" : "192.0.2.10/24"
+            choices[keyPath: key] = value
+            #expect(choices.networkProblem()?.contains(message) == true, "\(value): \(choices.networkProblem() ?? "nil")")
+        }
+        var dhcp = valid()
+        dhcp.address = "ignored in DHCP mode"
+        #expect(dhcp.networkProblem() == nil)
+        var none = valid()
+        none.interface = nil
+        #expect(none.networkProblem()?.contains("No network interface") == true)
+    }
+
+    @Test("passwords: mismatch, missing login, ':' and SSH key shape are refused; short ones get a hint")
+    func passwordProblems() {
+        var choices = valid()
+        choices.passwordAgain = "other"
+        #expect(choices.passwordProblem()?.contains("do not match") == true)
+        choices.password = ""
+        choices.passwordAgain = ""
+        #expect(choices.passwordProblem()?.contains("nobody can log in") == true)
+        choices.sshKey = "AAAA only"
+        #expect(choices.passwordProblem()?.contains("not a public key") == true)
+        choices.sshKey = "ssh-ed25519 AAAAC3Nza"
+        #expect(choices.passwordProblem() == nil)
+        choices.password = "a:b"
+        choices.passwordAgain = "a:b"
+        #expect(choices.passwordProblem()?.contains("':'") == true)
+        choices.password = "abc"
+        #expect(choices.passwordWeakness()?.contains("only 3 characters") == true)
+        choices.password = "abcdefghi"
+        #expect(choices.passwordWeakness() != nil)
+        choices.password = "Correct-Horse-9"
+        #expect(choices.passwordWeakness() == nil)
+    }
+
+    @Test("time zones must be names in the database")
+    func timezones() throws {
+        var choices = valid()
+        choices.timezone = "Europe/Paris"
+        #expect(choices.timezoneProblem(zoneinfo: "/usr/share/zoneinfo") == nil)
+        choices.timezone = "Mars/Olympus"
+        #expect(choices.timezoneProblem(zoneinfo: "/usr/share/zoneinfo")?.contains("not in the time zone database") == true)
+        choices.timezone = "../etc/passwd"
+        #expect(choices.timezoneProblem(zoneinfo: nil)?.contains("not a time zone name") == true)
+    }
+
+    @Test("the saved answer file carries a SHA-512 crypt hash that verifies the password")
+    func passwordHash() throws {
+        let hash = try #require(PasswordHash.sha512("Correct-Horse-9"))
+        #expect(hash.hasPrefix("$6$"))
+        #expect(hash != PasswordHash.sha512("Correct-Horse-9"))
+        let check = try sh("openssl", ["passwd", "-6", "-salt", String(hash.split(separator: "$")[1]), "Correct-Horse-9"])
+        #expect(check.trimmingCharacters(in: .whitespacesAndNewlines) == hash)
+    }
+
+    @Test("disks that are the boot medium, mounted, held or read-only are refused with the reason")
+    func refusals() {
+        var disk = Disk(path: "/dev/sdb", name: "sdb", size: .gib(100))
+        #expect(TextInstaller.refusal(disk) == nil)
+        disk.isBootMedium = true
+        #expect(TextInstaller.refusal(disk) == "boot medium")
+        disk.isBootMedium = false
+        disk.partitions = [Disk.Partition(path: "/dev/sdb1", number: 1, size: .gib(1), mountpoints: ["/srv"])]
+        #expect(TextInstaller.refusal(disk) == "mounted on /srv")
+        disk.partitions = []
+        disk.holders = [Disk.Holder(device: "dm-0", name: "vg-lv", kind: "lvm", inUse: true, holds: "/dev/sdb")]
+        #expect(TextInstaller.refusal(disk) == "in use by vg-lv")
+        disk.holders = []
+        disk.readOnly = true
+        #expect(TextInstaller.refusal(disk) == "read-only")
+    }
+}

@@ -1,0 +1,333 @@
+import Foundation
+import MartletCore
+import Testing
+
+@testable import MartletInstaller
+
+/// The text UI, driven in tmux as a person would, on loop disks. One test at a time: loop
+/// devices, LVM and the terminal are shared.
+@Suite("Text UI in tmux", .serialized)
+struct TextUITests {
+    @Test("a dry-run walkthrough prints the plan of the equivalent answer file; the saved answer file validates and plans the same")
+    func dryRunWalkthrough() throws {
+        let target = try LoopDisk(size: .gib(8))
+        let extra = try LoopDisk(size: .gib(2))
+        let work = try TemporaryDirectory()
+        let before = try [fingerprint(target.path, size: .gib(8)), fingerprint(extra.path, size: .gib(2))]
+        let saved = "\(work.path)/saved.toml"
+        let ui = try TmuxInstaller(arguments: [
+            "--dry-run", "--disks", target.path, extra.path, "--answer-out", saved,
+        ])
+        let walk = TextUIWalk(target: target.path, extraDisks: [extra.path])
+        try walk.drive(ui)
+        let summary = try ui.screen()
+        #expect(summary.contains("Erases: \(target.path)") && summary.contains(extra.path), "\(summary)")
+        try ui.keys("F12")
+        let erase = try ui.waitFor("┤ Erase disks ├")
+        #expect(erase.contains(target.path) && erase.contains(extra.path))
+        try ui.keys("Enter")
+        try ui.waitFor("┤ Save answers ├")
+        try ui.keys("Enter")
+        #expect(try ui.exitStatus() == 0, "\(ui.stderr)")
+        let printed = planLines(try ui.history())
+
+        let equivalent = work.write("equivalent.toml", walk.answerFile())
+        let (status, expected, err) = try installer(["install", "--dry-run", "--answer", equivalent])
+        try #require(status == 0, "\(err)")
+        #expect(!printed.isEmpty)
+        #expect(printed == planLines(expected))
+
+        // The saved file holds a crypt(3) hash instead of the password; everything else plans the same.
+        let (validStatus, _, validErr) = try installer(["validate", saved])
+        #expect(validStatus == 0, "\(validErr)")
+        let savedText = try String(contentsOfFile: saved, encoding: .utf8)
+        #expect(savedText.contains("root-password-hash = \"$6$") && !savedText.contains(walk.password))
+        let (_, replanned, _) = try installer(["install", "--dry-run", "--answer", saved])
+        #expect(
+            planLines(replanned)
+                == planLines(expected).map { $0.replacingOccurrences(of: "password set", with: "password hash set") })
+        let mode = try FileManager.default.attributesOfItem(atPath: saved)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        #expect(try [fingerprint(target.path, size: .gib(8)), fingerprint(extra.path, size: .gib(2))] == before)
+    }
+
+    @Test("invalid inputs keep the user on the screen with a message; Back keeps every answer; quitting at the summary changes no disk")
+    func backValidationAndCancel() throws {
+        let disk = try LoopDisk(size: .gib(8))
+        try disk.partition(script: "label: gpt\nsize=200MiB, name=old\n", count: 1)
+        try sh("mkfs.ext4", ["-q", "-L", "olddata", disk.partition(1)])
+        let before = try fingerprint(disk.path, size: .gib(8))
+        let table = partitionTable(disk.path)
+        let ui = try TmuxInstaller(arguments: ["--dry-run", "--disks", disk.path])
+        var walk = TextUIWalk(target: disk.path, targetHasData: true, storageIndex: 1)
+        walk.vlan = "5000"
+        walk.stopAfterNetwork = true
+        try walk.drive(ui)
+        var screen = try ui.waitFor("is not a VLAN id")
+        #expect(screen.contains("┤ Network ├"))
+        for (field, bad, message) in [
+            (0, "300.1.2.3/24", "Address '300.1.2.3/24' is not IPv4"), (1, "192.0.2", "Gateway '192.0.2' is not"),
+            (2, "dns.example", "DNS server 'dns.example' is not"), (4, "", "Enter a host name"),
+            (4, "bad_name!", "'bad_name!' is not a host name"),
+        ] {
+            try focusNetworkField(field, ui)
+            try ui.keys("C-u")
+            try ui.type(bad)
+            try ui.keys("F12")
+            screen = try ui.waitFor(message)
+            #expect(screen.contains("┤ Network ├"))
+            try ui.keys("C-u")
+            try ui.type(field == 4 ? walk.hostname : ["192.0.2.10/24", "192.0.2.1", walk.dns][field])
+        }
+        try focusNetworkField(5, ui)
+        try ui.keys("C-u")
+        try ui.type("42")
+        try ui.keys("F12")
+
+        try ui.waitFor("┤ Root login ├")
+        try ui.type("Correct-Horse-9")
+        try ui.keys("Tab")
+        try ui.type("Correct-Horse-8")
+        try ui.keys("F12")
+        try ui.waitFor("The passwords do not match")
+        try ui.keys("C-u")
+        try ui.type("abc")
+        try ui.keys("BTab", "C-u")
+        try ui.type("abc")
+        try ui.keys("F12")
+        try ui.waitFor("┤ Weak password ├")
+        try ui.keys("Tab", "Enter")
+        try ui.waitFor("Choose a stronger password")
+        try ui.keys("C-u")
+        try ui.type("Correct-Horse-9")
+        try ui.keys("Tab", "C-u")
+        try ui.type("Correct-Horse-9")
+        try ui.keys("F12")
+        try ui.waitFor("┤ Time zone ├")
+        try ui.keys("C-u")
+        try ui.type("Mars/Olympus")
+        try ui.keys("F12")
+        try ui.waitFor("is not in the time zone database")
+        try ui.keys("C-u")
+        try ui.type("Europe/Paris")
+        try ui.keys("F12")
+        try ui.waitFor("Summary")
+
+        // Back from the summary to the welcome screen, checking what each screen still shows.
+        try ui.keys("Tab", "Tab")
+        try pressBack(ui, to: "┤ Time zone ├")
+        #expect(try ui.screen().contains("Europe/Paris"))
+        try pressBack(ui, to: "┤ Root login ├")
+        #expect(try ui.screen().contains("***************"))
+        try pressBack(ui, to: "┤ Network ├")
+        screen = try ui.screen()
+        #expect(screen.contains("(*) Static") && screen.contains("192.0.2.10/24") && screen.contains("hv1.example.org"))
+        #expect(screen.contains("VLAN id:        42_"), "\(screen)")
+        try pressBack(ui, to: "┤ VM storage ├")
+        #expect(try ui.screen().contains("(*) Directory of image files on ext4"))
+        try pressBack(ui, to: "┤ Target disk ├")
+        try pressBack(ui, to: "┤ Keyboard layout ├")
+        try pressBack(ui, to: "┤ Welcome ├")
+        // Forward again without touching anything: the summary shows every earlier answer.
+        for title in ["┤ Keyboard layout ├", "┤ Target disk ├"] {
+            try ui.keys("F12")
+            try ui.waitFor(title)
+        }
+        try ui.keys("F12")
+        try ui.waitFor("┤ Check the disk ├")
+        try ui.keys("Enter")
+        for title in ["┤ VM storage ├", "┤ Network ├", "┤ Root login ├", "┤ Time zone ├", "Summary"] {
+            try ui.waitFor(title)
+            try ui.keys("F12")
+        }
+        screen = try ui.waitFor("┤ Erase disks ├")
+        #expect(screen.contains(disk.path))
+        try ui.keys("Tab", "Enter")  // Cancel: back on the summary
+        usleep(500_000)
+        screen = try ui.waitFor("Summary")
+        #expect(!screen.contains("┤ Erase disks ├"))
+        for kept in ["keyboard: de", "Europe/Paris", "hv1.example.org", "directory /var/lib/martlet/storage (ext4)",
+            "WIPES", "olddata"]
+        {
+            #expect(screen.contains(kept), "\(kept)")
+        }
+
+        try ui.keys("Escape")
+        try ui.waitFor("┤ Quit ├")
+        try ui.keys("Enter")
+        #expect(try ui.exitStatus() == 0)
+        #expect(ui.stderr.contains("cancelled; no disk was changed"))
+        #expect(planLines(try ui.history()).isEmpty)
+        #expect(try fingerprint(disk.path, size: .gib(8)) == before)
+        #expect(partitionTable(disk.path) == table)
+    }
+
+    @Test("the boot medium and a mounted disk are not offered as targets")
+    func bootMediumAndMountedNotOffered() throws {
+        let work = try TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: "\(work.path)/tree", withIntermediateDirectories: true)
+        work.write("tree/hello", "martlet")
+        let medium = try LoopDisk(size: .gib(1))
+        try sh("xorriso", ["-as", "mkisofs", "-quiet", "-V", "MARTLET_TEST", "-o", medium.path, "\(work.path)/tree"])
+        let mounted = try LoopDisk(size: .gib(6))
+        try sh("mkfs.ext4", ["-q", mounted.path])
+        try FileManager.default.createDirectory(atPath: "\(work.path)/mnt", withIntermediateDirectories: true)
+        try sh("mount", [mounted.path, "\(work.path)/mnt"])
+        defer { _ = try? sh("umount", ["\(work.path)/mnt"]) }
+        let free = try LoopDisk(size: .gib(8))
+        let small = try LoopDisk(size: .gib(3))
+
+        let ui = try TmuxInstaller(arguments: [
+            "--dry-run", "--disks", medium.path, mounted.path, free.path, small.path,
+        ])
+        try ui.waitFor("┤ Welcome ├")
+        try ui.keys("F12")
+        try ui.waitFor("┤ Keyboard layout ├")
+        try ui.keys("F12")
+        var screen = try ui.waitFor("┤ Target disk ├")
+        let listed = try ui.rows(containing: "│ │ /dev/")
+        #expect(listed.count == 2, "\(screen)")
+        #expect(listed.contains { $0.contains("\(free.path) ") && !$0.contains("too small") }, "\(screen)")
+        #expect(listed.contains { $0.contains("\(small.path) ") && $0.contains("[too small]") }, "\(screen)")
+        #expect(!listed.contains { $0.contains("\(medium.path) ") || $0.contains("\(mounted.path) ") })
+        #expect(screen.contains("\(medium.path) (boot medium)"), "\(screen)")
+        #expect(screen.contains("\(mounted.path) (mounted on") && screen.contains("\(work.path)/mnt)"), "\(screen)")
+        // The small disk is offered with its warning, and refused with a message that stays on the screen.
+        try TextUIWalk(target: small.path).pick(small.path, in: ui, marker: "│ │ /dev/")
+        try ui.keys("F12")
+        screen = try ui.waitFor("is too small")
+        #expect(screen.contains("┤ Target disk ├") && screen.contains("the host needs at least"), "\(screen)")
+        try ui.keys("Escape")
+        try ui.waitFor("┤ Quit ├")
+        try ui.keys("Enter")
+        #expect(try ui.exitStatus() == 0)
+    }
+
+    @Test("a real install onto a loop disk through the UI, with progress, and the answer file saved on the host")
+    func realInstall() throws {
+        let rootfs = try testRootfs()
+        let disk = try LoopDisk(size: .gib(8))
+        let work = try TemporaryDirectory()
+        let log = "\(work.path)/install.log"
+        let ui = try TmuxInstaller(arguments: ["--source", rootfs, "--log", log, "--disks", disk.path])
+        var walk = TextUIWalk(target: disk.path, storageIndex: 1)
+        walk.staticAddress = nil
+        try walk.drive(ui)
+        try ui.keys("F12")
+        try ui.waitFor("┤ Erase disks ├")
+        try ui.keys("Enter")
+        try ui.waitFor("┤ Installing ├", timeout: 30)
+        var progress: Set<String> = []
+        let deadline = Date().addingTimeInterval(400)
+        var screen = ""
+        while Date() < deadline {
+            screen = try ui.screen()
+            if screen.contains("┤ Installation complete ├") || screen.contains("┤ Installation failed ├") { break }
+            if let line = screen.split(separator: "\n").first(where: { $0.contains("Step ") && $0.contains("%") }) {
+                progress.insert(line.trimmingCharacters(in: CharacterSet(charactersIn: "│ ")))
+            }
+            usleep(200_000)
+        }
+        try #require(screen.contains("┤ Installation complete ├"), "\(screen)\n\(ui.stderr)")
+        #expect(progress.contains { $0.hasPrefix("Step 5 of 11: copy") }, "\(progress)")
+        #expect(progress.count >= 3, "\(progress)")
+        #expect(screen.contains("[*] Save these choices"))
+        try press("Shell", ui)
+        #expect(try ui.exitStatus(timeout: 30) == 0)
+        #expect(ui.systemctlCalls.isEmpty, "\(ui.systemctlCalls)")
+        #expect(ui.stderr.contains("installed onto \(disk.path)"), "\(ui.stderr)")
+        #expect(ui.stderr.contains("answer file saved: \(disk.partition(3)):/root/martlet-answer.toml"), "\(ui.stderr)")
+
+        let dump = try sh("sfdisk", ["--dump", disk.path])
+        for name in ["bios", "esp", "root", "storage"] { #expect(dump.contains("name=\"\(name)"), "\(dump)") }
+        let mountpoint = "\(work.path)/target"
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        try sh("mount", ["-o", "ro", disk.partition(3), mountpoint])
+        defer { _ = try? sh("umount", [mountpoint]) }
+        let hostname = try String(contentsOfFile: "\(mountpoint)/etc/hostname", encoding: .utf8)
+        // The engine writes the short name to /etc/hostname (the FQDN goes to /etc/hosts).
+        #expect(hostname.trimmingCharacters(in: .whitespacesAndNewlines) == "hv1")
+        #expect(try String(contentsOfFile: "\(mountpoint)/etc/hosts", encoding: .utf8).contains(walk.hostname))
+        #expect(
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(mountpoint)/etc/localtime"))
+                == "/usr/share/zoneinfo/Europe/Paris")
+        #expect(try String(contentsOfFile: "\(mountpoint)/etc/fstab", encoding: .utf8).contains("UUID="))
+        #expect(FileManager.default.fileExists(atPath: "\(mountpoint)/var/log/martlet/install.log"))
+        let saved = "\(mountpoint)/root/martlet-answer.toml"
+        let mode = try FileManager.default.attributesOfItem(atPath: saved)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let (status, _, err) = try installer(["validate", saved])
+        #expect(status == 0, "\(err)")
+        let answer = try AnswerFile.load(path: saved)
+        #expect(answer.disk.target == .path(disk.path) && answer.disk.wipe && answer.storage.type == .directory)
+        #expect(answer.global.keyboard == "de" && answer.network.vlan == 42 && answer.network.mode == .dhcp)
+        guard case .hashed = answer.global.rootPassword else {
+            Issue.record("the saved answer file holds the password itself")
+            return
+        }
+    }
+
+    @Test("a failing install shows the failure screen with the step, the message and the log, and exits with status 1")
+    func failureScreen() throws {
+        let disk = try LoopDisk(size: .gib(8))
+        let work = try TemporaryDirectory()
+        // A source tree that passes the first checks but has no time zone database.
+        for directory in ["etc", "usr", "boot"] {
+            try FileManager.default.createDirectory(atPath: "\(work.path)/source/\(directory)", withIntermediateDirectories: true)
+        }
+        let before = try fingerprint(disk.path, size: .gib(8))
+        let log = "\(work.path)/install.log"
+        let ui = try TmuxInstaller(arguments: ["--source", "\(work.path)/source", "--log", log, "--disks", disk.path])
+        try TextUIWalk(target: disk.path).drive(ui)
+        try ui.keys("F12")
+        try ui.waitFor("┤ Erase disks ├")
+        try ui.keys("Enter")
+        let screen = try ui.waitFor("┤ Installation failed ├", timeout: 30)
+        #expect(screen.contains("stopped at step 'preflight'"), "\(screen)")
+        #expect(screen.contains("'Europe/Paris' is not in the host's time zone"), "\(screen)")
+        #expect(screen.contains(log), "\(screen)")
+        try press("Exit", ui)
+        #expect(try ui.exitStatus() == 1)
+        #expect(ui.stderr.contains("time zone database") && ui.stderr.contains("log: \(log)"), "\(ui.stderr)")
+        #expect(ui.systemctlCalls.isEmpty)
+        #expect(try fingerprint(disk.path, size: .gib(8)) == before)
+    }
+
+    /// From anywhere on the network screen, to field `index` (0 address ... 5 VLAN, on screen
+    /// rows 10 to 15), watching the cursor.
+    func focusNetworkField(_ index: Int, _ ui: TmuxInstaller) throws {
+        for _ in 0..<20 where ui.cursor.y != 10 + index {
+            try ui.keys("Tab")
+            usleep(50_000)
+        }
+        guard ui.cursor.y == 10 + index else {
+            throw MartletError(.failed, "could not reach network field \(index)", cause: try ui.screen())
+        }
+    }
+
+    /// Presses the Back button (focus is moved there with Tab) and waits for `title`.
+    func pressBack(_ ui: TmuxInstaller, to title: String) throws {
+        try press("Back", ui)
+        try ui.waitFor(title)
+    }
+
+    /// Moves the focus to the button `name` with Tab, checking the cursor, and presses it.
+    func press(_ name: String, _ ui: TmuxInstaller) throws {
+        let screen = try ui.screen().split(separator: "\n").map(String.init)
+        guard let row = screen.lastIndex(where: { $0.contains("<\(name)>") }),
+            let column = screen[row].range(of: "<\(name)>").map({ screen[row].distance(from: screen[row].startIndex, to: $0.lowerBound) })
+        else {
+            throw MartletError(.notFound, "no \(name) button", cause: screen.joined(separator: "\n"))
+        }
+        var tabs = 0
+        while (ui.cursor.y != row || ui.cursor.x != column + 1) && tabs < 20 {
+            try ui.keys("Tab")
+            usleep(30_000)
+            tabs += 1
+        }
+        guard ui.cursor.y == row && ui.cursor.x == column + 1 else {
+            throw MartletError(.failed, "could not move the focus to \(name)", cause: screen.joined(separator: "\n"))
+        }
+        try ui.keys("Enter")
+    }
+}
