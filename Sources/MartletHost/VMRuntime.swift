@@ -32,11 +32,8 @@ extension VMHost {
         if Self.systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil {
             try Command("systemctl", ["start", "--no-block", "martlet-vm@\(name).service"]).run()
         } else {
-            // setsid -f: the runner outlives this command and gets no signals from its terminal.
-            let log = paths.runnerLog(name)
-            try Command(
-                "/bin/sh", ["-c", "exec setsid -f \"$0\" vm run \"$1\" </dev/null >>\"$2\" 2>&1", Self.martletExecutable, name, log]
-            ).run()
+            try Self.spawnDetached(
+                [Self.martletExecutable, "vm", "run", name], log: paths.runnerLog(name))
         }
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
@@ -53,6 +50,25 @@ extension VMHost {
             .failed, "VM '\(name)' did not come up within \(Int(timeout)) s",
             hint: Self.systemdIsRunning ? "see: journalctl -u martlet-vm@\(name)" : "see \(paths.runnerLog(name))",
             cause: log.split(separator: "\n").suffix(10).joined(separator: "\n"))
+    }
+
+    /// Starts `arguments` in a new session, detached from this process (a double fork
+    /// through `setsid -f`, so nobody has to reap it), output appended to `log`.
+    static func spawnDetached(_ arguments: [String], log: String) throws {
+        let script = "exec setsid -f \"$@\" </dev/null >>'\(log.replacingOccurrences(of: "'", with: "'\\''"))' 2>&1"
+        let argv = ["/bin/sh", "-c", script, "sh"] + arguments
+        var pid: pid_t = 0
+        var cArguments = argv.map { strdup($0) } + [nil]
+        defer { for pointer in cArguments { free(pointer) } }
+        // posix_spawn rather than Foundation's Process: the latter waits for the pipes and
+        // children it set up, which the detached runner would keep open.
+        let result = posix_spawn(&pid, "/bin/sh", nil, nil, &cArguments, environ)
+        guard result == 0 else { throw MartletError.system("posix_spawn", path: "/bin/sh", errno: result) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        guard status == 0 else {
+            throw MartletError(.failed, "could not start '\(arguments.joined(separator: " "))' (status \(status))")
+        }
     }
 
     /// Stops a running VM: asks the guest to power off (ACPI power button) and waits
