@@ -75,6 +75,7 @@ let package = Package(
         .testTarget(
             name: "MartletInstallerTests", dependencies: ["MartletInstaller", "MartletCore"]),
         .testTarget(name: "MartletVMMTests", dependencies: ["MartletVMM"]),
-        .testTarget(name: "MartletHostTests", dependencies: ["MartletHost", "MartletCore"]),
+        .testTarget(
+            name: "MartletHostTests", dependencies: ["MartletHost", "MartletCore"], exclude: ["Guest"]),
     ]
 )
