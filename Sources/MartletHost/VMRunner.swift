@@ -13,7 +13,7 @@ public final class VMRunner: @unchecked Sendable {
     let logger: Logger
     private let lock = NSLock()
     private var clients: [Int32] = []
-    private var vmmInput: FileHandle?
+    private var vmmInput: Int32?
     private var consoleLog: FileHandle?
     private var stopRequested = false
     private var signalSources: [DispatchSourceSignal] = []
@@ -38,6 +38,13 @@ public final class VMRunner: @unchecked Sendable {
 
     /// Runs the VM until it powers off or is stopped; returns the process exit status.
     public func run() throws -> Int32 {
+        // Whoever started us may have blocked signals (a thread of a concurrency pool);
+        // the VMM and tap commands are watched through SIGCHLD.
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        pthread_sigmask(SIG_SETMASK, &empty, nil)
+        // A console that goes away mid-write must not take the VM down with it.
+        signal(SIGPIPE, SIG_IGN)
         let definition = try host.definition(name)
         try FileManager.default.createDirectory(atPath: paths.state(name), withIntermediateDirectories: true)
         if let other = host.runnerPID(name), other != getpid() {
@@ -108,40 +115,40 @@ public final class VMRunner: @unchecked Sendable {
         defer { removeTaps(taps) }
 
         let vmm = try Tool.resolve(paths.vmm)
-        let process = Process()
+        var arguments = [vmm, "--config", paths.vmmConfig(name)]
         if let user {
-            process.executableURL = URL(fileURLWithPath: try Tool.resolve("setpriv"))
-            process.arguments = [
-                "--reuid=\(user.uid)", "--regid=\(user.gid)", "--init-groups", "--inh-caps=-all", "--",
-                vmm, "--config", paths.vmmConfig(name),
-            ]
-        } else {
-            process.executableURL = URL(fileURLWithPath: vmm)
-            process.arguments = ["--config", paths.vmmConfig(name)]
+            arguments = [
+                "setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--init-groups", "--inh-caps=-all", "--",
+            ] + arguments
         }
-        let output = Pipe()
-        let input = Pipe()
-        process.standardOutput = output
-        process.standardInput = input
-        process.standardError = FileHandle.standardError
-        logger.info("VM '\(name)': starting \(vmm) --config \(paths.vmmConfig(name))\(user == nil ? "" : " as \(paths.vmmUser)")")
-        try process.run()
-        lock.withLock { vmmInput = input.fileHandleForWriting }
-        let relayDone = DispatchSemaphore(value: 0)
-        let reader = output.fileHandleForReading
-        Thread.detachNewThread { [self] in
-            while true {
-                let chunk = reader.availableData
-                if chunk.isEmpty { break }
-                broadcast(chunk)
-            }
-            relayDone.signal()
+        let output = try ChildProcess.makePipe()
+        let input = try ChildProcess.makePipe()
+        logger.info("VM '\(name)': starting \(arguments.joined(separator: " "))")
+        let pid: pid_t
+        do {
+            pid = try ChildProcess.spawn(arguments, stdin: input[0], stdout: output[1], stderr: STDERR_FILENO)
+        } catch {
+            for fd in output + input { close(fd) }
+            throw error
         }
-        process.waitUntilExit()
-        relayDone.wait()
-        lock.withLock { vmmInput = nil }
-        try? input.fileHandleForWriting.close()
-        return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        close(output[1])
+        close(input[0])
+        lock.withLock { vmmInput = input[1] }
+        // The guest's serial output: into the console log and to every attached console.
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(output[0], $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { break }
+            broadcast(Data(buffer.prefix(count)))
+        }
+        close(output[0])
+        let status = ChildProcess.wait(pid)
+        lock.withLock {
+            vmmInput = nil
+            close(input[1])
+        }
+        return status
     }
 
     struct User { var uid: uid_t; var gid: gid_t }
@@ -161,12 +168,12 @@ public final class VMRunner: @unchecked Sendable {
                         .notFound, "VM '\(name)': NIC \(index + 1) wants bridge '\(nic.bridge)', which does not exist",
                         hint: "create the bridge (the installer sets up br0) or fix [[nic]] bridge")
                 }
-                _ = try? Command("ip", ["link", "delete", tap]).runAllowingFailure()
+                _ = try? ChildProcess.run(["ip", "link", "delete", tap])
                 var arguments = ["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"]
                 if let user { arguments += ["user", "\(user.uid)", "group", "\(user.gid)"] }
-                try Command("ip", arguments).run()
+                try ChildProcess.check(["ip"] + arguments)
                 created.append(tap)
-                try Command("ip", ["link", "set", "dev", tap, "master", nic.bridge, "up"]).run()
+                try ChildProcess.check(["ip", "link", "set", "dev", tap, "master", nic.bridge, "up"])
                 logger.info("VM '\(name)': tap \(tap) on \(nic.bridge) for NIC \(nic.mac)")
             }
         } catch {
@@ -178,7 +185,7 @@ public final class VMRunner: @unchecked Sendable {
 
     func removeTaps(_ taps: [String]) {
         for tap in taps {
-            if let result = try? Command("ip", ["link", "delete", tap]).runAllowingFailure(), result.status != 0 {
+            if let result = try? ChildProcess.run(["ip", "link", "delete", tap]), result.status != 0 {
                 logger.warning("could not remove tap \(tap): \(result.stderr)")
             }
         }
@@ -224,7 +231,7 @@ public final class VMRunner: @unchecked Sendable {
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { break }
             let data = Data(chunk.prefix(count))
-            lock.withLock { try? vmmInput?.write(contentsOf: data) }
+            lock.withLock { if let vmmInput { UnixSocket.writeAll(vmmInput, [UInt8](data)) } }
         }
         lock.withLock {
             if let index = clients.firstIndex(of: client) {

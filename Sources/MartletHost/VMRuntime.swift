@@ -30,7 +30,7 @@ extension VMHost {
         unlink(paths.runnerPID(name))
         unlink(paths.controlSocket(name))
         if Self.systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil {
-            try Command("systemctl", ["start", "--no-block", "martlet-vm@\(name).service"]).run()
+            try ChildProcess.check(["systemctl", "start", "--no-block", "martlet-vm@\(name).service"])
         } else {
             try Self.spawnDetached(
                 [Self.martletExecutable, "vm", "run", name], log: paths.runnerLog(name))
@@ -62,7 +62,19 @@ extension VMHost {
         defer { for pointer in cArguments { free(pointer) } }
         // posix_spawn rather than Foundation's Process: the latter waits for the pipes and
         // children it set up, which the detached runner would keep open.
-        let result = posix_spawn(&pid, "/bin/sh", nil, nil, &cArguments, environ)
+        // The runner starts with default signal handling and nothing blocked, whatever the
+        // calling thread had: Foundation's Process needs SIGCHLD to see its children exit.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let result = posix_spawn(&pid, "/bin/sh", nil, &attributes, &cArguments, environ)
         guard result == 0 else { throw MartletError.system("posix_spawn", path: "/bin/sh", errno: result) }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
@@ -88,7 +100,7 @@ extension VMHost {
         }
         if runnerPID(name) != nil {
             if Self.systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil {
-                try Command("systemctl", ["stop", "martlet-vm@\(name).service"]).run()
+                try ChildProcess.check(["systemctl", "stop", "martlet-vm@\(name).service"])
             } else if (try? UnixSocket.request(control, "stop", timeout: 2)) == nil {
                 kill(pid, SIGTERM)
             }

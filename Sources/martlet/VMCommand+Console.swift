@@ -28,6 +28,7 @@ struct VMConsoleCommand: ParsableCommand {
         guard let key = Self.controlCharacter(detachKey) else {
             throw ValidationError("--detach-key: '\(detachKey)' is not ^A … ^Z, ^[, ^\\, ^], ^^ or ^_")
         }
+        signal(SIGPIPE, SIG_IGN)
         let host = VMHost()
         let fd: Int32
         do {

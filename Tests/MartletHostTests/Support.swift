@@ -42,10 +42,12 @@ enum TestSupport {
         }
     }()
 
-    /// Runs a command and returns status, stdout and stderr (no throw on failure).
+    /// Runs a command with extra environment variables (through env(1)) and returns its
+    /// status and output; posix_spawn based, see `ChildProcess`.
     @discardableResult
-    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], input: String? = nil) throws -> CommandResult {
-        try Command(executable, arguments, environment: environment).runAllowingFailure(input: input.map { Data($0.utf8) })
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], input: String? = nil) throws -> ChildProcess.Output {
+        let variables = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        return try ChildProcess.run(["/usr/bin/env"] + variables + [executable] + arguments, input: input)
     }
 }
 
