@@ -46,21 +46,27 @@ public struct APIServer: Sendable {
             var text = "vcpus = \(vcpus ?? 1)\n"
             text += "memory = \(Self.quote(memory ?? "256MiB"))\n"
             text += "autostart = \(autostart ?? false)\n"
-            text += "on-crash = \(Self.quote(onCrash ?? "restart"))\n\n[boot]\nkernel = \(Self.quote(kernel))\n"
+            text +=
+                "on-crash = \(Self.quote(onCrash ?? "restart"))\n\n[boot]\nkernel = \(Self.quote(kernel))\n"
             if let initrd { text += "initrd = \(Self.quote(initrd))\n" }
             text += "cmdline = \(Self.quote(cmdline ?? "console=ttyS0"))\n"
             for disk in disks ?? [] {
-                text += "\n[[disk]]\npool = \(Self.quote(disk.pool))\nvolume = \(Self.quote(disk.volume))\nread-only = \(disk.readOnly ?? false)\n"
+                text +=
+                    "\n[[disk]]\npool = \(Self.quote(disk.pool))\nvolume = \(Self.quote(disk.volume))\nread-only = \(disk.readOnly ?? false)\n"
             }
             for (index, nic) in (nics ?? []).enumerated() {
                 text += "\n[[nic]]\nbridge = \(Self.quote(nic.bridge ?? "br0"))\n"
-                text += "mac = \(Self.quote(nic.mac ?? VMDefinition.generatedMAC(vm: name, index: index)))\n"
+                text +=
+                    "mac = \(Self.quote(nic.mac ?? VMDefinition.generatedMAC(vm: name, index: index)))\n"
             }
             return try VMDefinition(path: path, contents: text)
         }
 
         static func quote(_ text: String) -> String {
-            "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            "\""
+                + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
+                    of: "\"", with: "\\\""
+                )
                 .replacingOccurrences(of: "\n", with: "\\n") + "\""
         }
     }
@@ -95,11 +101,13 @@ public struct APIServer: Sendable {
     /// Serves until the task is cancelled or the process gets SIGTERM/SIGINT.
     public func run() async throws {
         try FileManager.default.createDirectory(
-            atPath: (socketPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            atPath: (socketPath as NSString).deletingLastPathComponent,
+            withIntermediateDirectories: true)
         unlink(socketPath)
         let app = Application(
             router: router(),
-            configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "martlet-api"),
+            configuration: .init(
+                address: .unixDomainSocket(path: socketPath), serverName: "martlet-api"),
             logger: logger)
         try await app.runService()
     }
@@ -158,13 +166,16 @@ public struct APIServer: Sendable {
             let name = try context.parameters.require("name")
             return try await Self.offload { () -> Response in
                 _ = try host.definition(name)
-                let data = FileManager.default.contents(atPath: host.paths.consoleLog(name)) ?? Data()
+                let data =
+                    FileManager.default.contents(atPath: host.paths.consoleLog(name)) ?? Data()
                 return Response(
                     status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
                     body: .init(byteBuffer: ByteBuffer(bytes: data.suffix(65536))))
             }
         }
-        router.get("/v1/pools") { _, _ in try await Self.respond { try host.pools().map { try $0.status() } } }
+        router.get("/v1/pools") { _, _ in
+            try await Self.respond { try host.pools().map { try $0.status() } }
+        }
         router.get("/v1/pools/:pool") { _, context in
             let name = try context.parameters.require("pool")
             return try await Self.respond { () -> PoolDetail in
@@ -181,7 +192,9 @@ public struct APIServer: Sendable {
             let body = try await Self.decode(VolumeRequest.self, request, context)
             return try await Self.respond(status: .created) { () -> VolumeInfo in
                 let pool = try host.pool(name)
-                if let image = body.image { return try pool.importVolume(body.name, from: image, format: body.format) }
+                if let image = body.image {
+                    return try pool.importVolume(body.name, from: image, format: body.format)
+                }
                 guard let text = body.size, let size = ByteSize(parsing: text) else {
                     throw MartletError(.invalidInput, "give 'size' (e.g. \"8GiB\") or 'image'")
                 }
@@ -215,19 +228,24 @@ public struct APIServer: Sendable {
         return router
     }
 
-    static func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws -> T {
+    static func decode<T: Decodable>(
+        _ type: T.Type, _ request: Request, _ context: BasicRequestContext
+    ) async throws -> T {
         var request = request
         let buffer = try await request.collectBody(upTo: 1 << 20)
         do {
             return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
         } catch {
-            throw HTTPError(.badRequest, message: "the request body is not valid JSON for this operation: \(error)")
+            throw HTTPError(
+                .badRequest,
+                message: "the request body is not valid JSON for this operation: \(error)")
         }
     }
 
     /// Runs blocking host work (subprocesses, waits) on a thread of its own, off the
     /// concurrency pool, and turns a `MartletError` into a JSON error response.
-    static func offload(_ work: @escaping @Sendable () throws -> Response) async throws -> Response {
+    static func offload(_ work: @escaping @Sendable () throws -> Response) async throws -> Response
+    {
         try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread {
                 do {
@@ -241,7 +259,9 @@ public struct APIServer: Sendable {
         }
     }
 
-    static func respond<T: Encodable>(status: HTTPResponse.Status = .ok, _ work: @escaping @Sendable () throws -> T) async throws -> Response {
+    static func respond<T: Encodable>(
+        status: HTTPResponse.Status = .ok, _ work: @escaping @Sendable () throws -> T
+    ) async throws -> Response {
         try await offload {
             let value = try work()
             if let optional = value as? OptionalMarker, optional.isNone {
@@ -256,7 +276,8 @@ public struct APIServer: Sendable {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
         return Response(
-            status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+            status: status, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
     static func errorResponse(_ error: MartletError) -> Response {
@@ -269,7 +290,10 @@ public struct APIServer: Sendable {
             case .missingDependency, .unavailable: .notImplemented
             default: .internalServerError
             }
-        return json(ErrorBody(error: .init(code: error.code.rawValue, message: error.message, hint: error.hint)), status: status)
+        return json(
+            ErrorBody(
+                error: .init(code: error.code.rawValue, message: error.message, hint: error.hint)),
+            status: status)
     }
 }
 

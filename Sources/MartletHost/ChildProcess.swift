@@ -15,7 +15,9 @@ public enum ChildProcess {
 
     /// Spawns `arguments` (argv[0] resolved on PATH) with the given fds as 0, 1 and 2, a
     /// clean signal mask and default dispositions; every other fd is closed-on-exec.
-    public static func spawn(_ arguments: [String], stdin: Int32, stdout: Int32, stderr: Int32) throws -> pid_t {
+    public static func spawn(_ arguments: [String], stdin: Int32, stdout: Int32, stderr: Int32)
+        throws -> pid_t
+    {
         let executable = try Tool.resolve(arguments[0])
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -37,7 +39,9 @@ public enum ChildProcess {
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0
         let result = posix_spawn(&pid, executable, &actions, &attributes, &argv, environ)
-        guard result == 0 else { throw MartletError.system("posix_spawn", path: executable, errno: result) }
+        guard result == 0 else {
+            throw MartletError.system("posix_spawn", path: executable, errno: result)
+        }
         return pid
     }
 
@@ -83,7 +87,9 @@ public enum ChildProcess {
                 break
             }
             for entry in fds where entry.revents != 0 {
-                let count = buffer.withUnsafeMutableBytes { read(entry.fd, $0.baseAddress, $0.count) }
+                let count = buffer.withUnsafeMutableBytes {
+                    read(entry.fd, $0.baseAddress, $0.count)
+                }
                 if count < 0 && errno == EINTR { continue }
                 if count <= 0 {
                     close(entry.fd)
@@ -96,7 +102,9 @@ public enum ChildProcess {
             }
         }
         let status = wait(pid)
-        return Output(status: status, stdout: String(decoding: out, as: UTF8.self), stderr: String(decoding: err, as: UTF8.self))
+        return Output(
+            status: status, stdout: String(decoding: out, as: UTF8.self),
+            stderr: String(decoding: err, as: UTF8.self))
     }
 
     /// A pipe whose both ends are close-on-exec (children get them only through dup2).
@@ -113,7 +121,8 @@ public enum ChildProcess {
         let output = try run(arguments)
         guard output.status == 0 else {
             throw MartletError(
-                .failed, "'\(arguments.joined(separator: " "))' exited with status \(output.status)",
+                .failed,
+                "'\(arguments.joined(separator: " "))' exited with status \(output.status)",
                 cause: output.stderr.isEmpty ? output.stdout : output.stderr)
         }
         return output

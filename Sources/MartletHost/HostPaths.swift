@@ -16,8 +16,10 @@ public struct HostPaths: Sendable, Equatable {
     public var vmmUser: String
 
     public init(
-        vmsDirectory: String = "/etc/martlet/vms", storageConfiguration: String = "/etc/martlet/storage.toml",
-        runDirectory: String = "/run/martlet/vms", vmm: String = "martlet-vmm", vmmUser: String = "martlet-vm"
+        vmsDirectory: String = "/etc/martlet/vms",
+        storageConfiguration: String = "/etc/martlet/storage.toml",
+        runDirectory: String = "/run/martlet/vms", vmm: String = "martlet-vmm",
+        vmmUser: String = "martlet-vm"
     ) {
         self.vmsDirectory = vmsDirectory
         self.storageConfiguration = storageConfiguration
@@ -28,7 +30,9 @@ public struct HostPaths: Sendable, Equatable {
 
     /// The defaults, overridden by MARTLET_VMS_DIR, MARTLET_STORAGE_CONFIG, MARTLET_RUN_DIR,
     /// MARTLET_VMM and MARTLET_VMM_USER.
-    public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> HostPaths {
+    public static func fromEnvironment(
+        _ environment: [String: String] = ProcessInfo.processInfo.environment
+    ) -> HostPaths {
         var paths = HostPaths()
         if let value = environment["MARTLET_VMS_DIR"] { paths.vmsDirectory = value }
         if let value = environment["MARTLET_STORAGE_CONFIG"] { paths.storageConfiguration = value }

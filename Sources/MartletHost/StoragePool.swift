@@ -57,7 +57,9 @@ extension StoragePool {
     }
 
     /// Creates volume `name` from an image file, converting qcow2 through qemu-img.
-    public func importVolume(_ name: String, from image: String, format: ImageFormat?) throws -> VolumeInfo {
+    public func importVolume(_ name: String, from image: String, format: ImageFormat?) throws
+        -> VolumeInfo
+    {
         guard FileManager.default.fileExists(atPath: image) else {
             throw MartletError(.notFound, "image '\(image)' does not exist")
         }
@@ -72,11 +74,14 @@ extension StoragePool {
                     .missingDependency, "importing the qcow2 image '\(image)' needs qemu-img",
                     hint: "apt-get install qemu-utils, or convert it to raw elsewhere")
             }
-            let info = try Command("qemu-img", ["info", "--output=json", "-f", "qcow2", image]).run()
-            guard let object = try JSONSerialization.jsonObject(with: info.stdout) as? [String: Any],
+            let info = try Command("qemu-img", ["info", "--output=json", "-f", "qcow2", image])
+                .run()
+            guard
+                let object = try JSONSerialization.jsonObject(with: info.stdout) as? [String: Any],
                 let size = (object["virtual-size"] as? NSNumber)?.uint64Value
             else {
-                throw MartletError(.failed, "qemu-img info did not report the virtual size of '\(image)'")
+                throw MartletError(
+                    .failed, "qemu-img info did not report the virtual size of '\(image)'")
             }
             virtualSize = size
         }
@@ -86,9 +91,17 @@ extension StoragePool {
         do {
             switch detected {
             case .raw:
-                try Command("dd", ["if=\(image)", "of=\(volume.path)", "bs=1M", "conv=sparse,notrunc,fsync", "status=none"]).run()
+                try Command(
+                    "dd",
+                    [
+                        "if=\(image)", "of=\(volume.path)", "bs=1M", "conv=sparse,notrunc,fsync",
+                        "status=none",
+                    ]
+                ).run()
             case .qcow2:
-                try Command("qemu-img", ["convert", "-n", "-f", "qcow2", "-O", "raw", image, volume.path]).run()
+                try Command(
+                    "qemu-img", ["convert", "-n", "-f", "qcow2", "-O", "raw", image, volume.path]
+                ).run()
             }
         } catch {
             try? deleteVolume(name)
@@ -123,7 +136,8 @@ extension StoragePool {
 
     func refuseInvalidName(_ name: String) throws {
         guard VMDefinition.isValidName(name) else {
-            throw MartletError(.invalidInput, "'\(name)' is not a valid volume name", hint: VMDefinition.nameRule)
+            throw MartletError(
+                .invalidInput, "'\(name)' is not a valid volume name", hint: VMDefinition.nameRule)
         }
     }
 }
@@ -143,14 +157,16 @@ public struct DirectoryPool: StoragePool {
     public func status() throws -> PoolStatus {
         var stats = statvfs()
         guard statvfs(path, &stats) == 0 else {
-            throw MartletError.system("statvfs", path: path, hint: "create the pool directory or fix storage.toml")
+            throw MartletError.system(
+                "statvfs", path: path, hint: "create the pool directory or fix storage.toml")
         }
         let block = UInt64(stats.f_frsize)
         let capacity = UInt64(stats.f_blocks) * block
         let free = UInt64(stats.f_bavail) * block
         return PoolStatus(
             name: name, type: "directory", location: path, capacity: capacity,
-            used: capacity - UInt64(stats.f_bfree) * block, free: free, volumes: try volumes().count)
+            used: capacity - UInt64(stats.f_bfree) * block, free: free, volumes: try volumes().count
+        )
     }
 
     public func volumes() throws -> [VolumeInfo] {
@@ -158,7 +174,9 @@ public struct DirectoryPool: StoragePool {
         return try entries.filter { $0.hasSuffix(".raw") }.sorted().map { entry in
             let volume = String(entry.dropLast(4))
             var info = stat()
-            guard stat(file(volume), &info) == 0 else { throw MartletError.system("stat", path: file(volume)) }
+            guard stat(file(volume), &info) == 0 else {
+                throw MartletError.system("stat", path: file(volume))
+            }
             return VolumeInfo(
                 name: volume, pool: name, size: UInt64(info.st_size),
                 allocated: UInt64(info.st_blocks) * 512, path: file(volume))
@@ -168,7 +186,8 @@ public struct DirectoryPool: StoragePool {
     public func createVolume(_ volume: String, size: ByteSize) throws -> VolumeInfo {
         try refuseInvalidName(volume)
         guard !FileManager.default.fileExists(atPath: file(volume)) else {
-            throw MartletError(.refused, "volume '\(name)/\(volume)' already exists", hint: "choose another name")
+            throw MartletError(
+                .refused, "volume '\(name)/\(volume)' already exists", hint: "choose another name")
         }
         try refuseWhenFull(volume, size: size)
         let fd = open(file(volume), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
@@ -186,7 +205,8 @@ public struct DirectoryPool: StoragePool {
         let current = try self.volume(volume)
         guard size.bytes >= current.size else {
             throw MartletError(
-                .refused, "shrinking '\(name)/\(volume)' from \(ByteSize(current.size)) to \(size) would cut off guest data",
+                .refused,
+                "shrinking '\(name)/\(volume)' from \(ByteSize(current.size)) to \(size) would cut off guest data",
                 hint: "volumes only grow; give a size of at least \(ByteSize(current.size))")
         }
         try refuseWhenFull(volume, size: ByteSize(size.bytes - current.size))
@@ -198,7 +218,9 @@ public struct DirectoryPool: StoragePool {
 
     public func deleteVolume(_ volume: String) throws {
         _ = try self.volume(volume)
-        guard unlink(file(volume)) == 0 else { throw MartletError.system("unlink", path: file(volume)) }
+        guard unlink(file(volume)) == 0 else {
+            throw MartletError.system("unlink", path: file(volume))
+        }
     }
 }
 
@@ -225,7 +247,10 @@ public struct LVMThinPool: StoragePool {
     func logicalVolumes() throws -> [LogicalVolume] {
         let result = try Command(
             "lvs",
-            ["--reportformat", "json", "--units", "b", "--nosuffix", "-o", "lv_name,lv_size,data_percent,pool_lv,lv_path,lv_dm_path", volumeGroup]
+            [
+                "--reportformat", "json", "--units", "b", "--nosuffix", "-o",
+                "lv_name,lv_size,data_percent,pool_lv,lv_path,lv_dm_path", volumeGroup,
+            ]
         ).run(hint: "check that the volume group '\(volumeGroup)' of pool '\(name)' exists (vgs)")
         guard let object = try JSONSerialization.jsonObject(with: result.stdout) as? [String: Any],
             let report = (object["report"] as? [[String: Any]])?.first,
@@ -234,7 +259,9 @@ public struct LVMThinPool: StoragePool {
             throw MartletError(.failed, "could not read the output of lvs for '\(volumeGroup)'")
         }
         return rows.map { row in
-            let path = row["lv_path"].flatMap { FileManager.default.fileExists(atPath: $0) ? $0 : nil }
+            let path = row["lv_path"].flatMap {
+                FileManager.default.fileExists(atPath: $0) ? $0 : nil
+            }
             return LogicalVolume(
                 name: row["lv_name"] ?? "", size: UInt64(row["lv_size"] ?? "") ?? 0,
                 dataPercent: Double(row["data_percent"] ?? "") ?? 0, pool: row["pool_lv"] ?? "",
@@ -246,12 +273,14 @@ public struct LVMThinPool: StoragePool {
         let all = try logicalVolumes()
         guard let pool = all.first(where: { $0.name == thinPool }) else {
             throw MartletError(
-                .notFound, "the volume group '\(volumeGroup)' has no thin pool '\(thinPool)' (pool '\(name)')",
+                .notFound,
+                "the volume group '\(volumeGroup)' has no thin pool '\(thinPool)' (pool '\(name)')",
                 hint: "check /etc/martlet/storage.toml and 'lvs \(volumeGroup)'")
         }
         let used = UInt64((Double(pool.size) * pool.dataPercent / 100).rounded())
         return PoolStatus(
-            name: name, type: "lvm-thin", location: "\(volumeGroup)/\(thinPool)", capacity: pool.size,
+            name: name, type: "lvm-thin", location: "\(volumeGroup)/\(thinPool)",
+            capacity: pool.size,
             used: used, free: pool.size - min(used, pool.size),
             volumes: all.filter { $0.pool == thinPool }.count)
     }
@@ -260,18 +289,24 @@ public struct LVMThinPool: StoragePool {
         try logicalVolumes().filter { $0.pool == thinPool }.sorted { $0.name < $1.name }.map {
             VolumeInfo(
                 name: $0.name, pool: name, size: $0.size,
-                allocated: UInt64((Double($0.size) * $0.dataPercent / 100).rounded()), path: $0.path)
+                allocated: UInt64((Double($0.size) * $0.dataPercent / 100).rounded()), path: $0.path
+            )
         }
     }
 
     public func createVolume(_ volume: String, size: ByteSize) throws -> VolumeInfo {
         try refuseInvalidName(volume)
         if try logicalVolumes().contains(where: { $0.name == volume }) {
-            throw MartletError(.refused, "volume '\(name)/\(volume)' already exists", hint: "choose another name")
+            throw MartletError(
+                .refused, "volume '\(name)/\(volume)' already exists", hint: "choose another name")
         }
         try refuseWhenFull(volume, size: size)
         try Command(
-            "lvcreate", ["--yes", "--type", "thin", "-V", "\(size.bytes)b", "--thinpool", thinPool, "-n", volume, volumeGroup]
+            "lvcreate",
+            [
+                "--yes", "--type", "thin", "-V", "\(size.bytes)b", "--thinpool", thinPool, "-n",
+                volume, volumeGroup,
+            ]
         ).run()
         // Thin volumes read back zeros until written; nothing to wipe.
         return try self.volume(volume)
@@ -281,7 +316,8 @@ public struct LVMThinPool: StoragePool {
         let current = try self.volume(volume)
         guard size.bytes >= current.size else {
             throw MartletError(
-                .refused, "shrinking '\(name)/\(volume)' from \(ByteSize(current.size)) to \(size) would cut off guest data",
+                .refused,
+                "shrinking '\(name)/\(volume)' from \(ByteSize(current.size)) to \(size) would cut off guest data",
                 hint: "volumes only grow; give a size of at least \(ByteSize(current.size))")
         }
         guard size.bytes > current.size else { return current }
@@ -306,21 +342,28 @@ public enum StorageConfiguration {
         for section in try root.sections("pool") ?? [] {
             let name = try section.required(try section.string("name"), "name")
             guard VMDefinition.isValidName(name) else {
-                throw section.error("name", "'\(name)' is not a valid pool name", hint: VMDefinition.nameRule)
+                throw section.error(
+                    "name", "'\(name)' is not a valid pool name", hint: VMDefinition.nameRule)
             }
             guard !pools.contains(where: { $0.name == name }) else {
                 throw section.error("name", "pool '\(name)' is defined twice")
             }
-            let type = try section.required(try section.choice("type", ["lvm-thin", "directory"]), "type")
+            let type = try section.required(
+                try section.choice("type", ["lvm-thin", "directory"]), "type")
             _ = try section.string("device")
             _ = try section.string("filesystem")
             if type == "lvm-thin" {
                 pools.append(
                     LVMThinPool(
-                        name: name, volumeGroup: try section.required(try section.string("volume-group"), "volume-group"),
-                        thinPool: try section.required(try section.string("thin-pool"), "thin-pool")))
+                        name: name,
+                        volumeGroup: try section.required(
+                            try section.string("volume-group"), "volume-group"),
+                        thinPool: try section.required(try section.string("thin-pool"), "thin-pool")
+                    ))
             } else {
-                pools.append(DirectoryPool(name: name, path: try section.required(try section.string("path"), "path")))
+                pools.append(
+                    DirectoryPool(
+                        name: name, path: try section.required(try section.string("path"), "path")))
             }
             try section.finish()
         }

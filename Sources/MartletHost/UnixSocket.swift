@@ -8,7 +8,9 @@ enum UnixSocket {
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
         guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw MartletError(.invalidInput, "socket path '\(path)' is longer than 107 bytes", hint: "use a shorter run directory")
+            throw MartletError(
+                .invalidInput, "socket path '\(path)' is longer than 107 bytes",
+                hint: "use a shorter run directory")
         }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             for (index, byte) in bytes.enumerated() { raw[index] = byte }
@@ -58,7 +60,9 @@ enum UnixSocket {
     static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var sent = 0
         while sent < bytes.count {
-            let count = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + sent, bytes.count - sent) }
+            let count = bytes.withUnsafeBytes {
+                write(fd, $0.baseAddress! + sent, bytes.count - sent)
+            }
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { return false }
             sent += count
@@ -67,7 +71,8 @@ enum UnixSocket {
     }
 
     /// Sends one JSON line to the VMM's control socket and returns the reply object.
-    static func request(_ path: String, _ command: String, timeout: Int = 5) throws -> [String: Any] {
+    static func request(_ path: String, _ command: String, timeout: Int = 5) throws -> [String: Any]
+    {
         let fd = try connect(path)
         defer { close(fd) }
         var interval = timeval(tv_sec: timeout, tv_usec: 0)
@@ -83,8 +88,10 @@ enum UnixSocket {
             guard count > 0 else { break }
             reply += chunk.prefix(count)
         }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(reply)) as? [String: Any] else {
-            throw MartletError(.failed, "the VMM's control socket '\(path)' gave no valid reply to '\(command)'")
+        guard let object = try? JSONSerialization.jsonObject(with: Data(reply)) as? [String: Any]
+        else {
+            throw MartletError(
+                .failed, "the VMM's control socket '\(path)' gave no valid reply to '\(command)'")
         }
         return object
     }

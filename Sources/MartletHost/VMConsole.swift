@@ -13,7 +13,9 @@ public enum VMConsole {
     /// Copies the console to stdout and stdin to the console until the detach key, the
     /// `expect` text, the end of the console, or `timeout` seconds (0: none). On a terminal
     /// stdin is put in raw mode (restored before returning) so keys reach the guest as typed.
-    public static func attach(fd: Int32, detachKey: UInt8, expect: String?, timeout: Double, interactive: Bool) -> Outcome {
+    public static func attach(
+        fd: Int32, detachKey: UInt8, expect: String?, timeout: Double, interactive: Bool
+    ) -> Outcome {
         var saved = termios()
         if interactive, tcgetattr(STDIN_FILENO, &saved) == 0 {
             var raw = saved
@@ -46,7 +48,9 @@ public enum VMConsole {
                 }
             }
             if stdinOpen, fds.count > 1, fds[1].revents != 0 {
-                let count = buffer.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress, $0.count) }
+                let count = buffer.withUnsafeMutableBytes {
+                    read(STDIN_FILENO, $0.baseAddress, $0.count)
+                }
                 if count < 0 && errno == EINTR { continue }
                 guard count > 0 else {
                     // Stdin ended (a script): keep showing the console until it closes or times out.

@@ -23,7 +23,8 @@ public struct VMDefinition: Codable, Equatable, Sendable {
                 self = .path(text)
                 return
             }
-            let parts = text.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+            let parts = text.split(separator: "/", omittingEmptySubsequences: false).map(
+                String.init)
             guard parts.count == 2, VMDefinition.isValidName(parts[0]),
                 VMDefinition.isValidName(parts[1])
             else { return nil }
@@ -41,7 +42,9 @@ public struct VMDefinition: Codable, Equatable, Sendable {
             let text = try decoder.singleValueContainer().decode(String.self)
             guard let source = FileSource(parsing: text) else {
                 throw DecodingError.dataCorrupted(
-                    .init(codingPath: decoder.codingPath, debugDescription: "'\(text)' is not PATH or POOL/VOLUME"))
+                    .init(
+                        codingPath: decoder.codingPath,
+                        debugDescription: "'\(text)' is not PATH or POOL/VOLUME"))
             }
             self = source
         }
@@ -56,7 +59,9 @@ public struct VMDefinition: Codable, Equatable, Sendable {
         public var kernel: FileSource
         public var initrd: FileSource?
         public var cmdline: String
-        public init(kernel: FileSource, initrd: FileSource? = nil, cmdline: String = "console=ttyS0") {
+        public init(
+            kernel: FileSource, initrd: FileSource? = nil, cmdline: String = "console=ttyS0"
+        ) {
             self.kernel = kernel
             self.initrd = initrd
             self.cmdline = cmdline
@@ -114,19 +119,23 @@ public struct VMDefinition: Codable, Equatable, Sendable {
     /// VM, pool and volume names: they become file names, LV names, unit instance names.
     public static func isValidName(_ name: String) -> Bool {
         guard (1...48).contains(name.count), let first = name.unicodeScalars.first,
-            CharacterSet.lowercaseLetters.contains(first) || CharacterSet.decimalDigits.contains(first)
+            CharacterSet.lowercaseLetters.contains(first)
+                || CharacterSet.decimalDigits.contains(first)
         else { return false }
         return name.unicodeScalars.allSatisfy {
             ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_"
         }
     }
 
-    static let nameRule = "use 1 to 48 characters a-z, 0-9, '-' and '_', starting with a letter or digit"
+    static let nameRule =
+        "use 1 to 48 characters a-z, 0-9, '-' and '_', starting with a letter or digit"
 
     /// A locally administered unicast MAC that stays the same for this VM name and NIC index.
     public static func generatedMAC(vm: String, index: Int) -> String {
         let hash = fnv1a("\(vm)#\(index)")
-        let bytes: [UInt64] = [0x02, 0x4D, 0x4C, (hash >> 16) & 0xFF, (hash >> 8) & 0xFF, hash & 0xFF]
+        let bytes: [UInt64] = [
+            0x02, 0x4D, 0x4C, (hash >> 16) & 0xFF, (hash >> 8) & 0xFF, hash & 0xFF,
+        ]
         return bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
     }
 
@@ -186,7 +195,8 @@ extension VMDefinition {
                 hint: "write e.g. \"512MiB\" or \"2GiB\"")
         }
         let autostart = try root.bool("autostart") ?? false
-        let policyText = try root.choice("on-crash", CrashPolicy.allCases.map(\.rawValue)) ?? "restart"
+        let policyText =
+            try root.choice("on-crash", CrashPolicy.allCases.map(\.rawValue)) ?? "restart"
         let bootSection = try root.required(
             try root.section("boot"), "boot", hint: "add a [boot] table with kernel = \"PATH\"")
         func source(_ section: TOMLSection, _ key: String) throws -> FileSource? {
@@ -202,7 +212,8 @@ extension VMDefinition {
         let initrd = try source(bootSection, "initrd")
         let cmdline = try bootSection.string("cmdline") ?? "console=ttyS0"
         guard cmdline.utf8.count <= 2048 else {
-            throw bootSection.error("cmdline", "is \(cmdline.utf8.count) bytes long", hint: "keep it under 2048 bytes")
+            throw bootSection.error(
+                "cmdline", "is \(cmdline.utf8.count) bytes long", hint: "keep it under 2048 bytes")
         }
         try bootSection.finish()
 
@@ -210,13 +221,17 @@ extension VMDefinition {
         for section in try root.sections("disk") ?? [] {
             let pool = try section.required(try section.string("pool"), "pool")
             let volume = try section.required(try section.string("volume"), "volume")
-            for (key, value) in [("pool", pool), ("volume", volume)] where !Self.isValidName(value) {
+            for (key, value) in [("pool", pool), ("volume", volume)] where !Self.isValidName(value)
+            {
                 throw section.error(key, "'\(value)' is not a valid name", hint: Self.nameRule)
             }
             if disks.contains(where: { $0.pool == pool && $0.volume == volume }) {
-                throw section.error("volume", "'\(pool)/\(volume)' is attached twice", hint: "remove one of the [[disk]] tables")
+                throw section.error(
+                    "volume", "'\(pool)/\(volume)' is attached twice",
+                    hint: "remove one of the [[disk]] tables")
             }
-            disks.append(Disk(pool: pool, volume: volume, readOnly: try section.bool("read-only") ?? false))
+            disks.append(
+                Disk(pool: pool, volume: volume, readOnly: try section.bool("read-only") ?? false))
             try section.finish()
         }
         guard disks.count <= 6 else {
@@ -225,12 +240,20 @@ extension VMDefinition {
         var nics: [NIC] = []
         for (index, section) in (try root.sections("nic") ?? []).enumerated() {
             let bridge = try section.string("bridge") ?? "br0"
-            guard (1...15).contains(bridge.utf8.count), !bridge.contains("/"), !bridge.contains(" ") else {
-                throw section.error("bridge", "'\(bridge)' is not a network interface name", hint: "use the host bridge, e.g. \"br0\"")
+            guard (1...15).contains(bridge.utf8.count), !bridge.contains("/"), !bridge.contains(" ")
+            else {
+                throw section.error(
+                    "bridge", "'\(bridge)' is not a network interface name",
+                    hint: "use the host bridge, e.g. \"br0\"")
             }
-            let mac = try section.string("mac")?.lowercased() ?? Self.generatedMAC(vm: name, index: index)
+            let mac =
+                try section.string("mac")?.lowercased() ?? Self.generatedMAC(vm: name, index: index)
             guard Self.isValidMAC(mac) else {
-                throw section.error("mac", "'\(mac)' is not a unicast MAC address", hint: "write six hex bytes like \"02:4d:4c:12:34:56\", or leave it out to generate one")
+                throw section.error(
+                    "mac", "'\(mac)' is not a unicast MAC address",
+                    hint:
+                        "write six hex bytes like \"02:4d:4c:12:34:56\", or leave it out to generate one"
+                )
             }
             if nics.contains(where: { $0.mac == mac }) {
                 throw section.error("mac", "'\(mac)' is used by another NIC of this VM")
@@ -248,7 +271,9 @@ extension VMDefinition {
     /// The TOML text of this definition, in the form `init(path:)` reads.
     public var toml: String {
         func quoted(_ text: String) -> String {
-            "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+            "\""
+                + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
+                    of: "\"", with: "\\\"") + "\""
         }
         var text = """
             # Martlet VM '\(name)'. Edit with 'martlet vm edit \(name)'; see 'martlet vm --help'.

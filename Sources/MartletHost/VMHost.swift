@@ -32,7 +32,9 @@ public struct VMHost: Sendable {
         guard let pool = all.first(where: { $0.name == name }) else {
             throw MartletError(
                 .notFound, "no storage pool '\(name)' in \(paths.storageConfiguration)",
-                hint: all.isEmpty ? "the installer writes the pools there" : "pools: \(all.map(\.name).joined(separator: ", "))")
+                hint: all.isEmpty
+                    ? "the installer writes the pools there"
+                    : "pools: \(all.map(\.name).joined(separator: ", "))")
         }
         return pool
     }
@@ -41,7 +43,8 @@ public struct VMHost: Sendable {
     public static func volumeReference(_ text: String) throws -> (pool: String, volume: String) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
-            throw MartletError(.invalidInput, "'\(text)' is not POOL/VOLUME", hint: "write e.g. local/web-root")
+            throw MartletError(
+                .invalidInput, "'\(text)' is not POOL/VOLUME", hint: "write e.g. local/web-root")
         }
         return (parts[0], parts[1])
     }
@@ -50,7 +53,8 @@ public struct VMHost: Sendable {
     public func users(pool: String, volume: String) throws -> [String] {
         try definitions().filter { definition in
             definition.disks.contains { $0.pool == pool && $0.volume == volume }
-                || [definition.boot.kernel, definition.boot.initrd].contains(.volume(pool: pool, volume: volume))
+                || [definition.boot.kernel, definition.boot.initrd].contains(
+                    .volume(pool: pool, volume: volume))
         }.map(\.name)
     }
 
@@ -58,7 +62,8 @@ public struct VMHost: Sendable {
         let users = try users(pool: pool, volume: volume)
         guard users.isEmpty else {
             throw MartletError(
-                .refused, "volume '\(pool)/\(volume)' is in use by VM \(users.map { "'\($0)'" }.joined(separator: ", "))",
+                .refused,
+                "volume '\(pool)/\(volume)' is in use by VM \(users.map { "'\($0)'" }.joined(separator: ", "))",
                 hint: "detach it (martlet vm edit) or delete the VM first")
         }
         try self.pool(pool).deleteVolume(volume)
@@ -76,7 +81,8 @@ public struct VMHost: Sendable {
     // MARK: Definitions
 
     public func definitions() throws -> [VMDefinition] {
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: paths.vmsDirectory)) ?? []
+        let entries =
+            (try? FileManager.default.contentsOfDirectory(atPath: paths.vmsDirectory)) ?? []
         return try entries.filter { $0.hasSuffix(".toml") }.sorted().map {
             try VMDefinition(path: "\(paths.vmsDirectory)/\($0)")
         }
@@ -85,7 +91,8 @@ public struct VMHost: Sendable {
     public func definition(_ name: String) throws -> VMDefinition {
         let path = paths.definition(name)
         guard VMDefinition.isValidName(name), FileManager.default.fileExists(atPath: path) else {
-            throw MartletError(.notFound, "no VM '\(name)' (no \(path))", hint: "see 'martlet vm list'")
+            throw MartletError(
+                .notFound, "no VM '\(name)' (no \(path))", hint: "see 'martlet vm list'")
         }
         return try VMDefinition(path: path)
     }
@@ -93,18 +100,24 @@ public struct VMHost: Sendable {
     /// Checks that the disks and boot volumes a definition names exist.
     public func checkReferences(_ definition: VMDefinition) throws {
         for disk in definition.disks { _ = try pool(disk.pool).volume(disk.volume) }
-        for case .volume(let pool, let volume)? in [definition.boot.kernel, definition.boot.initrd] {
+        for case .volume(let pool, let volume)? in [definition.boot.kernel, definition.boot.initrd]
+        {
             _ = try self.pool(pool).volume(volume)
         }
-        if case .path(let path) = definition.boot.kernel, !FileManager.default.fileExists(atPath: path) {
-            throw MartletError(.notFound, "VM '\(definition.name)': kernel '\(path)' does not exist")
+        if case .path(let path) = definition.boot.kernel,
+            !FileManager.default.fileExists(atPath: path)
+        {
+            throw MartletError(
+                .notFound, "VM '\(definition.name)': kernel '\(path)' does not exist")
         }
     }
 
     /// Writes a new definition; refuses a name that is taken.
     public func create(_ definition: VMDefinition) throws {
         guard VMDefinition.isValidName(definition.name) else {
-            throw MartletError(.invalidInput, "'\(definition.name)' is not a valid VM name", hint: VMDefinition.nameRule)
+            throw MartletError(
+                .invalidInput, "'\(definition.name)' is not a valid VM name",
+                hint: VMDefinition.nameRule)
         }
         guard !FileManager.default.fileExists(atPath: paths.definition(definition.name)) else {
             throw MartletError(
@@ -137,7 +150,8 @@ public struct VMHost: Sendable {
         // Parse what we are about to write so a definition that would not load never lands.
         _ = try VMDefinition(path: paths.definition(definition.name), contents: text)
         try checkReferences(definition)
-        try FileManager.default.createDirectory(atPath: paths.vmsDirectory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: paths.vmsDirectory, withIntermediateDirectories: true)
         try atomicWrite(text, to: paths.definition(definition.name))
     }
 
@@ -152,10 +166,13 @@ public struct VMHost: Sendable {
     public func delete(_ name: String, volumes: Bool = false) throws {
         let definition = try self.definition(name)
         try refuseWhenRunning(name, action: "deleting")
-        guard unlink(paths.definition(name)) == 0 else { throw MartletError.system("unlink", path: paths.definition(name)) }
+        guard unlink(paths.definition(name)) == 0 else {
+            throw MartletError.system("unlink", path: paths.definition(name))
+        }
         try? FileManager.default.removeItem(atPath: paths.state(name))
         if volumes {
-            for disk in definition.disks where try self.users(pool: disk.pool, volume: disk.volume).isEmpty {
+            for disk in definition.disks
+            where try self.users(pool: disk.pool, volume: disk.volume).isEmpty {
                 try pool(disk.pool).deleteVolume(disk.volume)
             }
         }
@@ -170,7 +187,8 @@ public struct VMHost: Sendable {
             kill(pid, 0) == 0 || errno == EPERM
         else { return nil }
         // A reused pid belongs to some other program: check it is our runner.
-        let commandLine = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
+        let commandLine =
+            (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
         let arguments = commandLine.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
         guard arguments.contains("run"), arguments.last == name else { return nil }
         return pid
@@ -181,13 +199,16 @@ public struct VMHost: Sendable {
     public func status(_ name: String) throws -> VMStatus {
         let definition = try definition(name)
         let pid = runnerPID(name)
-        return VMStatus(name: name, state: pid == nil ? .stopped : .running, pid: pid, definition: definition)
+        return VMStatus(
+            name: name, state: pid == nil ? .stopped : .running, pid: pid, definition: definition)
     }
 
     public func statuses() throws -> [VMStatus] {
         try definitions().map { definition in
             let pid = runnerPID(definition.name)
-            return VMStatus(name: definition.name, state: pid == nil ? .stopped : .running, pid: pid, definition: definition)
+            return VMStatus(
+                name: definition.name, state: pid == nil ? .stopped : .running, pid: pid,
+                definition: definition)
         }
     }
 

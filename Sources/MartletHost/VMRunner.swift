@@ -46,7 +46,8 @@ public final class VMRunner: @unchecked Sendable {
         // A console that goes away mid-write must not take the VM down with it.
         signal(SIGPIPE, SIG_IGN)
         let definition = try host.definition(name)
-        try FileManager.default.createDirectory(atPath: paths.state(name), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: paths.state(name), withIntermediateDirectories: true)
         if let other = host.runnerPID(name), other != getpid() {
             throw MartletError(.refused, "VM '\(name)' is already running (runner pid \(other))")
         }
@@ -66,7 +67,9 @@ public final class VMRunner: @unchecked Sendable {
         var crashes: [Date] = []
         while true {
             let status = try runOnce(definition)
-            let stopping = lock.withLock { stopRequested } || FileManager.default.fileExists(atPath: stopMarker)
+            let stopping =
+                lock.withLock { stopRequested }
+                || FileManager.default.fileExists(atPath: stopMarker)
             switch VMMExit(rawValue: status) {
             case .powerOff?:
                 logger.info("VM '\(name)' powered off")
@@ -75,7 +78,8 @@ public final class VMRunner: @unchecked Sendable {
                 logger.info("VM '\(name)' stopped")
                 return 0
             case .badConfig?:
-                logger.error("VM '\(name)': the VMM refused its configuration (\(paths.vmmConfig(name)))")
+                logger.error(
+                    "VM '\(name)': the VMM refused its configuration (\(paths.vmmConfig(name)))")
                 return 1
             default:
                 if stopping { return 0 }
@@ -83,7 +87,8 @@ public final class VMRunner: @unchecked Sendable {
                 guard definition.onCrash == .restart else { return 1 }
                 crashes = crashes.filter { $0.timeIntervalSinceNow > -60 } + [Date()]
                 guard crashes.count <= 5 else {
-                    logger.error("VM '\(name)' crashed \(crashes.count) times in a minute; giving up")
+                    logger.error(
+                        "VM '\(name)' crashed \(crashes.count) times in a minute; giving up")
                     return 1
                 }
                 logger.notice("VM '\(name)': restarting (on-crash = \"restart\")")
@@ -95,19 +100,28 @@ public final class VMRunner: @unchecked Sendable {
     /// One VMM process from taps to teardown; returns its exit status.
     func runOnce(_ definition: VMDefinition) throws -> Int32 {
         let config = try host.vmmConfiguration(definition)
-        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        let data = try JSONSerialization.data(
+            withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: paths.vmmConfig(name)))
         let user = vmmUser()
         if let user {
             // The VMM runs unprivileged: it needs its disks and its run directory, nothing else.
-            var devices = (config["disks"] as? [[String: Any]] ?? []).compactMap { $0["path"] as? String }
+            var devices = (config["disks"] as? [[String: Any]] ?? []).compactMap {
+                $0["path"] as? String
+            }
             devices.append(paths.state(name))
             for path in devices {
-                let resolved = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)).map {
-                    $0.hasPrefix("/") ? $0 : ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent($0)
-                } ?? path
+                let resolved =
+                    (try? FileManager.default.destinationOfSymbolicLink(atPath: path)).map {
+                        $0.hasPrefix("/")
+                            ? $0
+                            : ((path as NSString).deletingLastPathComponent as NSString)
+                                .appendingPathComponent($0)
+                    } ?? path
                 if chown(resolved, user.uid, user.gid) != 0 {
-                    logger.warning("chown \(resolved) to \(paths.vmmUser) failed: \(String(cString: strerror(errno)))")
+                    logger.warning(
+                        "chown \(resolved) to \(paths.vmmUser) failed: \(String(cString: strerror(errno)))"
+                    )
                 }
             }
         }
@@ -117,16 +131,19 @@ public final class VMRunner: @unchecked Sendable {
         let vmm = try Tool.resolve(paths.vmm)
         var arguments = [vmm, "--config", paths.vmmConfig(name)]
         if let user {
-            arguments = [
-                "setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--init-groups", "--inh-caps=-all", "--",
-            ] + arguments
+            arguments =
+                [
+                    "setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--init-groups",
+                    "--inh-caps=-all", "--",
+                ] + arguments
         }
         let output = try ChildProcess.makePipe()
         let input = try ChildProcess.makePipe()
         logger.info("VM '\(name)': starting \(arguments.joined(separator: " "))")
         let pid: pid_t
         do {
-            pid = try ChildProcess.spawn(arguments, stdin: input[0], stdout: output[1], stderr: STDERR_FILENO)
+            pid = try ChildProcess.spawn(
+                arguments, stdin: input[0], stdout: output[1], stderr: STDERR_FILENO)
         } catch {
             for fd in output + input { close(fd) }
             throw error
@@ -151,10 +168,15 @@ public final class VMRunner: @unchecked Sendable {
         return status
     }
 
-    struct User { var uid: uid_t; var gid: gid_t }
+    struct User {
+        var uid: uid_t
+        var gid: gid_t
+    }
 
     func vmmUser() -> User? {
-        guard geteuid() == 0, !paths.vmmUser.isEmpty, let entry = getpwnam(paths.vmmUser) else { return nil }
+        guard geteuid() == 0, !paths.vmmUser.isEmpty, let entry = getpwnam(paths.vmmUser) else {
+            return nil
+        }
         return User(uid: entry.pointee.pw_uid, gid: entry.pointee.pw_gid)
     }
 
@@ -163,9 +185,11 @@ public final class VMRunner: @unchecked Sendable {
         do {
             for (index, nic) in definition.nics.enumerated() {
                 let tap = VMDefinition.tapName(vm: name, index: index)
-                guard FileManager.default.fileExists(atPath: "/sys/class/net/\(nic.bridge)/bridge") else {
+                guard FileManager.default.fileExists(atPath: "/sys/class/net/\(nic.bridge)/bridge")
+                else {
                     throw MartletError(
-                        .notFound, "VM '\(name)': NIC \(index + 1) wants bridge '\(nic.bridge)', which does not exist",
+                        .notFound,
+                        "VM '\(name)': NIC \(index + 1) wants bridge '\(nic.bridge)', which does not exist",
                         hint: "create the bridge (the installer sets up br0) or fix [[nic]] bridge")
                 }
                 _ = try? ChildProcess.run(["ip", "link", "delete", tap])
@@ -173,7 +197,9 @@ public final class VMRunner: @unchecked Sendable {
                 if let user { arguments += ["user", "\(user.uid)", "group", "\(user.gid)"] }
                 try ChildProcess.check(["ip"] + arguments)
                 created.append(tap)
-                try ChildProcess.check(["ip", "link", "set", "dev", tap, "master", nic.bridge, "up"])
+                try ChildProcess.check([
+                    "ip", "link", "set", "dev", tap, "master", nic.bridge, "up",
+                ])
                 logger.info("VM '\(name)': tap \(tap) on \(nic.bridge) for NIC \(nic.mac)")
             }
         } catch {
@@ -185,7 +211,8 @@ public final class VMRunner: @unchecked Sendable {
 
     func removeTaps(_ taps: [String]) {
         for tap in taps {
-            if let result = try? ChildProcess.run(["ip", "link", "delete", tap]), result.status != 0 {
+            if let result = try? ChildProcess.run(["ip", "link", "delete", tap]), result.status != 0
+            {
                 logger.warning("could not remove tap \(tap): \(result.stderr)")
             }
         }
@@ -214,7 +241,8 @@ public final class VMRunner: @unchecked Sendable {
             }
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             // A new console first sees what the guest printed so far (the last 16 KiB).
-            let history = (try? Data(contentsOf: URL(fileURLWithPath: paths.consoleLog(name)))) ?? Data()
+            let history =
+                (try? Data(contentsOf: URL(fileURLWithPath: paths.consoleLog(name)))) ?? Data()
             lock.withLock {
                 UnixSocket.writeAll(client, [UInt8](history.suffix(16384)))
                 clients.append(client)

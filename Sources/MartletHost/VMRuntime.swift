@@ -16,21 +16,27 @@ extension VMHost {
 
     /// The `martlet` executable to start runners with: this program.
     static var martletExecutable: String {
-        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? CommandLine.arguments[0]
     }
 
     /// Starts a stopped VM and waits until its VMM answers on the control socket.
     public func start(_ name: String, timeout: Double = 15) throws -> VMStatus {
         let definition = try definition(name)
         if try isRunning(name) {
-            throw MartletError(.refused, "VM '\(name)' is already running", hint: "see 'martlet vm show \(name)'")
+            throw MartletError(
+                .refused, "VM '\(name)' is already running", hint: "see 'martlet vm show \(name)'")
         }
         try checkReferences(definition)
-        try FileManager.default.createDirectory(atPath: paths.state(name), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: paths.state(name), withIntermediateDirectories: true)
         unlink(paths.runnerPID(name))
         unlink(paths.controlSocket(name))
-        if Self.systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil {
-            try ChildProcess.check(["systemctl", "start", "--no-block", "martlet-vm@\(name).service"])
+        if Self.systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil
+        {
+            try ChildProcess.check([
+                "systemctl", "start", "--no-block", "martlet-vm@\(name).service",
+            ])
         } else {
             try Self.spawnDetached(
                 [Self.martletExecutable, "vm", "run", name], log: paths.runnerLog(name))
@@ -48,14 +54,16 @@ extension VMHost {
         let log = (try? String(contentsOfFile: paths.runnerLog(name), encoding: .utf8)) ?? ""
         throw MartletError(
             .failed, "VM '\(name)' did not come up within \(Int(timeout)) s",
-            hint: Self.systemdIsRunning ? "see: journalctl -u martlet-vm@\(name)" : "see \(paths.runnerLog(name))",
+            hint: Self.systemdIsRunning
+                ? "see: journalctl -u martlet-vm@\(name)" : "see \(paths.runnerLog(name))",
             cause: log.split(separator: "\n").suffix(10).joined(separator: "\n"))
     }
 
     /// Starts `arguments` in a new session, detached from this process (a double fork
     /// through `setsid -f`, so nobody has to reap it), output appended to `log`.
     static func spawnDetached(_ arguments: [String], log: String) throws {
-        let script = "exec setsid -f \"$@\" </dev/null >>'\(log.replacingOccurrences(of: "'", with: "'\\''"))' 2>&1"
+        let script =
+            "exec setsid -f \"$@\" </dev/null >>'\(log.replacingOccurrences(of: "'", with: "'\\''"))' 2>&1"
         let argv = ["/bin/sh", "-c", script, "sh"] + arguments
         var pid: pid_t = 0
         var cArguments = argv.map { strdup($0) } + [nil]
@@ -75,11 +83,14 @@ extension VMHost {
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         let result = posix_spawn(&pid, "/bin/sh", nil, &attributes, &cArguments, environ)
-        guard result == 0 else { throw MartletError.system("posix_spawn", path: "/bin/sh", errno: result) }
+        guard result == 0 else {
+            throw MartletError.system("posix_spawn", path: "/bin/sh", errno: result)
+        }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         guard status == 0 else {
-            throw MartletError(.failed, "could not start '\(arguments.joined(separator: " "))' (status \(status))")
+            throw MartletError(
+                .failed, "could not start '\(arguments.joined(separator: " "))' (status \(status))")
         }
     }
 
@@ -99,7 +110,9 @@ extension VMHost {
             while runnerPID(name) != nil && Date() < deadline { usleep(50_000) }
         }
         if runnerPID(name) != nil {
-            if Self.systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil {
+            if Self.systemdIsRunning
+                && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil
+            {
                 try ChildProcess.check(["systemctl", "stop", "martlet-vm@\(name).service"])
             } else if (try? UnixSocket.request(control, "stop", timeout: 2)) == nil {
                 kill(pid, SIGTERM)
@@ -108,7 +121,8 @@ extension VMHost {
         let deadline = Date().addingTimeInterval(timeout)
         while runnerPID(name) != nil && Date() < deadline { usleep(50_000) }
         if runnerPID(name) != nil {
-            throw MartletError(.failed, "VM '\(name)' did not stop within \(Int(timeout)) s (runner pid \(pid))")
+            throw MartletError(
+                .failed, "VM '\(name)' did not stop within \(Int(timeout)) s (runner pid \(pid))")
         }
         return try status(name)
     }
@@ -150,7 +164,10 @@ extension VMHost {
             // A guest reboot restarts the VMM in place; a crash is the runner's business.
             "on_reboot": "restart",
             "disks": try definition.disks.enumerated().map { index, disk -> [String: Any] in
-                ["path": try self.pool(disk.pool).volume(disk.volume).path, "read_only": disk.readOnly, "id": "\(disk.volume.prefix(20))"]
+                [
+                    "path": try self.pool(disk.pool).volume(disk.volume).path,
+                    "read_only": disk.readOnly, "id": "\(disk.volume.prefix(20))",
+                ]
             },
         ]
         if let initrd = definition.boot.initrd { config["initrd"] = try resolve(initrd) }

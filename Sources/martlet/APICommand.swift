@@ -13,14 +13,16 @@ struct APICommand: ParsableCommand {
 
 struct APIServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "serve", abstract: "Serve the API on a unix socket until stopped (SIGTERM/SIGINT).")
+        commandName: "serve",
+        abstract: "Serve the API on a unix socket until stopped (SIGTERM/SIGINT).")
 
     @Option(help: "The unix socket to listen on (mode 0600: root only).")
     var socket = "/run/martlet/api.sock"
 
     func run() throws {
         MartletLogging.bootstrap(level: .info)
-        let server = APIServer(host: VMHost(), socketPath: socket, logger: Logger(label: "martlet.api"))
+        let server = APIServer(
+            host: VMHost(), socketPath: socket, logger: Logger(label: "martlet.api"))
         // The root command is synchronous (the builder's commands are), so the server runs in
         // a task while this thread waits for it.
         let outcome = ServeOutcome()

@@ -15,7 +15,9 @@ struct VMConsoleCommand: ParsableCommand {
 
     @Argument var name: String
 
-    @Option(help: ArgumentHelp("Detach key as a control character: ^] (default), ^A … ^Z.", valueName: "KEY"))
+    @Option(
+        help: ArgumentHelp(
+            "Detach key as a control character: ^] (default), ^A … ^Z.", valueName: "KEY"))
     var detachKey = "^]"
 
     @Option(help: "Exit 0 as soon as this text appears on the console.")
@@ -26,7 +28,8 @@ struct VMConsoleCommand: ParsableCommand {
 
     func run() throws {
         guard let key = Self.controlCharacter(detachKey) else {
-            throw ValidationError("--detach-key: '\(detachKey)' is not ^A … ^Z, ^[, ^\\, ^], ^^ or ^_")
+            throw ValidationError(
+                "--detach-key: '\(detachKey)' is not ^A … ^Z, ^[, ^\\, ^], ^^ or ^_")
         }
         signal(SIGPIPE, SIG_IGN)
         let host = VMHost()
@@ -34,7 +37,9 @@ struct VMConsoleCommand: ParsableCommand {
         do {
             _ = try host.definition(name)
             guard try host.isRunning(name) else {
-                throw MartletError(.refused, "VM '\(name)' is not running", hint: "start it: martlet vm start \(name)")
+                throw MartletError(
+                    .refused, "VM '\(name)' is not running",
+                    hint: "start it: martlet vm start \(name)")
             }
             fd = try VMConsole.connect(host.paths.consoleSocket(name))
         } catch let error as MartletError {
@@ -43,9 +48,11 @@ struct VMConsoleCommand: ParsableCommand {
         }
         let interactive = isatty(STDIN_FILENO) == 1
         if interactive {
-            FileHandle.standardError.write(Data("[attached to VM '\(name)'; \(detachKey) detaches]\r\n".utf8))
+            FileHandle.standardError.write(
+                Data("[attached to VM '\(name)'; \(detachKey) detaches]\r\n".utf8))
         }
-        let outcome = VMConsole.attach(fd: fd, detachKey: key, expect: expect, timeout: timeout, interactive: interactive)
+        let outcome = VMConsole.attach(
+            fd: fd, detachKey: key, expect: expect, timeout: timeout, interactive: interactive)
         close(fd)
         if interactive { FileHandle.standardError.write(Data("\r\n[detached]\n".utf8)) }
         switch outcome {
@@ -53,7 +60,8 @@ struct VMConsoleCommand: ParsableCommand {
         case .closed:
             if expect != nil { throw ExitCode(1) }
         case .timedOut:
-            FileHandle.standardError.write(Data("martlet vm console: timed out after \(timeout) s\n".utf8))
+            FileHandle.standardError.write(
+                Data("martlet vm console: timed out after \(timeout) s\n".utf8))
             throw ExitCode(1)
         }
     }

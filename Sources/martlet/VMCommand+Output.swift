@@ -24,7 +24,11 @@ func runHostCommand<T: Encodable>(
         }
     } catch let error as MartletError {
         if json {
-            let payload = ["error": ["code": error.code.rawValue, "message": error.message, "hint": error.hint ?? ""]]
+            let payload = [
+                "error": [
+                    "code": error.code.rawValue, "message": error.message, "hint": error.hint ?? "",
+                ]
+            ]
             print(try encodeJSON(payload))
         }
         FileHandle.standardError.write(Data("martlet \(command): \(error.description)\n".utf8))
@@ -44,7 +48,8 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
     let widths = header.indices.map { column in all.map { $0[column].count }.max() ?? 0 }
     return all.map { row in
         row.enumerated().map { index, cell in
-            index == row.count - 1 ? cell : cell.padding(toLength: widths[index] + 2, withPad: " ", startingAt: 0)
+            index == row.count - 1
+                ? cell : cell.padding(toLength: widths[index] + 2, withPad: " ", startingAt: 0)
         }.joined()
     }.joined(separator: "\n")
 }

@@ -17,17 +17,28 @@ final class APIProcess {
             close(log)
             close(null)
         }
-        let variables = fixture.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        let variables = fixture.environment.sorted { $0.key < $1.key }.map {
+            "\($0.key)=\($0.value)"
+        }
         pid = try ChildProcess.spawn(
-            ["/usr/bin/env"] + variables + [TestSupport.product("martlet"), "api", "serve", "--socket", socket],
+            ["/usr/bin/env"] + variables + [
+                TestSupport.product("martlet"), "api", "serve", "--socket", socket,
+            ],
             stdin: null, stdout: log, stderr: log)
         let deadline = Date().addingTimeInterval(20)
-        while !FileManager.default.fileExists(atPath: socket) && Date() < deadline { usleep(50_000) }
+        while !FileManager.default.fileExists(atPath: socket) && Date() < deadline {
+            usleep(50_000)
+        }
     }
 
     /// One request; returns the HTTP status and the body.
-    func request(_ method: String, _ path: String, _ body: String? = nil) throws -> (status: Int, body: String) {
-        var arguments = ["curl", "-sS", "--max-time", "30", "--unix-socket", socket, "-X", method, "-w", "\n%{http_code}"]
+    func request(_ method: String, _ path: String, _ body: String? = nil) throws -> (
+        status: Int, body: String
+    ) {
+        var arguments = [
+            "curl", "-sS", "--max-time", "30", "--unix-socket", socket, "-X", method, "-w",
+            "\n%{http_code}",
+        ]
         if let body { arguments += ["-H", "Content-Type: application/json", "--data", body] }
         let output = try ChildProcess.run(arguments + ["http://localhost\(path)"])
         let lines = output.stdout.split(separator: "\n", omittingEmptySubsequences: false)
@@ -55,10 +66,14 @@ final class APIProcess {
         #expect(pools.status == 200)
         #expect(pools.body.contains("\"name\":\"local\""), "\(pools.body)")
 
-        let volume = try api.request("POST", "/v1/pools/local/volumes", #"{"name": "api-root", "size": "16MiB"}"#)
+        let volume = try api.request(
+            "POST", "/v1/pools/local/volumes", #"{"name": "api-root", "size": "16MiB"}"#)
         #expect(volume.status == 201, "\(volume.body)")
         #expect(api.json(volume.body)["size"] as? Int == 16 << 20)
-        #expect(try api.request("POST", "/v1/pools/local/volumes", #"{"name": "api-root", "size": "16MiB"}"#).status == 409)
+        #expect(
+            try api.request(
+                "POST", "/v1/pools/local/volumes", #"{"name": "api-root", "size": "16MiB"}"#
+            ).status == 409)
         #expect(try api.request("POST", "/v1/pools/local/volumes", #"{"name": "x"}"#).status == 400)
         #expect(try api.request("GET", "/v1/pools/nope").status == 404)
 
@@ -69,7 +84,8 @@ final class APIProcess {
         let created = try api.request("POST", "/v1/vms", definition)
         #expect(created.status == 201, "\(created.body)")
         #expect(try api.request("POST", "/v1/vms", definition).status == 409)
-        let bad = try api.request("POST", "/v1/vms", #"{"name": "bad", "kernel": "/k", "vcpus": 99}"#)
+        let bad = try api.request(
+            "POST", "/v1/vms", #"{"name": "bad", "kernel": "/k", "vcpus": 99}"#)
         #expect(bad.status == 400)
         #expect(bad.body.contains("vcpus"), "\(bad.body)")
 

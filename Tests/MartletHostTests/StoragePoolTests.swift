@@ -74,7 +74,8 @@ func exerciseVolumeLifecycle(_ pool: any StoragePool, scratch: String) throws {
     @Test func volumeLifecycle() throws {
         let root = try TestSupport.temporaryDirectory("dirpool")
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try FileManager.default.createDirectory(atPath: root + "/pool", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: root + "/pool", withIntermediateDirectories: true)
         let pool = DirectoryPool(name: "local", path: root + "/pool")
         try exerciseVolumeLifecycle(pool, scratch: root)
     }
@@ -107,7 +108,10 @@ final class LoopThinPool {
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             try Command("pvcreate", ["--yes", loopDevice!]).run()
             try Command("vgcreate", [volumeGroup, loopDevice!]).run()
-            try Command("lvcreate", ["--yes", "--type", "thin-pool", "-l", "80%VG", "-n", "data", volumeGroup]).run()
+            try Command(
+                "lvcreate",
+                ["--yes", "--type", "thin-pool", "-l", "80%VG", "-n", "data", volumeGroup]
+            ).run()
         } catch {
             cleanUp()
             throw error
@@ -132,7 +136,9 @@ final class LoopThinPool {
 /// tests are disabled with that reason; on a kernel with dm_thin_pool they run for real.
 let deviceMapperHasThinPool: Bool = {
     _ = try? Command("modprobe", ["-q", "dm_thin_pool"]).runAllowingFailure()
-    guard let targets = try? Command("dmsetup", ["targets"]).runAllowingFailure(), targets.status == 0 else {
+    guard let targets = try? Command("dmsetup", ["targets"]).runAllowingFailure(),
+        targets.status == 0
+    else {
         return false
     }
     return targets.stdoutText.split(separator: "\n").contains { $0.hasPrefix("thin-pool") }
@@ -140,7 +146,9 @@ let deviceMapperHasThinPool: Bool = {
 
 @Suite(
     .serialized,
-    .enabled(if: deviceMapperHasThinPool, "this kernel has no device-mapper thin-pool target (dmsetup targets)"))
+    .enabled(
+        if: deviceMapperHasThinPool,
+        "this kernel has no device-mapper thin-pool target (dmsetup targets)"))
 struct LVMThinPoolTests {
     @Test func volumeLifecycleOnALoopDevice() throws {
         let fixture = try LoopThinPool(size: .mib(256))
@@ -150,8 +158,10 @@ struct LVMThinPoolTests {
         #expect(status.location == "\(fixture.volumeGroup)/data")
         #expect(status.capacity > 150 << 20 && status.capacity < 256 << 20)
         try exerciseVolumeLifecycle(pool, scratch: fixture.directory)
-        #expect(try Command("lvs", ["--noheadings", "-o", "lv_name", fixture.volumeGroup]).run().stdoutText
-            .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) } == ["data"])
+        #expect(
+            try Command("lvs", ["--noheadings", "-o", "lv_name", fixture.volumeGroup]).run()
+                .stdoutText
+                .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) } == ["data"])
     }
 
     @Test func missingThinPoolIsNamed() throws {

@@ -29,7 +29,8 @@ enum TestSupport {
     /// The tiny test guest (Tests/MartletHostTests/Guest), built once with gcc.
     static let guest: Result<String, MartletError> = {
         let directory = NSTemporaryDirectory() + "martlet-host-guest-\(getpid())"
-        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(
+            atPath: directory, withIntermediateDirectories: true)
         let elf = directory + "/guest.elf"
         let script = repository.appendingPathComponent("Tests/MartletHostTests/Guest/build.sh").path
         do {
@@ -45,9 +46,13 @@ enum TestSupport {
     /// Runs a command with extra environment variables (through env(1)) and returns its
     /// status and output; posix_spawn based, see `ChildProcess`.
     @discardableResult
-    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], input: String? = nil) throws -> ChildProcess.Output {
+    static func run(
+        _ executable: String, _ arguments: [String], environment: [String: String] = [:],
+        input: String? = nil
+    ) throws -> ChildProcess.Output {
         let variables = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-        return try ChildProcess.run(["/usr/bin/env"] + variables + [executable] + arguments, input: input)
+        return try ChildProcess.run(
+            ["/usr/bin/env"] + variables + [executable] + arguments, input: input)
     }
 }
 
@@ -59,16 +64,18 @@ final class HostFixture {
 
     init(label: String, extraPools: String = "") throws {
         root = try TestSupport.temporaryDirectory(label)
-        try FileManager.default.createDirectory(atPath: root + "/pool", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: root + "/pool", withIntermediateDirectories: true)
         try """
-            [[pool]]
-            name = "local"
-            type = "directory"
-            path = "\(root)/pool"
-            \(extraPools)
-            """.write(toFile: root + "/storage.toml", atomically: true, encoding: .utf8)
+        [[pool]]
+        name = "local"
+        type = "directory"
+        path = "\(root)/pool"
+        \(extraPools)
+        """.write(toFile: root + "/storage.toml", atomically: true, encoding: .utf8)
         paths = HostPaths(
-            vmsDirectory: root + "/vms", storageConfiguration: root + "/storage.toml", runDirectory: root + "/run",
+            vmsDirectory: root + "/vms", storageConfiguration: root + "/storage.toml",
+            runDirectory: root + "/run",
             vmm: TestSupport.product("martlet-vmm"), vmmUser: "")
         host = VMHost(paths: paths)
     }
@@ -76,7 +83,8 @@ final class HostFixture {
     /// The environment that points the `martlet` CLI at this layout.
     var environment: [String: String] {
         [
-            "MARTLET_VMS_DIR": paths.vmsDirectory, "MARTLET_STORAGE_CONFIG": paths.storageConfiguration,
+            "MARTLET_VMS_DIR": paths.vmsDirectory,
+            "MARTLET_STORAGE_CONFIG": paths.storageConfiguration,
             "MARTLET_RUN_DIR": paths.runDirectory, "MARTLET_VMM": paths.vmm, "MARTLET_VMM_USER": "",
             "MARTLET_NO_SYSTEMD": "1",
         ]

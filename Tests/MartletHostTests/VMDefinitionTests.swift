@@ -21,7 +21,8 @@ import Testing
     }
 
     @Test func fullDefinition() throws {
-        let definition = try parse("""
+        let definition = try parse(
+            """
             vcpus = 2
             memory = "1GiB"
             autostart = true
@@ -55,7 +56,11 @@ import Testing
         #expect(definition.onCrash == .stop)
         #expect(definition.boot.kernel == .path("/var/lib/martlet/kernels/vmlinuz"))
         #expect(definition.boot.initrd == .volume(pool: "local", volume: "initrd"))
-        #expect(definition.disks == [.init(pool: "local", volume: "web-root"), .init(pool: "local", volume: "web-data", readOnly: true)])
+        #expect(
+            definition.disks == [
+                .init(pool: "local", volume: "web-root"),
+                .init(pool: "local", volume: "web-data", readOnly: true),
+            ])
         #expect(definition.nics[0].mac == VMDefinition.generatedMAC(vm: "web", index: 0))
         #expect(definition.nics[1] == .init(bridge: "br1", mac: "02:aa:bb:cc:dd:ee"))
         // The TOML it writes reads back to the same definition.
@@ -79,7 +84,9 @@ import Testing
         #expect(first != VMDefinition.generatedMAC(vm: "db", index: 0))
         #expect(VMDefinition.isValidMAC(first))
         #expect(first.hasPrefix("02:"))
-        #expect(VMDefinition.tapName(vm: "a-very-long-virtual-machine-name-indeed", index: 3).count <= 15)
+        #expect(
+            VMDefinition.tapName(vm: "a-very-long-virtual-machine-name-indeed", index: 3).count
+                <= 15)
     }
 
     @Test func unknownKeyNamesFileLineAndSuggestion() {
@@ -91,8 +98,11 @@ import Testing
 
     @Test func unknownKeyInsideTables() {
         #expect(failure("[boot]\nkernel = \"/k\"\ncmdlin = \"x\"\n").contains("boot.cmdlin"))
-        #expect(failure("[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"a\"\nvolume = \"b\"\nsize = 3\n").contains("disk[0].size"))
-        #expect(failure("[boot]\nkernel = \"/k\"\n[[nic]]\nbrige = \"br0\"\n").contains("nic[0].brige"))
+        #expect(
+            failure("[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"a\"\nvolume = \"b\"\nsize = 3\n")
+                .contains("disk[0].size"))
+        #expect(
+            failure("[boot]\nkernel = \"/k\"\n[[nic]]\nbrige = \"br0\"\n").contains("nic[0].brige"))
     }
 
     @Test(arguments: [
@@ -107,13 +117,28 @@ import Testing
         ("vcpus = 1\n", "missing required key 'boot'"),
         ("[boot]\ncmdline = \"x\"\n", "missing required key 'boot.kernel'"),
         ("[boot]\nkernel = \"vmlinuz\"\n", "neither an absolute path nor POOL/VOLUME"),
-        ("[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"local\"\n", "missing required key 'disk[0].volume'"),
-        ("[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"Local Pool\"\nvolume = \"v\"\n", "not a valid name"),
-        ("[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"a\"\nvolume = \"v\"\n[[disk]]\npool = \"a\"\nvolume = \"v\"\n", "attached twice"),
+        (
+            "[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"local\"\n",
+            "missing required key 'disk[0].volume'"
+        ),
+        (
+            "[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"Local Pool\"\nvolume = \"v\"\n",
+            "not a valid name"
+        ),
+        (
+            "[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"a\"\nvolume = \"v\"\n[[disk]]\npool = \"a\"\nvolume = \"v\"\n",
+            "attached twice"
+        ),
         ("[boot]\nkernel = \"/k\"\n[[nic]]\nmac = \"01:00:5e:00:00:01\"\n", "not a unicast MAC"),
         ("[boot]\nkernel = \"/k\"\n[[nic]]\nmac = \"02:00:00:00:00\"\n", "not a unicast MAC"),
-        ("[boot]\nkernel = \"/k\"\n[[nic]]\nbridge = \"a-bridge-name-too-long\"\n", "not a network interface name"),
-        ("[boot]\nkernel = \"/k\"\n[[nic]]\nmac = \"02:00:00:00:00:01\"\n[[nic]]\nmac = \"02:00:00:00:00:01\"\n", "used by another NIC"),
+        (
+            "[boot]\nkernel = \"/k\"\n[[nic]]\nbridge = \"a-bridge-name-too-long\"\n",
+            "not a network interface name"
+        ),
+        (
+            "[boot]\nkernel = \"/k\"\n[[nic]]\nmac = \"02:00:00:00:00:01\"\n[[nic]]\nmac = \"02:00:00:00:00:01\"\n",
+            "used by another NIC"
+        ),
         ("[boot\nkernel = \"/k\"\n", "not valid TOML"),
         ("disk = 3\n[boot]\nkernel = \"/k\"\n", "expected an array of tables"),
     ])
@@ -124,7 +149,8 @@ import Testing
     }
 
     @Test func fileNameMustBeAValidVMName() {
-        #expect(failure("[boot]\nkernel = \"/k\"\n", name: "Bad Name").contains("not a valid VM name"))
+        #expect(
+            failure("[boot]\nkernel = \"/k\"\n", name: "Bad Name").contains("not a valid VM name"))
     }
 
     @Test func storageConfigurationAsTheInstallerWritesIt() throws {
@@ -132,24 +158,25 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/storage.toml"
         try """
-            # VM storage pools, written by martlet-installer.
+        # VM storage pools, written by martlet-installer.
 
-            [[pool]]
-            name = "local"
-            type = "lvm-thin"
-            volume-group = "martlet"
-            thin-pool = "data"
+        [[pool]]
+        name = "local"
+        type = "lvm-thin"
+        volume-group = "martlet"
+        thin-pool = "data"
 
-            [[pool]]
-            name = "extra"
-            type = "directory"
-            path = "/var/lib/martlet/storage-1"
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        [[pool]]
+        name = "extra"
+        type = "directory"
+        path = "/var/lib/martlet/storage-1"
+        """.write(toFile: path, atomically: true, encoding: .utf8)
         let pools = try StorageConfiguration.load(path: path)
         #expect(pools.map(\.name) == ["local", "extra"])
         #expect((pools[0] as? LVMThinPool)?.volumeGroup == "martlet")
         #expect((pools[1] as? DirectoryPool)?.path == "/var/lib/martlet/storage-1")
-        try "[[pool]]\nname = \"x\"\ntype = \"zfs\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "[[pool]]\nname = \"x\"\ntype = \"zfs\"\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
         #expect(throws: MartletError.self) { try StorageConfiguration.load(path: path) }
     }
 }

@@ -23,7 +23,8 @@ final class BridgeNamespace {
 
     /// `ip -n NS link show DEVICE`, or nil when it does not exist.
     func link(_ device: String) -> String? {
-        guard let result = try? ChildProcess.run(["ip", "-n", name, "-o", "link", "show", device]), result.status == 0
+        guard let result = try? ChildProcess.run(["ip", "-n", name, "-o", "link", "show", device]),
+            result.status == 0
         else { return nil }
         return result.stdout
     }
@@ -41,7 +42,9 @@ final class BridgeNamespace {
         func callAsFunction(_ arguments: String...) throws -> ChildProcess.Output {
             let martlet = TestSupport.product("martlet")
             if let namespace {
-                return try TestSupport.run("/usr/sbin/ip", ["netns", "exec", namespace.name, martlet] + arguments, environment: fixture.environment)
+                return try TestSupport.run(
+                    "/usr/sbin/ip", ["netns", "exec", namespace.name, martlet] + arguments,
+                    environment: fixture.environment)
             }
             return try TestSupport.run(martlet, arguments, environment: fixture.environment)
         }
@@ -49,10 +52,14 @@ final class BridgeNamespace {
         func json(_ arguments: String...) throws -> [String: Any] {
             let result = try TestSupport.run(
                 namespace == nil ? TestSupport.product("martlet") : "/usr/sbin/ip",
-                (namespace.map { ["netns", "exec", $0.name, TestSupport.product("martlet")] } ?? []) + arguments + ["--json"],
+                (namespace.map { ["netns", "exec", $0.name, TestSupport.product("martlet")] } ?? [])
+                    + arguments + ["--json"],
                 environment: fixture.environment)
-            #expect(result.status == 0, "martlet \(arguments.joined(separator: " ")): \(result.stderr)")
-            return (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]) ?? [:]
+            #expect(
+                result.status == 0, "martlet \(arguments.joined(separator: " ")): \(result.stderr)")
+            return
+                (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+                ?? [:]
         }
     }
 
@@ -63,11 +70,14 @@ final class BridgeNamespace {
         let martlet = CLI(fixture: fixture, namespace: namespace)
 
         let created = try martlet.json(
-            "vm", "create", "life", "--kernel", guest, "--cmdline", "lifecycle-test", "--memory", "32MiB",
+            "vm", "create", "life", "--kernel", guest, "--cmdline", "lifecycle-test", "--memory",
+            "32MiB",
             "--new-disk", "local/life-root:16MiB", "--nic", namespace.bridge)
         #expect(created["state"] as? String == "stopped")
         #expect(FileManager.default.fileExists(atPath: fixture.paths.definition("life")))
-        #expect(try martlet("vm", "create", "life", "--kernel", guest).status == MartletError.Code.refused.exitStatus)
+        #expect(
+            try martlet("vm", "create", "life", "--kernel", guest).status
+                == MartletError.Code.refused.exitStatus)
 
         let started = try martlet.json("vm", "start", "life")
         #expect(started["state"] as? String == "running")
@@ -80,18 +90,26 @@ final class BridgeNamespace {
         let list = try martlet("vm", "list")
         #expect(list.stdout.contains("life") && list.stdout.contains("running"), "\(list.stdout)")
 
-        let console = try martlet("vm", "console", "life", "--expect", "martlet host test guest: up, cmdline: lifecycle-test", "--timeout", "10")
+        let console = try martlet(
+            "vm", "console", "life", "--expect",
+            "martlet host test guest: up, cmdline: lifecycle-test", "--timeout", "10")
         #expect(console.status == 0, "console: \(console.stdout) \(console.stderr)")
 
         // Refusals while it runs: delete the VM, delete or grow its disk.
         #expect(try martlet("vm", "delete", "life").status == MartletError.Code.refused.exitStatus)
-        #expect(try martlet("volume", "delete", "local/life-root").status == MartletError.Code.refused.exitStatus)
-        #expect(try martlet("volume", "resize", "local/life-root", "--size", "32MiB").status == MartletError.Code.refused.exitStatus)
+        #expect(
+            try martlet("volume", "delete", "local/life-root").status
+                == MartletError.Code.refused.exitStatus)
+        #expect(
+            try martlet("volume", "resize", "local/life-root", "--size", "32MiB").status
+                == MartletError.Code.refused.exitStatus)
 
         let stopped = try martlet.json("vm", "stop", "life")
         #expect(stopped["state"] as? String == "stopped")
         #expect(namespace.link(tap) == nil, "the tap is removed after the VM stops")
-        #expect(try martlet("vm", "console", "life", "--timeout", "1").status == MartletError.Code.refused.exitStatus)
+        #expect(
+            try martlet("vm", "console", "life", "--timeout", "1").status
+                == MartletError.Code.refused.exitStatus)
 
         #expect(try martlet("vm", "delete", "life", "--volumes").status == 0)
         #expect(!FileManager.default.fileExists(atPath: fixture.paths.definition("life")))
@@ -104,7 +122,8 @@ final class BridgeNamespace {
         let fixture = try HostFixture(label: "crash")
         let martlet = CLI(fixture: fixture, namespace: nil)
         // "poweroff" makes the guest power off at once: a clean end, never restarted.
-        try martlet.json("vm", "create", "off", "--kernel", guest, "--cmdline", "poweroff", "--memory", "16MiB")
+        try martlet.json(
+            "vm", "create", "off", "--kernel", guest, "--cmdline", "poweroff", "--memory", "16MiB")
         // It may be gone before start sees it answer; either way it must end, once.
         _ = try martlet("vm", "start", "off", "--timeout", "3")
         let deadline = Date().addingTimeInterval(10)
@@ -120,13 +139,15 @@ final class BridgeNamespace {
         let martlet = CLI(fixture: fixture, namespace: nil)
         try martlet.json("vm", "create", "ed", "--kernel", guest)
         let bad = try TestSupport.run(
-            TestSupport.product("martlet"), ["vm", "edit", "ed", "--from", "-"], environment: fixture.environment,
+            TestSupport.product("martlet"), ["vm", "edit", "ed", "--from", "-"],
+            environment: fixture.environment,
             input: "vcpus = 2\nbogus = 1\n[boot]\nkernel = \"\(guest)\"\n")
         #expect(bad.status == MartletError.Code.invalidInput.exitStatus)
         #expect(bad.stderr.contains("ed.toml:2:1"), "\(bad.stderr)")
         #expect(try fixture.host.definition("ed").vcpus == 1, "a bad edit changes nothing")
         let good = try TestSupport.run(
-            TestSupport.product("martlet"), ["vm", "edit", "ed", "--from", "-"], environment: fixture.environment,
+            TestSupport.product("martlet"), ["vm", "edit", "ed", "--from", "-"],
+            environment: fixture.environment,
             input: "vcpus = 2\nautostart = true\n[boot]\nkernel = \"\(guest)\"\n")
         #expect(good.status == 0, "\(good.stderr)")
         #expect(try fixture.host.definition("ed").vcpus == 2)
