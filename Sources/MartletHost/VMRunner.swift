@@ -16,6 +16,7 @@ public final class VMRunner: @unchecked Sendable {
     private var vmmInput: Int32?
     private var consoleLog: FileHandle?
     private var stopRequested = false
+    private var vmmPID: pid_t?
     private var signalSources: [DispatchSourceSignal] = []
 
     /// Exit statuses of `martlet-vmm` (Sources/martlet-vmm/main.swift).
@@ -66,6 +67,7 @@ public final class VMRunner: @unchecked Sendable {
 
         var crashes: [Date] = []
         while true {
+            if lock.withLock({ stopRequested }) { return 0 }
             let status = try runOnce(definition)
             let stopping =
                 lock.withLock { stopRequested }
@@ -150,7 +152,10 @@ public final class VMRunner: @unchecked Sendable {
         }
         close(output[1])
         close(input[0])
-        lock.withLock { vmmInput = input[1] }
+        lock.withLock {
+            vmmInput = input[1]
+            vmmPID = pid
+        }
         // The guest's serial output: into the console log and to every attached console.
         var buffer = [UInt8](repeating: 0, count: 16384)
         while true {
@@ -163,6 +168,7 @@ public final class VMRunner: @unchecked Sendable {
         let status = ChildProcess.wait(pid)
         lock.withLock {
             vmmInput = nil
+            vmmPID = nil
             close(input[1])
         }
         return status
@@ -282,9 +288,16 @@ public final class VMRunner: @unchecked Sendable {
                 lock.withLock { stopRequested = true }
                 let control = paths.controlSocket(name)
                 logger.info("VM '\(name)': signal \(number), shutting down (grace \(Int(grace)) s)")
-                _ = try? UnixSocket.request(control, grace > 0 ? "shutdown" : "stop", timeout: 2)
-                DispatchQueue.global().asyncAfter(deadline: .now() + grace) {
-                    _ = try? UnixSocket.request(control, "stop", timeout: 2)
+                // Without an answering VMM (still starting, or hung) signal it instead.
+                if (try? UnixSocket.request(control, grace > 0 ? "shutdown" : "stop", timeout: 2)) == nil {
+                    if let pid = lock.withLock({ vmmPID }) { kill(pid, SIGTERM) }
+                }
+                DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [self] in
+                    if (try? UnixSocket.request(control, "stop", timeout: 2)) == nil,
+                        let pid = lock.withLock({ vmmPID })
+                    {
+                        kill(pid, SIGKILL)
+                    }
                 }
             }
             source.resume()

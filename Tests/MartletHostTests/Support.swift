@@ -86,7 +86,7 @@ final class HostFixture {
             "MARTLET_VMS_DIR": paths.vmsDirectory,
             "MARTLET_STORAGE_CONFIG": paths.storageConfiguration,
             "MARTLET_RUN_DIR": paths.runDirectory, "MARTLET_VMM": paths.vmm, "MARTLET_VMM_USER": "",
-            "MARTLET_NO_SYSTEMD": "1",
+            "MARTLET_NO_SYSTEMD": "1", "MARTLET_STOP_GRACE": "1",
         ]
     }
 

@@ -133,6 +133,24 @@ final class BridgeNamespace {
         #expect(log.components(separatedBy: "powering off").count == 2, "one boot only: \(log)")
     }
 
+    @Test func sigtermToTheRunnerStopsTheVM() throws {
+        let guest = try TestSupport.guest.get()
+        let fixture = try HostFixture(label: "term")
+        let martlet = CLI(fixture: fixture, namespace: nil)
+        try martlet.json("vm", "create", "term", "--kernel", guest, "--memory", "16MiB")
+        let started = try martlet.json("vm", "start", "term")
+        let pid = try #require(started["pid"] as? Int)
+        // What systemctl stop does: SIGTERM; the guest ignores the power button, so the
+        // runner stops the VMM hard after MARTLET_STOP_GRACE (1 s here).
+        #expect(kill(pid_t(pid), SIGTERM) == 0)
+        let deadline = Date().addingTimeInterval(10)
+        while fixture.host.runnerPID("term") != nil && Date() < deadline { usleep(50_000) }
+        #expect(fixture.host.runnerPID("term") == nil, "the runner ended")
+        let log = try String(contentsOfFile: fixture.paths.runnerLog("term"), encoding: .utf8)
+        #expect(log.contains("signal 15"), "\(log)")
+        #expect(try fixture.host.status("term").state == .stopped)
+    }
+
     @Test func editValidatesBeforeSaving() throws {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "edit")
