@@ -44,7 +44,9 @@ public struct HostPaths: Sendable, Equatable {
 
     public func definition(_ name: String) -> String { "\(vmsDirectory)/\(name).toml" }
     public func state(_ name: String) -> String { "\(runDirectory)/\(name)" }
-    public func controlSocket(_ name: String) -> String { "\(state(name))/control.sock" }
+    /// The VMM's own directory: the only place under `state` the (unprivileged) VMM may write.
+    public func vmmDirectory(_ name: String) -> String { "\(state(name))/vmm" }
+    public func controlSocket(_ name: String) -> String { "\(vmmDirectory(name))/control.sock" }
     public func consoleSocket(_ name: String) -> String { "\(state(name))/console.sock" }
     public func consoleLog(_ name: String) -> String { "\(state(name))/console.log" }
     public func runnerPID(_ name: String) -> String { "\(state(name))/runner.pid" }

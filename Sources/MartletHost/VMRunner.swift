@@ -48,7 +48,7 @@ public final class VMRunner: @unchecked Sendable {
         signal(SIGPIPE, SIG_IGN)
         let definition = try host.definition(name)
         try FileManager.default.createDirectory(
-            atPath: paths.state(name), withIntermediateDirectories: true)
+            atPath: paths.vmmDirectory(name), withIntermediateDirectories: true)
         if let other = host.runnerPID(name), other != getpid() {
             throw MartletError(.refused, "VM '\(name)' is already running (runner pid \(other))")
         }
@@ -111,7 +111,7 @@ public final class VMRunner: @unchecked Sendable {
             var devices = (config["disks"] as? [[String: Any]] ?? []).compactMap {
                 $0["path"] as? String
             }
-            devices.append(paths.state(name))
+            devices.append(paths.vmmDirectory(name))
             for path in devices {
                 let resolved =
                     (try? FileManager.default.destinationOfSymbolicLink(atPath: path)).map {
@@ -289,7 +289,9 @@ public final class VMRunner: @unchecked Sendable {
                 let control = paths.controlSocket(name)
                 logger.info("VM '\(name)': signal \(number), shutting down (grace \(Int(grace)) s)")
                 // Without an answering VMM (still starting, or hung) signal it instead.
-                if (try? UnixSocket.request(control, grace > 0 ? "shutdown" : "stop", timeout: 2)) == nil {
+                if (try? UnixSocket.request(control, grace > 0 ? "shutdown" : "stop", timeout: 2))
+                    == nil
+                {
                     if let pid = lock.withLock({ vmmPID }) { kill(pid, SIGTERM) }
                 }
                 DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [self] in

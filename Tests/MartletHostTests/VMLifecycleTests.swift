@@ -133,6 +133,54 @@ final class BridgeNamespace {
         #expect(log.components(separatedBy: "powering off").count == 2, "one boot only: \(log)")
     }
 
+    /// The VMM runs as an unprivileged user in group kvm (a temporary system user here,
+    /// `martlet-vm` on a host) owning only its disk and its own run directory.
+    @Test func vmmRunsAsTheUnprivilegedUser() throws {
+        let guest = try TestSupport.guest.get()
+        let user = "mhvm\(UUID().uuidString.prefix(6).lowercased())"
+        try Command(
+            "useradd",
+            ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-G", "kvm", user]
+        ).run()
+        defer { _ = try? ChildProcess.run(["userdel", user]) }
+        let fixture = try HostFixture(label: "user")
+        var environment = fixture.environment
+        environment["MARTLET_VMM_USER"] = user
+        let martlet = TestSupport.product("martlet")
+        let created = try TestSupport.run(
+            martlet,
+            [
+                "vm", "create", "unpriv", "--kernel", guest, "--memory", "16MiB", "--new-disk",
+                "local/unpriv-root:8MiB",
+            ],
+            environment: environment)
+        #expect(created.status == 0, "\(created.stderr)")
+        let started = try TestSupport.run(
+            martlet, ["vm", "start", "unpriv"], environment: environment)
+        #expect(started.status == 0, "\(started.stderr)")
+        let vmm = try ChildProcess.run(["ps", "-o", "user=", "-C", "martlet-vmm"]).stdout
+        #expect(
+            vmm.split(separator: "\n").contains { $0.trimmingCharacters(in: .whitespaces) == user },
+            "\(vmm)")
+        var info = stat()
+        #expect(stat(fixture.root + "/pool/unpriv-root.raw", &info) == 0)
+        #expect(info.st_uid == getpwnam(user)?.pointee.pw_uid, "the disk belongs to the VMM user")
+        #expect(
+            stat(fixture.paths.state("unpriv"), &info) == 0 && info.st_uid == 0,
+            "the run directory stays root's")
+        let console = try TestSupport.run(
+            martlet,
+            [
+                "vm", "console", "unpriv", "--expect", "martlet host test guest: up", "--timeout",
+                "10",
+            ],
+            environment: environment)
+        #expect(console.status == 0, "\(console.stdout) \(console.stderr)")
+        #expect(
+            try TestSupport.run(martlet, ["vm", "stop", "unpriv"], environment: environment).status
+                == 0)
+    }
+
     @Test func sigtermToTheRunnerStopsTheVM() throws {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "term")
