@@ -28,13 +28,15 @@ enum TestSupport {
 
     /// The tiny test guest (Tests/MartletHostTests/Guest), built once with gcc.
     static let guest: Result<String, MartletError> = {
-        let directory = NSTemporaryDirectory() + "martlet-host-guest-\(getpid())"
-        try? FileManager.default.createDirectory(
-            atPath: directory, withIntermediateDirectories: true)
+        // One shared path, replaced atomically, so repeated runs leave nothing behind.
+        let directory = NSTemporaryDirectory() + "martlet-host-guest"
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let elf = directory + "/guest.elf"
+        let building = directory + "/guest-\(getpid()).elf"
         let script = repository.appendingPathComponent("Tests/MartletHostTests/Guest/build.sh").path
         do {
-            try Command("/bin/bash", [script, elf]).run()
+            try Command("/bin/bash", [script, building]).run()
+            guard rename(building, elf) == 0 else { throw MartletError.system("rename", path: elf) }
             return .success(elf)
         } catch let error as MartletError {
             return .failure(error)
