@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // C libraries from Debian, imported through pkg-config. Each has a shim.h with
@@ -43,10 +44,20 @@ let package = Package(
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
         .target(name: "MartletVMM", dependencies: ["CKVM"], exclude: ["Guest"]),
 
+        // The host side: VM definitions, storage pools, the VM runtime and the local REST API.
+        .target(
+            name: "MartletHost",
+            dependencies: [
+                "MartletCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["README.md", "openapi.yaml"]),
+
         .executableTarget(
             name: "martlet",
             dependencies: [
-                "MartletCore", "MartletBuilder",
+                "MartletCore", "MartletBuilder", "MartletHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
@@ -64,5 +75,7 @@ let package = Package(
         .testTarget(
             name: "MartletInstallerTests", dependencies: ["MartletInstaller", "MartletCore"]),
         .testTarget(name: "MartletVMMTests", dependencies: ["MartletVMM"]),
+        .testTarget(
+            name: "MartletHostTests", dependencies: ["MartletHost", "MartletCore"], exclude: ["Guest"]),
     ]
 )

@@ -6,5 +6,8 @@ struct Martlet: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "martlet",
         abstract: "Build, check, try and flash Martlet hypervisor host ISOs.",
-        subcommands: [BuildCommand.self, VerifyCommand.self, QEMUCommand.self, FlashCommand.self])
+        subcommands: [
+            BuildCommand.self, VerifyCommand.self, QEMUCommand.self, FlashCommand.self,
+            VMCommand.self, VolumeCommand.self, PoolCommand.self, APICommand.self,
+        ])
 }

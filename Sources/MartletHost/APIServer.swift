@@ -1,0 +1,302 @@
+import Foundation
+import Hummingbird
+import Logging
+import MartletCore
+
+/// The local REST API (`martlet api serve`): the operations of `VMHost` over HTTP/JSON on a
+/// unix socket, for tools and a later web UI. Documented in openapi.yaml next to this file.
+public struct APIServer: Sendable {
+    public let host: VMHost
+    public let socketPath: String
+    public let logger: Logger
+
+    public init(host: VMHost, socketPath: String, logger: Logger) {
+        self.host = host
+        self.socketPath = socketPath
+        self.logger = logger
+    }
+
+    /// What `POST /v1/vms` and `PUT /v1/vms/{name}` take: a definition whose optional fields
+    /// get the same defaults as the TOML file.
+    public struct VMRequest: Codable, Sendable {
+        public var name: String?
+        public var vcpus: Int?
+        public var memory: String?
+        public var kernel: String
+        public var initrd: String?
+        public var cmdline: String?
+        public var disks: [DiskRequest]?
+        public var nics: [NICRequest]?
+        public var autostart: Bool?
+        public var onCrash: String?
+
+        public struct DiskRequest: Codable, Sendable {
+            public var pool: String
+            public var volume: String
+            public var readOnly: Bool?
+        }
+
+        public struct NICRequest: Codable, Sendable {
+            public var bridge: String?
+            public var mac: String?
+        }
+
+        /// The definition, validated exactly like a file at `path`.
+        func definition(name: String, path: String) throws -> VMDefinition {
+            var text = "vcpus = \(vcpus ?? 1)\n"
+            text += "memory = \(Self.quote(memory ?? "256MiB"))\n"
+            text += "autostart = \(autostart ?? false)\n"
+            text +=
+                "on-crash = \(Self.quote(onCrash ?? "restart"))\n\n[boot]\nkernel = \(Self.quote(kernel))\n"
+            if let initrd { text += "initrd = \(Self.quote(initrd))\n" }
+            text += "cmdline = \(Self.quote(cmdline ?? "console=ttyS0"))\n"
+            for disk in disks ?? [] {
+                text +=
+                    "\n[[disk]]\npool = \(Self.quote(disk.pool))\nvolume = \(Self.quote(disk.volume))\nread-only = \(disk.readOnly ?? false)\n"
+            }
+            for (index, nic) in (nics ?? []).enumerated() {
+                text += "\n[[nic]]\nbridge = \(Self.quote(nic.bridge ?? "br0"))\n"
+                text +=
+                    "mac = \(Self.quote(nic.mac ?? VMDefinition.generatedMAC(vm: name, index: index)))\n"
+            }
+            return try VMDefinition(path: path, contents: text)
+        }
+
+        static func quote(_ text: String) -> String {
+            "\""
+                + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
+                    of: "\"", with: "\\\""
+                )
+                .replacingOccurrences(of: "\n", with: "\\n") + "\""
+        }
+    }
+
+    public struct VolumeRequest: Codable, Sendable {
+        public var name: String
+        /// The size for a new empty volume, e.g. "8GiB".
+        public var size: String?
+        /// An image file on the host to import instead (raw or qcow2).
+        public var image: String?
+        public var format: ImageFormat?
+    }
+
+    public struct ResizeRequest: Codable, Sendable {
+        public var size: String
+    }
+
+    public struct PoolDetail: Codable, Sendable {
+        public var pool: PoolStatus
+        public var volumes: [VolumeInfo]
+    }
+
+    public struct ErrorBody: Codable, Sendable {
+        public struct Detail: Codable, Sendable {
+            public var code: String
+            public var message: String
+            public var hint: String?
+        }
+        public var error: Detail
+    }
+
+    /// Serves until the task is cancelled or the process gets SIGTERM/SIGINT.
+    public func run() async throws {
+        try FileManager.default.createDirectory(
+            atPath: (socketPath as NSString).deletingLastPathComponent,
+            withIntermediateDirectories: true)
+        unlink(socketPath)
+        let app = Application(
+            router: router(),
+            configuration: .init(
+                address: .unixDomainSocket(path: socketPath), serverName: "martlet-api"),
+            logger: logger)
+        try await app.runService()
+    }
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        let host = self.host
+        router.get("/v1/vms") { _, _ in try await Self.respond { try host.statuses() } }
+        router.post("/v1/vms") { request, context in
+            let body = try await Self.decode(VMRequest.self, request, context)
+            return try await Self.respond(status: .created) { () -> VMStatus in
+                guard let name = body.name else {
+                    throw MartletError(.invalidInput, "the request has no 'name'")
+                }
+                try host.create(try body.definition(name: name, path: host.paths.definition(name)))
+                return try host.status(name)
+            }
+        }
+        router.get("/v1/vms/:name") { _, context in
+            let name = try context.parameters.require("name")
+            return try await Self.respond { try host.status(name) }
+        }
+        router.put("/v1/vms/:name") { request, context in
+            let name = try context.parameters.require("name")
+            let body = try await Self.decode(VMRequest.self, request, context)
+            return try await Self.respond { () -> VMStatus in
+                try host.replace(try body.definition(name: name, path: host.paths.definition(name)))
+                return try host.status(name)
+            }
+        }
+        router.delete("/v1/vms/:name") { request, context in
+            let name = try context.parameters.require("name")
+            let volumes = request.uri.queryParameters.get("volumes") == "true"
+            return try await Self.respond { () -> VMStatus? in
+                try host.delete(name, volumes: volumes)
+                return nil
+            }
+        }
+        router.post("/v1/vms/:name/start") { _, context in
+            let name = try context.parameters.require("name")
+            return try await Self.respond { try host.start(name) }
+        }
+        router.post("/v1/vms/:name/stop") { request, context in
+            let name = try context.parameters.require("name")
+            let grace = request.uri.queryParameters.get("grace").flatMap(Double.init) ?? 0
+            return try await Self.respond { try host.stop(name, grace: grace) }
+        }
+        router.post("/v1/vms/:name/restart") { _, context in
+            let name = try context.parameters.require("name")
+            return try await Self.respond { () -> VMStatus in
+                if try host.isRunning(name) { _ = try host.stop(name) }
+                return try host.start(name)
+            }
+        }
+        router.get("/v1/vms/:name/console") { _, context in
+            let name = try context.parameters.require("name")
+            return try await Self.offload { () -> Response in
+                _ = try host.definition(name)
+                let data =
+                    FileManager.default.contents(atPath: host.paths.consoleLog(name)) ?? Data()
+                return Response(
+                    status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(bytes: data.suffix(65536))))
+            }
+        }
+        router.get("/v1/pools") { _, _ in
+            try await Self.respond { try host.pools().map { try $0.status() } }
+        }
+        router.get("/v1/pools/:pool") { _, context in
+            let name = try context.parameters.require("pool")
+            return try await Self.respond { () -> PoolDetail in
+                let pool = try host.pool(name)
+                return PoolDetail(pool: try pool.status(), volumes: try pool.volumes())
+            }
+        }
+        router.get("/v1/pools/:pool/volumes") { _, context in
+            let name = try context.parameters.require("pool")
+            return try await Self.respond { try host.pool(name).volumes() }
+        }
+        router.post("/v1/pools/:pool/volumes") { request, context in
+            let name = try context.parameters.require("pool")
+            let body = try await Self.decode(VolumeRequest.self, request, context)
+            return try await Self.respond(status: .created) { () -> VolumeInfo in
+                let pool = try host.pool(name)
+                if let image = body.image {
+                    return try pool.importVolume(body.name, from: image, format: body.format)
+                }
+                guard let text = body.size, let size = ByteSize(parsing: text) else {
+                    throw MartletError(.invalidInput, "give 'size' (e.g. \"8GiB\") or 'image'")
+                }
+                return try pool.createVolume(body.name, size: size)
+            }
+        }
+        router.get("/v1/pools/:pool/volumes/:volume") { _, context in
+            let pool = try context.parameters.require("pool")
+            let volume = try context.parameters.require("volume")
+            return try await Self.respond { try host.pool(pool).volume(volume) }
+        }
+        router.put("/v1/pools/:pool/volumes/:volume") { request, context in
+            let pool = try context.parameters.require("pool")
+            let volume = try context.parameters.require("volume")
+            let body = try await Self.decode(ResizeRequest.self, request, context)
+            return try await Self.respond { () -> VolumeInfo in
+                guard let size = ByteSize(parsing: body.size) else {
+                    throw MartletError(.invalidInput, "'\(body.size)' is not a size")
+                }
+                return try host.resizeVolume(pool: pool, volume: volume, size: size)
+            }
+        }
+        router.delete("/v1/pools/:pool/volumes/:volume") { _, context in
+            let pool = try context.parameters.require("pool")
+            let volume = try context.parameters.require("volume")
+            return try await Self.respond { () -> VolumeInfo? in
+                try host.deleteVolume(pool: pool, volume: volume)
+                return nil
+            }
+        }
+        return router
+    }
+
+    static func decode<T: Decodable>(
+        _ type: T.Type, _ request: Request, _ context: BasicRequestContext
+    ) async throws -> T {
+        var request = request
+        let buffer = try await request.collectBody(upTo: 1 << 20)
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+        } catch {
+            throw HTTPError(
+                .badRequest,
+                message: "the request body is not valid JSON for this operation: \(error)")
+        }
+    }
+
+    /// Runs blocking host work (subprocesses, waits) on a thread of its own, off the
+    /// concurrency pool, and turns a `MartletError` into a JSON error response.
+    static func offload(_ work: @escaping @Sendable () throws -> Response) async throws -> Response
+    {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                do {
+                    continuation.resume(returning: try work())
+                } catch let error as MartletError {
+                    continuation.resume(returning: errorResponse(error))
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
+    }
+
+    static func respond<T: Encodable>(
+        status: HTTPResponse.Status = .ok, _ work: @escaping @Sendable () throws -> T
+    ) async throws -> Response {
+        try await offload {
+            let value = try work()
+            if let optional = value as? OptionalMarker, optional.isNone {
+                return Response(status: .noContent)
+            }
+            return json(value, status: status)
+        }
+    }
+
+    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return Response(
+            status: status, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    static func errorResponse(_ error: MartletError) -> Response {
+        let status: HTTPResponse.Status =
+            switch error.code {
+            case .invalidInput: .badRequest
+            case .notFound: .notFound
+            case .refused: .conflict
+            case .permissionDenied: .forbidden
+            case .missingDependency, .unavailable: .notImplemented
+            default: .internalServerError
+            }
+        return json(
+            ErrorBody(
+                error: .init(code: error.code.rawValue, message: error.message, hint: error.hint)),
+            status: status)
+    }
+}
+
+/// Lets `respond` answer 204 No Content for operations that return nothing.
+protocol OptionalMarker { var isNone: Bool { get } }
+extension Optional: OptionalMarker { var isNone: Bool { self == nil } }

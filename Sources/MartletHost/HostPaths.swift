@@ -1,0 +1,55 @@
+import Foundation
+
+/// Where the host keeps VM definitions, storage configuration and runtime state. The
+/// defaults are the installed host's; `MARTLET_*` environment variables move them (tests,
+/// and a runner started by the CLI inherits them).
+public struct HostPaths: Sendable, Equatable {
+    /// `NAME.toml` files, one a VM.
+    public var vmsDirectory: String
+    /// The storage pools (`[[pool]]` tables, written by the installer).
+    public var storageConfiguration: String
+    /// One directory a running VM: VMM config, control and console sockets, console log, pid.
+    public var runDirectory: String
+    /// The VMM executable (a name on PATH or a path).
+    public var vmm: String
+    /// The user the VMM runs as when the runner is root and the user exists.
+    public var vmmUser: String
+
+    public init(
+        vmsDirectory: String = "/etc/martlet/vms",
+        storageConfiguration: String = "/etc/martlet/storage.toml",
+        runDirectory: String = "/run/martlet/vms", vmm: String = "martlet-vmm",
+        vmmUser: String = "martlet-vm"
+    ) {
+        self.vmsDirectory = vmsDirectory
+        self.storageConfiguration = storageConfiguration
+        self.runDirectory = runDirectory
+        self.vmm = vmm
+        self.vmmUser = vmmUser
+    }
+
+    /// The defaults, overridden by MARTLET_VMS_DIR, MARTLET_STORAGE_CONFIG, MARTLET_RUN_DIR,
+    /// MARTLET_VMM and MARTLET_VMM_USER.
+    public static func fromEnvironment(
+        _ environment: [String: String] = ProcessInfo.processInfo.environment
+    ) -> HostPaths {
+        var paths = HostPaths()
+        if let value = environment["MARTLET_VMS_DIR"] { paths.vmsDirectory = value }
+        if let value = environment["MARTLET_STORAGE_CONFIG"] { paths.storageConfiguration = value }
+        if let value = environment["MARTLET_RUN_DIR"] { paths.runDirectory = value }
+        if let value = environment["MARTLET_VMM"] { paths.vmm = value }
+        if let value = environment["MARTLET_VMM_USER"] { paths.vmmUser = value }
+        return paths
+    }
+
+    public func definition(_ name: String) -> String { "\(vmsDirectory)/\(name).toml" }
+    public func state(_ name: String) -> String { "\(runDirectory)/\(name)" }
+    /// The VMM's own directory: the only place under `state` the (unprivileged) VMM may write.
+    public func vmmDirectory(_ name: String) -> String { "\(state(name))/vmm" }
+    public func controlSocket(_ name: String) -> String { "\(vmmDirectory(name))/control.sock" }
+    public func consoleSocket(_ name: String) -> String { "\(state(name))/console.sock" }
+    public func consoleLog(_ name: String) -> String { "\(state(name))/console.log" }
+    public func runnerPID(_ name: String) -> String { "\(state(name))/runner.pid" }
+    public func vmmConfig(_ name: String) -> String { "\(state(name))/vmm.json" }
+    public func runnerLog(_ name: String) -> String { "\(state(name))/runner.log" }
+}

@@ -1,0 +1,300 @@
+import Foundation
+import MartletCore
+
+/// One virtual machine as a person defines it in `/etc/martlet/vms/NAME.toml`.
+/// The runtime turns it into the VMM's JSON configuration.
+public struct VMDefinition: Codable, Equatable, Sendable {
+    /// What happens when the VMM ends without being asked to (a crash or a guest reset).
+    public enum CrashPolicy: String, Codable, Sendable, CaseIterable {
+        /// Start the VM again (systemd `Restart=on-failure` on a host).
+        case restart
+        /// Leave it stopped and keep the console log for inspection.
+        case stop
+    }
+
+    /// Where a boot file comes from: a path on the host, or a volume in a pool.
+    public enum FileSource: Codable, Equatable, Sendable, CustomStringConvertible {
+        case path(String)
+        case volume(pool: String, volume: String)
+
+        /// Reads `PATH` (absolute) or `POOL/VOLUME`.
+        public init?(parsing text: String) {
+            if text.hasPrefix("/") {
+                self = .path(text)
+                return
+            }
+            let parts = text.split(separator: "/", omittingEmptySubsequences: false).map(
+                String.init)
+            guard parts.count == 2, VMDefinition.isValidName(parts[0]),
+                VMDefinition.isValidName(parts[1])
+            else { return nil }
+            self = .volume(pool: parts[0], volume: parts[1])
+        }
+
+        public var description: String {
+            switch self {
+            case .path(let path): path
+            case .volume(let pool, let volume): "\(pool)/\(volume)"
+            }
+        }
+
+        public init(from decoder: Decoder) throws {
+            let text = try decoder.singleValueContainer().decode(String.self)
+            guard let source = FileSource(parsing: text) else {
+                throw DecodingError.dataCorrupted(
+                    .init(
+                        codingPath: decoder.codingPath,
+                        debugDescription: "'\(text)' is not PATH or POOL/VOLUME"))
+            }
+            self = source
+        }
+
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.singleValueContainer()
+            try container.encode(description)
+        }
+    }
+
+    public struct Boot: Codable, Equatable, Sendable {
+        public var kernel: FileSource
+        public var initrd: FileSource?
+        public var cmdline: String
+        public init(
+            kernel: FileSource, initrd: FileSource? = nil, cmdline: String = "console=ttyS0"
+        ) {
+            self.kernel = kernel
+            self.initrd = initrd
+            self.cmdline = cmdline
+        }
+    }
+
+    /// A volume of a pool given to the guest as a virtio-blk disk.
+    public struct Disk: Codable, Equatable, Sendable {
+        public var pool: String
+        public var volume: String
+        public var readOnly: Bool
+        public init(pool: String, volume: String, readOnly: Bool = false) {
+            self.pool = pool
+            self.volume = volume
+            self.readOnly = readOnly
+        }
+    }
+
+    /// A network interface: a tap device on a host bridge.
+    public struct NIC: Codable, Equatable, Sendable {
+        public var bridge: String
+        public var mac: String
+        public init(bridge: String = "br0", mac: String) {
+            self.bridge = bridge
+            self.mac = mac
+        }
+    }
+
+    public var name: String
+    public var vcpus: Int
+    public var memory: ByteSize
+    public var boot: Boot
+    public var disks: [Disk]
+    public var nics: [NIC]
+    public var autostart: Bool
+    public var onCrash: CrashPolicy
+
+    public init(
+        name: String, vcpus: Int = 1, memory: ByteSize = .mib(256), boot: Boot, disks: [Disk] = [],
+        nics: [NIC] = [], autostart: Bool = false, onCrash: CrashPolicy = .restart
+    ) {
+        self.name = name
+        self.vcpus = vcpus
+        self.memory = memory
+        self.boot = boot
+        self.disks = disks
+        self.nics = nics
+        self.autostart = autostart
+        self.onCrash = onCrash
+    }
+
+    public static let maxVCPUs = 64
+    public static let minMemory = ByteSize.mib(4)
+
+    /// VM, pool and volume names: they become file names, LV names, unit instance names.
+    public static func isValidName(_ name: String) -> Bool {
+        guard (1...48).contains(name.count), let first = name.unicodeScalars.first,
+            CharacterSet.lowercaseLetters.contains(first)
+                || CharacterSet.decimalDigits.contains(first)
+        else { return false }
+        return name.unicodeScalars.allSatisfy {
+            ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_"
+        }
+    }
+
+    static let nameRule =
+        "use 1 to 48 characters a-z, 0-9, '-' and '_', starting with a letter or digit"
+
+    /// A locally administered unicast MAC that stays the same for this VM name and NIC index.
+    public static func generatedMAC(vm: String, index: Int) -> String {
+        let hash = fnv1a("\(vm)#\(index)")
+        let bytes: [UInt64] = [
+            0x02, 0x4D, 0x4C, (hash >> 16) & 0xFF, (hash >> 8) & 0xFF, hash & 0xFF,
+        ]
+        return bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
+    }
+
+    /// The tap device name of NIC `index` (at most 15 characters, the kernel's limit).
+    public static func tapName(vm: String, index: Int) -> String {
+        String(format: "mvm%08x", UInt32(truncatingIfNeeded: fnv1a(vm))) + "n\(index)"
+    }
+
+    static func fnv1a(_ text: String) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x100_0000_01b3
+        }
+        return hash
+    }
+
+    static func isValidMAC(_ mac: String) -> Bool {
+        let parts = mac.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6,
+            parts.allSatisfy({ $0.count == 2 && $0.allSatisfy(\.isHexDigit) }),
+            let first = UInt8(parts[0], radix: 16)
+        else { return false }
+        return first & 0x01 == 0  // multicast addresses cannot be a NIC's address
+    }
+}
+
+extension VMDefinition {
+    static let topKeys = ["vcpus", "memory", "autostart", "on-crash", "boot", "disk", "nic"]
+
+    /// Parses the definition file at `path`; the VM's name is the file name without `.toml`.
+    public init(path: String) throws {
+        try self.init(document: try TOMLDocument(path: path))
+    }
+
+    /// Parses `contents` as the definition of the VM named by `path`'s file name.
+    public init(path: String, contents: String) throws {
+        try self.init(document: try TOMLDocument(path: path, contents: contents))
+    }
+
+    init(document: TOMLDocument) throws {
+        let path = document.path
+        let name = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
+        guard Self.isValidName(name) else {
+            throw MartletError(
+                .invalidInput, "\(path): '\(name)' is not a valid VM name", hint: Self.nameRule)
+        }
+        let root = document.rootSection
+        let vcpus = try root.int("vcpus") ?? 1
+        guard (1...Self.maxVCPUs).contains(vcpus) else {
+            throw root.error("vcpus", "\(vcpus) is out of range", hint: "use 1 to \(Self.maxVCPUs)")
+        }
+        let memory = try root.size("memory") ?? .mib(256)
+        guard memory >= Self.minMemory, memory.bytes % (1 << 20) == 0 else {
+            throw root.error(
+                "memory", "\(memory) is not a whole number of MiB of at least 4 MiB",
+                hint: "write e.g. \"512MiB\" or \"2GiB\"")
+        }
+        let autostart = try root.bool("autostart") ?? false
+        let policyText =
+            try root.choice("on-crash", CrashPolicy.allCases.map(\.rawValue)) ?? "restart"
+        let bootSection = try root.required(
+            try root.section("boot"), "boot", hint: "add a [boot] table with kernel = \"PATH\"")
+        func source(_ section: TOMLSection, _ key: String) throws -> FileSource? {
+            guard let text = try section.string(key) else { return nil }
+            guard let source = FileSource(parsing: text) else {
+                throw section.error(
+                    key, "'\(text)' is neither an absolute path nor POOL/VOLUME",
+                    hint: "write \"/var/lib/martlet/kernels/vmlinuz\" or \"local/kernel\"")
+            }
+            return source
+        }
+        let kernel = try bootSection.required(try source(bootSection, "kernel"), "kernel")
+        let initrd = try source(bootSection, "initrd")
+        let cmdline = try bootSection.string("cmdline") ?? "console=ttyS0"
+        guard cmdline.utf8.count <= 2048 else {
+            throw bootSection.error(
+                "cmdline", "is \(cmdline.utf8.count) bytes long", hint: "keep it under 2048 bytes")
+        }
+        try bootSection.finish()
+
+        var disks: [Disk] = []
+        for section in try root.sections("disk") ?? [] {
+            let pool = try section.required(try section.string("pool"), "pool")
+            let volume = try section.required(try section.string("volume"), "volume")
+            for (key, value) in [("pool", pool), ("volume", volume)] where !Self.isValidName(value)
+            {
+                throw section.error(key, "'\(value)' is not a valid name", hint: Self.nameRule)
+            }
+            if disks.contains(where: { $0.pool == pool && $0.volume == volume }) {
+                throw section.error(
+                    "volume", "'\(pool)/\(volume)' is attached twice",
+                    hint: "remove one of the [[disk]] tables")
+            }
+            disks.append(
+                Disk(pool: pool, volume: volume, readOnly: try section.bool("read-only") ?? false))
+            try section.finish()
+        }
+        guard disks.count <= 6 else {
+            throw root.error("disk", "\(disks.count) disks given", hint: "a VM has at most 6 disks")
+        }
+        var nics: [NIC] = []
+        for (index, section) in (try root.sections("nic") ?? []).enumerated() {
+            let bridge = try section.string("bridge") ?? "br0"
+            guard (1...15).contains(bridge.utf8.count), !bridge.contains("/"), !bridge.contains(" ")
+            else {
+                throw section.error(
+                    "bridge", "'\(bridge)' is not a network interface name",
+                    hint: "use the host bridge, e.g. \"br0\"")
+            }
+            let mac =
+                try section.string("mac")?.lowercased() ?? Self.generatedMAC(vm: name, index: index)
+            guard Self.isValidMAC(mac) else {
+                throw section.error(
+                    "mac", "'\(mac)' is not a unicast MAC address",
+                    hint:
+                        "write six hex bytes like \"02:4d:4c:12:34:56\", or leave it out to generate one"
+                )
+            }
+            if nics.contains(where: { $0.mac == mac }) {
+                throw section.error("mac", "'\(mac)' is used by another NIC of this VM")
+            }
+            nics.append(NIC(bridge: bridge, mac: mac))
+            try section.finish()
+        }
+        try root.finish()
+        self.init(
+            name: name, vcpus: vcpus, memory: memory,
+            boot: Boot(kernel: kernel, initrd: initrd, cmdline: cmdline), disks: disks, nics: nics,
+            autostart: autostart, onCrash: CrashPolicy(rawValue: policyText)!)
+    }
+
+    /// The TOML text of this definition, in the form `init(path:)` reads.
+    public var toml: String {
+        func quoted(_ text: String) -> String {
+            "\""
+                + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
+                    of: "\"", with: "\\\"") + "\""
+        }
+        var text = """
+            # Martlet VM '\(name)'. Edit with 'martlet vm edit \(name)'; see 'martlet vm --help'.
+            vcpus = \(vcpus)
+            memory = \(quoted(memory.description.replacingOccurrences(of: " ", with: "")))
+            autostart = \(autostart)
+            on-crash = \(quoted(onCrash.rawValue))
+
+            [boot]
+            kernel = \(quoted(boot.kernel.description))
+
+            """
+        if let initrd = boot.initrd { text += "initrd = \(quoted(initrd.description))\n" }
+        text += "cmdline = \(quoted(boot.cmdline))\n"
+        for disk in disks {
+            text += "\n[[disk]]\npool = \(quoted(disk.pool))\nvolume = \(quoted(disk.volume))\n"
+            if disk.readOnly { text += "read-only = true\n" }
+        }
+        for nic in nics {
+            text += "\n[[nic]]\nbridge = \(quoted(nic.bridge))\nmac = \(quoted(nic.mac))\n"
+        }
+        return text
+    }
+}

@@ -1,0 +1,222 @@
+import Foundation
+import MartletCore
+
+/// A VM as `vm list|show` and the API report it.
+public struct VMStatus: Codable, Equatable, Sendable {
+    public enum State: String, Codable, Sendable { case running, stopped }
+    public var name: String
+    public var state: State
+    /// The runner process (`martlet vm run NAME`) while running.
+    public var pid: Int32?
+    public var definition: VMDefinition
+}
+
+/// The operations of the host, shared by the CLI and the REST API: VM definitions, their
+/// runtime state, and the volumes of the storage pools, with the refusals that keep them
+/// consistent (name taken, VM running, volume in use, pool full).
+public struct VMHost: Sendable {
+    public let paths: HostPaths
+
+    public init(paths: HostPaths = .fromEnvironment()) {
+        self.paths = paths
+    }
+
+    // MARK: Pools and volumes
+
+    public func pools() throws -> [any StoragePool] {
+        try StorageConfiguration.load(path: paths.storageConfiguration)
+    }
+
+    public func pool(_ name: String) throws -> any StoragePool {
+        let all = try pools()
+        guard let pool = all.first(where: { $0.name == name }) else {
+            throw MartletError(
+                .notFound, "no storage pool '\(name)' in \(paths.storageConfiguration)",
+                hint: all.isEmpty
+                    ? "the installer writes the pools there"
+                    : "pools: \(all.map(\.name).joined(separator: ", "))")
+        }
+        return pool
+    }
+
+    /// Splits `POOL/VOLUME`.
+    public static func volumeReference(_ text: String) throws -> (pool: String, volume: String) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+            throw MartletError(
+                .invalidInput, "'\(text)' is not POOL/VOLUME", hint: "write e.g. local/web-root")
+        }
+        return (parts[0], parts[1])
+    }
+
+    /// The VMs whose definitions use `pool/volume` as a disk or boot file.
+    public func users(pool: String, volume: String) throws -> [String] {
+        try definitions().filter { definition in
+            definition.disks.contains { $0.pool == pool && $0.volume == volume }
+                || [definition.boot.kernel, definition.boot.initrd].contains(
+                    .volume(pool: pool, volume: volume))
+        }.map(\.name)
+    }
+
+    public func deleteVolume(pool: String, volume: String) throws {
+        let users = try users(pool: pool, volume: volume)
+        guard users.isEmpty else {
+            throw MartletError(
+                .refused,
+                "volume '\(pool)/\(volume)' is in use by VM \(users.map { "'\($0)'" }.joined(separator: ", "))",
+                hint: "detach it (martlet vm edit) or delete the VM first")
+        }
+        try self.pool(pool).deleteVolume(volume)
+    }
+
+    public func resizeVolume(pool: String, volume: String, size: ByteSize) throws -> VolumeInfo {
+        for user in try users(pool: pool, volume: volume) where try isRunning(user) {
+            throw MartletError(
+                .refused, "volume '\(pool)/\(volume)' is in use by the running VM '\(user)'",
+                hint: "stop it first: martlet vm stop \(user)")
+        }
+        return try self.pool(pool).resizeVolume(volume, size: size)
+    }
+
+    // MARK: Definitions
+
+    public func definitions() throws -> [VMDefinition] {
+        let entries =
+            (try? FileManager.default.contentsOfDirectory(atPath: paths.vmsDirectory)) ?? []
+        return try entries.filter { $0.hasSuffix(".toml") }.sorted().map {
+            try VMDefinition(path: "\(paths.vmsDirectory)/\($0)")
+        }
+    }
+
+    public func definition(_ name: String) throws -> VMDefinition {
+        let path = paths.definition(name)
+        guard VMDefinition.isValidName(name), FileManager.default.fileExists(atPath: path) else {
+            throw MartletError(
+                .notFound, "no VM '\(name)' (no \(path))", hint: "see 'martlet vm list'")
+        }
+        return try VMDefinition(path: path)
+    }
+
+    /// Checks that the disks and boot volumes a definition names exist.
+    public func checkReferences(_ definition: VMDefinition) throws {
+        for disk in definition.disks { _ = try pool(disk.pool).volume(disk.volume) }
+        for case .volume(let pool, let volume)? in [definition.boot.kernel, definition.boot.initrd]
+        {
+            _ = try self.pool(pool).volume(volume)
+        }
+        if case .path(let path) = definition.boot.kernel,
+            !FileManager.default.fileExists(atPath: path)
+        {
+            throw MartletError(
+                .notFound, "VM '\(definition.name)': kernel '\(path)' does not exist")
+        }
+    }
+
+    /// Writes a new definition; refuses a name that is taken.
+    public func create(_ definition: VMDefinition) throws {
+        guard VMDefinition.isValidName(definition.name) else {
+            throw MartletError(
+                .invalidInput, "'\(definition.name)' is not a valid VM name",
+                hint: VMDefinition.nameRule)
+        }
+        guard !FileManager.default.fileExists(atPath: paths.definition(definition.name)) else {
+            throw MartletError(
+                .refused, "a VM named '\(definition.name)' already exists",
+                hint: "choose another name, or change it with 'martlet vm edit \(definition.name)'")
+        }
+        try write(definition)
+    }
+
+    /// Replaces a definition (validated by parsing it back) while the VM is stopped.
+    public func replace(_ definition: VMDefinition) throws {
+        _ = try self.definition(definition.name)
+        try refuseWhenRunning(definition.name, action: "changing")
+        try write(definition)
+    }
+
+    /// Validates TOML text as the definition of `name` and installs it (for `vm edit`).
+    @discardableResult
+    public func replace(name: String, toml: String) throws -> VMDefinition {
+        let parsed = try VMDefinition(path: paths.definition(name), contents: toml)
+        _ = try self.definition(name)
+        try refuseWhenRunning(name, action: "changing")
+        try checkReferences(parsed)
+        try atomicWrite(toml, to: paths.definition(name))
+        return parsed
+    }
+
+    func write(_ definition: VMDefinition) throws {
+        let text = definition.toml
+        // Parse what we are about to write so a definition that would not load never lands.
+        _ = try VMDefinition(path: paths.definition(definition.name), contents: text)
+        try checkReferences(definition)
+        try FileManager.default.createDirectory(
+            atPath: paths.vmsDirectory, withIntermediateDirectories: true)
+        try atomicWrite(text, to: paths.definition(definition.name))
+    }
+
+    func atomicWrite(_ text: String, to path: String) throws {
+        let temporary = path + ".tmp"
+        guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8)),
+            rename(temporary, path) == 0
+        else { throw MartletError.system("write/rename", path: path) }
+    }
+
+    /// Deletes a stopped VM's definition and, with `volumes`, its disk volumes.
+    public func delete(_ name: String, volumes: Bool = false) throws {
+        let definition = try self.definition(name)
+        try refuseWhenRunning(name, action: "deleting")
+        guard unlink(paths.definition(name)) == 0 else {
+            throw MartletError.system("unlink", path: paths.definition(name))
+        }
+        try? FileManager.default.removeItem(atPath: paths.state(name))
+        if volumes {
+            for disk in definition.disks
+            where try self.users(pool: disk.pool, volume: disk.volume).isEmpty {
+                try pool(disk.pool).deleteVolume(disk.volume)
+            }
+        }
+    }
+
+    // MARK: Runtime state
+
+    /// The runner's pid while it is alive.
+    public func runnerPID(_ name: String) -> Int32? {
+        guard let text = try? String(contentsOfFile: paths.runnerPID(name), encoding: .utf8),
+            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0,
+            kill(pid, 0) == 0 || errno == EPERM
+        else { return nil }
+        // A reused pid belongs to some other program: check it is our runner.
+        let commandLine =
+            (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
+        let arguments = commandLine.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        guard arguments.contains("run"), arguments.last == name else { return nil }
+        return pid
+    }
+
+    public func isRunning(_ name: String) throws -> Bool { runnerPID(name) != nil }
+
+    public func status(_ name: String) throws -> VMStatus {
+        let definition = try definition(name)
+        let pid = runnerPID(name)
+        return VMStatus(
+            name: name, state: pid == nil ? .stopped : .running, pid: pid, definition: definition)
+    }
+
+    public func statuses() throws -> [VMStatus] {
+        try definitions().map { definition in
+            let pid = runnerPID(definition.name)
+            return VMStatus(
+                name: definition.name, state: pid == nil ? .stopped : .running, pid: pid,
+                definition: definition)
+        }
+    }
+
+    func refuseWhenRunning(_ name: String, action: String) throws {
+        if try isRunning(name) {
+            throw MartletError(
+                .refused, "VM '\(name)' is running; \(action) it needs it stopped",
+                hint: "stop it first: martlet vm stop \(name)")
+        }
+    }
+}

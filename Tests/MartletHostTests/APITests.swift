@@ -1,0 +1,112 @@
+import Foundation
+import MartletCore
+import Testing
+
+@testable import MartletHost
+
+/// `martlet api serve` on a unix socket, driven with curl --unix-socket like a client would.
+final class APIProcess {
+    let socket: String
+    let pid: pid_t
+
+    init(fixture: HostFixture) throws {
+        socket = fixture.root + "/api.sock"
+        let log = open(fixture.root + "/api.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer {
+            close(log)
+            close(null)
+        }
+        let variables = fixture.environment.sorted { $0.key < $1.key }.map {
+            "\($0.key)=\($0.value)"
+        }
+        pid = try ChildProcess.spawn(
+            ["/usr/bin/env"] + variables + [
+                TestSupport.product("martlet"), "api", "serve", "--socket", socket,
+            ],
+            stdin: null, stdout: log, stderr: log)
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: socket) && Date() < deadline {
+            usleep(50_000)
+        }
+    }
+
+    /// One request; returns the HTTP status and the body.
+    func request(_ method: String, _ path: String, _ body: String? = nil) throws -> (
+        status: Int, body: String
+    ) {
+        var arguments = [
+            "curl", "-sS", "--max-time", "30", "--unix-socket", socket, "-X", method, "-w",
+            "\n%{http_code}",
+        ]
+        if let body { arguments += ["-H", "Content-Type: application/json", "--data", body] }
+        let output = try ChildProcess.run(arguments + ["http://localhost\(path)"])
+        let lines = output.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+        return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+    }
+
+    func json(_ text: String) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]) ?? [:]
+    }
+
+    deinit {
+        kill(pid, SIGTERM)
+        _ = ChildProcess.wait(pid)
+    }
+}
+
+@Suite(.serialized) struct APITests {
+    @Test func vmLifecycleThroughTheAPI() throws {
+        let guest = try TestSupport.guest.get()
+        let fixture = try HostFixture(label: "api")
+        let api = try APIProcess(fixture: fixture)
+        #expect(FileManager.default.fileExists(atPath: api.socket), "the API socket appears")
+
+        let pools = try api.request("GET", "/v1/pools")
+        #expect(pools.status == 200)
+        #expect(pools.body.contains("\"name\":\"local\""), "\(pools.body)")
+
+        let volume = try api.request(
+            "POST", "/v1/pools/local/volumes", #"{"name": "api-root", "size": "16MiB"}"#)
+        #expect(volume.status == 201, "\(volume.body)")
+        #expect(api.json(volume.body)["size"] as? Int == 16 << 20)
+        #expect(
+            try api.request(
+                "POST", "/v1/pools/local/volumes", #"{"name": "api-root", "size": "16MiB"}"#
+            ).status == 409)
+        #expect(try api.request("POST", "/v1/pools/local/volumes", #"{"name": "x"}"#).status == 400)
+        #expect(try api.request("GET", "/v1/pools/nope").status == 404)
+
+        let definition = """
+            {"name": "api-vm", "memory": "32MiB", "kernel": "\(guest)", "cmdline": "api-test",
+             "disks": [{"pool": "local", "volume": "api-root"}]}
+            """
+        let created = try api.request("POST", "/v1/vms", definition)
+        #expect(created.status == 201, "\(created.body)")
+        #expect(try api.request("POST", "/v1/vms", definition).status == 409)
+        let bad = try api.request(
+            "POST", "/v1/vms", #"{"name": "bad", "kernel": "/k", "vcpus": 99}"#)
+        #expect(bad.status == 400)
+        #expect(bad.body.contains("vcpus"), "\(bad.body)")
+
+        let started = try api.request("POST", "/v1/vms/api-vm/start")
+        #expect(started.status == 200, "\(started.body)")
+        #expect(api.json(started.body)["state"] as? String == "running")
+        #expect(try api.request("DELETE", "/v1/pools/local/volumes/api-root").status == 409)
+        #expect(try api.request("DELETE", "/v1/vms/api-vm").status == 409)
+
+        var console = ""
+        let deadline = Date().addingTimeInterval(10)
+        while !console.contains("cmdline: api-test") && Date() < deadline {
+            console = try api.request("GET", "/v1/vms/api-vm/console").body
+            usleep(100_000)
+        }
+        #expect(console.contains("martlet host test guest: up, cmdline: api-test"), "\(console)")
+
+        let stopped = try api.request("POST", "/v1/vms/api-vm/stop")
+        #expect(api.json(stopped.body)["state"] as? String == "stopped", "\(stopped.body)")
+        #expect(try api.request("DELETE", "/v1/vms/api-vm?volumes=true").status == 204)
+        #expect(try api.request("GET", "/v1/vms/api-vm").status == 404)
+        #expect(try api.request("GET", "/v1/pools/local/volumes").body == "[]")
+    }
+}

@@ -1,0 +1,182 @@
+import Foundation
+import MartletCore
+import Testing
+
+@testable import MartletHost
+
+@Suite struct VMDefinitionTests {
+    func parse(_ text: String, name: String = "web") throws -> VMDefinition {
+        try VMDefinition(path: "/etc/martlet/vms/\(name).toml", contents: text)
+    }
+
+    func failure(_ text: String, name: String = "web") -> String {
+        do {
+            _ = try parse(text, name: name)
+            return "parsed"
+        } catch let error as MartletError {
+            return error.description
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func fullDefinition() throws {
+        let definition = try parse(
+            """
+            vcpus = 2
+            memory = "1GiB"
+            autostart = true
+            on-crash = "stop"
+
+            [boot]
+            kernel = "/var/lib/martlet/kernels/vmlinuz"
+            initrd = "local/initrd"
+            cmdline = "console=ttyS0 root=/dev/vda"
+
+            [[disk]]
+            pool = "local"
+            volume = "web-root"
+
+            [[disk]]
+            pool = "local"
+            volume = "web-data"
+            read-only = true
+
+            [[nic]]
+            bridge = "br0"
+
+            [[nic]]
+            bridge = "br1"
+            mac = "02:AA:bb:cc:dd:ee"
+            """)
+        #expect(definition.name == "web")
+        #expect(definition.vcpus == 2)
+        #expect(definition.memory == .gib(1))
+        #expect(definition.autostart)
+        #expect(definition.onCrash == .stop)
+        #expect(definition.boot.kernel == .path("/var/lib/martlet/kernels/vmlinuz"))
+        #expect(definition.boot.initrd == .volume(pool: "local", volume: "initrd"))
+        #expect(
+            definition.disks == [
+                .init(pool: "local", volume: "web-root"),
+                .init(pool: "local", volume: "web-data", readOnly: true),
+            ])
+        #expect(definition.nics[0].mac == VMDefinition.generatedMAC(vm: "web", index: 0))
+        #expect(definition.nics[1] == .init(bridge: "br1", mac: "02:aa:bb:cc:dd:ee"))
+        // The TOML it writes reads back to the same definition.
+        #expect(try parse(definition.toml) == definition)
+    }
+
+    @Test func defaults() throws {
+        let definition = try parse("[boot]\nkernel = \"/boot/vmlinuz\"\n")
+        #expect(definition.vcpus == 1)
+        #expect(definition.memory == .mib(256))
+        #expect(!definition.autostart)
+        #expect(definition.onCrash == .restart)
+        #expect(definition.boot.cmdline == "console=ttyS0")
+        #expect(definition.disks.isEmpty && definition.nics.isEmpty)
+    }
+
+    @Test func generatedMACsAreStableUnicastAndDistinct() {
+        let first = VMDefinition.generatedMAC(vm: "web", index: 0)
+        #expect(first == VMDefinition.generatedMAC(vm: "web", index: 0))
+        #expect(first != VMDefinition.generatedMAC(vm: "web", index: 1))
+        #expect(first != VMDefinition.generatedMAC(vm: "db", index: 0))
+        #expect(VMDefinition.isValidMAC(first))
+        #expect(first.hasPrefix("02:"))
+        #expect(
+            VMDefinition.tapName(vm: "a-very-long-virtual-machine-name-indeed", index: 3).count
+                <= 15)
+    }
+
+    @Test func unknownKeyNamesFileLineAndSuggestion() {
+        let message = failure("vcpus = 1\nmemroy = \"1GiB\"\n[boot]\nkernel = \"/k\"\n")
+        #expect(message.contains("/etc/martlet/vms/web.toml:2:1"), "\(message)")
+        #expect(message.contains("unknown key"), "\(message)")
+        #expect(message.contains("did you mean 'memory'"), "\(message)")
+    }
+
+    @Test func unknownKeyInsideTables() {
+        #expect(failure("[boot]\nkernel = \"/k\"\ncmdlin = \"x\"\n").contains("boot.cmdlin"))
+        #expect(
+            failure("[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"a\"\nvolume = \"b\"\nsize = 3\n")
+                .contains("disk[0].size"))
+        #expect(
+            failure("[boot]\nkernel = \"/k\"\n[[nic]]\nbrige = \"br0\"\n").contains("nic[0].brige"))
+    }
+
+    @Test(arguments: [
+        ("vcpus = 0\n[boot]\nkernel = \"/k\"\n", "vcpus"),
+        ("vcpus = 65\n[boot]\nkernel = \"/k\"\n", "out of range"),
+        ("vcpus = \"two\"\n[boot]\nkernel = \"/k\"\n", "expected an integer"),
+        ("memory = \"lots\"\n[boot]\nkernel = \"/k\"\n", "is not a size"),
+        ("memory = \"1MiB\"\n[boot]\nkernel = \"/k\"\n", "at least 4 MiB"),
+        ("memory = \"1000000\"\n[boot]\nkernel = \"/k\"\n", "whole number of MiB"),
+        ("on-crash = \"explode\"\n[boot]\nkernel = \"/k\"\n", "is not one of"),
+        ("autostart = \"yes\"\n[boot]\nkernel = \"/k\"\n", "true or false"),
+        ("vcpus = 1\n", "missing required key 'boot'"),
+        ("[boot]\ncmdline = \"x\"\n", "missing required key 'boot.kernel'"),
+        ("[boot]\nkernel = \"vmlinuz\"\n", "neither an absolute path nor POOL/VOLUME"),
+        (
+            "[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"local\"\n",
+            "missing required key 'disk[0].volume'"
+        ),
+        (
+            "[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"Local Pool\"\nvolume = \"v\"\n",
+            "not a valid name"
+        ),
+        (
+            "[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"a\"\nvolume = \"v\"\n[[disk]]\npool = \"a\"\nvolume = \"v\"\n",
+            "attached twice"
+        ),
+        ("[boot]\nkernel = \"/k\"\n[[nic]]\nmac = \"01:00:5e:00:00:01\"\n", "not a unicast MAC"),
+        ("[boot]\nkernel = \"/k\"\n[[nic]]\nmac = \"02:00:00:00:00\"\n", "not a unicast MAC"),
+        (
+            "[boot]\nkernel = \"/k\"\n[[nic]]\nbridge = \"a-bridge-name-too-long\"\n",
+            "not a network interface name"
+        ),
+        (
+            "[boot]\nkernel = \"/k\"\n[[nic]]\nmac = \"02:00:00:00:00:01\"\n[[nic]]\nmac = \"02:00:00:00:00:01\"\n",
+            "used by another NIC"
+        ),
+        ("[boot\nkernel = \"/k\"\n", "not valid TOML"),
+        ("disk = 3\n[boot]\nkernel = \"/k\"\n", "expected an array of tables"),
+    ])
+    func malformed(text: String, expected: String) {
+        let message = failure(text)
+        #expect(message.contains(expected), "\(message)")
+        #expect(message.contains("web.toml"), "errors name the file: \(message)")
+    }
+
+    @Test func fileNameMustBeAValidVMName() {
+        #expect(
+            failure("[boot]\nkernel = \"/k\"\n", name: "Bad Name").contains("not a valid VM name"))
+    }
+
+    @Test func storageConfigurationAsTheInstallerWritesIt() throws {
+        let directory = try TestSupport.temporaryDirectory("storage")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/storage.toml"
+        try """
+        # VM storage pools, written by martlet-installer.
+
+        [[pool]]
+        name = "local"
+        type = "lvm-thin"
+        volume-group = "martlet"
+        thin-pool = "data"
+
+        [[pool]]
+        name = "extra"
+        type = "directory"
+        path = "/var/lib/martlet/storage-1"
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        let pools = try StorageConfiguration.load(path: path)
+        #expect(pools.map(\.name) == ["local", "extra"])
+        #expect((pools[0] as? LVMThinPool)?.volumeGroup == "martlet")
+        #expect((pools[1] as? DirectoryPool)?.path == "/var/lib/martlet/storage-1")
+        try "[[pool]]\nname = \"x\"\ntype = \"zfs\"\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
+        #expect(throws: MartletError.self) { try StorageConfiguration.load(path: path) }
+    }
+}
