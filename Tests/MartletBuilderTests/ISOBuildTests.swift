@@ -146,7 +146,8 @@ enum TestBuilds {
         qemu.standardError = FileHandle.nullDevice
         try qemu.run()
         defer {
-            qemu.terminate()
+            // The test runner ignores SIGTERM and its children inherit that: only SIGKILL works.
+            kill(qemu.processIdentifier, SIGKILL)
             qemu.waitUntilExit()
         }
         let deadline = Date().addingTimeInterval(240)
