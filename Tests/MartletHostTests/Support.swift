@@ -30,7 +30,8 @@ enum TestSupport {
     static let guest: Result<String, MartletError> = {
         // One shared path, replaced atomically, so repeated runs leave nothing behind.
         let directory = NSTemporaryDirectory() + "martlet-host-guest"
-        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(
+            atPath: directory, withIntermediateDirectories: true)
         let elf = directory + "/guest.elf"
         let building = directory + "/guest-\(getpid()).elf"
         let script = repository.appendingPathComponent("Tests/MartletHostTests/Guest/build.sh").path
@@ -49,7 +50,8 @@ enum TestSupport {
     /// do: `test=net` sends ARP requests over virtio-net and prints the reply it gets.
     static let vmmGuest: Result<String, MartletError> = {
         let directory = NSTemporaryDirectory() + "martlet-host-guest"
-        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(
+            atPath: directory, withIntermediateDirectories: true)
         let elf = directory + "/vmm-guest.elf"
         let building = directory + "/vmm-guest-\(getpid()).elf"
         let script = repository.appendingPathComponent("Sources/MartletVMM/Guest/build.sh").path
