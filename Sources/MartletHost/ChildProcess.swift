@@ -55,6 +55,17 @@ public enum ChildProcess {
         return signal == 0 ? (status >> 8) & 0xFF : 128 + signal
     }
 
+    /// `waitpid(WNOHANG)`: the exit status (as `wait`) when `pid` has ended, nil while it runs.
+    public static func exitStatus(_ pid: pid_t) -> Int32? {
+        var status: Int32 = 0
+        var result: pid_t
+        repeat { result = waitpid(pid, &status, WNOHANG) } while result < 0 && errno == EINTR
+        if result == 0 { return nil }
+        if result < 0 { return -1 }
+        let signal = status & 0x7F
+        return signal == 0 ? (status >> 8) & 0xFF : 128 + signal
+    }
+
     /// Runs `arguments` to completion, collecting stdout and stderr.
     public static func run(_ arguments: [String], input: String? = nil) throws -> Output {
         let inPipe = try makePipe()

@@ -48,6 +48,8 @@ public struct HostPaths: Sendable, Equatable {
     public func vmmDirectory(_ name: String) -> String { "\(state(name))/vmm" }
     public func controlSocket(_ name: String) -> String { "\(vmmDirectory(name))/control.sock" }
     public func consoleSocket(_ name: String) -> String { "\(state(name))/console.sock" }
+    /// The VMM's serial port (`serial: "socket:PATH"`); only the runner connects to it.
+    public func serialSocket(_ name: String) -> String { "\(vmmDirectory(name))/serial.sock" }
     public func consoleLog(_ name: String) -> String { "\(state(name))/console.log" }
     public func runnerPID(_ name: String) -> String { "\(state(name))/runner.pid" }
     public func vmmConfig(_ name: String) -> String { "\(state(name))/vmm.json" }

@@ -14,7 +14,6 @@ public final class VMRunner: @unchecked Sendable {
     private let lock = NSLock()
     private var clients: [Int32] = []
     private var vmmInput: Int32?
-    private var consoleLog: FileHandle?
     private var stopRequested = false
     private var vmmPID: pid_t?
     private var signalSources: [DispatchSourceSignal] = []
@@ -55,8 +54,9 @@ public final class VMRunner: @unchecked Sendable {
         unlink(stopMarker)
         try "\(getpid())\n".write(toFile: paths.runnerPID(name), atomically: true, encoding: .utf8)
         defer { unlink(paths.runnerPID(name)) }
+        // The VMM appends the guest's output to it (`serial_log`), even when it is over
+        // before the runner connects to the serial socket; one log per run of the runner.
         FileManager.default.createFile(atPath: paths.consoleLog(name), contents: nil)
-        consoleLog = FileHandle(forWritingAtPath: paths.consoleLog(name))
         let listener = try UnixSocket.listen(paths.consoleSocket(name))
         defer {
             close(listener)
@@ -107,11 +107,13 @@ public final class VMRunner: @unchecked Sendable {
         try data.write(to: URL(fileURLWithPath: paths.vmmConfig(name)))
         let user = vmmUser()
         if let user {
-            // The VMM runs unprivileged: it needs its disks and its run directory, nothing else.
+            // The VMM runs unprivileged: it needs its disks, its run directory and the console
+            // log, nothing else.
             var devices = (config["disks"] as? [[String: Any]] ?? []).compactMap {
                 $0["path"] as? String
             }
             devices.append(paths.vmmDirectory(name))
+            devices.append(paths.consoleLog(name))
             for path in devices {
                 let resolved =
                     (try? FileManager.default.destinationOfSymbolicLink(atPath: path)).map {
@@ -139,39 +141,45 @@ public final class VMRunner: @unchecked Sendable {
                     "--inh-caps=-all", "--",
                 ] + arguments
         }
-        let output = try ChildProcess.makePipe()
-        let input = try ChildProcess.makePipe()
+        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        guard null >= 0 else { throw MartletError.system("open", path: "/dev/null") }
+        defer { close(null) }
+        unlink(paths.serialSocket(name))
         logger.info("VM '\(name)': starting \(arguments.joined(separator: " "))")
-        let pid: pid_t
-        do {
-            pid = try ChildProcess.spawn(
-                arguments, stdin: input[0], stdout: output[1], stderr: STDERR_FILENO)
-        } catch {
-            for fd in output + input { close(fd) }
-            throw error
-        }
-        close(output[1])
-        close(input[0])
-        lock.withLock {
-            vmmInput = input[1]
-            vmmPID = pid
-        }
-        // The guest's serial output: into the console log and to every attached console.
+        // The console is the VMM's serial socket; its stdout (--stats, nothing else) joins
+        // the runner's log.
+        let pid = try ChildProcess.spawn(
+            arguments, stdin: null, stdout: STDERR_FILENO, stderr: STDERR_FILENO)
+        lock.withLock { vmmPID = pid }
+        let status = relaySerialConsole(vmm: pid)
+        lock.withLock { vmmPID = nil }
+        return status
+    }
+
+    /// Connects to the VMM's serial socket and copies the guest's output to every attached
+    /// console until the VMM ends; returns its exit status. The
+    /// socket comes back after a guest reboot (`on_reboot: restart` re-executes the VMM), so
+    /// the runner reconnects whenever it closes while the VMM runs.
+    func relaySerialConsole(vmm pid: pid_t) -> Int32 {
         var buffer = [UInt8](repeating: 0, count: 16384)
         while true {
-            let count = buffer.withUnsafeMutableBytes { read(output[0], $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { break }
-            broadcast(Data(buffer.prefix(count)))
+            if let status = ChildProcess.exitStatus(pid) { return status }
+            guard let serial = try? UnixSocket.connect(paths.serialSocket(name)) else {
+                usleep(20_000)
+                continue
+            }
+            lock.withLock { vmmInput = serial }
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(serial, $0.baseAddress, $0.count) }
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { break }
+                broadcast(Data(buffer.prefix(count)))
+            }
+            lock.withLock {
+                vmmInput = nil
+                close(serial)
+            }
         }
-        close(output[0])
-        let status = ChildProcess.wait(pid)
-        lock.withLock {
-            vmmInput = nil
-            vmmPID = nil
-            close(input[1])
-        }
-        return status
     }
 
     struct User {
@@ -226,10 +234,10 @@ public final class VMRunner: @unchecked Sendable {
 
     // MARK: Console
 
+    /// Live output to every attached console (console.log is the VMM's `serial_log`).
     func broadcast(_ chunk: Data) {
         let bytes = [UInt8](chunk)
         lock.withLock {
-            consoleLog?.write(chunk)
             clients.removeAll { fd in
                 if UnixSocket.writeAll(fd, bytes) { return false }
                 close(fd)
@@ -257,7 +265,7 @@ public final class VMRunner: @unchecked Sendable {
         }
     }
 
-    /// Keys typed on a console go to the guest's serial port (the VMM's stdin).
+    /// Keys typed on a console go to the guest's serial port (the VMM's serial socket).
     func forwardInput(_ client: Int32) {
         var chunk = [UInt8](repeating: 0, count: 1024)
         while true {

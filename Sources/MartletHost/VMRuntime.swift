@@ -159,7 +159,10 @@ extension VMHost {
             "memory_mib": Int(definition.memory.bytes >> 20),
             "kernel": try resolve(definition.boot.kernel),
             "cmdline": definition.boot.cmdline,
-            "serial": "stdout",
+            // The runner is the serial socket's one client: it serves console.sock to any
+            // number of `vm console` clients. The VMM itself keeps console.log.
+            "serial": "socket:\(paths.serialSocket(definition.name))",
+            "serial_log": paths.consoleLog(definition.name),
             "control_socket": paths.controlSocket(definition.name),
             // A guest reboot restarts the VMM in place; a crash is the runner's business.
             "on_reboot": "restart",
@@ -171,6 +174,12 @@ extension VMHost {
             },
         ]
         if let initrd = definition.boot.initrd { config["initrd"] = try resolve(initrd) }
+        if !definition.nics.isEmpty {
+            // The runner creates these taps on the NICs' bridges before it starts the VMM.
+            config["nics"] = definition.nics.enumerated().map { index, nic -> [String: Any] in
+                ["tap": VMDefinition.tapName(vm: definition.name, index: index), "mac": nic.mac]
+            }
+        }
         return config
     }
 }

@@ -11,26 +11,7 @@ public final class ControlServer: @unchecked Sendable {
     private var thread: pthread_t?
 
     public init(path: String, machine: Machine) throws {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(path.utf8)
-        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw VMMError(.config, "control_socket: '\(path)' is longer than \(MemoryLayout.size(ofValue: address.sun_path) - 1) bytes")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in pathBytes.enumerated() { raw[index] = byte }
-        }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw VMMError(.control, "control socket: socket() failed: \(errnoText(errno))") }
-        unlink(path)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0, listen(fd, 8) == 0 else {
-            let code = errno
-            Glibc.close(fd)
-            throw VMMError(.control, "control_socket: cannot listen on '\(path)': \(errnoText(code))")
-        }
+        let fd = try listenOnUnixSocket(path, field: "control_socket")
         self.path = path
         self.fd = fd
         self.machine = machine

@@ -40,6 +40,8 @@ public final class Machine: @unchecked Sendable {
     private var threads: [pthread_t] = []
     private var started = false
     private var serialFD: Int32 = -1
+    private var serialLogFD: Int32 = -1
+    private let serialSocket: SerialSocket?
     private let ioExitCount = Atomic<Int>(0)
     /// CLOCK_MONOTONIC nanoseconds of the first VM exit (the guest has run).
     public private(set) var firstExitNanoseconds: UInt64 = 0
@@ -74,21 +76,34 @@ public final class Machine: @unchecked Sendable {
         try vm.createPlatform(tssAddress: BootLayout.tss)
 
         var sinkFD: Int32 = -1
+        var socket: SerialSocket?
         switch config.serial {
         case .stdout: sinkFD = 1
         case .none: sinkFD = -1
         case .file(let path):
             sinkFD = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard sinkFD >= 0 else { throw VMMError(.config, "serial: cannot open '\(path)': \(errnoText(errno))") }
+        case .socket(let path):
+            socket = try SerialSocket(path: path)
         }
         serialFD = sinkFD
+        serialSocket = socket
+        // Appended, so the log keeps earlier boots when `on_reboot: restart` re-executes the VMM.
+        let logFD: Int32 = try config.serialLog.map { path -> Int32 in
+            let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+            guard fd >= 0 else { throw VMMError(.config, "serial_log: cannot open '\(path)': \(errnoText(errno))") }
+            return fd
+        } ?? -1
+        serialLogFD = logFD
         let vm = self.vm
         let sink: (UInt8) -> Void = serialSink ?? { byte in
-            guard sinkFD >= 0 else { return }
             var byte = byte
-            _ = Glibc.write(sinkFD, &byte, 1)
+            if let socket { socket.send(byte) } else if sinkFD >= 0 { _ = Glibc.write(sinkFD, &byte, 1) }
+            if logFD >= 0 { _ = Glibc.write(logFD, &byte, 1) }
         }
         serial = Serial(sink: sink, raiseIRQ: { vm.pulseIRQ(Serial.irq) })
+        let serial = self.serial
+        try socket?.start(receive: { serial.receive($0) })
         var onEvent: (PlatformEvent) -> Void = { _ in }
         let eventRelay: (PlatformEvent) -> Void = { onEvent($0) }
         powerManagement = PowerManagement(onEvent: eventRelay, raiseSCI: { try? vm.setIRQLine(PowerManagement.sciIRQ, level: $0) })
@@ -138,6 +153,7 @@ public final class Machine: @unchecked Sendable {
 
     deinit {
         if serialFD > 2 { close(serialFD) }
+        if serialLogFD >= 0 { close(serialLogFD) }
     }
 
     /// The kernel command line with the virtio-mmio devices appended, for kernels built with
@@ -212,6 +228,7 @@ public final class Machine: @unchecked Sendable {
         kickAll()
         for thread in threads { pthread_join(thread, nil) }
         for transport in virtio { transport.device.stop() }
+        serialSocket?.close()
         return result
     }
 

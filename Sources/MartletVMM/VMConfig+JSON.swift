@@ -1,6 +1,6 @@
 extension VMConfig {
     static let keys: Set<String> = [
-        "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "disks", "nics", "rng", "serial", "on_reboot",
+        "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "disks", "nics", "rng", "serial", "serial_log", "on_reboot",
         "control_socket", "ap_start",
     ]
     static let diskKeys: Set<String> = ["path", "read_only", "id"]
@@ -42,6 +42,7 @@ extension VMConfig {
             case "rng": rng = try bool(value, key)
             case "control_socket": controlSocket = try string(value, key)
             case "serial": serial = try SerialOutput(parsing: try string(value, key), field: "\(source): serial")
+            case "serial_log": serialLog = try string(value, key)
             case "on_reboot":
                 guard let policy = RebootPolicy(rawValue: try string(value, key)) else {
                     throw fail(key, "\(value.text) is not one of \"exit\", \"restart\"")
@@ -98,16 +99,15 @@ extension VMConfig {
 }
 
 extension SerialOutput {
-    /// "stdout", "none" or "file:PATH".
+    /// "stdout", "none", "file:PATH" or "socket:PATH".
     public init(parsing text: String, field: String) throws {
         switch text {
         case "stdout": self = .stdout
         case "none": self = .none
+        case _ where text.hasPrefix("file:") && text.count > 5: self = .file(String(text.dropFirst(5)))
+        case _ where text.hasPrefix("socket:") && text.count > 7: self = .socket(String(text.dropFirst(7)))
         default:
-            guard text.hasPrefix("file:"), text.count > 5 else {
-                throw VMMError(.config, "\(field): '\(text)' is not \"stdout\", \"none\" or \"file:PATH\"")
-            }
-            self = .file(String(text.dropFirst(5)))
+            throw VMMError(.config, "\(field): '\(text)' is not \"stdout\", \"none\", \"file:PATH\" or \"socket:PATH\"")
         }
     }
 }

@@ -39,6 +39,8 @@ public struct VMConfig: Equatable, Sendable {
     public var nics: [NIC] = []
     public var rng = false
     public var serial: SerialOutput = .stdout
+    /// A file that also receives the guest's serial output (appended), whatever `serial` is.
+    public var serialLog: String?
     public var onReboot: RebootPolicy = .exit
     public var controlSocket: String?
     public var apStart: APStart = .sipi
@@ -78,8 +80,13 @@ public struct VMConfig: Equatable, Sendable {
                 throw VMMError(.config, "disks[\(index)].id: '\(disk.id)' is longer than 20 bytes")
             }
         }
-        if case .file(let path) = serial, path.isEmpty {
-            throw VMMError(.config, "serial: empty file path; use \"stdout\", \"none\" or \"file:PATH\"")
+        switch serial {
+        case .file(let path) where path.isEmpty, .socket(let path) where path.isEmpty:
+            throw VMMError(.config, "serial: empty path; use \"stdout\", \"none\", \"file:PATH\" or \"socket:PATH\"")
+        default: break
+        }
+        if let serialLog, serialLog.isEmpty {
+            throw VMMError(.config, "serial_log: empty path; give a file or leave the key out")
         }
     }
 }

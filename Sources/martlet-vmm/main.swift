@@ -26,7 +26,9 @@ let usage = """
       --disk PATH[,ro][,id=ID] add a virtio-blk disk (raw file or block device); repeatable
       --net TAP[,mac=MAC]      add a virtio-net device on a tap (created if missing); repeatable
       --rng                    add a virtio-rng device
-      --serial WHERE           stdout (default; stdin is the console input), none, or file:PATH
+      --serial WHERE           stdout (default; stdin is the console input), none, file:PATH,
+                               or socket:PATH (a unix socket: output to the client, input from it)
+      --serial-log PATH        also append the serial output to this file
       --on-reboot POLICY       exit (default) or restart, when the guest resets
       --control-socket PATH    serve the JSON control API on this unix socket
       --ap-start MODE          sipi (default, like a PC) or entry (all vCPUs at the entry point)
@@ -188,6 +190,7 @@ while index < arguments.count {
     case "--serial":
         let v = value(flag, &index)
         overrides.append { $0.serial = try SerialOutput(parsing: v, field: "--serial") }
+    case "--serial-log": let v = value(flag, &index); overrides.append { $0.serialLog = v }
     case "--on-reboot":
         let v = value(flag, &index)
         guard let policy = VMConfig.RebootPolicy(rawValue: v) else { fail("--on-reboot: '\(v)' is not exit or restart", code: 2) }

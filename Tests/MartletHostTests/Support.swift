@@ -30,10 +30,31 @@ enum TestSupport {
     static let guest: Result<String, MartletError> = {
         // One shared path, replaced atomically, so repeated runs leave nothing behind.
         let directory = NSTemporaryDirectory() + "martlet-host-guest"
-        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(
+            atPath: directory, withIntermediateDirectories: true)
         let elf = directory + "/guest.elf"
         let building = directory + "/guest-\(getpid()).elf"
         let script = repository.appendingPathComponent("Tests/MartletHostTests/Guest/build.sh").path
+        do {
+            try Command("/bin/bash", [script, building]).run()
+            guard rename(building, elf) == 0 else { throw MartletError.system("rename", path: elf) }
+            return .success(elf)
+        } catch let error as MartletError {
+            return .failure(error)
+        } catch {
+            return .failure(MartletError(.failed, "\(error)"))
+        }
+    }()
+
+    /// The VMM's own test guest (Sources/MartletVMM/Guest), for what the host guest does not
+    /// do: `test=net` sends ARP requests over virtio-net and prints the reply it gets.
+    static let vmmGuest: Result<String, MartletError> = {
+        let directory = NSTemporaryDirectory() + "martlet-host-guest"
+        try? FileManager.default.createDirectory(
+            atPath: directory, withIntermediateDirectories: true)
+        let elf = directory + "/vmm-guest.elf"
+        let building = directory + "/vmm-guest-\(getpid()).elf"
+        let script = repository.appendingPathComponent("Sources/MartletVMM/Guest/build.sh").path
         do {
             try Command("/bin/bash", [script, building]).run()
             guard rename(building, elf) == 0 else { throw MartletError.system("rename", path: elf) }
