@@ -57,7 +57,7 @@ let package = Package(
         .executableTarget(
             name: "martlet",
             dependencies: [
-                "MartletCore", "MartletBuilder", "MartletHost",
+                "MartletCore", "MartletBuilder", "MartletHost", "MartletInstaller",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(

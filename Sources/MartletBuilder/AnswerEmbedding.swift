@@ -30,16 +30,14 @@ public struct AnswerEmbedding: Sendable {
                 .invalidInput, "the ISO's /boot/grub/grub.cfg has no unattended entry",
                 hint: "use an ISO built by martlet build")
         }
-        var lines = menu.components(separatedBy: "\n").map { line -> String in
+        // The answer source the menu names now, taken from the unattended entry's linux line.
+        guard let range = menu.range(of: "martlet.answer=") else { return menu }
+        let old = String(menu[range.upperBound...].prefix { $0 != " " && $0 != "\n" })
+        let lines = menu.components(separatedBy: "\n").map { line -> String in
             if line.hasPrefix("set default=") { return "set default=unattended" }
             return line
-        }
-        lines = lines.map { line in
-            guard let range = line.range(of: "martlet.answer=") else { return line }
-            let rest = line[range.upperBound...]
-            let value = rest.prefix { $0 != " " && $0 != ")" }
-            return line.replacingOccurrences(of: "martlet.answer=\(value)", with: "martlet.answer=\(answerPath)")
-                .replacingOccurrences(of: "(answer file \(value))", with: "(answer file \(answerPath))")
+                .replacingOccurrences(of: "martlet.answer=\(old)", with: "martlet.answer=\(answerPath)")
+                .replacingOccurrences(of: "(answer file \(old))", with: "(answer file \(answerPath))")
         }
         return lines.joined(separator: "\n")
     }

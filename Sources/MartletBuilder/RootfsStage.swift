@@ -111,7 +111,9 @@ struct RootfsStage: BuildStage {
             }
             throw error
         }
-        try FileManager.default.moveItem(atPath: temporary, toPath: tarball)
+        // rename(2) replaces atomically: a concurrent build that stored the same key first
+        // is simply overwritten with identical content.
+        if rename(temporary, tarball) != 0 { throw MartletError.system("rename", path: tarball) }
     }
 }
 

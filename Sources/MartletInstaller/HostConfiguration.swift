@@ -55,7 +55,7 @@ public struct NetworkConfiguration: Sendable {
         }
         switch answer.ipv6 {
         case .auto: network += "IPv6AcceptRA=yes\n"
-        case .off: network += "IPv6AcceptRA=no\nLinkLocalAddressing=ipv4\n"
+        case .off: network += "IPv6AcceptRA=no\nLinkLocalAddressing=no\n"
         case .address(let address):
             network += "Address=\(address)\nIPv6AcceptRA=no\n"
             if let gateway = answer.ipv6Gateway { network += "Gateway=\(gateway)\n" }

@@ -7,7 +7,7 @@ struct Martlet: ParsableCommand {
         commandName: "martlet",
         abstract: "Build, check, try and flash Martlet hypervisor host ISOs.",
         subcommands: [
-            BuildCommand.self, VerifyCommand.self, QEMUCommand.self, FlashCommand.self,
+            BuildCommand.self, VerifyCommand.self, QEMUCommand.self, FlashCommand.self, AnswerCommand.self,
             VMCommand.self, VolumeCommand.self, PoolCommand.self, APICommand.self,
         ])
 }

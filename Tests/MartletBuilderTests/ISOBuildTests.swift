@@ -162,3 +162,36 @@ enum TestBuilds {
         #expect(qemu.isRunning, "QEMU ended instead of waiting in the rescue shell")
     }
 }
+
+/// `martlet answer embed`: the copy carries the answer, boots the unattended entry by
+/// default and still passes `martlet verify`.
+@Suite struct AnswerEmbeddingTests {
+    @Test func embeddedCopyVerifiesAndDefaultsToUnattended() throws {
+        let result = try TestBuilds.first.get()
+        let work = FileManager.default.temporaryDirectory
+            .appendingPathComponent("martlet-embed-test-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let answer = "[global]\nhostname = \"hv9\"\n# embedded by the test\n"
+        try answer.write(toFile: work + "/answer.toml", atomically: false, encoding: .utf8)
+        try AnswerEmbedding(iso: result.iso, answer: work + "/answer.toml", output: work + "/new.iso").run()
+
+        let report = try ISOVerifier(iso: work + "/new.iso", expectedLabel: "MARTLET_TEST").verify()
+        for check in report.checks { #expect(check.passed, "\(check.name): \(check.detail)") }
+        try Command(
+            "xorriso",
+            ["-osirrox", "on", "-indev", work + "/new.iso", "-extract", "/boot/grub/grub.cfg", work + "/grub.cfg",
+             "-extract", AnswerEmbedding.answerPath, work + "/embedded.toml"]
+        ).run()
+        #expect(try String(contentsOfFile: work + "/embedded.toml", encoding: .utf8) == answer)
+        let menu = try String(contentsOfFile: work + "/grub.cfg", encoding: .utf8)
+        #expect(menu.contains("set default=unattended\n"))
+        #expect(menu.contains("martlet.answer=/martlet/answer.toml "))
+        #expect(menu.contains("(answer file /martlet/answer.toml)"))
+        #expect(!menu.contains("label:MARTLET-ANSWER"))
+    }
+
+    @Test func menuWithoutAnUnattendedEntryIsRefused() {
+        #expect(throws: MartletError.self) { try AnswerEmbedding.rewriteMenu("set default=install\n") }
+    }
+}
