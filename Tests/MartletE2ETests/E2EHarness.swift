@@ -28,7 +28,7 @@ enum E2E {
     /// `MARTLET_E2E_ISO=FILE` boots an ISO built before instead (to iterate on the harness).
     static let iso: Result<(path: String, seconds: Int), any Error> = Result {
         if let prebuilt = ProcessInfo.processInfo.environment["MARTLET_E2E_ISO"] {
-            print("TIME iso-build skipped: MARTLET_E2E_ISO=\(prebuilt)")
+            E2E.say("TIME iso-build skipped: MARTLET_E2E_ISO=\(prebuilt)")
             return (prebuilt, 0)
         }
         let start = ContinuousClock.now
@@ -40,7 +40,7 @@ enum E2E {
             assetsDirectory: packageRoot + "/iso", sourceDateEpoch: epoch)
         let result = try BuildPipeline(options).run(logger: Logger(label: "e2e.build"))
         let seconds = Int(start.duration(to: .now).components.seconds)
-        print("TIME iso-build \(seconds)s (\(result.isoSize / 1_048_576) MiB)")
+        E2E.say("TIME iso-build \(seconds)s (\(result.isoSize / 1_048_576) MiB)")
         return (result.iso, seconds)
     }
 
@@ -93,6 +93,29 @@ enum E2E {
         return output
     }
 
+    /// Prints a line at once: stdout is a pipe under `swift test`, and the summary lines must
+    /// not wait for the end of the run.
+    static func say(_ line: String) {
+        print(line)
+        fflush(stdout)
+    }
+
+    /// Serial console text without terminal escapes (GRUB's menu drawing), carriage returns
+    /// and blank lines, so an error's serial tail reads like the console did.
+    static func readable(_ text: String) -> String {
+        let noEscapes = text.replacingOccurrences(
+            of: "\u{1B}(\\[[0-9;?=]*[A-Za-z]|[()][0-9A-Za-z]|[=>78])", with: "",
+            options: .regularExpression)
+        let printable = String(
+            String.UnicodeScalarView(
+                noEscapes.unicodeScalars.filter {
+                    $0 == "\n" || ($0.value >= 0x20 && $0.value != 0x7F && $0.value != 0xFFFD)
+                }))
+        return printable.split(separator: "\n").map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }.filter { !$0.isEmpty }.joined(separator: "\n")
+    }
+
     /// A free TCP port on 127.0.0.1 for QEMU's SSH forwarding.
     static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -137,7 +160,7 @@ final class Scenario {
         let seconds = Int(phaseStart.duration(to: now).components.seconds)
         phases.append((phase, seconds))
         phaseStart = now
-        print("TIME \(name) \(phase) \(seconds)s")
+        E2E.say("TIME \(name) \(phase) \(seconds)s")
     }
 
     var elapsed: Int { Int(start.duration(to: .now).components.seconds) }
@@ -152,13 +175,14 @@ final class Scenario {
             try body(made)
             let times = made.phases.map { "\($0.0)=\($0.1)s" }.joined(separator: " ")
             let notes = made.notes.isEmpty ? "" : " [" + made.notes.joined(separator: "; ") + "]"
-            print("PASS \(name) \(made.elapsed)s (\(times))\(notes)")
+            E2E.say("PASS \(name) \(made.elapsed)s (\(times))\(notes)")
         } catch {
             let elapsed = scenario?.elapsed ?? 0
-            let firstLine = "\(error)".split(separator: "\n").first.map(String.init) ?? "\(error)"
-            print("FAIL \(name) \(elapsed)s: \(firstLine)")
+            let text = E2E.readable("\(error)")
+            let firstLine = text.split(separator: "\n").first.map(String.init) ?? text
+            E2E.say("FAIL \(name) \(elapsed)s: \(firstLine)")
             if let scenario { scenario.keepArtifacts() }
-            Issue.record(error, "scenario \(name)")
+            Issue.record("scenario \(name) failed after \(elapsed)s: \(text)")
         }
     }
 
@@ -172,7 +196,7 @@ final class Scenario {
         where file.hasSuffix(".log") || file.hasSuffix(".toml") || file.hasSuffix(".txt") {
             try? fm.copyItem(atPath: directory + "/" + file, toPath: target + "/" + file)
         }
-        print("      logs of \(name) kept in \(target)")
+        E2E.say("      logs of \(name) kept in \(target)")
     }
 }
 
