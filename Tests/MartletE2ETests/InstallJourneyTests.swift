@@ -309,8 +309,10 @@ import Testing
             throw MartletError(
                 .failed, "the installer's error does not say '\(text)'", cause: machine.serialTail(30))
         }
-        if let line = output.split(separator: "\n").first(where: { $0.contains("martlet-installer: ") }) {
-            scenario.notes.append(line.trimmingCharacters(in: .whitespacesAndNewlines))
+        if let line = E2E.readable(output).split(separator: "\n").first(where: {
+            $0.contains("martlet-installer: ")
+        }), let start = line.range(of: "martlet-installer: ") {
+            scenario.notes.append(String(line[start.lowerBound...]))
         }
         machine.stop()
         let after = try DiskFingerprint(disk)
