@@ -93,11 +93,10 @@ enum E2E {
         return output
     }
 
-    /// Prints a line at once: stdout is a pipe under `swift test`, and the summary lines must
-    /// not wait for the end of the run.
+    /// Writes a line to stdout at once (unbuffered): stdout is a pipe under `swift test`, and
+    /// the summary lines must not wait for the end of the run.
     static func say(_ line: String) {
-        print(line)
-        fflush(stdout)
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
     }
 
     /// Serial console text without terminal escapes (GRUB's menu drawing), carriage returns
