@@ -66,6 +66,8 @@ let package = Package(
         .testTarget(name: "MartletVMMTests", dependencies: ["MartletVMM"]),
         // The user journey in QEMU: build the ISO, install on BIOS and UEFI, use the host.
         // Run by `make e2e` (and `make test` after the unit tests); `make unit` skips it.
-        .testTarget(name: "MartletE2ETests", dependencies: ["MartletBuilder", "MartletCore"]),
+        .testTarget(
+            name: "MartletE2ETests", dependencies: ["MartletBuilder", "MartletCore"],
+            exclude: ["README.md"]),
     ]
 )
