@@ -93,10 +93,24 @@ enum E2E {
         return output
     }
 
-    /// Writes a line to stdout at once (unbuffered): stdout is a pipe under `swift test`, and
-    /// the summary lines must not wait for the end of the run.
+    /// Summary and timing lines of the run as they happen: `swift test` holds the tests'
+    /// stdout back, so `tail -f artifacts/e2e/summary.txt` follows a run live.
+    static let summaryPath = artifacts + "/summary.txt"
+
+    /// Writes a line to stdout (unbuffered) and appends it to `summaryPath`.
     static func say(_ line: String) {
-        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+        let data = Data((line + "\n").utf8)
+        FileHandle.standardOutput.write(data)
+        try? FileManager.default.createDirectory(
+            atPath: artifacts, withIntermediateDirectories: true)
+        if !FileManager.default.fileExists(atPath: summaryPath) {
+            FileManager.default.createFile(atPath: summaryPath, contents: nil)
+        }
+        if let handle = FileHandle(forWritingAtPath: summaryPath) {
+            _ = try? handle.seekToEnd()
+            try? handle.write(contentsOf: data)
+            try? handle.close()
+        }
     }
 
     /// Serial console text without terminal escapes (GRUB's menu drawing), carriage returns

@@ -64,7 +64,7 @@ import Testing
 
         try checkInstalledHost(
             scenario, firmware: .bios, disk: .init(path: target, interface: .virtio),
-            hostname: "hv-bios", address: "10.0.2.15/24", storage: "lvm-thin")
+            hostname: "hv-bios", address: "10.0.2.15/24", staticAddress: true, storage: "lvm-thin")
     }
 
     /// UEFI + CD with the answer embedded in the ISO; NVMe target; DHCP; directory pool.
@@ -98,7 +98,7 @@ import Testing
 
         try checkInstalledHost(
             scenario, firmware: .uefi, disk: .init(path: target, interface: .nvme),
-            hostname: "hv-uefi", address: "10.0.2.15/24", storage: "directory")
+            hostname: "hv-uefi", address: "10.0.2.15/24", staticAddress: false, storage: "directory")
     }
 
     /// An answer file whose target is the USB stick the installer booted from.
@@ -194,7 +194,7 @@ import Testing
     /// host over SSH. Every check runs; the failures are reported together.
     static func checkInstalledHost(
         _ scenario: Scenario, firmware: QEMUConfiguration.Firmware, disk: QEMUConfiguration.Disk,
-        hostname: String, address: String, storage: String
+        hostname: String, address: String, staticAddress: Bool, storage: String
     ) throws {
         let key = try E2E.sshKey.get()
         let port = try E2E.freePort()
@@ -243,7 +243,16 @@ import Testing
             "NIC enslaved to br0",
             "for n in /sys/class/net/*; do [ \"$(cat $n/address)\" = \(E2E.nicMAC) ] && [ \"${n##*/}\" != br0 ] && ip -o link show dev ${n##*/}; done"
         ) { out($0).contains("master br0") }
-        check("default route", "ip -4 route show default") { out($0).contains("via 10.0.2.2 dev br0") }
+        check("only the configured IPv4 address on br0", "ip -4 -o addr show dev br0 scope link") {
+            out($0).isEmpty
+        }
+        // QEMU's DHCP server sends no router (nor DNS) option under restrict=on, so only a
+        // static configuration has a default route to check.
+        if staticAddress {
+            check("default route", "ip -4 route show default") {
+                out($0).contains("via 10.0.2.2 dev br0")
+            }
+        }
         check("DNS in resolv.conf", "cat /etc/resolv.conf") { out($0).contains("nameserver 10.0.2.3") }
         check("storage.toml", "cat /etc/martlet/storage.toml") { out($0).contains("type = \"\(storage)\"") }
         if storage == "lvm-thin" {
