@@ -24,7 +24,12 @@ extension QEMUMachine {
         }
         received = try readUntilPrompt(
             fd, after: promptEnd, until: deadline, command: command, prefix: received)
-        let reply = String(decoding: received[promptEnd...], as: UTF8.self)
+        // The monitor echoes the command line (with readline's redraws) up to the first
+        // newline; the answer is what follows, up to the next prompt.
+        var reply = String(decoding: received[promptEnd...], as: UTF8.self)
+        if let echoEnd = reply.firstIndex(where: \.isNewline) {
+            reply = String(reply[reply.index(after: echoEnd)...])
+        }
         return reply.replacingOccurrences(of: "(qemu) ", with: "")
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
@@ -34,9 +39,8 @@ extension QEMUMachine {
     public func sendKeys(_ keys: [String], pause: Duration = .milliseconds(300)) throws {
         for key in keys {
             let reply = try monitor("sendkey \(key)")
-            // The reply is the echoed command; QEMU only adds text when it refuses the key.
-            let refused = ["unknown", "invalid", "error"].contains { reply.lowercased().contains($0) }
-            guard !refused else {
+            // QEMU answers nothing when it took the key ("invalid parameter: …" otherwise).
+            guard reply.isEmpty else {
                 throw MartletError(.failed, "QEMU refused 'sendkey \(key)': \(reply)")
             }
             Thread.sleep(forTimeInterval: Self.interval(pause))

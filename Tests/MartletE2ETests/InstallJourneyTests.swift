@@ -52,6 +52,7 @@ import Testing
                 answerDisk: answerDisk, memoryMiB: 2048, serialLog: scenario.log("install.log"),
                 noReboot: true))
         defer { installer.shutdown() }
+        scenario.mark("prepare")
         try installer.start()
         // GRUB's menu is on the serial console too; choose the third entry like a person.
         try installer.waitFor("Unattended install (answer file", timeout: .seconds(180))
@@ -88,6 +89,7 @@ import Testing
                 disks: [.init(path: target, interface: .nvme)], memoryMiB: 2048,
                 serialLog: scenario.log("install.log"), noReboot: true))
         defer { installer.shutdown() }
+        scenario.mark("prepare")
         try installer.start()
         // Nobody touches the keyboard: the embedded answer made "unattended" the default.
         try installer.waitFor("Loading Martlet \(E2E.version) (unattended)", timeout: .seconds(240))
@@ -307,6 +309,7 @@ import Testing
                 iso: iso, firmware: .bios, medium: medium, disks: [.init(path: disk)],
                 memoryMiB: 2048, serialLog: scenario.log("install.log"), noReboot: true))
         defer { machine.shutdown() }
+        scenario.mark("prepare")
         try machine.start()
         try machine.waitFor("Loading Martlet \(E2E.version) (unattended)", timeout: .seconds(240))
         try machine.waitFor("martlet-installer: ", timeout: .seconds(600))
