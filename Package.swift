@@ -77,5 +77,10 @@ let package = Package(
         .testTarget(name: "MartletVMMTests", dependencies: ["MartletVMM"]),
         .testTarget(
             name: "MartletHostTests", dependencies: ["MartletHost", "MartletCore"], exclude: ["Guest"]),
+        // The user journey in QEMU: build the ISO, install on BIOS and UEFI, use the host.
+        // Run by `make e2e` (and `make test` after the unit tests); `make unit` skips it.
+        .testTarget(
+            name: "MartletE2ETests", dependencies: ["MartletBuilder", "MartletCore"],
+            exclude: ["README.md"]),
     ]
 )

@@ -76,6 +76,9 @@ public struct QEMUConfiguration: Sendable, Equatable {
     public var memoryMiB: Int = 1024
     public var cpus: Int = 1
     public var acceleration: Acceleration = .auto
+    /// QEMU `-cpu` model; nil means `max` under TCG (it carries SVM/VMX, so the guest can
+    /// run nested KVM) and `host` under KVM.
+    public var cpuModel: String?
     /// Host port on 127.0.0.1 forwarded to the guest's port 22.
     public var sshPort: Int?
     /// Serial console log; a file in the machine's private temp folder when nil.
@@ -172,6 +175,8 @@ public final class QEMUMachine: @unchecked Sendable {
     public let serialLogPath: String
     /// QEMU's stdout and stderr when headless.
     public let qemuLogPath: String
+    /// The human monitor (HMP) socket when headless; `monitor(_:)` talks to it.
+    public let monitorSocketPath: String
 
     private let state = ProcessState()
 
@@ -186,6 +191,7 @@ public final class QEMUMachine: @unchecked Sendable {
         workDirectory = String(cString: made)
         serialLogPath = configuration.serialLog ?? workDirectory + "/serial.log"
         qemuLogPath = workDirectory + "/qemu.log"
+        monitorSocketPath = workDirectory + "/monitor.sock"
     }
 
     deinit { shutdown() }
@@ -222,8 +228,8 @@ public final class QEMUMachine: @unchecked Sendable {
         var args = ["-name", "martlet", "-machine", "q35", "-m", String(config.memoryMiB)]
         args += ["-smp", String(config.cpus)]
         switch config.effectiveAcceleration {
-        case .kvm: args += ["-accel", "kvm", "-cpu", "host"]
-        case .tcg, .auto: args += ["-accel", "tcg", "-cpu", "max"]
+        case .kvm: args += ["-accel", "kvm", "-cpu", config.cpuModel ?? "host"]
+        case .tcg, .auto: args += ["-accel", "tcg", "-cpu", config.cpuModel ?? "max"]
         }
         if config.firmware == .uefi {
             args += [
@@ -280,7 +286,8 @@ public final class QEMUMachine: @unchecked Sendable {
         let log = Self.escape(serialLogPath)
         if config.headless {
             args += [
-                "-display", "none", "-monitor", "none",
+                "-display", "none",
+                "-monitor", "unix:\(Self.escape(monitorSocketPath)),server=on,wait=off",
                 "-chardev", "file,id=serial0,path=\(log)", "-serial", "chardev:serial0",
             ]
         } else {

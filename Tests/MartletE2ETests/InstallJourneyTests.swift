@@ -1,0 +1,342 @@
+import Foundation
+import MartletCore
+import Testing
+
+@testable import MartletBuilder
+
+/// The whole user journey in QEMU (TCG), as a person would do it: build the ISO of
+/// profiles/default, boot it from a USB stick (BIOS) or a CD (UEFI), install unattended,
+/// boot the installed disk without the installer medium and use the host over SSH; and the
+/// installer refusing bad answer files without touching the disk.
+///
+/// Two lanes run side by side (one per core): BIOS (the USB install, then the boot-medium
+/// refusal) and UEFI (the CD install, then the unknown-key refusal). Each scenario prints one
+/// summary line, `PASS bios-usb-static 412s (…phases…)` or `FAIL name Ns: reason`.
+@Suite struct InstallJourneyTests {
+    @Test func biosLane() throws {
+        Scenario.run("bios-usb-static") { try Self.biosUSBStatic($0) }
+        Scenario.run("refuses-boot-medium") { try Self.refusesBootMedium($0) }
+    }
+
+    @Test func uefiLane() throws {
+        Scenario.run("uefi-cd-dhcp") { try Self.uefiCDDHCP($0) }
+        Scenario.run("refuses-unknown-key") { try Self.refusesUnknownKey($0) }
+    }
+
+    // MARK: - Scenarios
+
+    /// BIOS + the ISO as a USB stick; the answer on a second disk labelled MARTLET-ANSWER,
+    /// picked with the GRUB menu's "Unattended install" entry; static address; LVM thin.
+    static func biosUSBStatic(_ scenario: Scenario) throws {
+        let iso = try E2E.iso.get().path
+        let key = try E2E.sshKey.get()
+        let target = scenario.log("target.img")
+        try E2E.sparseDisk(target, bytes: 16 << 30)
+        let answer = answerFile(
+            hostname: "hv-bios.e2e.test", key: key.publicKey, target: "size:largest",
+            storage: "lvm-thin",
+            network: """
+                mode = "static"
+                address = "10.0.2.15/24"
+                gateway = "10.0.2.2"
+                dns = ["10.0.2.3"]
+                ipv6 = "none"
+                """)
+        try answer.write(toFile: scenario.log("answer.toml"), atomically: false, encoding: .utf8)
+        let answerDisk = scenario.log("answer.img")
+        try E2E.answerDisk(answerDisk, answer: answer)
+
+        let installer = try QEMUMachine(
+            QEMUConfiguration(
+                iso: iso, firmware: .bios, medium: .usb, disks: [.init(path: target)],
+                answerDisk: answerDisk, memoryMiB: 2048, serialLog: scenario.log("install.log"),
+                noReboot: true))
+        defer { installer.shutdown() }
+        scenario.mark("prepare")
+        try installer.start()
+        // GRUB's menu is on the serial console too; choose the third entry like a person.
+        try installer.waitFor("Unattended install (answer file", timeout: .seconds(180))
+        try installer.sendKeys(["down", "down", "ret"])
+        try installer.waitFor("Loading Martlet \(E2E.version) (unattended)", timeout: .seconds(30))
+        try installer.waitFor("MARTLET-LIVE-READY", timeout: .seconds(600))
+        scenario.mark("boot-to-installer")
+        try waitForInstall(installer, timeout: .seconds(1800))
+        scenario.mark("install")
+
+        try checkInstalledHost(
+            scenario, firmware: .bios, disk: .init(path: target, interface: .virtio),
+            hostname: "hv-bios", address: "10.0.2.15/24", staticAddress: true, storage: "lvm-thin")
+    }
+
+    /// UEFI + CD with the answer embedded in the ISO; NVMe target; DHCP; directory pool.
+    static func uefiCDDHCP(_ scenario: Scenario) throws {
+        let key = try E2E.sshKey.get()
+        let target = scenario.log("target.img")
+        try E2E.sparseDisk(target, bytes: 16 << 30)
+        let answer = answerFile(
+            hostname: "hv-uefi.e2e.test", key: key.publicKey, target: "/dev/nvme0n1",
+            storage: "directory",
+            network: """
+                mode = "dhcp"
+                dns = ["10.0.2.3"]
+                """)
+        try answer.write(toFile: scenario.log("answer.toml"), atomically: false, encoding: .utf8)
+        let iso = try E2E.embeddedISO(scenario.name, answer: answer)
+
+        let installer = try QEMUMachine(
+            QEMUConfiguration(
+                iso: iso, firmware: .uefi, medium: .cdrom,
+                disks: [.init(path: target, interface: .nvme)], memoryMiB: 2048,
+                serialLog: scenario.log("install.log"), noReboot: true))
+        defer { installer.shutdown() }
+        scenario.mark("prepare")
+        try installer.start()
+        // Nobody touches the keyboard: the embedded answer made "unattended" the default.
+        try installer.waitFor("Loading Martlet \(E2E.version) (unattended)", timeout: .seconds(240))
+        try installer.waitFor("MARTLET-LIVE-READY", timeout: .seconds(600))
+        scenario.mark("boot-to-installer")
+        try waitForInstall(installer, timeout: .seconds(1800))
+        scenario.mark("install")
+
+        try checkInstalledHost(
+            scenario, firmware: .uefi, disk: .init(path: target, interface: .nvme),
+            hostname: "hv-uefi", address: "10.0.2.15/24", staticAddress: false, storage: "directory")
+    }
+
+    /// An answer file whose target is the USB stick the installer booted from.
+    static func refusesBootMedium(_ scenario: Scenario) throws {
+        let key = try E2E.sshKey.get()
+        let answer = answerFile(
+            hostname: "hv-bad.e2e.test", key: key.publicKey, target: "/dev/sda",
+            storage: "lvm-thin", network: "mode = \"dhcp\"")
+        try refusal(
+            scenario, answer: answer, medium: .usb,
+            expected: ["is the boot medium the installer runs from"])
+    }
+
+    /// An answer file with a key the installer does not know.
+    static func refusesUnknownKey(_ scenario: Scenario) throws {
+        let key = try E2E.sshKey.get()
+        let answer = answerFile(
+            hostname: "hv-bad.e2e.test", key: key.publicKey, target: "/dev/vda",
+            storage: "lvm-thin", network: "mode = \"dhcp\"", extraDisk: "wipe-everything = true")
+        try refusal(
+            scenario, answer: answer, medium: .cdrom,
+            expected: ["unknown key", "wipe-everything"])
+    }
+
+    // MARK: - Steps
+
+    static func answerFile(
+        hostname: String, key: String, target: String, storage: String, network: String,
+        extraDisk: String = ""
+    ) -> String {
+        """
+        [global]
+        hostname = "\(hostname)"
+        timezone = "UTC"
+        root-ssh-keys = ["\(key)"]
+        reboot-mode = "poweroff"
+
+        [disk]
+        target = "\(target)"
+        root-size = "6GiB"
+        wipe = true
+        \(extraDisk)
+
+        [storage]
+        type = "\(storage)"
+
+        [network]
+        interface = "\(E2E.nicMAC)"
+        \(network)
+
+        """
+    }
+
+    /// Waits for the installer to finish and power the machine off. Fails early when the
+    /// unattended service reports an error instead of waiting for the timeout.
+    static func waitForInstall(_ machine: QEMUMachine, timeout: Duration) throws {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        let failures = [
+            "martlet-installer: ", "Failed to start martlet-unattended",
+            "Failed to start Martlet unattended install", "Kernel panic",
+        ]
+        while true {
+            if let status = try? machine.waitForExit(timeout: .seconds(10)) {
+                let output = machine.serialOutput
+                if let failure = failures.first(where: { output.contains($0) }) {
+                    throw MartletError(
+                        .failed, "the install failed ('\(failure)' on the serial console)",
+                        cause: machine.serialTail(40))
+                }
+                guard status == 0 else {
+                    throw MartletError(
+                        .failed, "QEMU exited with status \(status) during the install",
+                        cause: machine.serialTail(40))
+                }
+                return
+            }
+            let output = machine.serialOutput
+            if let failure = failures.first(where: { output.contains($0) }) {
+                Thread.sleep(forTimeInterval: 2)
+                throw MartletError(
+                    .failed, "the install failed ('\(failure)' on the serial console)",
+                    cause: machine.serialTail(40))
+            }
+            if ContinuousClock.now >= deadline {
+                throw MartletError(
+                    .failed, "the install did not power the machine off within \(timeout)",
+                    cause: machine.serialTail(40))
+            }
+        }
+    }
+
+    /// Boots the installed disk alone (no installer medium, no answer disk) and checks the
+    /// host over SSH. Every check runs; the failures are reported together.
+    static func checkInstalledHost(
+        _ scenario: Scenario, firmware: QEMUConfiguration.Firmware, disk: QEMUConfiguration.Disk,
+        hostname: String, address: String, staticAddress: Bool, storage: String
+    ) throws {
+        let key = try E2E.sshKey.get()
+        let port = try E2E.freePort()
+        let host = try QEMUMachine(
+            QEMUConfiguration(
+                firmware: firmware, disks: [disk], memoryMiB: 2048, sshPort: port,
+                serialLog: scenario.log("first-boot.log"), boot: .disk))
+        defer { host.shutdown() }
+        try host.start()
+        let ssh = SSHSession(port: port, key: key.privateKey)
+        try ssh.waitUntilReachable(timeout: .seconds(900), machine: host)
+        scenario.mark("first-boot-to-ssh")
+
+        var failures: [String] = []
+        var transcript = ""
+        func check(_ name: String, _ command: String, timeout: Int = 120, _ passes: (CommandResult) -> Bool) {
+            let result: CommandResult
+            do { result = try ssh.run(command, timeout: timeout) } catch {
+                failures.append("\(name): \(error)")
+                return
+            }
+            let output = result.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+            transcript += "### \(name): \(command)\nstatus \(result.status)\n\(output)\n\(result.stderr)\n"
+            if !passes(result) {
+                failures.append("\(name): status \(result.status), output '\(output)' \(result.stderr)")
+            }
+        }
+        func out(_ result: CommandResult) -> String {
+            result.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+
+        check("system state", "systemctl is-system-running --wait", timeout: 300) {
+            let state = out($0)
+            return state == "running" || state == "degraded"
+        }
+        check("failed units", "systemctl --failed --no-legend --plain") { result in
+            let units = out(result).split(separator: "\n").map {
+                String($0.split(separator: " ").first ?? "")
+            }.filter { !$0.isEmpty }
+            if !units.isEmpty { scenario.notes.append("degraded: " + units.joined(separator: ",")) }
+            return result.status == 0
+        }
+        check("hostname", "hostname") { out($0) == hostname }
+        check("br0 address", "ip -4 -o addr show dev br0") { out($0).contains("inet \(address)") }
+        check(
+            "NIC enslaved to br0",
+            "for n in /sys/class/net/*; do [ \"$(cat $n/address)\" = \(E2E.nicMAC) ] && [ \"${n##*/}\" != br0 ] && ip -o link show dev ${n##*/}; done"
+        ) { out($0).contains("master br0") }
+        check("only the configured IPv4 address on br0", "ip -4 -o addr show dev br0 scope link") {
+            out($0).isEmpty
+        }
+        // QEMU's DHCP server sends no router (nor DNS) option under restrict=on, so only a
+        // static configuration has a default route to check.
+        if staticAddress {
+            check("default route", "ip -4 route show default") {
+                out($0).contains("via 10.0.2.2 dev br0")
+            }
+        }
+        // systemd-resolved serves /etc/resolv.conf (its stub, 127.0.0.53); the upstream
+        // servers it uses are in /run/systemd/resolve/resolv.conf.
+        check("DNS through systemd-resolved", "readlink /etc/resolv.conf; cat /run/systemd/resolve/resolv.conf") {
+            out($0).contains("stub-resolv.conf") && out($0).contains("nameserver 10.0.2.3")
+        }
+        check("storage.toml", "cat /etc/martlet/storage.toml") { out($0).contains("type = \"\(storage)\"") }
+        if storage == "lvm-thin" {
+            check(
+                "thin volume create+write+remove",
+                "set -e; lvcreate -q -V 64M -T martlet/data -n e2e-probe; dd if=/dev/urandom of=/dev/martlet/e2e-probe bs=1M count=8 oflag=direct status=none; lvremove -q -y martlet/e2e-probe; ! lvs martlet/e2e-probe 2>/dev/null"
+            ) { $0.status == 0 }
+        } else {
+            check(
+                "directory pool file create+delete",
+                "set -e; mountpoint -q /var/lib/martlet/storage; f=/var/lib/martlet/storage/e2e-probe; dd if=/dev/urandom of=$f bs=1M count=8 conv=fsync status=none; test $(stat -c %s $f) = 8388608; rm $f; test ! -e $f"
+            ) { $0.status == 0 }
+        }
+        check("install log", "test -s /var/log/martlet/install.log && wc -l < /var/log/martlet/install.log") {
+            $0.status == 0
+        }
+        check("martlet-vmm --version", "martlet-vmm --version") { out($0).contains(E2E.version) }
+        check(
+            "martlet-vmm selftest",
+            "modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null; test -c /dev/kvm && martlet-vmm selftest",
+            timeout: 600
+        ) { $0.status == 0 }
+        _ = try? ssh.run("journalctl -b --no-pager > /tmp/journal.txt; cp /var/log/martlet/install.log /tmp/ 2>/dev/null", timeout: 60)
+        try? transcript.write(toFile: scenario.log("checks.txt"), atomically: false, encoding: .utf8)
+        scenario.mark("checks")
+        guard failures.isEmpty else {
+            // Keep the host's journal and install log next to the serial logs.
+            for (remote, local) in [("/tmp/journal.txt", "journal.log"), ("/tmp/install.log", "target-install.log")] {
+                if let result = try? ssh.run("cat \(remote)", timeout: 60), result.status == 0 {
+                    try? result.stdout.write(to: URL(fileURLWithPath: scenario.log(local)))
+                }
+            }
+            throw MartletError(
+                .failed, "\(failures.count) check(s) failed on the installed host: " + failures.joined(separator: " | "))
+        }
+    }
+
+    /// Boots the ISO with `answer` embedded (BIOS), waits for the installer's refusal on the
+    /// serial console and proves the disk it could have written is unchanged.
+    static func refusal(
+        _ scenario: Scenario, answer: String, medium: QEMUConfiguration.Medium, expected: [String]
+    ) throws {
+        try answer.write(toFile: scenario.log("answer.toml"), atomically: false, encoding: .utf8)
+        let iso = try E2E.embeddedISO(scenario.name, answer: answer)
+        let disk = scenario.log("disk.img")
+        try E2E.sparseDisk(disk, bytes: 16 << 30)
+        try DiskFingerprint.scribble(disk)
+        let before = try DiskFingerprint(disk)
+
+        let machine = try QEMUMachine(
+            QEMUConfiguration(
+                iso: iso, firmware: .bios, medium: medium, disks: [.init(path: disk)],
+                memoryMiB: 2048, serialLog: scenario.log("install.log"), noReboot: true))
+        defer { machine.shutdown() }
+        scenario.mark("prepare")
+        try machine.start()
+        try machine.waitFor("Loading Martlet \(E2E.version) (unattended)", timeout: .seconds(240))
+        try machine.waitFor("martlet-installer: ", timeout: .seconds(600))
+        scenario.mark("boot-to-refusal")
+        // The whole message (with its Fix line) reaches the console right after.
+        Thread.sleep(forTimeInterval: 3)
+        let output = machine.serialOutput
+        for text in expected where !output.contains(text) {
+            throw MartletError(
+                .failed, "the installer's error does not say '\(text)'", cause: machine.serialTail(30))
+        }
+        if let line = E2E.readable(output).split(separator: "\n").first(where: {
+            $0.contains("martlet-installer: ")
+        }), let start = line.range(of: "martlet-installer: ") {
+            scenario.notes.append(String(line[start.lowerBound...]))
+        }
+        machine.stop()
+        let after = try DiskFingerprint(disk)
+        guard after == before else {
+            throw MartletError(
+                .failed, "the disk changed although the installer refused: before \(before), after \(after)",
+                hint: "first or last MiB or the size differ")
+        }
+        try? FileManager.default.removeItem(atPath: disk)
+    }
+}
