@@ -104,6 +104,13 @@ final class BuildContext: @unchecked Sendable {
         self.logger = logger
         let base = options.cacheDirectory + "/work"
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        // A killed build leaves its folder (NAME-PID) behind; once PID is gone it is garbage.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [] {
+            guard let pid = name.split(separator: "-").last.flatMap({ pid_t($0) }),
+                kill(pid, 0) != 0, errno == ESRCH
+            else { continue }
+            try? FileManager.default.removeItem(atPath: base + "/" + name)
+        }
         self.work = base + "/\(options.profile.name)-\(getpid())"
         try? FileManager.default.removeItem(atPath: work)
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
