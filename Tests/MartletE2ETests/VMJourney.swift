@@ -1,0 +1,266 @@
+import Foundation
+import MartletBuilder
+import MartletCore
+
+/// What a person does with a fresh host, on the installed host over SSH: give a real Linux
+/// guest a volume of the storage pool and a NIC on br0, start it, read its console, reboot
+/// the host, see the guest come back by itself, stop it, delete it.
+///
+/// The guest is the host's own Debian kernel with a busybox initramfs the host packs itself
+/// (its modules match that kernel): it counts its boots in the first sector of its volume,
+/// pings the host's br0 address through its tap, prints `E2E-GUEST-READY N` and waits for
+/// the ACPI power button. Under QEMU/TCG it runs on nested KVM (DESIGN.md, Facts).
+///
+/// One lane drives the `martlet` CLI, the other the REST API on /run/martlet/api.sock (curl
+/// on the host), so both front ends meet the same host operations on real systemd.
+struct VMJourney {
+    enum Interface: String { case cli, api }
+
+    let checks: HostChecks
+    let scenario: Scenario
+    let host: QEMUMachine
+    let interface: Interface
+    /// br0's IPv4 address, without the prefix length: what the guest pings.
+    let hostAddress: String
+
+    static let vm = "e2e-guest"
+    static let volume = "e2e-guest-disk"
+    static let kernels = "/var/lib/martlet/kernels"
+
+    func run() throws {
+        try makeGuest()
+        let mac = try define()
+        try firstStart(mac: mac)
+        try rebootHost()
+        try afterReboot()
+        try stopAndDelete()
+    }
+
+    // MARK: - Steps
+
+    /// Packs the guest on the host from its own kernel, modules and busybox.
+    func makeGuest() throws {
+        try checks.require("guest: pack kernel + busybox initramfs", Self.makeGuestScript, timeout: 120)
+    }
+
+    /// Creates the volume and the VM (autostart, 2 vCPUs, 256 MiB, one NIC on br0); checks
+    /// the name-taken refusal; returns the MAC the host generated for the NIC.
+    func define() throws -> String {
+        let cmdline = "console=ttyS0 panic=-1 quiet e2e.ip=10.0.2.50/24 e2e.ping=\(hostAddress)"
+        switch interface {
+        case .cli:
+            try checks.require(
+                "volume create (cli)",
+                "martlet volume create local/\(Self.volume) --size 64MiB --json") {
+                    $0.status == 0 && $0.output.contains("\"path\"")
+                }
+            let create =
+                "martlet vm create \(Self.vm) --kernel \(Self.kernels)/e2e-vmlinuz --initrd \(Self.kernels)/e2e-initrd.gz --cmdline '\(cmdline)' --vcpus 2 --memory 256MiB --disk local/\(Self.volume) --nic br0 --autostart --json"
+            try checks.require("vm create (cli)", create)
+            checks.check("vm create refuses a taken name (cli, exit 6)", create + "; test $? = 6") {
+                $0.status == 0
+            }
+        case .api:
+            try checks.require(
+                "volume create (api)",
+                Self.api("POST", "/v1/pools/local/volumes", #"{"name":"\#(Self.volume)","size":"64MiB"}"#, expect: 201)
+            ) { $0.status == 0 && $0.output.contains("\"path\"") }
+            let body = #"""
+                {"name":"\#(Self.vm)","vcpus":2,"memory":"256MiB","kernel":"\#(Self.kernels)/e2e-vmlinuz","initrd":"\#(Self.kernels)/e2e-initrd.gz","cmdline":"\#(cmdline)","disks":[{"pool":"local","volume":"\#(Self.volume)"}],"nics":[{"bridge":"br0"}],"autostart":true}
+                """#
+            try checks.require("vm create (api)", Self.api("POST", "/v1/vms", body, expect: 201))
+            checks.check(
+                "vm create refuses a taken name (api, 409)",
+                Self.api("POST", "/v1/vms", body, expect: 409)) { $0.status == 0 }
+        }
+        return try checks.require(
+            "generated MAC in the definition",
+            "sed -n 's/^mac = \"\\(.*\\)\"$/\\1/p' /etc/martlet/vms/\(Self.vm).toml"
+        ) { $0.output.hasPrefix("02:4d:4c:") }
+    }
+
+    /// Starts the VM and checks what a person would look at: the console, the systemd unit,
+    /// the tap on br0, the unprivileged VMM, and the refusals while it runs.
+    func firstStart(mac: String) throws {
+        switch interface {
+        case .cli: try checks.require("vm start (cli)", "martlet vm start \(Self.vm) --json") {
+            $0.status == 0 && $0.output.contains("\"running\"")
+        }
+        case .api: try checks.require("vm start (api)", Self.api("POST", "/v1/vms/\(Self.vm)/start", expect: 200)) {
+            $0.status == 0 && $0.output.contains("\"running\"")
+        }
+        }
+        let console = try checks.require("console: the guest boots (1st)", consoleCommand("E2E-GUEST-READY 1"), timeout: 420)
+        scenario.mark("vm-first-boot")
+        checks.expect(
+            "guest: 2 vCPUs and the defined MAC",
+            console.contains("E2E-GUEST-BOOT 1 cpus=0-1 mac=\(mac)"), console)
+        checks.expect(
+            "guest: pings br0 (\(hostAddress)) through its tap", console.contains("E2E-GUEST-PING ok"),
+            console)
+        checks.check("martlet-vm@\(Self.vm).service active", "systemctl is-active martlet-vm@\(Self.vm).service") {
+            $0.output == "active"
+        }
+        checks.check("the VM's tap is on br0", "ip -o link show master br0 | grep -c ' mvm'") { $0.output == "1" }
+        checks.check("martlet-vmm runs as martlet-vm", "ps -o user:20= -C martlet-vmm") {
+            $0.output == "martlet-vm"
+        }
+        checks.check(
+            "volume delete refused while a VM uses it (exit 6)",
+            "martlet volume delete local/\(Self.volume); test $? = 6") { $0.status == 0 }
+        checks.check("vm delete refused while running (exit 6)", "martlet vm delete \(Self.vm); test $? = 6") {
+            $0.status == 0
+        }
+    }
+
+    /// `systemctl reboot`, then waits for SSH on the next boot (a new boot id).
+    func rebootHost() throws {
+        let bootID = try checks.require("boot id", "cat /proc/sys/kernel/random/boot_id")
+        _ = try? checks.ssh.run("systemctl reboot", timeout: 30)
+        let deadline = ContinuousClock.now.advanced(by: .seconds(900))
+        while true {
+            guard host.isRunning else {
+                checks.fail("host reboot", "QEMU exited during the reboot: \(E2E.readable(host.serialTail(20)))")
+                throw HostChecks.StepFailed()
+            }
+            if let result = try? checks.ssh.run("cat /proc/sys/kernel/random/boot_id", timeout: 30),
+                result.status == 0, !result.output.isEmpty, result.output != bootID
+            {
+                break
+            }
+            guard ContinuousClock.now < deadline else {
+                checks.fail("host reboot", "SSH did not come back with a new boot id within 900 s")
+                throw HostChecks.StepFailed()
+            }
+            Thread.sleep(forTimeInterval: 5)
+        }
+        scenario.mark("host-reboot")
+    }
+
+    /// After the reboot the VM must be running again by itself, on the same volume.
+    func afterReboot() throws {
+        checks.check("system state after the reboot", "systemctl is-system-running --wait", timeout: 300) {
+            $0.output == "running" || $0.output == "degraded"
+        }
+        checks.check(
+            "the guest got the power button when the host shut down",
+            "journalctl -b -1 -u martlet-vm@\(Self.vm).service --no-pager") {
+                $0.output.contains("VM '\(Self.vm)' powered off")
+            }
+        checks.check("autostart started the VM", "journalctl -b -u martlet-vms-autostart.service --no-pager") {
+            $0.output.contains("\(Self.vm): started")
+        }
+        let listing =
+            interface == .cli ? "martlet vm list --json" : Self.api("GET", "/v1/vms", expect: 200)
+        checks.check("the VM is running after the reboot (\(interface.rawValue))", listing) {
+            $0.status == 0 && $0.output.contains("\"running\"")
+        }
+        // Boot 2: the count the guest wrote to its volume before the reboot survived.
+        let console = try checks.require(
+            "console: the guest boots again (2nd, same volume)", consoleCommand("E2E-GUEST-READY 2"), timeout: 420)
+        checks.expect(
+            "guest: pings br0 after the reboot",
+            console.contains("E2E-GUEST-BOOT 2") && console.contains("E2E-GUEST-PING ok"), console)
+        scenario.mark("vm-after-reboot")
+    }
+
+    /// Stops the VM with time for the guest to power off, checks what is left, deletes it.
+    func stopAndDelete() throws {
+        let path = try checks.require(
+            "volume path", "martlet volume list local --json | sed -n 's/.*\"path\" : \"\\(.*\\)\".*/\\1/p' | grep \(Self.volume)")
+        switch interface {
+        case .cli:
+            try checks.require("vm stop --grace 60 (cli)", "martlet vm stop \(Self.vm) --grace 60 --json", timeout: 120) {
+                $0.status == 0 && $0.output.contains("\"stopped\"")
+            }
+        case .api:
+            try checks.require(
+                "vm stop grace=60 (api)", Self.api("POST", "/v1/vms/\(Self.vm)/stop?grace=60", expect: 200), timeout: 120
+            ) { $0.status == 0 && $0.output.contains("\"stopped\"") }
+        }
+        checks.check("the guest powered off on the power button", "cat /run/martlet/vms/\(Self.vm)/console.log") {
+            $0.output.contains("E2E-GUEST-POWER-BUTTON 2")
+        }
+        checks.check("unit inactive after stop", "systemctl is-active martlet-vm@\(Self.vm).service; true") {
+            $0.output == "inactive"
+        }
+        checks.check("the tap is gone", "ip -o link show master br0 | grep -c ' mvm'; true") { $0.output == "0" }
+        checks.check("the guest's writes are on the volume", "dd if=\(path) bs=512 count=1 status=none | tr -dc 'a-z0-9='") {
+            $0.output == "boot=2"
+        }
+        switch interface {
+        case .cli:
+            try checks.require("vm delete --volumes (cli)", "martlet vm delete \(Self.vm) --volumes --json")
+            checks.check("volume gone (cli)", "martlet volume list local --json") {
+                $0.status == 0 && !$0.output.contains(Self.volume)
+            }
+        case .api:
+            try checks.require("vm delete volumes=true (api)", Self.api("DELETE", "/v1/vms/\(Self.vm)?volumes=true", expect: 204))
+            checks.check("volume gone (api)", Self.api("GET", "/v1/pools/local/volumes", expect: 200)) {
+                $0.status == 0 && !$0.output.contains(Self.volume)
+            }
+        }
+        checks.check("definition removed", "test ! -e /etc/martlet/vms/\(Self.vm).toml") { $0.status == 0 }
+        checks.check("volume's storage released", "test ! -e \(path)") { $0.status == 0 }
+        scenario.mark("vm-stop-delete")
+    }
+
+    // MARK: - Commands
+
+    /// Waits until `text` is on the VM's console and prints the console so far.
+    func consoleCommand(_ text: String) -> String {
+        switch interface {
+        case .cli:
+            return "martlet vm console \(Self.vm) --expect '\(text)' --timeout 400"
+        case .api:
+            // The API serves the console's last 64 KiB; poll it like a web UI would.
+            let get = Self.api("GET", "/v1/vms/\(Self.vm)/console", expect: 200)
+            return "for i in $(seq 200); do out=$(\(get)); case \"$out\" in *'\(text)'*) echo \"$out\"; exit 0;; esac; sleep 2; done; echo \"$out\"; exit 1"
+        }
+    }
+
+    /// A curl call to the REST API that prints the body and exits 0 only for the `expect`ed
+    /// HTTP status.
+    static func api(_ method: String, _ path: String, _ body: String? = nil, expect: Int) -> String {
+        var command = "curl -sS --unix-socket /run/martlet/api.sock -X \(method) -o /tmp/api.out -w '%{http_code}'"
+        if let body {
+            command += " -H 'Content-Type: application/json' --data-raw '\(body)'"
+        }
+        return "code=$(\(command) 'http://localhost\(path)'); cat /tmp/api.out; echo; test \"$code\" = \(expect)"
+    }
+
+    /// Packs /var/lib/martlet/kernels/e2e-{vmlinuz,initrd.gz} from the running kernel.
+    static let makeGuestScript = #"""
+        set -e
+        k=$(uname -r); m=/lib/modules/$k/kernel
+        d=$(mktemp -d); mkdir -p $d/bin $d/modules $d/proc $d/sys $d/dev
+        cp /usr/bin/busybox $d/bin/busybox
+        for f in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/block/virtio_blk net/core/failover drivers/net/net_failover drivers/net/virtio_net drivers/acpi/button; do cp $m/$f.ko $d/modules/; done
+        cat > $d/init <<'INIT'
+        #!/bin/busybox sh
+        /bin/busybox --install -s /bin
+        mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+        for x in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net button; do
+            insmod /modules/$x.ko || echo "E2E-GUEST: insmod $x failed"
+        done
+        arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+        i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+        n=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -dc 0-9); n=$((${n:-0}+1))
+        echo "boot=$n" | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null
+        echo "E2E-GUEST-BOOT $n cpus=$(cat /sys/devices/system/cpu/online) mac=$(cat /sys/class/net/eth0/address)"
+        ip addr add $(arg e2e.ip) dev eth0 && ip link set eth0 up
+        ping -c 3 -W 3 $(arg e2e.ping) >/dev/null 2>&1 && echo "E2E-GUEST-PING ok" || echo "E2E-GUEST-PING failed"
+        before=$(grep acpi /proc/interrupts)
+        echo "E2E-GUEST-READY $n"
+        while [ "$(grep acpi /proc/interrupts)" = "$before" ]; do sleep 0.2; done
+        echo "E2E-GUEST-POWER-BUTTON $n"
+        sync; poweroff -f
+        INIT
+        chmod 755 $d/init
+        mkdir -p /var/lib/martlet/kernels
+        (cd $d && find . | cpio -o -H newc --quiet | gzip -1) > /var/lib/martlet/kernels/e2e-initrd.gz
+        cp /boot/vmlinuz-$k /var/lib/martlet/kernels/e2e-vmlinuz
+        rm -rf $d
+        ls -l /var/lib/martlet/kernels
+        """#
+}
