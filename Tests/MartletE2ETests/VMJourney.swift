@@ -54,6 +54,13 @@ struct VMJourney {
                 "martlet volume create local/\(Self.volume) --size 64MiB --json") {
                     $0.status == 0 && $0.output.contains("\"path\"")
                 }
+            checks.check(
+                "volume resize grows (cli)", "martlet volume resize local/\(Self.volume) --size 96MiB --json") {
+                    $0.status == 0 && $0.output.contains("\"size\" : 100663296")
+                }
+            checks.check(
+                "volume resize refuses to shrink (cli, exit 6)",
+                "martlet volume resize local/\(Self.volume) --size 32MiB; test $? = 6") { $0.status == 0 }
             let create =
                 "martlet vm create \(Self.vm) --kernel \(Self.kernels)/e2e-vmlinuz --initrd \(Self.kernels)/e2e-initrd.gz --cmdline '\(cmdline)' --vcpus 2 --memory 256MiB --disk local/\(Self.volume) --nic br0 --autostart --json"
             try checks.require("vm create (cli)", create)
@@ -65,6 +72,10 @@ struct VMJourney {
                 "volume create (api)",
                 Self.api("POST", "/v1/pools/local/volumes", #"{"name":"\#(Self.volume)","size":"64MiB"}"#, expect: 201)
             ) { $0.status == 0 && $0.output.contains("\"path\"") }
+            checks.check(
+                "volume resize grows (api)",
+                Self.api("PUT", "/v1/pools/local/volumes/\(Self.volume)", #"{"size":"96MiB"}"#, expect: 200)
+            ) { $0.status == 0 && $0.output.contains("100663296") }
             let body = #"""
                 {"name":"\#(Self.vm)","vcpus":2,"memory":"256MiB","kernel":"\#(Self.kernels)/e2e-vmlinuz","initrd":"\#(Self.kernels)/e2e-initrd.gz","cmdline":"\#(cmdline)","disks":[{"pool":"local","volume":"\#(Self.volume)"}],"nics":[{"bridge":"br0"}],"autostart":true}
                 """#
