@@ -9,9 +9,19 @@ struct VMCommand: ParsableCommand {
         commandName: "vm",
         abstract: "Define, start, stop and reach the VMs of this host.",
         discussion: """
-            Definitions live in /etc/martlet/vms/NAME.toml (see Sources/MartletHost/README.md). \
-            A running VM is the systemd unit martlet-vm@NAME.service on a host, or a directly \
-            spawned 'martlet vm run NAME' where systemd is not running.
+            Definitions live in /etc/martlet/vms/NAME.toml; /etc/martlet/README on a host \
+            describes every key. A running VM is the systemd unit martlet-vm@NAME.service on a \
+            host (logs: journalctl -u martlet-vm@NAME), or a directly spawned \
+            'martlet vm run NAME' where systemd is not running.
+
+            A first VM: a disk image imported into the pool "local", a kernel and initramfs \
+            copied to the host, a NIC on br0:
+              martlet volume import local/web-root debian-12-genericcloud-amd64.qcow2
+              martlet vm create web --kernel /var/lib/martlet/kernels/vmlinuz \\
+                --initrd /var/lib/martlet/kernels/initrd.img \\
+                --cmdline "console=ttyS0 root=/dev/vda1" --disk local/web-root \\
+                --nic br0 --memory 1GiB --autostart
+              martlet vm start web && martlet vm console web
             """,
         subcommands: [
             VMCreateCommand.self, VMListCommand.self, VMShowCommand.self, VMStartCommand.self,
@@ -22,7 +32,12 @@ struct VMCommand: ParsableCommand {
 
 struct VMCreateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "create", abstract: "Define a new VM (refused when the name is taken).")
+        commandName: "create", abstract: "Define a new VM (refused when the name is taken).",
+        discussion: """
+            Writes /etc/martlet/vms/NAME.toml and prints the definition, with the MACs it \
+            generated (stable: from the VM's name and the NIC's index). Nothing starts until \
+            'martlet vm start NAME'.
+            """)
 
     @Argument(help: "The VM's name (a-z, 0-9, '-', '_').")
     var name: String

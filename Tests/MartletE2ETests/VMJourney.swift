@@ -29,6 +29,7 @@ struct VMJourney {
 
     func run() throws {
         try makeGuest()
+        importImage()
         let mac = try define()
         try firstStart(mac: mac)
         try rebootHost()
@@ -41,6 +42,42 @@ struct VMJourney {
     /// Packs the guest on the host from its own kernel, modules and busybox.
     func makeGuest() throws {
         try checks.require("guest: pack kernel + busybox initramfs", Self.makeGuestScript, timeout: 120)
+    }
+
+    /// Imports a qcow2 image (made on the host with qemu-img) as a volume, checks its bytes
+    /// arrived, and deletes the volume again.
+    func importImage() {
+        let image = "/tmp/e2e-import.qcow2"
+        let made = checks.check(
+            "qcow2 image made with qemu-img",
+            "set -e; rm -f /tmp/e2e-import.raw \(image); truncate -s 32M /tmp/e2e-import.raw; echo MARTLET-IMPORTED | dd of=/tmp/e2e-import.raw conv=notrunc status=none; qemu-img convert -O qcow2 /tmp/e2e-import.raw \(image); qemu-img info \(image) | grep -q 'file format: qcow2'"
+        ) { $0.status == 0 }
+        guard made?.status == 0 else { return }
+        let imported: CommandResult?
+        switch interface {
+        case .cli:
+            imported = checks.check(
+                "volume import qcow2 (cli)", "martlet volume import local/e2e-imported \(image) --json"
+            ) { $0.status == 0 && $0.output.contains("33554432") }
+        case .api:
+            imported = checks.check(
+                "volume import qcow2 (api)",
+                Self.api("POST", "/v1/pools/local/volumes", #"{"name":"e2e-imported","image":"\#(image)"}"#, expect: 201)
+            ) { $0.status == 0 && $0.output.contains("33554432") }
+        }
+        guard imported?.status == 0 else { return }
+        checks.check(
+            "the imported volume holds the image's bytes",
+            "p=$(martlet volume list local --json | sed -n 's/.*\"path\" : \"\\(.*e2e-imported.*\\)\".*/\\1/p'); dd if=$p bs=512 count=1 status=none | tr -dc 'A-Z-'"
+        ) { $0.output == "MARTLET-IMPORTED" }
+        switch interface {
+        case .cli:
+            checks.check("volume delete (cli)", "martlet volume delete local/e2e-imported") { $0.status == 0 }
+        case .api:
+            checks.check(
+                "volume delete (api)", Self.api("DELETE", "/v1/pools/local/volumes/e2e-imported", expect: 204)
+            ) { $0.status == 0 }
+        }
     }
 
     /// Creates the volume and the VM (autostart, 2 vCPUs, 256 MiB, one NIC on br0); checks
