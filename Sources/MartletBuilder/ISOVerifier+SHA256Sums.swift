@@ -129,7 +129,7 @@ enum SHA256Sums {
     /// sha256 of each of `files` (relative to `directory`), by `sha256sum` in batches.
     static func sha256(_ files: [String], in directory: String) throws -> [String: String] {
         var result: [String: String] = [:]
-        let tool = try ToolPath.resolve("sha256sum")
+        let tool = try Tool.resolve("sha256sum")
         for start in stride(from: 0, to: files.count, by: 256) {
             let batch = Array(files[start..<min(start + 256, files.count)])
             let output = try Command(tool, ["--"] + batch, workingDirectory: directory).run()

@@ -226,7 +226,7 @@ enum ElTorito {
     static func xorrisoReport(iso: String) throws -> (
         catalogPath: String?, patchedImages: Set<String>
     ) {
-        let output = try ToolPath.command(
+        let output = try Command(
             "xorriso", ["-indev", iso, "-report_el_torito", "plain"]
         ).run().stdoutText
         var catalogPath: String?
@@ -492,7 +492,7 @@ final class ExtractedTree {
             throw MartletError.system("mkdtemp", path: QEMUMachine.temporaryDirectory)
         }
         path = String(cString: made) + "/iso"
-        try ToolPath.command(
+        try Command(
             "xorriso", ["-osirrox", "on", "-indev", iso, "-extract", "/", path]
         ).run(hint: "is '\(iso)' an ISO image? xorriso could not read it")
     }
@@ -500,7 +500,7 @@ final class ExtractedTree {
     deinit {
         let parent = (path as NSString).deletingLastPathComponent
         // Extracted folders keep the ISO's read-only modes; make them removable first.
-        _ = try? ToolPath.command("chmod", ["-R", "u+rwX", parent]).runAllowingFailure()
+        _ = try? Command("chmod", ["-R", "u+rwX", parent]).runAllowingFailure()
         try? FileManager.default.removeItem(atPath: parent)
     }
 }

@@ -311,7 +311,7 @@ public final class QEMUMachine: @unchecked Sendable {
         guard state.pid == nil else {
             throw MartletError(.failed, "this QEMU machine was already started")
         }
-        let qemu = try ToolPath.resolve("qemu-system-x86_64")
+        let qemu = try Tool.resolve("qemu-system-x86_64")
         let fm = FileManager.default
         if configuration.firmware == .uefi {
             try copy(configuration.ovmfVars, to: varsPath, what: "OVMF variables")
@@ -334,7 +334,7 @@ public final class QEMUMachine: @unchecked Sendable {
         // running deinit (a crash, SIGKILL), the kernel kills QEMU too. The signal is tied to
         // the thread that spawns, so the spawn happens on the waiter thread that lives exactly
         // as long as QEMU.
-        let deathSignal = ToolPath.find("setpriv").map { [$0, "--pdeathsig", "KILL", "--"] } ?? []
+        let deathSignal = Tool.find("setpriv").map { [$0, "--pdeathsig", "KILL", "--"] } ?? []
         let argv = deathSignal + [qemu] + arguments()
         let headless = configuration.headless
         let outputPath = qemuLogPath

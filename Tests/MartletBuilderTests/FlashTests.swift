@@ -10,7 +10,7 @@ func makeSmallISO(in scratch: ScratchDirectory, kib: Int = 600) throws -> String
     for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255) }
     try scratch.write("isotree/random.bin", Data(bytes))
     let iso = scratch.file("small.iso")
-    try ToolPath.command(
+    try Command(
         "xorriso", ["-as", "mkisofs", "-o", iso, "-V", "FLASH_TEST", scratch.file("isotree")]
     ).run()
     return iso
@@ -32,11 +32,11 @@ final class LoopDisk {
     init(bytes: Int, partitioned: Bool = false) throws {
         scratch = try ScratchDirectory("martlet-flash-loop")
         let image = scratch.file("disk.img")
-        try ToolPath.command("truncate", ["-s", String(bytes), image]).run()
+        try Command("truncate", ["-s", String(bytes), image]).run()
         if partitioned {
-            try ToolPath.command("sfdisk", ["-q", image]).run(input: Data("label: gpt\n,,L\n".utf8))
+            try Command("sfdisk", ["-q", image]).run(input: Data("label: gpt\n,,L\n".utf8))
         }
-        device = try ToolPath.command(
+        device = try Command(
             "losetup", ["--find", "--show"] + (partitioned ? ["-P"] : []) + [image]
         )
         .run().stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -49,20 +49,20 @@ final class LoopDisk {
         // asking the kernel to read the table again does.
         for attempt in 0..<50 where !FileManager.default.fileExists(atPath: firstPartition) {
             if attempt % 10 == 5 {
-                _ = try? ToolPath.command("partx", ["-a", device]).runAllowingFailure()
+                _ = try? Command("partx", ["-a", device]).runAllowingFailure()
             }
             Thread.sleep(forTimeInterval: 0.1)
         }
-        try ToolPath.command("mkfs.ext4", ["-q", "-F", firstPartition]).run()
+        try Command("mkfs.ext4", ["-q", "-F", firstPartition]).run()
         let target = scratch.file("mnt dir")
         try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
-        try ToolPath.command("mount", [firstPartition, target]).run()
+        try Command("mount", [firstPartition, target]).run()
         mountPoint = target
     }
 
     deinit {
-        if let mountPoint { _ = try? ToolPath.command("umount", [mountPoint]).runAllowingFailure() }
-        _ = try? ToolPath.command("losetup", ["-d", device]).runAllowingFailure()
+        if let mountPoint { _ = try? Command("umount", [mountPoint]).runAllowingFailure() }
+        _ = try? Command("losetup", ["-d", device]).runAllowingFailure()
     }
 }
 
@@ -93,7 +93,7 @@ struct FlashLoopDeviceTests {
         #expect(
             try contents(disk.device, count: size)
                 == (try Data(contentsOf: URL(fileURLWithPath: iso))))
-        let sha = try ToolPath.command("sha256sum", [iso]).run().stdoutText.prefix(64)
+        let sha = try Command("sha256sum", [iso]).run().stdoutText.prefix(64)
         #expect(result.sha256 == String(sha))
         #expect(
             progress.events.contains {
@@ -227,7 +227,7 @@ struct FlashFileTests {
         let scratch = try ScratchDirectory()
         let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
         let file = try scratch.write("data", Data(bytes))
-        let expected = String(try ToolPath.command("sha256sum", [file]).run().stdoutText.prefix(64))
+        let expected = String(try Command("sha256sum", [file]).run().stdoutText.prefix(64))
         var whole = SHA256()
         whole.update(bytes)
         #expect(whole.finalize() == expected)

@@ -56,7 +56,7 @@ enum GrubTestISO {
             """)
         try prepare?(tree)
         let iso = directory.file(name)
-        try ToolPath.command("grub-mkrescue", ["-o", iso, tree, "--", "-volid", label]).run(
+        try Command("grub-mkrescue", ["-o", iso, tree, "--", "-volid", label]).run(
             hint: "grub-mkrescue needs grub-pc-bin, grub-efi-amd64-bin, xorriso and mtools")
         return iso
     }

@@ -19,7 +19,7 @@ final class VerifiableISO {
         let first = try GrubTestISO.make(in: scratch, marker: "VERIFY", name: "first.iso") { tree in
             try FileManager.default.createDirectory(
                 atPath: tree + "/live", withIntermediateDirectories: true)
-            try ToolPath.command(
+            try Command(
                 "mksquashfs",
                 [
                     scratch.file("rootfs"), tree + "/live/host.squashfs", "-comp", "zstd",
@@ -28,16 +28,16 @@ final class VerifiableISO {
             ).run()
         }
         tree = scratch.file("iso")
-        try ToolPath.command("xorriso", ["-osirrox", "on", "-indev", first, "-extract", "/", tree])
+        try Command("xorriso", ["-osirrox", "on", "-indev", first, "-extract", "/", tree])
             .run()
-        try ToolPath.command("chmod", ["-R", "u+rwX", tree]).run()
+        try Command("chmod", ["-R", "u+rwX", tree]).run()
         try FileManager.default.removeItem(atPath: tree + "/boot.catalog")
         try writeSums()
     }
 
     /// Writes /SHA256SUMS over every file of the tree but `except` (a `./path`).
     func writeSums(except: String = "") throws {
-        try ToolPath.command(
+        try Command(
             "sh",
             [
                 "-c",
@@ -57,7 +57,7 @@ final class VerifiableISO {
             atPath: tree + "/boot/grub/i386-pc/eltorito.img", toPath: tree + "/boot/grub/bios.img")
         try writeSums(except: "./boot/grub/bios.img")
         let iso = scratch.file("build.iso")
-        try ToolPath.command(
+        try Command(
             "xorriso",
             [
                 "-as", "mkisofs", "-o", iso, "-V", "MARTLET_TEST", "-iso-level", "3", "-r", "-J",
@@ -87,7 +87,7 @@ final class VerifiableISO {
             arguments += ["--efi-boot", "efi.img", "-efi-boot-part", "--efi-boot-image"]
         }
         arguments += ["--protective-msdos-label", tree]
-        try ToolPath.command("xorriso", arguments).run()
+        try Command("xorriso", arguments).run()
         return iso
     }
 
@@ -102,7 +102,7 @@ struct VerifyISOTests {
     func passes() throws {
         let fixture = try VerifiableISO()
         let iso = try fixture.master()
-        try ToolPath.command(
+        try Command(
             "sh",
             ["-c", "cd \"$1\" && sha256sum test.iso > SHA256SUMS", "sh", fixture.scratch.path]
         ).run()
@@ -203,7 +203,7 @@ struct VerifyISOTests {
     func bootAndLabel() throws {
         let fixture = try VerifiableISO()
         let iso = try fixture.master(efi: false)
-        try ToolPath.command(
+        try Command(
             "sh",
             [
                 "-c", "cd \"$1\" && echo \"$(printf '0%.0s' $(seq 64))  test.iso\" > SHA256SUMS",
@@ -228,7 +228,7 @@ struct VerifyISOTests {
         let scratch = try ScratchDirectory()
         try scratch.write("tree/a.txt", "a\n")
         let iso = scratch.file("plain.iso")
-        try ToolPath.command(
+        try Command(
             "xorriso", ["-as", "mkisofs", "-o", iso, "-V", "PLAIN", scratch.file("tree")]
         ).run()
         let report = try ISOVerifier(iso: iso).verify()

@@ -6,7 +6,7 @@ import Testing
 
 /// Runs martlet-installer and returns (status, stdout, stderr).
 func installer(_ arguments: [String]) throws -> (Int32, String, String) {
-    let result = try SystemTool.command(installerExecutable(), arguments).runAllowingFailure()
+    let result = try Command.quietLVM(installerExecutable(), arguments).runAllowingFailure()
     return (result.status, result.stdoutText, result.stderr)
 }
 
@@ -204,7 +204,7 @@ extension LoopDeviceSuites {
             dir.write("www/answer.toml", validAnswer(target: "/dev/sdr"))
             let port = 18_000 + Int(getpid() % 1000)
             let server = Process()
-            server.executableURL = URL(fileURLWithPath: SystemTool.path("python3"))
+            server.executableURL = URL(fileURLWithPath: try Tool.resolve("python3"))
             server.arguments = [
                 "-m", "http.server", "--bind", "127.0.0.1", "--directory", "\(dir.path)/www",
                 "\(port)",

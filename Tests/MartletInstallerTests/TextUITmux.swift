@@ -30,7 +30,7 @@ final class TmuxInstaller {
         // Foundation's Process would wait for them to close forever, so spawn it directly
         // with every standard stream on /dev/null.
         let status = try spawnAndWait(
-            SystemTool.path("tmux"), ["-L", socket, "new-session", "-d", "-x", "80", "-y", "24", command])
+            Tool.resolve("tmux"), ["-L", socket, "new-session", "-d", "-x", "80", "-y", "24", command])
         guard status == 0 else { throw MartletError(.failed, "tmux new-session failed with status \(status)") }
         let pids = try tmux(["display", "-p", "#{pid} #{pane_pid}"]).split(separator: " ").compactMap {
             pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines))
@@ -249,7 +249,7 @@ func planLines(_ text: String) -> [String] {
 
 /// The partition table as sfdisk dumps it, or its complaint on a blank disk.
 func partitionTable(_ device: String) -> String {
-    let result = try? SystemTool.command("sfdisk", ["--dump", device]).runAllowingFailure()
+    let result = try? Command.quietLVM("sfdisk", ["--dump", device]).runAllowingFailure()
     return (result?.stdoutText ?? "") + (result?.stderr ?? "")
 }
 
