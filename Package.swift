@@ -76,7 +76,7 @@ let package = Package(
             name: "MartletInstallerTests", dependencies: ["MartletInstaller", "MartletCore"]),
         .testTarget(name: "MartletVMMTests", dependencies: ["MartletVMM"]),
         .testTarget(
-            name: "MartletHostTests", dependencies: ["MartletHost", "MartletCore"], exclude: ["Guest"]),
+            name: "MartletHostTests", dependencies: ["MartletHost", "MartletCore"]),
         // The user journey in QEMU: build the ISO, install on BIOS and UEFI, use the host.
         // Run by `make e2e` (and `make test` after the unit tests); `make unit` skips it.
         .testTarget(

@@ -78,8 +78,8 @@ final class APIProcess {
         #expect(try api.request("GET", "/v1/pools/nope").status == 404)
 
         let definition = """
-            {"name": "api-vm", "memory": "32MiB", "kernel": "\(guest)", "cmdline": "api-test",
-             "disks": [{"pool": "local", "volume": "api-root"}]}
+            {"name": "api-vm", "memory": "32MiB", "kernel": "\(guest)",
+             "cmdline": "test=halt api-test", "disks": [{"pool": "local", "volume": "api-root"}]}
             """
         let created = try api.request("POST", "/v1/vms", definition)
         #expect(created.status == 201, "\(created.body)")
@@ -97,11 +97,11 @@ final class APIProcess {
 
         var console = ""
         let deadline = Date().addingTimeInterval(10)
-        while !console.contains("cmdline: api-test") && Date() < deadline {
+        while !console.contains("cmdline: test=halt api-test") && Date() < deadline {
             console = try api.request("GET", "/v1/vms/api-vm/console").body
             usleep(100_000)
         }
-        #expect(console.contains("martlet host test guest: up, cmdline: api-test"), "\(console)")
+        #expect(console.contains("halting, cmdline: test=halt api-test"), "\(console)")
 
         let stopped = try api.request("POST", "/v1/vms/api-vm/stop")
         #expect(api.json(stopped.body)["state"] as? String == "stopped", "\(stopped.body)")

@@ -21,9 +21,9 @@ import Testing
     }
 
     @Test func keysTypedOnTheConsoleReachTheGuestUntilTheDetachKey() throws {
-        // The VMM's guest with "test=echo" reads its UART up to a newline, prints
+        // The test guest with "test=echo" reads its UART up to a newline, prints
         // "echo: LINE" and powers off.
-        let guest = try TestSupport.vmmGuest.get()
+        let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "keys")
         let martlet = TestSupport.product("martlet")
         let created = try TestSupport.run(
@@ -66,7 +66,7 @@ import Testing
     @Test func theConsoleLogKeepsBothBootsAcrossAGuestReboot() throws {
         // "test=reset-once": the first boot marks the disk and resets; the VMM re-executes
         // itself (on_reboot restart), its serial socket comes back, the second boot powers off.
-        let guest = try TestSupport.vmmGuest.get()
+        let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "reboot")
         let martlet = VMLifecycleTests.CLI(fixture: fixture, namespace: nil)
         try martlet.json(
@@ -83,7 +83,7 @@ import Testing
     }
 
     @Test func guestFramesReachTheBridgeThroughTheVMsTap() throws {
-        let guest = try TestSupport.vmmGuest.get()
+        let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "net")
         let namespace = try BridgeNamespace()
         // The bridge answers the guest's ARP request for 10.77.0.1; no IPv6 chatter on the link.

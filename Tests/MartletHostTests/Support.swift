@@ -26,7 +26,10 @@ enum TestSupport {
         return repository.appendingPathComponent(".build/debug/\(name)").path
     }
 
-    /// The tiny test guest (Tests/MartletHostTests/Guest), built once with gcc.
+    /// The VMM's tiny test guest (Sources/MartletVMM/Guest), built once with gcc. Its command
+    /// line picks what it does: `test=halt` prints the command line and keeps the VM running,
+    /// `test=poweroff` powers off, `test=echo` echoes a console line, `test=net` sends ARP
+    /// requests over virtio-net, `test=reset-once` resets once.
     static let guest: Result<String, MartletError> = {
         // One shared path, replaced atomically, so repeated runs leave nothing behind.
         let directory = NSTemporaryDirectory() + "martlet-host-guest"
@@ -34,26 +37,6 @@ enum TestSupport {
             atPath: directory, withIntermediateDirectories: true)
         let elf = directory + "/guest.elf"
         let building = directory + "/guest-\(getpid()).elf"
-        let script = repository.appendingPathComponent("Tests/MartletHostTests/Guest/build.sh").path
-        do {
-            try Command("/bin/bash", [script, building]).run()
-            guard rename(building, elf) == 0 else { throw MartletError.system("rename", path: elf) }
-            return .success(elf)
-        } catch let error as MartletError {
-            return .failure(error)
-        } catch {
-            return .failure(MartletError(.failed, "\(error)"))
-        }
-    }()
-
-    /// The VMM's own test guest (Sources/MartletVMM/Guest), for what the host guest does not
-    /// do: `test=net` sends ARP requests over virtio-net and prints the reply it gets.
-    static let vmmGuest: Result<String, MartletError> = {
-        let directory = NSTemporaryDirectory() + "martlet-host-guest"
-        try? FileManager.default.createDirectory(
-            atPath: directory, withIntermediateDirectories: true)
-        let elf = directory + "/vmm-guest.elf"
-        let building = directory + "/vmm-guest-\(getpid()).elf"
         let script = repository.appendingPathComponent("Sources/MartletVMM/Guest/build.sh").path
         do {
             try Command("/bin/bash", [script, building]).run()

@@ -70,8 +70,8 @@ final class BridgeNamespace {
         let martlet = CLI(fixture: fixture, namespace: namespace)
 
         let created = try martlet.json(
-            "vm", "create", "life", "--kernel", guest, "--cmdline", "lifecycle-test", "--memory",
-            "32MiB",
+            "vm", "create", "life", "--kernel", guest, "--cmdline", "test=halt lifecycle-test",
+            "--memory", "32MiB",
             "--new-disk", "local/life-root:16MiB", "--nic", namespace.bridge)
         #expect(created["state"] as? String == "stopped")
         #expect(FileManager.default.fileExists(atPath: fixture.paths.definition("life")))
@@ -92,7 +92,7 @@ final class BridgeNamespace {
 
         let console = try martlet(
             "vm", "console", "life", "--expect",
-            "martlet host test guest: up, cmdline: lifecycle-test", "--timeout", "10")
+            "halting, cmdline: test=halt lifecycle-test", "--timeout", "10")
         #expect(console.status == 0, "console: \(console.stdout) \(console.stderr)")
 
         // Refusals while it runs: delete the VM, delete or grow its disk.
@@ -121,9 +121,10 @@ final class BridgeNamespace {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "crash")
         let martlet = CLI(fixture: fixture, namespace: nil)
-        // "poweroff" makes the guest power off at once: a clean end, never restarted.
+        // "test=poweroff" makes the guest power off at once: a clean end, never restarted.
         try martlet.json(
-            "vm", "create", "off", "--kernel", guest, "--cmdline", "poweroff", "--memory", "16MiB")
+            "vm", "create", "off", "--kernel", guest, "--cmdline", "test=poweroff", "--memory",
+            "16MiB")
         // It may be gone before start sees it answer; either way it must end, once.
         _ = try martlet("vm", "start", "off", "--timeout", "3")
         let deadline = Date().addingTimeInterval(10)
@@ -150,8 +151,8 @@ final class BridgeNamespace {
         let created = try TestSupport.run(
             martlet,
             [
-                "vm", "create", "unpriv", "--kernel", guest, "--memory", "16MiB", "--new-disk",
-                "local/unpriv-root:8MiB",
+                "vm", "create", "unpriv", "--kernel", guest, "--cmdline", "test=halt", "--memory",
+                "16MiB", "--new-disk", "local/unpriv-root:8MiB",
             ],
             environment: environment)
         #expect(created.status == 0, "\(created.stderr)")
@@ -171,7 +172,7 @@ final class BridgeNamespace {
         let console = try TestSupport.run(
             martlet,
             [
-                "vm", "console", "unpriv", "--expect", "martlet host test guest: up", "--timeout",
+                "vm", "console", "unpriv", "--expect", "halting, cmdline: test=halt", "--timeout",
                 "10",
             ],
             environment: environment)
@@ -185,7 +186,9 @@ final class BridgeNamespace {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "term")
         let martlet = CLI(fixture: fixture, namespace: nil)
-        try martlet.json("vm", "create", "term", "--kernel", guest, "--memory", "16MiB")
+        try martlet.json(
+            "vm", "create", "term", "--kernel", guest, "--cmdline", "test=halt", "--memory",
+            "16MiB")
         let started = try martlet.json("vm", "start", "term")
         let pid = try #require(started["pid"] as? Int)
         // What systemctl stop does: SIGTERM; the guest ignores the power button, so the
@@ -203,18 +206,17 @@ final class BridgeNamespace {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "edit")
         let martlet = CLI(fixture: fixture, namespace: nil)
-        try martlet.json("vm", "create", "ed", "--kernel", guest)
+        try martlet.json("vm", "create", "ed", "--kernel", guest, "--cmdline", "test=halt")
+        let boot = "[boot]\nkernel = \"\(guest)\"\ncmdline = \"test=halt\"\n"
         let bad = try TestSupport.run(
             TestSupport.product("martlet"), ["vm", "edit", "ed", "--from", "-"],
-            environment: fixture.environment,
-            input: "vcpus = 2\nbogus = 1\n[boot]\nkernel = \"\(guest)\"\n")
+            environment: fixture.environment, input: "vcpus = 2\nbogus = 1\n" + boot)
         #expect(bad.status == MartletError.Code.invalidInput.exitStatus)
         #expect(bad.stderr.contains("ed.toml:2:1"), "\(bad.stderr)")
         #expect(try fixture.host.definition("ed").vcpus == 1, "a bad edit changes nothing")
         let good = try TestSupport.run(
             TestSupport.product("martlet"), ["vm", "edit", "ed", "--from", "-"],
-            environment: fixture.environment,
-            input: "vcpus = 2\nautostart = true\n[boot]\nkernel = \"\(guest)\"\n")
+            environment: fixture.environment, input: "vcpus = 2\nautostart = true\n" + boot)
         #expect(good.status == 0, "\(good.stderr)")
         #expect(try fixture.host.definition("ed").vcpus == 2)
         // Autostart starts it; a second autostart leaves it alone.

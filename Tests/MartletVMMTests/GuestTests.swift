@@ -79,5 +79,6 @@ struct GuestTests {
         let result = try runGuest("halt", timeout: 0.5)
         #expect(result.exit == .crashed("timeout after 0.5 s"))
         #expect(Date().timeIntervalSince(start) < 5)
+        #expect(result.serial.contains("halting, cmdline: test=halt\n"), "\(result.serial)")
     }
 }

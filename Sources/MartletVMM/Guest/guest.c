@@ -1,8 +1,10 @@
-/* The tiny 64-bit test guest of martlet-vmm. Entered like Linux (64-bit mode, identity-mapped
- * paging, zero page in RSI), it reads "test=NAME" from the command line and exercises one part
- * of the VMM: serial, port I/O, i8042 reset, SMP (APIC IDs), virtio-blk, virtio-rng, or the
- * polling benchmarks. It ends by powering off through the ACPI PM1a control port.
- * Built twice: as an ELF by the test suite, and as the flat binary embedded for `selftest`. */
+/* The tiny 64-bit test guest of martlet-vmm and of the MartletHost tests. Entered like Linux
+ * (64-bit mode, identity-mapped paging, zero page in RSI), it reads "test=NAME" from the command
+ * line and exercises one part of the VMM: serial, port I/O, i8042 reset, SMP (APIC IDs),
+ * virtio-blk, virtio-rng, virtio-net, console input, or the polling benchmarks. It ends by
+ * powering off through the ACPI PM1a control port; "halt" instead prints its command line and
+ * sleeps in HLT, so the VM stays running until the host stops it.
+ * Built twice: as an ELF by the test suites, and as the flat binary embedded for `selftest`. */
 #include <stdint.h>
 
 __asm__(".section .text.start, \"ax\"\n"
@@ -425,7 +427,14 @@ void guest_main(const uint8_t *zero_page) {
         print("bench-pio done\n");
     } else if (arg_is("test=", "bench-blk")) {
         bench_blk();
+    } else if (arg_is("test=", "poweroff")) {
+        print("powering off\n");
     } else if (arg_is("test=", "halt")) {
+        lock();
+        puts_raw("halting, cmdline: ");
+        puts_raw(cmdline);
+        puts_raw("\n");
+        unlock();
         return;
     }
     print("guest done\n");
