@@ -297,8 +297,7 @@ struct TextUITests {
     /// rows 10 to 15), watching the cursor.
     func focusNetworkField(_ index: Int, _ ui: TmuxInstaller) throws {
         for _ in 0..<20 where ui.cursor.y != 10 + index {
-            try ui.keys("Tab")
-            usleep(50_000)
+            try ui.tab()
         }
         guard ui.cursor.y == 10 + index else {
             throw MartletError(.failed, "could not reach network field \(index)", cause: try ui.screen())
@@ -321,8 +320,7 @@ struct TextUITests {
         }
         var tabs = 0
         while (ui.cursor.y != row || ui.cursor.x != column + 1) && tabs < 20 {
-            try ui.keys("Tab")
-            usleep(30_000)
+            try ui.tab()
             tabs += 1
         }
         guard ui.cursor.y == row && ui.cursor.x == column + 1 else {

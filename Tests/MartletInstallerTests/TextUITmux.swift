@@ -60,6 +60,19 @@ final class TmuxInstaller {
         for name in names { try tmux(["send-keys", name]) }
     }
 
+    /// Sends Tab and waits until the cursor moves, i.e. the UI took the key: a loop that
+    /// watches the cursor must not send keys ahead of a UI slowed down by a busy machine.
+    func tab(timeout: Double = 3) throws {
+        let before = cursor
+        try keys("Tab")
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let now = cursor
+            if now.x != before.x || now.y != before.y { return }
+            usleep(20_000)
+        }
+    }
+
     /// Types `text` literally.
     func type(_ text: String) throws { try tmux(["send-keys", "-l", text]) }
 
