@@ -54,4 +54,7 @@ public struct HostPaths: Sendable, Equatable {
     public func runnerPID(_ name: String) -> String { "\(state(name))/runner.pid" }
     public func vmmConfig(_ name: String) -> String { "\(state(name))/vmm.json" }
     public func runnerLog(_ name: String) -> String { "\(state(name))/runner.log" }
+    /// The runner's exit status, written as it ends: `vm start` sees a VM that could not
+    /// start without waiting for its timeout.
+    public func runnerExit(_ name: String) -> String { "\(state(name))/runner.exit" }
 }

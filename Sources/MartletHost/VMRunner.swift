@@ -25,6 +25,7 @@ public final class VMRunner: @unchecked Sendable {
         case badConfig = 2
         case reset = 3
         case stopped = 4
+        case hostCannotRunVMs = 5
     }
 
     public init(host: VMHost, name: String, logger: Logger) {
@@ -65,6 +66,22 @@ public final class VMRunner: @unchecked Sendable {
         Thread.detachNewThread { [self] in acceptConsoleClients(listener) }
         installSignalHandlers()
 
+        let status: Int32
+        do { status = try supervise(definition) } catch {
+            recordExit(1)
+            throw error
+        }
+        recordExit(status)
+        return status
+    }
+
+    /// Writes the runner's exit status for `VMHost.start`, which waits on it.
+    func recordExit(_ status: Int32) {
+        try? "\(status)\n".write(toFile: paths.runnerExit(name), atomically: true, encoding: .utf8)
+    }
+
+    /// Runs the VMM again and again as the on-crash policy says; returns the exit status.
+    func supervise(_ definition: VMDefinition) throws -> Int32 {
         var crashes: [Date] = []
         while true {
             if lock.withLock({ stopRequested }) { return 0 }
@@ -82,6 +99,10 @@ public final class VMRunner: @unchecked Sendable {
             case .badConfig?:
                 logger.error(
                     "VM '\(name)': the VMM refused its configuration (\(paths.vmmConfig(name)))")
+                return 1
+            case .hostCannotRunVMs?:
+                // The VMM said why (KVM missing or not permitted); a restart cannot help.
+                logger.error("VM '\(name)': this host cannot run VMs now; not restarting it")
                 return 1
             default:
                 if stopping { return 0 }

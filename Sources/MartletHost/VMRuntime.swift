@@ -32,8 +32,10 @@ extension VMHost {
             atPath: paths.state(name), withIntermediateDirectories: true)
         unlink(paths.runnerPID(name))
         unlink(paths.controlSocket(name))
-        if Self.systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil
-        {
+        unlink(paths.runnerExit(name))
+        let systemd =
+            Self.systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil
+        if systemd {
             try ChildProcess.check([
                 "systemctl", "start", "--no-block", "martlet-vm@\(name).service",
             ])
@@ -49,14 +51,39 @@ extension VMHost {
             {
                 return try status(name)
             }
+            // The runner ended before its VMM answered: a guest that powered off at once,
+            // or a VM that cannot run (KVM missing, a disk gone); say why without waiting.
+            if let text = try? String(contentsOfFile: paths.runnerExit(name), encoding: .utf8),
+                let status = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+            {
+                if status == 0 { return try self.status(name) }
+                throw MartletError(
+                    .failed, "VM '\(name)' could not start (its runner ended with status \(status))",
+                    hint: systemd
+                        ? "see: journalctl -u martlet-vm@\(name)" : "see \(paths.runnerLog(name))",
+                    cause: runnerLogTail(name, systemd: systemd))
+            }
             usleep(50_000)
         }
-        let log = (try? String(contentsOfFile: paths.runnerLog(name), encoding: .utf8)) ?? ""
         throw MartletError(
             .failed, "VM '\(name)' did not come up within \(Int(timeout)) s",
-            hint: Self.systemdIsRunning
+            hint: systemd
                 ? "see: journalctl -u martlet-vm@\(name)" : "see \(paths.runnerLog(name))",
-            cause: log.split(separator: "\n").suffix(10).joined(separator: "\n"))
+            cause: runnerLogTail(name, systemd: systemd))
+    }
+
+    /// The last lines the runner (and the VMM under it) logged: the journal under systemd.
+    func runnerLogTail(_ name: String, systemd: Bool, lines: Int = 10) -> String {
+        let log: String
+        if systemd {
+            log = (try? ChildProcess.run([
+                "journalctl", "-u", "martlet-vm@\(name).service", "-n", String(lines), "-o", "cat",
+                "--no-pager",
+            ]))?.stdout ?? ""
+        } else {
+            log = (try? String(contentsOfFile: paths.runnerLog(name), encoding: .utf8)) ?? ""
+        }
+        return log.split(separator: "\n").suffix(lines).joined(separator: "\n")
     }
 
     /// Starts `arguments` in a new session, detached from this process (a double fork

@@ -51,6 +51,7 @@ let usage = """
       2 bad arguments or configuration
       3 guest reset with on_reboot "exit"
       4 stopped through the control socket ("stop")
+      5 this host cannot run VMs: /dev/kvm missing, not permitted, or lacking a capability
 
     """
 
@@ -257,6 +258,12 @@ do {
     machine = try Machine(config: config)
 } catch let error as VMMError where error.code == .config {
     fail("\(error)", code: 2)
+} catch let error as VMMError
+    where [.kvmUnavailable, .kvmPermission, .kvmCapability].contains(error.code)
+{
+    // Not this VM's fault: no VM can run here until the host is fixed, so a supervisor
+    // must not retry it.
+    fail("\(error)", code: 5)
 } catch {
     fail("\(error)", code: 1)
 }

@@ -202,6 +202,44 @@ final class BridgeNamespace {
         #expect(try fixture.host.status("term").state == .stopped)
     }
 
+    /// A host where KVM cannot be used (VT-x off in the firmware, kvm module not loaded):
+    /// the real martlet-vmm, run in a mount namespace whose /dev has no kvm, exits 5; the
+    /// runner does not retry, and `vm start` fails at once with the VMM's reason.
+    @Test func startFailsAtOnceWhenTheHostCannotRunVMs() throws {
+        let guest = try TestSupport.guest.get()
+        let fixture = try HostFixture(label: "nokvm")
+        let withoutKVM = fixture.root + "/vmm-without-kvm"
+        try """
+            #!/bin/sh
+            exec unshare -m --propagation private sh -c 'mount -t tmpfs none /dev && exec "$0" "$@"' \
+                "\(fixture.paths.vmm)" "$@"
+
+            """.write(toFile: withoutKVM, atomically: true, encoding: .utf8)
+        chmod(withoutKVM, 0o755)
+        var environment = fixture.environment
+        environment["MARTLET_VMM"] = withoutKVM
+        let martlet = TestSupport.product("martlet")
+        let created = try TestSupport.run(
+            martlet, ["vm", "create", "nokvm", "--kernel", guest, "--memory", "16MiB"],
+            environment: environment)
+        #expect(created.status == 0, "\(created.stderr)")
+
+        let began = Date()
+        let started = try TestSupport.run(
+            martlet, ["vm", "start", "nokvm", "--timeout", "60"], environment: environment)
+        let seconds = Date().timeIntervalSince(began)
+        #expect(started.status == MartletError.Code.failed.exitStatus, "\(started.stderr)")
+        #expect(started.stderr.contains("could not start"), "\(started.stderr)")
+        #expect(started.stderr.contains("/dev/kvm does not exist"), "\(started.stderr)")
+        #expect(started.stderr.contains("Enable virtualization"), "\(started.stderr)")
+        // Not the 60 s timeout: the runner's exit status ended the wait.
+        #expect(seconds < 30, "vm start took \(Int(seconds)) s")
+        let log = try String(contentsOfFile: fixture.paths.runnerLog("nokvm"), encoding: .utf8)
+        #expect(log.components(separatedBy: "/dev/kvm does not exist").count == 2, "one try: \(log)")
+        #expect(!log.contains("': restarting"), "\(log)")
+        #expect(fixture.host.runnerPID("nokvm") == nil)
+    }
+
     @Test func editValidatesBeforeSaving() throws {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "edit")
