@@ -33,6 +33,7 @@ extension VMHost {
         unlink(paths.runnerPID(name))
         unlink(paths.controlSocket(name))
         unlink(paths.runnerExit(name))
+        let began = Date()
         let systemd =
             Self.systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil
         if systemd {
@@ -61,7 +62,7 @@ extension VMHost {
                     .failed, "VM '\(name)' could not start (its runner ended with status \(status))",
                     hint: systemd
                         ? "see: journalctl -u martlet-vm@\(name)" : "see \(paths.runnerLog(name))",
-                    cause: runnerLogTail(name, systemd: systemd))
+                    cause: runnerLogTail(name, systemd: systemd, since: began))
             }
             usleep(50_000)
         }
@@ -69,16 +70,17 @@ extension VMHost {
             .failed, "VM '\(name)' did not come up within \(Int(timeout)) s",
             hint: systemd
                 ? "see: journalctl -u martlet-vm@\(name)" : "see \(paths.runnerLog(name))",
-            cause: runnerLogTail(name, systemd: systemd))
+            cause: runnerLogTail(name, systemd: systemd, since: began))
     }
 
-    /// The last lines the runner (and the VMM under it) logged: the journal under systemd.
-    func runnerLogTail(_ name: String, systemd: Bool, lines: Int = 10) -> String {
+    /// The last lines the runner (and the VMM under it) logged: the journal under systemd,
+    /// from this start on.
+    func runnerLogTail(_ name: String, systemd: Bool, since: Date, lines: Int = 10) -> String {
         let log: String
         if systemd {
             log = (try? ChildProcess.run([
                 "journalctl", "-u", "martlet-vm@\(name).service", "-n", String(lines), "-o", "cat",
-                "--no-pager",
+                "--no-pager", "--since", "@\(Int(since.timeIntervalSince1970) - 1)",
             ]))?.stdout ?? ""
         } else {
             log = (try? String(contentsOfFile: paths.runnerLog(name), encoding: .utf8)) ?? ""

@@ -35,6 +35,7 @@ struct VMJourney {
         try rebootHost()
         try afterReboot()
         try stopAndDelete()
+        if interface == .cli { withoutKVM() }
     }
 
     // MARK: - Steps
@@ -251,6 +252,33 @@ struct VMJourney {
         checks.check("definition removed", "test ! -e /etc/martlet/vms/\(Self.vm).toml") { $0.status == 0 }
         checks.check("volume's storage released", "test ! -e \(path)") { $0.status == 0 }
         scenario.mark("vm-stop-delete")
+    }
+
+    /// A host whose KVM module is not loaded (as with VT-x off in the firmware): `vm start`
+    /// fails at once and names the problem, instead of timing out or retrying. KVM is loaded
+    /// again afterwards.
+    func withoutKVM() {
+        let unloaded = checks.check(
+            "unload KVM", "for m in kvm_amd kvm_intel; do rmmod $m 2>/dev/null; done; test ! -e /dev/kvm"
+        ) { $0.status == 0 }
+        if unloaded?.status == 0 {
+            checks.check(
+                "vm start without /dev/kvm fails at once and says why",
+                "martlet vm create nokvm --kernel \(Self.kernels)/e2e-vmlinuz --memory 64MiB >/dev/null && s=$(date +%s) && martlet vm start nokvm --timeout 60 2>&1; echo \"status=$? seconds=$(( $(date +%s) - s ))\""
+            ) { result in
+                let seconds = result.output.split(separator: "seconds=").last.flatMap { Int($0) } ?? 99
+                return result.output.contains("status=1") && seconds < 30
+                    && result.output.contains("/dev/kvm does not exist")
+                    && result.output.contains("Enable virtualization")
+            }
+            checks.check("the unit failed, no retries", "systemctl is-failed martlet-vm@nokvm.service; journalctl -u martlet-vm@nokvm.service -o cat | grep -c 'martlet-vmm: /dev/kvm does not exist'") {
+                $0.output == "failed\n1"
+            }
+        }
+        checks.check("KVM back", "martlet vm delete nokvm; modprobe kvm_amd 2>/dev/null || modprobe kvm_intel; test -c /dev/kvm") {
+            $0.status == 0
+        }
+        scenario.mark("vm-without-kvm")
     }
 
     // MARK: - Commands
