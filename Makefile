@@ -1,7 +1,8 @@
 # Two commands for a fresh Debian 12 machine (as root):
 #   make iso    set up, build release binaries, build the ISO of profiles/default into out/
 #   make test   set up and run every test
-SWIFT ?= swift
+# swift on PATH, else the toolchain at /opt/swift (a shell that did not read the login profile).
+SWIFT ?= $(or $(shell command -v swift 2>/dev/null),/opt/swift/usr/bin/swift)
 PROFILE ?= profiles/default
 OUT ?= out
 RELEASE_FLAGS = -c release --static-swift-stdlib
