@@ -14,6 +14,12 @@ extension VMHost {
         return lstat("/run/systemd/system", &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
     }
 
+    /// True when VMs run as systemd units here: systemd is running and MARTLET_NO_SYSTEMD
+    /// (tests, containers) does not ask for directly spawned runners.
+    static var usesSystemd: Bool {
+        systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil
+    }
+
     /// The `martlet` executable to start runners with: this program.
     static var martletExecutable: String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
@@ -34,8 +40,7 @@ extension VMHost {
         unlink(paths.controlSocket(name))
         unlink(paths.runnerExit(name))
         let began = Date()
-        let systemd =
-            Self.systemdIsRunning && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil
+        let systemd = Self.usesSystemd
         if systemd {
             try ChildProcess.check([
                 "systemctl", "start", "--no-block", "martlet-vm@\(name).service",
@@ -139,9 +144,7 @@ extension VMHost {
             while runnerPID(name) != nil && Date() < deadline { usleep(50_000) }
         }
         if runnerPID(name) != nil {
-            if Self.systemdIsRunning
-                && ProcessInfo.processInfo.environment["MARTLET_NO_SYSTEMD"] == nil
-            {
+            if Self.usesSystemd {
                 try ChildProcess.check(["systemctl", "stop", "martlet-vm@\(name).service"])
             } else if (try? UnixSocket.request(control, "stop", timeout: 2)) == nil {
                 kill(pid, SIGTERM)

@@ -246,60 +246,55 @@ import Testing
         scenario.mark("first-boot-to-ssh")
 
         let checks = HostChecks(ssh: ssh)
-        func check(_ name: String, _ command: String, timeout: Int = 120, _ passes: (CommandResult) -> Bool) {
-            checks.check(name, command, timeout: timeout, passes)
-        }
-        func out(_ result: CommandResult) -> String { result.output }
-
-        check("system state", "systemctl is-system-running --wait", timeout: 300) {
-            let state = out($0)
+        checks.check("system state", "systemctl is-system-running --wait", timeout: 300) {
+            let state = $0.output
             return state == "running" || state == "degraded"
         }
-        check("failed units", "systemctl --failed --no-legend --plain") { result in
-            let units = out(result).split(separator: "\n").map {
+        checks.check("failed units", "systemctl --failed --no-legend --plain") { result in
+            let units = result.output.split(separator: "\n").map {
                 String($0.split(separator: " ").first ?? "")
             }.filter { !$0.isEmpty }
             if !units.isEmpty { scenario.notes.append("degraded: " + units.joined(separator: ",")) }
             return result.status == 0
         }
-        check("hostname", "hostname") { out($0) == hostname }
-        check("br0 address", "ip -4 -o addr show dev br0") { out($0).contains("inet \(address)") }
-        check(
+        checks.check("hostname", "hostname") { $0.output == hostname }
+        checks.check("br0 address", "ip -4 -o addr show dev br0") { $0.output.contains("inet \(address)") }
+        checks.check(
             "NIC enslaved to br0",
             "for n in /sys/class/net/*; do [ \"$(cat $n/address)\" = \(E2E.nicMAC) ] && [ \"${n##*/}\" != br0 ] && ip -o link show dev ${n##*/}; done"
-        ) { out($0).contains("master br0") }
-        check("only the configured IPv4 address on br0", "ip -4 -o addr show dev br0 scope link") {
-            out($0).isEmpty
+        ) { $0.output.contains("master br0") }
+        checks.check("only the configured IPv4 address on br0", "ip -4 -o addr show dev br0 scope link") {
+            $0.output.isEmpty
         }
         // QEMU's DHCP server sends no router (nor DNS) option under restrict=on, so only a
         // static configuration has a default route to check.
         if staticAddress {
-            check("default route", "ip -4 route show default") {
-                out($0).contains("via 10.0.2.2 dev br0")
+            checks.check("default route", "ip -4 route show default") {
+                $0.output.contains("via 10.0.2.2 dev br0")
             }
         }
         // systemd-resolved serves /etc/resolv.conf (its stub, 127.0.0.53); the upstream
         // servers it uses are in /run/systemd/resolve/resolv.conf.
-        check("DNS through systemd-resolved", "readlink /etc/resolv.conf; cat /run/systemd/resolve/resolv.conf") {
-            out($0).contains("stub-resolv.conf") && out($0).contains("nameserver 10.0.2.3")
+        checks.check("DNS through systemd-resolved", "readlink /etc/resolv.conf; cat /run/systemd/resolve/resolv.conf") {
+            $0.output.contains("stub-resolv.conf") && $0.output.contains("nameserver 10.0.2.3")
         }
-        check("storage.toml", "cat /etc/martlet/storage.toml") { out($0).contains("type = \"\(storage)\"") }
+        checks.check("storage.toml", "cat /etc/martlet/storage.toml") { $0.output.contains("type = \"\(storage)\"") }
         if storage == "lvm-thin" {
-            check(
+            checks.check(
                 "thin volume create+write+remove",
                 "set -e; lvcreate -q -V 64M -T martlet/data -n e2e-probe; dd if=/dev/urandom of=/dev/martlet/e2e-probe bs=1M count=8 oflag=direct status=none; lvremove -q -y martlet/e2e-probe; ! lvs martlet/e2e-probe 2>/dev/null"
             ) { $0.status == 0 }
         } else {
-            check(
+            checks.check(
                 "directory pool file create+delete",
                 "set -e; mountpoint -q /var/lib/martlet/storage; f=/var/lib/martlet/storage/e2e-probe; dd if=/dev/urandom of=$f bs=1M count=8 conv=fsync status=none; test $(stat -c %s $f) = 8388608; rm $f; test ! -e $f"
             ) { $0.status == 0 }
         }
-        check("install log", "test -s /var/log/martlet/install.log && wc -l < /var/log/martlet/install.log") {
+        checks.check("install log", "test -s /var/log/martlet/install.log && wc -l < /var/log/martlet/install.log") {
             $0.status == 0
         }
-        check("martlet-vmm --version", "martlet-vmm --version") { out($0).contains(E2E.version) }
-        check(
+        checks.check("martlet-vmm --version", "martlet-vmm --version") { $0.output.contains(E2E.version) }
+        checks.check(
             "martlet-vmm selftest",
             "modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null; test -c /dev/kvm && martlet-vmm selftest",
             timeout: 600
