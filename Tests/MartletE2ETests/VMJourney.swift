@@ -28,6 +28,10 @@ struct VMJourney {
     static let kernels = "/var/lib/martlet/kernels"
 
     func run() throws {
+        // A recheck boots a disk an earlier run used; QEMU's hard stop at its end may have
+        // lost the deletions that run made. A fresh host has nothing to remove.
+        _ = try? checks.ssh.run(
+            "martlet vm delete \(Self.vm) --volumes; martlet vm delete nokvm; martlet volume delete local/\(Self.volume); martlet volume delete local/e2e-imported; true")
         try makeGuest()
         importImage()
         let mac = try define()
