@@ -54,7 +54,7 @@ public struct AnswerEmbedding: Sendable {
                 hint: "write the copy to a new file with -o NEW.iso")
         }
         let work = FileManager.default.temporaryDirectory.appendingPathComponent(
-            "martlet-embed-\(getpid())").path
+            "martlet-embed-\(getpid())-\(UUID().uuidString.prefix(8))").path
         try? FileManager.default.removeItem(atPath: work)
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: work) }
