@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         // C libraries from Debian, imported through pkg-config. Each has a shim.h with
@@ -34,7 +35,9 @@ let package = Package(
             ]),
         .target(
             name: "MartletBuilder",
-            dependencies: ["MartletCore", "CArchive"]),
+            dependencies: [
+                "MartletCore", "CArchive", .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         .target(
             name: "MartletInstaller",
             dependencies: [

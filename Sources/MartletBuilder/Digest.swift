@@ -1,36 +1,55 @@
+import Crypto
 import Foundation
 import MartletCore
 
-/// SHA-256 through coreutils' `sha256sum`: the builder hashes large files, and the C
-/// implementation is both fast and already on every build machine.
+/// SHA-256 for the builder and the flasher, from swift-crypto (BoringSSL's implementation):
+/// files are hashed streaming, in chunks, so an ISO never sits in memory whole.
 enum Digest {
+    /// Bytes read per `read(2)` while hashing a file.
+    static let chunkSize = 1 << 20
+
+    /// The digest of the file at `path`, as 64 lower-case hex digits.
     static func sha256(file path: String) throws -> String {
-        try sha256(files: [path])[path]!
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw MartletError.system("open", path: path) }
+        defer { close(fd) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        var hash = SHA256()
+        while true {
+            let count = read(fd, buffer.baseAddress, buffer.count)
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw MartletError.system("read", path: path)
+            }
+            if count == 0 { break }
+            hash.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+        }
+        return hex(hash.finalize())
     }
 
-    /// Hashes of many files in one process.
+    /// Digests of `paths` (relative to `directory` when given), keyed by the path as given.
     static func sha256(files paths: [String], relativeTo directory: String? = nil) throws
         -> [String: String]
     {
-        guard !paths.isEmpty else { return [:] }
         var result: [String: String] = [:]
-        // Batches keep the argument list well under the kernel's limit.
-        for start in stride(from: 0, to: paths.count, by: 500) {
-            let batch = Array(paths[start..<min(start + 500, paths.count)])
-            let output = try Command(
-                "sha256sum", ["--"] + batch, workingDirectory: directory
-            ).run().stdoutText
-            for line in output.split(separator: "\n") {
-                let parts = line.split(separator: " ", maxSplits: 1)
-                guard parts.count == 2 else { continue }
-                result[String(parts[1].drop(while: { $0 == " " || $0 == "*" }))] = String(parts[0])
-            }
+        for path in paths {
+            let full = directory.map { path.hasPrefix("/") ? path : "\($0)/\(path)" } ?? path
+            result[path] = try sha256(file: full)
         }
         return result
     }
 
-    static func sha256(text: String) throws -> String {
-        let output = try Command("sha256sum", ["-"]).run(input: Data(text.utf8)).stdoutText
-        return String(output.prefix(64))
+    /// The digest of `text`'s UTF-8 bytes.
+    static func sha256(text: String) -> String {
+        hex(SHA256.hash(data: Data(text.utf8)))
+    }
+
+    /// 64 lower-case hex digits, as `sha256sum` prints them.
+    static func hex(_ digest: SHA256.Digest) -> String {
+        digest.map { byte in
+            let text = String(byte, radix: 16)
+            return byte < 0x10 ? "0" + text : text
+        }.joined()
     }
 }

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import MartletCore
 
@@ -217,7 +218,7 @@ public struct Flasher: Sendable {
             }
             let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
             try writeAll(output, chunk)
-            hash.update(chunk)
+            hash.update(bufferPointer: chunk)
             written += UInt64(count)
             // Flush as we go on a device, so the progress shows what the stick has stored
             // rather than what the page cache has taken (and the final sync is short).
@@ -244,7 +245,7 @@ public struct Flasher: Sendable {
         write.end(
             "\(ByteSize(written)) written in \(String(format: "%.1f", writeSeconds)) s (\(Self.rate(written, writeSeconds)))"
         )
-        let sha256 = hash.finalize()
+        let sha256 = Digest.hex(hash.finalize())
 
         let verify = StageReporter(sink: progress, stage: "verify", index: 2, count: 2)
         verify.begin("reading \(ByteSize(isoSize)) back from \(device)")
@@ -403,13 +404,13 @@ public struct Flasher: Sendable {
                     .verificationFailed,
                     "\(device) ended after \(done) of \(count) bytes while reading back")
             }
-            hash.update(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
+            hash.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
             done += UInt64(got)
             stage.update(
                 completed: done, total: count, unit: "bytes",
                 message: Self.rate(done, stage.elapsed))
         }
-        return hash.finalize()
+        return Digest.hex(hash.finalize())
     }
 
     /// One `read(2)`, retried on EINTR.

@@ -64,7 +64,7 @@ enum SHA256Sums {
             problems.append("/\(entry.path) is listed twice")
         }
         let present = entries.filter { onISO.contains($0.path) }
-        let hashes = try sha256(present.map(\.path), in: root)
+        let hashes = try Digest.sha256(files: present.map(\.path), relativeTo: root)
         for entry in entries {
             guard onISO.contains(entry.path) else {
                 problems.append("/\(entry.path) is listed but not on the ISO")
@@ -105,7 +105,7 @@ enum SHA256Sums {
         guard case .success(let entries) = parse(String(decoding: data, as: UTF8.self)),
             let entry = entries.first(where: { $0.path == name })
         else { return nil }
-        let found = try sha256([name], in: directory.isEmpty ? "." : directory)[name] ?? ""
+        let found = try Digest.sha256(file: (directory.isEmpty ? "." : directory) + "/" + name)
         return found == entry.hash
             ? ISOCheck(
                 name: "iso-sha256", passed: true, detail: "\(name) matches \(sums): \(found)")
@@ -124,27 +124,5 @@ enum SHA256Sums {
             }
         }
         return files.sorted()
-    }
-
-    /// sha256 of each of `files` (relative to `directory`), by `sha256sum` in batches.
-    static func sha256(_ files: [String], in directory: String) throws -> [String: String] {
-        var result: [String: String] = [:]
-        let tool = try Tool.resolve("sha256sum")
-        for start in stride(from: 0, to: files.count, by: 256) {
-            let batch = Array(files[start..<min(start + 256, files.count)])
-            let output = try Command(tool, ["--"] + batch, workingDirectory: directory).run()
-            let lines = output.stdoutText.split(separator: "\n")
-            guard lines.count == batch.count else {
-                throw MartletError(
-                    .failed,
-                    "sha256sum printed \(lines.count) lines for \(batch.count) files in \(directory)"
-                )
-            }
-            // sha256sum escapes unusual names with a leading '\'; pair by order instead.
-            for (file, line) in zip(batch, lines) {
-                result[file] = String(line.drop(while: { $0 == "\\" }).prefix(64))
-            }
-        }
-        return result
     }
 }

@@ -11,7 +11,7 @@ struct RootfsStage: BuildStage {
     /// Bumped when the way the rootfs is made changes, so old cache entries are not reused.
     static let cacheFormat = "2"
 
-    static func cacheKey(_ profile: Profile) throws -> String {
+    static func cacheKey(_ profile: Profile) -> String {
         let debian = profile.debian
         let text = [
             "format=\(cacheFormat)", "suite=\(debian.suite)", "mirror=\(debian.mirror)",
@@ -20,12 +20,12 @@ struct RootfsStage: BuildStage {
             "kernel=\(profile.kernel.package)",
             "packages=\(Set(debian.packages).sorted().joined(separator: ","))",
         ].joined(separator: "\n")
-        return try Digest.sha256(text: text)
+        return Digest.sha256(text: text)
     }
 
     func run(_ context: BuildContext, _ reporter: StageReporter) throws {
         let profile = context.profile
-        let key = try Self.cacheKey(profile)
+        let key = Self.cacheKey(profile)
         context.rootfsDigest = key
         let cacheDir = context.options.cacheDirectory + "/rootfs"
         try FileManager.default.createDirectory(atPath: cacheDir, withIntermediateDirectories: true)
