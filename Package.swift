@@ -38,10 +38,13 @@ let package = Package(
             dependencies: [
                 "MartletCore", "CArchive", .product(name: "Crypto", package: "swift-crypto"),
             ]),
+        // The answer-file model: no C libraries, so the builder can check an answer file
+        // without linking the installer.
+        .target(name: "MartletAnswer", dependencies: ["MartletCore"]),
         .target(
             name: "MartletInstaller",
             dependencies: [
-                "MartletCore", "CParted", "CBlkid", "CArchive", "CNewt",
+                "MartletCore", "MartletAnswer", "CParted", "CBlkid", "CArchive", "CNewt",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
@@ -60,13 +63,13 @@ let package = Package(
         .executableTarget(
             name: "martlet",
             dependencies: [
-                "MartletCore", "MartletBuilder", "MartletHost", "MartletInstaller",
+                "MartletCore", "MartletBuilder", "MartletHost", "MartletAnswer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
             name: "martlet-installer",
             dependencies: [
-                "MartletCore", "MartletInstaller",
+                "MartletCore", "MartletAnswer", "MartletInstaller",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -76,7 +79,8 @@ let package = Package(
         .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore"]),
         .testTarget(name: "MartletBuilderTests", dependencies: ["MartletBuilder", "MartletCore"]),
         .testTarget(
-            name: "MartletInstallerTests", dependencies: ["MartletInstaller", "MartletCore"]),
+            name: "MartletInstallerTests",
+            dependencies: ["MartletInstaller", "MartletAnswer", "MartletCore"]),
         .testTarget(name: "MartletVMMTests", dependencies: ["MartletVMM"]),
         .testTarget(
             name: "MartletHostTests", dependencies: ["MartletHost", "MartletCore"]),

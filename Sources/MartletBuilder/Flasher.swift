@@ -295,51 +295,39 @@ public struct Flasher: Sendable {
 
     /// Describes the block device `rdev` from sysfs; refuses a partition.
     private func blockDevice(_ rdev: dev_t) throws -> FlashTarget {
-        let (major, minor) = Self.split(rdev)
-        let link = "\(sysfs)/dev/block/\(major):\(minor)"
-        let directory = URL(fileURLWithPath: link).resolvingSymlinksInPath().path
-        guard FileManager.default.fileExists(atPath: directory + "/dev") else {
-            throw MartletError(.notFound, "no sysfs entry for \(device) (\(link))")
+        let number = DeviceNumber(rdev)
+        guard let sysDevice = SysfsBlockDevice(number: number, sysfs: sysfs) else {
+            throw MartletError(
+                .notFound, "no sysfs entry for \(device) (\(sysfs)/dev/block/\(number))")
         }
-        let name = (directory as NSString).lastPathComponent
-        if FileManager.default.fileExists(atPath: directory + "/partition") {
-            let disk = ((directory as NSString).deletingLastPathComponent as NSString)
+        let name = sysDevice.name
+        if sysDevice.isPartition {
+            let disk = ((sysDevice.directory as NSString).deletingLastPathComponent as NSString)
                 .lastPathComponent
             throw MartletError(
                 .refused, "\(device) is a partition (\(name)) of /dev/\(disk)",
                 hint: "an ISO goes onto the whole disk: use /dev/\(disk)")
         }
-        let removable = read(directory + "/removable") == "1"
-        let usb = directory.contains("/usb")
-        let sectors = read(directory + "/size").flatMap { UInt64($0) }
+        let removable = sysDevice.attribute("removable") == "1"
+        let usb = sysDevice.directory.contains("/usb")
         return FlashTarget(
-            path: device, kind: .blockDevice, name: name, size: sectors.map { $0 * 512 },
+            path: device, kind: .blockDevice, name: name, size: sysDevice.size,
             removable: removable || usb, transport: usb ? "usb" : nil,
-            model: read(directory + "/device/model"))
+            model: sysDevice.attribute("device/model"))
     }
 
     /// Refuses a device (or one of its partitions) that is mounted, swap, or held by another
     /// block device. `--force` does not override this.
     private func checkInUse(_ target: FlashTarget, rdev: dev_t) throws {
-        let fm = FileManager.default
-        let directory = URL(
-            fileURLWithPath: "\(sysfs)/dev/block/\(Self.split(rdev).0):\(Self.split(rdev).1)"
-        )
-        .resolvingSymlinksInPath().path
-        var nodes: [(name: String, dev: String, directory: String)] = [
-            (target.name ?? device, read(directory + "/dev") ?? "", directory)
-        ]
-        for entry in (try? fm.contentsOfDirectory(atPath: directory)) ?? []
-        where fm.fileExists(atPath: "\(directory)/\(entry)/partition") {
-            nodes.append((entry, read("\(directory)/\(entry)/dev") ?? "", "\(directory)/\(entry)"))
-        }
-        let byDev = Dictionary(nodes.map { ($0.dev, $0.name) }, uniquingKeysWith: { a, _ in a })
+        let disk = SysfsBlockDevice(directory: "\(sysfs)/dev/block/\(DeviceNumber(rdev))")
+        let nodes = [(target.name ?? device, disk)] + disk.partitions.map { ($0.name, $0) }
+        let byNumber = Dictionary(
+            nodes.compactMap { name, node in node.number.map { ($0, name) } },
+            uniquingKeysWith: { a, _ in a })
+        let table = MountTable.read(mountInfo: mountInfo, swaps: swaps)
 
-        var mounted: [String] = []
-        for line in (read(mountInfo) ?? "").split(separator: "\n") {
-            let fields = line.split(separator: " ")
-            guard fields.count > 4, let name = byDev[String(fields[2])] else { continue }
-            mounted.append("/dev/\(name) on \(Self.unescape(String(fields[4])))")
+        let mounted = table.mounts.compactMap { mount in
+            byNumber[mount.device].map { "/dev/\($0) on \(mount.mountpoint)" }
         }
         if !mounted.isEmpty {
             throw MartletError(
@@ -349,14 +337,7 @@ public struct Flasher: Sendable {
             )
         }
 
-        var swapped: [String] = []
-        for line in (read(swaps) ?? "").split(separator: "\n").dropFirst() {
-            guard let file = line.split(separator: " ").first else { continue }
-            var info = stat()
-            guard stat(String(file), &info) == 0, info.st_mode & S_IFMT == S_IFBLK else { continue }
-            let (major, minor) = Self.split(info.st_rdev)
-            if let name = byDev["\(major):\(minor)"] { swapped.append("/dev/\(name)") }
-        }
+        let swapped = table.swaps.compactMap { byNumber[$0].map { "/dev/\($0)" } }
         if !swapped.isEmpty {
             throw MartletError(
                 .refused, "\(device) is in use as swap: \(swapped.joined(separator: ", "))",
@@ -366,11 +347,11 @@ public struct Flasher: Sendable {
         }
 
         var holders: [String] = []
-        for node in nodes {
-            for holder in (try? fm.contentsOfDirectory(atPath: node.directory + "/holders")) ?? [] {
-                let dmName = read("\(sysfs)/block/\(holder)/dm/name")
+        for (name, node) in nodes {
+            for holder in node.holders {
+                let dmName = SysfsAttribute.read("\(sysfs)/block/\(holder)/dm/name")
                 holders.append(
-                    "/dev/\(node.name) is held by \(holder)\(dmName.map { " (\($0))" } ?? "")")
+                    "/dev/\(name) is held by \(holder)\(dmName.map { " (\($0))" } ?? "")")
             }
         }
         if !holders.isEmpty {
@@ -438,37 +419,6 @@ public struct Flasher: Sendable {
             }
             offset += count
         }
-    }
-
-    private func read(_ path: String) -> String? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    /// glibc's `major()`/`minor()` (macros Swift cannot import).
-    static func split(_ dev: dev_t) -> (UInt64, UInt64) {
-        let value = UInt64(dev)
-        let major = ((value >> 8) & 0xfff) | ((value >> 32) & ~UInt64(0xfff))
-        let minor = (value & 0xff) | ((value >> 12) & ~UInt64(0xff))
-        return (major, minor)
-    }
-
-    /// Mount points in mountinfo escape space, tab, newline and backslash as `\ooo`.
-    static func unescape(_ text: String) -> String {
-        var result = ""
-        var characters = Substring(text)
-        while let first = characters.first {
-            if first == "\\", characters.count >= 4,
-                let code = UInt8(characters.dropFirst().prefix(3), radix: 8)
-            {
-                result.append(Character(UnicodeScalar(code)))
-                characters = characters.dropFirst(4)
-            } else {
-                result.append(first)
-                characters = characters.dropFirst()
-            }
-        }
-        return result
     }
 
     static func rate(_ bytes: UInt64, _ seconds: Double) -> String {

@@ -33,7 +33,7 @@ public struct DiskDiscovery: Sendable {
                 cause: "\(error)")
         }
         let mounts = MountTable.read()
-        let mediumDevno = mounts.devno(mountedAt: mediumMount)
+        let mediumDevno = mounts.device(mountedAt: mediumMount)?.description
         return names.compactMap { name -> Disk? in
             let skipped = ["ram", "zram", "dm-", "md", "sr", "fd", "nbd"]
             if skipped.contains(where: { name.hasPrefix($0) }) { return nil }
@@ -49,7 +49,8 @@ public struct DiskDiscovery: Sendable {
         let mounts = MountTable.read()
         guard FileManager.default.fileExists(atPath: "\(sysBlock)/\(name)"),
             let disk = disk(
-                named: name, mounts: mounts, mediumDevno: mounts.devno(mountedAt: mediumMount))
+                named: name, mounts: mounts,
+                mediumDevno: mounts.device(mountedAt: mediumMount)?.description)
         else {
             throw MartletError(
                 .notFound, "'\(path)' is not a whole disk on this machine",
@@ -60,49 +61,43 @@ public struct DiskDiscovery: Sendable {
 
     func disk(named name: String, mounts: MountTable, mediumDevno: String?) -> Disk? {
         let base = "\(sysBlock)/\(name)"
-        let sectors = UInt64(Self.read("\(base)/size") ?? "") ?? 0
+        let sysDevice = SysfsBlockDevice(directory: base)
+        let sectors = UInt64(sysDevice.attribute("size") ?? "") ?? 0
         guard sectors > 0 else { return nil }
-        let devno = Self.read("\(base)/dev") ?? "0:0"
+        let devno = sysDevice.attribute("dev") ?? "0:0"
         let path = "/dev/\(name)"
         let udev = Self.udevProperties(devno: devno)
         var disk = Disk(
             path: path, name: name, devno: devno, size: ByteSize(sectors * 512),
-            model: Self.read("\(base)/device/model") ?? udev["ID_MODEL"],
-            serial: Self.read("\(base)/device/serial") ?? udev["ID_SERIAL_SHORT"],
-            wwn: Self.read("\(base)/device/wwid") ?? Self.read("\(base)/wwid") ?? udev["ID_WWN"],
+            model: sysDevice.attribute("device/model") ?? udev["ID_MODEL"],
+            serial: sysDevice.attribute("device/serial") ?? udev["ID_SERIAL_SHORT"],
+            wwn: sysDevice.attribute("device/wwid") ?? sysDevice.attribute("wwid") ?? udev["ID_WWN"],
             transport: Self.transport(name: name, sysPath: base, udev: udev),
-            rotational: Self.read("\(base)/queue/rotational") == "1",
-            removable: Self.read("\(base)/removable") == "1",
-            readOnly: Self.read("\(base)/ro") == "1",
-            logicalSectorSize: Int(Self.read("\(base)/queue/logical_block_size") ?? "") ?? 512,
-            physicalSectorSize: Int(Self.read("\(base)/queue/physical_block_size") ?? "") ?? 512)
+            rotational: sysDevice.attribute("queue/rotational") == "1",
+            removable: sysDevice.attribute("removable") == "1",
+            readOnly: sysDevice.attribute("ro") == "1",
+            logicalSectorSize: Int(sysDevice.attribute("queue/logical_block_size") ?? "") ?? 512,
+            physicalSectorSize: Int(sysDevice.attribute("queue/physical_block_size") ?? "") ?? 512)
         if name.hasPrefix("loop") {
-            disk.model = Self.read("\(base)/loop/backing_file").map { "loop: \($0)" }
+            disk.model = sysDevice.attribute("loop/backing_file").map { "loop: \($0)" }
         }
         let probe = BlkidProbe.probe(path: path)
         disk.probeError = probe.error
         disk.partitionTable = probe.partitionTable
         disk.signatures = probe.signatures
-        disk.mountpoints = mounts.mountpoints(devno: devno)
-        disk.holders = Self.holders(sysPath: base, holds: path, mounts: mounts)
+        disk.mountpoints = mountpoints(devno, in: mounts)
+        disk.holders = Self.holders(of: sysDevice, holds: path, mounts: mounts)
 
-        let children = ((try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [])
-            .filter {
-                $0.hasPrefix(name)
-                    && FileManager.default.fileExists(atPath: "\(base)/\($0)/partition")
-            }
+        let children = sysDevice.partitions.filter { $0.name.hasPrefix(name) }
         for child in children {
-            let partBase = "\(base)/\(child)"
-            let number = Int(Self.read("\(partBase)/partition") ?? "") ?? 0
-            let partDevno = Self.read("\(partBase)/dev") ?? "0:0"
-            let partPath = "/dev/\(child)"
-            let partSectors = UInt64(Self.read("\(partBase)/size") ?? "") ?? 0
+            let partPath = "/dev/\(child.name)"
             disk.partitions.append(
                 Disk.Partition(
-                    path: partPath, number: number, size: ByteSize(partSectors * 512),
+                    path: partPath, number: Int(child.attribute("partition") ?? "") ?? 0,
+                    size: ByteSize(child.size ?? 0),
                     signatures: BlkidProbe.probe(path: partPath).signatures,
-                    mountpoints: mounts.mountpoints(devno: partDevno),
-                    holders: Self.holders(sysPath: partBase, holds: partPath, mounts: mounts)))
+                    mountpoints: mountpoints(child.attribute("dev") ?? "0:0", in: mounts),
+                    holders: Self.holders(of: child, holds: partPath, mounts: mounts)))
         }
         disk.partitions.sort { $0.number < $1.number }
 
@@ -110,7 +105,7 @@ public struct DiskDiscovery: Sendable {
         if let mediumDevno {
             isMediumDevice =
                 devno == mediumDevno
-                || children.contains { Self.read("\(base)/\($0)/dev") == mediumDevno }
+                || children.contains { $0.attribute("dev") == mediumDevno }
         }
         let hasMartletISO = disk.allSignatures.contains {
             $0.type == "iso9660" && ($0.label ?? "").uppercased().hasPrefix("MARTLET")
@@ -119,16 +114,9 @@ public struct DiskDiscovery: Sendable {
         return disk
     }
 
-    static func read(_ path: String) -> String? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(
-            in: .whitespacesAndNewlines)
-        return text.isEmpty ? nil : text
-    }
-
     /// The udev database entry of a device (`E:KEY=value` lines), when udev runs.
     static func udevProperties(devno: String) -> [String: String] {
-        guard let text = read("/run/udev/data/b\(devno)") else { return [:] }
+        guard let text = SysfsAttribute.read("/run/udev/data/b\(devno)") else { return [:] }
         var properties: [String: String] = [:]
         for line in text.split(separator: "\n") where line.hasPrefix("E:") {
             let pair = line.dropFirst(2).split(separator: "=", maxSplits: 1)
@@ -150,78 +138,34 @@ public struct DiskDiscovery: Sendable {
         return real.contains("/host") ? "scsi" : "unknown"
     }
 
-    static func holders(sysPath: String, holds: String, mounts: MountTable) -> [Disk.Holder] {
-        let names =
-            (try? FileManager.default.contentsOfDirectory(atPath: "\(sysPath)/holders")) ?? []
-        return names.sorted().map { device in
-            let base = "/sys/block/\(device)"
-            let dmName = read("\(base)/dm/name")
-            let dmUUID = read("\(base)/dm/uuid") ?? ""
+    /// Mount points (and `[swap]`) of the device numbered `devno` (`major:minor`).
+    func mountpoints(_ devno: String, in mounts: MountTable) -> [String] {
+        DeviceNumber(devno).map { mounts.mountpoints(of: $0) } ?? []
+    }
+
+    static func holders(of device: SysfsBlockDevice, holds: String, mounts: MountTable)
+        -> [Disk.Holder]
+    {
+        device.holders.map { name in
+            let holder = SysfsBlockDevice(directory: "/sys/block/\(name)")
+            let dmName = holder.attribute("dm/name")
+            let dmUUID = holder.attribute("dm/uuid") ?? ""
             let kind =
                 dmUUID.hasPrefix("LVM-")
                 ? "lvm"
-                : device.hasPrefix("md")
+                : name.hasPrefix("md")
                     ? "md"
                     : dmName != nil ? "dm" : "other"
-            let devno = read("\(base)/dev") ?? ""
-            let stacked =
-                (try? FileManager.default.contentsOfDirectory(atPath: "\(base)/holders")) ?? []
             // An LVM LV is only safe to deactivate when nothing mounts or stacks on it;
             // any md array counts as in use: stopping it is the user's decision.
             let inUse =
-                kind != "lvm" || !mounts.mountpoints(devno: devno).isEmpty || !stacked.isEmpty
+                kind != "lvm" || !(holder.number.map { mounts.mountpoints(of: $0) } ?? []).isEmpty
+                || !holder.holders.isEmpty
             return Disk.Holder(
-                device: device,
-                name: dmName ?? read("\(base)/md/metadata_version").map { _ in device } ?? device,
+                device: name,
+                name: dmName ?? holder.attribute("md/metadata_version").map { _ in name } ?? name,
                 kind: kind, inUse: inUse, holds: holds)
         }
-    }
-}
-
-/// /proc/self/mountinfo and /proc/swaps, keyed by `major:minor`.
-struct MountTable {
-    var byDevno: [String: [String]] = [:]
-    var sourceByMountpoint: [String: String] = [:]
-
-    static func read() -> MountTable {
-        var table = MountTable()
-        if let text = DiskDiscovery.read("/proc/self/mountinfo") {
-            for line in text.split(separator: "\n") {
-                let fields = line.split(separator: " ")
-                guard fields.count > 4 else { continue }
-                let devno = String(fields[2])
-                let mountpoint = Self.unescape(String(fields[4]))
-                table.byDevno[devno, default: []].append(mountpoint)
-                table.sourceByMountpoint[mountpoint] = devno
-            }
-        }
-        if let text = DiskDiscovery.read("/proc/swaps") {
-            for line in text.split(separator: "\n").dropFirst() {
-                guard let device = line.split(separator: " ").first else { continue }
-                var info = stat()
-                if stat(String(device), &info) == 0, (info.st_mode & S_IFMT) == S_IFBLK {
-                    let devno = "\(major(info.st_rdev)):\(minor(info.st_rdev))"
-                    table.byDevno[devno, default: []].append("[swap]")
-                }
-            }
-        }
-        return table
-    }
-
-    func mountpoints(devno: String) -> [String] { byDevno[devno] ?? [] }
-
-    func devno(mountedAt path: String) -> String? { sourceByMountpoint[path] }
-
-    static func unescape(_ text: String) -> String {
-        text.replacingOccurrences(of: "\\040", with: " ").replacingOccurrences(
-            of: "\\011", with: "\t")
-    }
-
-    private static func major(_ dev: dev_t) -> UInt64 {
-        (UInt64(dev) >> 8) & 0xfff | (UInt64(dev) >> 32) & ~0xfff
-    }
-    private static func minor(_ dev: dev_t) -> UInt64 {
-        UInt64(dev) & 0xff | (UInt64(dev) >> 12) & ~0xff
     }
 }
 

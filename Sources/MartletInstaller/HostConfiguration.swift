@@ -1,4 +1,5 @@
 import Foundation
+import MartletAnswer
 import MartletCore
 
 /// systemd-networkd files for the management bridge `br0` over the chosen NIC (optionally

@@ -1,4 +1,5 @@
 import Foundation
+import MartletAnswer
 import MartletCore
 
 /// Everything an install will do, decided before anything is written: which disks, the

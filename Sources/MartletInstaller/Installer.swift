@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MartletAnswer
 import MartletCore
 
 /// Executes an `InstallPlan`: wipe, partition, format, copy, configure, bootloader,

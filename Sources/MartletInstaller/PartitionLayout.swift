@@ -1,3 +1,4 @@
+import MartletAnswer
 import MartletCore
 
 /// The GPT layout of the install disk: BIOS boot, ESP, root, optional swap, VM storage.
@@ -30,7 +31,7 @@ public struct PartitionLayout: Codable, Sendable, Equatable {
     public var entries: [Entry]
 
     public static let alignment: UInt64 = 1 << 20
-    public static let minimumRootSize = ByteSize.gib(4)
+    public static let minimumRootSize = AnswerFile.DiskAnswer.minimumRootSize
     public static let minimumStorageSize = ByteSize.gib(1)
     public static let maximumDefaultRootSize = ByteSize.gib(64)
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MartletAnswer
 import MartletCore
 import MartletInstaller
 

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
+import MartletAnswer
 import MartletBuilder
 import MartletCore
-import MartletInstaller
 
 struct AnswerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

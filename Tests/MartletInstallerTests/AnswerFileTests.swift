@@ -1,4 +1,5 @@
 import Foundation
+import MartletAnswer
 import MartletCore
 import Testing
 

@@ -1,6 +1,7 @@
 import CNewt
 import Foundation
 import Logging
+import MartletAnswer
 import MartletCore
 
 extension TextInstaller {

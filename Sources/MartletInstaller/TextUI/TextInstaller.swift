@@ -1,6 +1,7 @@
 import CNewt
 import Foundation
 import Logging
+import MartletAnswer
 import MartletCore
 
 /// The interactive installer: newt screens that collect an `AnswerFile`, then the same

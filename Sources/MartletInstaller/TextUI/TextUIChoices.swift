@@ -1,4 +1,5 @@
 import Foundation
+import MartletAnswer
 import MartletCore
 
 /// Everything the screens collected, as typed. `answerFile()` turns it into the same

@@ -60,6 +60,9 @@ public struct AnswerFile: Codable, Sendable, Equatable {
         public var swapSize: ByteSize?
         public var wipe: Bool
 
+        /// The smallest root filesystem an answer may ask for (the partition layout's floor).
+        public static let minimumRootSize = ByteSize.gib(4)
+
         public init(
             target: DiskSelector, filesystem: Filesystem = .ext4, rootSize: ByteSize? = nil,
             swapSize: ByteSize? = nil, wipe: Bool = false
@@ -336,10 +339,10 @@ extension AnswerFile {
             try section.choice("filesystem", Filesystem.allCases.map(\.rawValue))
             .flatMap(Filesystem.init(rawValue:)) ?? .ext4
         let rootSize = try section.size("root-size")
-        if let rootSize, rootSize < PartitionLayout.minimumRootSize {
+        if let rootSize, rootSize < DiskAnswer.minimumRootSize {
             throw section.error(
                 "root-size", "\(rootSize) is too small",
-                hint: "the root filesystem needs at least \(PartitionLayout.minimumRootSize)")
+                hint: "the root filesystem needs at least \(DiskAnswer.minimumRootSize)")
         }
         let swapSize = try section.size("swap-size")
         let wipe = try section.bool("wipe") ?? false
