@@ -76,18 +76,25 @@ let package = Package(
             exclude: ["README.md", "answer.example.toml"]),
         .executableTarget(name: "martlet-vmm", dependencies: ["MartletVMM"], exclude: ["README.md"]),
 
+        // What tests share: QEMU's monitor, scratch folders, tiny GRUB ISOs, where the
+        // executables are. Only test targets depend on it; it ships in no binary.
+        .target(name: "MartletTestSupport", dependencies: ["MartletBuilder", "MartletCore"]),
+
         .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore"]),
-        .testTarget(name: "MartletBuilderTests", dependencies: ["MartletBuilder", "MartletCore"]),
+        .testTarget(
+            name: "MartletBuilderTests",
+            dependencies: ["MartletBuilder", "MartletCore", "MartletTestSupport"]),
         .testTarget(
             name: "MartletInstallerTests",
-            dependencies: ["MartletInstaller", "MartletAnswer", "MartletCore"]),
+            dependencies: ["MartletInstaller", "MartletAnswer", "MartletCore", "MartletTestSupport"]),
         .testTarget(name: "MartletVMMTests", dependencies: ["MartletVMM"]),
         .testTarget(
             name: "MartletHostTests", dependencies: ["MartletHost", "MartletCore"]),
         // The user journey in QEMU: build the ISO, install on BIOS and UEFI, use the host.
         // Run by `make e2e` (and `make test` after the unit tests); `make unit` skips it.
         .testTarget(
-            name: "MartletE2ETests", dependencies: ["MartletBuilder", "MartletCore"],
+            name: "MartletE2ETests",
+            dependencies: ["MartletBuilder", "MartletCore", "MartletTestSupport"],
             exclude: ["README.md"]),
     ]
 )

@@ -447,7 +447,7 @@ public final class QEMUMachine: @unchecked Sendable {
     }
 
     /// `$TMPDIR` (or /tmp) without a trailing slash.
-    static var temporaryDirectory: String {
+    public static var temporaryDirectory: String {
         let path = NSTemporaryDirectory()
         return path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
     }

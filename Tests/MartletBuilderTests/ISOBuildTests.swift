@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MartletCore
+import MartletTestSupport
 import Testing
 
 @testable import MartletBuilder
@@ -10,16 +11,13 @@ import Testing
 /// Needs root, the release binaries (`MARTLET_RELEASE_BIN`, set by `make test`) and the
 /// tools of `scripts/setup`.
 enum TestBuilds {
-    static let packageRoot = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static let packageRoot = TestPaths.packageRoot
     static let epoch = 1_767_225_600
     static let outputRoot = "/var/cache/martlet/test-out"
     /// Serial logs of failed boots are kept here (ignored by git).
     static let artifacts = packageRoot + "/artifacts"
 
-    static var binaries: String {
-        ProcessInfo.processInfo.environment["MARTLET_RELEASE_BIN"] ?? packageRoot + "/.build/release"
-    }
+    static var binaries: String { TestPaths.releaseBinaries }
 
     static func options(output: String, profile: Profile) throws -> BuildOptions {
         BuildOptions(

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletTestSupport
 import Testing
 
 @testable import MartletBuilder

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MartletCore
+import MartletTestSupport
 import Testing
 
 @testable import MartletBuilder
@@ -9,8 +10,7 @@ import Testing
 /// pair, scratch and artifact folders. Needs root, QEMU, OVMF, the release binaries
 /// (`MARTLET_RELEASE_BIN`, set by `make e2e`) and the tools of `scripts/setup`.
 enum E2E {
-    static let packageRoot = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static let packageRoot = TestPaths.packageRoot
     static let epoch = 1_767_225_600
     /// Builds, disk images and answer disks; outside the repository, reused between runs.
     static let workRoot = "/var/cache/martlet/e2e"
@@ -20,9 +20,7 @@ enum E2E {
     static let nicMAC = "52:54:00:12:34:56"
     static let version = "0.1.0"
 
-    static var binaries: String {
-        ProcessInfo.processInfo.environment["MARTLET_RELEASE_BIN"] ?? packageRoot + "/.build/release"
-    }
+    static var binaries: String { TestPaths.releaseBinaries }
 
     /// The ISO of profiles/default and how long its build took, made once per run.
     /// `MARTLET_E2E_ISO=FILE` boots an ISO built before instead (to iterate on the harness).

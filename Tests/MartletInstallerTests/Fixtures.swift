@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletTestSupport
 import Testing
 
 @testable import MartletInstaller
@@ -136,24 +137,6 @@ final class TemporaryDirectory {
     deinit {
         _ = try? Command.quietLVM("rm", ["-rf", "--one-file-system", path]).runAllowingFailure()
     }
-}
-
-/// The martlet-installer executable of this build (or of MARTLET_RELEASE_BIN).
-func installerExecutable() -> String {
-    if let bin = ProcessInfo.processInfo.environment["MARTLET_RELEASE_BIN"],
-        FileManager.default.isExecutableFile(atPath: "\(bin)/martlet-installer")
-    {
-        return "\(bin)/martlet-installer"
-    }
-    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
-    var directory = (exe as NSString).deletingLastPathComponent
-    while !directory.isEmpty && directory != "/" {
-        if FileManager.default.isExecutableFile(atPath: "\(directory)/martlet-installer") {
-            return "\(directory)/martlet-installer"
-        }
-        directory = (directory as NSString).deletingLastPathComponent
-    }
-    return "martlet-installer"
 }
 
 /// A valid answer file; tests replace lines to break it.

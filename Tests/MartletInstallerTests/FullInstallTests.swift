@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletTestSupport
 import Testing
 
 @testable import MartletInstaller
@@ -100,7 +101,7 @@ extension LoopDeviceSuites {
                 "answer.toml", answer(disk, storage: storage, group: group, extra: extra))
             let log = "\(work.path)/install.log"
             let result = try Command.quietLVM(
-                installerExecutable(),
+                TestPaths.executable("martlet-installer"),
                 ["install", "--answer", answerFile, "--source", source, "--json", "--log", log]
             ).runAllowingFailure()
             try #require(result.status == 0, "\(result.stderr)")

@@ -1,13 +1,14 @@
 import Foundation
 import MartletAnswer
 import MartletCore
+import MartletTestSupport
 import Testing
 
 @testable import MartletInstaller
 
 /// Runs martlet-installer and returns (status, stdout, stderr).
 func installer(_ arguments: [String]) throws -> (Int32, String, String) {
-    let result = try Command.quietLVM(installerExecutable(), arguments).runAllowingFailure()
+    let result = try Command.quietLVM(TestPaths.executable("martlet-installer"), arguments).runAllowingFailure()
     return (result.status, result.stdoutText, result.stderr)
 }
 

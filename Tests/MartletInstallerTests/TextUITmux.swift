@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletTestSupport
 
 @testable import MartletInstaller
 
@@ -21,7 +22,7 @@ final class TmuxInstaller {
         _ = FileManager.default.createFile(
             atPath: stub, contents: Data("#!/bin/sh\necho \"$@\" >> \(directory.path)/systemctl.calls\n".utf8),
             attributes: [.posixPermissions: 0o755])
-        let quoted = ([installerExecutable()] + arguments).map { "'\($0)'" }.joined(separator: " ")
+        let quoted = ([TestPaths.executable("martlet-installer")] + arguments).map { "'\($0)'" }.joined(separator: " ")
         // xterm-mono: no colours at all, as on a serial console or a BMC's text screen.
         let command =
             "TERM=xterm-mono PATH=\(directory.path)/bin:/usr/sbin:/usr/bin:/sbin:/bin \(quoted) 2>\(directory.path)/stderr; "

@@ -1,4 +1,5 @@
 import Foundation
+import MartletBuilder
 import MartletCore
 
 extension QEMUMachine {
