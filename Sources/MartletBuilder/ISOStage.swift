@@ -23,21 +23,11 @@ struct ISOStage: BuildStage {
         try context.run("touch", ["-h", "-d", "@\(context.epoch)"] + allPaths(tree))
 
         let iso = context.work + "/image.iso"
-        let publisher = profile.iso.publisher.isEmpty ? "Martlet" : profile.iso.publisher
-        let arguments = [
-            "-as", "mkisofs", "-o", iso, "-V", profile.iso.label,
-            "-publisher", publisher, "-A", "Martlet \(profile.version)",
-            "-iso-level", "3", "-r", "-J", "-joliet-long",
-            "--grub2-mbr", "/usr/lib/grub/i386-pc/boot_hybrid.img",
-            "-partition_offset", "16", "--mbr-force-bootable",
-            "-append_partition", "2", "0xef", context.bootImages + "/efi.img",
-            "-appended_part_as_gpt", "-iso_mbr_part_type", "0x00",
-            "-c", "boot/boot.cat",
-            "-b", "boot/grub/bios.img", "-no-emul-boot", "-boot-load-size", "4",
-            "-boot-info-table", "--grub2-boot-info",
-            "-eltorito-alt-boot", "-e", "--interval:appended_partition_2:all::", "-no-emul-boot",
-            tree,
-        ]
+        let arguments = Self.xorrisoArguments(
+            output: iso, label: profile.iso.label,
+            publisher: profile.iso.publisher.isEmpty ? "Martlet" : profile.iso.publisher,
+            application: "Martlet \(profile.version)", efiImage: context.bootImages + "/efi.img",
+            tree: tree)
         try Command(
             "xorriso", arguments, environment: ["SOURCE_DATE_EPOCH": String(context.epoch)]
         ).stream(logger: context.logger) { line, _ in
@@ -49,6 +39,29 @@ struct ISOStage: BuildStage {
             }
         }
         context.sizes["iso"] = fileSize(iso)
+    }
+
+    /// xorriso's arguments that master `tree` into the hybrid image `output`, with the EFI
+    /// system partition image `efiImage` appended as GPT partition 2 and used as the EFI
+    /// El Torito image. Tests master their fixtures with these same arguments.
+    static func xorrisoArguments(
+        output: String, label: String, publisher: String, application: String,
+        efiImage: String, tree: String
+    ) -> [String] {
+        [
+            "-as", "mkisofs", "-o", output, "-V", label,
+            "-publisher", publisher, "-A", application,
+            "-iso-level", "3", "-r", "-J", "-joliet-long",
+            "--grub2-mbr", "/usr/lib/grub/i386-pc/boot_hybrid.img",
+            "-partition_offset", "16", "--mbr-force-bootable",
+            "-append_partition", "2", "0xef", efiImage,
+            "-appended_part_as_gpt", "-iso_mbr_part_type", "0x00",
+            "-c", "boot/boot.cat",
+            "-b", "boot/grub/bios.img", "-no-emul-boot", "-boot-load-size", "4",
+            "-boot-info-table", "--grub2-boot-info",
+            "-eltorito-alt-boot", "-e", "--interval:appended_partition_2:all::", "-no-emul-boot",
+            tree,
+        ]
     }
 
     /// `/SHA256SUMS` inside the ISO: one line per file, `<sha256>  ./path`.

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import Synchronization
 
 /// How `QEMUMachine` boots an ISO or a disk: firmware, how the ISO is attached, extra disks,
 /// networking and where the serial console goes.
@@ -345,7 +346,7 @@ public final class QEMUMachine: @unchecked Sendable {
             let result = Self.spawn(argv, outputPath: headless ? outputPath : nil)
             switch result {
             case .failure(let error):
-                spawnError.error = error
+                spawnError.error.withLock { $0 = error }
                 ready.signal()
             case .success(let pid):
                 spawned.started(pid)
@@ -359,7 +360,7 @@ public final class QEMUMachine: @unchecked Sendable {
         thread.name = "martlet-qemu-waiter"
         thread.start()
         ready.wait()
-        if let error = spawnError.error { throw error }
+        if let error = spawnError.error.withLock({ $0 }) { throw error }
     }
 
     /// Waits until `text` appears on the serial console (anywhere in its output since start,
@@ -536,6 +537,7 @@ private final class ProcessState: @unchecked Sendable {
     }
 }
 
-private final class SpawnResult: @unchecked Sendable {
-    var error: MartletError?
+/// A spawn failure, handed from the waiter thread to `start()`.
+private final class SpawnResult: Sendable {
+    let error = Mutex<MartletError?>(nil)
 }

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import Synchronization
 
 /// Debian root filesystem from mmdebstrap, cached as a tarball keyed by a digest of
 /// everything that decides its contents (suite, mirror, components, architecture,
@@ -118,11 +119,10 @@ struct RootfsStage: BuildStage {
 }
 
 /// Lines gathered from a streaming subprocess, readable after it ends.
-final class LineLog: @unchecked Sendable {
-    private let lock = NSLock()
-    private var storage: [String] = []
-    func append(_ line: String) { lock.withLock { storage.append(line) } }
-    var lines: [String] { lock.withLock { storage } }
+final class LineLog: Sendable {
+    private let storage = Mutex<[String]>([])
+    func append(_ line: String) { storage.withLock { $0.append(line) } }
+    var lines: [String] { storage.withLock { $0 } }
 }
 
 func fileSize(_ path: String) -> UInt64 {

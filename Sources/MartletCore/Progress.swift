@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// One step of long work, reported to a person (text on stderr) or a script (JSON lines).
 public struct ProgressEvent: Sendable, Codable, Equatable {
@@ -53,12 +54,11 @@ public struct SilentProgress: ProgressSink {
 }
 
 /// Collects events in memory, for tests and for front ends that poll.
-public final class RecordingProgress: ProgressSink, @unchecked Sendable {
-    private let lock = NSLock()
-    private var storage: [ProgressEvent] = []
+public final class RecordingProgress: ProgressSink {
+    private let storage = Mutex<[ProgressEvent]>([])
     public init() {}
-    public func emit(_ event: ProgressEvent) { lock.withLock { storage.append(event) } }
-    public var events: [ProgressEvent] { lock.withLock { storage } }
+    public func emit(_ event: ProgressEvent) { storage.withLock { $0.append(event) } }
+    public var events: [ProgressEvent] { storage.withLock { $0 } }
 }
 
 /// One JSON object a line on stdout, for `--json`.
@@ -75,31 +75,38 @@ public struct JSONLinesProgress: ProgressSink {
 
 /// Human progress on stderr: a line per stage, updated in place on a terminal and
 /// throttled to a line every few seconds when stderr is a file or a pipe.
-public final class TextProgress: ProgressSink, @unchecked Sendable {
-    private let lock = NSLock()
+public final class TextProgress: ProgressSink {
     private let isTerminal = isatty(STDERR_FILENO) == 1
-    private var lastPrint = Date.distantPast
-    private var openLine = false
+    /// When the last update was printed, and whether the line it printed is still open.
+    private let screen = Mutex((lastPrint: Date.distantPast, openLine: false))
 
     public init() {}
 
     public func emit(_ event: ProgressEvent) {
-        lock.withLock {
+        screen.withLock { screen in
             let position = event.index.map { i in event.count.map { "[\(i)/\($0)] " } ?? "" } ?? ""
             switch event.kind {
             case .begin:
-                write("\(position)\(event.stage): \(event.message ?? "started")", final: true)
+                write(
+                    "\(position)\(event.stage): \(event.message ?? "started")", final: true,
+                    openLine: &screen.openLine)
             case .update:
                 let now = Date()
                 let interval = isTerminal ? 0.2 : 5
-                guard now.timeIntervalSince(lastPrint) >= interval else { return }
-                lastPrint = now
-                write("\(position)\(event.stage): \(Self.amount(event))", final: !isTerminal)
+                guard now.timeIntervalSince(screen.lastPrint) >= interval else { return }
+                screen.lastPrint = now
+                write(
+                    "\(position)\(event.stage): \(Self.amount(event))", final: !isTerminal,
+                    openLine: &screen.openLine)
             case .end:
                 let time = event.elapsed.map { String(format: " (%.1fs)", $0) } ?? ""
-                write("\(position)\(event.stage): \(event.message ?? "done")\(time)", final: true)
+                write(
+                    "\(position)\(event.stage): \(event.message ?? "done")\(time)", final: true,
+                    openLine: &screen.openLine)
             case .note:
-                write("\(position)\(event.stage): \(event.message ?? "")", final: true)
+                write(
+                    "\(position)\(event.stage): \(event.message ?? "")", final: true,
+                    openLine: &screen.openLine)
             }
         }
     }
@@ -120,7 +127,7 @@ public final class TextProgress: ProgressSink, @unchecked Sendable {
         return parts.joined(separator: "  ")
     }
 
-    private func write(_ text: String, final: Bool) {
+    private func write(_ text: String, final: Bool, openLine: inout Bool) {
         var out = ""
         if isTerminal && openLine { out += "\r\u{1B}[K" }
         out += text

@@ -54,6 +54,9 @@ final class LoopDisk {
             }
             Thread.sleep(forTimeInterval: 0.1)
         }
+        try #require(
+            FileManager.default.fileExists(atPath: firstPartition),
+            "\(firstPartition) did not appear within 5 s")
         try Command("mkfs.ext4", ["-q", "-F", firstPartition]).run()
         let target = scratch.file("mnt dir")
         try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)

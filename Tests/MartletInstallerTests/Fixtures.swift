@@ -61,6 +61,10 @@ final class LoopDisk {
         for _ in 0..<50 where !FileManager.default.fileExists(atPath: partition(count)) {
             usleep(100_000)
         }
+        guard FileManager.default.fileExists(atPath: partition(count)) else {
+            throw MartletError(
+                .failed, "\(partition(count)) did not appear within 5 s of partitioning \(path)")
+        }
     }
 
     /// An 8 GiB disk with leftovers of an old system: GPT, an ext4 partition labelled

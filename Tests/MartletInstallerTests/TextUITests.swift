@@ -144,8 +144,9 @@ struct TextUITests {
         screen = try ui.waitFor("┤ Erase disks ├")
         #expect(screen.contains(disk.path))
         try ui.keys("Tab", "Enter")  // Cancel: back on the summary
-        usleep(500_000)
-        screen = try ui.waitFor("Summary")
+        screen = try ui.waitForScreen("the summary without the erase dialog") {
+            $0.contains("Summary") && !$0.contains("┤ Erase disks ├")
+        }
         #expect(!screen.contains("┤ Erase disks ├"))
         for kept in ["keyboard: de", "Europe/Paris", "hv1.example.org", "directory /var/lib/martlet/storage (ext4)",
             "WIPES", "olddata"]

@@ -63,7 +63,8 @@ final class TmuxInstaller {
 
     /// Sends Tab and waits until the cursor moves, i.e. the UI took the key: a loop that
     /// watches the cursor must not send keys ahead of a UI slowed down by a busy machine.
-    func tab(timeout: Double = 3) throws {
+    /// Throws, with the screen, when the cursor has not moved after `timeout` seconds.
+    func tab(timeout: Double = 15) throws {
         let before = cursor
         try keys("Tab")
         let deadline = Date().addingTimeInterval(timeout)
@@ -72,6 +73,9 @@ final class TmuxInstaller {
             if now.x != before.x || now.y != before.y { return }
             usleep(20_000)
         }
+        throw MartletError(
+            .failed, "the cursor stayed at \(before.x),\(before.y) for \(timeout) s after Tab",
+            cause: "screen:\n\((try? screen()) ?? "")\nstderr:\n\(stderr)")
     }
 
     /// Types `text` literally.
@@ -93,17 +97,26 @@ final class TmuxInstaller {
     /// Waits until the screen shows `text`; throws with the screen when it does not.
     @discardableResult
     func waitFor(_ text: String, timeout: Double = 15) throws -> String {
+        try waitForScreen("'\(text)'", timeout: timeout) { $0.contains(text) }
+    }
+
+    /// Waits until the screen satisfies `condition` (`what` describes it in the error), then
+    /// returns the screen as drawn a moment later (newt draws a window in several writes).
+    @discardableResult
+    func waitForScreen(_ what: String, timeout: Double = 15, _ condition: (String) -> Bool) throws
+        -> String
+    {
         let deadline = Date().addingTimeInterval(timeout)
         var last = ""
         while Date() < deadline {
             last = try screen()
-            if last.contains(text) {
+            if condition(last) {
                 usleep(150_000)
                 return try screen()
             }
             usleep(100_000)
         }
-        throw MartletError(.failed, "the screen never showed '\(text)'", cause: "screen:\n\(last)\nstderr:\n\(stderr)")
+        throw MartletError(.failed, "the screen never showed \(what)", cause: "screen:\n\(last)\nstderr:\n\(stderr)")
     }
 
     /// The installer's exit status once it has ended.
