@@ -1,64 +1,107 @@
-import Foundation
+import MartletCore
 
 extension AnswerFile {
     /// The answers as an answer file that `AnswerFile.parse` reads back to the same value:
     /// what the text UI saves so an install can be repeated unattended.
     public var toml: String {
-        func quoted(_ text: String) -> String {
-            var escaped = ""
-            for scalar in text.unicodeScalars {
-                switch scalar {
-                case "\"": escaped += "\\\""
-                case "\\": escaped += "\\\\"
-                case "\n": escaped += "\\n"
-                case "\t": escaped += "\\t"
-                default:
-                    escaped += scalar.value < 0x20 || scalar.value == 0x7F
-                        ? String(format: "\\u%04X", scalar.value) : String(scalar)
-                }
-            }
-            return "\"\(escaped)\""
-        }
-        func list(_ items: [String]) -> String { "[" + items.map(quoted).joined(separator: ", ") + "]" }
+        TOMLDocument.text(
+            of: FileLayout(self),
+            comment: "Martlet answer file: `martlet-installer install --answer FILE` repeats this install.")
+    }
+}
 
-        var lines = ["# Martlet answer file: `martlet-installer install --answer FILE` repeats this install.", ""]
-        lines.append("[global]")
-        lines.append("hostname = \(quoted(global.hostname))")
-        lines.append("timezone = \(quoted(global.timezone))")
-        lines.append("keyboard = \(quoted(global.keyboard))")
-        switch global.rootPassword {
-        case .plain(let password): lines.append("root-password = \(quoted(password))")
-        case .hashed(let hash): lines.append("root-password-hash = \(quoted(hash))")
+/// The answer file's tables and keys as `AnswerFile.parse` reads them (the model's own
+/// `Codable` form is its JSON shape, with Swift names and enums with payloads).
+private struct FileLayout: Encodable {
+    struct Global: Encodable {
+        var hostname, timezone, keyboard: String
+        var rootPassword, rootPasswordHash: String?
+        var rootSSHKeys: [String]?
+        var rebootMode: String
+
+        enum CodingKeys: String, CodingKey {
+            case hostname, timezone, keyboard
+            case rootPassword = "root-password"
+            case rootPasswordHash = "root-password-hash"
+            case rootSSHKeys = "root-ssh-keys"
+            case rebootMode = "reboot-mode"
+        }
+    }
+
+    struct Disk: Encodable {
+        var target, filesystem: String
+        var rootSize, swapSize: Int?
+        var wipe: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case target, filesystem, wipe
+            case rootSize = "root-size"
+            case swapSize = "swap-size"
+        }
+    }
+
+    struct Storage: Encodable {
+        var type, volumeGroup: String
+        var extraDisks: [String]?
+
+        enum CodingKeys: String, CodingKey {
+            case type
+            case volumeGroup = "volume-group"
+            case extraDisks = "extra-disks"
+        }
+    }
+
+    struct Network: Encodable {
+        var interface, mode: String
+        var address, gateway: String?
+        var dns: [String]?
+        var ipv6: String
+        var ipv6Gateway: String?
+        var vlan: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case interface, mode, address, gateway, dns, ipv6, vlan
+            case ipv6Gateway = "ipv6-gateway"
+        }
+    }
+
+    var global: Global
+    var disk: Disk
+    var storage: Storage
+    var network: Network
+
+    init(_ answer: AnswerFile) {
+        var rootPassword: String?
+        var rootPasswordHash: String?
+        switch answer.global.rootPassword {
+        case .plain(let password): rootPassword = password
+        case .hashed(let hash): rootPasswordHash = hash
         case nil: break
         }
-        if !global.rootSSHKeys.isEmpty { lines.append("root-ssh-keys = \(list(global.rootSSHKeys))") }
-        lines.append("reboot-mode = \(quoted(global.rebootMode.rawValue))")
-
-        lines += ["", "[disk]"]
-        lines.append("target = \(quoted(disk.target.description))")
-        lines.append("filesystem = \(quoted(disk.filesystem.rawValue))")
-        if let rootSize = disk.rootSize { lines.append("root-size = \(rootSize.bytes)") }
-        if let swapSize = disk.swapSize { lines.append("swap-size = \(swapSize.bytes)") }
-        lines.append("wipe = \(disk.wipe)")
-
-        lines += ["", "[storage]"]
-        lines.append("type = \(quoted(storage.type.rawValue))")
-        lines.append("volume-group = \(quoted(storage.volumeGroup))")
-        if !storage.extraDisks.isEmpty { lines.append("extra-disks = \(list(storage.extraDisks.map(\.description)))") }
-
-        lines += ["", "[network]"]
-        lines.append("interface = \(quoted(network.interface.description))")
-        lines.append("mode = \(quoted(network.mode.rawValue))")
-        if let address = network.address { lines.append("address = \(quoted(address))") }
-        if let gateway = network.gateway { lines.append("gateway = \(quoted(gateway))") }
-        if !network.dns.isEmpty { lines.append("dns = \(list(network.dns))") }
-        switch network.ipv6 {
-        case .auto: lines.append("ipv6 = \"auto\"")
-        case .off: lines.append("ipv6 = \"off\"")
-        case .address(let address): lines.append("ipv6 = \(quoted(address))")
-        }
-        if let gateway = network.ipv6Gateway { lines.append("ipv6-gateway = \(quoted(gateway))") }
-        if let vlan = network.vlan { lines.append("vlan = \(vlan)") }
-        return lines.joined(separator: "\n") + "\n"
+        global = Global(
+            hostname: answer.global.hostname, timezone: answer.global.timezone,
+            keyboard: answer.global.keyboard, rootPassword: rootPassword,
+            rootPasswordHash: rootPasswordHash,
+            rootSSHKeys: answer.global.rootSSHKeys.isEmpty ? nil : answer.global.rootSSHKeys,
+            rebootMode: answer.global.rebootMode.rawValue)
+        disk = Disk(
+            target: answer.disk.target.description, filesystem: answer.disk.filesystem.rawValue,
+            rootSize: answer.disk.rootSize.map { Int($0.bytes) },
+            swapSize: answer.disk.swapSize.map { Int($0.bytes) }, wipe: answer.disk.wipe)
+        storage = Storage(
+            type: answer.storage.type.rawValue, volumeGroup: answer.storage.volumeGroup,
+            extraDisks: answer.storage.extraDisks.isEmpty
+                ? nil : answer.storage.extraDisks.map(\.description))
+        let ipv6 =
+            switch answer.network.ipv6 {
+            case .auto: "auto"
+            case .off: "off"
+            case .address(let address): address
+            }
+        network = Network(
+            interface: answer.network.interface.description, mode: answer.network.mode.rawValue,
+            address: answer.network.address, gateway: answer.network.gateway,
+            dns: answer.network.dns.isEmpty ? nil : answer.network.dns, ipv6: ipv6,
+            ipv6Gateway: answer.network.ipv6Gateway, vlan: answer.network.vlan)
     }
 }

@@ -339,7 +339,7 @@ struct ProfileReader {
         let rest = error.message.dropFirst(prefix.count)
         guard let end = rest.firstIndex(of: "'") else { return error }
         let keyPath = String(rest[..<end])
-        guard let (line, column) = ProfileRules.line(of: keyPath, in: document.source) else {
+        guard let (line, column) = document.line(of: keyPath) else {
             return error
         }
         var fixed = error

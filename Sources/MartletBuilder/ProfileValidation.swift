@@ -178,35 +178,4 @@ enum ProfileRules {
             ? nil
             : "\(baud) is not a baud rate (\(baudRates.map(String.init).joined(separator: ", ")))"
     }
-
-    /// `(line, column)` of a dotted key whose path may index arrays of tables, e.g.
-    /// `file[1].mode` (the `mode` key under the second `[[file]]`).
-    static func line(of keyPath: String, in source: String) -> (Int, Int)? {
-        var counters: [String: Int] = [:]
-        var header = ""
-        for (index, rawLine) in source.split(separator: "\n", omittingEmptySubsequences: false)
-            .enumerated()
-        {
-            let line = rawLine.trimmingCharacters(in: .whitespaces)
-            let column = rawLine.count - rawLine.drop(while: { $0 == " " || $0 == "\t" }).count + 1
-            if line.hasPrefix("[[") {
-                let name = line.dropFirst(2).prefix { $0 != "]" }.trimmingCharacters(
-                    in: .whitespaces)
-                let count = counters[name, default: 0]
-                counters[name] = count + 1
-                header = "\(name)[\(count)]"
-                if header == keyPath { return (index + 1, column) }
-                continue
-            }
-            if line.hasPrefix("[") {
-                header = line.dropFirst().prefix { $0 != "]" }.trimmingCharacters(in: .whitespaces)
-                continue
-            }
-            guard let eq = line.firstIndex(of: "=") else { continue }
-            let key = line[..<eq].trimmingCharacters(in: .whitespaces).replacingOccurrences(
-                of: "\"", with: "")
-            if (header.isEmpty ? key : "\(header).\(key)") == keyPath { return (index + 1, column) }
-        }
-        return nil
-    }
 }

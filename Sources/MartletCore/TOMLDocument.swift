@@ -39,39 +39,62 @@ public struct TOMLDocument: Sendable {
 
     /// `file:line:column` of a key (or table header) when it can be found in the source.
     public func location(of keyPath: [String]) -> String {
-        guard let (line, column) = lineOf(keyPath) else { return path }
+        guard let (line, column) = line(of: keyPath.joined(separator: ".")) else { return path }
         return "\(path):\(line):\(column)"
     }
 
-    func lineOf(_ keyPath: [String]) -> (Int, Int)? {
-        guard let last = keyPath.last else { return nil }
-        let parent = keyPath.dropLast().joined(separator: ".")
-        let full = keyPath.joined(separator: ".")
+    /// `(line, column)` of a dotted key or table, where `name[N]` is the N-th (from 0) table
+    /// of an array of tables: `file[1].mode` is the `mode` key under the second `[[file]]`,
+    /// as `TOMLSection.sections` names them. The one key-to-line scanner of the project.
+    public func line(of dottedKey: String) -> (line: Int, column: Int)? {
+        var counters: [String: Int] = [:]
         var header = ""
+        func unquoted(_ text: some StringProtocol) -> String {
+            text.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "\"", with: "")
+                .replacingOccurrences(of: " ", with: "")
+        }
         for (index, rawLine) in source.split(separator: "\n", omittingEmptySubsequences: false)
             .enumerated()
         {
             let line = rawLine.trimmingCharacters(in: .whitespaces)
             let column = rawLine.count - rawLine.drop(while: { $0 == " " || $0 == "\t" }).count + 1
-            if line.hasPrefix("[") {
-                let name = line.trimmingCharacters(in: CharacterSet(charactersIn: "[] "))
-                    .split(separator: "#").first.map {
-                        $0.trimmingCharacters(in: CharacterSet(charactersIn: "[] "))
-                    } ?? ""
-                header = name.replacingOccurrences(of: "\"", with: "")
-                if header == full { return (index + 1, column) }
+            if line.hasPrefix("[[") {
+                let name = unquoted(line.dropFirst(2).prefix { $0 != "]" })
+                let count = counters[name, default: 0]
+                counters[name] = count + 1
+                header = "\(name)[\(count)]"
+            } else if line.hasPrefix("[") {
+                header = unquoted(line.dropFirst().prefix { $0 != "]" })
+            } else {
+                guard !line.hasPrefix("#"), let eq = line.firstIndex(of: "=") else { continue }
+                let key = unquoted(line[..<eq])
+                if (header.isEmpty ? key : "\(header).\(key)") == dottedKey {
+                    return (index + 1, column)
+                }
                 continue
             }
-            guard let eq = line.firstIndex(of: "=") else { continue }
-            let key = line[..<eq].trimmingCharacters(in: .whitespaces)
-                .replacingOccurrences(of: "\"", with: "")
-                .replacingOccurrences(of: " ", with: "")
-            let absolute = header.isEmpty ? key : "\(header).\(key)"
-            if absolute == full || (header == parent && key == last) {
-                return (index + 1, column)
-            }
+            if header == dottedKey { return (index + 1, column) }
         }
         return nil
+    }
+
+    /// `value` as TOML text, written by TOMLKit's encoder (which quotes and escapes every
+    /// string), after `comment` as `#` lines. Every TOML file Martlet writes goes through here.
+    /// The values Martlet writes hold only strings, integers, booleans, arrays and tables,
+    /// which always encode: a failure is a programming error (e.g. a `Date` or a `UInt64`
+    /// added to a file's model), not something a user can cause or fix.
+    public static func text(of value: some Encodable, comment: String? = nil) -> String {
+        let body: String
+        do {
+            body = try TOMLEncoder(options: [.allowUnicodeStrings]).encode(value)
+        } catch {
+            preconditionFailure("\(type(of: value)) cannot be written as TOML: \(error)")
+        }
+        let header = comment.map {
+            $0.split(separator: "\n", omittingEmptySubsequences: false).map { "# \($0)\n" }
+                .joined() + "\n"
+        }
+        return (header ?? "") + body + (body.hasSuffix("\n") ? "" : "\n")
     }
 }
 

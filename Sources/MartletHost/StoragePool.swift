@@ -332,42 +332,23 @@ public struct LVMThinPool: StoragePool {
     }
 }
 
-/// `/etc/martlet/storage.toml`, as the installer writes it: `[[pool]]` tables.
-public enum StorageConfiguration {
-    public static func load(path: String) throws -> [any StoragePool] {
-        guard FileManager.default.fileExists(atPath: path) else { return [] }
-        let document = try TOMLDocument(path: path)
-        let root = document.rootSection
-        var pools: [any StoragePool] = []
-        for section in try root.sections("pool") ?? [] {
-            let name = try section.required(try section.string("name"), "name")
-            guard VMDefinition.isValidName(name) else {
-                throw section.error(
-                    "name", "'\(name)' is not a valid pool name", hint: VMDefinition.nameRule)
-            }
-            guard !pools.contains(where: { $0.name == name }) else {
-                throw section.error("name", "pool '\(name)' is defined twice")
-            }
-            let type = try section.required(
-                try section.choice("type", ["lvm-thin", "directory"]), "type")
-            _ = try section.string("device")
-            _ = try section.string("filesystem")
-            if type == "lvm-thin" {
-                pools.append(
-                    LVMThinPool(
-                        name: name,
-                        volumeGroup: try section.required(
-                            try section.string("volume-group"), "volume-group"),
-                        thinPool: try section.required(try section.string("thin-pool"), "thin-pool")
-                    ))
-            } else {
-                pools.append(
-                    DirectoryPool(
-                        name: name, path: try section.required(try section.string("path"), "path")))
-            }
-            try section.finish()
+extension StorageConfiguration {
+    /// The host's pools from `/etc/martlet/storage.toml` at `path`, pool names checked with
+    /// the rule VM and volume names follow.
+    public static func pools(path: String) throws -> [any StoragePool] {
+        let configuration = try load(path: path) { name in
+            VMDefinition.isValidName(name)
+                ? nil : ("'\(name)' is not a valid pool name", VMDefinition.nameRule)
         }
-        try root.finish()
-        return pools
+        return configuration.pools.map { pool -> any StoragePool in
+            switch pool.type {
+            case .lvmThin:
+                LVMThinPool(
+                    name: pool.name, volumeGroup: pool.volumeGroup ?? "",
+                    thinPool: pool.thinPool ?? "")
+            case .directory:
+                DirectoryPool(name: pool.name, path: pool.path ?? "")
+            }
+        }
     }
 }

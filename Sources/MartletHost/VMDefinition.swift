@@ -270,31 +270,64 @@ extension VMDefinition {
 
     /// The TOML text of this definition, in the form `init(path:)` reads.
     public var toml: String {
-        func quoted(_ text: String) -> String {
-            "\""
-                + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
-                    of: "\"", with: "\\\"") + "\""
-        }
-        var text = """
-            # Martlet VM '\(name)'. Edit with 'martlet vm edit \(name)'; see 'martlet vm --help'.
-            vcpus = \(vcpus)
-            memory = \(quoted(memory.description.replacingOccurrences(of: " ", with: "")))
-            autostart = \(autostart)
-            on-crash = \(quoted(onCrash.rawValue))
+        TOMLDocument.text(
+            of: FileLayout(self),
+            comment: "Martlet VM '\(name)'. Edit with 'martlet vm edit \(name)'; see 'martlet vm --help'.")
+    }
+}
 
-            [boot]
-            kernel = \(quoted(boot.kernel.description))
+/// A definition file's keys and tables as `VMDefinition.init(path:contents:)` reads them
+/// (the model's own `Codable` form is the API's JSON shape).
+private struct FileLayout: Encodable {
+    struct Boot: Encodable {
+        var kernel: String
+        var initrd: String?
+        var cmdline: String
+    }
 
-            """
-        if let initrd = boot.initrd { text += "initrd = \(quoted(initrd.description))\n" }
-        text += "cmdline = \(quoted(boot.cmdline))\n"
-        for disk in disks {
-            text += "\n[[disk]]\npool = \(quoted(disk.pool))\nvolume = \(quoted(disk.volume))\n"
-            if disk.readOnly { text += "read-only = true\n" }
+    struct Disk: Encodable {
+        var pool, volume: String
+        var readOnly: Bool?
+
+        enum CodingKeys: String, CodingKey {
+            case pool, volume
+            case readOnly = "read-only"
         }
-        for nic in nics {
-            text += "\n[[nic]]\nbridge = \(quoted(nic.bridge))\nmac = \(quoted(nic.mac))\n"
-        }
-        return text
+    }
+
+    struct NIC: Encodable {
+        var bridge, mac: String
+    }
+
+    var vcpus: Int
+    var memory: String
+    var autostart: Bool
+    var onCrash: String
+    var boot: Boot
+    var disk: [Disk]?
+    var nic: [NIC]?
+
+    enum CodingKeys: String, CodingKey {
+        case vcpus, memory, autostart, boot, disk, nic
+        case onCrash = "on-crash"
+    }
+
+    init(_ definition: VMDefinition) {
+        vcpus = definition.vcpus
+        memory = definition.memory.description.replacingOccurrences(of: " ", with: "")
+        autostart = definition.autostart
+        onCrash = definition.onCrash.rawValue
+        boot = Boot(
+            kernel: definition.boot.kernel.description,
+            initrd: definition.boot.initrd?.description, cmdline: definition.boot.cmdline)
+        disk =
+            definition.disks.isEmpty
+            ? nil
+            : definition.disks.map {
+                Disk(pool: $0.pool, volume: $0.volume, readOnly: $0.readOnly ? true : nil)
+            }
+        nic =
+            definition.nics.isEmpty
+            ? nil : definition.nics.map { NIC(bridge: $0.bridge, mac: $0.mac) }
     }
 }

@@ -24,7 +24,7 @@ public struct VMHost: Sendable {
     // MARK: Pools and volumes
 
     public func pools() throws -> [any StoragePool] {
-        try StorageConfiguration.load(path: paths.storageConfiguration)
+        try StorageConfiguration.pools(path: paths.storageConfiguration)
     }
 
     public func pool(_ name: String) throws -> any StoragePool {

@@ -67,21 +67,12 @@ public struct NetworkConfiguration: Sendable {
     }
 }
 
-/// /etc/martlet/storage.toml: the VM storage pools of the host.
-public enum StorageConfiguration {
-    public static func toml(_ pools: [InstallPlan.StoragePool]) -> String {
-        var text = "# VM storage pools, written by martlet-installer.\n"
-        for pool in pools {
-            text += "\n[[pool]]\nname = \"\(pool.name)\"\ntype = \"\(pool.type.rawValue)\"\n"
-            switch pool.type {
-            case .lvmThin:
-                text +=
-                    "volume-group = \"\(pool.volumeGroup ?? "")\"\nthin-pool = \"\(pool.thinPool ?? "")\"\n"
-            case .directory:
-                text += "path = \"\(pool.path ?? "")\"\n"
-            }
-        }
-        return text
+extension InstallPlan.StoragePool {
+    /// The pool as a `[[pool]]` table of /etc/martlet/storage.toml.
+    public var configuration: StorageConfiguration.Pool {
+        StorageConfiguration.Pool(
+            name: name, type: type == .lvmThin ? .lvmThin : .directory, device: device,
+            volumeGroup: volumeGroup, thinPool: thinPool, filesystem: filesystem, path: path)
     }
 }
 

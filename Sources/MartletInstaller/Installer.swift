@@ -434,7 +434,9 @@ public final class Installer: @unchecked Sendable {
     // MARK: - storage
 
     private func writeStorage() throws {
-        try write("etc/martlet/storage.toml", StorageConfiguration.toml(plan.pools))
+        try write(
+            "etc/martlet/storage.toml",
+            StorageConfiguration(pools: plan.pools.map(\.configuration)).toml)
     }
 
     // MARK: - bootloader

@@ -171,12 +171,12 @@ import Testing
         type = "directory"
         path = "/var/lib/martlet/storage-1"
         """.write(toFile: path, atomically: true, encoding: .utf8)
-        let pools = try StorageConfiguration.load(path: path)
+        let pools = try StorageConfiguration.pools(path: path)
         #expect(pools.map(\.name) == ["local", "extra"])
         #expect((pools[0] as? LVMThinPool)?.volumeGroup == "martlet")
         #expect((pools[1] as? DirectoryPool)?.path == "/var/lib/martlet/storage-1")
         try "[[pool]]\nname = \"x\"\ntype = \"zfs\"\n".write(
             toFile: path, atomically: true, encoding: .utf8)
-        #expect(throws: MartletError.self) { try StorageConfiguration.load(path: path) }
+        #expect(throws: MartletError.self) { try StorageConfiguration.pools(path: path) }
     }
 }

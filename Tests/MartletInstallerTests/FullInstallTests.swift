@@ -244,20 +244,20 @@ extension LoopDeviceSuites {
                         "\(mountpoint)/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
                 ))
             #expect(read("var/log/martlet/install.log").contains("stage initramfs started"))
-            let storageToml = read("etc/martlet/storage.toml")
+            let pools = try StorageConfiguration.load(
+                path: "\(mountpoint)/etc/martlet/storage.toml"
+            ).pools
             if storage == "lvm-thin" {
-                #expect(
-                    storageToml.contains(
-                        "type = \"lvm-thin\"\nvolume-group = \"\(group)\"\nthin-pool = \"data\""))
+                #expect(pools.first?.type == .lvmThin, "\(pools)")
+                #expect(pools.first?.volumeGroup == group && pools.first?.thinPool == "data")
                 for name in [group, "\(group)-extra1"] {
                     let lvs = try sh("lvs", ["--noheadings", "-o", "lv_name,segtype", name])
                     #expect(lvs.contains("data") && lvs.contains("thin-pool"), "\(lvs)")
                 }
-                #expect(storageToml.contains("volume-group = \"\(group)-extra1\""))
+                #expect(pools.contains { $0.volumeGroup == "\(group)-extra1" }, "\(pools)")
             } else {
-                #expect(
-                    storageToml.contains(
-                        "type = \"directory\"\npath = \"/var/lib/martlet/storage\""))
+                #expect(pools.first?.type == .directory, "\(pools)")
+                #expect(pools.first?.path == "/var/lib/martlet/storage")
                 #expect(
                     try sh("blkid", ["-p", "-s", "TYPE", "-o", "value", disk.partition(5)])
                         == "xfs\n")
@@ -271,9 +271,10 @@ extension LoopDeviceSuites {
                 .trimmingCharacters(in: .whitespacesAndNewlines)
                 #expect(fstab.contains("UUID=\(extraUUID)\t/var/lib/martlet/storage-extra1\txfs"))
                 #expect(
-                    storageToml.contains(
-                        "name = \"extra1\"\ntype = \"directory\"\npath = \"/var/lib/martlet/storage-extra1\""
-                    ))
+                    pools.contains {
+                        $0.name == "extra1" && $0.type == .directory
+                            && $0.path == "/var/lib/martlet/storage-extra1"
+                    }, "\(pools)")
             }
         }
 
