@@ -25,10 +25,19 @@ let package = Package(
         .systemLibrary(name: "CNewt", pkgConfig: "libnewt", providers: [.apt(["libnewt-dev"])]),
         // ioctl request numbers and thin wrappers for linux/kvm.h.
         .target(name: "CKVM"),
+        // posix_spawn extensions glibc declares only under _GNU_SOURCE.
+        .target(name: "CMartletSystem"),
+
+        // Foundation-free: owned fds, unix sockets and the one way to start processes.
+        .target(name: "MartletSystem", dependencies: ["CMartletSystem"]),
+        // Foundation-free: what the host and the VMM say to each other (VMConfig and its JSON,
+        // control requests and replies, exit codes).
+        .target(name: "MartletVMMProtocol", dependencies: ["MartletSystem"]),
 
         .target(
             name: "MartletCore",
             dependencies: [
+                "MartletSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]),
@@ -42,13 +51,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
-        .target(name: "MartletVMM", dependencies: ["CKVM"], exclude: ["Guest"]),
+        .target(
+            name: "MartletVMM", dependencies: ["CKVM", "MartletSystem", "MartletVMMProtocol"],
+            exclude: ["Guest"]),
 
         // The host side: VM definitions, storage pools, the VM runtime and the local REST API.
         .target(
             name: "MartletHost",
             dependencies: [
-                "MartletCore",
+                "MartletCore", "MartletSystem", "MartletVMMProtocol",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -57,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "martlet",
             dependencies: [
-                "MartletCore", "MartletBuilder", "MartletHost", "MartletInstaller",
+                "MartletCore", "MartletSystem", "MartletBuilder", "MartletHost", "MartletInstaller",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
@@ -68,15 +79,19 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["README.md", "answer.example.toml"]),
-        .executableTarget(name: "martlet-vmm", dependencies: ["MartletVMM"], exclude: ["README.md"]),
+        .executableTarget(
+            name: "martlet-vmm", dependencies: ["MartletVMM", "MartletVMMProtocol"],
+            exclude: ["README.md"]),
 
-        .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore"]),
+        .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore", "MartletSystem"]),
         .testTarget(name: "MartletBuilderTests", dependencies: ["MartletBuilder", "MartletCore"]),
         .testTarget(
             name: "MartletInstallerTests", dependencies: ["MartletInstaller", "MartletCore"]),
-        .testTarget(name: "MartletVMMTests", dependencies: ["MartletVMM"]),
         .testTarget(
-            name: "MartletHostTests", dependencies: ["MartletHost", "MartletCore"]),
+            name: "MartletVMMTests", dependencies: ["MartletVMM", "MartletVMMProtocol", "MartletSystem"]),
+        .testTarget(
+            name: "MartletHostTests",
+            dependencies: ["MartletHost", "MartletCore", "MartletSystem", "MartletVMMProtocol"]),
         // The user journey in QEMU: build the ISO, install on BIOS and UEFI, use the host.
         // Run by `make e2e` (and `make test` after the unit tests); `make unit` skips it.
         .testTarget(

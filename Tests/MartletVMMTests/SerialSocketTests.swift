@@ -1,6 +1,9 @@
 import Foundation
 import Testing
 
+import MartletSystem
+import MartletVMMProtocol
+
 @testable import MartletVMM
 
 /// `serial: "socket:PATH"`: a client of the VMM's serial socket sees the guest's output and
@@ -83,7 +86,7 @@ import Testing
             source: "vm.json")
         #expect(config.serial == .socket("/run/vm1/serial.sock"))
         #expect(config.serialLog == "/var/log/vm1.log")
-        #expect(throws: VMMError(.config, #"vm.json: serial: 'socket:' is not "stdout", "none", "file:PATH" or "socket:PATH""#)) {
+        #expect(throws: ProtocolError(#"vm.json: serial: 'socket:' is not "stdout", "none", "file:PATH" or "socket:PATH""#)) {
             try VMConfig(json: #"{"kernel": "k", "serial": "socket:"}"#, source: "vm.json")
         }
         var long = VMConfig()
