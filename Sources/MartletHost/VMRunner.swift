@@ -280,7 +280,14 @@ public final class VMRunner: Sendable {
         while true {
             let count = client.read(into: &chunk)
             guard count > 0 else { break }
-            shared.withLock { $0.vmmInput }?.writeAll(chunk.prefix(count))
+            // Keys typed while the runner is still connecting to the VMM's serial socket (just
+            // after start, or during a guest reboot) wait for it rather than being dropped.
+            var input: FileDescriptor?
+            _ = Poll.until(timeout: 5) {
+                input = shared.withLock { $0.vmmInput }
+                return input != nil
+            }
+            input?.writeAll(chunk.prefix(count))
         }
         shared.withLock { state in state.clients.removeAll { $0 === client } }
     }
