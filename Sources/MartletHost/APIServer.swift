@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import MartletCore
+import NIOPosix
 
 /// The local REST API (`martlet api serve`): the operations of `VMHost` over HTTP/JSON on a
 /// unix socket, for tools and a later web UI. Documented in openapi.yaml next to this file.
@@ -252,19 +253,24 @@ public struct APIServer: Sendable {
         }
     }
 
-    /// Runs blocking host work (subprocesses, waits) on a thread of its own, off the
-    /// concurrency pool, and turns a `MartletError` into a JSON error response.
+    /// The threads blocking host work runs on (subprocesses, waiting for a VM to come up):
+    /// a fixed pool off the concurrency pool, so a burst of requests queues instead of
+    /// starting a thread each.
+    static let workers: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 8)
+        pool.start()
+        return pool
+    }()
+
+    /// Runs blocking host work on `workers` and turns a `MartletError` into a JSON error
+    /// response.
     static func offload(_ work: @escaping @Sendable () throws -> Response) async throws -> Response
     {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread.detachNewThread {
-                do {
-                    continuation.resume(returning: try work())
-                } catch let error as MartletError {
-                    continuation.resume(returning: errorResponse(error))
-                } catch {
-                    continuation.resume(throwing: error)
-                }
+        try await workers.runIfActive {
+            do {
+                return try work()
+            } catch let error as MartletError {
+                return errorResponse(error)
             }
         }
     }
