@@ -53,6 +53,16 @@ struct ChildProcessTests {
         #expect(command.split(separator: "\n").compactMap { Int32($0) }.sorted() == [0, 1, 2], "\(command)")
     }
 
+    /// What LVM_SUPPRESS_FD_WARNINGS used to hide: LVM names every fd it inherits.
+    @Test(.enabled(if: Tool.find("lvm") != nil, "lvm2 is not installed"))
+    func lvmSeesNoLeakedDescriptors() throws {
+        let leaky = open("/dev/null", O_RDONLY)
+        defer { close(leaky) }
+        let result = try Command("lvm", ["version"]).runAllowingFailure()
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(!result.stderr.contains("leaked"), "\(result.stderr)")
+    }
+
     @Test func environmentAndWorkingDirectory() throws {
         let result = try ChildProcess.run(
             ["/bin/sh", "-c", "echo $MARTLET_PROBE; pwd"], environment: ["MARTLET_PROBE=42"],

@@ -99,7 +99,7 @@ extension LoopDeviceSuites {
             let answerFile = work.write(
                 "answer.toml", answer(disk, storage: storage, group: group, extra: extra))
             let log = "\(work.path)/install.log"
-            let result = try Command.quietLVM(
+            let result = try Command(
                 installerExecutable(),
                 ["install", "--answer", answerFile, "--source", source, "--json", "--log", log]
             ).runAllowingFailure()

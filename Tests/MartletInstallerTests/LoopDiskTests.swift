@@ -6,7 +6,7 @@ import Testing
 
 /// Runs martlet-installer and returns (status, stdout, stderr).
 func installer(_ arguments: [String]) throws -> (Int32, String, String) {
-    let result = try Command.quietLVM(installerExecutable(), arguments).runAllowingFailure()
+    let result = try Command(installerExecutable(), arguments).runAllowingFailure()
     return (result.status, result.stdoutText, result.stderr)
 }
 
