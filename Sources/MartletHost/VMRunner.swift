@@ -268,8 +268,11 @@ public final class VMRunner: Sendable {
             // A new console first sees what the guest printed so far (the last 16 KiB).
             let history =
                 (try? Data(contentsOf: URL(fileURLWithPath: paths.consoleLog(name)))) ?? Data()
-            guard client.writeAll(history.suffix(16384)) else { continue }
-            shared.withLock { $0.clients.append(client) }
+            // A console that has already gone (a script that typed and detached) still gets
+            // its keys forwarded: its input thread reads what it sent up to the end.
+            if client.writeAll(history.suffix(16384)) {
+                shared.withLock { $0.clients.append(client) }
+            }
             Thread.detachNewThread { [self] in forwardInput(client) }
         }
     }
