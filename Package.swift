@@ -14,6 +14,8 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        // Already under Hummingbird; named for NIOThreadPool (the API's blocking work).
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // C libraries from Debian, imported through pkg-config. Each has a shim.h with
@@ -26,10 +28,19 @@ let package = Package(
         .systemLibrary(name: "CNewt", pkgConfig: "libnewt", providers: [.apt(["libnewt-dev"])]),
         // ioctl request numbers and thin wrappers for linux/kvm.h.
         .target(name: "CKVM"),
+        // posix_spawn extensions glibc declares only under _GNU_SOURCE.
+        .target(name: "CMartletSystem"),
+
+        // Foundation-free: owned fds, unix sockets and the one way to start processes.
+        .target(name: "MartletSystem", dependencies: ["CMartletSystem"]),
+        // Foundation-free: what the host and the VMM say to each other (VMConfig and its JSON,
+        // control requests and replies, exit codes).
+        .target(name: "MartletVMMProtocol", dependencies: ["MartletSystem"]),
 
         .target(
             name: "MartletCore",
             dependencies: [
+                "MartletSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]),
@@ -48,22 +59,25 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
-        .target(name: "MartletVMM", dependencies: ["CKVM"], exclude: ["Guest"]),
+        .target(
+            name: "MartletVMM", dependencies: ["CKVM", "MartletSystem", "MartletVMMProtocol"],
+            exclude: ["Guest"]),
 
         // The host side: VM definitions, storage pools, the VM runtime and the local REST API.
         .target(
             name: "MartletHost",
             dependencies: [
-                "MartletCore",
+                "MartletCore", "MartletSystem", "MartletVMMProtocol",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             exclude: ["README.md", "openapi.yaml"]),
 
         .executableTarget(
             name: "martlet",
             dependencies: [
-                "MartletCore", "MartletBuilder", "MartletHost", "MartletAnswer",
+                "MartletCore", "MartletSystem", "MartletBuilder", "MartletHost", "MartletAnswer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
@@ -74,22 +88,26 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["README.md", "answer.example.toml"]),
-        .executableTarget(name: "martlet-vmm", dependencies: ["MartletVMM"], exclude: ["README.md"]),
+        .executableTarget(
+            name: "martlet-vmm", dependencies: ["MartletVMM", "MartletVMMProtocol"],
+            exclude: ["README.md"]),
 
         // What tests share: QEMU's monitor, scratch folders, tiny GRUB ISOs, where the
         // executables are. Only test targets depend on it; it ships in no binary.
         .target(name: "MartletTestSupport", dependencies: ["MartletBuilder", "MartletCore"]),
 
-        .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore"]),
+        .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore", "MartletSystem"]),
         .testTarget(
             name: "MartletBuilderTests",
             dependencies: ["MartletBuilder", "MartletCore", "MartletTestSupport"]),
         .testTarget(
             name: "MartletInstallerTests",
             dependencies: ["MartletInstaller", "MartletAnswer", "MartletCore", "MartletTestSupport"]),
-        .testTarget(name: "MartletVMMTests", dependencies: ["MartletVMM"]),
         .testTarget(
-            name: "MartletHostTests", dependencies: ["MartletHost", "MartletCore"]),
+            name: "MartletVMMTests", dependencies: ["MartletVMM", "MartletVMMProtocol", "MartletSystem"]),
+        .testTarget(
+            name: "MartletHostTests",
+            dependencies: ["MartletHost", "MartletCore", "MartletSystem", "MartletVMMProtocol"]),
         // The user journey in QEMU: build the ISO, install on BIOS and UEFI, use the host.
         // Run by `make e2e` (and `make test` after the unit tests); `make unit` skips it.
         .testTarget(

@@ -1,4 +1,5 @@
 import Foundation
+import MartletSystem
 
 /// The one error type Martlet's libraries throw: what failed, why, and what to do.
 ///
@@ -82,5 +83,12 @@ extension MartletError {
         return MartletError(
             .failed, "'\(call)'\(target) failed with (\(code)) \(String(cString: strerror(code)))",
             hint: hint)
+    }
+}
+
+extension MartletError {
+    /// A failed system call from the process and fd layer, with what to do about it.
+    public init(_ error: SystemError, hint: String? = nil) {
+        self.init(.failed, error.description, hint: hint)
     }
 }

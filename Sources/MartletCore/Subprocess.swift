@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MartletSystem
 
 /// The outcome of a finished subprocess.
 public struct CommandResult: Sendable {
@@ -53,14 +54,9 @@ public struct Command: Sendable, CustomStringConvertible {
     public func runAllowingFailure(input: Data? = nil, logger: Logger? = nil) throws
         -> CommandResult
     {
-        let collector = OutputCollector()
-        let status = try execute(
-            input: input, logger: logger,
-            onStdout: { collector.append(stdout: $0) },
-            onStderr: { collector.append(stderr: $0) })
+        let output = try execute(input: input, logger: logger, onOutput: nil)
         return CommandResult(
-            status: status, stdout: collector.stdout,
-            stderr: String(decoding: collector.stderr, as: UTF8.self))
+            status: output.status, stdout: Data(output.stdoutBytes), stderr: output.stderr)
     }
 
     /// Runs to completion, handing each line of output to `onLine` as it arrives (for
@@ -69,76 +65,43 @@ public struct Command: Sendable, CustomStringConvertible {
         logger: Logger? = nil, hint: String? = nil,
         onLine: @escaping @Sendable (_ line: String, _ isStderr: Bool) -> Void
     ) throws {
-        let stderrTail = OutputCollector()
+        var stderrTail: [String] = []
         let outSplitter = LineSplitter { onLine($0, false) }
         let errSplitter = LineSplitter {
-            stderrTail.append(stderr: Data(($0 + "\n").utf8))
+            stderrTail = stderrTail.suffix(19) + [$0]
             onLine($0, true)
         }
-        let status = try execute(
-            input: nil, logger: logger, onStdout: outSplitter.feed, onStderr: errSplitter.feed)
+        let output = try execute(input: nil, logger: logger) { chunk, isStderr in
+            (isStderr ? errSplitter : outSplitter).feed(chunk)
+        }
         outSplitter.finish()
         errSplitter.finish()
-        guard status == 0 else {
+        guard output.status == 0 else {
             throw MartletError(
-                .failed, "'\(self)' exited with status \(status)", hint: hint,
-                cause: Self.tail(String(decoding: stderrTail.stderr, as: UTF8.self)))
+                .failed, "'\(self)' exited with status \(output.status)", hint: hint,
+                cause: stderrTail.joined(separator: "\n"))
         }
     }
 
+    /// Runs through the process layer (MartletSystem): the child gets no fd but 0, 1 and 2.
     private func execute(
-        input: Data?, logger: Logger?,
-        onStdout: @escaping @Sendable (Data) -> Void,
-        onStderr: @escaping @Sendable (Data) -> Void
-    ) throws -> Int32 {
-        let process = Process()
+        input: Data?, logger: Logger?, onOutput: ChildProcess.OutputHandler?
+    ) throws -> ChildProcess.Output {
         let path = try Tool.resolve(executable)
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        if !environment.isEmpty {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) {
-                $1
+        let environment =
+            self.environment.isEmpty
+            ? nil
+            : ProcessInfo.processInfo.environment.merging(self.environment) { $1 }.map {
+                "\($0.key)=\($0.value)"
             }
-        }
-        if let workingDirectory {
-            process.currentDirectoryURL = URL(fileURLWithPath: workingDirectory)
-        }
-        let outPipe = Pipe()
-        let errPipe = Pipe()
-        process.standardOutput = outPipe
-        process.standardError = errPipe
-        let inPipe = input.map { _ in Pipe() }
-        process.standardInput = inPipe ?? FileHandle.nullDevice
         logger?.debug("run: \(self)")
         do {
-            try process.run()
+            return try ChildProcess.run(
+                [path] + arguments, input: input.map { [UInt8]($0) } ?? [],
+                environment: environment, workingDirectory: workingDirectory, onOutput: onOutput)
         } catch {
-            throw MartletError(
-                .failed, "could not start '\(executable)'", cause: "\(error)")
+            throw MartletError(.failed, "could not start '\(executable)'", cause: "\(error)")
         }
-        // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
-        let group = DispatchGroup()
-        for (handle, sink) in [
-            (outPipe.fileHandleForReading, onStdout), (errPipe.fileHandleForReading, onStderr),
-        ] {
-            group.enter()
-            Thread.detachNewThread {
-                while true {
-                    let chunk = handle.availableData
-                    if chunk.isEmpty { break }
-                    sink(chunk)
-                }
-                group.leave()
-            }
-        }
-        if let input, let inPipe {
-            try? inPipe.fileHandleForWriting.write(contentsOf: input)
-            try? inPipe.fileHandleForWriting.close()
-        }
-        process.waitUntilExit()
-        group.wait()
-        return process.terminationReason == .uncaughtSignal
-            ? 128 + process.terminationStatus : process.terminationStatus
     }
 
     static func tail(_ text: String, lines: Int = 20) -> String {
@@ -147,26 +110,18 @@ public struct Command: Sendable, CustomStringConvertible {
     }
 }
 
-private final class OutputCollector: @unchecked Sendable {
-    private let lock = NSLock()
-    private(set) var stdout = Data()
-    private(set) var stderr = Data()
-    func append(stdout data: Data) { lock.withLock { stdout.append(data) } }
-    func append(stderr data: Data) { lock.withLock { stderr.append(data) } }
-}
-
 /// Splits a byte stream into lines; carriage returns (progress bars) also end a line.
-private final class LineSplitter: @unchecked Sendable {
-    private var buffer = Data()
+private final class LineSplitter {
+    private var buffer: [UInt8] = []
     private let emit: (String) -> Void
     init(_ emit: @escaping (String) -> Void) { self.emit = emit }
 
-    func feed(_ data: Data) {
-        buffer.append(data)
+    func feed(_ chunk: [UInt8]) {
+        buffer += chunk
         while let index = buffer.firstIndex(where: { $0 == 0x0A || $0 == 0x0D }) {
-            let line = buffer[buffer.startIndex..<index]
-            buffer.removeSubrange(buffer.startIndex...index)
+            let line = buffer[..<index]
             if !line.isEmpty { emit(String(decoding: line, as: UTF8.self)) }
+            buffer.removeSubrange(...index)
         }
     }
 
@@ -195,7 +150,6 @@ public enum Tool {
 
     /// The absolute path of `name` on PATH (or `name` itself when it is a path).
     public static func resolve(_ name: String) throws -> String {
-        if name.contains("/") { return name }
         if let found = find(name) { return found }
         let package = packages[name] ?? name
         throw MartletError(
@@ -203,17 +157,9 @@ public enum Tool {
             hint: "install it with: apt-get install \(package)  (or run scripts/setup)")
     }
 
-    /// The absolute path of `name` on PATH, or nil.
+    /// The absolute path of `name` on PATH (then /usr/sbin and /sbin), or nil.
     public static func find(_ name: String) -> String? {
-        let path =
-            ProcessInfo.processInfo.environment["PATH"]
-            ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        let directories = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
-        for directory in directories {
-            let candidate = directory + "/" + name
-            if access(candidate, X_OK) == 0 { return candidate }
-        }
-        return nil
+        ChildProcess.find(name)
     }
 
     /// Throws a `missingDependency` error naming the apt package of the first missing tool.

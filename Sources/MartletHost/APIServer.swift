@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import MartletCore
+import NIOPosix
 
 /// The local REST API (`martlet api serve`): the operations of `VMHost` over HTTP/JSON on a
 /// unix socket, for tools and a later web UI. Documented in openapi.yaml next to this file.
@@ -41,33 +42,44 @@ public struct APIServer: Sendable {
             public var mac: String?
         }
 
-        /// The definition, validated exactly like a file at `path`.
-        func definition(name: String, path: String) throws -> VMDefinition {
-            var text = "vcpus = \(vcpus ?? 1)\n"
-            text += "memory = \(Self.quote(memory ?? "256MiB"))\n"
-            text += "autostart = \(autostart ?? false)\n"
-            text +=
-                "on-crash = \(Self.quote(onCrash ?? "restart"))\n\n[boot]\nkernel = \(Self.quote(kernel))\n"
-            if let initrd { text += "initrd = \(Self.quote(initrd))\n" }
-            text += "cmdline = \(Self.quote(cmdline ?? "console=ttyS0"))\n"
-            for disk in disks ?? [] {
-                text +=
-                    "\n[[disk]]\npool = \(Self.quote(disk.pool))\nvolume = \(Self.quote(disk.volume))\nread-only = \(disk.readOnly ?? false)\n"
+        /// The definition of VM `name`, with the TOML file's defaults, validated.
+        func definition(name: String) throws -> VMDefinition {
+            func source(_ text: String, _ key: String) throws -> VMDefinition.FileSource {
+                guard let source = VMDefinition.FileSource(parsing: text) else {
+                    throw MartletError(
+                        .invalidInput, "\(key): '\(text)' is neither an absolute path nor POOL/VOLUME",
+                        hint: "write \"/var/lib/martlet/kernels/vmlinuz\" or \"local/kernel\"")
+                }
+                return source
             }
-            for (index, nic) in (nics ?? []).enumerated() {
-                text += "\n[[nic]]\nbridge = \(Self.quote(nic.bridge ?? "br0"))\n"
-                text +=
-                    "mac = \(Self.quote(nic.mac ?? VMDefinition.generatedMAC(vm: name, index: index)))\n"
+            let memoryText = memory ?? "256MiB"
+            guard let size = ByteSize(parsing: memoryText) else {
+                throw MartletError(
+                    .invalidInput, "memory: '\(memoryText)' is not a size",
+                    hint: "write e.g. \"512MiB\" or \"2GiB\"")
             }
-            return try VMDefinition(path: path, contents: text)
-        }
-
-        static func quote(_ text: String) -> String {
-            "\""
-                + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
-                    of: "\"", with: "\\\""
-                )
-                .replacingOccurrences(of: "\n", with: "\\n") + "\""
+            let policyText = onCrash ?? VMDefinition.CrashPolicy.restart.rawValue
+            guard let policy = VMDefinition.CrashPolicy(rawValue: policyText) else {
+                throw MartletError(
+                    .invalidInput, "onCrash: '\(policyText)' is not one of "
+                        + VMDefinition.CrashPolicy.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            let definition = VMDefinition(
+                name: name, vcpus: vcpus ?? 1, memory: size,
+                boot: .init(
+                    kernel: try source(kernel, "kernel"), initrd: try initrd.map { try source($0, "initrd") },
+                    cmdline: cmdline ?? "console=ttyS0"),
+                disks: (disks ?? []).map {
+                    .init(pool: $0.pool, volume: $0.volume, readOnly: $0.readOnly ?? false)
+                },
+                nics: (nics ?? []).enumerated().map { index, nic in
+                    .init(
+                        bridge: nic.bridge ?? "br0",
+                        mac: nic.mac?.lowercased() ?? VMDefinition.generatedMAC(vm: name, index: index))
+                },
+                autostart: autostart ?? false, onCrash: policy)
+            try definition.validate()
+            return definition
         }
     }
 
@@ -122,8 +134,7 @@ public struct APIServer: Sendable {
                 guard let name = body.name else {
                     throw MartletError(.invalidInput, "the request has no 'name'")
                 }
-                try host.create(try body.definition(name: name, path: host.paths.definition(name)))
-                return try host.status(name)
+                return try host.create(try body.definition(name: name))
             }
         }
         router.get("/v1/vms/:name") { _, context in
@@ -134,7 +145,7 @@ public struct APIServer: Sendable {
             let name = try context.parameters.require("name")
             let body = try await Self.decode(VMRequest.self, request, context)
             return try await Self.respond { () -> VMStatus in
-                try host.replace(try body.definition(name: name, path: host.paths.definition(name)))
+                try host.replace(try body.definition(name: name))
                 return try host.status(name)
             }
         }
@@ -242,19 +253,24 @@ public struct APIServer: Sendable {
         }
     }
 
-    /// Runs blocking host work (subprocesses, waits) on a thread of its own, off the
-    /// concurrency pool, and turns a `MartletError` into a JSON error response.
+    /// The threads blocking host work runs on (subprocesses, waiting for a VM to come up):
+    /// a fixed pool off the concurrency pool, so a burst of requests queues instead of
+    /// starting a thread each.
+    static let workers: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 8)
+        pool.start()
+        return pool
+    }()
+
+    /// Runs blocking host work on `workers` and turns a `MartletError` into a JSON error
+    /// response.
     static func offload(_ work: @escaping @Sendable () throws -> Response) async throws -> Response
     {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread.detachNewThread {
-                do {
-                    continuation.resume(returning: try work())
-                } catch let error as MartletError {
-                    continuation.resume(returning: errorResponse(error))
-                } catch {
-                    continuation.resume(throwing: error)
-                }
+        try await workers.runIfActive {
+            do {
+                return try work()
+            } catch let error as MartletError {
+                return errorResponse(error)
             }
         }
     }

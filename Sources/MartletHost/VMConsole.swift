@@ -1,20 +1,25 @@
 import Foundation
 import MartletCore
+import MartletSystem
 
 /// The client side of a VM's console socket (served by `VMRunner`).
 public enum VMConsole {
     public enum Outcome: Equatable, Sendable { case detached, matched, closed, timedOut }
 
     /// Connects to the console socket at `path`.
-    public static func connect(_ path: String) throws -> Int32 {
-        try UnixSocket.connect(path)
+    public static func connect(_ path: String) throws -> FileDescriptor {
+        do {
+            return try UnixSocket.connect(path)
+        } catch let error as SystemError {
+            throw MartletError(error, hint: "is the VM's runner still running? see 'martlet vm show'")
+        }
     }
 
     /// Copies the console to stdout and stdin to the console until the detach key, the
     /// `expect` text, the end of the console, or `timeout` seconds (0: none). On a terminal
     /// stdin is put in raw mode (restored before returning) so keys reach the guest as typed.
     public static func attach(
-        fd: Int32, detachKey: UInt8, expect: String?, timeout: Double, interactive: Bool
+        console: FileDescriptor, detachKey: UInt8, expect: String?, timeout: Double, interactive: Bool
     ) -> Outcome {
         var saved = termios()
         if interactive, tcgetattr(STDIN_FILENO, &saved) == 0 {
@@ -29,18 +34,17 @@ public enum VMConsole {
         var stdinOpen = true
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
-            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+            var fds = [pollfd(fd: console.raw, events: Int16(POLLIN), revents: 0)]
             if stdinOpen { fds.append(pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0)) }
             let wait = deadline.map { max(0, Int32($0.timeIntervalSinceNow * 1000)) } ?? 1000
             let ready = poll(&fds, nfds_t(fds.count), min(wait, 1000))
             if ready < 0 && errno != EINTR { return .closed }
             if let deadline, Date() >= deadline { return .timedOut }
             if fds[0].revents != 0 {
-                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if count < 0 && errno == EINTR { continue }
+                let count = console.read(into: &buffer)
                 guard count > 0 else { return .closed }
                 let chunk = Array(buffer.prefix(count))
-                UnixSocket.writeAll(STDOUT_FILENO, chunk)
+                FileDescriptor.writeAll(to: STDOUT_FILENO, chunk)
                 if let needle {
                     seen += chunk
                     if seen.count > 65536 { seen.removeFirst(seen.count - 65536) }
@@ -59,10 +63,10 @@ public enum VMConsole {
                 }
                 let keys = Array(buffer.prefix(count))
                 if let index = keys.firstIndex(of: detachKey) {
-                    UnixSocket.writeAll(fd, Array(keys[..<index]))
+                    console.writeAll(keys[..<index])
                     return .detached
                 }
-                UnixSocket.writeAll(fd, keys)
+                console.writeAll(keys)
             }
         }
     }

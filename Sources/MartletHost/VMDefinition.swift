@@ -114,6 +114,7 @@ public struct VMDefinition: Codable, Equatable, Sendable {
     }
 
     public static let maxVCPUs = 64
+    public static let maxDisks = 6
     public static let minMemory = ByteSize.mib(4)
 
     /// VM, pool and volume names: they become file names, LV names, unit instance names.
@@ -185,15 +186,7 @@ extension VMDefinition {
         }
         let root = document.rootSection
         let vcpus = try root.int("vcpus") ?? 1
-        guard (1...Self.maxVCPUs).contains(vcpus) else {
-            throw root.error("vcpus", "\(vcpus) is out of range", hint: "use 1 to \(Self.maxVCPUs)")
-        }
         let memory = try root.size("memory") ?? .mib(256)
-        guard memory >= Self.minMemory, memory.bytes % (1 << 20) == 0 else {
-            throw root.error(
-                "memory", "\(memory) is not a whole number of MiB of at least 4 MiB",
-                hint: "write e.g. \"512MiB\" or \"2GiB\"")
-        }
         let autostart = try root.bool("autostart") ?? false
         let policyText =
             try root.choice("on-crash", CrashPolicy.allCases.map(\.rawValue)) ?? "restart"
@@ -211,53 +204,23 @@ extension VMDefinition {
         let kernel = try bootSection.required(try source(bootSection, "kernel"), "kernel")
         let initrd = try source(bootSection, "initrd")
         let cmdline = try bootSection.string("cmdline") ?? "console=ttyS0"
-        guard cmdline.utf8.count <= 2048 else {
-            throw bootSection.error(
-                "cmdline", "is \(cmdline.utf8.count) bytes long", hint: "keep it under 2048 bytes")
-        }
         try bootSection.finish()
 
+        let diskSections = try root.sections("disk") ?? []
         var disks: [Disk] = []
-        for section in try root.sections("disk") ?? [] {
+        for section in diskSections {
             let pool = try section.required(try section.string("pool"), "pool")
             let volume = try section.required(try section.string("volume"), "volume")
-            for (key, value) in [("pool", pool), ("volume", volume)] where !Self.isValidName(value)
-            {
-                throw section.error(key, "'\(value)' is not a valid name", hint: Self.nameRule)
-            }
-            if disks.contains(where: { $0.pool == pool && $0.volume == volume }) {
-                throw section.error(
-                    "volume", "'\(pool)/\(volume)' is attached twice",
-                    hint: "remove one of the [[disk]] tables")
-            }
             disks.append(
                 Disk(pool: pool, volume: volume, readOnly: try section.bool("read-only") ?? false))
             try section.finish()
         }
-        guard disks.count <= 6 else {
-            throw root.error("disk", "\(disks.count) disks given", hint: "a VM has at most 6 disks")
-        }
+        let nicSections = try root.sections("nic") ?? []
         var nics: [NIC] = []
-        for (index, section) in (try root.sections("nic") ?? []).enumerated() {
+        for (index, section) in nicSections.enumerated() {
             let bridge = try section.string("bridge") ?? "br0"
-            guard (1...15).contains(bridge.utf8.count), !bridge.contains("/"), !bridge.contains(" ")
-            else {
-                throw section.error(
-                    "bridge", "'\(bridge)' is not a network interface name",
-                    hint: "use the host bridge, e.g. \"br0\"")
-            }
             let mac =
                 try section.string("mac")?.lowercased() ?? Self.generatedMAC(vm: name, index: index)
-            guard Self.isValidMAC(mac) else {
-                throw section.error(
-                    "mac", "'\(mac)' is not a unicast MAC address",
-                    hint:
-                        "write six hex bytes like \"02:4d:4c:12:34:56\", or leave it out to generate one"
-                )
-            }
-            if nics.contains(where: { $0.mac == mac }) {
-                throw section.error("mac", "'\(mac)' is used by another NIC of this VM")
-            }
             nics.append(NIC(bridge: bridge, mac: mac))
             try section.finish()
         }
@@ -266,6 +229,115 @@ extension VMDefinition {
             name: name, vcpus: vcpus, memory: memory,
             boot: Boot(kernel: kernel, initrd: initrd, cmdline: cmdline), disks: disks, nics: nics,
             autostart: autostart, onCrash: CrashPolicy(rawValue: policyText)!)
+        // The same rules as `validate()`, reported at the line of the key that breaks one.
+        if let violation = firstViolation() {
+            let section: TOMLSection =
+                switch violation.table {
+                case .root: root
+                case .boot: bootSection
+                case .disk(let index): diskSections[index]
+                case .nic(let index): nicSections[index]
+                }
+            throw section.error(violation.key, violation.message, hint: violation.hint)
+        }
+    }
+}
+
+extension VMDefinition {
+    /// A rule a definition breaks: where (the table and key), what is wrong, what to do.
+    struct Violation {
+        enum Table {
+            case root, boot
+            case disk(Int)
+            case nic(Int)
+        }
+        var table: Table
+        var key: String
+        var message: String
+        var hint: String?
+
+        /// "vcpus", "boot.cmdline", "disk[1].volume" (0-based, as in the API's JSON).
+        var keyPath: String {
+            switch table {
+            case .root: key
+            case .boot: "boot.\(key)"
+            case .disk(let index): "disk[\(index)].\(key)"
+            case .nic(let index): "nic[\(index)].\(key)"
+            }
+        }
+    }
+
+    /// Checks every value rule of a definition, however it was built (TOML, CLI flags, the
+    /// REST API); the error names the VM and the key.
+    public func validate() throws {
+        guard Self.isValidName(name) else {
+            throw MartletError(
+                .invalidInput, "'\(name)' is not a valid VM name", hint: Self.nameRule)
+        }
+        if let violation = firstViolation() {
+            throw MartletError(
+                .invalidInput, "VM '\(name)': \(violation.keyPath): \(violation.message)",
+                hint: violation.hint)
+        }
+    }
+
+    /// The first rule this definition breaks, in the order of the file.
+    func firstViolation() -> Violation? {
+        guard (1...Self.maxVCPUs).contains(vcpus) else {
+            return Violation(
+                table: .root, key: "vcpus", message: "\(vcpus) is out of range",
+                hint: "use 1 to \(Self.maxVCPUs)")
+        }
+        guard memory >= Self.minMemory, memory.bytes % (1 << 20) == 0 else {
+            return Violation(
+                table: .root, key: "memory",
+                message: "\(memory) is not a whole number of MiB of at least 4 MiB",
+                hint: "write e.g. \"512MiB\" or \"2GiB\"")
+        }
+        guard boot.cmdline.utf8.count <= 2048 else {
+            return Violation(
+                table: .boot, key: "cmdline", message: "is \(boot.cmdline.utf8.count) bytes long",
+                hint: "keep it under 2048 bytes")
+        }
+        for (index, disk) in disks.enumerated() {
+            for (key, value) in [("pool", disk.pool), ("volume", disk.volume)]
+            where !Self.isValidName(value) {
+                return Violation(
+                    table: .disk(index), key: key, message: "'\(value)' is not a valid name",
+                    hint: Self.nameRule)
+            }
+            if disks[..<index].contains(where: { $0.pool == disk.pool && $0.volume == disk.volume }) {
+                return Violation(
+                    table: .disk(index), key: "volume",
+                    message: "'\(disk.pool)/\(disk.volume)' is attached twice",
+                    hint: "remove one of the [[disk]] tables")
+            }
+        }
+        guard disks.count <= Self.maxDisks else {
+            return Violation(
+                table: .root, key: "disk", message: "\(disks.count) disks given",
+                hint: "a VM has at most \(Self.maxDisks) disks")
+        }
+        for (index, nic) in nics.enumerated() {
+            guard (1...15).contains(nic.bridge.utf8.count), !nic.bridge.contains("/"),
+                !nic.bridge.contains(" ")
+            else {
+                return Violation(
+                    table: .nic(index), key: "bridge",
+                    message: "'\(nic.bridge)' is not a network interface name",
+                    hint: "use the host bridge, e.g. \"br0\"")
+            }
+            guard Self.isValidMAC(nic.mac) else {
+                return Violation(
+                    table: .nic(index), key: "mac", message: "'\(nic.mac)' is not a unicast MAC address",
+                    hint: "write six hex bytes like \"02:4d:4c:12:34:56\", or leave it out to generate one")
+            }
+            if nics[..<index].contains(where: { $0.mac == nic.mac }) {
+                return Violation(
+                    table: .nic(index), key: "mac", message: "'\(nic.mac)' is used by another NIC of this VM")
+            }
+        }
+        return nil
     }
 
     /// The TOML text of this definition, in the form `init(path:)` reads.

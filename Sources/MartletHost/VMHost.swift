@@ -112,19 +112,49 @@ public struct VMHost: Sendable {
         }
     }
 
-    /// Writes a new definition; refuses a name that is taken.
-    public func create(_ definition: VMDefinition) throws {
-        guard VMDefinition.isValidName(definition.name) else {
-            throw MartletError(
-                .invalidInput, "'\(definition.name)' is not a valid VM name",
-                hint: VMDefinition.nameRule)
+    /// A volume `create` makes for the new VM (`vm create --new-disk`, the API's `size`).
+    public struct NewVolume: Equatable, Sendable {
+        public var pool: String
+        public var volume: String
+        public var size: ByteSize
+
+        public init(pool: String, volume: String, size: ByteSize) {
+            self.pool = pool
+            self.volume = volume
+            self.size = size
         }
+    }
+
+    /// Defines a new VM: validates `definition`, refuses a name that is taken, creates
+    /// `newVolumes` (each must be one of its disks) and writes the definition. When any step
+    /// fails, the volumes this call created are deleted again and nothing is left behind.
+    @discardableResult
+    public func create(_ definition: VMDefinition, newVolumes: [NewVolume] = []) throws -> VMStatus {
+        try definition.validate()
         guard !FileManager.default.fileExists(atPath: paths.definition(definition.name)) else {
             throw MartletError(
                 .refused, "a VM named '\(definition.name)' already exists",
                 hint: "choose another name, or change it with 'martlet vm edit \(definition.name)'")
         }
-        try write(definition)
+        for new in newVolumes
+        where !definition.disks.contains(where: { $0.pool == new.pool && $0.volume == new.volume }) {
+            throw MartletError(
+                .invalidInput,
+                "new volume '\(new.pool)/\(new.volume)' is not one of VM '\(definition.name)''s disks",
+                hint: "attach every volume the VM creates")
+        }
+        var created: [NewVolume] = []
+        do {
+            for new in newVolumes {
+                _ = try pool(new.pool).createVolume(new.volume, size: new.size)
+                created.append(new)
+            }
+            try write(definition)
+        } catch {
+            for volume in created.reversed() { try? pool(volume.pool).deleteVolume(volume.volume) }
+            throw error
+        }
+        return try status(definition.name)
     }
 
     /// Replaces a definition (validated by parsing it back) while the VM is stopped.
@@ -146,9 +176,8 @@ public struct VMHost: Sendable {
     }
 
     func write(_ definition: VMDefinition) throws {
+        try definition.validate()
         let text = definition.toml
-        // Parse what we are about to write so a definition that would not load never lands.
-        _ = try VMDefinition(path: paths.definition(definition.name), contents: text)
         try checkReferences(definition)
         try FileManager.default.createDirectory(
             atPath: paths.vmsDirectory, withIntermediateDirectories: true)

@@ -1,32 +1,33 @@
 import Foundation
 import Logging
 import MartletCore
+import MartletSystem
+import MartletVMMProtocol
+import Synchronization
 
 /// `martlet vm run NAME`: the process that owns one running VM. It prepares the host side
 /// (taps on the bridge, device ownership), renders the VMM configuration, runs `martlet-vmm`
 /// (as the unprivileged VMM user when it exists), keeps the serial console in a log and
 /// serves it on a unix socket, removes the taps afterwards, and applies the on-crash policy.
 /// systemd runs it as `martlet-vm@NAME.service`; without systemd `vm start` spawns it.
-public final class VMRunner: @unchecked Sendable {
+public final class VMRunner: Sendable {
     let host: VMHost
     let name: String
     let logger: Logger
-    private let lock = NSLock()
-    private var clients: [Int32] = []
-    private var vmmInput: Int32?
-    private var stopRequested = false
-    private var vmmPID: pid_t?
-    private var signalSources: [DispatchSourceSignal] = []
-
-    /// Exit statuses of `martlet-vmm` (Sources/martlet-vmm/main.swift).
-    enum VMMExit: Int32 {
-        case powerOff = 0
-        case failed = 1
-        case badConfig = 2
-        case reset = 3
-        case stopped = 4
-        case hostCannotRunVMs = 5
+    /// What the signal handlers, the console threads and the supervising thread share.
+    private struct Shared {
+        /// The attached consoles; the relay writes the guest's output to each.
+        var clients: [FileDescriptor] = []
+        /// The VMM's serial socket while connected: where console keys go.
+        var vmmInput: FileDescriptor?
+        var stopRequested = false
+        var vmmPID: pid_t?
     }
+    private let shared = Mutex(Shared())
+
+    /// A console that takes longer than this to accept output is dropped, so one stuck
+    /// client cannot stall the guest's other consoles.
+    static let consoleSendTimeout = 2.0
 
     public init(host: VMHost, name: String, logger: Logger) {
         self.host = host
@@ -44,8 +45,6 @@ public final class VMRunner: @unchecked Sendable {
         var empty = sigset_t()
         sigemptyset(&empty)
         pthread_sigmask(SIG_SETMASK, &empty, nil)
-        // A console that goes away mid-write must not take the VM down with it.
-        signal(SIGPIPE, SIG_IGN)
         let definition = try host.definition(name)
         try FileManager.default.createDirectory(
             atPath: paths.vmmDirectory(name), withIntermediateDirectories: true)
@@ -58,13 +57,19 @@ public final class VMRunner: @unchecked Sendable {
         // The VMM appends the guest's output to it (`serial_log`), even when it is over
         // before the runner connects to the serial socket; one log per run of the runner.
         FileManager.default.createFile(atPath: paths.consoleLog(name), contents: nil)
-        let listener = try UnixSocket.listen(paths.consoleSocket(name))
+        let listener: FileDescriptor
+        do {
+            listener = try UnixSocket.listen(paths.consoleSocket(name), mode: 0o600)
+        } catch let error as SystemError {
+            throw MartletError(error, hint: "is another runner serving VM '\(name)'?")
+        }
         defer {
-            close(listener)
+            listener.shutdown()
             unlink(paths.consoleSocket(name))
         }
         Thread.detachNewThread { [self] in acceptConsoleClients(listener) }
-        installSignalHandlers()
+        let signalSources = installSignalHandlers()
+        defer { for source in signalSources { source.cancel() } }
 
         let status: Int32
         do { status = try supervise(definition) } catch {
@@ -84,12 +89,12 @@ public final class VMRunner: @unchecked Sendable {
     func supervise(_ definition: VMDefinition) throws -> Int32 {
         var crashes: [Date] = []
         while true {
-            if lock.withLock({ stopRequested }) { return 0 }
+            if shared.withLock({ $0.stopRequested }) { return 0 }
             let status = try runOnce(definition)
             let stopping =
-                lock.withLock { stopRequested }
+                shared.withLock { $0.stopRequested }
                 || FileManager.default.fileExists(atPath: stopMarker)
-            switch VMMExit(rawValue: status) {
+            switch VMMExitCode(rawValue: status) {
             case .powerOff?:
                 logger.info("VM '\(name)' powered off")
                 return 0
@@ -123,16 +128,13 @@ public final class VMRunner: @unchecked Sendable {
     /// One VMM process from taps to teardown; returns its exit status.
     func runOnce(_ definition: VMDefinition) throws -> Int32 {
         let config = try host.vmmConfiguration(definition)
-        let data = try JSONSerialization.data(
-            withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
-        try data.write(to: URL(fileURLWithPath: paths.vmmConfig(name)))
+        try (config.json.text + "\n").write(
+            toFile: paths.vmmConfig(name), atomically: true, encoding: .utf8)
         let user = vmmUser()
         if let user {
             // The VMM runs unprivileged: it needs its disks, its run directory and the console
             // log, nothing else.
-            var devices = (config["disks"] as? [[String: Any]] ?? []).compactMap {
-                $0["path"] as? String
-            }
+            var devices = config.disks.map(\.path)
             devices.append(paths.vmmDirectory(name))
             devices.append(paths.consoleLog(name))
             for path in devices {
@@ -162,18 +164,16 @@ public final class VMRunner: @unchecked Sendable {
                     "--inh-caps=-all", "--",
                 ] + arguments
         }
-        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        guard null >= 0 else { throw MartletError.system("open", path: "/dev/null") }
-        defer { close(null) }
+        let null = try FileDescriptor.open("/dev/null", O_RDONLY)
         unlink(paths.serialSocket(name))
         logger.info("VM '\(name)': starting \(arguments.joined(separator: " "))")
         // The console is the VMM's serial socket; its stdout (--stats, nothing else) joins
         // the runner's log.
         let pid = try ChildProcess.spawn(
-            arguments, stdin: null, stdout: STDERR_FILENO, stderr: STDERR_FILENO)
-        lock.withLock { vmmPID = pid }
+            arguments, stdin: null.raw, stdout: STDERR_FILENO, stderr: STDERR_FILENO)
+        shared.withLock { $0.vmmPID = pid }
         let status = relaySerialConsole(vmm: pid)
-        lock.withLock { vmmPID = nil }
+        shared.withLock { $0.vmmPID = nil }
         return status
     }
 
@@ -184,22 +184,19 @@ public final class VMRunner: @unchecked Sendable {
     func relaySerialConsole(vmm pid: pid_t) -> Int32 {
         var buffer = [UInt8](repeating: 0, count: 16384)
         while true {
-            if let status = ChildProcess.exitStatus(pid) { return status }
+            if let termination = ChildProcess.termination(pid) { return termination.status }
             guard let serial = try? UnixSocket.connect(paths.serialSocket(name)) else {
                 usleep(20_000)
                 continue
             }
-            lock.withLock { vmmInput = serial }
+            shared.withLock { $0.vmmInput = serial }
             while true {
-                let count = buffer.withUnsafeMutableBytes { read(serial, $0.baseAddress, $0.count) }
-                if count < 0 && errno == EINTR { continue }
+                let count = serial.read(into: &buffer)
                 guard count > 0 else { break }
-                broadcast(Data(buffer.prefix(count)))
+                broadcast(buffer.prefix(count))
             }
-            lock.withLock {
-                vmmInput = nil
-                close(serial)
-            }
+            // Console input threads may still hold it; it closes when the last one lets go.
+            shared.withLock { $0.vmmInput = nil }
         }
     }
 
@@ -227,14 +224,12 @@ public final class VMRunner: @unchecked Sendable {
                         "VM '\(name)': NIC \(index + 1) wants bridge '\(nic.bridge)', which does not exist",
                         hint: "create the bridge (the installer sets up br0) or fix [[nic]] bridge")
                 }
-                _ = try? ChildProcess.run(["ip", "link", "delete", tap])
+                _ = try? Command("ip", ["link", "delete", tap]).runAllowingFailure()
                 var arguments = ["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"]
                 if let user { arguments += ["user", "\(user.uid)", "group", "\(user.gid)"] }
-                try ChildProcess.check(["ip"] + arguments)
+                try Command("ip", arguments).run()
                 created.append(tap)
-                try ChildProcess.check([
-                    "ip", "link", "set", "dev", tap, "master", nic.bridge, "up",
-                ])
+                try Command("ip", ["link", "set", "dev", tap, "master", nic.bridge, "up"]).run()
                 logger.info("VM '\(name)': tap \(tap) on \(nic.bridge) for NIC \(nic.mac)")
             }
         } catch {
@@ -246,7 +241,8 @@ public final class VMRunner: @unchecked Sendable {
 
     func removeTaps(_ taps: [String]) {
         for tap in taps {
-            if let result = try? ChildProcess.run(["ip", "link", "delete", tap]), result.status != 0
+            if let result = try? Command("ip", ["link", "delete", tap]).runAllowingFailure(),
+                result.status != 0
             {
                 logger.warning("could not remove tap \(tap): \(result.stderr)")
             }
@@ -255,84 +251,81 @@ public final class VMRunner: @unchecked Sendable {
 
     // MARK: Console
 
-    /// Live output to every attached console (console.log is the VMM's `serial_log`).
-    func broadcast(_ chunk: Data) {
-        let bytes = [UInt8](chunk)
-        lock.withLock {
-            clients.removeAll { fd in
-                if UnixSocket.writeAll(fd, bytes) { return false }
-                close(fd)
-                return true
-            }
-        }
+    /// Live output to every attached console (console.log is the VMM's `serial_log`). Each
+    /// send waits at most `consoleSendTimeout`; a console that is gone or stuck is shut down
+    /// (its input thread then ends and lets go of it) and no longer written to.
+    func broadcast(_ chunk: ArraySlice<UInt8>) {
+        let clients = shared.withLock { $0.clients }
+        let failed = clients.filter { !$0.writeAll(chunk) }
+        guard !failed.isEmpty else { return }
+        for client in failed { client.shutdown() }
+        shared.withLock { state in state.clients.removeAll { client in failed.contains { $0 === client } } }
     }
 
-    func acceptConsoleClients(_ listener: Int32) {
-        while true {
-            let client = accept(listener, nil, nil)
-            if client < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                return
-            }
-            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+    func acceptConsoleClients(_ listener: FileDescriptor) {
+        while let client = UnixSocket.accept(listener) {
+            client.setTimeouts(send: Self.consoleSendTimeout)
             // A new console first sees what the guest printed so far (the last 16 KiB).
             let history =
                 (try? Data(contentsOf: URL(fileURLWithPath: paths.consoleLog(name)))) ?? Data()
-            lock.withLock {
-                UnixSocket.writeAll(client, [UInt8](history.suffix(16384)))
-                clients.append(client)
+            // A console that has already gone (a script that typed and detached) still gets
+            // its keys forwarded: its input thread reads what it sent up to the end.
+            if client.writeAll(history.suffix(16384)) {
+                shared.withLock { $0.clients.append(client) }
             }
             Thread.detachNewThread { [self] in forwardInput(client) }
         }
     }
 
     /// Keys typed on a console go to the guest's serial port (the VMM's serial socket).
-    func forwardInput(_ client: Int32) {
+    func forwardInput(_ client: FileDescriptor) {
         var chunk = [UInt8](repeating: 0, count: 1024)
         while true {
-            let count = chunk.withUnsafeMutableBytes { read(client, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
+            let count = client.read(into: &chunk)
             guard count > 0 else { break }
-            let data = Data(chunk.prefix(count))
-            lock.withLock { if let vmmInput { UnixSocket.writeAll(vmmInput, [UInt8](data)) } }
-        }
-        lock.withLock {
-            if let index = clients.firstIndex(of: client) {
-                clients.remove(at: index)
-                close(client)
+            // Keys typed while the runner is still connecting to the VMM's serial socket (just
+            // after start, or during a guest reboot) wait for it rather than being dropped.
+            var input: FileDescriptor?
+            _ = Poll.until(timeout: 5) {
+                input = shared.withLock { $0.vmmInput }
+                return input != nil
             }
+            input?.writeAll(chunk.prefix(count))
         }
+        shared.withLock { state in state.clients.removeAll { $0 === client } }
     }
 
     // MARK: Signals
 
     /// SIGTERM (systemctl stop, host shutdown): ask the guest to power off, then stop it
     /// hard after `MARTLET_STOP_GRACE` seconds (default 30).
-    func installSignalHandlers() {
+    func installSignalHandlers() -> [DispatchSourceSignal] {
         let grace = Double(ProcessInfo.processInfo.environment["MARTLET_STOP_GRACE"] ?? "") ?? 30
+        var sources: [DispatchSourceSignal] = []
         for number in [SIGTERM, SIGINT] {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler { [self] in
-                lock.withLock { stopRequested = true }
+                shared.withLock { $0.stopRequested = true }
                 let control = paths.controlSocket(name)
                 logger.info("VM '\(name)': signal \(number), shutting down (grace \(Int(grace)) s)")
                 // Without an answering VMM (still starting, or hung) signal it instead.
-                if (try? UnixSocket.request(control, grace > 0 ? "shutdown" : "stop", timeout: 2))
+                if (try? ControlClient.send(grace > 0 ? .shutdown : .stop, to: control, timeout: 2))
                     == nil
                 {
-                    if let pid = lock.withLock({ vmmPID }) { kill(pid, SIGTERM) }
+                    if let pid = shared.withLock({ $0.vmmPID }) { kill(pid, SIGTERM) }
                 }
                 DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [self] in
-                    if (try? UnixSocket.request(control, "stop", timeout: 2)) == nil,
-                        let pid = lock.withLock({ vmmPID })
+                    if (try? ControlClient.send(.stop, to: control, timeout: 2)) == nil,
+                        let pid = shared.withLock({ $0.vmmPID })
                     {
                         kill(pid, SIGKILL)
                     }
                 }
             }
             source.resume()
-            signalSources.append(source)
+            sources.append(source)
         }
+        return sources
     }
 }

@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import MartletCore
+import MartletSystem
+import MartletVMMProtocol
 
 /// Starting and stopping VMs. On a host booted with systemd a VM is the instance
 /// `martlet-vm@NAME.service`, whose ExecStart is `martlet vm run NAME` (the `VMRunner`);
@@ -42,9 +44,7 @@ extension VMHost {
         let began = Date()
         let systemd = Self.usesSystemd
         if systemd {
-            try ChildProcess.check([
-                "systemctl", "start", "--no-block", "martlet-vm@\(name).service",
-            ])
+            try Command("systemctl", ["start", "--no-block", "martlet-vm@\(name).service"]).run()
         } else {
             try Self.spawnDetached(
                 [Self.martletExecutable, "vm", "run", name], log: paths.runnerLog(name))
@@ -52,8 +52,8 @@ extension VMHost {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if runnerPID(name) != nil,
-                let reply = try? UnixSocket.request(paths.controlSocket(name), "state", timeout: 1),
-                reply["ok"] as? Bool == true
+                let reply = try? ControlClient.send(.state, to: paths.controlSocket(name), timeout: 1),
+                reply.ok
             {
                 return try status(name)
             }
@@ -83,10 +83,14 @@ extension VMHost {
     func runnerLogTail(_ name: String, systemd: Bool, since: Date, lines: Int = 10) -> String {
         let log: String
         if systemd {
-            log = (try? ChildProcess.run([
-                "journalctl", "-u", "martlet-vm@\(name).service", "-n", String(lines), "-o", "cat",
-                "--no-pager", "--since", "@\(Int(since.timeIntervalSince1970) - 1)",
-            ]))?.stdout ?? ""
+            log =
+                (try? Command(
+                    "journalctl",
+                    [
+                        "-u", "martlet-vm@\(name).service", "-n", String(lines), "-o", "cat",
+                        "--no-pager", "--since", "@\(Int(since.timeIntervalSince1970) - 1)",
+                    ]
+                ).runAllowingFailure())?.stdoutText ?? ""
         } else {
             log = (try? String(contentsOfFile: paths.runnerLog(name), encoding: .utf8)) ?? ""
         }
@@ -98,33 +102,16 @@ extension VMHost {
     static func spawnDetached(_ arguments: [String], log: String) throws {
         let script =
             "exec setsid -f \"$@\" </dev/null >>'\(log.replacingOccurrences(of: "'", with: "'\\''"))' 2>&1"
-        let argv = ["/bin/sh", "-c", script, "sh"] + arguments
-        var pid: pid_t = 0
-        var cArguments = argv.map { strdup($0) } + [nil]
-        defer { for pointer in cArguments { free(pointer) } }
-        // posix_spawn rather than Foundation's Process: the latter waits for the pipes and
-        // children it set up, which the detached runner would keep open.
         // The runner starts with default signal handling and nothing blocked, whatever the
-        // calling thread had: Foundation's Process needs SIGCHLD to see its children exit.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let result = posix_spawn(&pid, "/bin/sh", nil, &attributes, &cArguments, environ)
-        guard result == 0 else {
-            throw MartletError.system("posix_spawn", path: "/bin/sh", errno: result)
-        }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        guard status == 0 else {
+        // calling thread had, and with none of this process's fds (the process layer's rule).
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        let pid = try ChildProcess.spawn(
+            ["/bin/sh", "-c", script, "sh"] + arguments, stdin: null.raw, stdout: null.raw,
+            stderr: STDERR_FILENO)
+        let termination = ChildProcess.wait(pid)
+        guard termination == .exited(0) else {
             throw MartletError(
-                .failed, "could not start '\(arguments.joined(separator: " "))' (status \(status))")
+                .failed, "could not start '\(arguments.joined(separator: " "))': setsid \(termination)")
         }
     }
 
@@ -139,14 +126,14 @@ extension VMHost {
         // Tell the runner this end is wanted, so the on-crash policy does not restart it.
         FileManager.default.createFile(atPath: "\(paths.state(name))/stopping", contents: nil)
         if grace > 0 {
-            _ = try? UnixSocket.request(control, "shutdown", timeout: 2)
+            _ = try? ControlClient.send(.shutdown, to: control, timeout: 2)
             let deadline = Date().addingTimeInterval(grace)
             while runnerPID(name) != nil && Date() < deadline { usleep(50_000) }
         }
         if runnerPID(name) != nil {
             if Self.usesSystemd {
-                try ChildProcess.check(["systemctl", "stop", "martlet-vm@\(name).service"])
-            } else if (try? UnixSocket.request(control, "stop", timeout: 2)) == nil {
+                try Command("systemctl", ["stop", "martlet-vm@\(name).service"]).run()
+            } else if (try? ControlClient.send(.stop, to: control, timeout: 2)) == nil {
                 kill(pid, SIGTERM)
             }
         }
@@ -178,39 +165,35 @@ extension VMHost {
         return results
     }
 
-    /// The VMM's JSON configuration for `definition`, with volumes resolved to device paths.
-    public func vmmConfiguration(_ definition: VMDefinition) throws -> [String: Any] {
+    /// The VMM's configuration for `definition`, with volumes resolved to device paths.
+    public func vmmConfiguration(_ definition: VMDefinition) throws -> VMConfig {
         func resolve(_ source: VMDefinition.FileSource) throws -> String {
             switch source {
             case .path(let path): path
             case .volume(let pool, let volume): try self.pool(pool).volume(volume).path
             }
         }
-        var config: [String: Any] = [
-            "vcpus": definition.vcpus,
-            "memory_mib": Int(definition.memory.bytes >> 20),
-            "kernel": try resolve(definition.boot.kernel),
-            "cmdline": definition.boot.cmdline,
-            // The runner is the serial socket's one client: it serves console.sock to any
-            // number of `vm console` clients. The VMM itself keeps console.log.
-            "serial": "socket:\(paths.serialSocket(definition.name))",
-            "serial_log": paths.consoleLog(definition.name),
-            "control_socket": paths.controlSocket(definition.name),
-            // A guest reboot restarts the VMM in place; a crash is the runner's business.
-            "on_reboot": "restart",
-            "disks": try definition.disks.enumerated().map { index, disk -> [String: Any] in
-                [
-                    "path": try self.pool(disk.pool).volume(disk.volume).path,
-                    "read_only": disk.readOnly, "id": "\(disk.volume.prefix(20))",
-                ]
-            },
-        ]
-        if let initrd = definition.boot.initrd { config["initrd"] = try resolve(initrd) }
-        if !definition.nics.isEmpty {
-            // The runner creates these taps on the NICs' bridges before it starts the VMM.
-            config["nics"] = definition.nics.enumerated().map { index, nic -> [String: Any] in
-                ["tap": VMDefinition.tapName(vm: definition.name, index: index), "mac": nic.mac]
-            }
+        var config = VMConfig()
+        config.vcpus = definition.vcpus
+        config.memoryMiB = Int(definition.memory.bytes >> 20)
+        config.kernel = try resolve(definition.boot.kernel)
+        config.initrd = try definition.boot.initrd.map(resolve)
+        config.cmdline = definition.boot.cmdline
+        // The runner is the serial socket's one client: it serves console.sock to any
+        // number of `vm console` clients. The VMM itself keeps console.log.
+        config.serial = .socket(paths.serialSocket(definition.name))
+        config.serialLog = paths.consoleLog(definition.name)
+        config.controlSocket = paths.controlSocket(definition.name)
+        // A guest reboot restarts the VMM in place; a crash is the runner's business.
+        config.onReboot = .restart
+        config.disks = try definition.disks.map { disk in
+            VMConfig.Disk(
+                path: try self.pool(disk.pool).volume(disk.volume).path, readOnly: disk.readOnly,
+                id: String(disk.volume.prefix(20)))
+        }
+        // The runner creates these taps on the NICs' bridges before it starts the VMM.
+        config.nics = definition.nics.enumerated().map { index, nic in
+            VMConfig.NIC(tap: VMDefinition.tapName(vm: definition.name, index: index), mac: nic.mac)
         }
         return config
     }

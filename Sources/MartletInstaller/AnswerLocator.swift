@@ -31,7 +31,7 @@ public enum AnswerLocator {
             atPath: workDirectory, withIntermediateDirectories: true)
         let local = "\(workDirectory)/answer.toml"
         if value.hasPrefix("http://") || value.hasPrefix("https://") {
-            try Command.quietLVM(
+            try Command(
                 "curl",
                 [
                     "--fail", "--silent", "--show-error", "--location", "--retry", "5",
@@ -43,15 +43,15 @@ public enum AnswerLocator {
         }
         if value.hasPrefix("label:") {
             let label = String(value.dropFirst("label:".count))
-            let device = try Command.quietLVM("blkid", ["-L", label]).run(
+            let device = try Command("blkid", ["-L", label]).run(
                 hint: "plug in the stick or disk whose filesystem is labelled \(label)"
             ).stdoutText
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             let mountpoint = "\(workDirectory)/answer-medium"
             try FileManager.default.createDirectory(
                 atPath: mountpoint, withIntermediateDirectories: true)
-            try Command.quietLVM("mount", ["-o", "ro", device, mountpoint]).run()
-            defer { _ = try? Command.quietLVM("umount", [mountpoint]).runAllowingFailure() }
+            try Command("mount", ["-o", "ro", device, mountpoint]).run()
+            defer { _ = try? Command("umount", [mountpoint]).runAllowingFailure() }
             let source = "\(mountpoint)/answer.toml"
             guard FileManager.default.fileExists(atPath: source) else {
                 throw MartletError(

@@ -91,8 +91,8 @@ public final class Installer: @unchecked Sendable {
     /// Whether the kernel's device-mapper has the thin-pool target (loading the modules when
     /// needed). /dev/mapper/control alone proves nothing: LVM creates the node itself.
     static func deviceMapperAvailable() -> Bool {
-        _ = try? Command.quietLVM("modprobe", ["-q", "dm_thin_pool"]).runAllowingFailure()
-        guard let targets = try? Command.quietLVM("dmsetup", ["targets"]).runAllowingFailure(),
+        _ = try? Command("modprobe", ["-q", "dm_thin_pool"]).runAllowingFailure()
+        guard let targets = try? Command("dmsetup", ["targets"]).runAllowingFailure(),
             targets.status == 0
         else { return false }
         return targets.stdoutText.split(separator: "\n").contains { $0.hasPrefix("thin-pool") }
@@ -138,11 +138,11 @@ public final class Installer: @unchecked Sendable {
 
     private func run(_ executable: String, _ arguments: [String], input: Data? = nil) throws {
         logger.info("run: \(executable) \(arguments.joined(separator: " "))")
-        try Command.quietLVM(executable, arguments).run(input: input, logger: logger)
+        try Command(executable, arguments).run(input: input, logger: logger)
     }
 
     private func runOutput(_ executable: String, _ arguments: [String]) throws -> String {
-        try Command.quietLVM(executable, arguments).run(logger: logger).stdoutText
+        try Command(executable, arguments).run(logger: logger).stdoutText
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
@@ -160,7 +160,7 @@ public final class Installer: @unchecked Sendable {
             // Deactivate old volume groups first, or the kernel keeps holding the partitions.
             var groups = Set<String>()
             for device in devices where FileManager.default.fileExists(atPath: device) {
-                let result = try? Command.quietLVM(
+                let result = try? Command(
                     "pvs", ["--noheadings", "-o", "vg_name", device]
                 ).runAllowingFailure()
                 if let name = result?.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines),
@@ -202,7 +202,7 @@ public final class Installer: @unchecked Sendable {
                 ])
             try GPTWriter.write(layout, to: disk.path)
         }
-        _ = try? Command.quietLVM("udevadm", ["settle", "--timeout=10"]).runAllowingFailure()
+        _ = try? Command("udevadm", ["settle", "--timeout=10"]).runAllowingFailure()
         for entry in plan.layout.entries {
             try waitForDevice(plan.target.partitionPath(entry.number))
         }
@@ -216,7 +216,7 @@ public final class Installer: @unchecked Sendable {
             if attempt == 10 {
                 let disk =
                     plan.extraDisks.first { path.hasPrefix($0.path) }?.path ?? plan.target.path
-                _ = try? Command.quietLVM("partx", ["--update", disk]).runAllowingFailure()
+                _ = try? Command("partx", ["--update", disk]).runAllowingFailure()
             }
             usleep(100_000)
         }
@@ -284,7 +284,7 @@ public final class Installer: @unchecked Sendable {
             }
         }
         if listed() { return true }
-        _ = try? Command.quietLVM("modprobe", ["-q", filesystem]).runAllowingFailure()
+        _ = try? Command("modprobe", ["-q", filesystem]).runAllowingFailure()
         return listed()
     }
 
@@ -313,8 +313,8 @@ public final class Installer: @unchecked Sendable {
 
     private func unmountAll() {
         for path in mounts.reversed() {
-            if (try? Command.quietLVM("umount", [path]).run(logger: logger)) == nil {
-                _ = try? Command.quietLVM("umount", ["-l", path]).runAllowingFailure()
+            if (try? Command("umount", [path]).run(logger: logger)) == nil {
+                _ = try? Command("umount", ["-l", path]).runAllowingFailure()
             }
         }
         mounts.removeAll()
@@ -545,8 +545,8 @@ public final class Installer: @unchecked Sendable {
     public static func conclude(_ mode: AnswerFile.RebootMode) throws {
         switch mode {
         case .none: return
-        case .reboot: try Command.quietLVM("systemctl", ["reboot"]).run()
-        case .poweroff: try Command.quietLVM("systemctl", ["poweroff"]).run()
+        case .reboot: try Command("systemctl", ["reboot"]).run()
+        case .poweroff: try Command("systemctl", ["poweroff"]).run()
         }
     }
 }

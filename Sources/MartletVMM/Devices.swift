@@ -16,15 +16,6 @@ protocol MMIODevice: AnyObject {
     func write(offset: UInt64, size: Int, value: UInt64)
 }
 
-/// Where the guest's serial console goes: output to stdout (input from stdin), nowhere, a
-/// file, or a unix listening socket (output to the client, input from it).
-public enum SerialOutput: Equatable, Sendable {
-    case stdout
-    case none
-    case file(String)
-    case socket(String)
-}
-
 /// A 16550A-compatible UART (COM1 at 0x3f8, IRQ 4): transmit to a sink, receive from a
 /// byte queue, THR-empty and data-ready interrupts.
 final class Serial: PortIODevice {

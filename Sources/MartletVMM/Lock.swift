@@ -1,9 +1,12 @@
+import Synchronization
+
 #if canImport(Glibc)
     import Glibc
 #endif
 
 /// A pthread mutex with a condition variable: vCPU threads block in it while paused and the
-/// main thread waits in it for the guest to end.
+/// main thread waits in it for the guest to end. (Synchronization's `Mutex` has no condition
+/// variable; the pthread mutex here is what makes this type safe to share.)
 final class ConditionLock: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -61,4 +64,24 @@ func startThread(_ body: @escaping () -> Void) throws -> pthread_t {
         throw VMMError(.io, "pthread_create failed: \(errnoText(result))")
     }
     return thread
+}
+
+/// A thread started once and joined once, for objects that own a serving thread.
+final class ThreadHandle: Sendable {
+    private let thread = Mutex<pthread_t?>(nil)
+
+    /// Starts `body` on a new thread (see `startThread`).
+    func start(_ body: @escaping () -> Void) throws {
+        let started = try startThread(body)
+        thread.withLock { $0 = started }
+    }
+
+    /// Waits for the thread to end; does nothing when it never started or was joined.
+    func join() {
+        let running = thread.withLock { current -> pthread_t? in
+            defer { current = nil }
+            return current
+        }
+        if let running { pthread_join(running, nil) }
+    }
 }

@@ -1,4 +1,6 @@
 import CKVM
+import MartletSystem
+import MartletVMMProtocol
 import Synchronization
 
 #if canImport(Glibc)
@@ -14,8 +16,6 @@ public final class Machine: @unchecked Sendable {
         case stopped
         case crashed(String)
     }
-
-    public enum State: String, Sendable { case created, running, paused, stopped }
 
     /// Base of the virtio-mmio windows (one 4 KiB window per device) inside the MMIO hole.
     public static let virtioBase: UInt64 = GuestMemory.mmioHoleStart
@@ -39,8 +39,9 @@ public final class Machine: @unchecked Sendable {
     private var pausedVCPUs = 0
     private var threads: [pthread_t] = []
     private var started = false
-    private var serialFD: Int32 = -1
-    private var serialLogFD: Int32 = -1
+    /// `serial: "file:PATH"` and `serial_log`; owned here so a failing init closes them.
+    private let serialFile: FileDescriptor?
+    private let serialLog: FileDescriptor?
     private let serialSocket: SerialSocket?
     private let ioExitCount = Atomic<Int>(0)
     /// CLOCK_MONOTONIC nanoseconds of the first VM exit (the guest has run).
@@ -49,7 +50,11 @@ public final class Machine: @unchecked Sendable {
     /// Creates the VM: validates `config`, loads the kernel (or `kernelOverride`) and initrd,
     /// builds devices and vCPUs. `serialSink` replaces `config.serial` (tests capture output).
     public init(config: VMConfig, kernelOverride: KernelImage? = nil, serialSink: ((UInt8) -> Void)? = nil) throws {
-        try config.validate()
+        do {
+            try config.validate()
+        } catch let error as ProtocolError {
+            throw VMMError(.config, error.message)
+        }
         self.config = config
         // Files named by the configuration are checked before any KVM resource exists; a
         // problem with one is a configuration error naming the field.
@@ -75,31 +80,37 @@ public final class Machine: @unchecked Sendable {
         }
         try vm.createPlatform(tssAddress: BootLayout.tss)
 
-        var sinkFD: Int32 = -1
+        func openFile(_ path: String, _ flags: Int32, mode: mode_t, field: String) throws -> FileDescriptor {
+            do {
+                return try FileDescriptor.open(path, O_WRONLY | O_CREAT | flags, mode: mode)
+            } catch let error as SystemError {
+                throw VMMError(.config, "\(field): cannot open '\(path)': \(SystemError.text(error.errno))")
+            }
+        }
+        var file: FileDescriptor?
         var socket: SerialSocket?
         switch config.serial {
-        case .stdout: sinkFD = 1
-        case .none: sinkFD = -1
-        case .file(let path):
-            sinkFD = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            guard sinkFD >= 0 else { throw VMMError(.config, "serial: cannot open '\(path)': \(errnoText(errno))") }
-        case .socket(let path):
-            socket = try SerialSocket(path: path)
+        case .stdout, .none: break
+        case .file(let path): file = try openFile(path, O_TRUNC, mode: 0o644, field: "serial")
+        case .socket(let path): socket = try SerialSocket(path: path)
         }
-        serialFD = sinkFD
+        serialFile = file
         serialSocket = socket
         // Appended, so the log keeps earlier boots when `on_reboot: restart` re-executes the VMM.
-        let logFD: Int32 = try config.serialLog.map { path -> Int32 in
-            let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
-            guard fd >= 0 else { throw VMMError(.config, "serial_log: cannot open '\(path)': \(errnoText(errno))") }
-            return fd
-        } ?? -1
-        serialLogFD = logFD
+        let log = try config.serialLog.map { try openFile($0, O_APPEND, mode: 0o640, field: "serial_log") }
+        serialLog = log
         let vm = self.vm
+        let toStdout = config.serial == .stdout
         let sink: (UInt8) -> Void = serialSink ?? { byte in
-            var byte = byte
-            if let socket { socket.send(byte) } else if sinkFD >= 0 { _ = Glibc.write(sinkFD, &byte, 1) }
-            if logFD >= 0 { _ = Glibc.write(logFD, &byte, 1) }
+            if let socket {
+                socket.send(byte)
+            } else if let file {
+                file.writeAll(CollectionOfOne(byte))
+            } else if toStdout {
+                var byte = byte
+                _ = Glibc.write(1, &byte, 1)
+            }
+            log?.writeAll(CollectionOfOne(byte))
         }
         serial = Serial(sink: sink, raiseIRQ: { vm.pulseIRQ(Serial.irq) })
         let serial = self.serial
@@ -111,7 +122,7 @@ public final class Machine: @unchecked Sendable {
         var transports: [VirtioMMIOTransport] = []
         var devices: [VirtioDevice] = disks
         for (index, nic) in config.nics.enumerated() {
-            let mac = nic.mac.flatMap(VirtioNet.parseMAC) ?? VirtioNet.defaultMAC(for: nic.tap)
+            let mac = nic.mac.flatMap(VMConfig.NIC.parseMAC) ?? VirtioNet.defaultMAC(for: nic.tap)
             devices.append(try field("nics[\(index)]") { try VirtioNet(tap: nic.tap, mac: mac) })
         }
         if config.rng { devices.append(try VirtioRNG()) }
@@ -149,11 +160,6 @@ public final class Machine: @unchecked Sendable {
         onEvent = { [unowned self] event in
             finish(event == .powerOff ? .powerOff : .reset)
         }
-    }
-
-    deinit {
-        if serialFD > 2 { close(serialFD) }
-        if serialLogFD >= 0 { close(serialLogFD) }
     }
 
     /// The kernel command line with the virtio-mmio devices appended, for kernels built with
@@ -240,7 +246,7 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    public var state: State {
+    public var state: VMState {
         control.withLock {
             if !started { return .created }
             if exitResult != nil { return .stopped }

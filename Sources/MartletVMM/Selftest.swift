@@ -1,3 +1,5 @@
+import MartletVMMProtocol
+
 #if canImport(Glibc)
     import Glibc
 #endif

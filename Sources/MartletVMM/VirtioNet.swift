@@ -146,14 +146,6 @@ final class VirtioNet: VirtioDevice {
 }
 
 extension VirtioNet {
-    /// Parses "52:54:00:12:34:56".
-    static func parseMAC(_ text: String) -> [UInt8]? {
-        let parts = text.split(separator: ":")
-        guard parts.count == 6 else { return nil }
-        let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
-        return bytes.count == 6 ? bytes : nil
-    }
-
     /// A stable locally administered MAC derived from the tap name.
     static func defaultMAC(for tap: String) -> [UInt8] {
         var hash: UInt32 = 2_166_136_261

@@ -1,4 +1,5 @@
 import MartletVMM
+import MartletVMMProtocol
 
 #if canImport(Glibc)
     import Glibc
@@ -55,10 +56,10 @@ let usage = """
 
     """
 
-func fail(_ message: String, code: Int32) -> Never {
+func fail(_ message: String, code: VMMExitCode) -> Never {
     let text = "martlet-vmm: \(message)\n"
     _ = text.withCString { write(2, $0, strlen($0)) }
-    exit(code)
+    exit(code.rawValue)
 }
 
 func say(_ text: String) {
@@ -84,7 +85,7 @@ func selftest(_ arguments: [String]) -> Never {
         case "-h", "--help":
             say("USAGE: martlet-vmm selftest [--json] [--verbose]\n\nBoots the built-in 64-bit test guest: serial output, a virtio-blk round trip on a temporary file, power-off.")
             exit(0)
-        default: fail("selftest: unknown argument '\(argument)'; see 'martlet-vmm selftest --help'", code: 2)
+        default: fail("selftest: unknown argument '\(argument)'; see 'martlet-vmm selftest --help'", code: .badConfig)
         }
     }
     do {
@@ -102,9 +103,9 @@ func selftest(_ arguments: [String]) -> Never {
             for check in report.checks { say("\(check.passed ? "ok  " : "FAIL") \(check.name)") }
             say("\(report.passed ? "PASS" : "FAIL") martlet-vmm selftest (\(Int(report.milliseconds)) ms)")
         }
-        exit(report.passed ? 0 : 1)
+        exit((report.passed ? VMMExitCode.powerOff : .failed).rawValue)
     } catch {
-        fail("selftest: \(error)", code: 1)
+        fail("selftest: \(error)", code: .failed)
     }
 }
 
@@ -130,18 +131,22 @@ func check(_ arguments: [String]) -> Never {
         exit(0)
     } catch {
         if json { say(JSON.object([("ok", .bool(false)), ("error", .string("\(error)"))]).text) }
-        fail("\(error)", code: 1)
+        fail("\(error)", code: .failed)
     }
 }
 
 func controlClient(_ arguments: [String]) -> Never {
-    guard arguments.count == 2 else { fail("control: usage: martlet-vmm control SOCKET COMMAND", code: 2) }
+    guard arguments.count == 2 else { fail("control: usage: martlet-vmm control SOCKET COMMAND", code: .badConfig) }
     do {
-        let reply = try ControlClient.send(JSON.object([("command", .string(arguments[1]))]), to: arguments[0])
-        say(reply.text)
-        exit(reply["ok"] == .bool(true) ? 0 : 1)
+        guard let request = ControlRequest(rawValue: arguments[1]) else {
+            let names = ControlRequest.allCases.map(\.rawValue).joined(separator: ", ")
+            fail("control: unknown command '\(arguments[1])'; use \(names)", code: .failed)
+        }
+        let reply = try ControlClient.send(request, to: arguments[0])
+        say(reply.json.text)
+        exit(reply.ok ? VMMExitCode.powerOff.rawValue : VMMExitCode.failed.rawValue)
     } catch {
-        fail("control: \(error)", code: 1)
+        fail("control: \(error)", code: .failed)
     }
 }
 
@@ -165,12 +170,12 @@ var overrides: [(inout VMConfig) throws -> Void] = []
 
 func value(_ flag: String, _ index: inout Int) -> String {
     index += 1
-    guard index < arguments.count else { fail("\(flag) needs a value; see --help", code: 2) }
+    guard index < arguments.count else { fail("\(flag) needs a value; see --help", code: .badConfig) }
     return arguments[index]
 }
 
 func number(_ flag: String, _ text: String) -> Int {
-    guard let value = Int(text) else { fail("\(flag): '\(text)' is not a number", code: 2) }
+    guard let value = Int(text) else { fail("\(flag): '\(text)' is not a number", code: .badConfig) }
     return value
 }
 
@@ -194,21 +199,21 @@ while index < arguments.count {
     case "--serial-log": let v = value(flag, &index); overrides.append { $0.serialLog = v }
     case "--on-reboot":
         let v = value(flag, &index)
-        guard let policy = VMConfig.RebootPolicy(rawValue: v) else { fail("--on-reboot: '\(v)' is not exit or restart", code: 2) }
+        guard let policy = VMConfig.RebootPolicy(rawValue: v) else { fail("--on-reboot: '\(v)' is not exit or restart", code: .badConfig) }
         overrides.append { $0.onReboot = policy }
     case "--ap-start":
         let v = value(flag, &index)
-        guard let mode = VMConfig.APStart(rawValue: v) else { fail("--ap-start: '\(v)' is not sipi or entry", code: 2) }
+        guard let mode = VMConfig.APStart(rawValue: v) else { fail("--ap-start: '\(v)' is not sipi or entry", code: .badConfig) }
         overrides.append { $0.apStart = mode }
     case "--timeout":
         let v = value(flag, &index)
-        guard let seconds = Double(v), seconds > 0 else { fail("--timeout: '\(v)' is not a positive number of seconds", code: 2) }
+        guard let seconds = Double(v), seconds > 0 else { fail("--timeout: '\(v)' is not a positive number of seconds", code: .badConfig) }
         timeout = seconds
     case "--net":
         let parts = value(flag, &index).split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         var nic = VMConfig.NIC(tap: parts[0])
         for option in parts.dropFirst() {
-            guard option.hasPrefix("mac=") else { fail("--net: unknown option '\(option)'; use TAP[,mac=MAC]", code: 2) }
+            guard option.hasPrefix("mac=") else { fail("--net: unknown option '\(option)'; use TAP[,mac=MAC]", code: .badConfig) }
             nic.mac = String(option.dropFirst(4))
         }
         overrides.append { $0.nics.append(nic) }
@@ -221,12 +226,12 @@ while index < arguments.count {
             } else if option.hasPrefix("id=") {
                 disk.id = String(option.dropFirst(3))
             } else {
-                fail("--disk: unknown option '\(option)'; use PATH[,ro][,id=ID]", code: 2)
+                fail("--disk: unknown option '\(option)'; use PATH[,ro][,id=ID]", code: .badConfig)
             }
         }
         overrides.append { $0.disks.append(disk) }
     default:
-        fail("unknown argument '\(flag)'; see 'martlet-vmm --help'", code: 2)
+        fail("unknown argument '\(flag)'; see 'martlet-vmm --help'", code: .badConfig)
     }
     index += 1
 }
@@ -234,13 +239,13 @@ while index < arguments.count {
 do {
     if let configPath {
         let fd = open(configPath, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { fail("cannot open config '\(configPath)': \(String(cString: strerror(errno)))", code: 2) }
+        guard fd >= 0 else { fail("cannot open config '\(configPath)': \(String(cString: strerror(errno)))", code: .badConfig) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if count < 0 && errno == EINTR { continue }
-            guard count >= 0 else { fail("cannot read config '\(configPath)': \(String(cString: strerror(errno)))", code: 2) }
+            guard count >= 0 else { fail("cannot read config '\(configPath)': \(String(cString: strerror(errno)))", code: .badConfig) }
             if count == 0 { break }
             bytes += chunk.prefix(count)
         }
@@ -250,29 +255,29 @@ do {
     for override in overrides { try override(&config) }
     try config.validate()
 } catch {
-    fail("\(error)", code: 2)
+    fail("\(error)", code: .badConfig)
 }
 
 let machine: Machine
 do {
     machine = try Machine(config: config)
 } catch let error as VMMError where error.code == .config {
-    fail("\(error)", code: 2)
+    fail("\(error)", code: .badConfig)
 } catch let error as VMMError
     where [.kvmUnavailable, .kvmPermission, .kvmCapability].contains(error.code)
 {
     // Not this VM's fault: no VM can run here until the host is fixed, so a supervisor
     // must not retry it.
-    fail("\(error)", code: 5)
+    fail("\(error)", code: .hostCannotRunVMs)
 } catch {
-    fail("\(error)", code: 1)
+    fail("\(error)", code: .failed)
 }
 
 if config.serial == .stdout {
     do {
         try machine.attachConsoleInput(fd: 0)
     } catch {
-        fail("\(error)", code: 1)
+        fail("\(error)", code: .failed)
     }
 }
 
@@ -282,7 +287,7 @@ if let socketPath = config.controlSocket {
         server = try ControlServer(path: socketPath, machine: machine)
         try server?.start()
     } catch {
-        fail("\(error)", code: 2)
+        fail("\(error)", code: .badConfig)
     }
 }
 
@@ -290,7 +295,7 @@ let result: Machine.Exit
 do {
     result = try machine.run(timeout: timeout)
 } catch {
-    fail("\(error)", code: 1)
+    fail("\(error)", code: .failed)
 }
 server?.close()
 
@@ -307,17 +312,17 @@ if printStats {
 
 switch result {
 case .powerOff:
-    exit(0)
+    exit(VMMExitCode.powerOff.rawValue)
 case .stopped:
-    exit(4)
+    exit(VMMExitCode.stopped.rawValue)
 case .reset:
     if config.onReboot == .restart {
         // A fresh process is the cleanest reset: every device and vCPU starts anew.
         let argv = CommandLine.unsafeArgv
         execv("/proc/self/exe", argv)
-        fail("restart after guest reset failed: execv: \(String(cString: strerror(errno)))", code: 1)
+        fail("restart after guest reset failed: execv: \(String(cString: strerror(errno)))", code: .failed)
     }
-    fail("guest requested a reset (on_reboot: exit)", code: 3)
+    fail("guest requested a reset (on_reboot: exit)", code: .reset)
 case .crashed(let reason):
-    fail("guest stopped: \(reason)", code: 1)
+    fail("guest stopped: \(reason)", code: .failed)
 }

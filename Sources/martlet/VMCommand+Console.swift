@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import MartletCore
 import MartletHost
+import MartletSystem
 
 struct VMConsoleCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -33,7 +34,7 @@ struct VMConsoleCommand: ParsableCommand {
         }
         signal(SIGPIPE, SIG_IGN)
         let host = VMHost()
-        let fd: Int32
+        let console: FileDescriptor
         do {
             _ = try host.definition(name)
             guard try host.isRunning(name) else {
@@ -41,7 +42,7 @@ struct VMConsoleCommand: ParsableCommand {
                     .refused, "VM '\(name)' is not running",
                     hint: "start it: martlet vm start \(name)")
             }
-            fd = try VMConsole.connect(host.paths.consoleSocket(name))
+            console = try VMConsole.connect(host.paths.consoleSocket(name))
         } catch let error as MartletError {
             FileHandle.standardError.write(Data("martlet vm console: \(error.description)\n".utf8))
             throw ExitCode(error.code.exitStatus)
@@ -52,8 +53,8 @@ struct VMConsoleCommand: ParsableCommand {
                 Data("[attached to VM '\(name)'; \(detachKey) detaches]\r\n".utf8))
         }
         let outcome = VMConsole.attach(
-            fd: fd, detachKey: key, expect: expect, timeout: timeout, interactive: interactive)
-        close(fd)
+            console: console, detachKey: key, expect: expect, timeout: timeout, interactive: interactive)
+        console.close()
         if interactive { FileHandle.standardError.write(Data("\r\n[detached]\n".utf8)) }
         switch outcome {
         case .detached, .matched: return

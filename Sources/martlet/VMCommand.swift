@@ -108,7 +108,7 @@ struct VMCreateCommand: ParsableCommand {
                             pool: reference.pool, volume: reference.volume,
                             readOnly: parts.dropFirst().contains("ro")))
                 }
-                var toCreate: [(pool: String, volume: String, size: ByteSize)] = []
+                var newVolumes: [VMHost.NewVolume] = []
                 for text in newDisks {
                     guard let colon = text.lastIndex(of: ":"),
                         let size = ByteSize(parsing: String(text[text.index(after: colon)...]))
@@ -118,7 +118,8 @@ struct VMCreateCommand: ParsableCommand {
                             hint: "e.g. local/\(name)-root:8GiB")
                     }
                     let reference = try VMHost.volumeReference(String(text[..<colon]))
-                    toCreate.append((reference.pool, reference.volume, size))
+                    newVolumes.append(
+                        .init(pool: reference.pool, volume: reference.volume, size: size))
                     attached.append(.init(pool: reference.pool, volume: reference.volume))
                 }
                 let interfaces = try nics.enumerated().map { index, text -> VMDefinition.NIC in
@@ -140,25 +141,7 @@ struct VMCreateCommand: ParsableCommand {
                         kernel: try source(kernel, "kernel"),
                         initrd: try initrd.map { try source($0, "initrd") }, cmdline: cmdline),
                     disks: attached, nics: interfaces, autostart: autostart, onCrash: policy)
-                // Validate the whole definition before creating any volume.
-                _ = try VMDefinition(path: host.paths.definition(name), contents: definition.toml)
-                if (try? host.definition(name)) != nil {
-                    throw MartletError(
-                        .refused, "a VM named '\(name)' already exists", hint: "choose another name"
-                    )
-                }
-                var created: [(String, String)] = []
-                do {
-                    for disk in toCreate {
-                        _ = try host.pool(disk.pool).createVolume(disk.volume, size: disk.size)
-                        created.append((disk.pool, disk.volume))
-                    }
-                    try host.create(definition)
-                } catch {
-                    for (pool, volume) in created { try? host.pool(pool).deleteVolume(volume) }
-                    throw error
-                }
-                return try host.status(name)
+                return try host.create(definition, newVolumes: newVolumes)
             }, text: { "created VM '\($0.name)' (\(host(path: $0)))" })
     }
 

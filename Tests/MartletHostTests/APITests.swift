@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletSystem
 import Testing
 
 @testable import MartletHost
@@ -11,12 +12,8 @@ final class APIProcess {
 
     init(fixture: HostFixture) throws {
         socket = fixture.root + "/api.sock"
-        let log = open(fixture.root + "/api.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        defer {
-            close(log)
-            close(null)
-        }
+        let log = try FileDescriptor.open(fixture.root + "/api.log", O_WRONLY | O_CREAT | O_APPEND)
+        let null = try FileDescriptor.open("/dev/null", O_RDONLY)
         let variables = fixture.environment.sorted { $0.key < $1.key }.map {
             "\($0.key)=\($0.value)"
         }
@@ -24,11 +21,11 @@ final class APIProcess {
             ["/usr/bin/env"] + variables + [
                 TestSupport.product("martlet"), "api", "serve", "--socket", socket,
             ],
-            stdin: null, stdout: log, stderr: log)
-        let deadline = Date().addingTimeInterval(20)
-        while !FileManager.default.fileExists(atPath: socket) && Date() < deadline {
-            usleep(50_000)
-        }
+            stdin: null.raw, stdout: log.raw, stderr: log.raw)
+        let socket = self.socket
+        #expect(
+            Poll.until(timeout: 20) { FileManager.default.fileExists(atPath: socket) },
+            "martlet api serve did not create \(socket); see \(fixture.root)/api.log")
     }
 
     /// One request; returns the HTTP status and the body.
@@ -55,7 +52,7 @@ final class APIProcess {
     }
 }
 
-@Suite(.serialized) struct APITests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct APITests {
     @Test func vmLifecycleThroughTheAPI() throws {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "api")
@@ -96,10 +93,9 @@ final class APIProcess {
         #expect(try api.request("DELETE", "/v1/vms/api-vm").status == 409)
 
         var console = ""
-        let deadline = Date().addingTimeInterval(10)
-        while !console.contains("cmdline: test=halt api-test") && Date() < deadline {
+        _ = try Poll.until(timeout: 10, interval: 0.1) {
             console = try api.request("GET", "/v1/vms/api-vm/console").body
-            usleep(100_000)
+            return console.contains("cmdline: test=halt api-test")
         }
         #expect(console.contains("halting, cmdline: test=halt api-test"), "\(console)")
 

@@ -1,5 +1,7 @@
 import Foundation
 import MartletCore
+import MartletSystem
+import MartletVMMProtocol
 import Testing
 
 @testable import MartletHost
@@ -7,16 +9,15 @@ import Testing
 /// The two things the runner hands the VMM besides disks: the serial console (a two-way
 /// `martlet vm console` through the VMM's serial socket) and the NICs (taps on the bridge,
 /// with the VM's stable MAC, opened by the VMM's virtio-net).
-@Suite(.serialized) struct ConsoleAndNetTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct ConsoleAndNetTests {
     /// Polls `path` until it contains `text` (or `timeout` passes); returns the file.
     func waitForText(_ text: String, in path: String, timeout: Double = 10) -> String {
-        let deadline = Date().addingTimeInterval(timeout)
         var content = ""
-        while Date() < deadline {
+        let found = Poll.until(timeout: timeout, interval: 0.05) {
             content = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-            if content.contains(text) { return content }
-            usleep(50_000)
+            return content.contains(text)
         }
+        #expect(found, "'\(text)' did not appear in \(path) within \(timeout) s")
         return content
     }
 
@@ -38,11 +39,10 @@ import Testing
             martlet, ["vm", "start", "keys"], environment: fixture.environment)
         #expect(started.status == 0, "\(started.stderr)")
         defer { _ = try? fixture.host.stop("keys") }
-        let config = try #require(
-            try JSONSerialization.jsonObject(
-                with: Data(contentsOf: URL(fileURLWithPath: fixture.paths.vmmConfig("keys"))))
-                as? [String: Any])
-        #expect(config["serial"] as? String == "socket:\(fixture.paths.serialSocket("keys"))")
+        let config = try VMConfig(
+            json: String(contentsOfFile: fixture.paths.vmmConfig("keys"), encoding: .utf8),
+            source: fixture.paths.vmmConfig("keys"))
+        #expect(config.serial == .socket(fixture.paths.serialSocket("keys")))
 
         // Ctrl-] detaches: the keys before it reach the guest, the ones after it do not, and
         // the VM keeps running.
@@ -73,9 +73,7 @@ import Testing
             "vm", "create", "rb", "--kernel", guest, "--cmdline", "test=reset-once", "--memory",
             "16MiB", "--new-disk", "local/rb-root:8MiB")
         _ = try martlet("vm", "start", "rb", "--timeout", "5")
-        let deadline = Date().addingTimeInterval(20)
-        while fixture.host.runnerPID("rb") != nil && Date() < deadline { usleep(50_000) }
-        #expect(fixture.host.runnerPID("rb") == nil, "the runner ended with the second boot")
+        #expect(Poll.until(timeout: 20) { fixture.host.runnerPID("rb") == nil }, "the runner ended with the second boot")
         let log = try String(contentsOfFile: fixture.paths.consoleLog("rb"), encoding: .utf8)
         #expect(log.contains("first boot, resetting"), "\(log)")
         #expect(log.contains("second boot after reset") && log.contains("guest done"), "\(log)")
@@ -108,9 +106,7 @@ import Testing
         #expect(created["state"] as? String == "stopped")
         // The guest powers off once it has its reply; it may be gone before start sees it.
         _ = try martlet("vm", "start", "net", "--timeout", "5")
-        let deadline = Date().addingTimeInterval(20)
-        while fixture.host.runnerPID("net") != nil && Date() < deadline { usleep(50_000) }
-        #expect(fixture.host.runnerPID("net") == nil, "the guest powered off")
+        #expect(Poll.until(timeout: 20) { fixture.host.runnerPID("net") == nil }, "the guest powered off")
 
         let log = try String(contentsOfFile: fixture.paths.consoleLog("net"), encoding: .utf8)
         let runnerLog =
@@ -121,11 +117,11 @@ import Testing
         #expect(
             log.contains("net rx: arp reply from 10.77.0.1"),
             "the frame crossed the bridge: \(log) \(runnerLog)")
-        let config = try String(contentsOfFile: fixture.paths.vmmConfig("net"), encoding: .utf8)
+        let config = try VMConfig(
+            json: String(contentsOfFile: fixture.paths.vmmConfig("net"), encoding: .utf8),
+            source: fixture.paths.vmmConfig("net"))
         let tap = VMDefinition.tapName(vm: "net", index: 0)
-        #expect(
-            config.contains("\"tap\" : \"\(tap)\"") && config.contains("02:4d:4c:0a:0b:0c"),
-            "\(config)")
+        #expect(config.nics == [VMConfig.NIC(tap: tap, mac: "02:4d:4c:0a:0b:0c")], "\(config)")
         #expect(namespace.link(tap) == nil, "the tap is removed after the VM ends")
     }
 }

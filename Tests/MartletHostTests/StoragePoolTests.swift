@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletSystem
 import Testing
 
 @testable import MartletHost

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletSystem
 import Testing
 
 @testable import MartletHost
@@ -57,8 +58,13 @@ enum TestSupport {
         input: String? = nil
     ) throws -> ChildProcess.Output {
         let variables = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-        return try ChildProcess.run(
-            ["/usr/bin/env"] + variables + [executable] + arguments, input: input)
+        let result = try ChildProcess.run(
+            ["/usr/bin/env"] + variables + [executable] + arguments,
+            input: Array((input ?? "").utf8), timeout: 120)
+        if case .timedOut = result.termination {
+            Issue.record("\(executable) \(arguments.joined(separator: " ")) \(result.termination)")
+        }
+        return result
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletSystem
 import Testing
 
 @testable import MartletHost
@@ -178,5 +179,85 @@ import Testing
         try "[[pool]]\nname = \"x\"\ntype = \"zfs\"\n".write(
             toFile: path, atomically: true, encoding: .utf8)
         #expect(throws: MartletError.self) { try StorageConfiguration.pools(path: path) }
+    }
+}
+
+/// `validate()` and `VMHost.create`: the rules and the rollback every caller (CLI, API) gets.
+@Suite struct VMCreateTests {
+    func make(_ name: String, disks: [String] = []) -> VMDefinition {
+        VMDefinition(
+            name: name, boot: .init(kernel: .path("/bin/sh")),
+            disks: disks.map { .init(pool: "local", volume: $0) })
+    }
+
+    @Test func validateNamesTheKeyOfABuiltDefinition() {
+        var definition = make("web", disks: ["a", "a"])
+        do {
+            try definition.validate()
+        } catch let error as MartletError {
+            #expect(error.message == "VM 'web': disk[1].volume: 'local/a' is attached twice", "\(error)")
+        } catch {
+            Issue.record("\(error)")
+        }
+        definition.disks = []
+        definition.nics = [.init(bridge: "br0", mac: "01:00:00:00:00:01")]
+        let multicast = #expect(throws: MartletError.self) { try definition.validate() }
+        #expect(multicast?.message == "VM 'web': nic[0].mac: '01:00:00:00:00:01' is not a unicast MAC address")
+        definition.nics = []
+        definition.vcpus = 65
+        let vcpus = #expect(throws: MartletError.self) { try definition.validate() }
+        #expect(vcpus?.message == "VM 'web': vcpus: 65 is out of range")
+        definition.vcpus = 1
+        #expect(throws: Never.self) { try definition.validate() }
+        definition.name = "Web!"
+        #expect(throws: MartletError.self) { try definition.validate() }
+    }
+
+    /// The same rule read from a file points at the line of the key.
+    @Test func fileErrorsKeepTheirPosition() throws {
+        let text = "vcpus = 1\n\n[boot]\nkernel = \"/k\"\n\n[[disk]]\npool = \"local\"\nvolume = \"a\"\n\n[[disk]]\npool = \"local\"\nvolume = \"a\"\n"
+        let error = #expect(throws: MartletError.self) {
+            try VMDefinition(path: "/etc/martlet/vms/web.toml", contents: text)
+        }
+        #expect(error?.message.contains("'local/a' is attached twice") == true, "\(String(describing: error))")
+        #expect(error?.message.contains("disk") == true)
+    }
+
+    @Test func createMakesVolumesAndRollsThemBackOnFailure() throws {
+        let fixture = try HostFixture(label: "create")
+        let host = fixture.host
+        let made = try host.create(
+            make("one", disks: ["one-root"]),
+            newVolumes: [.init(pool: "local", volume: "one-root", size: .mib(8))])
+        #expect(made.name == "one")
+        #expect(try host.pool("local").volume("one-root").path.isEmpty == false)
+
+        // The second new volume exists already: the first one this call made is removed again
+        // and no definition is written.
+        _ = try host.pool("local").createVolume("taken", size: .mib(1))
+        #expect(throws: MartletError.self) {
+            try host.create(
+                make("two", disks: ["two-root", "taken"]),
+                newVolumes: [
+                    .init(pool: "local", volume: "two-root", size: .mib(8)),
+                    .init(pool: "local", volume: "taken", size: .mib(8)),
+                ])
+        }
+        #expect((try? host.pool("local").volume("two-root")) == nil, "two-root was left behind")
+        #expect((try? host.pool("local").volume("taken")) != nil, "a volume create did not make was deleted")
+        #expect((try? host.definition("two")) == nil)
+
+        // A taken name is refused before any volume is made.
+        #expect(throws: MartletError.self) {
+            try host.create(
+                make("one", disks: ["one-data"]),
+                newVolumes: [.init(pool: "local", volume: "one-data", size: .mib(8))])
+        }
+        #expect((try? host.pool("local").volume("one-data")) == nil)
+        // A new volume the VM does not attach is refused.
+        #expect(throws: MartletError.self) {
+            try host.create(make("three"), newVolumes: [.init(pool: "local", volume: "stray", size: .mib(8))])
+        }
+        #expect((try? host.pool("local").volume("stray")) == nil)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletSystem
 import Testing
 
 @testable import MartletHost
@@ -32,7 +33,7 @@ final class BridgeNamespace {
     deinit { _ = try? Command("ip", ["netns", "delete", name]).runAllowingFailure() }
 }
 
-@Suite(.serialized) struct VMLifecycleTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct VMLifecycleTests {
     struct CLI {
         let fixture: HostFixture
         let namespace: BridgeNamespace?
@@ -127,9 +128,7 @@ final class BridgeNamespace {
             "16MiB")
         // It may be gone before start sees it answer; either way it must end, once.
         _ = try martlet("vm", "start", "off", "--timeout", "3")
-        let deadline = Date().addingTimeInterval(10)
-        while fixture.host.runnerPID("off") != nil && Date() < deadline { usleep(50_000) }
-        #expect(fixture.host.runnerPID("off") == nil)
+        #expect(Poll.until(timeout: 10) { fixture.host.runnerPID("off") == nil })
         let log = try String(contentsOfFile: fixture.paths.consoleLog("off"), encoding: .utf8)
         #expect(log.components(separatedBy: "powering off").count == 2, "one boot only: \(log)")
     }
@@ -194,9 +193,7 @@ final class BridgeNamespace {
         // What systemctl stop does: SIGTERM; the guest ignores the power button, so the
         // runner stops the VMM hard after MARTLET_STOP_GRACE (1 s here).
         #expect(kill(pid_t(pid), SIGTERM) == 0)
-        let deadline = Date().addingTimeInterval(10)
-        while fixture.host.runnerPID("term") != nil && Date() < deadline { usleep(50_000) }
-        #expect(fixture.host.runnerPID("term") == nil, "the runner ended")
+        #expect(Poll.until(timeout: 10) { fixture.host.runnerPID("term") == nil }, "the runner ended")
         let log = try String(contentsOfFile: fixture.paths.runnerLog("term"), encoding: .utf8)
         #expect(log.contains("signal 15"), "\(log)")
         #expect(try fixture.host.status("term").state == .stopped)

@@ -19,7 +19,7 @@ let standardPath: Void = {
 @discardableResult
 func sh(_ executable: String, _ arguments: [String], input: Data? = nil) throws -> String {
     standardPath
-    return try Command.quietLVM(executable, arguments).run(input: input).stdoutText
+    return try Command(executable, arguments).run(input: input).stdoutText
 }
 
 /// Every suite that uses loop devices or LVM nests in here, so they run one at a time.
@@ -88,7 +88,7 @@ final class LoopDisk {
             .filter { $0.hasPrefix(name + "p") }.map { "/dev/\($0)" } + [path]
         return devices.compactMap { device in
             let group =
-                (try? Command.quietLVM("pvs", ["--noheadings", "-o", "vg_name", device])
+                (try? Command("pvs", ["--noheadings", "-o", "vg_name", device])
                 .runAllowingFailure())?
                 .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
             return group.isEmpty ? nil : group
@@ -110,14 +110,14 @@ final class LoopDisk {
                 {
                     continue
                 }
-                _ = try? Command.quietLVM("umount", ["-l", String(fields[4])])
+                _ = try? Command("umount", ["-l", String(fields[4])])
                     .runAllowingFailure()
             }
         }
         for group in volumeGroups() {
-            _ = try? Command.quietLVM("vgchange", ["-an", group]).runAllowingFailure()
+            _ = try? Command("vgchange", ["-an", group]).runAllowingFailure()
         }
-        _ = try? Command.quietLVM("losetup", ["-d", path]).runAllowingFailure()
+        _ = try? Command("losetup", ["-d", path]).runAllowingFailure()
         try? FileManager.default.removeItem(atPath: file)
     }
 }
@@ -139,7 +139,7 @@ final class TemporaryDirectory {
     }
 
     deinit {
-        _ = try? Command.quietLVM("rm", ["-rf", "--one-file-system", path]).runAllowingFailure()
+        _ = try? Command("rm", ["-rf", "--one-file-system", path]).runAllowingFailure()
     }
 }
 

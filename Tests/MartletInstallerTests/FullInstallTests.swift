@@ -100,7 +100,7 @@ extension LoopDeviceSuites {
             let answerFile = work.write(
                 "answer.toml", answer(disk, storage: storage, group: group, extra: extra))
             let log = "\(work.path)/install.log"
-            let result = try Command.quietLVM(
+            let result = try Command(
                 TestPaths.executable("martlet-installer"),
                 ["install", "--answer", answerFile, "--source", source, "--json", "--log", log]
             ).runAllowingFailure()

@@ -8,7 +8,7 @@ import Testing
 
 /// Runs martlet-installer and returns (status, stdout, stderr).
 func installer(_ arguments: [String]) throws -> (Int32, String, String) {
-    let result = try Command.quietLVM(TestPaths.executable("martlet-installer"), arguments).runAllowingFailure()
+    let result = try Command(TestPaths.executable("martlet-installer"), arguments).runAllowingFailure()
     return (result.status, result.stdoutText, result.stderr)
 }
 

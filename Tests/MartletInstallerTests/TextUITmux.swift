@@ -276,7 +276,7 @@ func planLines(_ text: String) -> [String] {
 
 /// The partition table as sfdisk dumps it, or its complaint on a blank disk.
 func partitionTable(_ device: String) -> String {
-    let result = try? Command.quietLVM("sfdisk", ["--dump", device]).runAllowingFailure()
+    let result = try? Command("sfdisk", ["--dump", device]).runAllowingFailure()
     return (result?.stdoutText ?? "") + (result?.stderr ?? "")
 }
 

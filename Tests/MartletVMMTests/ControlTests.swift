@@ -1,31 +1,29 @@
 import Foundation
 import Testing
 
+import MartletSystem
+import MartletVMMProtocol
+import Synchronization
+
 @testable import MartletVMM
 
-/// A minimal client of the control socket: one JSON line out, one JSON line back.
-func control(_ path: String, _ command: String) throws -> JSON {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    #expect(fd >= 0)
-    defer { close(fd) }
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
-    }
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-    guard connected == 0 else { throw VMMError(.control, "connect \(path): \(errno)") }
-    let request = Array("{\"command\": \"\(command)\"}\n".utf8)
-    _ = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+/// A raw client of the control socket: one line out (any text, to test refusals), one
+/// reply line back.
+func control(_ path: String, line: String) throws -> ControlReply {
+    let socket = try UnixSocket.connect(path)
+    socket.setTimeouts(receive: 10)
+    #expect(socket.writeAll((line + "\n").utf8))
     var reply: [UInt8] = []
-    var byte: UInt8 = 0
-    while read(fd, &byte, 1) == 1 && byte != 0x0A { reply.append(byte) }
-    return try JSON(parsing: String(decoding: reply, as: UTF8.self))
+    var byte = [UInt8](repeating: 0, count: 1)
+    while socket.read(into: &byte) == 1 && byte[0] != 0x0A { reply.append(byte[0]) }
+    return try ControlReply(line: String(decoding: reply, as: UTF8.self))
 }
 
-@Suite(.serialized)
+func control(_ path: String, _ request: ControlRequest) throws -> ControlReply {
+    try control(path, line: request.json.text)
+}
+
+@Suite(.serialized, .timeLimit(.minutes(1)))
 struct ControlTests {
     @Test func pauseResumeStopThroughTheSocket() throws {
         let directory = try TestSupport.temporaryDirectory()
@@ -41,37 +39,33 @@ struct ControlTests {
         try server.start()
         defer { server.close() }
 
-        final class Outcome: @unchecked Sendable { var exit: Machine.Exit? }
-        let outcome = Outcome()
-        let runner = Thread { outcome.exit = try? machine.run(timeout: 30) }
+        let outcome = Mutex<Machine.Exit?>(nil)
+        let runner = Thread { outcome.withLock { $0 = try? machine.run(timeout: 30) } }
         runner.start()
         defer { machine.stop() }
 
-        var waited = 0
-        while machine.portIOExits < 1000 && waited < 500 {
-            usleep(10_000)
-            waited += 1
-        }
-        #expect(try control(socketPath, "state")["state"] == .string("running"))
-        #expect(try control(socketPath, "pause")["state"] == .string("paused"))
+        #expect(Poll.until(timeout: 10) { machine.portIOExits >= 1000 }, "the guest did not start")
+        #expect(try control(socketPath, .state).state == .running)
+        #expect(try control(socketPath, .pause).state == .paused)
+        // Paused means every vCPU is parked: over a while of watching nothing may run.
         let pausedAt = machine.portIOExits
         usleep(200_000)
         #expect(machine.portIOExits == pausedAt, "the guest kept running while paused")
-        let info = try control(socketPath, "info")
-        #expect(info["vcpus"] == .number(1))
-        #expect(info["state"] == .string("paused"))
-        #expect(try control(socketPath, "resume")["state"] == .string("running"))
-        usleep(200_000)
-        #expect(machine.portIOExits > pausedAt, "the guest did not resume")
-        #expect(try control(socketPath, "bogus")["ok"] == .bool(false))
-        _ = try control(socketPath, "stop")
-        while !runner.isFinished { usleep(10_000) }
-        #expect(outcome.exit == .stopped)
+        let info = try control(socketPath, .info)
+        #expect(info.info?.vcpus == 1)
+        #expect(info.state == .paused)
+        #expect(try control(socketPath, .resume).state == .running)
+        #expect(Poll.until(timeout: 10) { machine.portIOExits > pausedAt }, "the guest did not resume")
+        let bogus = try control(socketPath, line: #"{"command": "bogus"}"#)
+        #expect(!bogus.ok && bogus.error?.contains("unknown command 'bogus'") == true, "\(bogus)")
+        _ = try control(socketPath, .stop)
+        #expect(Poll.until(timeout: 10) { runner.isFinished }, "the VM did not stop")
+        #expect(outcome.withLock { $0 } == .stopped)
     }
 }
 
 /// The martlet-vmm executable itself: flags, config errors, exit codes, selftest.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct CLITests {
     @Test func versionAndHelp() throws {
         let version = try TestSupport.run(TestSupport.vmmBinary, ["--version"])
@@ -129,24 +123,21 @@ struct CLITests {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let socket = directory.appendingPathComponent("vm.sock").path
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: TestSupport.vmmBinary)
-        process.arguments = ["--kernel", elf, "--cmdline", "test=halt", "--memory", "16", "--serial", "none", "--control-socket", socket, "--timeout", "20"]
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
-        var waited = 0
-        while !FileManager.default.fileExists(atPath: socket) && waited < 200 {
-            usleep(10_000)
-            waited += 1
-        }
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        let pid = try ChildProcess.spawn(
+            [TestSupport.vmmBinary, "--kernel", elf, "--cmdline", "test=halt", "--memory", "16", "--serial", "none", "--control-socket", socket, "--timeout", "20"],
+            stdin: null.raw, stdout: null.raw, stderr: null.raw)
+        var ended: ChildProcess.Termination?
+        defer { if ended == nil { kill(pid, SIGKILL); _ = ChildProcess.wait(pid) } }
+        #expect(Poll.until(timeout: 10) { FileManager.default.fileExists(atPath: socket) }, "no control socket")
         let state = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "state"])
         #expect(state.status == 0 && state.output.contains(#""state":"running""#), "\(state.output)")
         let bad = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "explode"])
         #expect(bad.status == 1 && bad.output.contains("unknown command"), "\(bad.output)")
         let stop = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "stop"])
         #expect(stop.status == 0, "\(stop.output)")
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 4)
+        #expect(Poll.until(timeout: 10) { ended = ChildProcess.termination(pid); return ended != nil }, "the VMM did not end")
+        #expect(ended == .exited(VMMExitCode.stopped.rawValue))
         #expect(!FileManager.default.fileExists(atPath: socket))
     }
 
@@ -193,13 +184,13 @@ struct ConfigTests {
     }
 
     @Test func errorsNameTheFieldAndPosition() {
-        #expect(throws: VMMError(.config, "vm.json: vcpus: 0 is out of range; use 1 to 64")) {
+        #expect(throws: ProtocolError("vm.json: vcpus: 0 is out of range; use 1 to 64")) {
             try VMConfig(json: #"{"kernel": "k", "vcpus": 0}"#, source: "vm.json")
         }
-        #expect(throws: VMMError(.config, "vm.json: JSON 2:3: expected a string key")) {
+        #expect(throws: ProtocolError("vm.json: JSON 2:3: expected a string key")) {
             try VMConfig(json: "{\n  ,}", source: "vm.json")
         }
-        #expect(throws: VMMError(.config, "vm.json: on_reboot: \"never\" is not one of \"exit\", \"restart\"")) {
+        #expect(throws: ProtocolError("vm.json: on_reboot: \"never\" is not one of \"exit\", \"restart\"")) {
             try VMConfig(json: #"{"kernel": "k", "on_reboot": "never"}"#, source: "vm.json")
         }
     }
@@ -208,7 +199,7 @@ struct ConfigTests {
         let value = try JSON(parsing: #"{"a": [1, 2.5, "x\n\u0041"], "b": {"c": null, "d": false}}"#)
         #expect(value.text == #"{"a":[1,2.5,"x\nA"],"b":{"c":null,"d":false}}"#)
         #expect(try JSON(parsing: value.text) == value)
-        #expect(throws: VMMError.self) { try JSON(parsing: #"{"a": 1} x"#) }
-        #expect(throws: VMMError.self) { try JSON(parsing: String(repeating: "[", count: 100)) }
+        #expect(throws: ProtocolError.self) { try JSON(parsing: #"{"a": 1} x"#) }
+        #expect(throws: ProtocolError.self) { try JSON(parsing: String(repeating: "[", count: 100)) }
     }
 }

@@ -1,6 +1,9 @@
 import Foundation
 import Testing
 
+import MartletSystem
+import MartletVMMProtocol
+
 @testable import MartletVMM
 
 /// Tiny 64-bit guests on the real /dev/kvm, entered through the Linux 64-bit boot path.

@@ -1,6 +1,9 @@
 import Foundation
 import Testing
 
+import MartletSystem
+import MartletVMMProtocol
+
 @testable import MartletVMM
 
 /// virtio-net against a real tap inside a network namespace this test creates (and deletes).
@@ -49,9 +52,9 @@ struct NetTests {
     }
 
     @Test func badNICConfigIsRejected() {
-        #expect(throws: VMMError(.config, "vm.json: nics[0].mac: 'zz' is not a MAC address like 52:54:00:12:34:56")) {
+        #expect(throws: ProtocolError("vm.json: nics[0].mac: 'zz' is not a MAC address like 52:54:00:12:34:56")) {
             try VMConfig(json: #"{"kernel": "k", "nics": [{"tap": "tap0", "mac": "zz"}]}"#, source: "vm.json")
         }
-        #expect(throws: VMMError.self) { try VMConfig(json: #"{"kernel": "k", "nics": [{"tap": "much-too-long-name"}]}"#, source: "vm.json") }
+        #expect(throws: ProtocolError.self) { try VMConfig(json: #"{"kernel": "k", "nics": [{"tap": "much-too-long-name"}]}"#, source: "vm.json") }
     }
 }

@@ -1,5 +1,9 @@
 import Foundation
+import Synchronization
 import Testing
+
+import MartletSystem
+import MartletVMMProtocol
 
 @testable import MartletVMM
 
@@ -18,29 +22,12 @@ enum TestSupport {
 
     /// Runs a program, returning its exit status and combined output.
     @discardableResult
-    static func run(_ executable: String, _ arguments: [String], timeout: TimeInterval = 60, input: String? = nil) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("martlet-vmm-run-\(UUID().uuidString).log")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        defer { try? FileManager.default.removeItem(at: log) }
-        let handle = try FileHandle(forWritingTo: log)
-        defer { try? handle.close() }
-        process.standardOutput = handle
-        process.standardError = handle
-        let stdin = Pipe()
-        process.standardInput = input == nil ? FileHandle.nullDevice : stdin
-        try process.run()
-        if let input {
-            stdin.fileHandleForWriting.write(Data(input.utf8))
+    static func run(_ executable: String, _ arguments: [String], timeout: Double = 60, input: String? = nil) throws -> (status: Int32, output: String) {
+        let result = try ChildProcess.run([executable] + arguments, input: Array((input ?? "").utf8), timeout: timeout)
+        if case .timedOut = result.termination {
+            Issue.record("\(executable) \(arguments.joined(separator: " ")) \(result.termination)")
         }
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        let data = (try? Data(contentsOf: log)) ?? Data()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        return (result.status, result.stdout + result.stderr)
     }
 
     /// The test guest ELF, built once with gcc by the guest's build script.
@@ -66,20 +53,15 @@ enum TestSupport {
 }
 
 /// Collects a guest's serial output.
-final class SerialCapture: @unchecked Sendable {
-    private let lock = NSLock()
-    private var bytes: [UInt8] = []
+final class SerialCapture: Sendable {
+    private let bytes = Mutex<[UInt8]>([])
 
     func append(_ byte: UInt8) {
-        lock.lock()
-        bytes.append(byte)
-        lock.unlock()
+        bytes.withLock { $0.append(byte) }
     }
 
     var text: String {
-        lock.lock()
-        defer { lock.unlock() }
-        return String(decoding: bytes, as: UTF8.self)
+        bytes.withLock { String(decoding: $0, as: UTF8.self) }
     }
 }
 

@@ -66,8 +66,8 @@ extension TextInstaller {
         let mountpoint = "/run/martlet/saved-answer-\(getpid())"
         try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: mountpoint) }
-        try Command.quietLVM("mount", [root, mountpoint]).run()
-        defer { _ = try? Command.quietLVM("umount", [mountpoint]).runAllowingFailure() }
+        try Command("mount", [root, mountpoint]).run()
+        defer { _ = try? Command("umount", [mountpoint]).runAllowingFailure() }
         _ = try saveAnswer(plan.answer, to: mountpoint + Self.savedAnswerPath)
         return "\(root):\(Self.savedAnswerPath)"
     }

@@ -47,7 +47,7 @@ public enum JSON: Equatable, Sendable {
         }
     }
 
-    static func quote(_ string: String) -> String {
+    public static func quote(_ string: String) -> String {
         var out = "\""
         for scalar in string.unicodeScalars {
             switch scalar {
@@ -73,7 +73,7 @@ struct JSONParser {
     let bytes: [UInt8]
     var index = 0
 
-    func error(_ message: String) -> VMMError {
+    func error(_ message: String) -> ProtocolError {
         var line = 1
         var column = 1
         for byte in bytes.prefix(index) {
@@ -84,7 +84,7 @@ struct JSONParser {
                 column += 1
             }
         }
-        return VMMError(.config, "JSON \(line):\(column): \(message)")
+        return ProtocolError("JSON \(line):\(column): \(message)")
     }
 
     mutating func skipSpace() {

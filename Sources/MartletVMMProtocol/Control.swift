@@ -1,0 +1,152 @@
+import MartletSystem
+
+/// What a VM is doing, as the control socket reports it.
+public enum VMState: String, Sendable, CaseIterable {
+    case created, running, paused, stopped
+}
+
+/// One request on the control socket: the line `{"command": "NAME"}`.
+public enum ControlRequest: String, Sendable, CaseIterable {
+    /// The state and the configuration summary (`ControlReply.info`).
+    case info
+    case state
+    case pause
+    case resume
+    /// Presses the ACPI power button: the guest shuts down on its own.
+    case shutdown
+    /// Ends the VM at once (exit code 4).
+    case stop
+
+    /// The request line, without its newline.
+    public var json: JSON { .object([("command", .string(rawValue))]) }
+
+    /// Reads a request line; the error says which commands exist.
+    public init(line: String) throws {
+        let request = try JSON(parsing: line)
+        let names = ControlRequest.allCases.map(\.rawValue)
+        guard case .string(let command)? = request["command"] else {
+            throw ProtocolError("expected {\"command\": \"\(names.joined(separator: "|"))\"}")
+        }
+        guard let known = ControlRequest(rawValue: command) else {
+            throw ProtocolError("unknown command '\(command)'; use \(names.joined(separator: ", "))")
+        }
+        self = known
+    }
+}
+
+/// The one-line answer to a `ControlRequest`.
+public struct ControlReply: Equatable, Sendable {
+    /// The running machine, as `info` describes it.
+    public struct Info: Equatable, Sendable {
+        public var vcpus = 0
+        public var memoryMiB = 0
+        public var kernel = ""
+        public var disks: [String] = []
+        public var nics: [String] = []
+        public var portIOExits = 0
+        public var deviceErrors: [String] = []
+
+        public init(
+            vcpus: Int, memoryMiB: Int, kernel: String, disks: [String], nics: [String],
+            portIOExits: Int, deviceErrors: [String]
+        ) {
+            self.vcpus = vcpus
+            self.memoryMiB = memoryMiB
+            self.kernel = kernel
+            self.disks = disks
+            self.nics = nics
+            self.portIOExits = portIOExits
+            self.deviceErrors = deviceErrors
+        }
+    }
+
+    public var ok: Bool
+    public var state: VMState?
+    public var error: String?
+    public var info: Info?
+
+    /// A successful reply carrying the state (and, for `info`, the machine).
+    public init(state: VMState, info: Info? = nil) {
+        ok = true
+        self.state = state
+        self.info = info
+    }
+
+    /// A refused request.
+    public init(error: String) {
+        ok = false
+        self.error = error
+    }
+
+    /// The reply as JSON; `info` members sit next to `ok` and `state`.
+    public var json: JSON {
+        var members: [(String, JSON)] = [("ok", .bool(ok))]
+        if let state { members.append(("state", .string(state.rawValue))) }
+        if let error { members.append(("error", .string(error))) }
+        if let info, case .object(let fields) = JSON(encoding: info, fields: Info.fields) {
+            members += fields
+        }
+        return .object(members)
+    }
+
+    /// Reads a reply line; unknown keys and wrong types are errors naming the key.
+    public init(line: String) throws {
+        let json = try JSON(parsing: line)
+        var reply = ControlReply(error: "")
+        var info = Info(vcpus: 0, memoryMiB: 0, kernel: "", disks: [], nics: [], portIOExits: 0, deviceErrors: [])
+        var hasInfo = false
+        let fields: [JSONField<ControlReply>] =
+            [
+                .bool("ok", \.ok), .choice("state", \.state), .string("error", \.error),
+            ]
+            + Info.fields.map { field in
+                JSONField(
+                    field.key,
+                    decode: { _, value, path in
+                        hasInfo = true
+                        try field.decode(&info, value, path)
+                    }, encode: { _ in nil })
+            }
+        try json.decode(into: &reply, fields: fields)
+        if json["error"] == nil { reply.error = nil }
+        if hasInfo { reply.info = info }
+        self = reply
+    }
+}
+
+extension ControlReply.Info {
+    static var fields: [JSONField<Self>] {
+        [
+            .integer("vcpus", \.vcpus), .integer("memory_mib", \.memoryMiB), .string("kernel", \.kernel),
+            .strings("disks", \.disks), .strings("nics", \.nics), .integer("port_io_exits", \.portIOExits),
+            .strings("device_errors", \.deviceErrors),
+        ]
+    }
+}
+
+/// The client side of the control socket, for the host's tooling and `martlet-vmm control`.
+public enum ControlClient {
+    /// Sends `request` to the VMM listening on `path` and reads its reply; waits at most
+    /// `timeout` seconds for it.
+    public static func send(_ request: ControlRequest, to path: String, timeout: Double = 5) throws -> ControlReply {
+        let socket = try UnixSocket.connect(path)
+        socket.setTimeouts(receive: timeout, send: timeout)
+        guard socket.writeAll((request.json.text + "\n").utf8) else { throw SystemError("send", path: path) }
+        var reply: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while !reply.contains(0x0A) {
+            let count = socket.read(into: &chunk)
+            guard count > 0 else {
+                if count < 0 { throw SystemError("recv", path: path) }
+                break
+            }
+            reply += chunk.prefix(count)
+        }
+        let line = reply.split(separator: 0x0A, omittingEmptySubsequences: false).first ?? []
+        do {
+            return try ControlReply(line: String(decoding: line, as: UTF8.self))
+        } catch let error as ProtocolError {
+            throw ProtocolError("the control socket '\(path)' gave no valid reply to '\(request.rawValue)': \(error.message)")
+        }
+    }
+}

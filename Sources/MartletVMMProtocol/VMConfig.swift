@@ -1,0 +1,114 @@
+/// Where the guest's serial console goes: output to stdout (input from stdin), nowhere, a
+/// file, or a unix listening socket (output to the client, input from it).
+public enum SerialOutput: Equatable, Sendable {
+    case stdout
+    case none
+    case file(String)
+    case socket(String)
+}
+
+/// Everything needed to start a VM; built from JSON (`VMConfig(json:)`) or from flags, and
+/// written by the host (`jsonText`) for the VMM it starts.
+public struct VMConfig: Equatable, Sendable {
+    public struct Disk: Equatable, Sendable {
+        public var path: String
+        public var readOnly = false
+        /// The virtio-blk serial (GET_ID), at most 20 bytes.
+        public var id = ""
+        public init(path: String, readOnly: Bool = false, id: String = "") {
+            self.path = path
+            self.readOnly = readOnly
+            self.id = id
+        }
+    }
+
+    public struct NIC: Equatable, Sendable {
+        /// Name of the tap device (created if missing, with a virtio-net header).
+        public var tap: String
+        /// "52:54:00:12:34:56"; derived from the tap name when nil.
+        public var mac: String?
+        public init(tap: String, mac: String? = nil) {
+            self.tap = tap
+            self.mac = mac
+        }
+
+        /// The six bytes of "52:54:00:12:34:56", nil when `text` is not such an address.
+        public static func parseMAC(_ text: String) -> [UInt8]? {
+            let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 6 else { return nil }
+            let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
+            return bytes.count == 6 ? bytes : nil
+        }
+    }
+
+    /// What a guest-requested reset does.
+    public enum RebootPolicy: String, Sendable, CaseIterable { case exit, restart }
+
+    /// How application processors start: waiting for INIT/SIPI like on a PC (Linux), or all
+    /// at the kernel entry in 64-bit mode (the tiny test guests, which have no trampoline).
+    public enum APStart: String, Sendable, CaseIterable { case sipi, entry }
+
+    public var vcpus = 1
+    public var memoryMiB = 256
+    public var kernel = ""
+    public var initrd: String?
+    public var cmdline = "console=ttyS0"
+    public var disks: [Disk] = []
+    public var nics: [NIC] = []
+    public var rng = false
+    public var serial: SerialOutput = .stdout
+    /// A file that also receives the guest's serial output (appended), whatever `serial` is.
+    public var serialLog: String?
+    public var onReboot: RebootPolicy = .exit
+    public var controlSocket: String?
+    public var apStart: APStart = .sipi
+
+    public init() {}
+
+    public static let maxVCPUs = 64
+    /// The VMM has this many IOAPIC pins for virtio devices (disks, NICs and the rng).
+    public static let maxVirtioDevices = 16
+    /// Kept under the 4 KiB the boot layout reserves for the command line.
+    public static let maxCommandLineBytes = 3840
+
+    /// Checks ranges and combinations before any resource is created; errors name the field.
+    public func validate() throws {
+        guard (1...VMConfig.maxVCPUs).contains(vcpus) else {
+            throw ProtocolError("vcpus: \(vcpus) is out of range; use 1 to \(VMConfig.maxVCPUs)")
+        }
+        guard (4...(1 << 20)).contains(memoryMiB) else {
+            throw ProtocolError("memory_mib: \(memoryMiB) is out of range; use 4 to 1048576")
+        }
+        guard !kernel.isEmpty else {
+            throw ProtocolError("kernel: missing; give the path of a bzImage or ELF vmlinux")
+        }
+        guard cmdline.utf8.count < VMConfig.maxCommandLineBytes else {
+            throw ProtocolError("cmdline: \(cmdline.utf8.count) bytes is too long; keep it under \(VMConfig.maxCommandLineBytes)")
+        }
+        guard disks.count + nics.count + (rng ? 1 : 0) <= VMConfig.maxVirtioDevices else {
+            throw ProtocolError("disks, nics: at most \(VMConfig.maxVirtioDevices) virtio devices fit")
+        }
+        for (index, nic) in nics.enumerated() {
+            guard !nic.tap.isEmpty, nic.tap.utf8.count < 16, !nic.tap.contains("/") else {
+                throw ProtocolError("nics[\(index)].tap: '\(nic.tap)' is not a valid interface name (1-15 characters)")
+            }
+            if let mac = nic.mac, NIC.parseMAC(mac) == nil {
+                throw ProtocolError("nics[\(index)].mac: '\(mac)' is not a MAC address like 52:54:00:12:34:56")
+            }
+        }
+        for (index, disk) in disks.enumerated() {
+            guard !disk.path.isEmpty else { throw ProtocolError("disks[\(index)].path: missing") }
+            guard disk.id.utf8.count <= 20 else {
+                throw ProtocolError("disks[\(index)].id: '\(disk.id)' is longer than 20 bytes")
+            }
+        }
+        switch serial {
+        case .file(let path) where path.isEmpty, .socket(let path) where path.isEmpty:
+            throw ProtocolError("serial: empty path; use \"stdout\", \"none\", \"file:PATH\" or \"socket:PATH\"")
+        default: break
+        }
+        if let serialLog, serialLog.isEmpty {
+            throw ProtocolError("serial_log: empty path; give a file or leave the key out")
+        }
+    }
+}
