@@ -1,6 +1,6 @@
 extension VMConfig {
     static let keys: Set<String> = [
-        "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "disks", "nics", "rng", "serial", "serial_log", "on_reboot",
+        "vcpus", "memory_mib", "kernel", "firmware", "initrd", "cmdline", "disks", "nics", "rng", "serial", "serial_log", "on_reboot",
         "control_socket", "ap_start",
     ]
     static let diskKeys: Set<String> = ["path", "read_only", "id"]
@@ -37,6 +37,7 @@ extension VMConfig {
             case "vcpus": vcpus = try integer(value, key)
             case "memory_mib": memoryMiB = try integer(value, key)
             case "kernel": kernel = try string(value, key)
+            case "firmware": firmware = try string(value, key)
             case "initrd": initrd = try string(value, key)
             case "cmdline": cmdline = try string(value, key)
             case "rng": rng = try bool(value, key)

@@ -33,6 +33,11 @@ public struct VMConfig: Equatable, Sendable {
     public var vcpus = 1
     public var memoryMiB = 256
     public var kernel = ""
+    /// A BIOS image booted instead of `kernel` (firmware boot from the first disk).
+    public var firmware: String?
+    /// Logs unhandled ports and MMIO pages (once each) and the firmware's debug port
+    /// (0x402) on stderr.
+    public var traceIO = false
     public var initrd: String?
     public var cmdline = "console=ttyS0"
     public var disks: [Disk] = []
@@ -57,8 +62,15 @@ public struct VMConfig: Equatable, Sendable {
         guard (4...(1 << 20)).contains(memoryMiB) else {
             throw VMMError(.config, "memory_mib: \(memoryMiB) is out of range; use 4 to 1048576")
         }
-        guard !kernel.isEmpty else {
-            throw VMMError(.config, "kernel: missing; give the path of a bzImage or ELF vmlinux")
+        if let firmware {
+            guard kernel.isEmpty else {
+                throw VMMError(.config, "kernel, firmware: both given; boot either a kernel directly or the firmware from the first disk")
+            }
+            guard !firmware.isEmpty else { throw VMMError(.config, "firmware: empty path; give a BIOS image or leave the key out") }
+        } else {
+            guard !kernel.isEmpty else {
+                throw VMMError(.config, "kernel: missing; give the path of a bzImage or ELF vmlinux (or \"firmware\" to boot a disk)")
+            }
         }
         guard cmdline.utf8.count < BootLayout.commandLineMax - 256 else {
             throw VMMError(.config, "cmdline: \(cmdline.utf8.count) bytes is too long; keep it under \(BootLayout.commandLineMax - 256)")
