@@ -17,63 +17,13 @@ struct NestedFirmwareTests {
         && FileManager.default.isExecutableFile(atPath: "/usr/bin/grub-mkimage")
         && FileManager.default.fileExists(atPath: "/usr/lib/grub/i386-pc/boot.img")
 
-    /// Builds WORK/disk.img from the kernel directory: MBR with one bootable ext2 partition at
-    /// 1 MiB, GRUB's boot.img in the MBR's code area and its core.img in the gap after it.
-    /// GRUB prints through the BIOS console, so its text reaches the serial port only through
-    /// SeaBIOS's serial console (fw_cfg etc/sercon-port).
-    static let makeDisk = #"""
-        set -eu
-        work=$1; kdir=$2
-        mods=$kdir/lib/modules/$(ls "$kdir/lib/modules" | sort | tail -n 1)/kernel
-        mkdir -p "$work/initrd/bin" "$work/initrd/modules" "$work/initrd/proc" "$work/initrd/sys" "$work/initrd/dev" "$work/root/boot/grub"
-        cp /bin/busybox "$work/initrd/bin/busybox"
-        for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/block/virtio_blk; do
-            cp "$mods/$m.ko" "$work/initrd/modules/"
-        done
-        cat > "$work/initrd/init" <<'INIT'
-        #!/bin/busybox sh
-        /bin/busybox --install -s /bin
-        mount -t proc proc /proc
-        mount -t sysfs sys /sys
-        mount -t devtmpfs dev /dev
-        echo MARTLET-FIRMWARE-INIT
-        echo "FW-INNER-CPUS: $(cat /sys/devices/system/cpu/online)"
-        for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /modules/$m.ko || echo "FW-INNER: insmod $m failed"; done
-        i=0
-        while [ ! -b /dev/vda1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-        if [ -b /dev/vda1 ]; then echo "FW-INNER-DISK: vda1 of $(cat /sys/block/vda/size) sectors"; else echo "FW-INNER-DISK: none"; fi
-        echo MARTLET-FIRMWARE-DONE
-        poweroff -f
-        INIT
-        chmod 755 "$work/initrd/init"
-        (cd "$work/initrd" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/root/boot/initrd.gz"
-        cp "$(readlink -f "$kdir/vmlinuz")" "$work/root/boot/vmlinuz"
-        cat > "$work/root/boot/grub/grub.cfg" <<'CFG'
-        set timeout=0
-        echo MARTLET-GRUB-MENU
-        menuentry "Debian kernel, Martlet firmware test" {
-            echo MARTLET-GRUB-LINUX
-            linux /boot/vmlinuz console=ttyS0 panic=-1 loglevel=4
-            initrd /boot/initrd.gz
-        }
-        CFG
-        size=$(( $(du -sm "$work/root" | cut -f1) + 8 ))
-        mkfs.ext2 -q -F -L martletfw -d "$work/root" "$work/part.img" ${size}M
-        truncate -s $(( (size + 1) * 1024 * 1024 )) "$work/disk.img"
-        echo "start=2048, type=83, bootable" | sfdisk -q --label dos "$work/disk.img"
-        dd if="$work/part.img" of="$work/disk.img" bs=1M seek=1 conv=notrunc status=none
-        rm "$work/part.img"
-        grub-mkimage -O i386-pc -o "$work/core.img" -p "(hd0,msdos1)/boot/grub" biosdisk part_msdos ext2 normal linux echo configfile
-        [ "$(stat -c %s "$work/core.img")" -lt $(( 2047 * 512 )) ] || { echo "core.img does not fit before the partition"; exit 1; }
-        dd if=/usr/lib/grub/i386-pc/boot.img of="$work/disk.img" bs=440 count=1 conv=notrunc status=none
-        dd if="$work/core.img" of="$work/disk.img" bs=512 seek=1 conv=notrunc status=none
-        """#
-
+    /// scripts/make-grub-disk: an MBR disk with GRUB (grub-mkimage + dd), an ext2 partition
+    /// with Debian's kernel and a busybox initramfs that prints MARTLET-FIRMWARE-INIT.
     static func buildDisk(in work: URL) throws -> URL {
-        let script = work.appendingPathComponent("make-disk.sh")
-        try makeDisk.write(to: script, atomically: true, encoding: .utf8)
-        let result = try TestSupport.run("/bin/sh", [script.path, work.path, NestedLinuxTests.kernelDirectory], timeout: 180)
-        guard result.status == 0 else { throw VMMError(.io, "building the GRUB disk image failed: \(result.output)") }
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        let script = TestSupport.repository.appendingPathComponent("scripts/make-grub-disk").path
+        let result = try TestSupport.run("/bin/sh", [script, work.path, NestedLinuxTests.kernelDirectory], timeout: 180)
+        guard result.status == 0 else { throw VMMError(.io, "\(script) failed: \(result.output)") }
         return work.appendingPathComponent("disk.img")
     }
 
@@ -86,34 +36,53 @@ struct NestedFirmwareTests {
         for m in irqbypass ccp kvm kvm-amd; do insmod /modules/$m.ko || echo "OUTER: insmod $m failed"; done
         [ -c /dev/kvm ] || echo "OUTER: no /dev/kvm"
         echo OUTER-START-VMM
+        # The inner console goes straight to the outer one, so a stall shows how far it got.
         /martlet-vmm --firmware /bios-microvm.bin --disk /disk.img --memory 256 --vcpus 2 \\
-            --serial file:/inner.log --timeout 240 2>/vmm.err
+            --serial stdout --timeout 420 </dev/null
         echo "OUTER-VMM-EXIT $?"
-        cat /inner.log
-        echo OUTER-VMM-STDERR
-        head -c 4000 /vmm.err
         poweroff -f
 
         """
 
-    @Test(.enabled(if: available), .timeLimit(.minutes(10)))
+    /// Runs QEMU until its serial log at `log` contains `marker` (or `timeout` seconds pass),
+    /// stops it and returns the log.
+    static func runUntil(_ marker: String, log: URL, timeout: TimeInterval, arguments: [String]) throws -> String {
+        let qemu = Process()
+        qemu.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-system-x86_64")
+        qemu.arguments = arguments
+        qemu.standardOutput = FileHandle.nullDevice
+        qemu.standardError = FileHandle.nullDevice
+        try qemu.run()
+        defer {
+            if qemu.isRunning { qemu.terminate() }
+            qemu.waitUntilExit()
+        }
+        let deadline = Date().addingTimeInterval(timeout)
+        while qemu.isRunning && Date() < deadline {
+            if let text = try? String(contentsOf: log, encoding: .utf8), text.contains(marker) { return text }
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        return (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+    }
+
+    @Test(.enabled(if: available), .timeLimit(.minutes(15)))
     func seaBIOSBootsGRUBAndDebianKernelFromAnMBRDisk() throws {
         let work = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: work) }
         let disk = try Self.buildDisk(in: work.appendingPathComponent("image"))
 
-        // The image, proven by QEMU microvm with the same firmware (TCG, no nesting).
+        // The image, proven by QEMU microvm with the same firmware (TCG, no nesting) up to the
+        // kernel GRUB loads from it; the kernel's own slow start under TCG is not waited for.
         let sercon = work.appendingPathComponent("sercon-port")
         try Data([0xF8, 0x03]).write(to: sercon)
         let qemuLog = work.appendingPathComponent("qemu-microvm.log")
-        let reference = try TestSupport.run("/usr/bin/qemu-system-x86_64", [
+        let referenceSerial = try Self.runUntil("Linux version", log: qemuLog, timeout: 240, arguments: [
             "-M", "microvm,acpi=on", "-accel", "tcg", "-m", "256", "-bios", Self.firmware,
             "-drive", "id=disk,file=\(disk.path),format=raw,if=none,readonly=on", "-device", "virtio-blk-device,drive=disk",
             "-fw_cfg", "name=etc/sercon-port,file=\(sercon.path)",
             "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none", "-serial", "file:\(qemuLog.path)",
-        ], timeout: 300)
-        let referenceSerial = (try? String(contentsOf: qemuLog, encoding: .utf8)) ?? ""
-        try #require(referenceSerial.contains("MARTLET-FIRMWARE-DONE"), "QEMU microvm itself did not boot the disk image (exit \(reference.status)):\n\(referenceSerial.suffix(3000))")
+        ])
+        try #require(referenceSerial.contains("MARTLET-GRUB-LINUX") && referenceSerial.contains("Linux version"), "QEMU microvm itself did not boot the disk image's GRUB into its kernel:\n\(referenceSerial.suffix(3000))")
 
         let version = try FileManager.default.contentsOfDirectory(atPath: "\(NestedLinuxTests.kernelDirectory)/lib/modules").sorted().last!
         let modules = "\(NestedLinuxTests.kernelDirectory)/lib/modules/\(version)/kernel"
@@ -145,7 +114,7 @@ struct NestedFirmwareTests {
             "-append", "console=ttyS0 panic=-1 quiet",
             "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
             "-serial", "file:\(log.path)",
-        ], timeout: 330)
+        ], timeout: 540)
         let seconds = Date().timeIntervalSince(start)
         let serial = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
         let excerpt = String(serial.suffix(6000))
