@@ -102,10 +102,11 @@ public final class VirtualMachineHandle {
 
     deinit { close(fd) }
 
-    /// Registers `size` bytes at `host` as guest physical memory at `guestAddress`.
-    public func setMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws {
+    /// Registers `size` bytes at `host` as guest physical memory at `guestAddress`
+    /// (`flags`: KVM_MEM_READONLY makes guest writes exit as MMIO).
+    public func setMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, flags: UInt32 = 0) throws {
         var region = kvm_userspace_memory_region(
-            slot: slot, flags: 0, guest_phys_addr: guestAddress, memory_size: size,
+            slot: slot, flags: flags, guest_phys_addr: guestAddress, memory_size: size,
             userspace_addr: UInt64(UInt(bitPattern: host)))
         let result = withUnsafeMutablePointer(to: &region) {
             ckvm_ioctl(fd, CKVM_SET_USER_MEMORY_REGION, UInt(bitPattern: $0))

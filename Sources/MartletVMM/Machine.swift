@@ -31,6 +31,12 @@ public final class Machine: @unchecked Sendable {
     let powerManagement: PowerManagement
     let virtio: [VirtioMMIOTransport]
     private var portDevices: [(range: ClosedRange<UInt16>, device: PortIODevice)] = []
+    /// The BIOS image mapped at the top of 4 GiB in firmware mode (kept for its mapping).
+    private var firmware: FirmwareImage?
+    /// Ports already reported as unhandled (each is logged once).
+    private let unhandledPorts = Mutex<Set<UInt16>>([])
+    /// Pages of unhandled MMIO already reported with `traceIO`.
+    private let unhandledPages = Mutex<Set<UInt64>>([])
 
     private let control = ConditionLock()
     private var exitResult: Exit?
@@ -65,7 +71,8 @@ public final class Machine: @unchecked Sendable {
                 throw VMMError(.config, "\(name): \(error.message)")
             }
         }
-        let kernel = try kernelOverride ?? field("kernel") { try KernelImage(bytes: readWholeFile(config.kernel, what: "kernel"), path: config.kernel) }
+        let firmware = try config.firmware.map { path in try field("firmware") { try FirmwareImage(path: path) } }
+        let kernel = try firmware != nil ? nil : kernelOverride ?? field("kernel") { try KernelImage(bytes: readWholeFile(config.kernel, what: "kernel"), path: config.kernel) }
         let initrd = try config.initrd.map { path in try field("initrd") { try readWholeFile(path, what: "initrd") } }
         var disks: [VirtioBlock] = []
         for (index, disk) in config.disks.enumerated() {
@@ -78,7 +85,7 @@ public final class Machine: @unchecked Sendable {
         for (slot, region) in memory.regions.enumerated() {
             try vm.setMemoryRegion(slot: UInt32(slot), guestAddress: region.guestAddress, size: region.size, host: region.host)
         }
-        try vm.createPlatform(tssAddress: BootLayout.tss)
+        try vm.createPlatform(tssAddress: firmware == nil ? BootLayout.tss : FirmwareImage.tssAddress)
 
         func openFile(_ path: String, _ flags: Int32, mode: mode_t, field: String) throws -> FileDescriptor {
             do {
@@ -143,20 +150,27 @@ public final class Machine: @unchecked Sendable {
         }
         self.vcpus = vcpus
 
-        try loadGuest(kernel: kernel, initrd: initrd)
-        for vcpu in vcpus {
-            if vcpu.index == 0 || config.apStart == .entry {
-                let stack = vcpu.index == 0 ? BootLayout.bootStack : BootLayout.apStackTop - UInt64(vcpu.index - 1) * 0x1000
-                try vcpu.setupLongMode(entry: kernel.entry, stack: stack)
-                if vcpu.index > 0 { try vcpu.setMPState(runnable: true) }
-            }
-        }
-
         portDevices = [
             (Serial.base...Serial.base + 7, serial),
             (0x60...0x64, I8042(onEvent: eventRelay)),
             (PowerManagement.eventBlock...PowerManagement.controlBlock + 1, powerManagement),
         ]
+        if let kernel {
+            try loadGuest(kernel: kernel, initrd: initrd)
+            for vcpu in vcpus {
+                if vcpu.index == 0 || config.apStart == .entry {
+                    let stack = vcpu.index == 0 ? BootLayout.bootStack : BootLayout.apStackTop - UInt64(vcpu.index - 1) * 0x1000
+                    try vcpu.setupLongMode(entry: kernel.entry, stack: stack)
+                    if vcpu.index > 0 { try vcpu.setMPState(runnable: true) }
+                }
+            }
+        } else if let firmware {
+            self.firmware = firmware
+            portDevices += try startFirmware(firmware)
+        }
+        if config.traceIO {
+            portDevices.append((DebugConsole.port...DebugConsole.port, DebugConsole(sink: { byte in Machine.trace(byte) })))
+        }
         onEvent = { [unowned self] event in
             finish(event == .powerOff ? .powerOff : .reset)
         }
@@ -388,6 +402,10 @@ public final class Machine: @unchecked Sendable {
         let port = exit.io_port
         let size = Int(exit.io_size)
         guard let device = portDevices.first(where: { $0.range.contains(port) })?.device else {
+            // Firmware probes hardware that is not here: worth one line each, never fatal.
+            if firmware != nil || config.traceIO, unhandledPorts.withLock({ $0.insert(port).inserted }) {
+                Machine.trace("martlet-vmm: no device at port 0x\(String(port, radix: 16)) (first access: \(exit.io_direction == UInt8(KVM_EXIT_IO_OUT) ? "write" : "read"), \(size) bytes); ignored\n")
+            }
             if exit.io_direction == UInt8(KVM_EXIT_IO_IN) {
                 memset(vcpu.ioData(exit), 0xFF, size * Int(exit.io_count))
             }
@@ -411,7 +429,11 @@ public final class Machine: @unchecked Sendable {
         let address = exit.mmio_address
         let size = Int(min(exit.mmio_length, 8))
         let data = vcpu.mmioData()
+        // Writes to the read-only firmware mapping exit here; like ROM, it ignores them.
         guard let device = virtio.first(where: { address >= $0.mmioBase && address - $0.mmioBase < $0.mmioSize }) else {
+            if config.traceIO, unhandledPages.withLock({ $0.insert(address >> 12).inserted }) {
+                Machine.trace("martlet-vmm: no device at 0x\(String(address, radix: 16)) (first \(exit.mmio_is_write != 0 ? "write" : "read") in its page, \(size) bytes); ignored\n")
+            }
             if exit.mmio_is_write == 0 { memset(data, 0xFF, size) }
             return
         }

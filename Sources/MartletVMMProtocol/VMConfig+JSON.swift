@@ -6,6 +6,7 @@ extension VMConfig {
             .integer("vcpus", \.vcpus),
             .integer("memory_mib", \.memoryMiB),
             .string("kernel", \.kernel),
+            .string("firmware", \.firmware),
             .string("initrd", \.initrd),
             .string("cmdline", \.cmdline),
             .objects("disks", \.disks, of: Disk(path: ""), fields: Disk.fields),

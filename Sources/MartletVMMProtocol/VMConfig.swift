@@ -51,6 +51,11 @@ public struct VMConfig: Equatable, Sendable {
     public var vcpus = 1
     public var memoryMiB = 256
     public var kernel = ""
+    /// A BIOS image booted instead of `kernel` (firmware boot from the first disk).
+    public var firmware: String?
+    /// Logs unhandled ports and MMIO pages (once each) and the firmware's debug port
+    /// (0x402) on stderr. Set by `--trace-io`, not a configuration key.
+    public var traceIO = false
     public var initrd: String?
     public var cmdline = "console=ttyS0"
     public var disks: [Disk] = []
@@ -79,8 +84,15 @@ public struct VMConfig: Equatable, Sendable {
         guard (4...(1 << 20)).contains(memoryMiB) else {
             throw ProtocolError("memory_mib: \(memoryMiB) is out of range; use 4 to 1048576")
         }
-        guard !kernel.isEmpty else {
-            throw ProtocolError("kernel: missing; give the path of a bzImage or ELF vmlinux")
+        if let firmware {
+            guard kernel.isEmpty else {
+                throw ProtocolError("kernel, firmware: both given; boot either a kernel directly or the firmware from the first disk")
+            }
+            guard !firmware.isEmpty else { throw ProtocolError("firmware: empty path; give a BIOS image or leave the key out") }
+        } else {
+            guard !kernel.isEmpty else {
+                throw ProtocolError("kernel: missing; give the path of a bzImage or ELF vmlinux (or \"firmware\" to boot a disk)")
+            }
         }
         guard cmdline.utf8.count < VMConfig.maxCommandLineBytes else {
             throw ProtocolError("cmdline: \(cmdline.utf8.count) bytes is too long; keep it under \(VMConfig.maxCommandLineBytes)")

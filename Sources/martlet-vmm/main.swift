@@ -15,12 +15,15 @@ let usage = """
            martlet-vmm --version | --help
 
     Runs one KVM virtual machine: boots a Linux bzImage (or ELF vmlinux) through the 64-bit
-    boot protocol with a serial console and virtio-mmio devices.
+    boot protocol, or a BIOS (--firmware) that boots the first disk, with a serial console
+    and virtio-mmio devices.
 
     OPTIONS (override the same fields of --config):
       --config FILE            JSON configuration (see README: vcpus, memory_mib, kernel, ...)
       --kernel PATH            bzImage or ELF vmlinux
       --initrd PATH            initramfs
+      --firmware PATH          boot a BIOS image instead of a kernel (SeaBIOS: Debian's
+                               /usr/share/seabios/bios-microvm.bin), which boots the first disk
       --cmdline TEXT           kernel command line (default "console=ttyS0")
       --vcpus N                number of vCPUs (1-64, default 1)
       --memory MIB             guest RAM in MiB (default 256)
@@ -34,6 +37,8 @@ let usage = """
       --control-socket PATH    serve the JSON control API on this unix socket
       --ap-start MODE          sipi (default, like a PC) or entry (all vCPUs at the entry point)
       --timeout SECONDS        stop the VM after this long (exit code 1)
+      --trace-io               log unhandled ports and MMIO pages (once each) and the
+                               firmware's debug port (0x402, SeaBIOS's log) on stderr
       --stats                  print exit statistics as JSON on stderr when the VM ends
       -h, --help               show this help
       --version                show the version
@@ -187,6 +192,8 @@ while index < arguments.count {
     case "--config": configPath = value(flag, &index)
     case "--kernel": let v = value(flag, &index); overrides.append { $0.kernel = v }
     case "--initrd": let v = value(flag, &index); overrides.append { $0.initrd = v }
+    case "--firmware": let v = value(flag, &index); overrides.append { $0.firmware = v }
+    case "--trace-io": overrides.append { $0.traceIO = true }
     case "--cmdline": let v = value(flag, &index); overrides.append { $0.cmdline = v }
     case "--vcpus": let v = number(flag, value(flag, &index)); overrides.append { $0.vcpus = v }
     case "--memory": let v = number(flag, value(flag, &index)); overrides.append { $0.memoryMiB = v }

@@ -111,6 +111,32 @@ struct NestedLinuxTests {
         try FileManager.default.copyItem(atPath: URL(fileURLWithPath: source).resolvingSymlinksInPath().path, toPath: target.path)
     }
 
+    /// Installs the executable at `source` into `root` as `path`, with the shared libraries
+    /// `ldd` names (the release binary links the Swift runtime statically, glibc dynamically).
+    static func installExecutable(_ source: String, into root: URL, as path: String) throws {
+        try install(source, into: root, as: path)
+        let ldd = try TestSupport.run("/usr/bin/ldd", [source])
+        for line in ldd.output.split(separator: "\n") {
+            guard let library = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).first(where: { $0.hasPrefix("/") }).map(String.init) else { continue }
+            try? install(library, into: root, as: String(library.dropFirst()))
+        }
+    }
+
+    /// Boots the outer machine: QEMU/TCG (`-cpu max`, so kvm-amd loads) with Debian's kernel
+    /// and `initrd`, its console in `log`. Returns QEMU's exit status, the seconds it ran and
+    /// the console text.
+    static func bootOuter(initrd: URL, log: URL, timeout: TimeInterval) throws -> (status: Int32, seconds: Int, serial: String) {
+        let start = Date()
+        let qemu = try TestSupport.run("/usr/bin/qemu-system-x86_64", [
+            "-accel", "tcg", "-cpu", "max", "-m", "3072", "-smp", "1",
+            "-kernel", "\(kernelDirectory)/vmlinuz", "-initrd", initrd.path,
+            "-append", "console=ttyS0 panic=-1 quiet",
+            "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
+            "-serial", "file:\(log.path)",
+        ], timeout: timeout)
+        return (qemu.status, Int(Date().timeIntervalSince(start)), (try? String(contentsOf: log, encoding: .utf8)) ?? "")
+    }
+
     @Test(.enabled(if: available), .timeLimit(.minutes(6)))
     func stockDebianKernelBootsInsideNestedKVM() throws {
         let work = try TestSupport.temporaryDirectory()
@@ -133,13 +159,7 @@ struct NestedLinuxTests {
         for module in ["virt/lib/irqbypass", "drivers/crypto/ccp/ccp", "arch/x86/kvm/kvm", "arch/x86/kvm/kvm-amd", "drivers/net/tun"] {
             try Self.install("\(modules)/\(module).ko", into: outer, as: "modules/\(URL(fileURLWithPath: module).lastPathComponent).ko")
         }
-        try Self.install(vmm, into: outer, as: "martlet-vmm")
-        // The release binary links the Swift runtime statically, glibc dynamically.
-        let ldd = try TestSupport.run("/usr/bin/ldd", [vmm])
-        for line in ldd.output.split(separator: "\n") {
-            guard let path = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).first(where: { $0.hasPrefix("/") }).map(String.init) else { continue }
-            try? Self.install(path, into: outer, as: String(path.dropFirst()))
-        }
+        try Self.installExecutable(vmm, into: outer, as: "martlet-vmm")
         try Self.install("\(Self.kernelDirectory)/vmlinuz", into: outer, as: "inner/vmlinuz")
         // The inner guest's disk: an ext4 image with a file from the host.
         let files = work.appendingPathComponent("disk-files")
@@ -154,19 +174,9 @@ struct NestedLinuxTests {
         let outerInitrd = work.appendingPathComponent("outer.cpio.gz")
         try Self.packCPIO(outer, to: outerInitrd)
 
-        let log = work.appendingPathComponent("serial.log")
-        let start = Date()
-        let qemu = try TestSupport.run("/usr/bin/qemu-system-x86_64", [
-            "-accel", "tcg", "-cpu", "max", "-m", "3072", "-smp", "1",
-            "-kernel", "\(Self.kernelDirectory)/vmlinuz", "-initrd", outerInitrd.path,
-            "-append", "console=ttyS0 panic=-1 quiet",
-            "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
-            "-serial", "file:\(log.path)",
-        ], timeout: 330)
-        let seconds = Date().timeIntervalSince(start)
-        let serial = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+        let (status, seconds, serial) = try Self.bootOuter(initrd: outerInitrd, log: work.appendingPathComponent("serial.log"), timeout: 330)
         let excerpt = String(serial.suffix(6000))
-        print("nested Linux boot: QEMU exited \(qemu.status) after \(Int(seconds)) s")
+        print("nested Linux boot: QEMU exited \(status) after \(seconds) s")
         for line in serial.split(separator: "\n") where line.contains("INNER-") || line.contains("OUTER-") {
             print("  \(line)")
         }
