@@ -1,4 +1,5 @@
 import Foundation
+import MartletVMMProtocol
 import Testing
 
 @testable import MartletVMM
@@ -215,13 +216,13 @@ struct FirmwareTests {
         do {
             _ = try VMConfig(json: #"{"kernel": "k", "firmware": "f"}"#, source: "vm.json")
             Issue.record("kernel and firmware together were accepted")
-        } catch let error as VMMError {
+        } catch let error as ProtocolError {
             #expect(error.message.contains("vm.json") && error.message.contains("kernel") && error.message.contains("firmware"), "\(error.message)")
         }
         do {
             _ = try VMConfig(json: "{}", source: "vm.json")
             Issue.record("a configuration without kernel or firmware was accepted")
-        } catch let error as VMMError {
+        } catch let error as ProtocolError {
             #expect(error.message.contains("kernel: missing") && error.message.contains("firmware"), "\(error.message)")
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import MartletSystem
 import Testing
 
 @testable import MartletVMM
@@ -50,23 +51,20 @@ struct NestedFirmwareTests {
     /// Runs QEMU until its serial log at `log` contains `marker` (or `timeout` seconds pass),
     /// kills it and returns the log.
     static func runUntil(_ marker: String, log: URL, timeout: TimeInterval, arguments: [String]) throws -> String {
-        let qemu = Process()
-        qemu.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-system-x86_64")
-        qemu.arguments = arguments
-        qemu.standardOutput = FileHandle.nullDevice
-        qemu.standardError = FileHandle.nullDevice
-        try qemu.run()
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        let pid = try ChildProcess.spawn(
+            ["/usr/bin/qemu-system-x86_64"] + arguments, stdin: null.raw, stdout: null.raw, stderr: null.raw)
         defer {
             // SIGKILL: QEMU busy in TCG does not act on SIGTERM for minutes (seen here).
-            if qemu.isRunning { kill(qemu.processIdentifier, SIGKILL) }
-            qemu.waitUntilExit()
+            if ChildProcess.termination(pid) == nil { kill(pid, SIGKILL) }
+            _ = ChildProcess.wait(pid)
         }
-        let deadline = Date().addingTimeInterval(timeout)
-        while qemu.isRunning && Date() < deadline {
-            if let text = try? String(contentsOf: log, encoding: .utf8), text.contains(marker) { return text }
-            Thread.sleep(forTimeInterval: 0.5)
+        var text = ""
+        _ = Poll.until(timeout: timeout, interval: 0.5) {
+            text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            return text.contains(marker) || ChildProcess.termination(pid) != nil
         }
-        return (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+        return (try? String(contentsOf: log, encoding: .utf8)) ?? text
     }
 
     @Test(.enabled(if: available), .timeLimit(.minutes(15)))
