@@ -58,8 +58,8 @@ struct TextUITests {
         let before = try fingerprint(target.path, size: .gib(8))
         let saved = "\(work.path)/saved.toml"
         let ui = try TmuxInstaller(arguments: ["--dry-run", "--disks", target.path, "--answer-out", saved])
-        try ui.waitFor("┤ Welcome ├")
-        #expect(try cursorIsOn("Next", ui), "the welcome screen must start on Next: \(try ui.screen())")
+        let welcome = try ui.waitFor("┤ Welcome ├")
+        #expect(try cursorIsOn("Next", ui), "the welcome screen must start on Next: \(welcome)")
         try ui.keys("Enter")
         try ui.waitFor("┤ Keyboard layout ├")
         try ui.keys("Down", "Down")  // us, gb, de
