@@ -20,7 +20,7 @@ public struct HostCatalog: Sendable {
     public var hasKeyboardLayouts: Bool { FileManager.default.fileExists(atPath: keyboardRules) }
 
     /// Why `name` is not a time zone of the image's database (a sentence), or nil when it is.
-    /// A zone is a TZif file; directories (`Europe`) and tables (`zone.tab`) are not zones.
+    /// A zone is a TZif file; directories (`Europe`) and tables (`leapseconds`) are not zones.
     public func timezoneProblem(_ name: String) -> String? {
         guard hasTimezones else {
             return "the host image has no time zone database (\(zoneinfo)/UTC is missing)"

@@ -19,7 +19,7 @@ final class CatalogRoot {
             for zone in ["UTC", "Europe/Paris", "Europe/Berlin"] {
                 directory.write("usr/share/zoneinfo/\(zone)", "TZif2\0\0\0")
             }
-            directory.write("usr/share/zoneinfo/zone.tab", "FR\t+4852+00220\tEurope/Paris\n")
+            directory.write("usr/share/zoneinfo/leapseconds", "Leap\t2016\tDec\t31\t23:59:60\t+\tS\n")
         }
         if keyboards {
             try FileManager.default.createDirectory(
@@ -66,7 +66,7 @@ let unknownNames: [UnknownName] = [
         name: "zone is a region", line: "timezone = \"Europe\"", key: "global.timezone",
         says: "is a region"),
     .init(
-        name: "zone is a table, not a zone", line: "timezone = \"zone.tab\"",
+        name: "zone is a table, not a zone", line: "timezone = \"leapseconds\"",
         key: "global.timezone", says: "no TZif data"),
     .init(
         name: "zone spelled in the wrong case", line: "timezone = \"europe/paris\"",
