@@ -21,6 +21,7 @@ static inline int martlet_newtWinTernary(const char *title, const char *b1, cons
 // NEWT_KEY_ESCAPE is a character-literal macro Swift does not import.
 static const int martlet_NEWT_KEY_ESCAPE = NEWT_KEY_ESCAPE;
 static const int martlet_NEWT_KEY_F12 = NEWT_KEY_F12;
+static const int martlet_NEWT_KEY_ENTER = NEWT_KEY_ENTER;
 
 // newtExitStruct's reason is an anonymous enum inside the struct: hand back the exiting
 // component, or NULL with the hot key in *key (0 when the form ended otherwise).

@@ -131,7 +131,8 @@ final class BuildContext: @unchecked Sendable {
     }
 }
 
-/// The build: rootfs → overlays → binaries → trim → squashfs → initramfs → grub → ISO.
+/// The build: rootfs → overlays → binaries → trim → host initramfs → squashfs → live
+/// initramfs → grub → ISO.
 public struct BuildPipeline: Sendable {
     public let options: BuildOptions
     public init(_ options: BuildOptions) { self.options = options }
@@ -148,8 +149,8 @@ public struct BuildPipeline: Sendable {
         try checkBinaries()
         let context = try BuildContext(options: options, logger: logger)
         let stages: [any BuildStage] = [
-            RootfsStage(), OverlayStage(), BinariesStage(), TrimStage(), SquashfsStage(),
-            InitramfsStage(), BootloaderStage(), ISOStage(),
+            RootfsStage(), OverlayStage(), BinariesStage(), TrimStage(), HostInitramfsStage(),
+            SquashfsStage(), InitramfsStage(), BootloaderStage(), ISOStage(),
         ]
         for (index, stage) in stages.enumerated() {
             let reporter = StageReporter(

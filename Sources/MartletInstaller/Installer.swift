@@ -51,11 +51,17 @@ public final class Installer: @unchecked Sendable {
                 .invalidInput,
                 "'\(plan.source)' does not look like a root filesystem: no /\(required)")
         }
-        let zone = plan.answer.global.timezone
-        if !FileManager.default.fileExists(atPath: "\(plan.source)/usr/share/zoneinfo/\(zone)") {
+        let catalog = HostCatalog(root: plan.source)
+        if let problem = catalog.timezoneProblem(plan.answer.global.timezone) {
             throw MartletError(
-                .invalidInput, "global.timezone: '\(zone)' is not in the host's time zone database",
-                hint: "see \(plan.source)/usr/share/zoneinfo for the names")
+                .invalidInput, "global.timezone: \(problem)",
+                hint: "use a name from \(catalog.zoneinfo), e.g. \"UTC\" or \"Europe/Paris\"")
+        }
+        // A layout the image lacks would leave the console on the kernel's default keymap.
+        if catalog.hasKeyboardLayouts, let problem = catalog.keyboardProblem(plan.answer.global.keyboard) {
+            throw MartletError(
+                .invalidInput, "global.keyboard: \(problem)",
+                hint: "use a layout listed in \(catalog.keyboardRules), e.g. \"us\" or \"de\"")
         }
         var tools = [
             "wipefs", "mkfs.vfat", "mkfs.ext4", "mount", "umount", "chroot", "sync", "blkid",
@@ -108,7 +114,7 @@ public final class Installer: @unchecked Sendable {
             ("wipe", wipe), ("partition", partition), ("format", format), ("mount", mountTarget),
             ("copy", copySystem), ("configure", configure), ("network", writeNetwork),
             ("storage", writeStorage), ("bootloader", installBootloader),
-            ("initramfs", regenerateInitramfs), ("finish", finish),
+            ("initramfs", keepInitramfs), ("finish", finish),
         ]
         let started = Date()
         for (index, (name, body)) in stages.enumerated() {
@@ -130,8 +136,9 @@ public final class Installer: @unchecked Sendable {
                     cause: inner?.cause)
             }
             reporter.end()
+            logger.info("stage \(name) finished in \(String(format: "%.1f", reporter.elapsed)) s")
         }
-        logger.info("install finished in \(Int(Date().timeIntervalSince(started))) s")
+        logger.info("install finished in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
     }
 
     private var currentReporter: StageReporter?
@@ -460,13 +467,7 @@ public final class Installer: @unchecked Sendable {
         let rootUUID = try uuid(device(.root))
         try installEFIImages(rootUUID: rootUUID)
         if espStaged { try copyStagedESP() }
-        let kernels =
-            ((try? FileManager.default.contentsOfDirectory(atPath: "\(targetRoot)/boot")) ?? [])
-            .filter { $0.hasPrefix("vmlinuz-") }.sorted()
-        guard let kernel = kernels.last else {
-            throw MartletError(.failed, "no kernel (/boot/vmlinuz-*) in the copied system")
-        }
-        let version = String(kernel.dropFirst("vmlinuz-".count))
+        let version = try kernelVersion()
         try write(
             "boot/grub/grub.cfg",
             BootConfiguration.grubConfig(rootUUID: rootUUID, kernelVersion: version))
@@ -474,6 +475,17 @@ public final class Installer: @unchecked Sendable {
             "etc/default/grub.d/martlet.cfg",
             "GRUB_CMDLINE_LINUX=\"\(BootConfiguration.kernelArguments)\"\nGRUB_TERMINAL=\"console serial\"\n"
                 + "GRUB_SERIAL_COMMAND=\"serial --unit=0 --speed=115200\"\n")
+    }
+
+    /// The version of the newest kernel in the copied system: the one GRUB boots.
+    private func kernelVersion() throws -> String {
+        let kernels =
+            ((try? FileManager.default.contentsOfDirectory(atPath: "\(targetRoot)/boot")) ?? [])
+            .filter { $0.hasPrefix("vmlinuz-") }.sorted()
+        guard let kernel = kernels.last else {
+            throw MartletError(.failed, "no kernel (/boot/vmlinuz-*) in the copied system")
+        }
+        return String(kernel.dropFirst("vmlinuz-".count))
     }
 
     /// GRUB for UEFI, built with grub-mkimage the way `grub-install --no-nvram` does it (an
@@ -513,11 +525,24 @@ public final class Installer: @unchecked Sendable {
 
     // MARK: - initramfs
 
-    private func regenerateInitramfs() throws {
-        let hasInitrd =
-            ((try? FileManager.default.contentsOfDirectory(atPath: "\(targetRoot)/boot")) ?? [])
-            .contains { $0.hasPrefix("initrd.img-") }
-        try chroot(["update-initramfs", hasInitrd ? "-u" : "-c", "-k", "all"])
+    /// The host image carries a generic initramfs, built once when the image was built (every
+    /// storage controller, md RAID, LVM, ext4; root found by UUID), and the copy put it on the
+    /// target: keeping it saves minutes, most of an install under emulation. Only an image
+    /// without one (a custom profile that trims it) gets one generated on the target.
+    private func keepInitramfs() throws {
+        let version = try kernelVersion()
+        let initrd = "\(targetRoot)/boot/initrd.img-\(version)"
+        let size =
+            ((try? FileManager.default.attributesOfItem(atPath: initrd))?[.size] as? NSNumber)?
+            .uint64Value ?? 0
+        if size > 0 {
+            currentReporter?.note("kept the host image's generic initramfs (\(ByteSize(size)))")
+            logger.info("kept /boot/initrd.img-\(version) from the host image (\(size) bytes)")
+            return
+        }
+        currentReporter?.note(
+            "the host image has no /boot/initrd.img-\(version): generating one on the target")
+        try chroot(["update-initramfs", "-c", "-k", version])
     }
 
     // MARK: - finish

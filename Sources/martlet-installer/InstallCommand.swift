@@ -41,6 +41,12 @@ struct InstallCommand: ParsableCommand {
         try runReporting {
             let path = try answer ?? AnswerLocator.fromKernelCommandLine()
             let answers = try AnswerFile.load(path: path)
+            // A dry run may plan from a tree without the image's databases; an install may not.
+            for note in try HostCatalog(root: source).check(
+                answers, answerFile: path, required: !dryRun)
+            {
+                FileHandle.standardError.write(Data("note: \(note)\n".utf8))
+            }
             let disks = try DiskDiscovery().disks()
             let plan = try InstallPlan.make(answer: answers, disks: disks, source: source)
             if dryRun {

@@ -14,9 +14,25 @@ struct ValidateCommand: ParsableCommand {
     @Argument(help: "The TOML answer file.")
     var answer: String
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The host root filesystem whose time zones and keyboard layouts the answer may use.",
+            discussion:
+                "Default: the live system's host root (\(InstallPlan.defaultSource)) when it is mounted, else /. "
+                + "With --root, a root without a tz database or XKB layout list is an error; "
+                + "by default those checks are skipped with a note.",
+            valueName: "DIR"))
+    var root: String?
+
     func run() throws {
         try runReporting {
-            _ = try AnswerFile.load(path: answer)
+            let answers = try AnswerFile.load(path: answer)
+            let live = FileManager.default.fileExists(atPath: InstallPlan.defaultSource + "/usr")
+            let catalog = HostCatalog(root: root ?? (live ? InstallPlan.defaultSource : "/"))
+            for note in try catalog.check(answers, answerFile: answer, required: root != nil) {
+                FileHandle.standardError.write(Data("note: \(note)\n".utf8))
+            }
             print("\(answer): valid")
         }
     }

@@ -55,6 +55,9 @@ enum TestBuilds {
         #expect(Set(binaries.keys) == ["martlet", "martlet-installer", "martlet-vmm"])
         #expect(binaries.values.allSatisfy { $0.count == 64 })
         #expect((manifest?["iso"] as? [String: String])?["sha256"] == result.isoSHA256)
+        // The installed host's generic initramfs is built into the image, not on each target.
+        let sizes = manifest?["sizes"] as? [String: Any] ?? [:]
+        #expect(((sizes["host-initrd.img"] as? NSNumber)?.intValue ?? 0) > 1_000_000, "\(sizes)")
     }
 
     @Test func sameInputsGiveABitIdenticalISO() throws {

@@ -294,6 +294,13 @@ import Testing
         checks.check("install log", "test -s /var/log/martlet/install.log && wc -l < /var/log/martlet/install.log") {
             $0.status == 0
         }
+        // The host booted the generic initramfs built into the image: the install kept it
+        // instead of running update-initramfs, and it carries md RAID, LVM and NVMe.
+        checks.check(
+            "generic initramfs kept",
+            "grep -q \"kept /boot/initrd.img-$(uname -r) from the host image\" /var/log/martlet/install.log && "
+                + "lsinitramfs /boot/initrd.img-$(uname -r) | grep -E -c '/(raid1|dm-mod|nvme|ahci|ext4)\\.ko$'"
+        ) { $0.status == 0 && (Int($0.output) ?? 0) >= 5 }
         checks.check("martlet-vmm --version", "martlet-vmm --version") { $0.output.contains(E2E.version) }
         checks.check(
             "martlet-vmm selftest",

@@ -16,7 +16,7 @@ enum NewtScreen {
         }
         newtCls()
         newtDrawRootText(0, 0, "Martlet hypervisor host installer")
-        newtPushHelpLine(" <Tab>/<Alt-Tab> move | <Space> select | <Enter> press | <F12> next | <Esc> quit")
+        newtPushHelpLine(" <Enter> next | <Tab>/<Arrows> move | <Space> select | <F12> next | <Esc> quit")
     }
 
     static func finish() { newtFinished() }
@@ -50,6 +50,9 @@ final class NewtForm {
         newtCenteredWindow(UInt32(width), UInt32(height), title)
         form = newtForm(nil, nil, 0)
         newtFormAddHotKey(form, martlet_NEWT_KEY_ESCAPE)
+        // Enter ends the form from any control (a list, an entry, a radio button), so it means
+        // "this is my choice, go on"; run() turns it into the focused or the primary button.
+        newtFormAddHotKey(form, martlet_NEWT_KEY_ENTER)
     }
 
     deinit { close() }
@@ -138,7 +141,9 @@ final class NewtForm {
     }
 
     /// Compact buttons in a row at `y`, right-aligned to `right`; run() reports their index.
-    func buttons(_ titles: [String], y: Int, right: Int = 72) {
+    /// Enter outside the buttons presses the primary one: the last (Next, Install) unless given.
+    func buttons(_ titles: [String], y: Int, right: Int = 72, primary: Int? = nil) {
+        primaryIndex = primary ?? titles.count - 1
         var x = right - titles.reduce(0) { $0 + $1.count + 5 }
         for title in titles {
             buttons.append(add(newtCompactButton(Int32(x), Int32(y), title)))
@@ -147,12 +152,30 @@ final class NewtForm {
     }
 
     func run() -> Exit {
+        if !focusPlaced {
+            focusPlaced = true
+            // newt focuses the first control that takes focus: on a screen of text and buttons
+            // that is the first button (Quit, Back), so Enter would leave. Focus the primary one.
+            if buttons.indices.contains(primaryIndex),
+                buttons.contains(where: { $0 == newtFormGetCurrent(form) })
+            {
+                newtFormSetCurrent(form, buttons[primaryIndex])
+            }
+        }
         var key: Int32 = 0
         let component = martlet_newtFormRun(form, &key)
-        if component == nil { return key == martlet_NEWT_KEY_ESCAPE ? .escape : .other }
+        if component == nil {
+            if key == martlet_NEWT_KEY_ESCAPE { return .escape }
+            guard key == martlet_NEWT_KEY_ENTER, !buttons.isEmpty else { return .other }
+            let focused = newtFormGetCurrent(form)
+            return .button(buttons.firstIndex { $0 == focused } ?? primaryIndex)
+        }
         if let index = buttons.firstIndex(where: { $0 == component }) { return .button(index) }
         return .other
     }
+
+    private var focusPlaced = false
+    private var primaryIndex = 0
 
     /// Draws the form without waiting for a key (progress screens).
     func draw() {

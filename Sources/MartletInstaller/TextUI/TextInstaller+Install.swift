@@ -81,7 +81,7 @@ extension TextInstaller {
         let destination = options.answerOut ?? Self.savedAnswerPath + " on the installed host"
         let save = form.checkbox(1, 9, "Save these choices as an answer file: \(destination)", checked: true)
         form.label(1, 11, "(to repeat this install unattended: martlet-installer install --answer FILE)")
-        form.buttons(["Reboot", "Power off", "Shell"], y: 17)
+        form.buttons(["Reboot", "Power off", "Shell"], y: 17, primary: 0)
         var choice = form.run()
         while choice == .escape || choice == .other { choice = form.run() }
         var savedMessage = ""
@@ -113,7 +113,7 @@ extension TextInstaller {
         text += "\nThe disks may be partly written: run the installer again to retry."
         let form = NewtForm(title: "Installation failed")
         form.text(1, 1, width: 71, height: 14, text)
-        form.buttons(["Exit", "Reboot"], y: 17)
+        form.buttons(["Exit", "Reboot"], y: 17, primary: 0)
         var choice = form.run()
         while choice == .escape || choice == .other { choice = form.run() }
         form.close()

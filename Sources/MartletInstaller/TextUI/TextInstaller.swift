@@ -346,10 +346,9 @@ public final class TextInstaller {
         }
     }
 
-    private var zoneinfo: String? {
-        ["\(options.source)/usr/share/zoneinfo", "/usr/share/zoneinfo"].first {
-            FileManager.default.fileExists(atPath: "\($0)/UTC")
-        }
+    /// The host image's names; the live system's own when the source tree has none (a dry run).
+    private var catalog: HostCatalog? {
+        [options.source, "/"].map(HostCatalog.init(root:)).first { $0.hasTimezones }
     }
 
     private func timezone() -> Move {
@@ -362,7 +361,7 @@ public final class TextInstaller {
         let error = errorLabel(form)
         form.buttons(["Back", "Next"], y: 17)
         return loop(form, error: error, store: { choices.timezone = entry.value.trimmingCharacters(in: .whitespaces) }) {
-            choices.timezoneProblem(zoneinfo: zoneinfo)
+            choices.timezoneProblem(catalog: catalog)
         }
     }
 

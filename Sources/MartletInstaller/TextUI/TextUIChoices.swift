@@ -126,14 +126,12 @@ struct TextUIChoices {
         return nil
     }
 
-    func timezoneProblem(zoneinfo: String?) -> String? {
+    func timezoneProblem(catalog: HostCatalog?) -> String? {
         let pattern = #"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$"#
         guard timezone.range(of: pattern, options: .regularExpression) != nil, !timezone.contains("..") else {
             return "'\(timezone)' is not a time zone name, e.g. Europe/Paris or UTC."
         }
-        if let zoneinfo, !FileManager.default.fileExists(atPath: "\(zoneinfo)/\(timezone)") {
-            return "'\(timezone)' is not in the time zone database, e.g. Europe/Paris or UTC."
-        }
+        if let problem = catalog?.timezoneProblem(timezone) { return problem + "." }
         return nil
     }
 }
