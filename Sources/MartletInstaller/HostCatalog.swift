@@ -1,4 +1,5 @@
 import Foundation
+import MartletAnswer
 import MartletCore
 
 /// The time zones and keyboard layouts a host image carries: its tz database

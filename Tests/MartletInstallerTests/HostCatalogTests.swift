@@ -1,5 +1,7 @@
 import Foundation
+import MartletAnswer
 import MartletCore
+import MartletTestSupport
 import Testing
 
 @testable import MartletInstaller
@@ -157,7 +159,7 @@ let unknownNames: [UnknownName] = [
             "bad.toml",
             validAnswer().replacingOccurrences(
                 of: "timezone = \"Europe/Paris\"", with: "timezone = \"Mars/Olympus_Mons\""))
-        let executable = installerExecutable()
+        let executable = TestPaths.executable("martlet-installer")
         let accepted = try Command(executable, ["validate", "--root", root.directory.path, good])
             .runAllowingFailure()
         #expect(accepted.status == 0, "\(accepted.stderr)")
