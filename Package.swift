@@ -47,7 +47,7 @@ let package = Package(
         .target(
             name: "MartletBuilder",
             dependencies: [
-                "MartletCore", "CArchive", .product(name: "Crypto", package: "swift-crypto"),
+                "MartletCore", "MartletSystem", "CArchive", .product(name: "Crypto", package: "swift-crypto"),
             ]),
         // The answer-file model: no C libraries, so the builder can check an answer file
         // without linking the installer.

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletSystem
 import Synchronization
 
 /// How `QEMUMachine` boots an ISO or a disk: firmware, how the ISO is attached, extra disks,
@@ -470,41 +471,25 @@ public final class QEMUMachine: @unchecked Sendable {
         "\(duration.components.seconds) s"
     }
 
-    /// posix_spawn with stdin from /dev/null and stdout+stderr into `outputPath` (headless),
-    /// or the terminal inherited (interactive).
+    /// Starts QEMU through the one process layer: stdin from /dev/null and stdout+stderr into
+    /// `outputPath` (headless), or the terminal inherited (interactive). The child starts with
+    /// default signal dispositions and an empty mask, so SIGTERM from stop() reaches it.
     private static func spawn(_ argv: [String], outputPath: String?) -> Result<pid_t, MartletError>
     {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        if let outputPath {
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-            posix_spawn_file_actions_addopen(
-                &actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        do {
+            guard let outputPath else {
+                return .success(try ChildProcess.spawn(argv, stdin: 0, stdout: 1, stderr: 2))
+            }
+            let null = try FileDescriptor.open("/dev/null", O_RDONLY)
+            let output = try FileDescriptor.open(
+                outputPath, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+            return .success(
+                try ChildProcess.spawn(argv, stdin: null.raw, stdout: output.raw, stderr: output.raw))
+        } catch let error as SystemError {
+            return .failure(MartletError(error))
+        } catch {
+            return .failure(MartletError(.failed, "cannot start '\(argv[0])': \(error)"))
         }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // The child must not inherit blocked signals (SIGTERM from stop() has to reach it).
-        var emptySet = sigset_t()
-        sigemptyset(&emptySet)
-        posix_spawnattr_setsigmask(&attributes, &emptySet)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGTERM, SIGINT, SIGPIPE, SIGCHLD] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, argv[0], &actions, &attributes, cArgs, environ)
-        guard result == 0 else {
-            return .failure(MartletError.system("posix_spawn", path: argv[0], errno: result))
-        }
-        return .success(pid)
     }
 }
 
