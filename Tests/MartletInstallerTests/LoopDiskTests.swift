@@ -111,11 +111,14 @@ extension LoopDeviceSuites {
             // A tree that passes the preflight but has no chpasswd: 'configure' must fail.
             let dir = try TemporaryDirectory()
             let source = "\(dir.path)/source"
-            for sub in ["etc", "boot", "usr/sbin", "usr/share/zoneinfo/Europe"] {
+            for sub in ["etc", "boot", "usr/sbin", "usr/share/zoneinfo/Europe", "usr/share/X11/xkb/rules"] {
                 try FileManager.default.createDirectory(
                     atPath: "\(source)/\(sub)", withIntermediateDirectories: true)
             }
+            // A tz database as the preflight reads it: UTC marks it, Europe/Paris is the zone.
             dir.write("source/usr/share/zoneinfo/Europe/Paris", "TZif")
+            dir.write("source/usr/share/zoneinfo/UTC", "TZif")
+            dir.write("source/usr/share/X11/xkb/rules/base.lst", "! layout\n  de  German\n")
             dir.write("source/usr/sbin/grub-install", "")
             dir.write("source/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")
             let disk = try LoopDisk(size: .gib(8))
