@@ -106,9 +106,6 @@ public final class Installer: @unchecked Sendable {
 
     /// Runs every stage; on failure unmounts what it mounted and rethrows naming the stage.
     public func run() throws {
-        // A tool that exits before reading its input (chpasswd missing in the target) must
-        // fail its step, not kill the installer with SIGPIPE and leave the disk mounted.
-        signal(SIGPIPE, SIG_IGN)
         try Self.preflight(plan)
         let stages: [(String, () throws -> Void)] = [
             ("wipe", wipe), ("partition", partition), ("format", format), ("mount", mountTarget),

@@ -98,6 +98,29 @@ public enum ChildProcess {
         return pid
     }
 
+    /// Runs `body` with SIGPIPE blocked on this thread and discards a SIGPIPE it raised, so
+    /// writing to a child that exited before reading its input fails with EPIPE instead of
+    /// ending the whole process (pipes have no MSG_NOSIGNAL), and no caller has to ignore
+    /// SIGPIPE process-wide. errno is kept as `body` left it.
+    static func withoutSIGPIPE<T>(_ body: () -> T) -> T {
+        var pipeSignal = sigset_t()
+        sigemptyset(&pipeSignal)
+        sigaddset(&pipeSignal, SIGPIPE)
+        var previous = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &pipeSignal, &previous)
+        let result = body()
+        let bodyErrno = errno
+        var pending = sigset_t()
+        sigpending(&pending)
+        if sigismember(&pending, SIGPIPE) == 1 && sigismember(&previous, SIGPIPE) == 0 {
+            var now = timespec()
+            _ = sigtimedwait(&pipeSignal, nil, &now)
+        }
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
+        errno = bodyErrno
+        return result
+    }
+
     /// `waitpid` until `pid` ends.
     public static func wait(_ pid: pid_t) -> Termination {
         var status: Int32 = 0
@@ -159,9 +182,11 @@ public enum ChildProcess {
                 break
             }
             if fds[2].revents != 0 {
-                let written = pendingInput.withContiguousStorageIfAvailable {
-                    Glibc.write(inPipe.write.raw, $0.baseAddress, $0.count)
-                } ?? -1
+                let written = withoutSIGPIPE {
+                    pendingInput.withContiguousStorageIfAvailable {
+                        Glibc.write(inPipe.write.raw, $0.baseAddress, $0.count)
+                    } ?? -1
+                }
                 if written > 0 { pendingInput = pendingInput.dropFirst(written) }
                 if pendingInput.isEmpty || (written < 0 && errno != EAGAIN && errno != EINTR) {
                     inPipe.write.close()

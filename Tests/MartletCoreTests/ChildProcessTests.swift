@@ -38,6 +38,15 @@ struct ChildProcessTests {
         #expect(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "\(input.count)")
     }
 
+    /// A child that exits without reading its input: the write fails with EPIPE and the
+    /// child's status comes back. Without the guard in `ChildProcess.run`, SIGPIPE (default
+    /// action, nothing here ignores it) would end the whole test process.
+    @Test func childThatIgnoresItsInputDoesNotKillTheCaller() throws {
+        let input = [UInt8](repeating: UInt8(ascii: "x"), count: 4 << 20)
+        let result = try ChildProcess.run(["/bin/sh", "-c", "exec 0<&-; exit 3"], input: input)
+        #expect(result.termination == .exited(3))
+    }
+
     /// The child sees 0, 1 and 2 and nothing else, even fds this process opened without
     /// close-on-exec: no LVM "File descriptor leaked" warnings, no pipes held open.
     @Test func noDescriptorLeaksIntoTheChild() throws {
