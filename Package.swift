@@ -13,7 +13,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
-        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
         // Already under Hummingbird; named for NIOThreadPool (the API's blocking work).
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
@@ -26,6 +25,8 @@ let package = Package(
         .systemLibrary(
             name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         .systemLibrary(name: "CNewt", pkgConfig: "libnewt", providers: [.apt(["libnewt-dev"])]),
+        .systemLibrary(
+            name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // ioctl request numbers and thin wrappers for linux/kvm.h.
         .target(name: "CKVM"),
         // posix_spawn extensions glibc declares only under _GNU_SOURCE.
@@ -47,7 +48,7 @@ let package = Package(
         .target(
             name: "MartletBuilder",
             dependencies: [
-                "MartletCore", "MartletSystem", "CArchive", .product(name: "Crypto", package: "swift-crypto"),
+                "MartletCore", "MartletSystem", "CArchive", "CCrypto",
             ]),
         // The answer-file model: no C libraries, so the builder can check an answer file
         // without linking the installer.

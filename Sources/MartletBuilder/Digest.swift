@@ -1,9 +1,9 @@
-import Crypto
+import CCrypto
 import Foundation
 import MartletCore
 
-/// SHA-256 for the builder and the flasher, from swift-crypto (BoringSSL's implementation):
-/// files are hashed streaming, in chunks, so an ISO never sits in memory whole.
+/// SHA-256 for the builder and the flasher, from OpenSSL's libcrypto (`SHA256`): files are
+/// hashed streaming, in chunks, so an ISO never sits in memory whole.
 enum Digest {
     /// Bytes read per `read(2)` while hashing a file.
     static let chunkSize = 1 << 20
@@ -15,7 +15,7 @@ enum Digest {
         defer { close(fd) }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
         defer { buffer.deallocate() }
-        var hash = SHA256()
+        let hash = SHA256()
         while true {
             let count = read(fd, buffer.baseAddress, buffer.count)
             if count < 0 {
@@ -42,14 +42,46 @@ enum Digest {
 
     /// The digest of `text`'s UTF-8 bytes.
     static func sha256(text: String) -> String {
-        hex(SHA256.hash(data: Data(text.utf8)))
+        let hash = SHA256()
+        Array(text.utf8).withUnsafeBytes { hash.update(bufferPointer: $0) }
+        return hex(hash.finalize())
     }
 
     /// 64 lower-case hex digits, as `sha256sum` prints them.
-    static func hex(_ digest: SHA256.Digest) -> String {
+    static func hex(_ digest: [UInt8]) -> String {
         digest.map { byte in
             let text = String(byte, radix: 16)
             return byte < 0x10 ? "0" + text : text
         }.joined()
+    }
+}
+
+/// A streaming SHA-256 over OpenSSL's EVP interface. libcrypto is on every Debian build
+/// machine and host already (openssh, curl), so the build carries no second copy of a
+/// crypto library for one hash.
+final class SHA256 {
+    private let context: OpaquePointer
+
+    init() {
+        // EVP_MD_CTX_new fails only when malloc does.
+        guard let context = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new: out of memory") }
+        self.context = context
+        EVP_DigestInit_ex(context, EVP_sha256(), nil)
+    }
+
+    deinit { EVP_MD_CTX_free(context) }
+
+    /// Adds `bytes` to the digest.
+    func update(bufferPointer bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        EVP_DigestUpdate(context, base, bytes.count)
+    }
+
+    /// The 32-byte digest of everything added; the hasher is spent afterwards.
+    func finalize() -> [UInt8] {
+        var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        EVP_DigestFinal_ex(context, &digest, &length)
+        return Array(digest.prefix(Int(length)))
     }
 }

@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import MartletCore
 
@@ -203,7 +202,7 @@ public struct Flasher: Sendable {
 
         let write = StageReporter(sink: progress, stage: "write", index: 1, count: 2)
         write.begin("\(iso) → \(target.summary)")
-        var hash = SHA256()
+        let hash = SHA256()
         let buffer = UnsafeMutableRawBufferPointer.allocate(
             byteCount: Self.chunkSize, alignment: 4096)
         defer { buffer.deallocate() }
@@ -373,7 +372,7 @@ public struct Flasher: Sendable {
         defer { close(input) }
         // Drop cached pages so the bytes come from the device, not from what we just wrote.
         _ = posix_fadvise(input, 0, 0, POSIX_FADV_DONTNEED)
-        var hash = SHA256()
+        let hash = SHA256()
         var done: UInt64 = 0
         while done < count {
             let want = Int(min(UInt64(buffer.count), count - done))
