@@ -5,7 +5,7 @@ import Testing
 @testable import MartletCore
 
 /// The process layer every part of Martlet starts programs through.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(30)))
 struct ChildProcessTests {
     @Test func exitStatusAndOutput() throws {
         let result = try ChildProcess.run(["/bin/sh", "-c", "printf out; printf err >&2; exit 7"])

@@ -52,7 +52,7 @@ final class APIProcess {
     }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(5))) struct APITests {
+@Suite(.serialized, .timeLimit(.minutes(30))) struct APITests {
     @Test func vmLifecycleThroughTheAPI() throws {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "api")

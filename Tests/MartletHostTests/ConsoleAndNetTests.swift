@@ -9,7 +9,7 @@ import Testing
 /// The two things the runner hands the VMM besides disks: the serial console (a two-way
 /// `martlet vm console` through the VMM's serial socket) and the NICs (taps on the bridge,
 /// with the VM's stable MAC, opened by the VMM's virtio-net).
-@Suite(.serialized, .timeLimit(.minutes(5))) struct ConsoleAndNetTests {
+@Suite(.serialized, .timeLimit(.minutes(30))) struct ConsoleAndNetTests {
     /// Polls `path` until it contains `text` (or `timeout` passes); returns the file.
     func waitForText(_ text: String, in path: String, timeout: Double = 10) -> String {
         var content = ""

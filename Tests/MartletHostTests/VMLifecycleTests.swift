@@ -33,7 +33,7 @@ final class BridgeNamespace {
     deinit { _ = try? Command("ip", ["netns", "delete", name]).runAllowingFailure() }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(5))) struct VMLifecycleTests {
+@Suite(.serialized, .timeLimit(.minutes(30))) struct VMLifecycleTests {
     struct CLI {
         let fixture: HostFixture
         let namespace: BridgeNamespace?

@@ -9,7 +9,13 @@ import Testing
 /// mmdebstrap into a temporary name and renamed when complete, so a cold cache is safe.
 func testRootfs() throws -> String {
     let cache = "/var/cache/martlet/test-rootfs"
-    if FileManager.default.fileExists(atPath: "\(cache)/usr/sbin/grub-install") { return cache }
+    // xkb-data: the installer checks the answer's keyboard layout against the image's list.
+    // A cache from before it was included lacks the list and is rebuilt.
+    if FileManager.default.fileExists(atPath: "\(cache)/usr/sbin/grub-install"),
+        FileManager.default.fileExists(atPath: "\(cache)/usr/share/X11/xkb/rules/base.lst")
+    {
+        return cache
+    }
     let temporary = "\(cache).tmp-\(getpid())"
     try? FileManager.default.createDirectory(
         atPath: "/var/cache/martlet", withIntermediateDirectories: true)
@@ -19,7 +25,7 @@ func testRootfs() throws -> String {
         [
             "--quiet", "--variant=minbase",
             "--include=grub-pc-bin,grub-efi-amd64-bin,grub-common,grub2-common,initramfs-tools,"
-                + "linux-image-amd64,systemd,udev,kmod",
+                + "linux-image-amd64,systemd,udev,kmod,tzdata,xkb-data",
             "bookworm", temporary, "http://deb.debian.org/debian",
         ])
     _ = try? sh("rm", ["-rf", "--one-file-system", cache])

@@ -23,7 +23,7 @@ func control(_ path: String, _ request: ControlRequest) throws -> ControlReply {
     try control(path, line: request.json.text)
 }
 
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(30)))
 struct ControlTests {
     @Test func pauseResumeStopThroughTheSocket() throws {
         let directory = try TestSupport.temporaryDirectory()
@@ -65,7 +65,7 @@ struct ControlTests {
 }
 
 /// The martlet-vmm executable itself: flags, config errors, exit codes, selftest.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .timeLimit(.minutes(30)))
 struct CLITests {
     @Test func versionAndHelp() throws {
         let version = try TestSupport.run(TestSupport.vmmBinary, ["--version"])

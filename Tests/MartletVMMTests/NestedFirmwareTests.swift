@@ -67,7 +67,7 @@ struct NestedFirmwareTests {
         return (try? String(contentsOf: log, encoding: .utf8)) ?? text
     }
 
-    @Test(.enabled(if: available), .timeLimit(.minutes(15)))
+    @Test(.enabled(if: available), .timeLimit(.minutes(30)))
     func seaBIOSBootsGRUBAndDebianKernelFromAnMBRDisk() throws {
         let work = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: work) }

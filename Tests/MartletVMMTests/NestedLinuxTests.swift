@@ -137,7 +137,7 @@ struct NestedLinuxTests {
         return (qemu.status, Int(Date().timeIntervalSince(start)), (try? String(contentsOf: log, encoding: .utf8)) ?? "")
     }
 
-    @Test(.enabled(if: available), .timeLimit(.minutes(6)))
+    @Test(.enabled(if: available), .timeLimit(.minutes(30)))
     func stockDebianKernelBootsInsideNestedKVM() throws {
         let work = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: work) }

@@ -31,7 +31,7 @@ import MartletVMMProtocol
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(30)))
     func keysFromTheSocketReachTheGuestAndItsOutputComesBack() throws {
         let elf = try TestSupport.guestELF.get()
         let directory = try TestSupport.temporaryDirectory()
