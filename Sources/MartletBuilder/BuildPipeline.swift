@@ -74,7 +74,7 @@ protocol BuildStage {
 
 /// The folders and facts every stage works with. All of it lives under one work folder
 /// that is removed when the build ends, whatever the outcome.
-final class BuildContext: @unchecked Sendable {
+final class BuildContext {
     let options: BuildOptions
     let logger: Logger
     let work: String

@@ -169,7 +169,7 @@ public struct QEMUConfiguration: Sendable, Equatable {
 /// QEMU runs in its own process, started by `start()`; `deinit` kills it and removes the
 /// temporary copies (USB stick image, UEFI variables). QEMU is also started with a
 /// parent-death signal, so it dies with this process even if `deinit` never runs.
-public final class QEMUMachine: @unchecked Sendable {
+public final class QEMUMachine: Sendable {
     public let configuration: QEMUConfiguration
     /// Private folder for the USB stick copy, the OVMF variables and QEMU's own output.
     public let workDirectory: String
@@ -180,7 +180,8 @@ public final class QEMUMachine: @unchecked Sendable {
     /// The human monitor (HMP) socket when headless; `monitor(_:)` talks to it.
     public let monitorSocketPath: String
 
-    private let state = ProcessState()
+    /// The QEMU process once started, shared with the thread that waits for it.
+    private let state = ConditionLock(ProcessState())
 
     /// Validates `configuration` and prepares a private work folder; starts nothing yet.
     public init(_ configuration: QEMUConfiguration) throws {
@@ -207,13 +208,13 @@ public final class QEMUMachine: @unchecked Sendable {
     }
 
     /// Whether QEMU has been started and has not exited.
-    public var isRunning: Bool { state.pid != nil && state.exitStatus == nil }
+    public var isRunning: Bool { state.withLock { $0.pid != nil && $0.exitStatus == nil } }
 
     /// The QEMU process id once started.
-    public var pid: pid_t? { state.pid }
+    public var pid: pid_t? { state.withLock { $0.pid } }
 
     /// QEMU's exit status once it has exited.
-    public var exitStatus: Int32? { state.exitStatus }
+    public var exitStatus: Int32? { state.withLock { $0.exitStatus } }
 
     /// Everything the guest wrote to the serial console so far.
     public var serialOutput: String {
@@ -310,7 +311,7 @@ public final class QEMUMachine: @unchecked Sendable {
 
     /// Makes the private copies and starts QEMU. Returns once the process runs.
     public func start() throws {
-        guard state.pid == nil else {
+        guard pid == nil else {
             throw MartletError(.failed, "this QEMU machine was already started")
         }
         let qemu = try Tool.resolve("qemu-system-x86_64")
@@ -350,12 +351,12 @@ public final class QEMUMachine: @unchecked Sendable {
                 spawnError.error.withLock { $0 = error }
                 ready.signal()
             case .success(let pid):
-                spawned.started(pid)
+                spawned.withLock { $0.pid = pid }
                 ready.signal()
                 var status: Int32 = 0
                 while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
                 let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-                spawned.exited(exit)
+                spawned.withLock { $0.exitStatus = exit }
             }
         }
         thread.name = "martlet-qemu-waiter"
@@ -368,7 +369,7 @@ public final class QEMUMachine: @unchecked Sendable {
     /// so text that came before the call counts). Throws when QEMU exits first or when
     /// `timeout` passes; the error carries the last 30 lines of the serial log.
     public func waitFor(_ text: String, timeout: Duration) throws {
-        guard state.pid != nil else {
+        guard pid != nil else {
             throw MartletError(.failed, "waiting for '\(text)': QEMU was never started")
         }
         let needle = Data(text.utf8)
@@ -376,7 +377,7 @@ public final class QEMUMachine: @unchecked Sendable {
         var searchFrom = 0
         while true {
             // Read the status first: text written just before exit is still found below.
-            let exited = state.exitStatus
+            let exited = exitStatus
             if let handle = FileHandle(forReadingAtPath: serialLogPath) {
                 // Only the new bytes, plus enough overlap for a text split across two reads.
                 try? handle.seek(toOffset: UInt64(searchFrom))
@@ -402,12 +403,12 @@ public final class QEMUMachine: @unchecked Sendable {
     /// Waits until QEMU exits and returns its exit status; throws after `timeout`.
     @discardableResult
     public func waitForExit(timeout: Duration) throws -> Int32 {
-        guard state.pid != nil else {
+        guard pid != nil else {
             throw MartletError(.failed, "waiting for QEMU to exit: it was never started")
         }
         let seconds =
             Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
-        if let status = state.waitForExit(until: Date(timeIntervalSinceNow: seconds)) {
+        if let status = waitForExitStatus(seconds) {
             return status
         }
         throw failure("QEMU did not exit within \(Self.seconds(timeout))")
@@ -415,12 +416,17 @@ public final class QEMUMachine: @unchecked Sendable {
 
     /// Stops QEMU: SIGTERM, then SIGKILL after 3 s. Safe to call more than once.
     public func stop() {
-        guard let pid = state.pid, state.exitStatus == nil else { return }
+        guard let pid, exitStatus == nil else { return }
         kill(pid, SIGTERM)
-        if state.waitForExit(until: Date(timeIntervalSinceNow: 3)) == nil {
+        if waitForExitStatus(3) == nil {
             kill(pid, SIGKILL)
-            _ = state.waitForExit(until: Date(timeIntervalSinceNow: 10))
+            _ = waitForExitStatus(10)
         }
+    }
+
+    /// QEMU's exit status, waiting for it up to `seconds`; nil when it is still running.
+    private func waitForExitStatus(_ seconds: Double) -> Int32? {
+        state.wait(until: { $0.exitStatus != nil }, timeout: seconds) { state, _ in state.exitStatus }
     }
 
     /// The last `count` lines of the serial log.
@@ -493,33 +499,10 @@ public final class QEMUMachine: @unchecked Sendable {
     }
 }
 
-/// The pid and exit status of the QEMU process, shared with its waiter thread.
-private final class ProcessState: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var _pid: pid_t?
-    private var _exitStatus: Int32?
-
-    var pid: pid_t? { condition.withLock { _pid } }
-    var exitStatus: Int32? { condition.withLock { _exitStatus } }
-
-    func started(_ pid: pid_t) { condition.withLock { _pid = pid } }
-
-    func exited(_ status: Int32) {
-        condition.withLock {
-            _exitStatus = status
-            condition.broadcast()
-        }
-    }
-
-    /// The exit status, waiting for it until `deadline`; nil when QEMU is still running.
-    func waitForExit(until deadline: Date) -> Int32? {
-        condition.withLock {
-            while _exitStatus == nil {
-                if !condition.wait(until: deadline) { break }
-            }
-            return _exitStatus
-        }
-    }
+/// The pid and exit status of the QEMU process.
+private struct ProcessState {
+    var pid: pid_t?
+    var exitStatus: Int32?
 }
 
 /// A spawn failure, handed from the waiter thread to `start()`.

@@ -4,10 +4,10 @@ import TOMLKit
 /// A parsed TOML file that remembers where it came from, so every error can name the
 /// file, the key and the line. Profiles, answer files and host configuration are all
 /// read through this: unknown keys are errors, never silently ignored.
-public struct TOMLDocument: Sendable {
+public struct TOMLDocument {
     public let path: String
     public let source: String
-    nonisolated(unsafe) let root: TOMLTable
+    let root: TOMLTable
 
     /// Reads and parses the file at `path`.
     public init(path: String) throws {
@@ -100,7 +100,7 @@ public struct TOMLDocument: Sendable {
 
 /// One table of a `TOMLDocument`. Typed accessors record which keys were read;
 /// `finish()` turns every key nobody asked for into an error.
-public final class TOMLSection: @unchecked Sendable {
+public final class TOMLSection {
     public let document: TOMLDocument
     public let keyPath: [String]
     let table: TOMLTable

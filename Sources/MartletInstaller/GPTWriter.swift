@@ -1,20 +1,21 @@
 import CParted
 import Foundation
 import MartletCore
+import Synchronization
 
 /// Writes a `PartitionLayout` as a fresh GPT with libparted: exact (1 MiB-aligned) geometry,
 /// partition names and type GUIDs through parted's flags, then tells the kernel.
 enum GPTWriter {
     /// libparted reports problems through a global exception handler; this one records the
     /// message and cancels, so no prompt ever waits on a terminal.
-    nonisolated(unsafe) private static var lastException = ""
+    private static let lastException = Mutex("")
 
     private static let handler:
         @convention(c) (UnsafeMutablePointer<PedException>?) -> PedExceptionOption = {
             exception in
             guard let exception else { return PED_EXCEPTION_UNHANDLED }
             let message = exception.pointee.message.map { String(cString: $0) } ?? "unknown error"
-            GPTWriter.lastException = message
+            GPTWriter.lastException.withLock { $0 = message }
             // Warnings and information do not stop the write; errors cancel it.
             if exception.pointee.type.rawValue < PED_EXCEPTION_ERROR.rawValue {
                 return exception.pointee.options.rawValue & PED_EXCEPTION_IGNORE.rawValue != 0
@@ -26,9 +27,9 @@ enum GPTWriter {
 
     static func write(_ layout: PartitionLayout, to path: String) throws {
         ped_exception_set_handler(handler)
-        lastException = ""
+        lastException.withLock { $0 = "" }
         func failure(_ call: String) -> MartletError {
-            MartletError(.failed, "libparted \(call) failed on \(path)", cause: lastException)
+            MartletError(.failed, "libparted \(call) failed on \(path)", cause: lastException.withLock { $0 })
         }
         guard let device = ped_device_get(path) else { throw failure("ped_device_get") }
         defer { ped_device_destroy(device) }
@@ -82,7 +83,7 @@ enum GPTWriter {
             throw MartletError(
                 .failed, "the kernel did not take the new partition table of \(path)",
                 hint: "something still uses the disk; for a loop device attach it with losetup -P",
-                cause: lastException)
+                cause: lastException.withLock { $0 })
         }
     }
 }

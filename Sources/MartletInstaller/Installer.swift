@@ -7,7 +7,7 @@ import MartletCore
 /// initramfs. Each stage reports begin/update/end to a `ProgressSink`; a failure names the
 /// stage and carries the failing command's output, and everything mounted is unmounted.
 /// `run()` is meant to be called once, from one thread (a front end's worker thread).
-public final class Installer: @unchecked Sendable {
+public final class Installer {
     public let plan: InstallPlan
     let progress: any ProgressSink
     let logger: Logger

@@ -1,3 +1,5 @@
+import MartletSystem
+
 #if canImport(Glibc)
     import Glibc
 #endif

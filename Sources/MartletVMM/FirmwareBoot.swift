@@ -1,4 +1,5 @@
 import CKVM
+import MartletVMMProtocol
 
 #if canImport(Glibc)
     import Glibc
@@ -206,7 +207,10 @@ extension Machine {
     /// Maps `image`, describes the platform through fw_cfg and the CMOS, and puts vCPU 0 at
     /// the reset vector; the other vCPUs keep waiting for INIT/SIPI in the in-kernel LAPIC.
     /// Returns the port devices the firmware needs.
-    func startFirmware(_ image: FirmwareImage) throws -> [(range: ClosedRange<UInt16>, device: PortIODevice)] {
+    static func startFirmware(
+        _ image: FirmwareImage, kvm: KVMSystem, vm: VirtualMachineHandle, memory: GuestMemory, config: VMConfig,
+        virtio: [VirtioMMIOTransport], bootVCPU: VCPUHandle
+    ) throws -> [(range: ClosedRange<UInt16>, device: PortIODevice)] {
         guard kvm.has(KVM_CAP_READONLY_MEM) else {
             throw VMMError(.kvmCapability, "KVM lacks KVM_CAP_READONLY_MEM, needed to map the firmware '\(image.path)' as ROM; a newer host kernel is needed")
         }
@@ -222,7 +226,7 @@ extension Machine {
         try fwCfg.describePlatform(memory: memory, vcpus: config.vcpus, acpi: acpi, firstDisk: firstDisk)
         let low = memory.regions.first { $0.guestAddress == 0 }?.size ?? 0
         let cmos = CMOS(lowMemory: low, highMemory: memory.totalSize - low, vcpus: config.vcpus)
-        try vcpus[0].setupResetVector()
+        try bootVCPU.setupResetVector()
         return [
             (FwCfg.selectorPort...FwCfg.lastPort, fwCfg),
             (CMOS.indexPort...CMOS.dataPort, cmos),

@@ -1,3 +1,5 @@
+import MartletSystem
+
 /// QEMU's firmware configuration device (fw_cfg) on the x86 I/O ports, the way SeaBIOS reads
 /// its platform: a 16-bit selector at 0x510, a byte-wide data port at 0x511 and the DMA
 /// interface at 0x514 (high half of the big-endian descriptor address) / 0x518 (low half,

@@ -8,6 +8,11 @@ import Synchronization
 #endif
 
 /// A running virtual machine: KVM handles, guest memory, devices and one thread per vCPU.
+///
+/// Shared by the vCPU threads, the control server and the caller of `run`. It stays
+/// `@unchecked Sendable` because it holds guest memory and KVM handles, which every vCPU thread
+/// uses at once by design; everything that changes after `init` is in `control` (run state,
+/// behind a lock) or atomic (`ioExitCount`, `firstExit`), and the devices lock themselves.
 public final class Machine: @unchecked Sendable {
     /// How the guest ended.
     public enum Exit: Equatable, Sendable {
@@ -30,28 +35,34 @@ public final class Machine: @unchecked Sendable {
     let serial: Serial
     let powerManagement: PowerManagement
     let virtio: [VirtioMMIOTransport]
-    private var portDevices: [(range: ClosedRange<UInt16>, device: PortIODevice)] = []
+    private let portDevices: [(range: ClosedRange<UInt16>, device: PortIODevice)]
     /// The BIOS image mapped at the top of 4 GiB in firmware mode (kept for its mapping).
-    private var firmware: FirmwareImage?
+    private let firmware: FirmwareImage?
     /// Ports already reported as unhandled (each is logged once).
     private let unhandledPorts = Mutex<Set<UInt16>>([])
     /// Pages of unhandled MMIO already reported with `traceIO`.
     private let unhandledPages = Mutex<Set<UInt64>>([])
 
-    private let control = ConditionLock()
-    private var exitResult: Exit?
-    private var paused = false
-    private var stopping = false
-    private var pausedVCPUs = 0
-    private var threads: [pthread_t] = []
-    private var started = false
+    /// What the vCPU threads and the controlling threads share while the guest runs.
+    private struct RunState {
+        var started = false
+        var exit: Exit?
+        var paused = false
+        var stopping = false
+        var parkedVCPUs = 0
+        var threads: [pthread_t] = []
+        /// The vCPU threads must leave their loops.
+        var ending: Bool { stopping || exit != nil }
+    }
+    private let control = ConditionLock(RunState())
     /// `serial: "file:PATH"` and `serial_log`; owned here so a failing init closes them.
     private let serialFile: FileDescriptor?
     private let serialLog: FileDescriptor?
     private let serialSocket: SerialSocket?
     private let ioExitCount = Atomic<Int>(0)
-    /// CLOCK_MONOTONIC nanoseconds of the first VM exit (the guest has run).
-    public private(set) var firstExitNanoseconds: UInt64 = 0
+    /// CLOCK_MONOTONIC nanoseconds of the first VM exit (the guest has run), 0 before it.
+    public var firstExitNanoseconds: UInt64 { firstExit.load(ordering: .acquiring) }
+    private let firstExit = Atomic<UInt64>(0)
 
     /// Creates the VM: validates `config`, loads the kernel (or `kernelOverride`) and initrd,
     /// builds devices and vCPUs. `serialSink` replaces `config.serial` (tests capture output).
@@ -150,11 +161,20 @@ public final class Machine: @unchecked Sendable {
         }
         self.vcpus = vcpus
 
-        portDevices = [
+        var ports: [(range: ClosedRange<UInt16>, device: PortIODevice)] = [
             (Serial.base...Serial.base + 7, serial),
             (0x60...0x64, I8042(onEvent: eventRelay)),
             (PowerManagement.eventBlock...PowerManagement.controlBlock + 1, powerManagement),
         ]
+        if let firmware {
+            ports += try Machine.startFirmware(
+                firmware, kvm: kvm, vm: vm, memory: memory, config: config, virtio: transports, bootVCPU: vcpus[0])
+        }
+        if config.traceIO {
+            ports.append((DebugConsole.port...DebugConsole.port, DebugConsole(sink: { byte in Machine.trace(byte) })))
+        }
+        portDevices = ports
+        self.firmware = firmware
         if let kernel {
             try loadGuest(kernel: kernel, initrd: initrd)
             for vcpu in vcpus {
@@ -164,12 +184,6 @@ public final class Machine: @unchecked Sendable {
                     if vcpu.index > 0 { try vcpu.setMPState(runnable: true) }
                 }
             }
-        } else if let firmware {
-            self.firmware = firmware
-            portDevices += try startFirmware(firmware)
-        }
-        if config.traceIO {
-            portDevices.append((DebugConsole.port...DebugConsole.port, DebugConsole(sink: { byte in Machine.trace(byte) })))
         }
         onEvent = { [unowned self] event in
             finish(event == .powerOff ? .powerOff : .reset)
@@ -221,32 +235,27 @@ public final class Machine: @unchecked Sendable {
     /// which stops it and reports `.crashed("timeout")`).
     public func run(timeout: Double? = nil) throws -> Exit {
         Machine.installKickHandler()
-        try control.withLock {
-            guard !started else { throw VMMError(.guest, "the machine already ran") }
-            started = true
-        }
-        for vcpu in vcpus {
-            do {
-                threads.append(try startThread { [self] in vcpuLoop(vcpu) })
-            } catch {
-                finish(.crashed("\(error)"))
-                break
-            }
-        }
-        let result: Exit = control.withLock {
-            if let timeout {
-                if !control.wait(until: { exitResult != nil }, timeout: timeout) {
-                    exitResult = .crashed("timeout after \(timeout) s")
+        try control.withLock { state in
+            guard !state.started else { throw VMMError(.guest, "the machine already ran") }
+            state.started = true
+            // Started with the lock held: a vCPU's first look at the run state waits until
+            // the list of threads (which `pause` counts) is complete.
+            for vcpu in vcpus {
+                do {
+                    state.threads.append(try startThread { [self] in vcpuLoop(vcpu) })
+                } catch {
+                    state.exit = state.exit ?? .crashed("\(error)")
+                    break
                 }
-            } else {
-                control.wait(until: { exitResult != nil })
             }
-            stopping = true
-            control.broadcast()
-            return exitResult!
+        }
+        let result = control.wait(until: { $0.exit != nil }, timeout: timeout) { state, ended -> Exit in
+            if !ended { state.exit = .crashed("timeout after \(timeout ?? 0) s") }
+            state.stopping = true
+            return state.exit!
         }
         kickAll()
-        for thread in threads { pthread_join(thread, nil) }
+        for thread in control.withLock({ $0.threads }) { pthread_join(thread, nil) }
         for transport in virtio { transport.device.stop() }
         serialSocket?.close()
         return result
@@ -254,17 +263,16 @@ public final class Machine: @unchecked Sendable {
 
     /// Ends the run with `exit` (the first reason wins).
     func finish(_ exit: Exit) {
-        control.withLock {
-            if exitResult == nil { exitResult = exit }
-            control.broadcast()
+        control.withLock { state in
+            if state.exit == nil { state.exit = exit }
         }
     }
 
     public var state: VMState {
-        control.withLock {
-            if !started { return .created }
-            if exitResult != nil { return .stopped }
-            return paused ? .paused : .running
+        control.withLock { state in
+            if !state.started { return .created }
+            if state.exit != nil { return .stopped }
+            return state.paused ? .paused : .running
         }
     }
 
@@ -285,18 +293,13 @@ public final class Machine: @unchecked Sendable {
 
     /// Stops every vCPU out of KVM_RUN and waits until all are parked.
     public func pause() {
-        control.withLock { paused = true }
+        control.withLock { $0.paused = true }
         kickAll()
-        control.withLock {
-            _ = control.wait(until: { pausedVCPUs == threads.count || exitResult != nil }, timeout: 5)
-        }
+        control.wait(until: { $0.parkedVCPUs == $0.threads.count || $0.exit != nil }, timeout: 5) { _, _ in }
     }
 
     public func resume() {
-        control.withLock {
-            paused = false
-            control.broadcast()
-        }
+        control.withLock { $0.paused = false }
     }
 
     /// Stops the VM at once (control API `stop`).
@@ -312,7 +315,7 @@ public final class Machine: @unchecked Sendable {
     public var deviceErrors: [String] { virtio.compactMap { $0.lastError?.message } }
 
     private func kickAll() {
-        let running = control.withLock { threads }
+        let running = control.withLock { $0.threads }
         for (index, thread) in running.enumerated() {
             vcpus[index].setImmediateExit(true)
             pthread_kill(thread, SIGUSR2)
@@ -331,15 +334,16 @@ public final class Machine: @unchecked Sendable {
 
     /// Parks while paused; returns false when the vCPU must leave its loop.
     private func shouldContinue(_ vcpu: VCPUHandle) -> Bool {
-        control.withLock {
-            if stopping || exitResult != nil { return false }
-            if paused {
-                pausedVCPUs += 1
-                control.broadcast()
-                control.wait(until: { !paused || stopping || exitResult != nil })
-                pausedVCPUs -= 1
-            }
-            return !(stopping || exitResult != nil)
+        let parking = control.withLock { state -> Bool? in
+            if state.ending { return nil }
+            if state.paused { state.parkedVCPUs += 1 }
+            return state.paused
+        }
+        guard let parking else { return false }
+        guard parking else { return true }
+        return control.wait(until: { !$0.paused || $0.ending }) { state, _ in
+            state.parkedVCPUs -= 1
+            return !state.ending
         }
     }
 
@@ -355,7 +359,7 @@ public final class Machine: @unchecked Sendable {
                     vcpu.setImmediateExit(false)
                     continue
                 }
-                if firstExitNanoseconds == 0 { recordFirstExit() }
+                if firstExit.load(ordering: .relaxed) == 0 { recordFirstExit() }
                 switch Int32(exit.reason) {
                 case KVM_EXIT_IO:
                     ioExitCount.add(1, ordering: .relaxed)
@@ -388,9 +392,8 @@ public final class Machine: @unchecked Sendable {
     private func recordFirstExit() {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
-        control.withLock {
-            if firstExitNanoseconds == 0 { firstExitNanoseconds = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec) }
-        }
+        _ = firstExit.compareExchange(
+            expected: 0, desired: UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec), ordering: .releasing)
     }
 
     private func describeRegisters(_ vcpu: VCPUHandle) -> String {

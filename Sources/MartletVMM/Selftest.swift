@@ -1,3 +1,4 @@
+import MartletSystem
 import MartletVMMProtocol
 
 #if canImport(Glibc)

@@ -1,3 +1,5 @@
+import MartletSystem
+
 /// A virtio device behind the MMIO transport.
 protocol VirtioDevice: AnyObject {
     var deviceID: UInt32 { get }

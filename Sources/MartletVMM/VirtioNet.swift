@@ -1,4 +1,5 @@
 import CKVM
+import MartletSystem
 
 #if canImport(Glibc)
     import Glibc

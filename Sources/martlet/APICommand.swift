@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import MartletCore
 import MartletHost
+import Synchronization
 
 struct APICommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -25,23 +26,16 @@ struct APIServeCommand: ParsableCommand {
             host: VMHost(), socketPath: socket, logger: Logger(label: "martlet.api"))
         // The root command is synchronous (the builder's commands are), so the server runs in
         // a task while this thread waits for it.
-        let outcome = ServeOutcome()
+        let outcome = Mutex<String?>(nil)
         let done = DispatchSemaphore(value: 0)
         Task {
-            do { try await server.run() } catch { outcome.set("\(error)") }
+            do { try await server.run() } catch { outcome.withLock { $0 = "\(error)" } }
             done.signal()
         }
         done.wait()
-        if let message = outcome.message {
+        if let message = outcome.withLock({ $0 }) {
             FileHandle.standardError.write(Data("martlet api serve: \(message)\n".utf8))
             throw ExitCode(1)
         }
     }
-}
-
-private final class ServeOutcome: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: String?
-    func set(_ message: String) { lock.withLock { stored = message } }
-    var message: String? { lock.withLock { stored } }
 }

@@ -357,13 +357,17 @@ import Testing
         try machine.waitFor("Loading Martlet \(E2E.version) (unattended)", timeout: .seconds(240))
         try machine.waitFor("martlet-installer: ", timeout: .seconds(600))
         scenario.mark("boot-to-refusal")
-        // The whole message (with its Fix line) reaches the console right after.
-        Thread.sleep(forTimeInterval: 3)
-        let output = machine.serialOutput
-        for text in expected where !output.contains(text) {
-            throw MartletError(
-                .failed, "the installer's error does not say '\(text)'", cause: machine.serialTail(30))
+        // The whole message (with its Fix line) follows within moments; each part is waited
+        // for with its own deadline, and a missing one fails with the console's tail.
+        for text in expected {
+            do {
+                try machine.waitFor(text, timeout: .seconds(30))
+            } catch {
+                throw MartletError(
+                    .failed, "the installer's error does not say '\(text)'", cause: machine.serialTail(30))
+            }
         }
+        let output = machine.serialOutput
         if let line = E2E.readable(output).split(separator: "\n").first(where: {
             $0.contains("martlet-installer: ")
         }), let start = line.range(of: "martlet-installer: ") {

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import MartletAnswer
 import MartletCore
+import Synchronization
 
 extension TextInstaller {
     /// Where the answer file goes on the installed host.
@@ -134,33 +135,34 @@ extension TextInstaller {
 
 /// Shows the engine's progress events on the progress screen: the stage and an overall
 /// percentage, where each stage is an equal share and the copy's bytes fill its share.
+///
+/// `@unchecked Sendable` because newt's components are C pointers: they are drawn only with
+/// `lock` held, from whichever thread reports progress.
 final class TextUIProgress: ProgressSink, @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = Mutex<(current: String?, lastDraw: Date)>((nil, .distantPast))
     private let stage: newtComponent
     private let scale: newtComponent
-    private var current: String?
-    private var lastDraw = Date.distantPast
 
     init(stage: newtComponent, scale: newtComponent) {
         self.stage = stage
         self.scale = scale
     }
 
-    var currentStage: String? { lock.withLock { current } }
+    var currentStage: String? { lock.withLock { $0.current } }
 
     func emit(_ event: ProgressEvent) {
-        lock.withLock {
+        lock.withLock { state in
             guard let index = event.index, let count = event.count, count > 0 else { return }
             var fraction = 0.0
             switch event.kind {
             case .begin:
-                current = event.stage
+                state.current = event.stage
             case .update:
                 if let completed = event.completed, let total = event.total, total > 0 {
                     fraction = min(Double(completed) / Double(total), 1)
                 }
                 // Redrawing for every copied block would cost more than the copy.
-                if Date().timeIntervalSince(lastDraw) < 0.2 { return }
+                if Date().timeIntervalSince(state.lastDraw) < 0.2 { return }
             case .end:
                 fraction = 1
             case .note:
@@ -171,7 +173,7 @@ final class TextUIProgress: ProgressSink, @unchecked Sendable {
             newtLabelSetText(stage, "Step \(index) of \(count): \(event.stage)  \(percent)%")
             newtScaleSet(scale, UInt64(overall * 1000))
             newtRefresh()
-            lastDraw = Date()
+            state.lastDraw = Date()
         }
     }
 }
