@@ -26,7 +26,7 @@ struct TextUITests {
         try ui.keys("F12")
         let erase = try ui.waitFor("┤ Erase disks ├")
         #expect(erase.contains(target.path) && erase.contains(extra.path))
-        try ui.keys("Enter")
+        try ui.keys("Tab", "Enter")  // from Cancel to "Erase and install"
         try ui.waitFor("┤ Save answers ├")
         try ui.keys("Enter")
         #expect(try ui.exitStatus() == 0, "\(ui.stderr)")
@@ -85,8 +85,17 @@ struct TextUITests {
         // The plan scrolls, so the summary starts on it; never on Back, and Enter installs.
         #expect(try !cursorIsOn("Back", ui), "the summary must not start on Back: \(summary)")
         try ui.keys("Enter")
-        try ui.waitFor("┤ Erase disks ├")
+        let eraseDialog = try ui.waitFor("┤ Erase disks ├")
+        // Erasing is never the Enter key's choice: the dialog starts on Cancel and Enter
+        // goes back to the summary; erasing takes a move to "Erase and install".
+        #expect(try cursorIsOn("Cancel", ui), "the erase dialog must start on Cancel: \(eraseDialog)")
         try ui.keys("Enter")
+        try ui.waitForScreen("the summary again after Enter on the erase dialog") {
+            $0.contains("Summary") && !$0.contains("┤ Erase disks ├")
+        }
+        try ui.keys("Enter")
+        try ui.waitFor("┤ Erase disks ├")
+        try ui.keys("Tab", "Enter")
         try ui.waitFor("┤ Save answers ├")
         try ui.keys("Enter")
         #expect(try ui.exitStatus() == 0, "\(ui.stderr)")
@@ -207,7 +216,7 @@ struct TextUITests {
         }
         screen = try ui.waitFor("┤ Erase disks ├")
         #expect(screen.contains(disk.path))
-        try ui.keys("Tab", "Enter")  // Cancel: back on the summary
+        try ui.keys("Enter")  // Cancel, where the dialog starts: back on the summary
         screen = try ui.waitForScreen("the summary without the erase dialog") {
             $0.contains("Summary") && !$0.contains("┤ Erase disks ├")
         }
@@ -281,7 +290,7 @@ struct TextUITests {
         try walk.drive(ui)
         try ui.keys("F12")
         try ui.waitFor("┤ Erase disks ├")
-        try ui.keys("Enter")
+        try ui.keys("Tab", "Enter")
         try ui.waitFor("┤ Installing ├", timeout: 30)
         var progress: Set<String> = []
         let deadline = Date().addingTimeInterval(400)
@@ -347,7 +356,7 @@ struct TextUITests {
         try TextUIWalk(target: disk.path).drive(ui)
         try ui.keys("F12")
         try ui.waitFor("┤ Erase disks ├")
-        try ui.keys("Enter")
+        try ui.keys("Tab", "Enter")
         let screen = try ui.waitFor("┤ Installation failed ├", timeout: 30)
         #expect(screen.contains("stopped at step 'preflight'"), "\(screen)")
         #expect(screen.contains("global.timezone: the host image has no time zone database"), "\(screen)")

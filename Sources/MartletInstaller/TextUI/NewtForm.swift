@@ -29,6 +29,19 @@ enum NewtScreen {
     static func confirm(_ title: String, _ text: String, yes: String = "Yes", no: String = "No") -> Bool {
         martlet_newtWinChoice(title, yes, no, text) == 1
     }
+
+    /// A question whose "yes" destroys something. The focus starts on `no`, so Enter alone (a
+    /// key held down, one Enter too many after the summary) never confirms: the user moves to
+    /// `yes` on purpose. Esc is `no` too.
+    static func confirmDestructive(_ title: String, _ text: String, yes: String, no: String = "Cancel") -> Bool {
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let width = min(74, max(44, (lines.map(\.count).max() ?? 0) + 4))
+        let form = NewtForm(title: title, width: width, height: lines.count + 3)
+        defer { form.close() }
+        _ = form.text(1, 0, width: width - 2, height: lines.count, text)
+        form.buttons([no, yes], y: lines.count + 1, right: width - 1, primary: 0)
+        return form.run() == .button(1)
+    }
 }
 
 /// One window with its form. Components are owned by the form and freed with it; the window

@@ -397,7 +397,7 @@ public final class TextInstaller {
                 let text = "ALL DATA on these disks will be erased:\n\n"
                     + erased.map { "  \($0)" }.joined(separator: "\n")
                     + (options.dryRun ? "\n\n(dry run: nothing is written, the plan is printed)" : "\n\nThis cannot be undone.")
-                if NewtScreen.confirm("Erase disks", text, yes: "Erase and install", no: "Cancel") {
+                if NewtScreen.confirmDestructive("Erase disks", text, yes: "Erase and install") {
                     return .plan(plan)
                 }
             }
