@@ -63,6 +63,13 @@ struct TextUITests {
         #expect(try cursorIsOn("Next", ui), "the welcome screen must start on Next: \(welcome)")
         try ui.keys("Enter")
         try ui.waitFor("┤ Keyboard layout ├")
+        // Every layout the image carries is offered, the common ones first: the last entry
+        // is one of the rest (the dry run's catalog is this machine's).
+        let layouts = TextInstaller.keyboardChoices(HostCatalog(root: "/"))
+        try #require(layouts.count > TextInstaller.keyboards.count, "this machine carries no xkb layout list")
+        try ui.keys("End")
+        try ui.waitFor(layouts.last!.name)
+        try ui.keys("Home")
         try ui.keys("Down", "Down")  // us, gb, de
         try ui.keys("Enter")
         try ui.waitFor("┤ Target disk ├")

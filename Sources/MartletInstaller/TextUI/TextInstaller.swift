@@ -175,13 +175,27 @@ public final class TextInstaller {
     private func keyboard() -> Move {
         let form = NewtForm(title: "Keyboard layout")
         form.label(1, 1, "Layout of the keyboard on this machine's console:")
-        let current = Self.keyboards.firstIndex { $0.0 == choices.keyboard } ?? 0
+        let layouts = Self.keyboardChoices([options.source, "/"].map(HostCatalog.init(root:)).first { $0.hasKeyboardLayouts })
+        let current = layouts.firstIndex { $0.code == choices.keyboard } ?? 0
         let list = form.listbox(
-            1, 3, height: 10, width: 40, items: Self.keyboards.map { "\($0.0.padding(toLength: 4, withPad: " ", startingAt: 0)) \($0.1)" },
+            1, 3, height: 10, width: 60, items: layouts.map { "\($0.code.padding(toLength: 6, withPad: " ", startingAt: 0)) \($0.name)" },
             current: current)
         let error = errorLabel(form)
         form.buttons(["Back", "Next"], y: 17)
-        return loop(form, error: error, store: { choices.keyboard = Self.keyboards[list.current ?? 0].0 })
+        return loop(form, error: error, store: { choices.keyboard = layouts[list.current ?? 0].code })
+    }
+
+    /// The layouts to offer: the common ones first, then every other layout the host image
+    /// carries, by name. Only what the image has is offered (the install refuses the rest),
+    /// and a rarer layout is a scroll away rather than missing.
+    static func keyboardChoices(_ catalog: HostCatalog?) -> [(code: String, name: String)] {
+        let common = keyboards.map { (code: $0.0, name: $0.1) }
+        guard let catalog, catalog.hasKeyboardLayouts else { return common }
+        let carried = catalog.keyboardLayouts
+        let carriedCodes = Set(carried.map(\.code))
+        let offeredFirst = common.filter { carriedCodes.contains($0.code) }
+        let firstCodes = Set(offeredFirst.map(\.code))
+        return offeredFirst + carried.filter { !firstCodes.contains($0.code) }.sorted { $0.name < $1.name }
     }
 
     static func describe(_ disk: Disk) -> String {
