@@ -8,7 +8,7 @@ OUT ?= out
 RELEASE_FLAGS = -c release --static-swift-stdlib
 RELEASE_BIN = $(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path 2>/dev/null)
 
-.PHONY: setup build release iso test unit e2e bench-build clean
+.PHONY: setup build release iso test unit e2e bench-build fuzz clean
 setup:
 	bash scripts/setup
 
@@ -35,6 +35,11 @@ test: unit e2e
 
 bench-build: release
 	bash scripts/bench-build
+
+# libFuzzer over the parsers and decoders (SECONDS per target); `make test` replays the corpora.
+SECONDS_PER_TARGET ?= 60
+fuzz: setup
+	bash scripts/fuzz $(SECONDS_PER_TARGET)
 
 clean:
 	rm -rf .build $(OUT)
