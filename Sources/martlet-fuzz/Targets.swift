@@ -1,0 +1,106 @@
+import MartletAnswer
+import MartletVMM
+import MartletVMMProtocol
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One fuzz target: takes any bytes, must neither crash nor hang, whatever they are.
+struct FuzzTarget: Sendable {
+    let name: String
+    let summary: String
+    let body: @Sendable ([UInt8]) -> Void
+}
+
+let targets: [FuzzTarget] = [
+    FuzzTarget(name: "vmm-config", summary: "martlet-vmm's JSON configuration, then its validation") { bytes in
+        if let config = try? VMConfig(json: String(decoding: bytes, as: UTF8.self), source: "fuzz") {
+            _ = try? config.validate()
+        }
+    },
+    FuzzTarget(name: "control", summary: "a request line on the VMM's control socket, and a reply line") { bytes in
+        let line = String(decoding: bytes, as: UTF8.self)
+        _ = try? ControlRequest(line: line)
+        _ = try? ControlReply(line: line)
+    },
+    FuzzTarget(name: "answer", summary: "an installer answer file (TOML), parsed and validated") { bytes in
+        _ = try? AnswerFile.parse(path: "fuzz.toml", contents: String(decoding: bytes, as: UTF8.self))
+    },
+    FuzzTarget(name: "virtqueue", summary: "the virtqueue chain walk over guest memory the guest wrote") { bytes in
+        VirtQueueInput.run(bytes)
+    },
+]
+
+/// Lays fuzz bytes out as a guest would: a small header sets the queue (size and ring
+/// addresses, possibly bogus), the rest is guest RAM from address 0; then the device side
+/// walks every chain the "guest" made available, as a virtio device does on a notify.
+enum VirtQueueInput {
+    static func run(_ bytes: [UInt8]) {
+        guard bytes.count >= 8, let memory = try? GuestMemory(size: 2 << 20) else { return }
+        func half(_ index: Int) -> UInt16 { UInt16(bytes[index]) | UInt16(bytes[index + 1]) << 8 }
+        let queue = VirtQueue(maxSize: 256)
+        queue.size = half(0) % 512
+        // Ring addresses near the data, sometimes misaligned or beyond RAM (bit 15 set).
+        queue.descriptorTable = UInt64(half(2)) << 4
+        queue.availableRing = UInt64(half(4)) << 4 | UInt64(bytes[6] & 1) << 1
+        queue.usedRing = UInt64(half(6)) << 4 | (bytes[6] & 2 == 0 ? 0 : 0x10_0000_0000)
+        let ram = try! memory.buffer(at: 0, length: 64 << 10)
+        ram.initializeMemory(as: UInt8.self, repeating: 0)
+        ram.copyBytes(from: bytes.dropFirst(8).prefix(ram.count))
+        guard (try? queue.validate(memory)) != nil else { return }
+        queue.ready = true
+        for _ in 0..<Int(queue.size) + 1 {
+            guard let chain = try? queue.pop(memory) else { return }
+            _ = chain.buffers.reduce(0) { $0 &+ UInt64($1.length) }
+            guard (try? queue.push(memory, head: chain.head, length: 0)) != nil else { return }
+        }
+    }
+}
+
+func target(named name: String) -> FuzzTarget? { targets.first { $0.name == name } }
+
+func usage() -> Never {
+    var text = "usage: martlet-fuzz TARGET FILE|DIR...   (replay inputs through TARGET)\n"
+    #if FUZZING
+        text = "usage: MARTLET_FUZZ_TARGET=TARGET martlet-fuzz [libFuzzer flags] [CORPUS...]\n"
+    #endif
+    text += "targets:\n" + targets.map { "  \($0.name.padding(12)) \($0.summary)\n" }.joined()
+    printError(text)
+    exit(2)
+}
+
+func printError(_ text: String) {
+    _ = text.withCString { write(2, $0, strlen($0)) }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
+
+/// Reading corpora without Foundation.
+enum Replay {
+    /// `path` itself, or the regular files directly inside it (sorted), for a directory.
+    static func files(at path: String) -> [String] {
+        guard let directory = opendir(path) else { return [path] }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if entry.pointee.d_type == UInt8(DT_REG) { names.append(path + "/" + name) }
+        }
+        return names.sorted()
+    }
+
+    static func read(_ path: String) -> [UInt8]? {
+        guard let file = fopen(path, "rb") else { return nil }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            bytes += chunk.prefix(count)
+            if count < chunk.count { return ferror(file) == 0 ? bytes : nil }
+        }
+    }
+}
