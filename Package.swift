@@ -68,7 +68,7 @@ let package = Package(
         .target(
             name: "MartletHost",
             dependencies: [
-                "MartletCore", "MartletSystem", "MartletVMMProtocol",
+                "MartletCore", "MartletSystem", "MartletVMMProtocol", "CArchive",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),

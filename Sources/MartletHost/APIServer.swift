@@ -30,6 +30,8 @@ public struct APIServer: Sendable {
         public var nics: [NICRequest]?
         public var autostart: Bool?
         public var onCrash: String?
+        /// A cloud-init NoCloud seed: `sshKeys` are the keys' text, `userData` a path on the host.
+        public var cloudInit: VMDefinition.CloudInit?
 
         public struct DiskRequest: Codable, Sendable {
             public var pool: String
@@ -77,7 +79,7 @@ public struct APIServer: Sendable {
                         bridge: nic.bridge ?? "br0",
                         mac: nic.mac?.lowercased() ?? VMDefinition.generatedMAC(vm: name, index: index))
                 },
-                autostart: autostart ?? false, onCrash: policy)
+                autostart: autostart ?? false, onCrash: policy, cloudInit: cloudInit)
             try definition.validate()
             return definition
         }
