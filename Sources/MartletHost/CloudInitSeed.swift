@@ -52,15 +52,20 @@ public struct CloudInitSeed: Equatable, Sendable {
     /// `martlet-NAME`: the VM's name is its identity on the host.
     public static func instanceID(vm: String) -> String { "martlet-\(vm)" }
 
-    /// Version 2 network config: each NIC matched by its MAC; the first gets the static
-    /// address when one is given, every other NIC asks DHCP.
+    /// Version 2 network config: NIC I matched by its MAC and named ethI (`set-name`: the
+    /// renderers other than netplan match on the name too, and cloud-init renames only
+    /// interfaces that have one); the first gets the static address when one is given,
+    /// every other NIC asks DHCP.
     static func networkConfig(_ cloudInit: VMDefinition.CloudInit, nics: [VMDefinition.NIC])
         -> String?
     {
         guard !nics.isEmpty else { return nil }
         var lines = ["version: 2", "ethernets:"]
         for (index, nic) in nics.enumerated() {
-            lines += ["  nic\(index):", "    match:", "      macaddress: \(quoted(nic.mac))"]
+            lines += [
+                "  eth\(index):", "    match:", "      macaddress: \(quoted(nic.mac))",
+                "    set-name: \"eth\(index)\"",
+            ]
             if index == 0, let ip = cloudInit.ip {
                 lines += ["    addresses:", "      - \(quoted(ip))"]
                 if let gateway = cloudInit.gateway {

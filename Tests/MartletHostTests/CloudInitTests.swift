@@ -208,9 +208,10 @@ import Testing
             files["network-config"] == """
                 version: 2
                 ethernets:
-                  nic0:
+                  eth0:
                     match:
                       macaddress: "02:4d:4c:00:00:01"
+                    set-name: "eth0"
                     addresses:
                       - "192.0.2.10/24"
                     routes:
@@ -300,5 +301,84 @@ import Testing
         #expect(try extract(seed)["meta-data"]?.contains("local-hostname: \"renamed\"") == true)
         _ = try martlet.json("vm", "stop", "ci")
         _ = try martlet.json("vm", "delete", "ci")
+    }
+}
+
+/// The seed's files as cloud-init itself reads them (Debian's `cloud-init` package, which
+/// scripts/setup installs disabled): the generated user-data passes `cloud-init schema`,
+/// network-config renders through `cloud-init devel net-convert`, meta-data loads as the
+/// YAML mapping NoCloud expects (PyYAML, cloud-init's own parser).
+@Suite(
+    .enabled(
+        if: ChildProcess.find("cloud-init") != nil,
+        "cloud-init is not installed: scripts/setup installs it (disabled at boot)"))
+struct CloudInitToolTests {
+    let root: String
+
+    init() throws { root = try TestSupport.temporaryDirectory("cloudinit-tool") }
+
+    func write(_ name: String, _ text: String) throws -> String {
+        let path = root + "/" + name
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// The systemd-networkd files `net-convert` renders from a network-config.
+    func networkd(_ networkConfig: String) throws -> String {
+        let input = try write("network-config-\(UUID().uuidString.prefix(6))", networkConfig)
+        let output = input + ".out"
+        try Command(
+            "cloud-init",
+            ["devel", "net-convert", "-p", input, "-k", "yaml", "-d", output, "-D", "debian",
+             "-O", "networkd"]
+        ).run()
+        let directory = output + "/etc/systemd/network"
+        return try FileManager.default.contentsOfDirectory(atPath: directory).sorted().map {
+            try String(contentsOfFile: directory + "/" + $0, encoding: .utf8)
+        }.joined(separator: "\n")
+    }
+
+    @Test func seedFilesAsCloudInitReadsThem() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKsmOaBEvHQ8OhzqC2C5Yb1wDlQdcJmpvO8K3/h0B4wn me@laptop"
+        let definition = VMDefinition(
+            name: "web", boot: .init(kernel: .path("/vmlinuz")),
+            nics: [.init(mac: "02:4d:4c:00:00:01"), .init(mac: "02:4d:4c:00:00:02")],
+            cloudInit: .init(
+                hostname: "web.example.org", sshKeys: [key, key + " second"], ip: "192.0.2.10/24",
+                gateway: "192.0.2.1", dns: ["192.0.2.53"]))
+        try definition.validate()
+        let seed = try #require(try CloudInitSeed(definition))
+
+        let schema = try Command(
+            "cloud-init", ["schema", "--config-file", try write("user-data", seed.userData)]
+        ).run()
+        #expect(schema.stdoutText.contains("Valid cloud-config"), "\(schema.stdoutText)")
+        // The same check fails on a broken file: the tool really judges.
+        let broken = try Command(
+            "cloud-init",
+            ["schema", "--config-file", try write("broken", "#cloud-config\nssh_authorized_keys: 5\n")]
+        ).runAllowingFailure()
+        #expect(broken.status != 0)
+
+        let meta = try Command(
+            "/usr/bin/python3",
+            [
+                "-c",
+                "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); print(d['instance-id'], d['local-hostname'], '|'.join(d['public-keys']))",
+                try write("meta-data", seed.metaData),
+            ]
+        ).run().stdoutText
+        #expect(meta == "martlet-web web.example.org \(key)|\(key) second\n")
+
+        let rendered = try networkd(try #require(seed.networkConfig))
+        for expected in [
+            "MACAddress=02:4d:4c:00:00:01", "Name=eth0", "Address=192.0.2.10/24",
+            "Gateway=192.0.2.1", "DNS=192.0.2.53", "MACAddress=02:4d:4c:00:00:02", "Name=eth1",
+            "DHCP=ipv4",
+        ] {
+            #expect(rendered.contains(expected), "\(expected) in:\n\(rendered)")
+        }
     }
 }
