@@ -24,7 +24,10 @@ struct CloudInitOptions: ParsableArguments {
             valueName: "FILE"))
     var userData: String?
 
-    @Option(help: "With --cloud-init: the guest's host name (default: the VM's name).")
+    @Option(
+        help: ArgumentHelp(
+            "With --cloud-init: the guest's host name (default: the VM's name).",
+            valueName: "NAME"))
     var hostname: String?
 
     @Option(

@@ -104,9 +104,9 @@ struct VolumeImportCommand: ParsableCommand {
             with qemu-img. A URL is downloaded with curl into $TMPDIR (default /var/tmp) and \
             removed once it is in the volume. Progress goes to stderr. With --sha256 an image \
             whose digest differs is refused and nothing is left behind.
+              URL=https://cloud.debian.org/images/cloud/bookworm/latest
               martlet volume import local/debian-12 \\
-                https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2 \\
-                --sha256 HEX
+                $URL/debian-12-genericcloud-amd64.qcow2 --sha256 HEX
             """)
     @Argument(help: ArgumentHelp("The new volume.", valueName: "POOL/VOLUME")) var volume: String
     @Argument(help: ArgumentHelp("The image: a file, or an http:// or https:// URL.", valueName: "IMAGE"))
