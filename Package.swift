@@ -41,14 +41,14 @@ let package = Package(
         .target(
             name: "MartletCore",
             dependencies: [
-                "MartletSystem",
+                "MartletSystem", "CCrypto",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]),
         .target(
             name: "MartletBuilder",
             dependencies: [
-                "MartletCore", "MartletSystem", "CArchive", "CCrypto",
+                "MartletCore", "MartletSystem", "CArchive",
             ]),
         // The answer-file model: no C libraries, so the builder can check an answer file
         // without linking the installer.
@@ -68,7 +68,7 @@ let package = Package(
         .target(
             name: "MartletHost",
             dependencies: [
-                "MartletCore", "MartletSystem", "MartletVMMProtocol",
+                "MartletCore", "MartletSystem", "MartletVMMProtocol", "CArchive",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),

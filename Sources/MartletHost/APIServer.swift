@@ -30,6 +30,8 @@ public struct APIServer: Sendable {
         public var nics: [NICRequest]?
         public var autostart: Bool?
         public var onCrash: String?
+        /// A cloud-init NoCloud seed: `sshKeys` are the keys' text, `userData` a path on the host.
+        public var cloudInit: VMDefinition.CloudInit?
 
         public struct DiskRequest: Codable, Sendable {
             public var pool: String
@@ -77,7 +79,7 @@ public struct APIServer: Sendable {
                         bridge: nic.bridge ?? "br0",
                         mac: nic.mac?.lowercased() ?? VMDefinition.generatedMAC(vm: name, index: index))
                 },
-                autostart: autostart ?? false, onCrash: policy)
+                autostart: autostart ?? false, onCrash: policy, cloudInit: cloudInit)
             try definition.validate()
             return definition
         }
@@ -87,9 +89,11 @@ public struct APIServer: Sendable {
         public var name: String
         /// The size for a new empty volume, e.g. "8GiB".
         public var size: String?
-        /// An image file on the host to import instead (raw or qcow2).
+        /// An image to import instead (raw or qcow2): a file on the host or an http(s) URL.
         public var image: String?
         public var format: ImageFormat?
+        /// The image's expected SHA-256; a mismatch is refused and leaves nothing behind.
+        public var sha256: String?
     }
 
     public struct ResizeRequest: Codable, Sendable {
@@ -204,7 +208,8 @@ public struct APIServer: Sendable {
             return try await Self.respond(status: .created) { () -> VolumeInfo in
                 let pool = try host.pool(name)
                 if let image = body.image {
-                    return try pool.importVolume(body.name, from: image, format: body.format)
+                    return try pool.importVolume(
+                        body.name, from: image, format: body.format, sha256: body.sha256)
                 }
                 guard let text = body.size, let size = ByteSize(parsing: text) else {
                     throw MartletError(.invalidInput, "give 'size' (e.g. \"8GiB\") or 'image'")
@@ -303,6 +308,7 @@ public struct APIServer: Sendable {
             case .notFound: .notFound
             case .refused: .conflict
             case .permissionDenied: .forbidden
+            case .verificationFailed: .unprocessableContent
             case .missingDependency, .unavailable: .notImplemented
             default: .internalServerError
             }

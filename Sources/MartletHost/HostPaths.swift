@@ -57,4 +57,6 @@ public struct HostPaths: Sendable, Equatable {
     /// The runner's exit status, written as it ends: `vm start` sees a VM that could not
     /// start without waiting for its timeout.
     public func runnerExit(_ name: String) -> String { "\(state(name))/runner.exit" }
+    /// The cloud-init NoCloud seed image, written by the runner at every start.
+    public func cloudInitSeed(_ name: String) -> String { "\(state(name))/cidata.iso" }
 }

@@ -98,10 +98,13 @@ public struct VMDefinition: Codable, Equatable, Sendable {
     public var nics: [NIC]
     public var autostart: Bool
     public var onCrash: CrashPolicy
+    /// A NoCloud seed for cloud images (`[cloud-init]`); none when nil.
+    public var cloudInit: CloudInit?
 
     public init(
         name: String, vcpus: Int = 1, memory: ByteSize = .mib(256), boot: Boot, disks: [Disk] = [],
-        nics: [NIC] = [], autostart: Bool = false, onCrash: CrashPolicy = .restart
+        nics: [NIC] = [], autostart: Bool = false, onCrash: CrashPolicy = .restart,
+        cloudInit: CloudInit? = nil
     ) {
         self.name = name
         self.vcpus = vcpus
@@ -111,6 +114,7 @@ public struct VMDefinition: Codable, Equatable, Sendable {
         self.nics = nics
         self.autostart = autostart
         self.onCrash = onCrash
+        self.cloudInit = cloudInit
     }
 
     public static let maxVCPUs = 64
@@ -165,7 +169,9 @@ public struct VMDefinition: Codable, Equatable, Sendable {
 }
 
 extension VMDefinition {
-    static let topKeys = ["vcpus", "memory", "autostart", "on-crash", "boot", "disk", "nic"]
+    static let topKeys = [
+        "vcpus", "memory", "autostart", "on-crash", "boot", "disk", "nic", "cloud-init",
+    ]
 
     /// Parses the definition file at `path`; the VM's name is the file name without `.toml`.
     public init(path: String) throws {
@@ -224,11 +230,13 @@ extension VMDefinition {
             nics.append(NIC(bridge: bridge, mac: mac))
             try section.finish()
         }
+        let cloudInitSection = try root.section("cloud-init")
+        let cloudInit = try cloudInitSection.map { try CloudInit(section: $0) }
         try root.finish()
         self.init(
             name: name, vcpus: vcpus, memory: memory,
             boot: Boot(kernel: kernel, initrd: initrd, cmdline: cmdline), disks: disks, nics: nics,
-            autostart: autostart, onCrash: CrashPolicy(rawValue: policyText)!)
+            autostart: autostart, onCrash: CrashPolicy(rawValue: policyText)!, cloudInit: cloudInit)
         // The same rules as `validate()`, reported at the line of the key that breaks one.
         if let violation = firstViolation() {
             let section: TOMLSection =
@@ -237,6 +245,7 @@ extension VMDefinition {
                 case .boot: bootSection
                 case .disk(let index): diskSections[index]
                 case .nic(let index): nicSections[index]
+                case .cloudInit: cloudInitSection ?? root
                 }
             throw section.error(violation.key, violation.message, hint: violation.hint)
         }
@@ -250,6 +259,7 @@ extension VMDefinition {
             case root, boot
             case disk(Int)
             case nic(Int)
+            case cloudInit
         }
         var table: Table
         var key: String
@@ -263,6 +273,7 @@ extension VMDefinition {
             case .boot: "boot.\(key)"
             case .disk(let index): "disk[\(index)].\(key)"
             case .nic(let index): "nic[\(index)].\(key)"
+            case .cloudInit: "cloud-init.\(key)"
             }
         }
     }
@@ -337,6 +348,10 @@ extension VMDefinition {
                     table: .nic(index), key: "mac", message: "'\(nic.mac)' is used by another NIC of this VM")
             }
         }
+        if let problem = cloudInit?.violation(vm: name, nics: nics) {
+            return Violation(
+                table: .cloudInit, key: problem.key, message: problem.message, hint: problem.hint)
+        }
         return nil
     }
 
@@ -378,10 +393,12 @@ private struct FileLayout: Encodable {
     var boot: Boot
     var disk: [Disk]?
     var nic: [NIC]?
+    var cloudInit: CloudInitTable?
 
     enum CodingKeys: String, CodingKey {
         case vcpus, memory, autostart, boot, disk, nic
         case onCrash = "on-crash"
+        case cloudInit = "cloud-init"
     }
 
     init(_ definition: VMDefinition) {
@@ -401,5 +418,6 @@ private struct FileLayout: Encodable {
         nic =
             definition.nics.isEmpty
             ? nil : definition.nics.map { NIC(bridge: $0.bridge, mac: $0.mac) }
+        cloudInit = definition.cloudInit.map(CloudInitTable.init)
     }
 }

@@ -110,6 +110,13 @@ public struct VMHost: Sendable {
             throw MartletError(
                 .notFound, "VM '\(definition.name)': kernel '\(path)' does not exist")
         }
+        do {
+            _ = try definition.cloudInit?.readUserData()
+        } catch let error as MartletError {
+            throw MartletError(
+                error.code, "VM '\(definition.name)': cloud-init.user-data: \(error.message)",
+                hint: "give a cloud-config file of at most \(ByteSize(UInt64(VMDefinition.CloudInit.maxUserDataBytes)))")
+        }
     }
 
     /// A volume `create` makes for the new VM (`vm create --new-disk`, the API's `size`).

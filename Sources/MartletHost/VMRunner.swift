@@ -127,6 +127,8 @@ public final class VMRunner: Sendable {
 
     /// One VMM process from taps to teardown; returns its exit status.
     func runOnce(_ definition: VMDefinition) throws -> Int32 {
+        // Written at every start: the guest sees the definition as it is now.
+        try CloudInitSeed(definition)?.write(to: paths.cloudInitSeed(name))
         let config = try host.vmmConfiguration(definition)
         try (config.json.text + "\n").write(
             toFile: paths.vmmConfig(name), atomically: true, encoding: .utf8)

@@ -191,6 +191,14 @@ extension VMHost {
                 path: try self.pool(disk.pool).volume(disk.volume).path, readOnly: disk.readOnly,
                 id: String(disk.volume.prefix(20)))
         }
+        // After the VM's own disks, so they keep their names (/dev/vda …) and the first
+        // one stays the one firmware boots.
+        if definition.cloudInit != nil {
+            config.disks.append(
+                VMConfig.Disk(
+                    path: paths.cloudInitSeed(definition.name), readOnly: true,
+                    id: CloudInitSeed.volumeLabel))
+        }
         // The runner creates these taps on the NICs' bridges before it starts the VMM.
         config.nics = definition.nics.enumerated().map { index, nic in
             VMConfig.NIC(tap: VMDefinition.tapName(vm: definition.name, index: index), mac: nic.mac)

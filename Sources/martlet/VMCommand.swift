@@ -81,6 +81,8 @@ struct VMCreateCommand: ParsableCommand {
     @Option(help: "What a crash does: restart or stop.")
     var onCrash = "restart"
 
+    @OptionGroup var cloudInit: CloudInitOptions
+
     @OptionGroup var options: HostOptions
 
     func run() throws {
@@ -140,7 +142,8 @@ struct VMCreateCommand: ParsableCommand {
                     boot: .init(
                         kernel: try source(kernel, "kernel"),
                         initrd: try initrd.map { try source($0, "initrd") }, cmdline: cmdline),
-                    disks: attached, nics: interfaces, autostart: autostart, onCrash: policy)
+                    disks: attached, nics: interfaces, autostart: autostart, onCrash: policy,
+                    cloudInit: try cloudInit.table())
                 return try host.create(definition, newVolumes: newVolumes)
             }, text: { "created VM '\($0.name)' (\(host(path: $0)))" })
     }

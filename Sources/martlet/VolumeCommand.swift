@@ -98,10 +98,22 @@ struct VolumeDeleteCommand: ParsableCommand {
 struct VolumeImportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import",
-        abstract: "Create a volume from a raw or qcow2 image (qcow2 needs qemu-img).")
+        abstract: "Create a volume from a raw or qcow2 image file or http(s) URL.",
+        discussion: """
+            The format is read from the image (a qcow2 header, else raw); qcow2 is converted \
+            with qemu-img. A URL is downloaded with curl into $TMPDIR (default /var/tmp) and \
+            removed once it is in the volume. Progress goes to stderr. With --sha256 an image \
+            whose digest differs is refused and nothing is left behind.
+              URL=https://cloud.debian.org/images/cloud/bookworm/latest
+              martlet volume import local/debian-12 \\
+                $URL/debian-12-genericcloud-amd64.qcow2 --sha256 HEX
+            """)
     @Argument(help: ArgumentHelp("The new volume.", valueName: "POOL/VOLUME")) var volume: String
-    @Argument(help: "The image file.") var image: String
+    @Argument(help: ArgumentHelp("The image: a file, or an http:// or https:// URL.", valueName: "IMAGE"))
+    var image: String
     @Option(help: "Image format: raw or qcow2 (detected when left out).") var format: ImageFormat?
+    @Option(help: ArgumentHelp("The image's expected SHA-256 (64 hex digits).", valueName: "HEX"))
+    var sha256: String?
     @OptionGroup var options: HostOptions
 
     func run() throws {
@@ -110,7 +122,8 @@ struct VolumeImportCommand: ParsableCommand {
             { host -> VolumeInfo in
                 let reference = try VMHost.volumeReference(volume)
                 return try host.pool(reference.pool).importVolume(
-                    reference.volume, from: image, format: format)
+                    reference.volume, from: image, format: format, sha256: sha256,
+                    progress: TextProgress())
             }, text: { "imported \(image) as \($0.pool)/\($0.name) (\(ByteSize($0.size)))" })
     }
 }

@@ -105,4 +105,53 @@ final class APIProcess {
         #expect(try api.request("GET", "/v1/vms/api-vm").status == 404)
         #expect(try api.request("GET", "/v1/pools/local/volumes").body == "[]")
     }
+
+    /// Volume import from a URL with a digest, and a VM with a cloud-init table, through
+    /// the REST API: the same checks and refusals as the CLI, with their HTTP statuses.
+    @Test func importAndCloudInitThroughTheAPI() throws {
+        let fixture = try HostFixture(label: "api-import")
+        let served = fixture.root + "/served"
+        try FileManager.default.createDirectory(atPath: served, withIntermediateDirectories: true)
+        var bytes = [UInt8](repeating: 0, count: 2 << 20)
+        bytes.replaceSubrange(4096..<4106, with: Array("api import".utf8))
+        try Data(bytes).write(to: URL(fileURLWithPath: served + "/image.raw"))
+        let digest = try Digest.sha256(file: served + "/image.raw")
+        let server = try LocalHTTPServer(directory: served)
+        let api = try APIProcess(fixture: fixture)
+
+        func post(_ body: String) throws -> (status: Int, body: String) {
+            try api.request("POST", "/v1/pools/local/volumes", body)
+        }
+        let imported = try post(
+            #"{"name": "web", "image": "\#(server.url("image.raw"))", "sha256": "\#(digest)"}"#)
+        #expect(imported.status == 201, "\(imported.body)")
+        #expect(api.json(imported.body)["size"] as? Int == 2 << 20)
+        let mismatch = try post(
+            #"{"name": "bad", "image": "\#(server.url("image.raw"))", "sha256": "\#(String(repeating: "0", count: 64))"}"#)
+        #expect(mismatch.status == 422, "\(mismatch.body)")
+        #expect(mismatch.body.contains("verificationFailed"), "\(mismatch.body)")
+        let missing = try post(#"{"name": "bad", "image": "\#(server.url("nope.raw"))"}"#)
+        #expect(missing.status == 500)
+        #expect(missing.body.contains("HTTP 404"), "\(missing.body)")
+        #expect(try post(#"{"name": "bad", "image": "ftp://127.0.0.1/x"}"#).status == 400)
+        #expect(try fixture.host.pool("local").volumes().map(\.name) == ["web"])
+
+        let created = try api.request(
+            "POST", "/v1/vms",
+            #"{"name": "ci", "kernel": "/k", "disks": [{"pool": "local", "volume": "web"}], "nics": [{}], "cloudInit": {"hostname": "ci-host", "ip": "192.0.2.10/24"}}"#
+        )
+        // The kernel does not exist: refused like the CLI; with a kernel that does, created.
+        #expect(created.status == 404, "\(created.body)")
+        let kernel = served + "/image.raw"
+        let good = try api.request(
+            "POST", "/v1/vms",
+            #"{"name": "ci", "kernel": "\#(kernel)", "nics": [{}], "cloudInit": {"hostname": "ci-host", "ip": "192.0.2.10/24"}}"#
+        )
+        #expect(good.status == 201, "\(good.body)")
+        #expect(try fixture.host.definition("ci").cloudInit == .init(hostname: "ci-host", ip: "192.0.2.10/24"))
+        let bad = try api.request(
+            "POST", "/v1/vms", #"{"name": "ci2", "kernel": "\#(kernel)", "cloudInit": {"ip": "192.0.2.10/24"}}"#)
+        #expect(bad.status == 400)
+        #expect(bad.body.contains("cloud-init.ip"), "\(bad.body)")
+    }
 }

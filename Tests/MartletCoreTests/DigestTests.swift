@@ -1,6 +1,5 @@
+import MartletCore
 import Testing
-
-@testable import MartletBuilder
 
 /// SHA-256 through libcrypto: the FIPS 180-2 answers, and a file hashed across chunk borders
 /// equal to the same bytes hashed at once.
