@@ -122,7 +122,6 @@ long ckvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *values,
 #define APIC_LVT1 0x360
 #define APIC_MODE_NMI 0x4
 #define APIC_MODE_EXTINT 0x7
-#define APIC_LVT_MASKED 0x10000u
 
 static void set_lvt_mode(struct kvm_lapic_state *lapic, int offset, uint32_t mode) {
     uint32_t value;
@@ -131,17 +130,11 @@ static void set_lvt_mode(struct kvm_lapic_state *lapic, int offset, uint32_t mod
     memcpy(lapic->regs + offset, &value, 4);
 }
 
-long ckvm_setup_lapic_lint(int vcpu_fd, int unmask_lint0) {
+long ckvm_setup_lapic_lint(int vcpu_fd) {
     struct kvm_lapic_state lapic;
     long result = ckvm_ioctl(vcpu_fd, KVM_GET_LAPIC, (unsigned long)&lapic);
     if (result < 0) return result;
     set_lvt_mode(&lapic, APIC_LVT0, APIC_MODE_EXTINT);
-    if (unmask_lint0) {
-        uint32_t value;
-        memcpy(&value, lapic.regs + APIC_LVT0, 4);
-        value &= ~APIC_LVT_MASKED;
-        memcpy(lapic.regs + APIC_LVT0, &value, 4);
-    }
     set_lvt_mode(&lapic, APIC_LVT1, APIC_MODE_NMI);
     return ckvm_ioctl(vcpu_fd, KVM_SET_LAPIC, (unsigned long)&lapic);
 }

@@ -221,11 +221,8 @@ public final class VCPUHandle {
         }
     }
 
-    /// LINT0 ExtINT, LINT1 NMI. `acceptPIC` also unmasks LINT0, as a PC's BIOS leaves the
-    /// boot CPU (QEMU's reset state): without it KVM never delivers the in-kernel PIC's
-    /// interrupts, so a firmware's timer (PIT IRQ0 through the PIC, in real mode) never ticks.
-    public func setupLAPIC(acceptPIC: Bool) throws {
-        let result = ckvm_setup_lapic_lint(fd, acceptPIC ? 1 : 0)
+    public func setupLAPIC() throws {
+        let result = ckvm_setup_lapic_lint(fd)
         guard result >= 0 else { throw VMMError.ioctl("KVM_GET_LAPIC/KVM_SET_LAPIC", result) }
     }
 

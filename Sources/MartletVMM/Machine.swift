@@ -151,9 +151,7 @@ public final class Machine: @unchecked Sendable {
         for index in 0..<config.vcpus {
             let vcpu = try VCPUHandle(vm: vm, index: index)
             try vcpu.setCPUID(VCPUHandle.cpuid(supportedCPUID, index: index, count: config.vcpus))
-            // Only the firmware's boot CPU: Linux programs its LAPICs itself, and a direct-boot
-            // test guest must not take PIC vectors from an uninitialised PIC.
-            try vcpu.setupLAPIC(acceptPIC: index == 0 && firmware != nil)
+            try vcpu.setupLAPIC()
             vcpus.append(vcpu)
         }
         self.vcpus = vcpus

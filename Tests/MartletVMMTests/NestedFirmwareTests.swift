@@ -136,7 +136,7 @@ struct NestedFirmwareTests {
         // under martlet-vmm (not under QEMU) — SeaBIOS's serial console writes lazily, and what
         // should flush it here is still to be found.
         // The menu's 2 s timeout runs on the BIOS tick count: the entry starts only if the
-        // PIT's IRQ0 reaches SeaBIOS through the PIC and the LAPIC's LINT0.
+        // PIT's IRQ0 reaches SeaBIOS (through the PIC and LINT0, which SeaBIOS sets to ExtINT).
         #expect(serial.contains("Booting `Debian kernel, Martlet firmware test'"), "GRUB did not start its menu entry (a menu that never times out: no timer ticks in real mode?):\n\(excerpt)")
         #expect(serial.contains("Linux version"), "GRUB did not start the kernel:\n\(excerpt)")
         #expect(serial.contains("MARTLET-FIRMWARE-INIT"), "Debian's kernel loaded by GRUB did not reach /init:\n\(excerpt)")

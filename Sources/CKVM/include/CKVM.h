@@ -67,10 +67,8 @@ long ckvm_set_cpuid2(int vcpu_fd, const struct kvm_cpuid_entry2 *entries, uint32
 /// KVM_SET_MSRS with `count` (index, value) pairs. Returns the number set, or -errno.
 long ckvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *values, uint32_t count);
 /// Programs the local APIC's LINT0 as ExtINT and LINT1 as NMI (KVM_GET/SET_LAPIC), the
-/// wiring a PC has and Linux expects. With `unmask_lint0`, LINT0 is also unmasked, so the
-/// in-kernel PIC's interrupts reach the vCPU before any guest code programs the LAPIC.
-/// Returns 0 or -errno.
-long ckvm_setup_lapic_lint(int vcpu_fd, int unmask_lint0);
+/// wiring a PC has and Linux expects. Returns 0 or -errno.
+long ckvm_setup_lapic_lint(int vcpu_fd);
 
 /// Opens (or creates) the tap interface `name` with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a
 /// `vnet_header_size`-byte virtio-net header (TUNSETIFF, TUNSETVNETHDRSZ are _IOW macros).
