@@ -152,4 +152,40 @@ import Testing
         #expect(help.stdout.contains("--boot disk"), "\(help.stdout)")
         #expect(help.stdout.contains("no bootable device"), "\(help.stdout)")
     }
+
+    /// The runner's side of a disk with nothing to boot: a VMM that ends with exit code 6 is
+    /// not restarted (although on-crash is "restart") and `vm show` says why. The VMM here
+    /// is a stand-in script with the real VMM's exit code: firmware boot needs real mode,
+    /// which these machines' /dev/kvm lacks (NestedFirmwareTests has the real VMM say it).
+    @Test func runnerDoesNotRestartAVMWithNoBootableDevice() throws {
+        let fixture = try HostFixture(label: "noboot-runner")
+        let vmm = fixture.root + "/vmm-no-boot"
+        try """
+            #!/bin/sh
+            echo "$*" >> \(fixture.root)/vmm-runs
+            exit \(VMMExitCode.noBootableDevice.rawValue)
+
+            """.write(toFile: vmm, atomically: true, encoding: .utf8)
+        chmod(vmm, 0o755)
+        var environment = fixture.environment
+        environment["MARTLET_VMM"] = vmm
+        let martlet = TestSupport.product("martlet")
+        func run(_ arguments: String...) throws -> ChildProcess.Output {
+            try TestSupport.run(martlet, arguments, environment: environment)
+        }
+        #expect(try run("volume", "create", "local/blank", "--size", "4MiB").status == 0)
+        #expect(try run("vm", "create", "blank", "--boot", "disk", "--disk", "local/blank").status == 0)
+        let started = try run("vm", "start", "blank", "--timeout", "10")
+        #expect(started.status != 0, "\(started.stdout)")
+        #expect(started.stderr.contains("could not start: no bootable device"), "\(started.stderr)")
+        #expect(Poll.until(timeout: 10) { fixture.host.runnerPID("blank") == nil })
+        let runs = try String(contentsOfFile: fixture.root + "/vmm-runs", encoding: .utf8)
+        #expect(runs.split(separator: "\n").count == 1, "the VMM ran more than once: \(runs)")
+        #expect(runs.contains("--config"), "\(runs)")
+        let shown = try run("vm", "show", "blank")
+        #expect(shown.stdout.contains("state: stopped (no bootable device)"), "\(shown.stdout)")
+        let json = try run("vm", "show", "blank", "--json")
+        let status = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        #expect(status?["problem"] as? String == "no bootable device", "\(json.stdout)")
+    }
 }
