@@ -10,12 +10,13 @@ struct InitramfsStage: BuildStage {
 
     /// Modules (with their dependencies) for every medium Martlet boots from: CD/DVD
     /// (ATA, AHCI, SCSI), USB sticks (xHCI/EHCI/OHCI/UHCI, usb-storage, UAS), virtual
-    /// media (virtio, NVMe, VMware/Hyper-V SCSI), and the filesystems of the live stack.
+    /// media (virtio over PCI, and over MMIO as martlet-vmm and QEMU microvm announce it in
+    /// ACPI; NVMe, VMware/Hyper-V SCSI), and the filesystems of the live stack.
     static let modules = [
         "loop", "squashfs", "overlay", "isofs", "cdrom", "sr_mod", "sd_mod",
         "ahci", "ata_piix", "ata_generic", "pata_acpi", "usb_storage", "uas",
-        "xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd", "virtio_pci", "virtio_blk",
-        "virtio_scsi", "nvme", "vmw_pvscsi", "hv_storvsc", "mptspi", "megaraid_sas",
+        "xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd", "virtio_pci", "virtio_mmio",
+        "virtio_blk", "virtio_scsi", "nvme", "vmw_pvscsi", "hv_storvsc", "mptspi", "megaraid_sas",
         "mpt3sas", "hpsa", "aacraid", "smartpqi", "nls_utf8", "vfat",
     ]
 

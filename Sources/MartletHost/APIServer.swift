@@ -23,8 +23,13 @@ public struct APIServer: Sendable {
         public var name: String?
         public var vcpus: Int?
         public var memory: String?
-        public var kernel: String
+        /// "kernel" (the default) or "disk": the firmware boots the first disk.
+        public var boot: String?
+        /// Required when `boot` is "kernel"; refused when it is "disk".
+        public var kernel: String?
         public var initrd: String?
+        /// The BIOS image for `boot` "disk"; the seabios package's when left out.
+        public var firmware: String?
         public var cmdline: String?
         public var disks: [DiskRequest]?
         public var nics: [NICRequest]?
@@ -66,11 +71,18 @@ public struct APIServer: Sendable {
                     .invalidInput, "onCrash: '\(policyText)' is not one of "
                         + VMDefinition.CrashPolicy.allCases.map(\.rawValue).joined(separator: ", "))
             }
+            let modeText = boot ?? VMDefinition.BootMode.kernel.rawValue
+            guard let mode = VMDefinition.BootMode(rawValue: modeText) else {
+                throw MartletError(
+                    .invalidInput, "boot: '\(modeText)' is not one of "
+                        + VMDefinition.BootMode.allCases.map(\.rawValue).joined(separator: ", "))
+            }
             let definition = VMDefinition(
                 name: name, vcpus: vcpus ?? 1, memory: size,
                 boot: .init(
-                    kernel: try source(kernel, "kernel"), initrd: try initrd.map { try source($0, "initrd") },
-                    cmdline: cmdline ?? "console=ttyS0"),
+                    mode: mode, kernel: try kernel.map { try source($0, "kernel") },
+                    initrd: try initrd.map { try source($0, "initrd") },
+                    cmdline: cmdline ?? "console=ttyS0", firmware: firmware),
                 disks: (disks ?? []).map {
                     .init(pool: $0.pool, volume: $0.volume, readOnly: $0.readOnly ?? false)
                 },

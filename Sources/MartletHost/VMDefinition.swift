@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletVMMProtocol
 
 /// One virtual machine as a person defines it in `/etc/martlet/vms/NAME.toml`.
 /// The runtime turns it into the VMM's JSON configuration.
@@ -55,17 +56,51 @@ public struct VMDefinition: Codable, Equatable, Sendable {
         }
     }
 
+    /// How a VM starts.
+    public enum BootMode: String, Codable, Sendable, CaseIterable {
+        /// Linux directly: the VMM loads `kernel` (and `initrd`) with `cmdline`.
+        case kernel
+        /// Like a PC: the firmware (SeaBIOS) boots whatever the first disk holds — an MBR with
+        /// GRUB, a hybrid ISO, a cloud image.
+        case disk
+    }
+
     public struct Boot: Codable, Equatable, Sendable {
-        public var kernel: FileSource
+        public var mode: BootMode
+        /// Required for mode kernel; refused for mode disk.
+        public var kernel: FileSource?
         public var initrd: FileSource?
+        /// The kernel command line (mode kernel; the disk's bootloader has its own).
         public var cmdline: String
+        /// The BIOS image for mode disk; nil means `VMDefinition.defaultFirmware`.
+        public var firmware: String?
+
+        /// Direct kernel boot.
         public init(
             kernel: FileSource, initrd: FileSource? = nil, cmdline: String = "console=ttyS0"
         ) {
+            self.init(mode: .kernel, kernel: kernel, initrd: initrd, cmdline: cmdline)
+        }
+
+        /// Any combination, as a file or a request gives it; `validate()` judges it.
+        public init(
+            mode: BootMode, kernel: FileSource? = nil, initrd: FileSource? = nil,
+            cmdline: String = "console=ttyS0", firmware: String? = nil
+        ) {
+            self.mode = mode
             self.kernel = kernel
             self.initrd = initrd
             self.cmdline = cmdline
+            self.firmware = firmware
         }
+
+        /// Firmware boot from the first disk, with `firmware` or the default one.
+        public static func disk(firmware: String? = nil) -> Boot {
+            Boot(mode: .disk, firmware: firmware)
+        }
+
+        /// The BIOS image the VMM gets in mode disk.
+        public var firmwarePath: String { firmware ?? VMDefinition.defaultFirmware }
     }
 
     /// A volume of a pool given to the guest as a virtio-blk disk.
@@ -120,6 +155,8 @@ public struct VMDefinition: Codable, Equatable, Sendable {
     public static let maxVCPUs = 64
     public static let maxDisks = 6
     public static let minMemory = ByteSize.mib(4)
+    /// SeaBIOS for PCI-less machines, from Debian's `seabios` package (in profiles/default).
+    public static let defaultFirmware = FirmwareRules.seaBIOSMicrovm
 
     /// VM, pool and volume names: they become file names, LV names, unit instance names.
     public static func isValidName(_ name: String) -> Bool {
@@ -197,7 +234,8 @@ extension VMDefinition {
         let policyText =
             try root.choice("on-crash", CrashPolicy.allCases.map(\.rawValue)) ?? "restart"
         let bootSection = try root.required(
-            try root.section("boot"), "boot", hint: "add a [boot] table with kernel = \"PATH\"")
+            try root.section("boot"), "boot",
+            hint: "add a [boot] table with kernel = \"PATH\", or mode = \"disk\"")
         func source(_ section: TOMLSection, _ key: String) throws -> FileSource? {
             guard let text = try section.string(key) else { return nil }
             guard let source = FileSource(parsing: text) else {
@@ -207,7 +245,13 @@ extension VMDefinition {
             }
             return source
         }
-        let kernel = try bootSection.required(try source(bootSection, "kernel"), "kernel")
+        let mode = BootMode(
+            rawValue: try bootSection.choice("mode", BootMode.allCases.map(\.rawValue))
+                ?? BootMode.kernel.rawValue)!
+        let firmware = try bootSection.string("firmware")
+        var kernel = try source(bootSection, "kernel")
+        // With a firmware but no mode, the boot rules below say what to change.
+        if mode == .kernel && firmware == nil { kernel = try bootSection.required(kernel, "kernel") }
         let initrd = try source(bootSection, "initrd")
         let cmdline = try bootSection.string("cmdline") ?? "console=ttyS0"
         try bootSection.finish()
@@ -235,7 +279,9 @@ extension VMDefinition {
         try root.finish()
         self.init(
             name: name, vcpus: vcpus, memory: memory,
-            boot: Boot(kernel: kernel, initrd: initrd, cmdline: cmdline), disks: disks, nics: nics,
+            boot: Boot(
+                mode: mode, kernel: kernel, initrd: initrd, cmdline: cmdline, firmware: firmware),
+            disks: disks, nics: nics,
             autostart: autostart, onCrash: CrashPolicy(rawValue: policyText)!, cloudInit: cloudInit)
         // The same rules as `validate()`, reported at the line of the key that breaks one.
         if let violation = firstViolation() {
@@ -305,6 +351,7 @@ extension VMDefinition {
                 message: "\(memory) is not a whole number of MiB of at least 4 MiB",
                 hint: "write e.g. \"512MiB\" or \"2GiB\"")
         }
+        if let violation = bootViolation() { return violation }
         guard boot.cmdline.utf8.count <= 2048 else {
             return Violation(
                 table: .boot, key: "cmdline", message: "is \(boot.cmdline.utf8.count) bytes long",
@@ -355,6 +402,51 @@ extension VMDefinition {
         return nil
     }
 
+    /// The boot mode's rules: a kernel VM names a kernel and no firmware; a disk VM names no
+    /// kernel or initrd, an absolute firmware path if any, and has a disk to boot.
+    func bootViolation() -> Violation? {
+        let conflict = "boot.kernel and boot.firmware conflict: a VM boots either a kernel directly or the firmware from its first disk"
+        switch boot.mode {
+        case .kernel:
+            if boot.firmware != nil {
+                return Violation(
+                    table: .boot, key: "firmware", message: conflict,
+                    hint: boot.kernel == nil
+                        ? "add mode = \"disk\" to boot the first disk with it"
+                        : "remove firmware, or remove kernel and set mode = \"disk\"")
+            }
+            guard boot.kernel != nil else {
+                return Violation(
+                    table: .boot, key: "kernel", message: "missing for mode \"kernel\"",
+                    hint: "give kernel = \"PATH\" or \"POOL/VOLUME\", or set mode = \"disk\"")
+            }
+        case .disk:
+            if boot.kernel != nil {
+                return Violation(
+                    table: .boot, key: "kernel", message: conflict,
+                    hint: "remove kernel (and initrd) for mode \"disk\", or use mode \"kernel\"")
+            }
+            if boot.initrd != nil {
+                return Violation(
+                    table: .boot, key: "initrd",
+                    message: "is only for mode \"kernel\"; the first disk's bootloader loads its own",
+                    hint: "remove initrd")
+            }
+            if let firmware = boot.firmware, !firmware.hasPrefix("/") {
+                return Violation(
+                    table: .boot, key: "firmware", message: "'\(firmware)' is not an absolute path",
+                    hint: "write e.g. \"\(VMDefinition.defaultFirmware)\", or leave it out for that one")
+            }
+            if disks.isEmpty {
+                return Violation(
+                    table: .root, key: "disk",
+                    message: "boot mode \"disk\" boots the first disk, and the VM has none",
+                    hint: "add a [[disk]] table (e.g. an imported image) before any other disk")
+            }
+        }
+        return nil
+    }
+
     /// The TOML text of this definition, in the form `init(path:)` reads.
     public var toml: String {
         TOMLDocument.text(
@@ -367,9 +459,11 @@ extension VMDefinition {
 /// (the model's own `Codable` form is the API's JSON shape).
 private struct FileLayout: Encodable {
     struct Boot: Encodable {
-        var kernel: String
+        var mode: String?
+        var kernel: String?
         var initrd: String?
-        var cmdline: String
+        var cmdline: String?
+        var firmware: String?
     }
 
     struct Disk: Encodable {
@@ -406,9 +500,12 @@ private struct FileLayout: Encodable {
         memory = definition.memory.description.replacingOccurrences(of: " ", with: "")
         autostart = definition.autostart
         onCrash = definition.onCrash.rawValue
-        boot = Boot(
-            kernel: definition.boot.kernel.description,
-            initrd: definition.boot.initrd?.description, cmdline: definition.boot.cmdline)
+        let boot = definition.boot
+        // A kernel VM's file reads as before boot modes existed; a disk VM has no cmdline.
+        self.boot = Boot(
+            mode: boot.mode == .kernel ? nil : boot.mode.rawValue,
+            kernel: boot.kernel?.description, initrd: boot.initrd?.description,
+            cmdline: boot.mode == .kernel ? boot.cmdline : nil, firmware: boot.firmware)
         disk =
             definition.disks.isEmpty
             ? nil

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletVMMProtocol
 
 /// A VM as `vm list|show` and the API report it.
 public struct VMStatus: Codable, Equatable, Sendable {
@@ -9,6 +10,29 @@ public struct VMStatus: Codable, Equatable, Sendable {
     /// The runner process (`martlet vm run NAME`) while running.
     public var pid: Int32?
     public var definition: VMDefinition
+    /// Why a stopped VM ended on its own, when it did not power off: "no bootable device",
+    /// or the runner's failure status. Nil while running and after a clean stop.
+    public var problem: String?
+
+    public init(
+        name: String, state: State, pid: Int32? = nil, definition: VMDefinition,
+        problem: String? = nil
+    ) {
+        self.name = name
+        self.state = state
+        self.pid = pid
+        self.definition = definition
+        self.problem = problem
+    }
+
+    /// What a runner's exit status says about how the VM ended (nil: it ended cleanly).
+    public static func problem(runnerStatus status: Int32) -> String? {
+        switch status {
+        case 0: nil
+        case VMMExitCode.noBootableDevice.rawValue: "no bootable device"
+        default: "failed (runner status \(status))"
+        }
+    }
 }
 
 /// The operations of the host, shared by the CLI and the REST API: VM definitions, their
@@ -104,7 +128,7 @@ public struct VMHost: Sendable {
         {
             _ = try self.pool(pool).volume(volume)
         }
-        if case .path(let path) = definition.boot.kernel,
+        if case .path(let path)? = definition.boot.kernel,
             !FileManager.default.fileExists(atPath: path)
         {
             throw MartletError(
@@ -116,6 +140,23 @@ public struct VMHost: Sendable {
             throw MartletError(
                 error.code, "VM '\(definition.name)': cloud-init.user-data: \(error.message)",
                 hint: "give a cloud-config file of at most \(ByteSize(UInt64(VMDefinition.CloudInit.maxUserDataBytes)))")
+        }
+        if definition.boot.mode == .disk { try checkFirmware(definition) }
+    }
+
+    /// Refuses a firmware file the VMM would refuse, before a VMM is spawned for it.
+    func checkFirmware(_ definition: VMDefinition) throws {
+        let path = definition.boot.firmwarePath
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {
+            throw MartletError(
+                .notFound, "VM '\(definition.name)': firmware '\(path)' does not exist",
+                hint: path == VMDefinition.defaultFirmware
+                    ? "install Debian's seabios package (apt-get install seabios)"
+                    : "give an existing BIOS image as boot.firmware, or leave it out for \(VMDefinition.defaultFirmware)")
+        }
+        let size = (attributes[.size] as? NSNumber)?.intValue ?? 0
+        if let problem = FirmwareRules.problem(path: path, size: size) {
+            throw MartletError(.invalidInput, "VM '\(definition.name)': firmware \(problem)")
         }
     }
 
@@ -233,18 +274,26 @@ public struct VMHost: Sendable {
     public func isRunning(_ name: String) throws -> Bool { runnerPID(name) != nil }
 
     public func status(_ name: String) throws -> VMStatus {
-        let definition = try definition(name)
-        let pid = runnerPID(name)
-        return VMStatus(
-            name: name, state: pid == nil ? .stopped : .running, pid: pid, definition: definition)
+        status(of: try definition(name))
     }
 
     public func statuses() throws -> [VMStatus] {
-        try definitions().map { definition in
-            let pid = runnerPID(definition.name)
+        try definitions().map(status(of:))
+    }
+
+    func status(of definition: VMDefinition) -> VMStatus {
+        guard let pid = runnerPID(definition.name) else {
             return VMStatus(
-                name: definition.name, state: pid == nil ? .stopped : .running, pid: pid,
-                definition: definition)
+                name: definition.name, state: .stopped, definition: definition,
+                problem: runnerExitStatus(definition.name).flatMap(VMStatus.problem(runnerStatus:)))
+        }
+        return VMStatus(name: definition.name, state: .running, pid: pid, definition: definition)
+    }
+
+    /// The status the VM's last runner recorded as it ended (`runner.exit`), if any.
+    func runnerExitStatus(_ name: String) -> Int32? {
+        (try? String(contentsOfFile: paths.runnerExit(name), encoding: .utf8)).flatMap {
+            Int32($0.trimmingCharacters(in: .whitespacesAndNewlines))
         }
     }
 

@@ -105,6 +105,11 @@ public final class VMRunner: Sendable {
                 logger.error(
                     "VM '\(name)': the VMM refused its configuration (\(paths.vmmConfig(name)))")
                 return 1
+            case .noBootableDevice?:
+                // Nothing on the disks boots; restarting would only print the same again.
+                logger.error(
+                    "VM '\(name)': no bootable device: the firmware found no boot sector on its first disk; not restarting it")
+                return status
             case .hostCannotRunVMs?:
                 // The VMM said why (KVM missing or not permitted); a restart cannot help.
                 logger.error("VM '\(name)': this host cannot run VMs now; not restarting it")

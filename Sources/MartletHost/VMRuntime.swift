@@ -59,12 +59,11 @@ extension VMHost {
             }
             // The runner ended before its VMM answered: a guest that powered off at once,
             // or a VM that cannot run (KVM missing, a disk gone); say why without waiting.
-            if let text = try? String(contentsOfFile: paths.runnerExit(name), encoding: .utf8),
-                let status = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
-            {
+            if let status = runnerExitStatus(name) {
                 if status == 0 { return try self.status(name) }
                 throw MartletError(
-                    .failed, "VM '\(name)' could not start (its runner ended with status \(status))",
+                    .failed,
+                    "VM '\(name)' could not start: \(VMStatus.problem(runnerStatus: status) ?? "")",
                     hint: systemd
                         ? "see: journalctl -u martlet-vm@\(name)" : "see \(paths.runnerLog(name))",
                     cause: runnerLogTail(name, systemd: systemd, since: began))
@@ -176,9 +175,14 @@ extension VMHost {
         var config = VMConfig()
         config.vcpus = definition.vcpus
         config.memoryMiB = Int(definition.memory.bytes >> 20)
-        config.kernel = try resolve(definition.boot.kernel)
-        config.initrd = try definition.boot.initrd.map(resolve)
-        config.cmdline = definition.boot.cmdline
+        switch definition.boot.mode {
+        case .kernel:
+            config.kernel = try definition.boot.kernel.map(resolve) ?? ""
+            config.initrd = try definition.boot.initrd.map(resolve)
+            config.cmdline = definition.boot.cmdline
+        case .disk:
+            config.firmware = definition.boot.firmwarePath
+        }
         // The runner is the serial socket's one client: it serves console.sock to any
         // number of `vm console` clients. The VMM itself keeps console.log.
         config.serial = .socket(paths.serialSocket(definition.name))

@@ -1,5 +1,6 @@
 import CKVM
 import MartletVMMProtocol
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -10,14 +11,10 @@ import MartletVMMProtocol
 /// 0xE0000 as ordinary, writable RAM: on QEMU's microvm the BIOS is RAM too, and SeaBIOS
 /// keeps its variables in that segment (there is no chipset to unlock shadow RAM).
 public final class FirmwareImage {
-    /// Images are whole 64 KiB blocks (as QEMU requires), at most 16 MiB so they stay above
-    /// the LAPIC and the TSS pages below them.
-    public static let blockSize = 64 << 10
-    public static let maxSize = 16 << 20
     /// The part of the image that also appears below 1 MiB.
     public static let legacyAliasSize = 128 << 10
     /// KVM_SET_TSS_ADDR in firmware mode: four pages below 0xFF000000 (the TSS and the
-    /// real-mode identity map), clear of any image up to `maxSize`.
+    /// real-mode identity map), clear of any image up to `FirmwareRules.maxSize`.
     public static let tssAddress: UInt64 = 0xFEFF_9000
     public static let tssSize: UInt64 = 0x4000
 
@@ -28,15 +25,7 @@ public final class FirmwareImage {
     /// Reads and checks the image; errors name the file and say what a usable one looks like.
     public init(path: String) throws {
         let bytes = try readWholeFile(path, what: "firmware")
-        guard !bytes.isEmpty else {
-            throw VMMError(.config, "firmware: '\(path)' is empty; give a BIOS image such as /usr/share/seabios/bios-microvm.bin (Debian package seabios)")
-        }
-        guard bytes.count <= FirmwareImage.maxSize else {
-            throw VMMError(.config, "firmware: '\(path)' is \(bytes.count) bytes, more than the \(FirmwareImage.maxSize >> 20) MiB a BIOS image may have; is it a disk image?")
-        }
-        guard bytes.count % FirmwareImage.blockSize == 0 else {
-            throw VMMError(.config, "firmware: '\(path)' is \(bytes.count) bytes, not a multiple of 64 KiB as BIOS images are; is it the right file?")
-        }
+        if let problem = FirmwareRules.problem(path: path, size: bytes.count) { throw VMMError(.config, "firmware: \(problem)") }
         let mapping = mmap(nil, bytes.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let mapping, mapping != MAP_FAILED else {
             throw VMMError(.memory, "cannot map \(bytes.count) bytes for firmware '\(path)': \(errnoText(errno))")
@@ -174,6 +163,32 @@ extension FwCfg {
         try addFile(ACPITableFiles.tablesFile, files.tables)
         try addFile(ACPITableFiles.rsdpFile, files.rsdp)
         try addFile(ACPITableFiles.loaderFile, files.loader)
+    }
+}
+
+/// Recognises SeaBIOS's "No bootable device." on the serial console. SeaBIOS prints it when
+/// no disk holds a boot sector, then waits 60 s and resets, for ever; the VMM ends the run
+/// instead, so the host can report the reason rather than a VM that seems to run.
+final class BootFailureWatch: @unchecked Sendable {
+    static let message = Array("No bootable device.".utf8)
+    /// Bytes of `message` matched so far; nil once it was seen.
+    private let matched = Mutex<Int?>(0)
+    private let onFailure: () -> Void
+
+    init(onFailure: @escaping () -> Void) { self.onFailure = onFailure }
+
+    /// Takes one byte of console output; calls `onFailure` once, when the message completes.
+    func observe(_ byte: UInt8) {
+        let complete: Bool = matched.withLock { matched in
+            guard let count = matched else { return false }
+            // No proper prefix of the message recurs inside it, so a mismatch restarts the
+            // match at this byte.
+            let message = BootFailureWatch.message
+            let next = byte == message[count] ? count + 1 : (byte == message[0] ? 1 : 0)
+            matched = next == message.count ? nil : next
+            return matched == nil
+        }
+        if complete { onFailure() }
     }
 }
 

@@ -20,6 +20,8 @@ public final class Machine: @unchecked Sendable {
         case reset
         case stopped
         case crashed(String)
+        /// The firmware found nothing to boot on any disk ("No bootable device.").
+        case noBootableDevice
     }
 
     /// Base of the virtio-mmio windows (one 4 KiB window per device) inside the MMIO hole.
@@ -130,7 +132,11 @@ public final class Machine: @unchecked Sendable {
             }
             log?.writeAll(CollectionOfOne(byte))
         }
-        serial = Serial(sink: sink, raiseIRQ: { vm.pulseIRQ(Serial.irq) })
+        var onBootFailure: () -> Void = {}
+        let bootFailure = firmware.map { _ in BootFailureWatch(onFailure: { onBootFailure() }) }
+        let console: (UInt8) -> Void =
+            bootFailure.map { watch in { byte in sink(byte); watch.observe(byte) } } ?? sink
+        serial = Serial(sink: console, raiseIRQ: { vm.pulseIRQ(Serial.irq) })
         let serial = self.serial
         try socket?.start(receive: { serial.receive($0) })
         var onEvent: (PlatformEvent) -> Void = { _ in }
@@ -188,6 +194,7 @@ public final class Machine: @unchecked Sendable {
         onEvent = { [unowned self] event in
             finish(event == .powerOff ? .powerOff : .reset)
         }
+        onBootFailure = { [unowned self] in finish(.noBootableDevice) }
     }
 
     /// The kernel command line with the virtio-mmio devices appended, for kernels built with

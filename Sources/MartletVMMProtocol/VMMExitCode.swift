@@ -13,4 +13,6 @@ public enum VMMExitCode: Int32, Sendable, CaseIterable {
     case stopped = 4
     /// This host cannot run VMs: /dev/kvm missing, not permitted, or lacking a capability.
     case hostCannotRunVMs = 5
+    /// The firmware found nothing to boot on the VM's disks (SeaBIOS: "No bootable device.").
+    case noBootableDevice = 6
 }

@@ -58,6 +58,7 @@ let usage = """
       3 guest reset with on_reboot "exit"
       4 stopped through the control socket ("stop")
       5 this host cannot run VMs: /dev/kvm missing, not permitted, or lacking a capability
+      6 no bootable device: the firmware found nothing to boot on the disks (--firmware)
 
     """
 
@@ -332,4 +333,6 @@ case .reset:
     fail("guest requested a reset (on_reboot: exit)", code: .reset)
 case .crashed(let reason):
     fail("guest stopped: \(reason)", code: .failed)
+case .noBootableDevice:
+    fail("no bootable device: the firmware found no boot sector on any disk; attach a bootable image as the first disk", code: .noBootableDevice)
 }

@@ -22,6 +22,12 @@ struct VMCommand: ParsableCommand {
                 --cmdline "console=ttyS0 root=/dev/vda1" --disk local/web-root \\
                 --nic br0 --memory 1GiB --autostart
               martlet vm start web && martlet vm console web
+
+            A VM that boots its first disk like a PC (SeaBIOS from the seabios package runs \
+            the disk's bootloader: GRUB in an MBR, a hybrid ISO, a cloud image); 'martlet vm \
+            console' shows the firmware's and the bootloader's text:
+              martlet vm create db --boot disk --disk local/db-root --nic br0
+              martlet vm show db   # nothing to boot: "stopped (no bootable device)"
             """,
         subcommands: [
             VMCreateCommand.self, VMListCommand.self, VMShowCommand.self, VMStartCommand.self,
@@ -48,14 +54,31 @@ struct VMCreateCommand: ParsableCommand {
     @Option(help: "Guest memory, e.g. 512MiB or 2GiB.")
     var memory = ByteSize.mib(256)
 
-    @Option(help: ArgumentHelp("Kernel: an absolute path or POOL/VOLUME.", valueName: "SOURCE"))
-    var kernel: String
+    @Option(
+        help: ArgumentHelp(
+            "How the VM starts: kernel (the VMM loads --kernel directly) or disk (the firmware boots the first --disk).",
+            valueName: "kernel|disk"))
+    var boot = VMDefinition.BootMode.kernel.rawValue
 
-    @Option(help: ArgumentHelp("Initramfs: an absolute path or POOL/VOLUME.", valueName: "SOURCE"))
+    @Option(
+        help: ArgumentHelp(
+            "Kernel (--boot kernel, required there): an absolute path or POOL/VOLUME.",
+            valueName: "SOURCE"))
+    var kernel: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Initramfs (--boot kernel): an absolute path or POOL/VOLUME.", valueName: "SOURCE"))
     var initrd: String?
 
-    @Option(help: "Kernel command line.")
+    @Option(help: "Kernel command line (--boot kernel).")
     var cmdline = "console=ttyS0"
+
+    @Option(
+        help: ArgumentHelp(
+            "BIOS image (--boot disk); default \(VMDefinition.defaultFirmware) (Debian package seabios).",
+            valueName: "PATH"))
+    var firmware: String?
 
     @Option(
         name: .customLong("disk"),
@@ -96,6 +119,9 @@ struct VMCreateCommand: ParsableCommand {
                             "--\(flag): '\(text)' is neither an absolute path nor POOL/VOLUME")
                     }
                     return source
+                }
+                guard let mode = VMDefinition.BootMode(rawValue: boot) else {
+                    throw MartletError(.invalidInput, "--boot: '\(boot)' is not kernel or disk")
                 }
                 guard let policy = VMDefinition.CrashPolicy(rawValue: onCrash) else {
                     throw MartletError(
@@ -140,8 +166,9 @@ struct VMCreateCommand: ParsableCommand {
                 let definition = VMDefinition(
                     name: name, vcpus: vcpus, memory: memory,
                     boot: .init(
-                        kernel: try source(kernel, "kernel"),
-                        initrd: try initrd.map { try source($0, "initrd") }, cmdline: cmdline),
+                        mode: mode, kernel: try kernel.map { try source($0, "kernel") },
+                        initrd: try initrd.map { try source($0, "initrd") }, cmdline: cmdline,
+                        firmware: firmware),
                     disks: attached, nics: interfaces, autostart: autostart, onCrash: policy,
                     cloudInit: try cloudInit.table())
                 return try host.create(definition, newVolumes: newVolumes)
@@ -184,9 +211,18 @@ struct VMShowCommand: ParsableCommand {
         try runHostCommand(
             "vm show", json: options.json, { try $0.status(name) },
             text: { status in
-                "state: \(status.state.rawValue)\(status.pid.map { " (runner pid \($0))" } ?? "")\n"
-                    + status.definition.toml
+                "state: \(status.state.rawValue)\(status.pid.map { " (runner pid \($0))" } ?? "")"
+                    + (status.problem.map { " (\($0))" } ?? "") + "\n"
+                    + "boot: \(bootSummary(status.definition.boot))\n" + status.definition.toml
             })
+    }
+}
+
+/// "kernel /var/lib/…/vmlinuz" or "disk, firmware /usr/share/seabios/bios-microvm.bin".
+func bootSummary(_ boot: VMDefinition.Boot) -> String {
+    switch boot.mode {
+    case .kernel: "kernel \(boot.kernel?.description ?? "(none)")"
+    case .disk: "disk, firmware \(boot.firmwarePath)"
     }
 }
 

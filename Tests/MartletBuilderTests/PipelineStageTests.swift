@@ -146,7 +146,7 @@ private func mode(_ path: String) -> mode_t {
                 .stdoutText.split(separator: "\n").map(String.init))
         #expect(names.contains("init"))
         #expect(names.contains("bin/busybox"))
-        for module in ["isofs", "squashfs", "overlay", "sr_mod", "cdrom", "usb-storage", "virtio_blk", "nvme"] {
+        for module in ["isofs", "squashfs", "overlay", "sr_mod", "cdrom", "usb-storage", "virtio_blk", "virtio_mmio", "nvme"] {
             #expect(names.contains { $0.hasSuffix("/\(module).ko") }, "\(module).ko missing from the initramfs")
         }
         #expect(names.contains { $0.hasSuffix("/modules.dep") })

@@ -233,7 +233,7 @@ struct FirmwareTests {
         let cases: [(String, Int, String)] = [
             ("empty.bin", 0, "is empty"),
             ("odd.bin", 100_000, "not a multiple of 64 KiB"),
-            ("huge.bin", FirmwareImage.maxSize + FirmwareImage.blockSize, "more than the 16 MiB"),
+            ("huge.bin", FirmwareRules.maxSize + FirmwareRules.blockSize, "more than the 16 MiB"),
         ]
         for (name, size, message) in cases {
             let path = work.appendingPathComponent(name).path
@@ -260,5 +260,19 @@ struct FirmwareTests {
         let image = try FirmwareImage(path: "/usr/share/seabios/bios-microvm.bin")
         #expect(image.guestAddress == 0xFFFE_0000 && image.legacyAlias.count == 128 << 10)
         #expect(Array(image.bytes.suffix(16).prefix(1)) == [0xEA], "the reset vector holds a far jump")
+    }
+
+    /// SeaBIOS's boot failure, recognised in the console stream: once, only the whole
+    /// sentence, also after a false start.
+    @Test func bootFailureIsRecognisedOnceInTheConsoleOutput() {
+        var failures = 0
+        let watch = BootFailureWatch(onFailure: { failures += 1 })
+        func feed(_ text: String) { for byte in text.utf8 { watch.observe(byte) } }
+        feed("SeaBIOS (version 1.16.2-debian-1.16.2-1)\r\nBooting from Hard Disk...\r\nBoot failed: not a bootable disk\r\n\r\nNo bootable device")
+        #expect(failures == 0, "fired before the sentence ended")
+        feed("  Retrying\r\nNo bootable devNNo bootable device.  Retrying in 60 seconds.\r\n")
+        #expect(failures == 1)
+        feed("No bootable device.\r\n")
+        #expect(failures == 1, "fired twice")
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import MartletSystem
+import MartletVMMProtocol
 import Testing
 
 @testable import MartletVMM
@@ -10,6 +11,7 @@ import Testing
 /// initramfs' /init. Real mode does not run on these machines' /dev/kvm, so like
 /// NestedLinuxTests this runs inside QEMU/TCG with nested KVM. The same image is first booted
 /// by QEMU's own microvm with the same firmware, so a broken image fails there, not in the VMM.
+/// Before it, the same nested VMM boots an empty disk and must report "no bootable device".
 @Suite(.serialized)
 struct NestedFirmwareTests {
     static let firmware = "/usr/share/seabios/bios-microvm.bin"
@@ -36,6 +38,14 @@ struct NestedFirmwareTests {
         mount -t devtmpfs dev /dev
         for m in irqbypass ccp kvm kvm-amd; do insmod /modules/$m.ko || echo "OUTER: insmod $m failed"; done
         [ -c /dev/kvm ] || echo "OUTER: no /dev/kvm"
+        # A disk with nothing bootable first: SeaBIOS says so, and the VMM ends with exit code 6
+        # instead of letting SeaBIOS retry every 60 s.
+        echo OUTER-START-EMPTY
+        /martlet-vmm --firmware /bios-microvm.bin --disk /empty.img --memory 64 \\
+            --serial stdout --timeout 120 </dev/null 2>/empty.err
+        echo "OUTER-EMPTY-EXIT $?"
+        echo OUTER-EMPTY-STDERR
+        head -c 1000 /empty.err
         echo OUTER-START-VMM
         # The inner console goes straight to the outer one, so a stall shows how far it got;
         # the VMM's own messages wait in a file so they cannot split the guest's lines.
@@ -97,6 +107,7 @@ struct NestedFirmwareTests {
         try NestedLinuxTests.installExecutable(vmm, into: outer, as: "martlet-vmm")
         try NestedLinuxTests.install(Self.firmware, into: outer, as: "bios-microvm.bin")
         try NestedLinuxTests.install(disk.path, into: outer, as: "disk.img")
+        try Data(count: 1 << 20).write(to: outer.appendingPathComponent("empty.img"))
         for directory in ["proc", "sys", "dev", "tmp"] { try FileManager.default.createDirectory(at: outer.appendingPathComponent(directory), withIntermediateDirectories: true) }
         try Self.outerInit.write(to: outer.appendingPathComponent("init"), atomically: true, encoding: .utf8)
         chmod(outer.appendingPathComponent("init").path, 0o755)
@@ -110,6 +121,11 @@ struct NestedFirmwareTests {
             print("  \(line)")
         }
 
+        // The empty disk: SeaBIOS's message on the console, the VMM's exit code and reason.
+        let empty = serial.components(separatedBy: "OUTER-START-EMPTY").last?.components(separatedBy: "OUTER-START-VMM").first ?? ""
+        #expect(empty.contains("No bootable device."), "SeaBIOS did not report the empty disk:\n\(String(empty.suffix(3000)))")
+        #expect(empty.contains("OUTER-EMPTY-EXIT \(VMMExitCode.noBootableDevice.rawValue)"), "martlet-vmm did not end with 'no bootable device':\n\(String(empty.suffix(3000)))")
+        #expect(empty.contains("martlet-vmm: no bootable device"), "martlet-vmm did not say why it ended:\n\(String(empty.suffix(3000)))")
         #expect(serial.contains("OUTER-START-VMM"), "the outer system did not start martlet-vmm:\n\(excerpt)")
         #expect(!serial.contains("OUTER: no /dev/kvm"), "kvm-amd did not load in the outer QEMU:\n\(excerpt)")
         #expect(serial.contains("SeaBIOS (version"), "SeaBIOS printed nothing on the serial console (etc/sercon-port):\n\(excerpt)")
@@ -119,7 +135,9 @@ struct NestedFirmwareTests {
         // its last character, printed just before GRUB hands over to the kernel, goes missing
         // under martlet-vmm (not under QEMU) — SeaBIOS's serial console writes lazily, and what
         // should flush it here is still to be found.
-        #expect(serial.contains("Booting `Debian kernel, Martlet firmware test'"), "GRUB did not start its menu entry:\n\(excerpt)")
+        // The menu's 2 s timeout runs on the BIOS tick count: the entry starts only if the
+        // PIT's IRQ0 reaches SeaBIOS (through the PIC and LINT0, which SeaBIOS sets to ExtINT).
+        #expect(serial.contains("Booting `Debian kernel, Martlet firmware test'"), "GRUB did not start its menu entry (a menu that never times out: no timer ticks in real mode?):\n\(excerpt)")
         #expect(serial.contains("Linux version"), "GRUB did not start the kernel:\n\(excerpt)")
         #expect(serial.contains("MARTLET-FIRMWARE-INIT"), "Debian's kernel loaded by GRUB did not reach /init:\n\(excerpt)")
         #expect(serial.contains("FW-INNER-CPUS: 0-1"), "the inner guest did not bring up both vCPUs:\n\(excerpt)")
