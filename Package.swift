@@ -34,14 +34,17 @@ let package = Package(
 
         // Foundation-free: owned fds, unix sockets and the one way to start processes.
         .target(name: "MartletSystem", dependencies: ["CMartletSystem"]),
+        // Foundation-free: the one set of checks every parser uses on hostile input (text,
+        // paths, names, sizes, addresses, password hashes, SSH keys, bounded config reads).
+        .target(name: "MartletValidation", dependencies: ["MartletSystem"]),
         // Foundation-free: what the host and the VMM say to each other (VMConfig and its JSON,
         // control requests and replies, exit codes).
-        .target(name: "MartletVMMProtocol", dependencies: ["MartletSystem"]),
+        .target(name: "MartletVMMProtocol", dependencies: ["MartletSystem", "MartletValidation"]),
 
         .target(
             name: "MartletCore",
             dependencies: [
-                "MartletSystem",
+                "MartletSystem", "MartletValidation",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]),
@@ -61,7 +64,7 @@ let package = Package(
             ]),
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
         .target(
-            name: "MartletVMM", dependencies: ["CKVM", "MartletSystem", "MartletVMMProtocol"],
+            name: "MartletVMM", dependencies: ["CKVM", "MartletSystem", "MartletVMMProtocol", "MartletValidation"],
             exclude: ["Guest"]),
 
         // The host side: VM definitions, storage pools, the VM runtime and the local REST API.
@@ -90,7 +93,7 @@ let package = Package(
             ],
             exclude: ["README.md", "answer.example.toml"]),
         .executableTarget(
-            name: "martlet-vmm", dependencies: ["MartletVMM", "MartletVMMProtocol"],
+            name: "martlet-vmm", dependencies: ["MartletVMM", "MartletVMMProtocol", "MartletValidation"],
             exclude: ["README.md"]),
 
         // What tests share: QEMU's monitor, scratch folders, tiny GRUB ISOs, where the
@@ -98,6 +101,7 @@ let package = Package(
         .target(name: "MartletTestSupport", dependencies: ["MartletBuilder", "MartletCore"]),
 
         .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore", "MartletSystem"]),
+        .testTarget(name: "MartletValidationTests", dependencies: ["MartletValidation"]),
         .testTarget(
             name: "MartletBuilderTests",
             dependencies: ["MartletBuilder", "MartletCore", "MartletTestSupport"]),
