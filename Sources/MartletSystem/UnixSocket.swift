@@ -5,13 +5,16 @@ import CMartletSystem
 
 /// AF_UNIX stream sockets: the VMM's control and serial sockets, the runner's console socket.
 public enum UnixSocket {
-    /// The address of `path`; a path that does not fit `sun_path` is ENAMETOOLONG.
+    /// The address of `path`; a path that does not fit `sun_path` is ENAMETOOLONG. An empty
+    /// path or one with a NUL is EINVAL: either would name an abstract socket, which has no
+    /// file mode and which any local user can connect to.
     public static func address(_ path: String) throws -> sockaddr_un {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
-        guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw SystemError("socket address", path: path, errno: bytes.isEmpty ? EINVAL : ENAMETOOLONG)
+        guard !bytes.isEmpty, !bytes.contains(0) else { throw SystemError("socket address", path: path, errno: EINVAL) }
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw SystemError("socket address", path: path, errno: ENAMETOOLONG)
         }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             for (index, byte) in bytes.enumerated() { raw[index] = byte }
