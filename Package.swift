@@ -55,11 +55,11 @@ let package = Package(
             ]),
         // The answer-file model: no C libraries, so the builder can check an answer file
         // without linking the installer.
-        .target(name: "MartletAnswer", dependencies: ["MartletCore"]),
+        .target(name: "MartletAnswer", dependencies: ["MartletCore", "MartletValidation"]),
         .target(
             name: "MartletInstaller",
             dependencies: [
-                "MartletCore", "MartletAnswer", "CParted", "CBlkid", "CArchive", "CNewt",
+                "MartletCore", "MartletAnswer", "MartletValidation", "CParted", "CBlkid", "CArchive", "CNewt",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
