@@ -71,7 +71,7 @@ let package = Package(
         .target(
             name: "MartletHost",
             dependencies: [
-                "MartletCore", "MartletSystem", "MartletVMMProtocol",
+                "MartletCore", "MartletSystem", "MartletValidation", "MartletVMMProtocol",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -42,14 +42,7 @@ public enum UnixSocket {
         -> FileDescriptor
     {
         var address = try address(path)
-        var info = stat()
-        if lstat(path, &info) == 0 {
-            guard (info.st_mode & S_IFMT) == S_IFSOCK else {
-                throw SystemError("bind", path: path, errno: EEXIST)
-            }
-            if (try? connect(path)) != nil { throw SystemError("bind", path: path, errno: EADDRINUSE) }
-            unlink(path)
-        }
+        try removeStale(path)
         let fd = try stream()
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -68,6 +61,19 @@ public enum UnixSocket {
             throw error
         }
         return fd
+    }
+
+    /// Makes `path` free for a new listener: a socket file nobody listens on any more (left
+    /// by a process that died) is removed; a live socket is EADDRINUSE and anything else —
+    /// a file, a directory, a FIFO — EEXIST, never deleted.
+    public static func removeStale(_ path: String) throws {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        guard (info.st_mode & S_IFMT) == S_IFSOCK else {
+            throw SystemError("bind", path: path, errno: EEXIST)
+        }
+        if (try? connect(path)) != nil { throw SystemError("bind", path: path, errno: EADDRINUSE) }
+        unlink(path)
     }
 
     /// The next client of `listener` (close-on-exec), retrying on EINTR and ECONNABORTED; nil
