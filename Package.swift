@@ -51,7 +51,7 @@ let package = Package(
         .target(
             name: "MartletBuilder",
             dependencies: [
-                "MartletCore", "MartletSystem", "CArchive", "CCrypto",
+                "MartletCore", "MartletSystem", "MartletValidation", "CArchive", "CCrypto",
             ]),
         // The answer-file model: no C libraries, so the builder can check an answer file
         // without linking the installer.
