@@ -101,7 +101,10 @@ let package = Package(
         .target(name: "MartletTestSupport", dependencies: ["MartletBuilder", "MartletCore"]),
 
         .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore", "MartletSystem"]),
-        .testTarget(name: "MartletValidationTests", dependencies: ["MartletValidation"]),
+        // The shared checks, and property tests of the parsers built on them.
+        .testTarget(
+            name: "MartletValidationTests",
+            dependencies: ["MartletValidation", "MartletVMMProtocol", "MartletAnswer", "MartletCore"]),
         .testTarget(
             name: "MartletBuilderTests",
             dependencies: ["MartletBuilder", "MartletCore", "MartletTestSupport"]),
