@@ -95,7 +95,7 @@ public struct TOMLDocument: Sendable {
         if rest.first == "[" { rest = rest.dropFirst() }
         guard let first = rest.drop(while: { $0 == " " || $0 == "\t" }).unicodeScalars.first else { return false }
         return ("a"..."z").contains(first) || ("A"..."Z").contains(first) || ("0"..."9").contains(first)
-            || "-_\"']+.".unicodeScalars.contains(first)
+            || "-_\"']".unicodeScalars.contains(first)
     }
 
     /// The line of a `}` that directly follows `[` or `,` (outside strings and comments):

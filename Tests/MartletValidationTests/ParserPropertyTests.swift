@@ -23,8 +23,7 @@ struct ParserPropertyTests {
         }
     }
 
-    /// A fixed default keeps CI deterministic; MARTLET_PROPERTY_SEED explores other inputs
-    /// (seeds 7 and 12 still reach a toml++ assertion in parse_key; see issue 12's report).
+    /// A fixed default keeps CI deterministic; MARTLET_PROPERTY_SEED explores other inputs.
     static let seed: UInt64 = {
         let seed = ProcessInfo.processInfo.environment["MARTLET_PROPERTY_SEED"].flatMap { UInt64($0) } ?? 1
         print("ParserPropertyTests: seed \(seed) (MARTLET_PROPERTY_SEED=\(seed) replays it)")
