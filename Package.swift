@@ -34,41 +34,44 @@ let package = Package(
 
         // Foundation-free: owned fds, unix sockets and the one way to start processes.
         .target(name: "MartletSystem", dependencies: ["CMartletSystem"]),
+        // Foundation-free: the one set of checks every parser uses on hostile input (text,
+        // paths, names, sizes, addresses, password hashes, SSH keys, bounded config reads).
+        .target(name: "MartletValidation", dependencies: ["MartletSystem"]),
         // Foundation-free: what the host and the VMM say to each other (VMConfig and its JSON,
         // control requests and replies, exit codes).
-        .target(name: "MartletVMMProtocol", dependencies: ["MartletSystem"]),
+        .target(name: "MartletVMMProtocol", dependencies: ["MartletSystem", "MartletValidation"]),
 
         .target(
             name: "MartletCore",
             dependencies: [
-                "MartletSystem", "CCrypto",
+                "MartletSystem", "MartletValidation", "CCrypto",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]),
         .target(
             name: "MartletBuilder",
             dependencies: [
-                "MartletCore", "MartletSystem", "CArchive",
+                "MartletCore", "MartletSystem", "MartletValidation", "CArchive",
             ]),
         // The answer-file model: no C libraries, so the builder can check an answer file
         // without linking the installer.
-        .target(name: "MartletAnswer", dependencies: ["MartletCore"]),
+        .target(name: "MartletAnswer", dependencies: ["MartletCore", "MartletValidation"]),
         .target(
             name: "MartletInstaller",
             dependencies: [
-                "MartletCore", "MartletAnswer", "CParted", "CBlkid", "CArchive", "CNewt",
+                "MartletCore", "MartletAnswer", "MartletValidation", "CParted", "CBlkid", "CArchive", "CNewt",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
         .target(
-            name: "MartletVMM", dependencies: ["CKVM", "MartletSystem", "MartletVMMProtocol"],
+            name: "MartletVMM", dependencies: ["CKVM", "MartletSystem", "MartletVMMProtocol", "MartletValidation"],
             exclude: ["Guest"]),
 
         // The host side: VM definitions, storage pools, the VM runtime and the local REST API.
         .target(
             name: "MartletHost",
             dependencies: [
-                "MartletCore", "MartletSystem", "MartletVMMProtocol", "CArchive",
+                "MartletCore", "MartletSystem", "MartletValidation", "MartletVMMProtocol", "CArchive",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -90,7 +93,7 @@ let package = Package(
             ],
             exclude: ["README.md", "answer.example.toml"]),
         .executableTarget(
-            name: "martlet-vmm", dependencies: ["MartletVMM", "MartletVMMProtocol"],
+            name: "martlet-vmm", dependencies: ["MartletVMM", "MartletVMMProtocol", "MartletValidation"],
             exclude: ["README.md"]),
         // Fuzz targets over the parsers and decoders that take outside input: a corpus
         // replayer in normal builds, libFuzzer's driver when built by scripts/fuzz.
@@ -102,6 +105,10 @@ let package = Package(
         .target(name: "MartletTestSupport", dependencies: ["MartletBuilder", "MartletCore"]),
 
         .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore", "MartletSystem"]),
+        // The shared checks, and property tests of the parsers built on them.
+        .testTarget(
+            name: "MartletValidationTests",
+            dependencies: ["MartletValidation", "MartletVMMProtocol", "MartletAnswer", "MartletCore"]),
         .testTarget(
             name: "MartletBuilderTests",
             dependencies: ["MartletBuilder", "MartletCore", "MartletTestSupport"]),

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletValidation
 
 /// An unattended install's answers, read strictly from TOML: every key is typed and checked,
 /// unknown keys are errors, and every error names the file, line and dotted key. The text UI
@@ -277,14 +278,10 @@ extension AnswerFile {
             }
             password = .plain(plain)
         case (nil, .some(let hash)):
-            guard
-                hash.range(
-                    of: #"^\$(1|5|6|y|gy|2b|7)\$[./A-Za-z0-9$=,]+$"#, options: .regularExpression)
-                    != nil
-            else {
-                throw section.error(
-                    "root-password-hash", "is not a crypt(3) hash",
-                    hint: "create one with: openssl passwd -6   (or mkpasswd -m yescrypt)")
+            do {
+                try CryptHash.check(hash, field: section.name("root-password-hash"))
+            } catch {
+                throw section.error("root-password-hash", error.problem, hint: error.hint)
             }
             password = .hashed(hash)
         case (nil, nil):
@@ -292,14 +289,11 @@ extension AnswerFile {
         }
         let keys = try section.strings("root-ssh-keys") ?? []
         for (index, key) in keys.enumerated() {
-            let fields = key.split(separator: " ")
-            guard fields.count >= 2,
-                fields[0].hasPrefix("ssh-") || fields[0].hasPrefix("ecdsa-")
-                    || fields[0].hasPrefix("sk-"), !key.contains("\n")
-            else {
+            do {
+                try SSHPublicKey.check(key, field: section.name("root-ssh-keys"))
+            } catch {
                 throw section.error(
-                    "root-ssh-keys", "element \(index + 1) is not an SSH public key",
-                    hint: "paste one line of an id_*.pub file: \"ssh-ed25519 AAAA... comment\"")
+                    "root-ssh-keys", "element \(index + 1): \(error.problem)", hint: error.hint)
             }
         }
         if password == nil && keys.isEmpty {
@@ -395,14 +389,8 @@ extension AnswerFile {
         case .static:
             let address = try section.required(
                 address, "address", hint: "mode = \"static\" needs address = \"192.0.2.10/24\"")
-            guard NetworkSyntax.isCIDR(address, family: AF_INET) else {
-                throw section.error(
-                    "address", "'\(address)' is not an IPv4 address with a prefix length",
-                    hint: "write it in CIDR form, e.g. \"192.0.2.10/24\"")
-            }
-            if let gateway, !NetworkSyntax.isAddress(gateway, family: AF_INET) {
-                throw section.error("gateway", "'\(gateway)' is not an IPv4 address")
-            }
+            let host = try hostAddress(section, "address", address, family: AF_INET)
+            if let gateway { try checkGateway(section, "gateway", gateway, of: host) }
         case .dhcp:
             if address != nil {
                 throw section.error(
@@ -428,22 +416,16 @@ extension AnswerFile {
         case "auto": ipv6 = .auto
         case "none", "off": ipv6 = .off
         default:
-            guard NetworkSyntax.isCIDR(ipv6Text, family: AF_INET6) else {
-                throw section.error(
-                    "ipv6",
-                    "'\(ipv6Text)' is not \"auto\", \"none\" or an IPv6 address with prefix",
-                    hint: "e.g. ipv6 = \"2001:db8::10/64\"")
-            }
+            _ = try hostAddress(section, "ipv6", ipv6Text, family: AF_INET6)
             ipv6 = .address(ipv6Text)
         }
         let ipv6Gateway = try section.string("ipv6-gateway")
         if let ipv6Gateway {
-            guard case .address = ipv6 else {
+            guard case .address(let ipv6Text) = ipv6 else {
                 throw section.error("ipv6-gateway", "is only used with a static ipv6 address")
             }
-            guard NetworkSyntax.isAddress(ipv6Gateway, family: AF_INET6) else {
-                throw section.error("ipv6-gateway", "'\(ipv6Gateway)' is not an IPv6 address")
-            }
+            let host = try hostAddress(section, "ipv6", ipv6Text, family: AF_INET6)
+            try checkGateway(section, "ipv6-gateway", ipv6Gateway, of: host)
         }
         let vlan = try section.int("vlan")
         if let vlan, !(1...4094).contains(vlan) {
@@ -456,25 +438,43 @@ extension AnswerFile {
     }
 }
 
-/// Syntax checks of answer values, with inet_pton as the judge of addresses; public so the
+extension AnswerFile {
+    /// The host address in `key`, refused with the section's file, line and key.
+    static func hostAddress(_ section: TOMLSection, _ key: String, _ text: String, family: Int32)
+        throws -> HostAddress
+    {
+        do {
+            return try HostAddress(parsing: text, family: family, field: section.name(key))
+        } catch {
+            throw section.error(key, error.problem, hint: error.hint)
+        }
+    }
+
+    static func checkGateway(_ section: TOMLSection, _ key: String, _ text: String, of host: HostAddress)
+        throws
+    {
+        do {
+            try host.checkGateway(text, field: section.name(key))
+        } catch {
+            throw section.error(key, error.problem, hint: error.hint)
+        }
+    }
+}
+
+/// Syntax checks of answer values on the primitives of MartletValidation; public so the
 /// text UI can check a field as it is typed.
 public enum NetworkSyntax {
     public static func isAddress(_ text: String, family: Int32) -> Bool {
-        var buffer = [UInt8](repeating: 0, count: 16)
-        return inet_pton(family, text, &buffer) == 1
+        IPAddress(text, family: family) != nil
     }
 
+    /// A host's address with a prefix length (not a network, broadcast or loopback address).
     public static func isCIDR(_ text: String, family: Int32) -> Bool {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let prefix = Int(parts[1]), String(prefix) == parts[1] else {
-            return false
-        }
-        let limit = family == AF_INET ? 32 : 128
-        return (0...limit).contains(prefix) && isAddress(String(parts[0]), family: family)
+        (try? HostAddress(parsing: text, family: family, field: "")) != nil
     }
 
     public static func isMAC(_ text: String) -> Bool {
-        text.range(of: #"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"#, options: .regularExpression) != nil
+        MACAddress.bytes(text) != nil
     }
 
     public static func isInterfaceName(_ text: String) -> Bool {

@@ -1,6 +1,8 @@
 import Foundation
-import MartletCore
 import Logging
+import MartletCore
+import MartletSystem
+import MartletValidation
 
 /// Makes a copy of a Martlet ISO that installs unattended with a given answer file: the
 /// file goes to `/martlet/answer.toml` on the medium, the boot menu's default becomes the
@@ -42,11 +44,37 @@ public struct AnswerEmbedding: Sendable {
         return lines.joined(separator: "\n")
     }
 
+    /// Refuses anything but an image file or block device holding an ISO 9660 volume
+    /// descriptor ("CD001" at byte 32769), before xorriso is asked to read it.
+    static func checkISO(_ iso: String) throws {
+        let notISO = "'\(iso)' is not a Martlet ISO"
+        let file: FileDescriptor
+        do {
+            file = try FilePath.open(iso, O_RDONLY, field: "ISO", kind: .disk)
+        } catch {
+            throw MartletError(.invalidInput, "\(notISO): \(error.problem)", hint: "give an ISO built by martlet build")
+        }
+        var magic = [UInt8](repeating: 0, count: 5)
+        let count = magic.withUnsafeMutableBytes { pread(file.raw, $0.baseAddress, 5, 32769) }
+        guard count == 5, magic == Array("CD001".utf8) else {
+            throw MartletError(
+                .invalidInput, "\(notISO) (no ISO 9660 volume descriptor)", hint: "give an ISO built by martlet build")
+        }
+    }
+
     public func run(logger: Logger? = nil) throws {
         try Tool.require(["xorriso", "sha256sum"])
+        let staged = output + ".partial"
+        var info = stat()
+        guard lstat(staged, &info) != 0 else {
+            throw MartletError(
+                .invalidInput, "'\(staged)' already exists: another embed may be writing it",
+                hint: "remove it when no 'martlet answer embed' is running, or choose another -o")
+        }
         guard FileManager.default.fileExists(atPath: iso) else {
             throw MartletError(.notFound, "ISO '\(iso)' not found")
         }
+        try Self.checkISO(iso)
         guard URL(fileURLWithPath: iso).standardizedFileURL != URL(fileURLWithPath: output).standardizedFileURL
         else {
             throw MartletError(
@@ -59,11 +87,17 @@ public struct AnswerEmbedding: Sendable {
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: work) }
 
-        try Command(
-            "xorriso",
-            ["-osirrox", "on", "-indev", iso, "-extract", "/boot/grub/grub.cfg", work + "/grub.cfg",
-             "-extract", "/SHA256SUMS", work + "/SHA256SUMS"]
-        ).run(logger: logger, hint: "is '\(iso)' an ISO built by martlet build?")
+        do {
+            try Command(
+                "xorriso",
+                ["-osirrox", "on", "-indev", iso, "-extract", "/boot/grub/grub.cfg", work + "/grub.cfg",
+                 "-extract", "/SHA256SUMS", work + "/SHA256SUMS"]
+            ).run(logger: logger)
+        } catch {
+            throw MartletError(
+                .invalidInput, "'\(iso)' is not a Martlet ISO: it has no /boot/grub/grub.cfg and /SHA256SUMS",
+                hint: "give an ISO built by martlet build")
+        }
         let menu = try String(contentsOfFile: work + "/grub.cfg", encoding: .utf8)
         try Self.rewriteMenu(menu).write(toFile: work + "/grub.cfg.new", atomically: false, encoding: .utf8)
         try FileManager.default.copyItem(atPath: answer, toPath: work + "/answer.toml")
@@ -81,18 +115,22 @@ public struct AnswerEmbedding: Sendable {
         try (lines.sorted { $0.dropFirst(66) < $1.dropFirst(66) }.joined(separator: "\n") + "\n")
             .write(toFile: work + "/SHA256SUMS.new", atomically: false, encoding: .utf8)
 
-        let staged = output + ".partial"
-        try? FileManager.default.removeItem(atPath: staged)
         var environment: [String: String] = [:]
         if let sourceDateEpoch { environment["SOURCE_DATE_EPOCH"] = String(sourceDateEpoch) }
-        try Command(
-            "xorriso",
-            ["-indev", iso, "-outdev", staged, "-boot_image", "any", "replay",
-             "-map", work + "/grub.cfg.new", "/boot/grub/grub.cfg",
-             "-map", work + "/answer.toml", Self.answerPath,
-             "-map", work + "/SHA256SUMS.new", "/SHA256SUMS", "-commit"],
-            environment: environment
-        ).run(logger: logger)
+        do {
+            try Command(
+                "xorriso",
+                ["-indev", iso, "-outdev", staged, "-boot_image", "any", "replay",
+                 "-map", work + "/grub.cfg.new", "/boot/grub/grub.cfg",
+                 "-map", work + "/answer.toml", Self.answerPath,
+                 "-map", work + "/SHA256SUMS.new", "/SHA256SUMS", "-commit"],
+                environment: environment
+            ).run(logger: logger)
+        } catch {
+            // This run created the staged file (it did not exist before): no half image stays.
+            try? FileManager.default.removeItem(atPath: staged)
+            throw error
+        }
         if rename(staged, output) != 0 {
             try? FileManager.default.removeItem(atPath: staged)
             throw MartletError.system("rename", path: output)

@@ -79,5 +79,8 @@ struct BootloaderStage: BuildStage {
             .replacingOccurrences(of: "@SERIAL_SPEED@", with: speed)
             .replacingOccurrences(of: "@ANSWER@", with: "label:MARTLET-ANSWER")
         try rendered.write(toFile: path, atomically: false, encoding: .utf8)
+        // The profile's values passed an allow-list; GRUB's own parser has the last word, at
+        // build time rather than at a boot prompt.
+        try context.run("grub-script-check", [path])
     }
 }

@@ -139,8 +139,8 @@ public struct BuildPipeline: Sendable {
 
     /// The tools every build needs, checked before anything starts.
     static let requiredTools = [
-        "mmdebstrap", "mksquashfs", "xorriso", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy",
-        "sha256sum", "dpkg-query", "depmod", "tar", "strip", "readelf",
+        "mmdebstrap", "mksquashfs", "xorriso", "grub-mkimage", "grub-script-check", "mkfs.vfat",
+        "mmd", "mcopy", "sha256sum", "dpkg-query", "depmod", "tar", "strip", "readelf",
     ]
 
     public func run(logger: Logger) throws -> BuildResult {

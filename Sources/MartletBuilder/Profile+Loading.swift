@@ -172,6 +172,11 @@ struct ProfileReader {
                     key, "overlay '\(source)' does not exist (looked for '\(path)')",
                     hint: "overlay paths are relative to the profile's folder \(directory)")
             }
+            guard path != "/" else {
+                throw section.error(
+                    key, "overlay '\(source)' is the build machine's whole root folder",
+                    hint: "an overlay is a folder of files for the image, e.g. \"../../overlays/host\"")
+            }
             guard isDirectory.boolValue else {
                 throw section.error(
                     key, "overlay '\(source)' is not a folder ('\(path)')",

@@ -53,6 +53,11 @@ enum ProfileRules {
             return "'\(mirror)' has no host name"
         }
         if scheme == "file" && url.path.isEmpty { return "'\(mirror)' has no path" }
+        // mmdebstrap reads "URL SUITE COMPONENTS" from one string: a space would smuggle in
+        // a suite and components of the profile writer's choosing.
+        if mirror.contains(where: { $0.isWhitespace || !$0.isASCII || "\"'<>\\`{}|^".contains($0) }) {
+            return "'\(mirror)' contains spaces or characters a URL cannot hold"
+        }
         return nil
     }
 
@@ -97,11 +102,15 @@ enum ProfileRules {
         return nil
     }
 
+    /// The characters a kernel command line in grub.cfg may hold: an allow-list, as GRUB's
+    /// script syntax gives meaning to many more (`| & > < { } # ; $` quotes, brackets).
+    static let cmdlineCharacters = Set(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -_.,:=/+@%")
+
     static func cmdlineProblem(_ cmdline: String) -> String? {
-        cmdline.contains(where: {
-            $0.isNewline || $0 == "\"" || $0 == "'" || $0 == "$" || $0 == ";"
-        })
-            ? "must be one line without quotes, '$' or ';' (it is written into grub.cfg)" : nil
+        guard let bad = cmdline.first(where: { !cmdlineCharacters.contains($0) }) else { return nil }
+        return "'\(bad.unicodeScalars.map { $0.escaped(asASCII: true) }.joined())' may not appear: it is written "
+            + "into grub.cfg, so only letters, digits, spaces and - _ . , : = / + @ % are allowed"
     }
 
     /// An absolute path inside the root filesystem without `..`; globs (`*`, `?`, `[`) only
@@ -110,8 +119,13 @@ enum ProfileRules {
         guard path.hasPrefix("/") else {
             return "'\(path)' is not absolute: paths inside the root filesystem start with '/'"
         }
-        guard path != "/" else { return "'/' would be the whole root filesystem" }
-        if path.split(separator: "/").contains("..") { return "'\(path)' contains '..'" }
+        let components = path.split(separator: "/")
+        guard !components.isEmpty else { return "'\(path)' would be the whole root filesystem" }
+        if components.contains("..") { return "'\(path)' contains '..'" }
+        if components.contains(".") { return "'\(path)' contains '.'; name the path itself" }
+        if components[0].allSatisfy({ "*?[]".contains($0) }) {
+            return "'\(path)' would match top-level folders of the root filesystem"
+        }
         if !allowGlob && path.contains(where: { "*?[".contains($0) }) {
             return "'\(path)' contains a glob; name one path"
         }
@@ -121,7 +135,11 @@ enum ProfileRules {
     static func moduleTreeProblem(_ tree: String) -> String? {
         if tree.isEmpty { return "an empty module tree would remove every module" }
         if tree.hasPrefix("/") { return "'\(tree)' must be relative to the kernel's module folder" }
-        if tree.split(separator: "/").contains("..") { return "'\(tree)' contains '..'" }
+        let components = tree.split(separator: "/")
+        if components.contains("..") { return "'\(tree)' contains '..'" }
+        if components.isEmpty || components.contains(".") || components.contains(where: { $0.contains("*") }) {
+            return "'\(tree)' would remove every module; name a subtree such as \"kernel/sound\""
+        }
         return nil
     }
 

@@ -1,3 +1,5 @@
+import MartletValidation
+
 /// A size in bytes that reads and writes the human forms used in profiles and answer
 /// files: `512MiB`, `12G`, `1.5 GiB`, `4096`. Decimal suffixes (KB, MB, GB, TB) are
 /// powers of 1000, binary ones (K, M, G, T, KiB, MiB, …) powers of 1024.
@@ -11,26 +13,20 @@ public struct ByteSize: Hashable, Comparable, Sendable, CustomStringConvertible,
 
     public static func < (a: ByteSize, b: ByteSize) -> Bool { a.bytes < b.bytes }
 
-    private static let units: [(String, Double)] = [
-        ("", 1), ("b", 1),
-        ("k", 1024), ("kib", 1024), ("kb", 1000),
-        ("m", Double(1 << 20)), ("mib", Double(1 << 20)), ("mb", 1e6),
-        ("g", Double(1 << 30)), ("gib", Double(1 << 30)), ("gb", 1e9),
-        ("t", Double(UInt64(1) << 40)), ("tib", Double(UInt64(1) << 40)), ("tb", 1e12),
-    ]
+    /// The largest size Martlet accepts (1 EiB): more than any disk or memory, and small
+    /// enough that adding a few sizes cannot overflow.
+    public static let maximum = ByteSize(1 << 60)
 
-    /// Parses `text`; returns nil when it is not a size.
+    /// Parses `text` to exact bytes; nil when it is not a size, not whole bytes ("1.1"), or
+    /// larger than `maximum`.
     public init?(parsing text: String) {
-        let trimmed = text.filter { $0 != " " && $0 != "_" }
-        let numberPart = trimmed.prefix { $0.isNumber || $0 == "." }
-        let unitPart = trimmed.dropFirst(numberPart.count).lowercased()
-        guard !numberPart.isEmpty, let value = Double(numberPart),
-            let scale = Self.units.first(where: { $0.0 == unitPart })?.1
-        else { return nil }
-        let result = value * scale
-        guard result >= 0, result < Double(UInt64.max) else { return nil }
-        self.bytes = UInt64(result.rounded())
+        guard let bytes = ByteCount.bytes(text, maximum: ByteSize.maximum.bytes) else { return nil }
+        self.bytes = bytes
     }
+
+    /// The text `init(parsing:)` reads back to exactly these bytes ("1500MiB", not the
+    /// rounded "1.5 GiB" of `description`): what is stored in files.
+    public var exactText: String { ByteCount.exactText(bytes) }
 
     /// The largest binary unit that keeps at least one whole unit: `1.5 GiB`, `512 MiB`.
     public var description: String {

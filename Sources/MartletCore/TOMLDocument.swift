@@ -1,4 +1,6 @@
 import Foundation
+import MartletSystem
+import MartletValidation
 import TOMLKit
 
 /// A parsed TOML file that remembers where it came from, so every error can name the
@@ -9,18 +11,65 @@ public struct TOMLDocument {
     public let source: String
     let root: TOMLTable
 
-    /// Reads and parses the file at `path`.
+    /// Reads and parses the regular file at `path`: read with a size cap (a FIFO or a device
+    /// is refused, never read), and refused when it is not UTF-8, naming the line.
     public init(path: String) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
             throw MartletError(
-                .notFound, "cannot read '\(path)': no such file or not readable",
-                hint: "check the path")
+                .notFound, "cannot read '\(path)': \(SystemError.text(errno))", hint: "check the path")
         }
-        try self.init(path: path, contents: String(decoding: data, as: UTF8.self))
+        let bytes: [UInt8]
+        do {
+            bytes = try FilePath.readConfig(path, field: path)
+        } catch {
+            throw MartletError(.invalidInput, error.description, hint: error.hint)
+        }
+        var line = 1
+        for chunk in bytes.split(separator: 0x0A, omittingEmptySubsequences: false) {
+            guard String(validating: chunk, as: UTF8.self) != nil else {
+                throw MartletError(
+                    .invalidInput, "\(path):\(line): not valid UTF-8 (a Latin-1 or binary byte?)",
+                    hint: "save the file as UTF-8")
+            }
+            line += 1
+        }
+        try self.init(path: path, contents: String(decoding: bytes, as: UTF8.self))
     }
 
-    /// Parses `contents`; `path` is used in error messages.
+    /// Parses `contents`; `path` is used in error messages. A byte order mark is dropped and
+    /// CRLF line ends read as LF, so line numbers in errors stay right for Windows editors.
     public init(path: String, contents: String) throws {
+        let contents = String(
+            String.UnicodeScalarView(
+                contents.unicodeScalars.drop { $0 == "\u{FEFF}" }.filter { $0 != "\r" }))
+        // The TOML parser hands strings over as C strings: a NUL (raw or escaped) would cut
+        // a value short unseen ("hv1\u0000x" read as "hv1"), so a file holding one is refused.
+        // Other raw control characters are invalid TOML anywhere, and toml++ asserts on some
+        // of them (a form feed in a table header) instead of reporting an error: refused here.
+        for (index, line) in contents.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            if line.contains("\0") || line.contains("\\u0000") || line.contains("\\U00000000") {
+                throw MartletError(
+                    .invalidInput, "\(path):\(index + 1): a NUL character (\\u0000) cannot be part of any value",
+                    hint: "remove it")
+            }
+            if let control = line.unicodeScalars.first(where: { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7F }) {
+                throw MartletError(
+                    .invalidInput,
+                    "\(path):\(index + 1): a control character (U+\(String(control.value, radix: 16, uppercase: true))) is not allowed in TOML",
+                    hint: "remove it, or write it as an escape inside a string")
+            }
+            if !Self.headerStartsWithKey(line) {
+                throw MartletError(
+                    .invalidInput, "\(path):\(index + 1): a table header must start with a key, as in [network]",
+                    hint: "fix the header on that line")
+            }
+        }
+        if let line = Self.lineOfBraceAfterSeparator(contents) {
+            throw MartletError(
+                .invalidInput, "\(path):\(line): '}' where an array element or key should be",
+                hint: "fix the brackets on that line")
+        }
         self.path = path
         self.source = contents
         do {
@@ -32,6 +81,57 @@ public struct TOMLDocument {
                     + "not valid TOML: \(error.description)",
                 hint: "fix the syntax at that line")
         }
+    }
+
+    /// False for a line that opens a table header (`[` or `[[`) followed by anything but a
+    /// key or `]`: toml++ asserts on such a header ("[" then a newline, "[#", "[{") instead
+    /// of reporting it — an abort in debug builds, undefined behaviour in release ones. Found
+    /// by the parser property test; no Martlet file has multi-line strings, so a line
+    /// starting with '[' is a header or a nested array, and both start with a key or value.
+    static func headerStartsWithKey(_ line: Substring) -> Bool {
+        var rest = line.drop { $0 == " " || $0 == "\t" }
+        guard rest.first == "[" else { return true }
+        rest = rest.dropFirst()
+        if rest.first == "[" { rest = rest.dropFirst() }
+        guard let first = rest.drop(while: { $0 == " " || $0 == "\t" }).unicodeScalars.first else { return false }
+        return ("a"..."z").contains(first) || ("A"..."Z").contains(first) || ("0"..."9").contains(first)
+            || "-_\"']".unicodeScalars.contains(first)
+    }
+
+    /// The line of a `}` that directly follows `[` or `,` (outside strings and comments):
+    /// toml++ asserts on it ("a = [}") instead of reporting it, like on the headers above.
+    static func lineOfBraceAfterSeparator(_ contents: String) -> Int? {
+        var line = 1
+        var quote: Unicode.Scalar?
+        var escaped = false
+        var comment = false
+        var previous: Unicode.Scalar = "\n"
+        for scalar in contents.unicodeScalars {
+            if scalar == "\n" {
+                line += 1
+                comment = false
+            }
+            if comment { continue }
+            if let open = quote {
+                if escaped {
+                    escaped = false
+                } else if scalar == "\\" && open == "\"" {
+                    escaped = true
+                } else if scalar == open {
+                    quote = nil
+                }
+                continue
+            }
+            switch scalar {
+            case "#": comment = true
+            case "\"", "'": quote = scalar
+            case "}" where previous == "[" || previous == ",": return line
+            case " ", "\t", "\n": continue
+            default: break
+            }
+            previous = scalar
+        }
+        return nil
     }
 
     /// The top-level table.
@@ -150,10 +250,22 @@ public final class TOMLSection {
         }
     }
 
+    /// A string without NUL, control characters or line breaks (a trailing "\\n" would pass
+    /// many pattern checks and end up in a file on the host).
     public func string(_ key: String) throws -> String? {
         guard let raw = value(key) else { return nil }
         guard let string = raw.string else { throw typeError(key, expected: "a string", found: raw) }
+        try checkText(string, key)
         return string
+    }
+
+    private func checkText(_ text: String, _ key: String, element: Int? = nil) throws {
+        do {
+            try Text.check(text, field: name(key))
+        } catch {
+            let prefix = element.map { "element \($0 + 1): " } ?? ""
+            throw self.error(key, prefix + error.problem, hint: error.hint)
+        }
     }
 
     public func int(_ key: String) throws -> Int? {
@@ -183,6 +295,7 @@ public final class TOMLSection {
                     key, "element \(index + 1) should be a string, found "
                         + Self.describe(element.type))
             }
+            try checkText(string, key, element: index)
             return string
         }
     }
@@ -190,13 +303,16 @@ public final class TOMLSection {
     /// A size written as a string with a unit (`"12GiB"`, `"512M"`) or an integer of bytes.
     public func size(_ key: String) throws -> ByteSize? {
         guard let raw = value(key) else { return nil }
-        if raw.type == .int, let int = raw.int, int >= 0 { return ByteSize(UInt64(int)) }
+        if raw.type == .int, let int = raw.int, int >= 0, UInt64(int) <= ByteSize.maximum.bytes {
+            return ByteSize(UInt64(int))
+        }
         guard let text = raw.string else {
             throw typeError(key, expected: "a size such as \"12GiB\"", found: raw)
         }
         guard let size = ByteSize(parsing: text) else {
             throw error(
-                key, "'\(text)' is not a size", hint: "write a number with a unit, e.g. \"12GiB\"")
+                key, "\(quoted(text)) is not a size of whole bytes up to \(ByteSize.maximum)",
+                hint: "write a number with a unit, e.g. \"12GiB\"")
         }
         return size
     }

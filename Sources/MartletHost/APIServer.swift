@@ -2,6 +2,8 @@ import Foundation
 import Hummingbird
 import Logging
 import MartletCore
+import MartletSystem
+import MartletValidation
 import NIOPosix
 
 /// The local REST API (`martlet api serve`): the operations of `VMHost` over HTTP/JSON on a
@@ -126,16 +128,39 @@ public struct APIServer: Sendable {
         public var error: Detail
     }
 
+    /// The API socket's mode: root only, as whoever can connect manages every VM.
+    public static let socketMode: mode_t = 0o600
+
     /// Serves until the task is cancelled or the process gets SIGTERM/SIGINT.
     public func run() async throws {
         try FileManager.default.createDirectory(
             atPath: (socketPath as NSString).deletingLastPathComponent,
             withIntermediateDirectories: true)
-        unlink(socketPath)
+        do {
+            try UnixSocket.removeStale(socketPath)
+        } catch let error as SystemError {
+            throw MartletError(
+                .refused, "API socket '\(socketPath)': \(SystemError.text(error.errno))",
+                hint: error.errno == EADDRINUSE
+                    ? "another API server is listening there; stop it first"
+                    : "that path holds something that is not a socket; choose another --socket")
+        }
+        // The HTTP server's bind creates the socket: this umask keeps it owner-only from the
+        // first moment whatever the caller's umask was (whoever reaches it manages every
+        // VM), and what this process writes owner-only too; once bound its mode is set to
+        // exactly `socketMode`.
+        umask(0o077)
+        let socketPath = self.socketPath
+        let logger = self.logger
         let app = Application(
             router: router(),
             configuration: .init(
                 address: .unixDomainSocket(path: socketPath), serverName: "martlet-api"),
+            onServerRunning: { _ in
+                if chmod(socketPath, APIServer.socketMode) != 0 {
+                    logger.error("chmod \(socketPath) failed: \(SystemError.text(errno))")
+                }
+            },
             logger: logger)
         try await app.runService()
     }
@@ -154,11 +179,11 @@ public struct APIServer: Sendable {
             }
         }
         router.get("/v1/vms/:name") { _, context in
-            let name = try context.parameters.require("name")
+            let name = try Self.name(context, "name")
             return try await Self.respond { try host.status(name) }
         }
         router.put("/v1/vms/:name") { request, context in
-            let name = try context.parameters.require("name")
+            let name = try Self.name(context, "name")
             let body = try await Self.decode(VMRequest.self, request, context)
             return try await Self.respond { () -> VMStatus in
                 try host.replace(try body.definition(name: name))
@@ -166,7 +191,7 @@ public struct APIServer: Sendable {
             }
         }
         router.delete("/v1/vms/:name") { request, context in
-            let name = try context.parameters.require("name")
+            let name = try Self.name(context, "name")
             let volumes = request.uri.queryParameters.get("volumes") == "true"
             return try await Self.respond { () -> VMStatus? in
                 try host.delete(name, volumes: volumes)
@@ -174,23 +199,23 @@ public struct APIServer: Sendable {
             }
         }
         router.post("/v1/vms/:name/start") { _, context in
-            let name = try context.parameters.require("name")
+            let name = try Self.name(context, "name")
             return try await Self.respond { try host.start(name) }
         }
         router.post("/v1/vms/:name/stop") { request, context in
-            let name = try context.parameters.require("name")
+            let name = try Self.name(context, "name")
             let grace = request.uri.queryParameters.get("grace").flatMap(Double.init) ?? 0
             return try await Self.respond { try host.stop(name, grace: grace) }
         }
         router.post("/v1/vms/:name/restart") { _, context in
-            let name = try context.parameters.require("name")
+            let name = try Self.name(context, "name")
             return try await Self.respond { () -> VMStatus in
                 if try host.isRunning(name) { _ = try host.stop(name) }
                 return try host.start(name)
             }
         }
         router.get("/v1/vms/:name/console") { _, context in
-            let name = try context.parameters.require("name")
+            let name = try Self.name(context, "name")
             return try await Self.offload { () -> Response in
                 _ = try host.definition(name)
                 let data =
@@ -204,18 +229,18 @@ public struct APIServer: Sendable {
             try await Self.respond { try host.pools().map { try $0.status() } }
         }
         router.get("/v1/pools/:pool") { _, context in
-            let name = try context.parameters.require("pool")
+            let name = try Self.name(context, "pool")
             return try await Self.respond { () -> PoolDetail in
                 let pool = try host.pool(name)
                 return PoolDetail(pool: try pool.status(), volumes: try pool.volumes())
             }
         }
         router.get("/v1/pools/:pool/volumes") { _, context in
-            let name = try context.parameters.require("pool")
+            let name = try Self.name(context, "pool")
             return try await Self.respond { try host.pool(name).volumes() }
         }
         router.post("/v1/pools/:pool/volumes") { request, context in
-            let name = try context.parameters.require("pool")
+            let name = try Self.name(context, "pool")
             let body = try await Self.decode(VolumeRequest.self, request, context)
             return try await Self.respond(status: .created) { () -> VolumeInfo in
                 let pool = try host.pool(name)
@@ -230,13 +255,13 @@ public struct APIServer: Sendable {
             }
         }
         router.get("/v1/pools/:pool/volumes/:volume") { _, context in
-            let pool = try context.parameters.require("pool")
-            let volume = try context.parameters.require("volume")
+            let pool = try Self.name(context, "pool")
+            let volume = try Self.name(context, "volume")
             return try await Self.respond { try host.pool(pool).volume(volume) }
         }
         router.put("/v1/pools/:pool/volumes/:volume") { request, context in
-            let pool = try context.parameters.require("pool")
-            let volume = try context.parameters.require("volume")
+            let pool = try Self.name(context, "pool")
+            let volume = try Self.name(context, "volume")
             let body = try await Self.decode(ResizeRequest.self, request, context)
             return try await Self.respond { () -> VolumeInfo in
                 guard let size = ByteSize(parsing: body.size) else {
@@ -246,14 +271,51 @@ public struct APIServer: Sendable {
             }
         }
         router.delete("/v1/pools/:pool/volumes/:volume") { _, context in
-            let pool = try context.parameters.require("pool")
-            let volume = try context.parameters.require("volume")
+            let pool = try Self.name(context, "pool")
+            let volume = try Self.name(context, "volume")
             return try await Self.respond { () -> VolumeInfo? in
                 try host.deleteVolume(pool: pool, volume: volume)
                 return nil
             }
         }
+        Self.refuseOtherMethods(router)
         return router
+    }
+
+    /// The routes and the methods each answers: any other method is 405 with an Allow
+    /// header, not a 404 that reads as "no such VM".
+    static let routes: [(path: String, methods: [HTTPRequest.Method])] = [
+        ("/v1/vms", [.get, .post]), ("/v1/vms/:name", [.get, .put, .delete]),
+        ("/v1/vms/:name/start", [.post]), ("/v1/vms/:name/stop", [.post]),
+        ("/v1/vms/:name/restart", [.post]), ("/v1/vms/:name/console", [.get]),
+        ("/v1/pools", [.get]), ("/v1/pools/:pool", [.get]), ("/v1/pools/:pool/volumes", [.get, .post]),
+        ("/v1/pools/:pool/volumes/:volume", [.get, .put, .delete]),
+    ]
+
+    static func refuseOtherMethods(_ router: Router<BasicRequestContext>) {
+        let all: [HTTPRequest.Method] = [.get, .head, .post, .put, .delete, .patch, .options]
+        for (path, methods) in routes {
+            let allowed = methods.map(\.rawValue).joined(separator: ", ")
+            for method in all where !methods.contains(method) {
+                router.on(RouterPath(path), method: method) { _, _ in
+                    var response = errorResponse(
+                        MartletError(.invalidInput, "\(method) is not allowed on \(path)", hint: "use \(allowed)"))
+                    response.status = .methodNotAllowed
+                    response.headers[.allow] = allowed
+                    return response
+                }
+            }
+        }
+    }
+
+    /// The path parameter `key` (a VM, pool or volume name), refused with 400 before any
+    /// work when it is not a valid name: no '/', '..' or anything else a path could use.
+    static func name(_ context: BasicRequestContext, _ key: String) throws -> String {
+        let value = try context.parameters.require(key)
+        guard Name.isValid(value) else {
+            throw HTTPError(.badRequest, message: "\(key): \(quoted(value)) is not a valid name; \(Name.rule())")
+        }
+        return value
     }
 
     static func decode<T: Decodable>(

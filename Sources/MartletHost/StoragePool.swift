@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletValidation
 
 /// A pool's state for `martlet pool list|show` and the API.
 public struct PoolStatus: Codable, Equatable, Sendable {
@@ -66,6 +67,14 @@ extension StoragePool {
         }
     }
 
+    /// Refuses a size of zero: a volume no guest can use, most likely a typo.
+    func refuseEmpty(_ name: String, size: ByteSize) throws {
+        guard size.bytes > 0 else {
+            throw MartletError(
+                .invalidInput, "volume '\(self.name)/\(name)': a size of 0 bytes", hint: "give a size such as \"8GiB\"")
+        }
+    }
+
     func refuseInvalidName(_ name: String) throws {
         guard VMDefinition.isValidName(name) else {
             throw MartletError(
@@ -117,6 +126,7 @@ public struct DirectoryPool: StoragePool {
 
     public func createVolume(_ volume: String, size: ByteSize) throws -> VolumeInfo {
         try refuseInvalidName(volume)
+        try refuseEmpty(volume, size: size)
         guard !FileManager.default.fileExists(atPath: file(volume)) else {
             throw MartletError(
                 .refused, "volume '\(name)/\(volume)' already exists", hint: "choose another name")
@@ -228,6 +238,7 @@ public struct LVMThinPool: StoragePool {
 
     public func createVolume(_ volume: String, size: ByteSize) throws -> VolumeInfo {
         try refuseInvalidName(volume)
+        try refuseEmpty(volume, size: size)
         if try logicalVolumes().contains(where: { $0.name == volume }) {
             throw MartletError(
                 .refused, "volume '\(name)/\(volume)' already exists", hint: "choose another name")

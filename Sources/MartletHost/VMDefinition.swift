@@ -1,6 +1,7 @@
 import Foundation
 import MartletCore
 import MartletVMMProtocol
+import MartletValidation
 
 /// One virtual machine as a person defines it in `/etc/martlet/vms/NAME.toml`.
 /// The runtime turns it into the VMM's JSON configuration.
@@ -158,19 +159,11 @@ public struct VMDefinition: Codable, Equatable, Sendable {
     /// SeaBIOS for PCI-less machines, from Debian's `seabios` package (in profiles/default).
     public static let defaultFirmware = FirmwareRules.seaBIOSMicrovm
 
-    /// VM, pool and volume names: they become file names, LV names, unit instance names.
-    public static func isValidName(_ name: String) -> Bool {
-        guard (1...48).contains(name.count), let first = name.unicodeScalars.first,
-            CharacterSet.lowercaseLetters.contains(first)
-                || CharacterSet.decimalDigits.contains(first)
-        else { return false }
-        return name.unicodeScalars.allSatisfy {
-            ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_"
-        }
-    }
+    /// VM, pool and volume names: they become file names, LV names, unit instance names
+    /// (MartletValidation's one name pattern).
+    public static func isValidName(_ name: String) -> Bool { Name.isValid(name) }
 
-    static let nameRule =
-        "use 1 to 48 characters a-z, 0-9, '-' and '_', starting with a letter or digit"
+    static let nameRule = Name.rule()
 
     /// A locally administered unicast MAC that stays the same for this VM name and NIC index.
     public static func generatedMAC(vm: String, index: Int) -> String {
@@ -195,13 +188,9 @@ public struct VMDefinition: Codable, Equatable, Sendable {
         return hash
     }
 
+    /// A unicast, not all-zero MAC: what a NIC may have.
     static func isValidMAC(_ mac: String) -> Bool {
-        let parts = mac.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 6,
-            parts.allSatisfy({ $0.count == 2 && $0.allSatisfy(\.isHexDigit) }),
-            let first = UInt8(parts[0], radix: 16)
-        else { return false }
-        return first & 0x01 == 0  // multicast addresses cannot be a NIC's address
+        (try? MACAddress.parseUnicast(mac, field: "mac")) != nil
     }
 }
 
@@ -497,7 +486,8 @@ private struct FileLayout: Encodable {
 
     init(_ definition: VMDefinition) {
         vcpus = definition.vcpus
-        memory = definition.memory.description.replacingOccurrences(of: " ", with: "")
+        // Exact, never the rounded description: 1500MiB must not come back as 1.5GiB.
+        memory = definition.memory.exactText
         autostart = definition.autostart
         onCrash = definition.onCrash.rawValue
         let boot = definition.boot

@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletSystem
 import MartletVMMProtocol
 
 /// A VM as `vm list|show` and the API report it.
@@ -197,7 +198,7 @@ public struct VMHost: Sendable {
                 _ = try pool(new.pool).createVolume(new.volume, size: new.size)
                 created.append(new)
             }
-            try write(definition)
+            try write(definition, exclusive: true)
         } catch {
             for volume in created.reversed() { try? pool(volume.pool).deleteVolume(volume.volume) }
             throw error
@@ -223,20 +224,42 @@ public struct VMHost: Sendable {
         return parsed
     }
 
-    func write(_ definition: VMDefinition) throws {
+    /// Writes the definition file; `exclusive` (a create) fails with "already exists" when
+    /// the file appeared meanwhile, so of two racing creates exactly one wins.
+    func write(_ definition: VMDefinition, exclusive: Bool = false) throws {
         try definition.validate()
         let text = definition.toml
         try checkReferences(definition)
         try FileManager.default.createDirectory(
             atPath: paths.vmsDirectory, withIntermediateDirectories: true)
-        try atomicWrite(text, to: paths.definition(definition.name))
+        try atomicWrite(text, to: paths.definition(definition.name), exclusive: exclusive)
     }
 
-    func atomicWrite(_ text: String, to path: String) throws {
-        let temporary = path + ".tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8)),
-            rename(temporary, path) == 0
-        else { throw MartletError.system("write/rename", path: path) }
+    /// Writes `text` to a temporary file of its own (mode 0644) and puts it at `path`
+    /// whole: renamed over it, or with `exclusive` linked, which fails when `path` exists.
+    func atomicWrite(_ text: String, to path: String, exclusive: Bool = false) throws {
+        var template = Array((path + ".tmp.XXXXXX").utf8CString)
+        let fd = mkstemp(&template)
+        guard fd >= 0 else { throw MartletError.system("mkstemp", path: path) }
+        let temporary = String(cString: template)
+        defer { unlink(temporary) }
+        let file = FileDescriptor(fd)
+        guard fchmod(fd, 0o644) == 0, file.writeAll(Array(text.utf8)) else {
+            throw MartletError.system("write", path: temporary)
+        }
+        file.close()
+        if exclusive {
+            guard link(temporary, path) == 0 else {
+                if errno == EEXIST {
+                    throw MartletError(
+                        .refused, "'\(path)' already exists",
+                        hint: "another request created it first; choose another name")
+                }
+                throw MartletError.system("link", path: path)
+            }
+        } else {
+            guard rename(temporary, path) == 0 else { throw MartletError.system("rename", path: path) }
+        }
     }
 
     /// Deletes a stopped VM's definition and, with `volumes`, its disk volumes.

@@ -5,13 +5,16 @@ import CMartletSystem
 
 /// AF_UNIX stream sockets: the VMM's control and serial sockets, the runner's console socket.
 public enum UnixSocket {
-    /// The address of `path`; a path that does not fit `sun_path` is ENAMETOOLONG.
+    /// The address of `path`; a path that does not fit `sun_path` is ENAMETOOLONG. An empty
+    /// path or one with a NUL is EINVAL: either would name an abstract socket, which has no
+    /// file mode and which any local user can connect to.
     public static func address(_ path: String) throws -> sockaddr_un {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
-        guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw SystemError("socket address", path: path, errno: bytes.isEmpty ? EINVAL : ENAMETOOLONG)
+        guard !bytes.isEmpty, !bytes.contains(0) else { throw SystemError("socket address", path: path, errno: EINVAL) }
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw SystemError("socket address", path: path, errno: ENAMETOOLONG)
         }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             for (index, byte) in bytes.enumerated() { raw[index] = byte }
@@ -39,14 +42,7 @@ public enum UnixSocket {
         -> FileDescriptor
     {
         var address = try address(path)
-        var info = stat()
-        if lstat(path, &info) == 0 {
-            guard (info.st_mode & S_IFMT) == S_IFSOCK else {
-                throw SystemError("bind", path: path, errno: EEXIST)
-            }
-            if (try? connect(path)) != nil { throw SystemError("bind", path: path, errno: EADDRINUSE) }
-            unlink(path)
-        }
+        try removeStale(path)
         let fd = try stream()
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -65,6 +61,19 @@ public enum UnixSocket {
             throw error
         }
         return fd
+    }
+
+    /// Makes `path` free for a new listener: a socket file nobody listens on any more (left
+    /// by a process that died) is removed; a live socket is EADDRINUSE and anything else —
+    /// a file, a directory, a FIFO — EEXIST, never deleted.
+    public static func removeStale(_ path: String) throws {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        guard (info.st_mode & S_IFMT) == S_IFSOCK else {
+            throw SystemError("bind", path: path, errno: EEXIST)
+        }
+        if (try? connect(path)) != nil { throw SystemError("bind", path: path, errno: EADDRINUSE) }
+        unlink(path)
     }
 
     /// The next client of `listener` (close-on-exec), retrying on EINTR and ECONNABORTED; nil

@@ -1,14 +1,20 @@
+import MartletSystem
+import MartletValidation
+
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// Reads a whole file (kernel, initrd) with read(2); errors name the path.
+/// Reads a whole regular file (kernel, initrd, firmware) with read(2); a FIFO or device is
+/// refused without blocking. Errors name the path.
 func readWholeFile(_ path: String, what: String) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else {
-        throw VMMError(.io, "cannot open \(what) '\(path)': \(errnoText(errno))")
+    let file: FileDescriptor
+    do {
+        file = try FilePath.open(path, O_RDONLY, field: what, kind: .regularFile)
+    } catch {
+        throw VMMError(.io, error.problem)
     }
-    defer { close(fd) }
+    let fd = file.raw
     var info = stat()
     guard fstat(fd, &info) == 0 else { throw VMMError.syscall("fstat", path: path, errno: errno) }
     var bytes = [UInt8](repeating: 0, count: Int(info.st_size))

@@ -116,6 +116,9 @@ public final class Machine: @unchecked Sendable {
         }
         serialFile = file
         serialSocket = socket
+        // A start that fails from here on leaves no socket file behind.
+        var initialized = false
+        defer { if !initialized { socket?.close() } }
         // Appended, so the log keeps earlier boots when `on_reboot: restart` re-executes the VMM.
         let log = try config.serialLog.map { try openFile($0, O_APPEND, mode: 0o640, field: "serial_log") }
         serialLog = log
@@ -195,6 +198,13 @@ public final class Machine: @unchecked Sendable {
             finish(event == .powerOff ? .powerOff : .reset)
         }
         onBootFailure = { [unowned self] in finish(.noBootableDevice) }
+        initialized = true
+    }
+
+    /// Removes the serial socket of a machine that will not run (a later start-up step, such
+    /// as the control socket, failed); `run` does this itself when the guest ends.
+    public func closeSockets() {
+        serialSocket?.close()
     }
 
     /// The kernel command line with the virtio-mmio devices appended, for kernels built with

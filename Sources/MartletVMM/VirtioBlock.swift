@@ -1,3 +1,6 @@
+import MartletSystem
+import MartletValidation
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -14,27 +17,25 @@ final class VirtioBlock: VirtioDevice {
     let path: String
     let readOnly: Bool
     let serial: [UInt8]
-    private let fd: Int32
+    private let file: FileDescriptor
+    private var fd: Int32 { file.raw }
     let capacityBytes: UInt64
 
-    /// Opens `path` (O_RDONLY when `readOnly`); errors name the path.
+    /// Opens `path` (O_RDONLY when `readOnly`), an image file or a block device and nothing
+    /// else (a FIFO would block, a directory or /dev/null is no disk); errors name the path.
     init(path: String, readOnly: Bool, serial: String) throws {
-        let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
-        guard fd >= 0 else { throw VMMError(.io, "cannot open disk '\(path)': \(errnoText(errno))") }
-        let size = lseek(fd, 0, SEEK_END)
-        guard size >= 0 else {
-            let code = errno
-            close(fd)
-            throw VMMError.syscall("lseek", path: path, errno: code)
+        do {
+            file = try FilePath.open(path, readOnly ? O_RDONLY : O_RDWR, field: "path", kind: .disk)
+        } catch {
+            throw VMMError(.config, error.description)
         }
-        self.fd = fd
+        let size = lseek(file.raw, 0, SEEK_END)
+        guard size >= 0 else { throw VMMError.syscall("lseek", path: path, errno: errno) }
         self.path = path
         self.readOnly = readOnly
         self.capacityBytes = UInt64(size)
         self.serial = Array(serial.utf8.prefix(20))
     }
-
-    deinit { close(fd) }
 
     var features: UInt64 { VirtioBlock.featureFlush | (readOnly ? VirtioBlock.featureReadOnly : 0) }
 

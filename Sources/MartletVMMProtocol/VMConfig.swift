@@ -1,3 +1,5 @@
+import MartletValidation
+
 /// Where the guest's serial console goes: output to stdout (input from stdin), nowhere, a
 /// file, or a unix listening socket (output to the client, input from it).
 public enum SerialOutput: Equatable, Sendable {
@@ -33,12 +35,7 @@ public struct VMConfig: Equatable, Sendable {
         }
 
         /// The six bytes of "52:54:00:12:34:56", nil when `text` is not such an address.
-        public static func parseMAC(_ text: String) -> [UInt8]? {
-            let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-            guard parts.count == 6 else { return nil }
-            let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
-            return bytes.count == 6 ? bytes : nil
-        }
+        public static func parseMAC(_ text: String) -> [UInt8]? { MACAddress.bytes(text) }
     }
 
     /// What a guest-requested reset does.
@@ -100,27 +97,62 @@ public struct VMConfig: Equatable, Sendable {
         guard disks.count + nics.count + (rng ? 1 : 0) <= VMConfig.maxVirtioDevices else {
             throw ProtocolError("disks, nics: at most \(VMConfig.maxVirtioDevices) virtio devices fit")
         }
+        do {
+            try checkText()
+        } catch {
+            throw ProtocolError(error.description)
+        }
+    }
+
+    /// Every string of the configuration: no NUL (which would cut a path short at the system
+    /// call), no control characters, tap names from the one name pattern (no '%', which
+    /// would let the kernel pick the name), unicast MACs, and paths that are not empty (an
+    /// empty socket path would become an abstract socket anyone can connect to).
+    private func checkText() throws(InvalidInput) {
+        try Text.check(cmdline, field: "cmdline")
+        if firmware == nil { try FilePath.checkText(kernel, field: "kernel") }
+        if let firmware { try FilePath.checkText(firmware, field: "firmware") }
+        if let initrd { try FilePath.checkText(initrd, field: "initrd") }
         for (index, nic) in nics.enumerated() {
-            guard !nic.tap.isEmpty, nic.tap.utf8.count < 16, !nic.tap.contains("/") else {
-                throw ProtocolError("nics[\(index)].tap: '\(nic.tap)' is not a valid interface name (1-15 characters)")
-            }
-            if let mac = nic.mac, NIC.parseMAC(mac) == nil {
-                throw ProtocolError("nics[\(index)].mac: '\(mac)' is not a MAC address like 52:54:00:12:34:56")
-            }
+            try Name.check(nic.tap, field: "nics[\(index)].tap", what: "tap device name", maxLength: Name.maxInterfaceLength)
+            if let mac = nic.mac { _ = try MACAddress.parseUnicast(mac, field: "nics[\(index)].mac") }
         }
         for (index, disk) in disks.enumerated() {
-            guard !disk.path.isEmpty else { throw ProtocolError("disks[\(index)].path: missing") }
-            guard disk.id.utf8.count <= 20 else {
-                throw ProtocolError("disks[\(index)].id: '\(disk.id)' is longer than 20 bytes")
-            }
+            try FilePath.checkText(disk.path, field: "disks[\(index)].path")
+            try Text.check(disk.id, field: "disks[\(index)].id", maxBytes: 20)
         }
         switch serial {
-        case .file(let path) where path.isEmpty, .socket(let path) where path.isEmpty:
-            throw ProtocolError("serial: empty path; use \"stdout\", \"none\", \"file:PATH\" or \"socket:PATH\"")
-        default: break
+        case .file(let path), .socket(let path): try FilePath.checkText(path, field: "serial")
+        case .stdout, .none: break
         }
-        if let serialLog, serialLog.isEmpty {
-            throw ProtocolError("serial_log: empty path; give a file or leave the key out")
+        if let serialLog { try FilePath.checkText(serialLog, field: "serial_log") }
+        if let controlSocket { try FilePath.checkText(controlSocket, field: "control_socket") }
+    }
+
+    /// What the files named by the configuration are, checked before anything is opened or
+    /// created: kernel, initrd and firmware regular files, disks image files or block
+    /// devices (never a FIFO, a directory or /dev/null), output files absent or regular,
+    /// socket paths free or holding a socket. stat(2) only, so nothing blocks.
+    public func checkFiles() throws {
+        do {
+            if let firmware {
+                try FilePath.check(firmware, field: "firmware", kind: .regularFile)
+            } else {
+                try FilePath.check(kernel, field: "kernel", kind: .regularFile)
+            }
+            if let initrd { try FilePath.check(initrd, field: "initrd", kind: .regularFile) }
+            for (index, disk) in disks.enumerated() {
+                try FilePath.check(disk.path, field: "disks[\(index)].path", kind: .disk)
+            }
+            switch serial {
+            case .file(let path): try FilePath.checkOutput(path, field: "serial", kind: .regularFile)
+            case .socket(let path): try FilePath.checkOutput(path, field: "serial", kind: .socket)
+            case .stdout, .none: break
+            }
+            if let serialLog { try FilePath.checkOutput(serialLog, field: "serial_log", kind: .regularFile) }
+            if let controlSocket { try FilePath.checkOutput(controlSocket, field: "control_socket", kind: .socket) }
+        } catch {
+            throw ProtocolError(error.description)
         }
     }
 }

@@ -1,3 +1,4 @@
+import MartletValidation
 import MartletVMM
 import MartletVMMProtocol
 
@@ -246,22 +247,12 @@ while index < arguments.count {
 
 do {
     if let configPath {
-        let fd = open(configPath, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { fail("cannot open config '\(configPath)': \(String(cString: strerror(errno)))", code: .badConfig) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
-            guard count >= 0 else { fail("cannot read config '\(configPath)': \(String(cString: strerror(errno)))", code: .badConfig) }
-            if count == 0 { break }
-            bytes += chunk.prefix(count)
-        }
-        close(fd)
+        let bytes = try FilePath.readConfig(configPath, field: "--config")
         config = try VMConfig(json: String(decoding: bytes, as: UTF8.self), source: configPath)
     }
     for override in overrides { try override(&config) }
     try config.validate()
+    try config.checkFiles()
 } catch {
     fail("\(error)", code: .badConfig)
 }
@@ -295,6 +286,9 @@ if let socketPath = config.controlSocket {
         server = try ControlServer(path: socketPath, machine: machine)
         try server?.start()
     } catch {
+        // A start that fails leaves no socket behind: the serial socket is gone too.
+        machine.closeSockets()
+        server?.close()
         fail("\(error)", code: .badConfig)
     }
 }

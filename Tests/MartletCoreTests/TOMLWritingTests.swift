@@ -6,7 +6,7 @@ import Testing
 /// TOML written by TOMLKit's encoder reads back the same, whatever the strings hold, and
 /// errors point at the right line, also inside arrays of tables.
 @Suite struct TOMLWritingTests {
-    @Test("storage.toml round-trips, strings with quotes, backslashes, newlines and UTF-8")
+    @Test("storage.toml round-trips, strings with quotes, backslashes, tabs and UTF-8")
     func storageRoundTrip() throws {
         let configuration = StorageConfiguration(pools: [
             .init(
@@ -14,7 +14,7 @@ import Testing
                 thinPool: "data"),
             .init(
                 name: "extra", type: .directory, device: "/dev/sdb1", filesystem: "ext4",
-                path: #"/srv/"quoted" \back\slash é"# + "\nline"),
+                path: #"/srv/"quoted" \back\slash é"# + "\ttab"),
         ])
         let text = configuration.toml
         #expect(text.hasPrefix("# VM storage pools, written by martlet-installer.\n\n"))

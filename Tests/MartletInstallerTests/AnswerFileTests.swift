@@ -54,14 +54,14 @@ let malformedAnswers: [MalformedAnswer] = [
     .init(
         name: "no way to log in",
         old:
-            "root-password = \"s3cret pass\"\nroot-ssh-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7 admin@example.org\"]",
+            "root-password = \"s3cret pass\"\nroot-ssh-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICgybcTHjg88EA2Rkcsr+ztaHvV9E3xpDt392cBLg9Jy admin@example.org\"]",
         new: "", key: "global.root-password"),
     .init(
         name: "ssh keys not an array", old: "root-ssh-keys = [",
         new: "root-ssh-keys = \"x\"\nunused = [", key: "global.root-ssh-keys"),
     .init(
         name: "ssh key malformed",
-        old: "\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7 admin@example.org\"", new: "\"not-a-key\"",
+        old: "\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICgybcTHjg88EA2Rkcsr+ztaHvV9E3xpDt392cBLg9Jy admin@example.org\"", new: "\"not-a-key\"",
         key: "global.root-ssh-keys"),
     .init(
         name: "bad reboot mode", old: "reboot-mode = \"none\"", new: "reboot-mode = \"halt\"",
@@ -150,7 +150,7 @@ struct AnswerFileTests {
             contents: """
                 [global]
                 hostname = "hv"
-                root-password-hash = "$6$abc$def"
+                root-password-hash = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1"
                 [disk]
                 target = "serial:S123"
                 [network]
@@ -159,7 +159,7 @@ struct AnswerFileTests {
         #expect(answer.global.timezone == "UTC")
         #expect(answer.global.keyboard == "us")
         #expect(answer.global.rebootMode == .reboot)
-        #expect(answer.global.rootPassword == .hashed("$6$abc$def"))
+        #expect(answer.global.rootPassword == .hashed("$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1"))
         #expect(answer.disk.target == .serial("S123"))
         #expect(answer.storage == AnswerFile.StorageAnswer())
         #expect(answer.network.mode == .dhcp)

@@ -154,7 +154,7 @@ func validAnswer(
     timezone = "Europe/Paris"
     keyboard = "de"
     root-password = "s3cret pass"
-    root-ssh-keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7 admin@example.org"]
+    root-ssh-keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICgybcTHjg88EA2Rkcsr+ztaHvV9E3xpDt392cBLg9Jy admin@example.org"]
     reboot-mode = "none"
 
     [disk]

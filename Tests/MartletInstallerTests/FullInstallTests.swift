@@ -233,7 +233,7 @@ extension LoopDeviceSuites {
             #expect(read("etc/default/keyboard").contains("XKBLAYOUT=\"de\""))
             #expect(
                 read("root/.ssh/authorized_keys").hasPrefix(
-                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7"))
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICgybcTHjg88EA2Rkcsr+ztaHvV9E3xpDt392cBLg9Jy"))
             let shadowRoot =
                 read("etc/shadow").split(separator: "\n").first { $0.hasPrefix("root:") } ?? ""
             let hash = shadowRoot.split(separator: ":", omittingEmptySubsequences: false)[1]

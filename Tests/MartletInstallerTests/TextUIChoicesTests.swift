@@ -30,7 +30,7 @@ struct TextUIChoicesTests {
         choices.dns = "192.0.2.53, 2001:db8::53"
         choices.ipv6 = "2001:db8::10/64"
         choices.vlan = "7"
-        choices.sshKey = "ssh-ed25519 AAAAC3Nza admin@example.org"
+        choices.sshKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICgybcTHjg88EA2Rkcsr+ztaHvV9E3xpDt392cBLg9Jy admin@example.org"
         let answer = try choices.answerFile()
         #expect(try AnswerFile.parse(path: "saved.toml", contents: answer.toml) == answer)
         #expect(answer.global.rootPassword == .plain(choices.password))
@@ -78,7 +78,7 @@ struct TextUIChoicesTests {
         #expect(choices.passwordProblem()?.contains("nobody can log in") == true)
         choices.sshKey = "AAAA only"
         #expect(choices.passwordProblem()?.contains("not a public key") == true)
-        choices.sshKey = "ssh-ed25519 AAAAC3Nza"
+        choices.sshKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICgybcTHjg88EA2Rkcsr+ztaHvV9E3xpDt392cBLg9Jy"
         #expect(choices.passwordProblem() == nil)
         choices.password = "a:b"
         choices.passwordAgain = "a:b"

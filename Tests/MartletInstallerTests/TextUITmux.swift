@@ -144,7 +144,7 @@ struct TextUIWalk {
     var hostname = "hv1.example.org"
     var vlan = "42"
     var password = "Correct-Horse-9"
-    var sshKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7 admin@example.org"
+    var sshKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICgybcTHjg88EA2Rkcsr+ztaHvV9E3xpDt392cBLg9Jy admin@example.org"
     var timezone = "Europe/Paris"
     /// Stop after Next on the network screen (to test its validation).
     var stopAfterNetwork = false

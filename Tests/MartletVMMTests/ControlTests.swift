@@ -101,7 +101,8 @@ struct CLITests {
 
         let missingKernel = try TestSupport.run(TestSupport.vmmBinary, ["--kernel", directory.appendingPathComponent("nope").path])
         #expect(missingKernel.status == 2)
-        #expect(missingKernel.output.contains("cannot open kernel"), "\(missingKernel.output)")
+        #expect(missingKernel.output.contains("kernel: cannot use"), "\(missingKernel.output)")
+        #expect(missingKernel.output.contains("No such file or directory"), "\(missingKernel.output)")
     }
 
     @Test func onRebootRestartStartsTheGuestAgain() throws {

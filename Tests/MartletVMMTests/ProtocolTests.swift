@@ -11,7 +11,7 @@ struct ProtocolTests {
         config.vcpus = 3
         config.memoryMiB = 768
         config.kernel = "/k/vmlinuz"
-        config.initrd = "/k/initrd \"quoted\"\n"
+        config.initrd = "/k/initrd \"quoted\" \\ é"
         config.cmdline = "console=ttyS0 root=/dev/vda"
         config.disks = [VMConfig.Disk(path: "/dev/vg/root", readOnly: true, id: "root"), VMConfig.Disk(path: "/d2")]
         config.nics = [VMConfig.NIC(tap: "mtap0", mac: "52:54:00:aa:bb:cc"), VMConfig.NIC(tap: "mtap1")]

@@ -1,6 +1,7 @@
 import Foundation
 import MartletAnswer
 import MartletCore
+import MartletValidation
 
 /// Everything the screens collected, as typed. `answerFile()` turns it into the same
 /// `AnswerFile` an unattended install reads, checked by the answer file's own parser.
@@ -102,12 +103,8 @@ struct TextUIChoices {
         }
         if password != passwordAgain { return "The passwords do not match: type the same password twice." }
         if password.contains(":") { return "The password must not contain ':'." }
-        if !sshKey.isEmpty {
-            let fields = sshKey.split(separator: " ")
-            let known = ["ssh-", "ecdsa-", "sk-"]
-            if fields.count < 2 || !known.contains(where: { fields[0].hasPrefix($0) }) {
-                return "The SSH key is not a public key: paste one line of id_*.pub (ssh-ed25519 AAAA...)."
-            }
+        if !sshKey.isEmpty, (try? SSHPublicKey.check(sshKey, field: "SSH key")) == nil {
+            return "The SSH key is not a public key: paste one line of id_*.pub (ssh-ed25519 AAAA...)."
         }
         return nil
     }
