@@ -1,6 +1,7 @@
 import Foundation
 import MartletCore
 import MartletSystem
+import MartletValidation
 
 /// What `volume import` reads: an image file on this host, or an http(s) URL.
 public enum ImageSource: Equatable, Sendable, CustomStringConvertible {
@@ -106,25 +107,16 @@ public struct VolumeImport: Sendable {
     /// An image must be a regular file: its size and format are read before it is copied,
     /// which a FIFO or a device cannot give, and a directory is a mistake.
     static func refuseUnlessRegularFile(_ path: String) throws {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            if errno == ENOENT {
-                throw MartletError(.notFound, "image '\(path)' does not exist")
-            }
-            throw MartletError.system("stat", path: path)
+        guard access(path, F_OK) == 0 || errno != ENOENT else {
+            throw MartletError(.notFound, "image '\(path)' does not exist")
         }
-        let kind: String
-        switch info.st_mode & S_IFMT {
-        case S_IFREG: return
-        case S_IFIFO: kind = "a FIFO"
-        case S_IFDIR: kind = "a directory"
-        case S_IFBLK: kind = "a block device"
-        case S_IFCHR: kind = "a character device"
-        default: kind = "not a regular file"
+        do {
+            try FilePath.check(path, field: "image", kind: .regularFile)
+        } catch {
+            throw MartletError(
+                .invalidInput, error.description,
+                hint: "give a raw or qcow2 image file (copy a stream into a file first)")
         }
-        throw MartletError(
-            .refused, "image '\(path)' is \(kind), not an image file",
-            hint: "give a raw or qcow2 image file (copy a stream into a file first)")
     }
 
     static func mismatch(_ image: String, found: String, expected: String) -> MartletError {

@@ -156,8 +156,8 @@ final class LocalHTTPServer {
         defer { cleanUp() }
         let fifo = root + "/fifo"
         #expect(mkfifo(fifo, 0o600) == 0)
-        expectError(.refused, containing: "is a FIFO") { _ = try run(fifo, as: "a") }
-        expectError(.refused, containing: "is a directory") { _ = try run(root, as: "a") }
+        expectError(.invalidInput, containing: "is a FIFO") { _ = try run(fifo, as: "a") }
+        expectError(.invalidInput, containing: "is a directory") { _ = try run(root, as: "a") }
         expectError(.notFound, containing: "does not exist") { _ = try run(root + "/nope", as: "a") }
         expectError(.invalidInput, containing: "only http:// and https://") {
             _ = try run("ftp://127.0.0.1/image.raw", as: "a")
