@@ -26,7 +26,9 @@ struct InstallCommand: ParsableCommand {
     @Option(name: .long, help: "The root filesystem to copy.")
     var source: String = InstallPlan.defaultSource
 
-    @Flag(name: .long, help: "Print the plan and write nothing.")
+    @Flag(
+        name: .long,
+        help: "Print the plan and write nothing; what would stop the install (its preflight checks) is noted on stderr.")
     var dryRun = false
 
     @Flag(
@@ -54,6 +56,15 @@ struct InstallCommand: ParsableCommand {
                     FileHandle.standardOutput.write(try plan.json() + Data("\n".utf8))
                 } else {
                     print(plan.text, terminator: "")
+                }
+                // The checks an install makes before it writes anything (root, the source tree,
+                // its time zone and keyboard databases, tools, device-mapper, grub-install):
+                // reported, so a dry run shows what would stop the real install.
+                do {
+                    try Installer.preflight(plan)
+                } catch let error as MartletError {
+                    FileHandle.standardError.write(
+                        Data("note: an install would stop before writing anything: \(error.description)\n".utf8))
                 }
                 return
             }

@@ -75,6 +75,10 @@ extension LoopDeviceSuites {
             #expect(status == 0, "\(err)")
             #expect(out.contains("WIPES") && out.contains("LVM2_member"))
             #expect(out.contains(disk.partition(5)))
+            // The dry run also makes the install's preflight checks and says what would stop it.
+            (status, _, err) = try installer(["install", "--answer", wipe, "--dry-run", "--source", dir.path + "/no-root"])
+            #expect(status == 0, "\(err)")
+            #expect(err.contains("an install would stop") && err.contains("'\(dir.path)/no-root' does not exist"), "\(err)")
             #expect(try fingerprint(disk.path, size: .gib(8)) == before)
         }
 
