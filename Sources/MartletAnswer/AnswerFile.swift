@@ -477,10 +477,7 @@ public enum NetworkSyntax {
         MACAddress.bytes(text) != nil
     }
 
-    public static func isInterfaceName(_ text: String) -> Bool {
-        text.range(of: #"^[A-Za-z0-9_.\-]{1,15}$"#, options: .regularExpression) != nil
-            && text != "." && text != ".."
-    }
+    public static func isInterfaceName(_ text: String) -> Bool { Name.isInterfaceName(text) }
 
     public static func isHostname(_ text: String) -> Bool {
         guard text.count <= 253 else { return false }

@@ -366,9 +366,7 @@ extension VMDefinition {
                 hint: "a VM has at most \(Self.maxDisks) disks")
         }
         for (index, nic) in nics.enumerated() {
-            guard (1...15).contains(nic.bridge.utf8.count), !nic.bridge.contains("/"),
-                !nic.bridge.contains(" ")
-            else {
+            guard Name.isInterfaceName(nic.bridge) else {
                 return Violation(
                     table: .nic(index), key: "bridge",
                     message: "'\(nic.bridge)' is not a network interface name",

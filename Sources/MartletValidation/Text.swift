@@ -57,6 +57,19 @@ public enum Name {
         }
     }
 
+    /// A network interface name (a bridge, a tap, a host NIC): what the kernel accepts for
+    /// a device (1 to 15 bytes, not "." or "..", no '/', ':' or white space), narrowed to
+    /// ASCII letters, digits, '_', '.' and '-', so never a '%' template the kernel would fill in.
+    public static func isInterfaceName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard (1...maxInterfaceLength).contains(bytes.count), name != ".", name != ".." else { return false }
+        return bytes.allSatisfy { byte in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-")
+        }
+    }
+
     private static func isLowerAlphanumeric(_ byte: UInt8) -> Bool {
         (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
     }

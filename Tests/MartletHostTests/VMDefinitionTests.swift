@@ -142,6 +142,22 @@ import Testing
         ),
         ("[boot\nkernel = \"/k\"\n", "not valid TOML"),
         ("disk = 3\n[boot]\nkernel = \"/k\"\n", "expected an array of tables"),
+        ("[boot]\nkernel = \"/k\"\ncmdline = \"quiet\\u0000init=/bin/sh\"\n", "NUL"),
+        ("[boot]\nkernel = \"/k\"\ncmdline = \"quiet\\n\"\n", "boot.cmdline"),
+        ("[boot]\nkernel = \"/k\\n\"\n", "boot.kernel"),
+        ("[boot]\nkernel = \"/k\"\ninitrd = \"initrd.img\"\n", "boot.initrd"),
+        ("memory = \"18446744073709551615GiB\"\n[boot]\nkernel = \"/k\"\n", "memory"),
+        ("memory = \"1.5PiB\"\n[boot]\nkernel = \"/k\"\n", "memory"),
+        ("vcpus = -1\n[boot]\nkernel = \"/k\"\n", "vcpus"),
+        ("on-crash = 1\n[boot]\nkernel = \"/k\"\n", "on-crash"),
+        ("colour = \"blue\"\n[boot]\nkernel = \"/k\"\n", "colour"),
+        ("[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"..\"\nvolume = \"v\"\n", "not a valid name"),
+        ("[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"a\"\nvolume = \"v/../../etc\"\n", "not a valid name"),
+        ("[boot]\nkernel = \"/k\"\n[[disk]]\npool = \"a\"\nvolume = \"v\"\nread-only = \"no\"\n", "true or false"),
+        ("[boot]\nkernel = \"/k\"\n[[nic]]\nmac = \"+2:+0:00:00:00:01\"\n", "not a unicast MAC"),
+        ("[boot]\nkernel = \"/k\"\n[[nic]]\nmac = \"00:00:00:00:00:00\"\n", "not a unicast MAC"),
+        ("[boot]\nkernel = \"/k\"\n[[nic]]\nbridge = \"br%d\"\n", "not a network interface name"),
+        ("[boot]\nkernel = \"/k\"\n[[nic]]\nbridge = \"\"\n", "not a network interface name"),
     ])
     func malformed(text: String, expected: String) {
         let message = failure(text)
