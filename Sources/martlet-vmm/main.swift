@@ -182,7 +182,9 @@ func value(_ flag: String, _ index: inout Int) -> String {
 }
 
 func number(_ flag: String, _ text: String) -> Int {
-    guard let value = Int(text) else { fail("\(flag): '\(text)' is not a number", code: .badConfig) }
+    // Digits only: Int() would also take "+5" and "-0".
+    guard !text.isEmpty, text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }), let value = Int(text)
+    else { fail("\(flag): '\(text)' is not a number", code: .badConfig) }
     return value
 }
 

@@ -87,6 +87,8 @@ import MartletVMMProtocol
         Case(arguments: ["--config", "@/unknown-key.json"], field: "kernal"),
         Case(arguments: ["--config", "@/not-json.json"], field: "not-json.json"),
         Case(arguments: ["--kernel", "@/kernel", "--memory", "1e3"], field: "--memory"),
+        Case(arguments: ["--kernel", "@/kernel", "--vcpus", "+2"], field: "--vcpus"),
+        Case(arguments: ["--kernel", "@/kernel", "--memory", "-0"], field: "--memory"),
         Case(arguments: ["--kernel", "@/kernel", "--vcpus", "0"], field: "vcpus"),
     ]
 
