@@ -337,6 +337,26 @@ struct ProfileLoadingTests {
         ("suite with a newline", "suite = \"bookworm\"", "suite = \"bookworm\\n\"", ":5:1: key 'debian.suite':"),
     ]
 
+    /// The same table through the `martlet build` executable: exit 2 within a second, the
+    /// message naming the file and key, no output folder made, the profile folder as it was.
+    @Test("martlet build refuses each malformed profile before any side effect", .enabled(if: martletExecutable != nil))
+    func refusedByTheBuildCommand() throws {
+        #expect(Self.malformed.count >= 30)
+        let fixture = try ProfileFixture()
+        let output = fixture.scratch.file("out")
+        for (what, old, new, expected) in Self.malformed {
+            try fixture.scratch.write("profiles/p/profile.toml", validProfile.replacingOccurrences(of: old, with: new))
+            let before = try FileManager.default.subpathsOfDirectory(atPath: fixture.scratch.path).sorted()
+            let started = Date()
+            let result = try runMartlet(["build", "--profile", fixture.path, "--output", output])
+            #expect(Date().timeIntervalSince(started) < 1, "\(what): took too long")
+            #expect(result.status == 2, "\(what): \(result.status) \(result.stderr)")
+            #expect(result.stderr.contains(fixture.path) && result.stderr.contains(expected), "\(what): \(result.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: output), "\(what): the output folder was made")
+            #expect(try FileManager.default.subpathsOfDirectory(atPath: fixture.scratch.path).sorted() == before, "\(what)")
+        }
+    }
+
     @Test("malformed profiles are refused with the file, key and line", arguments: malformed)
     func refused(_ item: (String, String, String, String)) throws {
         let (what, old, new, expected) = item

@@ -106,7 +106,7 @@ import Testing
             failure("[boot]\nkernel = \"/k\"\n[[nic]]\nbrige = \"br0\"\n").contains("nic[0].brige"))
     }
 
-    @Test(arguments: [
+    static let malformedDefinitions: [(String, String)] = [
         ("vcpus = 0\n[boot]\nkernel = \"/k\"\n", "vcpus"),
         ("vcpus = 65\n[boot]\nkernel = \"/k\"\n", "out of range"),
         ("vcpus = \"two\"\n[boot]\nkernel = \"/k\"\n", "expected an integer"),
@@ -158,11 +158,35 @@ import Testing
         ("[boot]\nkernel = \"/k\"\n[[nic]]\nmac = \"00:00:00:00:00:00\"\n", "not a unicast MAC"),
         ("[boot]\nkernel = \"/k\"\n[[nic]]\nbridge = \"br%d\"\n", "not a network interface name"),
         ("[boot]\nkernel = \"/k\"\n[[nic]]\nbridge = \"\"\n", "not a network interface name"),
-    ])
+    ]
+
+    @Test(arguments: malformedDefinitions)
     func malformed(text: String, expected: String) {
         let message = failure(text)
         #expect(message.contains(expected), "\(message)")
         #expect(message.contains("web.toml"), "errors name the file: \(message)")
+    }
+
+    /// The same table through the `martlet` executable reading a host's definition: exit 2
+    /// within a second, the file and key named, nothing under the host's folders changed.
+    @Test func theCLIRefusesEachMalformedDefinitionWithoutSideEffects() throws {
+        #expect(Self.malformedDefinitions.count >= 30)
+        let fixture = try HostFixture(label: "malformed-definitions")
+        try FileManager.default.createDirectory(atPath: fixture.paths.vmsDirectory, withIntermediateDirectories: true)
+        let file = fixture.paths.definition("web")
+        for (text, expected) in Self.malformedDefinitions {
+            try text.write(toFile: file, atomically: false, encoding: .utf8)
+            let before = try FileManager.default.subpathsOfDirectory(atPath: fixture.root).sorted()
+            let started = Date()
+            for command in [["vm", "show", "web"], ["vm", "start", "web"]] {
+                let result = try TestSupport.run(TestSupport.product("martlet"), command, environment: fixture.environment)
+                #expect(result.status == 2, "\(command) \(text): \(result.status) \(result.stderr)")
+                #expect(result.stderr.contains(file) && result.stderr.contains(expected), "\(command) \(text): \(result.stderr)")
+            }
+            #expect(Date().timeIntervalSince(started) < 2, "\(text): two refusals took too long")
+            #expect(try FileManager.default.subpathsOfDirectory(atPath: fixture.root).sorted() == before, "\(text)")
+            #expect(try String(contentsOfFile: file, encoding: .utf8) == text)
+        }
     }
 
     @Test func fileNameMustBeAValidVMName() {
