@@ -84,7 +84,7 @@ public struct APIServer: Sendable {
                 boot: .init(
                     mode: mode, kernel: try kernel.map { try source($0, "kernel") },
                     initrd: try initrd.map { try source($0, "initrd") },
-                    cmdline: cmdline ?? "console=ttyS0", firmware: firmware),
+                    cmdline: cmdline ?? VMDefinition.Boot.defaultCmdline, firmware: firmware),
                 disks: (disks ?? []).map {
                     .init(pool: $0.pool, volume: $0.volume, readOnly: $0.readOnly ?? false)
                 },

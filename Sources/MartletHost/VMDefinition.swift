@@ -86,7 +86,7 @@ public struct VMDefinition: Codable, Equatable, Sendable {
         /// Any combination, as a file or a request gives it; `validate()` judges it.
         public init(
             mode: BootMode, kernel: FileSource? = nil, initrd: FileSource? = nil,
-            cmdline: String = "console=ttyS0", firmware: String? = nil
+            cmdline: String = Boot.defaultCmdline, firmware: String? = nil
         ) {
             self.mode = mode
             self.kernel = kernel
@@ -94,6 +94,9 @@ public struct VMDefinition: Codable, Equatable, Sendable {
             self.cmdline = cmdline
             self.firmware = firmware
         }
+
+        /// The kernel command line when none is given.
+        public static let defaultCmdline = "console=ttyS0"
 
         /// Firmware boot from the first disk, with `firmware` or the default one.
         public static func disk(firmware: String? = nil) -> Boot {
@@ -242,7 +245,13 @@ extension VMDefinition {
         // With a firmware but no mode, the boot rules below say what to change.
         if mode == .kernel && firmware == nil { kernel = try bootSection.required(kernel, "kernel") }
         let initrd = try source(bootSection, "initrd")
-        let cmdline = try bootSection.string("cmdline") ?? "console=ttyS0"
+        let cmdlineText = try bootSection.string("cmdline")
+        if mode == .disk, cmdlineText != nil {
+            throw bootSection.error(
+                "cmdline", "is only for mode \"kernel\"; the first disk's bootloader passes its own",
+                hint: "remove cmdline (set it in the guest's GRUB configuration)")
+        }
+        let cmdline = cmdlineText ?? Boot.defaultCmdline
         try bootSection.finish()
 
         let diskSections = try root.sections("disk") ?? []
@@ -418,6 +427,12 @@ extension VMDefinition {
                     table: .boot, key: "initrd",
                     message: "is only for mode \"kernel\"; the first disk's bootloader loads its own",
                     hint: "remove initrd")
+            }
+            if boot.cmdline != Boot.defaultCmdline {
+                return Violation(
+                    table: .boot, key: "cmdline",
+                    message: "is only for mode \"kernel\"; the first disk's bootloader passes its own",
+                    hint: "remove cmdline (set it in the guest's GRUB configuration)")
             }
             if let firmware = boot.firmware, !firmware.hasPrefix("/") {
                 return Violation(

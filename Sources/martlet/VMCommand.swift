@@ -72,7 +72,7 @@ struct VMCreateCommand: ParsableCommand {
     var initrd: String?
 
     @Option(help: "Kernel command line (--boot kernel).")
-    var cmdline = "console=ttyS0"
+    var cmdline = VMDefinition.Boot.defaultCmdline
 
     @Option(
         help: ArgumentHelp(

@@ -44,11 +44,20 @@ import Testing
         ("[boot]\nmode = \"disk\"\n", "the VM has none"),
         ("[boot]\nmode = \"bios\"\n" + disk, "is not one of \"kernel\", \"disk\""),
         ("[boot]\nmode = \"kernel\"\n", "missing required key 'boot.kernel'"),
+        ("[boot]\nmode = \"disk\"\ncmdline = \"quiet\"\n" + disk, "boot.cmdline': is only for mode \"kernel\""),
     ])
     func refusedBootTables(text: String, expected: String) {
         let message = failure(text)
         #expect(message.contains(expected), "\(message)")
         #expect(message.contains("web.toml"), "errors name the file: \(message)")
+    }
+
+    @Test func validateRefusesACommandLineForADiskBootVM() {
+        let definition = VMDefinition(
+            name: "web", boot: .init(mode: .disk, cmdline: "console=ttyS0 quiet"),
+            disks: [.init(pool: "local", volume: "web-root")])
+        let refused = #expect(throws: MartletError.self) { try definition.validate() }
+        #expect(refused?.message.contains("boot.cmdline") == true, "\(String(describing: refused))")
     }
 
     @Test func validateRefusesKernelAndFirmwareNamingBoth() {
