@@ -262,7 +262,7 @@ import Testing
     /// Through the CLI and a real runner and VMM (the tiny test guest): `vm create
     /// --cloud-init` keeps the key, `vm start` writes the seed and attaches it read-only, a
     /// changed definition gives a rewritten seed at the next start.
-    @Test(.timeLimit(.minutes(5))) func runnerWritesAndAttachesTheSeed() throws {
+    @Test(.timeLimit(.minutes(30))) func runnerWritesAndAttachesTheSeed() throws {
         defer { cleanUp() }
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "ci-run")

@@ -170,7 +170,7 @@ final class LocalHTTPServer {
         #expect(try pool.volumes().map(\.name) == ["taken"])
     }
 
-    @Test(.timeLimit(.minutes(2))) func fromHTTP() throws {
+    @Test(.timeLimit(.minutes(30))) func fromHTTP() throws {
         defer { cleanUp() }
         let server = try LocalHTTPServer(directory: root + "/served")
         let digest = try Digest.sha256(file: image)
