@@ -147,9 +147,9 @@ public struct APIServer: Sendable {
         }
         // The HTTP server's bind creates the socket: this umask keeps it owner-only from the
         // first moment whatever the caller's umask was (whoever reaches it manages every
-        // VM), and what this process writes owner-only too; once bound its mode is set to
-        // exactly `socketMode`.
-        umask(0o077)
+        // VM); once bound its mode is set to exactly `socketMode` and the caller's umask is
+        // back, so the run directories requests create stay reachable by the VMM's user.
+        let callersUmask = umask(0o077)
         let socketPath = self.socketPath
         let logger = self.logger
         let app = Application(
@@ -160,6 +160,7 @@ public struct APIServer: Sendable {
                 if chmod(socketPath, APIServer.socketMode) != 0 {
                     logger.error("chmod \(socketPath) failed: \(SystemError.text(errno))")
                 }
+                umask(callersUmask)
             },
             logger: logger)
         try await app.runService()

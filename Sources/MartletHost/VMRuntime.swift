@@ -38,6 +38,9 @@ extension VMHost {
         try checkReferences(definition)
         try FileManager.default.createDirectory(
             atPath: paths.state(name), withIntermediateDirectories: true)
+        // Explicitly 0755 whatever the umask of the process that made it: the VMM runs as its
+        // own user and reads its configuration from here.
+        guard chmod(paths.state(name), 0o755) == 0 else { throw MartletError.system("chmod", path: paths.state(name)) }
         unlink(paths.runnerPID(name))
         unlink(paths.controlSocket(name))
         unlink(paths.runnerExit(name))

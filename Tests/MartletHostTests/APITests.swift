@@ -89,6 +89,11 @@ final class APIProcess {
         let started = try api.request("POST", "/v1/vms/api-vm/start")
         #expect(started.status == 200, "\(started.body)")
         #expect(api.json(started.body)["state"] as? String == "running")
+        // The server binds under umask 077 but must not keep it: the VMM, running as its own
+        // user on a host, reads its configuration in this directory (an e2e run caught 0700).
+        var state = stat()
+        #expect(stat(fixture.paths.state("api-vm"), &state) == 0)
+        #expect(state.st_mode & 0o777 == 0o755, "run directory mode \(String(state.st_mode & 0o777, radix: 8))")
         #expect(try api.request("DELETE", "/v1/pools/local/volumes/api-root").status == 409)
         #expect(try api.request("DELETE", "/v1/vms/api-vm").status == 409)
 
