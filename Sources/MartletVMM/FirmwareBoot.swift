@@ -169,6 +169,8 @@ extension FwCfg {
 /// Recognises SeaBIOS's "No bootable device." on the serial console. SeaBIOS prints it when
 /// no disk holds a boot sector, then waits 60 s and resets, for ever; the VMM ends the run
 /// instead, so the host can report the reason rather than a VM that seems to run.
+/// `@unchecked Sendable`: the match state is in a Mutex; `onFailure` relays to the machine
+/// through a variable `Machine.init` sets once, before any vCPU runs.
 final class BootFailureWatch: @unchecked Sendable {
     static let message = Array("No bootable device.".utf8)
     /// Bytes of `message` matched so far; nil once it was seen.
