@@ -98,7 +98,8 @@ let package = Package(
         // Fuzz targets over the parsers and decoders that take outside input: a corpus
         // replayer in normal builds, libFuzzer's driver when built by scripts/fuzz.
         .executableTarget(
-            name: "martlet-fuzz", dependencies: ["MartletAnswer", "MartletVMM", "MartletVMMProtocol"]),
+            name: "martlet-fuzz",
+            dependencies: ["MartletAnswer", "MartletBuilder", "MartletCore", "MartletHost", "MartletVMM", "MartletVMMProtocol"]),
 
         // What tests share: QEMU's monitor, scratch folders, tiny GRUB ISOs, where the
         // executables are. Only test targets depend on it; it ships in no binary.

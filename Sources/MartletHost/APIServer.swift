@@ -52,7 +52,7 @@ public struct APIServer: Sendable {
         }
 
         /// The definition of VM `name`, with the TOML file's defaults, validated.
-        func definition(name: String) throws -> VMDefinition {
+        public func definition(name: String) throws -> VMDefinition {
             func source(_ text: String, _ key: String) throws -> VMDefinition.FileSource {
                 guard let source = VMDefinition.FileSource(parsing: text) else {
                     throw MartletError(
