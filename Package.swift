@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         // Already under Hummingbird; named for NIOThreadPool (the API's blocking work).
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        // TLS for the API's HTTPS listener (HummingbirdTLS builds on it).
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.2"),
     ],
     targets: [
         // C libraries from Debian, imported through pkg-config. Each has a shim.h with
@@ -73,8 +75,10 @@ let package = Package(
             dependencies: [
                 "MartletCore", "MartletSystem", "MartletValidation", "MartletVMMProtocol", "CArchive",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             exclude: ["README.md", "openapi.yaml"]),
 

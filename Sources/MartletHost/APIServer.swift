@@ -1,21 +1,42 @@
 import Foundation
 import Hummingbird
+import HummingbirdTLS
+import NIOSSL
 import Logging
 import MartletCore
 import MartletSystem
 import MartletValidation
 import NIOPosix
 
-/// The local REST API (`martlet api serve`): the operations of `VMHost` over HTTP/JSON on a
-/// unix socket, for tools and a later web UI. Documented in openapi.yaml next to this file.
+/// The REST API (`martlet api serve`): the operations of `VMHost` over HTTP/JSON on a unix
+/// socket for local tools (root only, no credentials), and over HTTPS on the network for
+/// scripts and the browser, where every request needs a token. Documented in openapi.yaml
+/// next to this file.
 public struct APIServer: Sendable {
     public let host: VMHost
     public let socketPath: String
+    public let https: HTTPSListener?
     public let logger: Logger
 
-    public init(host: VMHost, socketPath: String, logger: Logger) {
+    /// The network side: TLS with `certificate`, requests authenticated against `tokens`.
+    public struct HTTPSListener: Sendable {
+        public var address: String
+        public var port: Int
+        public var certificate: APICertificate
+        public var tokens: APITokenStore
+
+        public init(address: String, port: Int, certificate: APICertificate, tokens: APITokenStore) {
+            self.address = address
+            self.port = port
+            self.certificate = certificate
+            self.tokens = tokens
+        }
+    }
+
+    public init(host: VMHost, socketPath: String, https: HTTPSListener? = nil, logger: Logger) {
         self.host = host
         self.socketPath = socketPath
+        self.https = https
         self.logger = logger
     }
 
@@ -163,11 +184,47 @@ public struct APIServer: Sendable {
                 umask(callersUmask)
             },
             logger: logger)
-        try await app.runService()
+        guard let https else {
+            try await app.runService()
+            return
+        }
+        let secure = try httpsApplication(https)
+        // Both listeners serve until a signal stops them; when one fails, the other is
+        // cancelled, so the unit restarts as a whole instead of running half an API.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await app.runService() }
+            group.addTask { try await secure.runService() }
+            try await group.next()
+            group.cancelAll()
+        }
     }
 
-    func router() -> Router<BasicRequestContext> {
+    /// The HTTPS listener: the same routes behind token authentication.
+    func httpsApplication(_ https: HTTPSListener) throws -> some ApplicationProtocol {
+        let tls: TLSConfiguration
+        do {
+            tls = TLSConfiguration.makeServerConfiguration(
+                certificateChain: try NIOSSLCertificate.fromPEMFile(https.certificate.certificatePath).map { .certificate($0) },
+                privateKey: .privateKey(try NIOSSLPrivateKey(file: https.certificate.keyPath, format: .pem)))
+        } catch {
+            throw MartletError(
+                .invalidInput,
+                "the API's certificate '\(https.certificate.certificatePath)' or key '\(https.certificate.keyPath)' cannot be used: \(error)",
+                hint: "remove both to have a new self-signed pair made at the next start")
+        }
+        return Application(
+            router: router(authentication: TokenAuthentication(tokens: https.tokens, logger: logger)),
+            server: try .tls(.http1(), tlsConfiguration: tls),
+            configuration: .init(address: .hostname(https.address, port: https.port), serverName: "martlet-api"),
+            logger: logger)
+    }
+
+    /// The API's routes; behind `authentication` when given (the HTTPS side).
+    func router(authentication: TokenAuthentication? = nil) -> Router<BasicRequestContext> {
         let router = Router()
+        // Before the routes: Hummingbird builds each route's responder with the middleware
+        // added so far.
+        if let authentication { router.add(middleware: authentication) }
         let host = self.host
         router.get("/v1/vms") { _, _ in try await Self.respond { try host.statuses() } }
         router.post("/v1/vms") { request, context in

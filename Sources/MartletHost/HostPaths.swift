@@ -14,6 +14,14 @@ public struct HostPaths: Sendable, Equatable {
     public var vmm: String
     /// The user the VMM runs as when the runner is root and the user exists.
     public var vmmUser: String
+    /// Where the API listens besides its socket (`[https]`).
+    public var apiConfiguration = "/etc/martlet/api.toml"
+    /// The API's tokens (hashes only), mode 0600.
+    public var apiTokens = "/etc/martlet/api/tokens.json"
+    /// The HTTPS certificate and key: `cert.pem`, `key.pem`.
+    public var tlsDirectory = "/etc/martlet/tls"
+    /// The console login banner's part that shows the API's address and fingerprint.
+    public var apiIssueFile = "/etc/issue.d/martlet-api.issue"
 
     public init(
         vmsDirectory: String = "/etc/martlet/vms",
@@ -29,7 +37,8 @@ public struct HostPaths: Sendable, Equatable {
     }
 
     /// The defaults, overridden by MARTLET_VMS_DIR, MARTLET_STORAGE_CONFIG, MARTLET_RUN_DIR,
-    /// MARTLET_VMM and MARTLET_VMM_USER.
+    /// MARTLET_VMM, MARTLET_VMM_USER, MARTLET_API_CONFIG, MARTLET_API_TOKENS, MARTLET_TLS_DIR
+    /// and MARTLET_API_ISSUE.
     public static func fromEnvironment(
         _ environment: [String: String] = ProcessInfo.processInfo.environment
     ) -> HostPaths {
@@ -39,6 +48,10 @@ public struct HostPaths: Sendable, Equatable {
         if let value = environment["MARTLET_RUN_DIR"] { paths.runDirectory = value }
         if let value = environment["MARTLET_VMM"] { paths.vmm = value }
         if let value = environment["MARTLET_VMM_USER"] { paths.vmmUser = value }
+        if let value = environment["MARTLET_API_CONFIG"] { paths.apiConfiguration = value }
+        if let value = environment["MARTLET_API_TOKENS"] { paths.apiTokens = value }
+        if let value = environment["MARTLET_TLS_DIR"] { paths.tlsDirectory = value }
+        if let value = environment["MARTLET_API_ISSUE"] { paths.apiIssueFile = value }
         return paths
     }
 

@@ -71,7 +71,7 @@ enum TestSupport {
 /// A host layout in a temporary directory: definitions, run state and one directory pool.
 final class HostFixture {
     let root: String
-    let paths: HostPaths
+    private(set) var paths: HostPaths
     let host: VMHost
 
     init(label: String, extraPools: String = "") throws {
@@ -89,6 +89,13 @@ final class HostFixture {
             vmsDirectory: root + "/vms", storageConfiguration: root + "/storage.toml",
             runDirectory: root + "/run",
             vmm: TestSupport.product("martlet-vmm"), vmmUser: "")
+        // The API's files in the fixture too, and HTTPS off unless a test turns it on: no
+        // test serves on the machine's port 8443 or writes to its /etc.
+        paths.apiConfiguration = root + "/api.toml"
+        paths.apiTokens = root + "/api/tokens.json"
+        paths.tlsDirectory = root + "/tls"
+        paths.apiIssueFile = root + "/issue.d/martlet-api.issue"
+        try "[https]\nenabled = false\n".write(toFile: paths.apiConfiguration, atomically: true, encoding: .utf8)
         host = VMHost(paths: paths)
     }
 
@@ -99,6 +106,8 @@ final class HostFixture {
             "MARTLET_STORAGE_CONFIG": paths.storageConfiguration,
             "MARTLET_RUN_DIR": paths.runDirectory, "MARTLET_VMM": paths.vmm, "MARTLET_VMM_USER": "",
             "MARTLET_NO_SYSTEMD": "1", "MARTLET_STOP_GRACE": "1",
+            "MARTLET_API_CONFIG": paths.apiConfiguration, "MARTLET_API_TOKENS": paths.apiTokens,
+            "MARTLET_TLS_DIR": paths.tlsDirectory, "MARTLET_API_ISSUE": paths.apiIssueFile,
         ]
     }
 

@@ -1,0 +1,45 @@
+import Foundation
+import MartletCore
+import Hummingbird
+import Logging
+
+/// The HTTPS side's gate: every request carries `Authorization: Bearer TOKEN` for a token in
+/// the store (401 otherwise); a read-only token may only read (403 for any other method).
+/// Every request that may change something is written to the journal with the token's name,
+/// and so is every refusal.
+struct TokenAuthentication: RouterMiddleware {
+    typealias Context = BasicRequestContext
+
+    let tokens: APITokenStore
+    let logger: Logger
+
+    /// The methods a read-only token may use.
+    static let readingMethods: Set<HTTPRequest.Method> = [.get, .head]
+
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        let what = "\(request.method) \(request.uri.path)"
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer "),
+            let token = tokens.authenticate(String(header.dropFirst("Bearer ".count)))
+        else {
+            logger.warning("api: refused \(what): \(request.headers[.authorization] == nil ? "no token" : "unknown or revoked token")")
+            var response = APIServer.errorResponse(
+                MartletError(.permissionDenied, "this request needs a valid API token", hint: "send 'Authorization: Bearer TOKEN'; martlet api token create NAME makes one"))
+            response.status = .unauthorized
+            response.headers[.wwwAuthenticate] = "Bearer realm=\"martlet\""
+            return response
+        }
+        let reads = Self.readingMethods.contains(request.method)
+        if token.readOnly && !reads {
+            logger.warning("api: refused \(what) for read-only token '\(token.name)'")
+            return APIServer.errorResponse(
+                MartletError(.permissionDenied, "token '\(token.name)' is read-only; \(request.method) needs a full token"))
+        }
+        let response = try await next(request, context)
+        if !reads {
+            logger.notice("api: \(what) by token '\(token.name)': \(response.status.code)")
+        }
+        return response
+    }
+}
