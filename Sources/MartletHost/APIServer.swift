@@ -188,13 +188,35 @@ public struct APIServer: Sendable {
             try await app.runService()
             return
         }
-        let secure = try httpsApplication(https)
-        // Both listeners serve until a signal stops them; when one fails, the other is
-        // cancelled, so the unit restarts as a whole instead of running half an API.
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await app.runService() }
-            group.addTask { try await secure.runService() }
-            try await group.next()
+        // The HTTPS listener failing (a bad certificate, its port taken) leaves the unix
+        // socket serving: local tools and the VMs' management keep working while the error
+        // is in the journal, as a proxy in front of a daemon would fail alone.
+        let secure: (any ApplicationProtocol)?
+        do {
+            secure = try httpsApplication(https)
+        } catch {
+            logger.error("HTTPS listener not started, the unix socket serves alone: \(error)")
+            secure = nil
+        }
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await app.runService()
+                return true
+            }
+            if let secure {
+                group.addTask {
+                    do {
+                        try await secure.runService()
+                    } catch {
+                        logger.error("HTTPS listener stopped, the unix socket serves alone: \(error)")
+                    }
+                    return false
+                }
+            }
+            // Until the socket's server ends (a signal ends both).
+            while let socketEnded = try await group.next() {
+                if socketEnded { break }
+            }
             group.cancelAll()
         }
     }

@@ -39,26 +39,13 @@ struct APIServeCommand: ParsableCommand {
         let host = VMHost()
         let paths = host.paths
         var https: APIServer.HTTPSListener?
-        let configuration = try APIConfiguration(path: paths.apiConfiguration)
-        if configuration.httpsEnabled && !noHTTPS {
-            let certificate = APICertificate(directory: paths.tlsDirectory)
-            let identity = APICertificate.localIdentity()
-            if try certificate.ensure(hostName: identity.hostName, addresses: identity.addresses) {
-                logger.notice("made a self-signed certificate for \(identity.hostName) at \(certificate.certificatePath)")
-            }
-            let fingerprint = try certificate.fingerprint()
-            logger.notice("HTTPS on port \(configuration.httpsPort), certificate SHA-256 \(fingerprint)")
+        if !noHTTPS {
             do {
-                try APICertificate.writeIssue(
-                    APICertificate.issueText(port: configuration.httpsPort, fingerprint: fingerprint),
-                    to: paths.apiIssueFile)
+                let configuration = try APIConfiguration(path: paths.apiConfiguration)
+                if configuration.httpsEnabled { https = httpsListener(configuration, paths, logger) }
             } catch {
-                // The banner is a convenience; the API serves without it.
-                logger.warning("\(error)")
+                logger.error("HTTPS listener not started, the unix socket serves alone: \(error)")
             }
-            https = .init(
-                address: configuration.httpsAddress, port: configuration.httpsPort,
-                certificate: certificate, tokens: APITokenStore(path: paths.apiTokens))
         }
         let server = APIServer(host: host, socketPath: socket, https: https, logger: logger)
         // The root command is synchronous (the builder's commands are), so the server runs in
@@ -74,6 +61,38 @@ struct APIServeCommand: ParsableCommand {
             FileHandle.standardError.write(Data("martlet api serve: \(message)\n".utf8))
             throw ExitCode(1)
         }
+    }
+}
+
+extension APIServeCommand {
+    /// The HTTPS side as api.toml asks, its certificate made when missing and its banner
+    /// written; nil (with the reason in the journal) when the certificate cannot be had, so
+    /// the unix socket serves alone.
+    func httpsListener(_ configuration: APIConfiguration, _ paths: HostPaths, _ logger: Logger) -> APIServer.HTTPSListener? {
+        let certificate = APICertificate(directory: paths.tlsDirectory)
+        let fingerprint: String
+        do {
+            let identity = APICertificate.localIdentity()
+            if try certificate.ensure(hostName: identity.hostName, addresses: identity.addresses) {
+                logger.notice("made a self-signed certificate for \(identity.hostName) at \(certificate.certificatePath)")
+            }
+            fingerprint = try certificate.fingerprint()
+        } catch {
+            logger.error("HTTPS listener not started, the unix socket serves alone: \(error)")
+            return nil
+        }
+        logger.notice("HTTPS on port \(configuration.httpsPort), certificate SHA-256 \(fingerprint)")
+        do {
+            try APICertificate.writeIssue(
+                APICertificate.issueText(port: configuration.httpsPort, fingerprint: fingerprint),
+                to: paths.apiIssueFile)
+        } catch {
+            // The banner is a convenience; the API serves without it.
+            logger.warning("\(error)")
+        }
+        return .init(
+            address: configuration.httpsAddress, port: configuration.httpsPort,
+            certificate: certificate, tokens: APITokenStore(path: paths.apiTokens))
     }
 }
 

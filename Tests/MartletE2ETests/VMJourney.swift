@@ -11,8 +11,9 @@ import MartletCore
 /// pings the host's br0 address through its tap, prints `E2E-GUEST-READY N` and waits for
 /// the ACPI power button. Under QEMU/TCG it runs on nested KVM (DESIGN.md, Facts).
 ///
-/// One lane drives the `martlet` CLI, the other the REST API on /run/martlet/api.sock (curl
-/// on the host), so both front ends meet the same host operations on real systemd.
+/// One lane drives the `martlet` CLI, the other the REST API over HTTPS with a token (curl on
+/// the host, checking the certificate the host made at its first boot), so both front ends
+/// meet the same host operations on real systemd.
 struct VMJourney {
     enum Interface: String { case cli, api }
 
@@ -32,6 +33,7 @@ struct VMJourney {
         // lost the deletions that run made. A fresh host has nothing to remove.
         _ = try? checks.ssh.run(
             "martlet vm delete \(Self.vm) --volumes; martlet vm delete nokvm; martlet volume delete local/\(Self.volume); martlet volume delete local/e2e-imported; true")
+        if interface == .api { try https() }
         try makeGuest()
         importImage()
         let mac = try define()
@@ -43,6 +45,26 @@ struct VMJourney {
     }
 
     // MARK: - Steps
+
+    /// The API's HTTPS side as a new admin meets it: a token made with the CLI, the
+    /// certificate's fingerprint the same from the CLI, the console banner and openssl, and
+    /// no answer without the token. Every later API step of this lane goes over HTTPS.
+    func https() throws {
+        try checks.require(
+            "api token create (https)",
+            "martlet api token revoke e2e >/dev/null 2>&1; (umask 077; martlet api token create e2e > /root/e2e-api.token) && test -s /root/e2e-api.token",
+            timeout: 60)
+        checks.check(
+            "api fingerprint = login banner = openssl",
+            "a=$(martlet api fingerprint) && b=$(openssl x509 -in /etc/martlet/tls/cert.pem -noout -fingerprint -sha256 | cut -d= -f2) && echo \"$a\" && test \"$a\" = \"$b\" && grep -F \"$a\" /etc/issue.d/martlet-api.issue"
+        ) { $0.status == 0 }
+        // The service made its certificate at boot; the listener may still be coming up.
+        checks.check(
+            "https without a token is 401",
+            "for i in $(seq 60); do code=$(curl -sS --cacert /etc/martlet/tls/cert.pem -o /dev/null -w '%{http_code}' https://127.0.0.1:8443/v1/vms) && break; sleep 1; done; echo $code; test \"$code\" = 401",
+            timeout: 120
+        ) { $0.status == 0 }
+    }
 
     /// Packs the guest on the host from its own kernel, modules and busybox.
     func makeGuest() throws {
@@ -299,14 +321,15 @@ struct VMJourney {
         }
     }
 
-    /// A curl call to the REST API that prints the body and exits 0 only for the `expect`ed
-    /// HTTP status.
+    /// A curl call to the REST API over HTTPS with the lane's token (the certificate checked
+    /// against the host's own) that prints the body and exits 0 only for the `expect`ed HTTP
+    /// status.
     static func api(_ method: String, _ path: String, _ body: String? = nil, expect: Int) -> String {
-        var command = "curl -sS --unix-socket /run/martlet/api.sock -X \(method) -o /tmp/api.out -w '%{http_code}'"
+        var command = "curl -sS --cacert /etc/martlet/tls/cert.pem -H \"Authorization: Bearer $(cat /root/e2e-api.token)\" -X \(method) -o /tmp/api.out -w '%{http_code}'"
         if let body {
             command += " -H 'Content-Type: application/json' --data-raw '\(body)'"
         }
-        return "code=$(\(command) 'http://localhost\(path)'); cat /tmp/api.out; echo; test \"$code\" = \(expect)"
+        return "code=$(\(command) 'https://127.0.0.1:8443\(path)'); cat /tmp/api.out; echo; test \"$code\" = \(expect)"
     }
 
     /// Packs /var/lib/martlet/kernels/e2e-{vmlinuz,initrd.gz} from the running kernel.

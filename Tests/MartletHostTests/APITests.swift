@@ -10,8 +10,8 @@ final class APIProcess {
     let socket: String
     let pid: pid_t
 
-    init(fixture: HostFixture) throws {
-        socket = fixture.root + "/api.sock"
+    init(fixture: HostFixture, socketName: String = "api.sock") throws {
+        socket = fixture.root + "/" + socketName
         let log = try FileDescriptor.open(fixture.root + "/api.log", O_WRONLY | O_CREAT | O_APPEND)
         let null = try FileDescriptor.open("/dev/null", O_RDONLY)
         let variables = fixture.environment.sorted { $0.key < $1.key }.map {

@@ -139,6 +139,38 @@ import Testing
         #expect(log.contains("refused POST /v1/vms for read-only token 'reader'"), "\(log.suffix(2000))")
     }
 
+    /// The HTTPS side failing (its port taken, a broken api.toml) leaves the socket serving.
+    @Test func aFailingHTTPSListenerLeavesTheSocketServing() throws {
+        let fixture = try HostFixture(label: "https-fails")
+        let taken = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(taken) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(taken, $0, length) == 0 && listen(taken, 1) == 0 && getsockname(taken, $0, &length) == 0
+            }
+        }
+        try #require(listening)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        try "[https]\naddress = \"127.0.0.1\"\nport = \(port)\n".write(
+            toFile: fixture.paths.apiConfiguration, atomically: true, encoding: .utf8)
+        let api = try APIProcess(fixture: fixture)
+        let log = fixture.root + "/api.log"
+        #expect(
+            Poll.until(timeout: 30) {
+                ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("HTTPS listener stopped, the unix socket serves alone")
+            }, "no error about the taken port in \(log)")
+        #expect(try api.request("GET", "/v1/pools").status == 200, "the socket serves")
+        try "[https]\nport = 0\n".write(toFile: fixture.paths.apiConfiguration, atomically: true, encoding: .utf8)
+        let second = try APIProcess(fixture: fixture, socketName: "api2.sock")
+        #expect(try second.request("GET", "/v1/pools").status == 200, "the socket serves with a broken api.toml")
+        let text = try String(contentsOfFile: log, encoding: .utf8)
+        #expect(text.contains("HTTPS listener not started") && text.contains("https.port"), "\(text.suffix(2000))")
+    }
+
     @Test func tokenStoreKeepsHashesAndRefusesNamesAndDuplicates() throws {
         let root = try TestSupport.temporaryDirectory("tokens")
         defer { try? FileManager.default.removeItem(atPath: root) }
