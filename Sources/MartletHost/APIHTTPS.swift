@@ -127,8 +127,9 @@ public struct APICertificate: Sendable {
         return Data(base64Encoded: lines[(begin + 1)..<end].joined())
     }
 
-    /// This host's name and its non-loopback addresses, for the certificate's names.
-    public static func localIdentity() -> (hostName: String, addresses: [String]) {
+    /// This host's name and its non-loopback addresses (of `interface` only, when given):
+    /// the certificate's names, and the addresses the web UI shows.
+    public static func localIdentity(interface: String? = nil) -> (hostName: String, addresses: [String]) {
         var name = [CChar](repeating: 0, count: 256)
         let hostName = gethostname(&name, name.count) == 0 ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
         var addresses: [String] = []
@@ -137,6 +138,7 @@ public struct APICertificate: Sendable {
             defer { freeifaddrs(list) }
             for entry in sequence(first: first, next: { $0.pointee.ifa_next }) {
                 guard let address = entry.pointee.ifa_addr else { continue }
+                if let interface, String(cString: entry.pointee.ifa_name) != interface { continue }
                 let family = Int32(address.pointee.sa_family)
                 guard family == AF_INET || family == AF_INET6 else { continue }
                 var text = [CChar](repeating: 0, count: Int(NI_MAXHOST))

@@ -24,12 +24,16 @@ public struct APIServer: Sendable {
         public var port: Int
         public var certificate: APICertificate
         public var tokens: APITokenStore
+        /// The web UI's static files, served without a token (they hold no data; every call
+        /// the UI makes needs one).
+        public var webRoot: String?
 
-        public init(address: String, port: Int, certificate: APICertificate, tokens: APITokenStore) {
+        public init(address: String, port: Int, certificate: APICertificate, tokens: APITokenStore, webRoot: String? = nil) {
             self.address = address
             self.port = port
             self.certificate = certificate
             self.tokens = tokens
+            self.webRoot = webRoot
         }
     }
 
@@ -235,19 +239,27 @@ public struct APIServer: Sendable {
                 hint: "remove both to have a new self-signed pair made at the next start")
         }
         return Application(
-            router: router(authentication: TokenAuthentication(tokens: https.tokens, logger: logger)),
+            router: router(authentication: TokenAuthentication(tokens: https.tokens, logger: logger), webRoot: https.webRoot),
             server: try .tls(.http1(), tlsConfiguration: tls),
             configuration: .init(address: .hostname(https.address, port: https.port), serverName: "martlet-api"),
             logger: logger)
     }
 
-    /// The API's routes; behind `authentication` when given (the HTTPS side).
-    func router(authentication: TokenAuthentication? = nil) -> Router<BasicRequestContext> {
+    /// The API's routes; behind `authentication` when given (the HTTPS side), with the web
+    /// UI's files from `webRoot` in front of it.
+    func router(authentication: TokenAuthentication? = nil, webRoot: String? = nil) -> Router<BasicRequestContext> {
         let router = Router()
         // Before the routes: Hummingbird builds each route's responder with the middleware
-        // added so far.
-        if let authentication { router.add(middleware: authentication) }
+        // added so far. The files come first (a path that is no file falls through).
+        if let authentication {
+            router.add(middleware: BrowserHeaders())
+            if let webRoot {
+                router.add(middleware: FileMiddleware(webRoot, searchForIndexHtml: true, threadPool: Self.workers, logger: logger))
+            }
+            router.add(middleware: authentication)
+        }
         let host = self.host
+        router.get("/v1/host") { _, _ in try await Self.respond { try HostSummary.current(host: host) } }
         router.get("/v1/vms") { _, _ in try await Self.respond { try host.statuses() } }
         router.post("/v1/vms") { request, context in
             let body = try await Self.decode(VMRequest.self, request, context)
@@ -365,7 +377,7 @@ public struct APIServer: Sendable {
     /// The routes and the methods each answers: any other method is 405 with an Allow
     /// header, not a 404 that reads as "no such VM".
     static let routes: [(path: String, methods: [HTTPRequest.Method])] = [
-        ("/v1/vms", [.get, .post]), ("/v1/vms/:name", [.get, .put, .delete]),
+        ("/v1/host", [.get]), ("/v1/vms", [.get, .post]), ("/v1/vms/:name", [.get, .put, .delete]),
         ("/v1/vms/:name/start", [.post]), ("/v1/vms/:name/stop", [.post]),
         ("/v1/vms/:name/restart", [.post]), ("/v1/vms/:name/console", [.get]),
         ("/v1/pools", [.get]), ("/v1/pools/:pool", [.get]), ("/v1/pools/:pool/volumes", [.get, .post]),

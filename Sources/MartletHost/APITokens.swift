@@ -25,7 +25,9 @@ public final class APITokenStore: Sendable {
     public static let fileMode: mode_t = 0o600
 
     public let path: String
-    private let cache = Mutex<(stamp: timespec, tokens: [APIToken])?>(nil)
+    /// The list as last read, and which file it came from (inode, size, change time): an
+    /// atomic replace is a new inode even within one clock tick.
+    private let cache = Mutex<(file: [Int], tokens: [APIToken])?>(nil)
 
     public init(path: String) {
         self.path = path
@@ -38,11 +40,10 @@ public final class APITokenStore: Sendable {
             if errno == ENOENT { return [] }
             throw MartletError(.failed, "API tokens '\(path)': \(SystemError.text(errno))")
         }
-        if let cached = cache.withLock({ $0 }), cached.stamp.tv_sec == status.st_mtim.tv_sec,
-            cached.stamp.tv_nsec == status.st_mtim.tv_nsec
-        {
-            return cached.tokens
-        }
+        let file = [
+            Int(status.st_ino), Int(status.st_size), Int(status.st_ctim.tv_sec), Int(status.st_ctim.tv_nsec),
+        ]
+        if let cached = cache.withLock({ $0 }), cached.file == file { return cached.tokens }
         let text = try readConfigText(path)
         let tokens: [APIToken]
         do {
@@ -52,7 +53,7 @@ public final class APITokenStore: Sendable {
                 .invalidInput, "API tokens '\(path)' is not a list of tokens: \(error)",
                 hint: "restore it from a backup, or remove it and create the tokens again")
         }
-        cache.withLock { $0 = (status.st_mtim, tokens) }
+        cache.withLock { $0 = (file, tokens) }
         return tokens
     }
 

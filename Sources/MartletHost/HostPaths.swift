@@ -22,6 +22,8 @@ public struct HostPaths: Sendable, Equatable {
     public var tlsDirectory = "/etc/martlet/tls"
     /// The console login banner's part that shows the API's address and fingerprint.
     public var apiIssueFile = "/etc/issue.d/martlet-api.issue"
+    /// The web UI's static files, served over HTTPS.
+    public var webRoot = "/usr/share/martlet/www"
 
     public init(
         vmsDirectory: String = "/etc/martlet/vms",
@@ -38,7 +40,7 @@ public struct HostPaths: Sendable, Equatable {
 
     /// The defaults, overridden by MARTLET_VMS_DIR, MARTLET_STORAGE_CONFIG, MARTLET_RUN_DIR,
     /// MARTLET_VMM, MARTLET_VMM_USER, MARTLET_API_CONFIG, MARTLET_API_TOKENS, MARTLET_TLS_DIR
-    /// and MARTLET_API_ISSUE.
+    /// MARTLET_API_ISSUE and MARTLET_WEB_ROOT.
     public static func fromEnvironment(
         _ environment: [String: String] = ProcessInfo.processInfo.environment
     ) -> HostPaths {
@@ -52,6 +54,7 @@ public struct HostPaths: Sendable, Equatable {
         if let value = environment["MARTLET_API_TOKENS"] { paths.apiTokens = value }
         if let value = environment["MARTLET_TLS_DIR"] { paths.tlsDirectory = value }
         if let value = environment["MARTLET_API_ISSUE"] { paths.apiIssueFile = value }
+        if let value = environment["MARTLET_WEB_ROOT"] { paths.webRoot = value }
         return paths
     }
 

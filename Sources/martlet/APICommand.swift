@@ -92,7 +92,7 @@ extension APIServeCommand {
         }
         return .init(
             address: configuration.httpsAddress, port: configuration.httpsPort,
-            certificate: certificate, tokens: APITokenStore(path: paths.apiTokens))
+            certificate: certificate, tokens: APITokenStore(path: paths.apiTokens), webRoot: paths.webRoot)
     }
 }
 

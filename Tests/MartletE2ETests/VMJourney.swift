@@ -64,6 +64,10 @@ struct VMJourney {
             "for i in $(seq 60); do code=$(curl -sS --cacert /etc/martlet/tls/cert.pem -o /dev/null -w '%{http_code}' https://127.0.0.1:8443/v1/vms) && break; sleep 1; done; echo $code; test \"$code\" = 401",
             timeout: 120
         ) { $0.status == 0 }
+        checks.check(
+            "web UI login page loads (https)",
+            "curl -sS --cacert /etc/martlet/tls/cert.pem https://127.0.0.1:8443/ | grep -c 'id=\"login-form\"'"
+        ) { $0.status == 0 }
     }
 
     /// Packs the guest on the host from its own kernel, modules and busybox.

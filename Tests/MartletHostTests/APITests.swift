@@ -10,11 +10,11 @@ final class APIProcess {
     let socket: String
     let pid: pid_t
 
-    init(fixture: HostFixture, socketName: String = "api.sock") throws {
+    init(fixture: HostFixture, socketName: String = "api.sock", extraEnvironment: [String: String] = [:]) throws {
         socket = fixture.root + "/" + socketName
         let log = try FileDescriptor.open(fixture.root + "/api.log", O_WRONLY | O_CREAT | O_APPEND)
         let null = try FileDescriptor.open("/dev/null", O_RDONLY)
-        let variables = fixture.environment.sorted { $0.key < $1.key }.map {
+        let variables = fixture.environment.merging(extraEnvironment) { $1 }.sorted { $0.key < $1.key }.map {
             "\($0.key)=\($0.value)"
         }
         pid = try ChildProcess.spawn(

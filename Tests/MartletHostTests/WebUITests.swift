@@ -1,0 +1,204 @@
+import Foundation
+import MartletCore
+import MartletSystem
+import Testing
+
+@testable import MartletHost
+
+/// The web UI in a real browser: headless Chromium from Debian, driven through
+/// chromium-driver's WebDriver protocol, against `martlet api serve` with HTTPS on a loopback
+/// port and the UI's files from overlays/. A wrong token is refused; the right one logs in;
+/// a VM (the tiny test guest) is created from the form, started, its console read in the
+/// page, force-stopped and deleted. Screenshots of each page go to artifacts/webui/.
+@Suite(.serialized, .timeLimit(.minutes(30))) struct WebUITests {
+    static let driverPath = "/usr/bin/chromedriver"
+    /// scripts/setup installs chromium and chromium-driver; without them there is no browser.
+    static let available = FileManager.default.isExecutableFile(atPath: driverPath)
+        && FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium")
+
+    @Test(.enabled(if: available, "needs chromium and chromium-driver (scripts/setup installs them)"))
+    func logInCreateStartReadConsoleStopDelete() throws {
+        let guest = try TestSupport.guest.get()
+        let fixture = try HostFixture(label: "webui")
+        let port = try HTTPSAPITests.freePort()
+        try "[https]\naddress = \"127.0.0.1\"\nport = \(port)\n".write(
+            toFile: fixture.paths.apiConfiguration, atomically: true, encoding: .utf8)
+        let created = try HTTPSAPITests.martlet(fixture, ["api", "token", "create", "browser"])
+        try #require(created.status == 0, "\(created.stderr)")
+        let token = created.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let api = try APIProcess(
+            fixture: fixture,
+            extraEnvironment: ["MARTLET_WEB_ROOT": TestSupport.repository.appendingPathComponent("overlays/host/usr/share/martlet/www").path])
+        _ = api
+        let base = "https://127.0.0.1:\(port)"
+        #expect(
+            Poll.until(timeout: 30) {
+                (try? ChildProcess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", base + "/"]).stdout) == "200"
+            }, "the UI's index did not load from \(base)/; see \(fixture.root)/api.log")
+        let headers = try ChildProcess.run(["curl", "-skI", base + "/app.js"]).stdout.lowercased()
+        #expect(headers.contains("content-security-policy: default-src 'self'") && headers.contains("x-frame-options: deny"), "\(headers)")
+
+        let artifacts = TestSupport.repository.appendingPathComponent("artifacts/webui")
+        try FileManager.default.createDirectory(at: artifacts, withIntermediateDirectories: true)
+        let browser = try WebDriver(profile: fixture.root + "/chromium")
+        defer { browser.quit() }
+        try browser.open(base + "/")
+        try browser.waitFor("login form", "return !document.querySelector('#login').hidden")
+        try browser.screenshot(to: artifacts.appendingPathComponent("1-login.png"))
+
+        // A wrong token: refused in the page, and still on the login form.
+        try browser.type("#token", "martlet_" + String(repeating: "0", count: 64))
+        try browser.click("#login-form button[type=submit]")
+        try browser.waitFor("the refusal", "return document.querySelector('#login-error').textContent.includes('not valid')")
+        #expect(try browser.script("return document.querySelector('#tabs').hidden") as? Bool == true)
+
+        try browser.script("document.querySelector('#token').value = ''")
+        try browser.type("#token", token)
+        try browser.click("#login-form button[type=submit]")
+        try browser.waitFor("the VM page", "return !document.querySelector('#vms').hidden")
+        try browser.screenshot(to: artifacts.appendingPathComponent("2-vms-empty.png"))
+
+        // Create a VM from the form: the tiny guest, booted from a kernel.
+        try browser.click("#create summary")
+        try browser.type("#create-form input[name=name]", "web-ui")
+        try browser.script("document.querySelector('#create-form select[name=boot]').value = 'kernel'")
+        try browser.script("document.querySelector('#create-form input[name=memory]').value = '16MiB'")
+        try browser.script("document.querySelector('#create-form input[name=cmdline]').value = 'test=echo'")
+        try browser.script("document.querySelector('#create-form input[name=nic]').checked = false")
+        try browser.type("#create-form input[name=kernel]", guest)
+        try browser.screenshot(to: artifacts.appendingPathComponent("3-create.png"))
+        try browser.click("#create-form button[type=submit]")
+        try browser.waitFor("the new VM's row", "return !!document.querySelector('tr[data-vm=\"web-ui\"]')")
+        #expect(try fixture.host.definition("web-ui").vcpus == 1, "the form's VM is on the host")
+
+        try browser.click("tr[data-vm=\"web-ui\"] button[data-action=start]")
+        try browser.waitFor("the running state", "return document.querySelector('tr[data-vm=\"web-ui\"]').textContent.includes('running')", timeout: 60)
+        #expect(try fixture.host.isRunning("web-ui"))
+        try browser.click("tr[data-vm=\"web-ui\"] button[data-action=console]")
+        try browser.waitFor("the guest's output in the page", "return document.querySelector('#console').textContent.includes('martlet test guest: test=echo')", timeout: 60)
+        try browser.screenshot(to: artifacts.appendingPathComponent("4-vm-console.png"))
+
+        try browser.click("tr[data-vm=\"web-ui\"] button[data-action=\"force stop\"]")
+        try browser.waitFor("the stopped state", "return document.querySelector('tr[data-vm=\"web-ui\"]').textContent.includes('stopped')", timeout: 60)
+        #expect(try !fixture.host.isRunning("web-ui"))
+        try browser.click("tr[data-vm=\"web-ui\"] button[data-action=delete]")
+        try browser.acceptDialog()
+        try browser.waitFor("the row gone", "return !document.querySelector('tr[data-vm=\"web-ui\"]')")
+        #expect((try? fixture.host.definition("web-ui")) == nil, "the VM is deleted on the host")
+
+        try browser.click("nav button[data-view=summary]")
+        try browser.waitFor("the host summary", "return document.querySelector('#host-facts').textContent.includes('KVM')")
+        try browser.screenshot(to: artifacts.appendingPathComponent("5-host.png"))
+        try browser.click("nav button[data-view=storage]")
+        try browser.waitFor("the storage page", "return !document.querySelector('#storage').hidden && document.querySelector('#volume-form select[name=pool]').options.length > 0")
+        try browser.screenshot(to: artifacts.appendingPathComponent("6-storage.png"))
+    }
+}
+
+/// A WebDriver session with headless Chromium through chromedriver, spoken with curl.
+final class WebDriver {
+    let driver: pid_t
+    let base: String
+    var session = ""
+
+    static let elementKey = "element-6066-11e4-a52e-4f735466cecf"
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    init(profile: String) throws {
+        let port = try HTTPSAPITests.freePort()
+        base = "http://127.0.0.1:\(port)"
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        driver = try ChildProcess.spawn(
+            [WebUITests.driverPath, "--port=\(port)"], stdin: null.raw, stdout: null.raw, stderr: null.raw)
+        let base = self.base
+        guard Poll.until(timeout: 30, { (try? ChildProcess.run(["curl", "-sf", base + "/status"]).status) == 0 }) else {
+            throw Failure(description: "chromedriver did not answer on \(base)")
+        }
+        // The certificate is self-signed: the browser is told to accept it, as a person does
+        // after comparing its fingerprint (HTTPSAPITests compares the fingerprint).
+        let capabilities: [String: Any] = [
+            "capabilities": [
+                "alwaysMatch": [
+                    "browserName": "chrome", "acceptInsecureCerts": true,
+                    "goog:chromeOptions": [
+                        "binary": "/usr/bin/chromium",
+                        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900", "--user-data-dir=\(profile)"],
+                    ] as [String: Any],
+                ] as [String: Any]
+            ]
+        ]
+        let value = try call("POST", "/session", capabilities) as? [String: Any]
+        guard let id = value?["sessionId"] as? String else { throw Failure(description: "no WebDriver session: \(String(describing: value))") }
+        session = id
+    }
+
+    /// One WebDriver command; returns its `value`, throws on a WebDriver error.
+    @discardableResult
+    func call(_ method: String, _ path: String, _ body: Any? = nil) throws -> Any? {
+        var arguments = ["curl", "-sS", "--max-time", "60", "-X", method, "-H", "Content-Type: application/json"]
+        if let body { arguments += ["--data-binary", String(decoding: try JSONSerialization.data(withJSONObject: body), as: UTF8.self)] }
+        let output = try ChildProcess.run(arguments + [base + path])
+        guard let reply = try? JSONSerialization.jsonObject(with: Data(output.stdout.utf8)) as? [String: Any] else {
+            throw Failure(description: "\(method) \(path): not a WebDriver reply: \(output.stdout) \(output.stderr)")
+        }
+        let value = reply["value"]
+        if let error = value as? [String: Any], let kind = error["error"] as? String {
+            throw Failure(description: "\(method) \(path): \(kind): \(error["message"] ?? "")")
+        }
+        return value
+    }
+
+    func open(_ url: String) throws { try call("POST", "/session/\(session)/url", ["url": url]) }
+
+    func element(_ selector: String) throws -> String {
+        let value = try call("POST", "/session/\(session)/element", ["using": "css selector", "value": selector]) as? [String: Any]
+        guard let id = value?[Self.elementKey] as? String else { throw Failure(description: "no element \(selector)") }
+        return id
+    }
+
+    func click(_ selector: String) throws { try call("POST", "/session/\(session)/element/\(try element(selector))/click", [String: Any]()) }
+
+    func type(_ selector: String, _ text: String) throws {
+        try call("POST", "/session/\(session)/element/\(try element(selector))/value", ["text": text])
+    }
+
+    @discardableResult
+    func script(_ source: String) throws -> Any? {
+        try call("POST", "/session/\(session)/execute/sync", ["script": source, "args": [Any]()])
+    }
+
+    /// Waits until `condition` (a script returning a boolean) holds; a timeout is a failure.
+    func waitFor(_ what: String, _ condition: String, timeout: Double = 30) throws {
+        var last: Any?
+        let held = Poll.until(timeout: timeout, interval: 0.2) {
+            last = try? self.script(condition)
+            return last as? Bool == true
+        }
+        if !held {
+            let body = (try? script("return document.body.innerText")) as? String ?? ""
+            throw Failure(description: "waited \(timeout) s for \(what); the page says:\n\(body.suffix(1500))")
+        }
+    }
+
+    func acceptDialog() throws {
+        guard Poll.until(timeout: 10, interval: 0.2, { (try? self.call("POST", "/session/\(self.session)/alert/accept", [String: Any]())) != nil }) else {
+            throw Failure(description: "no dialog to accept")
+        }
+    }
+
+    func screenshot(to file: URL) throws {
+        guard let text = try call("GET", "/session/\(session)/screenshot") as? String, let png = Data(base64Encoded: text) else {
+            throw Failure(description: "no screenshot")
+        }
+        try png.write(to: file)
+    }
+
+    func quit() {
+        _ = try? call("DELETE", "/session/\(session)")
+        kill(driver, SIGTERM)
+        _ = ChildProcess.wait(driver)
+    }
+}
