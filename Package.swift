@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         // TLS for the API's HTTPS listener (HummingbirdTLS builds on it).
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.2"),
+        // HTTP field names for the API's headers (already under Hummingbird).
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
     ],
     targets: [
         // C libraries from Debian, imported through pkg-config. Each has a shim.h with
@@ -24,6 +26,7 @@ let package = Package(
         .systemLibrary(
             name: "CParted", pkgConfig: "libparted", providers: [.apt(["libparted-dev"])]),
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        .systemLibrary(name: "CPAM", providers: [.apt(["libpam0g-dev"])]),
         .systemLibrary(
             name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         .systemLibrary(name: "CNewt", pkgConfig: "libnewt", providers: [.apt(["libnewt-dev"])]),
@@ -73,9 +76,10 @@ let package = Package(
         .target(
             name: "MartletHost",
             dependencies: [
-                "MartletCore", "MartletSystem", "MartletValidation", "MartletVMMProtocol", "CArchive",
+                "MartletCore", "MartletSystem", "MartletValidation", "MartletVMMProtocol", "CArchive", "CPAM",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -1,52 +1,156 @@
 import Foundation
-import MartletCore
+import HTTPTypes
 import Hummingbird
 import Logging
+import MartletCore
+import MartletValidation
 
-/// The HTTPS side's gate: every API request (under /v1/) carries `Authorization: Bearer TOKEN` for a token in
-/// the store (401 otherwise); a read-only token may only read (403 for any other method).
-/// Every request that may change something is written to the journal with the token's name,
-/// and so is every refusal.
-struct TokenAuthentication: RouterMiddleware {
+/// The HTTPS side's gate. Every API request (under /v1/) is either
+/// - a script's: `Authorization: Bearer TOKEN` for a token in the store; a read-only token may
+///   only read (403 for any other method); or
+/// - a person's: the session cookie from `POST /v1/login` (a host account's password through
+///   PAM); anything but a read must also carry the session's `X-CSRF-Token`, which a page
+///   from another site cannot know.
+/// Anything else is 401. Every request that may change something is written to the journal
+/// with who made it, and so is every refusal and failed login (each failure answered only
+/// after a pause, so passwords cannot be tried fast).
+struct Authentication: RouterMiddleware {
     typealias Context = BasicRequestContext
 
     let tokens: APITokenStore
+    let sessions: SessionStore
+    let pam: PAMAuthenticator
+    /// The host accounts that may log in.
+    let loginUsers: [String]
     let logger: Logger
+    /// How long a failed login waits before it is answered.
+    var failedLoginPause: Duration = .seconds(2)
 
-    /// The methods a read-only token may use.
+    /// The methods a read-only token, or a session without its CSRF token, may use.
     static let readingMethods: Set<HTTPRequest.Method> = [.get, .head]
+    static let csrfHeader = HTTPField.Name("X-CSRF-Token")!
+
+    struct LoginRequest: Decodable {
+        var user: String
+        var password: String
+    }
+
+    struct LoginReply: Encodable {
+        var user: String
+        var csrfToken: String
+    }
 
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
         // Outside /v1/ are only the web UI's files (or a 404): no data, no token. Hummingbird's
         // FileMiddleware answers those when what comes after it says 404.
-        guard request.uri.path.hasPrefix("/v1/") || request.uri.path == "/v1" else {
-            return try await next(request, context)
-        }
-        let what = "\(request.method) \(request.uri.path)"
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer "),
-            let token = tokens.authenticate(String(header.dropFirst("Bearer ".count)))
-        else {
-            logger.warning("api: refused \(what): \(request.headers[.authorization] == nil ? "no token" : "unknown or revoked token")")
-            var response = APIServer.errorResponse(
-                MartletError(.permissionDenied, "this request needs a valid API token", hint: "send 'Authorization: Bearer TOKEN'; martlet api token create NAME makes one"))
-            response.status = .unauthorized
-            response.headers[.wwwAuthenticate] = "Bearer realm=\"martlet\""
-            return response
-        }
+        let path = request.uri.path
+        guard path.hasPrefix("/v1/") || path == "/v1" else { return try await next(request, context) }
+        if path == "/v1/login" { return try await login(request, context) }
+        let what = "\(request.method) \(path)"
         let reads = Self.readingMethods.contains(request.method)
-        if token.readOnly && !reads {
-            logger.warning("api: refused \(what) for read-only token '\(token.name)'")
-            return APIServer.errorResponse(
-                MartletError(.permissionDenied, "token '\(token.name)' is read-only; \(request.method) needs a full token"))
+        let who: String
+        if let header = request.headers[.authorization] {
+            guard header.hasPrefix("Bearer "), let token = tokens.authenticate(String(header.dropFirst("Bearer ".count))) else {
+                return refuse(what, "unknown or revoked token")
+            }
+            if token.readOnly && !reads {
+                logger.warning("api: refused \(what) for read-only token '\(token.name)'")
+                return APIServer.errorResponse(
+                    MartletError(.permissionDenied, "token '\(token.name)' is read-only; \(request.method) needs a full token"))
+            }
+            who = "token '\(token.name)'"
+        } else if let id = Self.cookie(SessionStore.cookieName, in: request), let session = sessions.session(id) {
+            if !reads {
+                guard let sent = request.headers[Self.csrfHeader], equalInConstantTime(sent, session.csrfToken) else {
+                    logger.warning("api: refused \(what) for user '\(session.user)': no or a wrong CSRF token")
+                    return APIServer.errorResponse(
+                        MartletError(.permissionDenied, "this request needs the session's CSRF token", hint: "send the csrfToken from POST /v1/login as X-CSRF-Token"))
+                }
+            }
+            if path == "/v1/logout" && request.method == .post {
+                sessions.close(id)
+                logger.notice("api: user '\(session.user)' logged out")
+                var response = Response(status: .noContent)
+                response.headers[.setCookie] = Self.sessionCookie("", maxAge: 0)
+                return response
+            }
+            who = "user '\(session.user)'"
+        } else {
+            return refuse(what, "no credentials")
         }
         let response = try await next(request, context)
         if !reads {
-            logger.notice("api: \(what) by token '\(token.name)': \(response.status.code)")
+            logger.notice("api: \(what) by \(who): \(response.status.code)")
         }
         return response
     }
+
+    /// `POST /v1/login` with `{"user", "password"}`: a session cookie and the CSRF token, or
+    /// 401 after a pause.
+    func login(_ request: Request, _ context: Context) async throws -> Response {
+        guard request.method == .post else {
+            var response = APIServer.errorResponse(MartletError(.invalidInput, "\(request.method) is not allowed on /v1/login", hint: "use POST"))
+            response.status = .methodNotAllowed
+            response.headers[.allow] = "POST"
+            return response
+        }
+        let body = try await APIServer.decode(LoginRequest.self, request, context)
+        // PAM blocks (and may sleep on a failure itself): off the event loop.
+        let pam = self.pam
+        var accepted = false
+        if loginUsers.contains(body.user) {
+            accepted = try await APIServer.workers.runIfActive { pam.authenticate(user: body.user, password: body.password) }
+        }
+        guard accepted else {
+            logger.warning("api: failed login for user \(quoted(body.user))")
+            try await Task.sleep(for: failedLoginPause)
+            var response = APIServer.errorResponse(MartletError(.permissionDenied, "wrong user name or password"))
+            response.status = .unauthorized
+            return response
+        }
+        let (id, session) = sessions.open(user: body.user)
+        logger.notice("api: user '\(body.user)' logged in")
+        var response = APIServer.json(LoginReply(user: body.user, csrfToken: session.csrfToken), status: .ok)
+        response.headers[.setCookie] = Self.sessionCookie(id, maxAge: Int(sessions.lifetime))
+        return response
+    }
+
+    func refuse(_ what: String, _ reason: String) -> Response {
+        logger.warning("api: refused \(what): \(reason)")
+        var response = APIServer.errorResponse(
+            MartletError(
+                .permissionDenied, "this request needs a valid API token or a login",
+                hint: "send 'Authorization: Bearer TOKEN' (martlet api token create NAME), or log in with POST /v1/login"))
+        response.status = .unauthorized
+        response.headers[.wwwAuthenticate] = "Bearer realm=\"martlet\""
+        return response
+    }
+
+    static func sessionCookie(_ id: String, maxAge: Int) -> String {
+        "\(SessionStore.cookieName)=\(id); Path=/; Max-Age=\(maxAge); HttpOnly; Secure; SameSite=Strict"
+    }
+
+    /// The value of cookie `name` in the request's Cookie header.
+    static func cookie(_ name: String, in request: Request) -> String? {
+        for header in request.headers[values: .cookie] {
+            for pair in header.split(separator: ";") {
+                let parts = pair.trimmingCharacters(in: .whitespaces).split(separator: "=", maxSplits: 1)
+                if parts.count == 2, parts[0] == name { return String(parts[1]) }
+            }
+        }
+        return nil
+    }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends only on their lengths.
+func equalInConstantTime(_ a: String, _ b: String) -> Bool {
+    let left = Array(a.utf8), right = Array(b.utf8)
+    guard left.count == right.count else { return false }
+    var difference: UInt8 = 0
+    for index in left.indices { difference |= left[index] ^ right[index] }
+    return difference == 0
 }
 
 /// Headers that keep a browser strict with everything the HTTPS side serves: scripts and
@@ -63,8 +167,8 @@ struct BrowserHeaders: RouterMiddleware {
         response.headers[.strictTransportSecurity] = "max-age=31536000"
         response.headers[.cacheControl] = "no-store"
         // Names without a constant in HTTPTypes; both are valid tokens, so init never fails.
-        response.headers[.init("Referrer-Policy")!] = "no-referrer"
-        response.headers[.init("X-Frame-Options")!] = "DENY"
+        response.headers[HTTPField.Name("Referrer-Policy")!] = "no-referrer"
+        response.headers[HTTPField.Name("X-Frame-Options")!] = "DENY"
         return response
     }
 }

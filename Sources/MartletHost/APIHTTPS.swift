@@ -13,6 +13,8 @@ public struct APIConfiguration: Sendable, Equatable {
     public var httpsEnabled = true
     public var httpsAddress = "::"
     public var httpsPort = 8443
+    /// The host accounts that may log in to the web UI (their password through PAM).
+    public var loginUsers = ["root"]
 
     public init() {}
 
@@ -35,9 +37,24 @@ public struct APIConfiguration: Sendable, Equatable {
                 }
                 httpsPort = port
             }
+            if let users = try https.strings("login-users") {
+                for user in users where !Self.isAccountName(user) {
+                    throw https.error("login-users", "\(quoted(user)) is not an account name", hint: "list host accounts, e.g. [\"root\"]")
+                }
+                loginUsers = users
+            }
             try https.finish()
         }
         try root.finish()
+    }
+}
+
+extension APIConfiguration {
+    /// A POSIX account name: what useradd accepts by default.
+    static func isAccountName(_ name: String) -> Bool {
+        guard let first = name.unicodeScalars.first, name.unicodeScalars.count <= 32 else { return false }
+        return (first == "_" || ("a"..."z").contains(first))
+            && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
     }
 }
 

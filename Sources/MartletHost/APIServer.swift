@@ -27,13 +27,22 @@ public struct APIServer: Sendable {
         /// The web UI's static files, served without a token (they hold no data; every call
         /// the UI makes needs one).
         public var webRoot: String?
+        /// People's logins: PAM, and the host accounts allowed.
+        public var pam: PAMAuthenticator
+        public var loginUsers: [String]
+        public var sessions = SessionStore()
 
-        public init(address: String, port: Int, certificate: APICertificate, tokens: APITokenStore, webRoot: String? = nil) {
+        public init(
+            address: String, port: Int, certificate: APICertificate, tokens: APITokenStore, webRoot: String? = nil,
+            pam: PAMAuthenticator = PAMAuthenticator(), loginUsers: [String] = ["root"]
+        ) {
             self.address = address
             self.port = port
             self.certificate = certificate
             self.tokens = tokens
             self.webRoot = webRoot
+            self.pam = pam
+            self.loginUsers = loginUsers
         }
     }
 
@@ -239,7 +248,10 @@ public struct APIServer: Sendable {
                 hint: "remove both to have a new self-signed pair made at the next start")
         }
         return Application(
-            router: router(authentication: TokenAuthentication(tokens: https.tokens, logger: logger), webRoot: https.webRoot),
+            router: router(
+                authentication: Authentication(
+                    tokens: https.tokens, sessions: https.sessions, pam: https.pam, loginUsers: https.loginUsers, logger: logger),
+                webRoot: https.webRoot),
             server: try .tls(.http1(), tlsConfiguration: tls),
             configuration: .init(address: .hostname(https.address, port: https.port), serverName: "martlet-api"),
             logger: logger)
@@ -247,7 +259,7 @@ public struct APIServer: Sendable {
 
     /// The API's routes; behind `authentication` when given (the HTTPS side), with the web
     /// UI's files from `webRoot` in front of it.
-    func router(authentication: TokenAuthentication? = nil, webRoot: String? = nil) -> Router<BasicRequestContext> {
+    func router(authentication: Authentication? = nil, webRoot: String? = nil) -> Router<BasicRequestContext> {
         let router = Router()
         // Before the routes: Hummingbird builds each route's responder with the middleware
         // added so far. The files come first (a path that is no file falls through).

@@ -93,15 +93,9 @@ public final class APITokenStore: Sendable {
     /// the time taken does not tell how much of a hash matched.
     public func authenticate(_ presented: String) -> APIToken? {
         guard presented.hasPrefix(Self.prefix), presented.utf8.count < 256, let tokens = try? list() else { return nil }
-        let hash = Array(Digest.sha256(text: presented).utf8)
+        let hash = Digest.sha256(text: presented)
         var found: APIToken?
-        for token in tokens {
-            let stored = Array(token.sha256.utf8)
-            guard stored.count == hash.count else { continue }
-            var difference: UInt8 = 0
-            for index in stored.indices { difference |= stored[index] ^ hash[index] }
-            if difference == 0 { found = token }
-        }
+        for token in tokens where equalInConstantTime(token.sha256, hash) { found = token }
         return found
     }
 

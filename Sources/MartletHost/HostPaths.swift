@@ -24,6 +24,8 @@ public struct HostPaths: Sendable, Equatable {
     public var apiIssueFile = "/etc/issue.d/martlet-api.issue"
     /// The web UI's static files, served over HTTPS.
     public var webRoot = "/usr/share/martlet/www"
+    /// Where PAM reads the `martlet-api` service from; nil: /etc/pam.d.
+    public var pamDirectory: String?
 
     public init(
         vmsDirectory: String = "/etc/martlet/vms",
@@ -40,7 +42,7 @@ public struct HostPaths: Sendable, Equatable {
 
     /// The defaults, overridden by MARTLET_VMS_DIR, MARTLET_STORAGE_CONFIG, MARTLET_RUN_DIR,
     /// MARTLET_VMM, MARTLET_VMM_USER, MARTLET_API_CONFIG, MARTLET_API_TOKENS, MARTLET_TLS_DIR
-    /// MARTLET_API_ISSUE and MARTLET_WEB_ROOT.
+    /// MARTLET_API_ISSUE, MARTLET_WEB_ROOT and MARTLET_PAM_DIR.
     public static func fromEnvironment(
         _ environment: [String: String] = ProcessInfo.processInfo.environment
     ) -> HostPaths {
@@ -55,6 +57,7 @@ public struct HostPaths: Sendable, Equatable {
         if let value = environment["MARTLET_TLS_DIR"] { paths.tlsDirectory = value }
         if let value = environment["MARTLET_API_ISSUE"] { paths.apiIssueFile = value }
         if let value = environment["MARTLET_WEB_ROOT"] { paths.webRoot = value }
+        if let value = environment["MARTLET_PAM_DIR"] { paths.pamDirectory = value }
         return paths
     }
 

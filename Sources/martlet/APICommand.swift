@@ -92,7 +92,8 @@ extension APIServeCommand {
         }
         return .init(
             address: configuration.httpsAddress, port: configuration.httpsPort,
-            certificate: certificate, tokens: APITokenStore(path: paths.apiTokens), webRoot: paths.webRoot)
+            certificate: certificate, tokens: APITokenStore(path: paths.apiTokens), webRoot: paths.webRoot,
+            pam: PAMAuthenticator(configurationDirectory: paths.pamDirectory), loginUsers: configuration.loginUsers)
     }
 }
 

@@ -111,7 +111,8 @@ import Testing
         // read-only token is refused on everything but GET.
         let operations = try Self.documentedOperations()
         try #require(operations.count >= 15, "openapi.yaml lists \(operations.count) operations")
-        for (method, path) in operations {
+        // /v1/login is the one operation for people without credentials yet.
+        for (method, path) in operations where path != "/v1/login" {
             let body = method == "GET" || method == "DELETE" ? nil : "{}"
             #expect(try call(method, path, token: nil, body: body).status == 401, "\(method) \(path) without a token")
             #expect(try call(method, path, token: revokedToken, body: body).status == 401, "\(method) \(path) with a revoked token")
@@ -137,6 +138,85 @@ import Testing
         let log = try String(contentsOfFile: fixture.root + "/api.log", encoding: .utf8)
         #expect(log.contains("POST /v1/pools/local/volumes by token 'admin': 201"), "\(log.suffix(2000))")
         #expect(log.contains("refused POST /v1/vms for read-only token 'reader'"), "\(log.suffix(2000))")
+    }
+
+    /// A PAM stack of the test's own (pam_start_confdir) whose auth step is pam_exec with a
+    /// script that knows one user's password: real PAM, without touching the machine's
+    /// accounts. Returns the folder to pass as MARTLET_PAM_DIR.
+    static func pamStack(in root: String, user: String, password: String) throws -> String {
+        let directory = root + "/pam.d"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let check = root + "/check-password"
+        // pam_exec hands the password on stdin, NUL-terminated.
+        try """
+            #!/bin/sh
+            password=$(tr -d '\\000')
+            [ "$PAM_USER" = "\(user)" ] && [ "$password" = "\(password)" ]
+
+            """.write(toFile: check, atomically: true, encoding: .utf8)
+        chmod(check, 0o755)
+        try """
+            auth required pam_exec.so expose_authtok quiet \(check)
+            account required pam_permit.so
+
+            """.write(toFile: directory + "/martlet-api", atomically: true, encoding: .utf8)
+        return directory
+    }
+
+    @Test func peopleLogInThroughPAMAndNeedTheCSRFTokenToChangeThings() throws {
+        let fixture = try HostFixture(label: "https-login")
+        let port = try Self.freePort()
+        try "[https]\naddress = \"127.0.0.1\"\nport = \(port)\nlogin-users = [\"webadmin\", \"other\"]\n".write(
+            toFile: fixture.paths.apiConfiguration, atomically: true, encoding: .utf8)
+        let pam = try Self.pamStack(in: fixture.root, user: "webadmin", password: "correct horse")
+        let api = try APIProcess(fixture: fixture, extraEnvironment: ["MARTLET_PAM_DIR": pam])
+        _ = api
+        let certificate = fixture.paths.tlsDirectory + "/cert.pem"
+        let base = "https://127.0.0.1:\(port)"
+        func call(_ method: String, _ path: String, headers: [String] = [], body: String? = nil) throws -> (status: Int, headers: String, body: String) {
+            var arguments = ["curl", "-sS", "--max-time", "30", "--cacert", certificate, "-X", method, "-D", "-", "-w", "\n%{http_code}"]
+            for header in headers { arguments += ["-H", header] }
+            if let body { arguments += ["-H", "Content-Type: application/json", "--data", body] }
+            let output = try ChildProcess.run(arguments + [base + path]).stdout
+            let lines = output.split(separator: "\n", omittingEmptySubsequences: false)
+            let text = lines.dropLast().joined(separator: "\n")
+            let parts = text.components(separatedBy: "\r\n\r\n")
+            return (Int(lines.last ?? "") ?? 0, parts.first ?? "", parts.dropFirst().joined(separator: "\r\n\r\n"))
+        }
+        #expect(
+            Poll.until(timeout: 30) { (try? call("GET", "/v1/vms").status) == 401 },
+            "the HTTPS listener did not answer on port \(port); see \(fixture.root)/api.log")
+
+        // A wrong password, and an account not in login-users, are refused after a pause.
+        let started = ChildProcess.monotonicSeconds()
+        #expect(try call("POST", "/v1/login", body: #"{"user": "webadmin", "password": "wrong"}"#).status == 401)
+        #expect(ChildProcess.monotonicSeconds() - started >= 2, "a failed login is answered at once")
+        #expect(try call("POST", "/v1/login", body: #"{"user": "root", "password": "correct horse"}"#).status == 401, "root is not in login-users here")
+        #expect(try call("POST", "/v1/login", body: #"{"user": "other", "password": "correct horse"}"#).status == 401, "PAM refuses another account")
+
+        let login = try call("POST", "/v1/login", body: #"{"user": "webadmin", "password": "correct horse"}"#)
+        #expect(login.status == 200, "\(login.body)")
+        let cookieLine = try #require(login.headers.split(separator: "\r\n").first { $0.lowercased().hasPrefix("set-cookie:") })
+        for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+            #expect(cookieLine.contains(attribute), "\(cookieLine)")
+        }
+        let session = try #require(cookieLine.split(separator: ";").first?.split(separator: ":", maxSplits: 1).last?.trimmingCharacters(in: .whitespaces))
+        let reply = try JSONSerialization.jsonObject(with: Data(login.body.utf8)) as? [String: Any]
+        let csrf = try #require(reply?["csrfToken"] as? String)
+        let cookie = "Cookie: \(session)"
+
+        #expect(try call("GET", "/v1/vms", headers: [cookie]).status == 200, "the session reads")
+        let volume = #"{"name": "by-session", "size": "1MiB"}"#
+        #expect(try call("POST", "/v1/pools/local/volumes", headers: [cookie], body: volume).status == 403, "no CSRF token")
+        #expect(try call("POST", "/v1/pools/local/volumes", headers: [cookie, "X-CSRF-Token: \(String(repeating: "0", count: 64))"], body: volume).status == 403, "a wrong CSRF token")
+        #expect(try call("POST", "/v1/pools/local/volumes", headers: [cookie, "X-CSRF-Token: \(csrf)"], body: volume).status == 201)
+        #expect(try call("POST", "/v1/logout", headers: [cookie, "X-CSRF-Token: \(csrf)"]).status == 204)
+        #expect(try call("GET", "/v1/vms", headers: [cookie]).status == 401, "the session ended with the logout")
+
+        let log = try String(contentsOfFile: fixture.root + "/api.log", encoding: .utf8)
+        #expect(log.contains("failed login for user 'webadmin'"), "\(log.suffix(2000))")
+        #expect(log.contains("POST /v1/pools/local/volumes by user 'webadmin': 201"), "\(log.suffix(2000))")
+        #expect(log.contains("no or a wrong CSRF token"), "\(log.suffix(2000))")
     }
 
     /// The HTTPS side failing (its port taken, a broken api.toml) leaves the socket serving.
@@ -205,6 +285,7 @@ import Testing
             ("[https]\nport = 0\n", "https.port"), ("[https]\nport = 70000\n", "https.port"),
             ("[https]\naddress = \"localhost\"\n", "https.address"), ("[https]\nenabled = \"yes\"\n", "https.enabled"),
             ("[https]\nprot = 8443\n", "https.prot"), ("listen = 1\n", "listen"),
+            ("[https]\nlogin-users = [\"Root\"]\n", "https.login-users"), ("[https]\nlogin-users = [\"a b\"]\n", "https.login-users"),
         ] {
             try text.write(toFile: path, atomically: true, encoding: .utf8)
             do {
