@@ -7,7 +7,8 @@ import Testing
 
 /// The web UI in a real browser: headless Chromium from Debian, driven through
 /// chromium-driver's WebDriver protocol, against `martlet api serve` with HTTPS on a loopback
-/// port and the UI's files from overlays/. A wrong token is refused; the right one logs in;
+/// port and the UI's files from overlays/, and a PAM stack of the test's own. A wrong password
+/// and a made-up token are refused; the right password logs in (a session cookie + CSRF);
 /// a VM (the tiny test guest) is created from the form, started, its console read in the
 /// page, force-stopped and deleted. Screenshots of each page go to artifacts/webui/.
 @Suite(.serialized, .timeLimit(.minutes(30))) struct WebUITests {
@@ -21,14 +22,15 @@ import Testing
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "webui")
         let port = try HTTPSAPITests.freePort()
-        try "[https]\naddress = \"127.0.0.1\"\nport = \(port)\n".write(
+        try "[https]\naddress = \"127.0.0.1\"\nport = \(port)\nlogin-users = [\"webadmin\"]\n".write(
             toFile: fixture.paths.apiConfiguration, atomically: true, encoding: .utf8)
-        let created = try HTTPSAPITests.martlet(fixture, ["api", "token", "create", "browser"])
-        try #require(created.status == 0, "\(created.stderr)")
-        let token = created.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let pam = try HTTPSAPITests.pamStack(in: fixture.root, user: "webadmin", password: "correct horse")
         let api = try APIProcess(
             fixture: fixture,
-            extraEnvironment: ["MARTLET_WEB_ROOT": TestSupport.repository.appendingPathComponent("overlays/host/usr/share/martlet/www").path])
+            extraEnvironment: [
+                "MARTLET_WEB_ROOT": TestSupport.repository.appendingPathComponent("overlays/host/usr/share/martlet/www").path,
+                "MARTLET_PAM_DIR": pam,
+            ])
         _ = api
         let base = "https://127.0.0.1:\(port)"
         #expect(
@@ -46,14 +48,20 @@ import Testing
         try browser.waitFor("login form", "return !document.querySelector('#login').hidden")
         try browser.screenshot(to: artifacts.appendingPathComponent("1-login.png"))
 
-        // A wrong token: refused in the page, and still on the login form.
+        // A wrong password, then a made-up token: refused in the page, still on the login form.
+        try browser.script("document.querySelector('#user').value = 'webadmin'")
+        try browser.type("#password", "wrong")
+        try browser.click("#login-form button[type=submit]")
+        try browser.waitFor("the password's refusal", "return document.querySelector('#login-error').textContent.includes('Wrong user name or password')")
+        try browser.click("#use-token summary")
         try browser.type("#token", "martlet_" + String(repeating: "0", count: 64))
         try browser.click("#login-form button[type=submit]")
-        try browser.waitFor("the refusal", "return document.querySelector('#login-error').textContent.includes('not valid')")
+        try browser.waitFor("the token's refusal", "return document.querySelector('#login-error').textContent.includes('not valid')")
         #expect(try browser.script("return document.querySelector('#tabs').hidden") as? Bool == true)
 
-        try browser.script("document.querySelector('#token').value = ''")
-        try browser.type("#token", token)
+        // The right password: a session (every change below carries its CSRF token).
+        try browser.script("document.querySelector('#token').value = ''; document.querySelector('#password').value = ''")
+        try browser.type("#password", "correct horse")
         try browser.click("#login-form button[type=submit]")
         try browser.waitFor("the VM page", "return !document.querySelector('#vms').hidden")
         try browser.screenshot(to: artifacts.appendingPathComponent("2-vms-empty.png"))

@@ -1,21 +1,29 @@
-// Martlet's web UI: one client of the REST API (Sources/MartletHost/openapi.yaml), with the
-// token the person typed, kept for this browser tab only (sessionStorage). No build step.
+// Martlet's web UI: one client of the REST API (Sources/MartletHost/openapi.yaml). A login
+// with a host account gives a session cookie (HttpOnly: this script never sees it) and a CSRF
+// token sent with every change; a person may use an API token instead. Either is kept for this
+// browser tab only (sessionStorage). No build step.
 
 const $ = (selector) => document.querySelector(selector);
-let token = sessionStorage.getItem("martlet-token");
+/** {kind: "session", csrf} or {kind: "token", token}; null when logged out. */
+let credentials = JSON.parse(sessionStorage.getItem("martlet-credentials") ?? "null");
 let view = "vms";
 let consoleVM = null;
 let timer = null;
 
 /** One API call; throws an Error carrying the API's message on anything but 2xx. */
+function authHeaders() {
+  if (!credentials) return {};
+  return credentials.kind === "token" ? { Authorization: `Bearer ${credentials.token}` } : { "X-CSRF-Token": credentials.csrf };
+}
+
 async function api(method, path, body) {
   const response = await fetch(path, {
     method,
-    headers: { Authorization: `Bearer ${token}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+    headers: { ...authHeaders(), ...(body ? { "Content-Type": "application/json" } : {}) },
     body: body ? JSON.stringify(body) : undefined,
   });
   if (response.status === 401) {
-    logout("The token was refused (revoked?). Log in again.");
+    logout("The host did not accept this login any more. Log in again.");
     throw new Error("not logged in");
   }
   const text = await response.text();
@@ -69,8 +77,9 @@ function show(name) {
 }
 
 function logout(message = "") {
-  token = null;
-  sessionStorage.removeItem("martlet-token");
+  if (credentials?.kind === "session") fetch("/v1/logout", { method: "POST", headers: authHeaders() });
+  credentials = null;
+  sessionStorage.removeItem("martlet-credentials");
   $("#tabs").hidden = true;
   $("#host-name").textContent = "";
   $("#login-error").textContent = message;
@@ -169,32 +178,48 @@ async function renderStorage() {
 
 async function refresh() {
   clearTimeout(timer);
-  if (!token) return;
+  if (!credentials) return;
   try {
     if (view === "summary") await renderSummary();
     if (view === "vms") await renderVMs();
     if (view === "storage") await renderStorage();
   } catch (error) {
-    if (token) console.error(error);
+    if (credentials) console.error(error);
   }
   // Live enough for state changes and a console; every call is a cheap local read.
-  if (token) timer = setTimeout(refresh, 2000);
+  if (credentials) timer = setTimeout(refresh, 2000);
 }
 
 $("#login-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const candidate = $("#token").value.trim();
-  const response = await fetch("/v1/host", { headers: { Authorization: `Bearer ${candidate}` } });
-  if (!response.ok) {
-    $("#login-error").textContent = response.status === 401 ? "That token is not valid." : `The host answered ${response.status}.`;
+  const token = $("#token").value.trim();
+  let candidate;
+  if (token) {
+    candidate = { kind: "token", token };
+  } else {
+    const response = await fetch("/v1/login", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user: $("#user").value, password: $("#password").value }),
+    });
+    if (!response.ok) {
+      $("#login-error").textContent = response.status === 401 ? "Wrong user name or password." : `The host answered ${response.status}.`;
+      return;
+    }
+    candidate = { kind: "session", csrf: (await response.json()).csrfToken };
+  }
+  credentials = candidate;
+  const check = await fetch("/v1/host", { headers: authHeaders() });
+  if (!check.ok) {
+    credentials = null;
+    $("#login-error").textContent = check.status === 401 ? "That token is not valid." : `The host answered ${check.status}.`;
     return;
   }
-  token = candidate;
-  sessionStorage.setItem("martlet-token", token);
+  sessionStorage.setItem("martlet-credentials", JSON.stringify(credentials));
   $("#token").value = "";
+  $("#password").value = "";
   $("#login-error").textContent = "";
   $("#tabs").hidden = false;
-  $("#host-name").textContent = (await response.json()).hostname;
+  $("#host-name").textContent = (await check.json()).hostname;
   show("vms");
 });
 
@@ -241,4 +266,4 @@ $("#volume-form").addEventListener("submit", async (event) => {
 for (const b of document.querySelectorAll("nav button[data-view]")) b.addEventListener("click", () => show(b.dataset.view));
 $("#logout").addEventListener("click", () => logout());
 
-if (token) { $("#tabs").hidden = false; show("vms"); } else { show("login"); }
+if (credentials) { $("#tabs").hidden = false; show("vms"); } else { show("login"); }
