@@ -51,8 +51,25 @@ private struct FileLayout: Encodable {
         }
     }
 
+    struct Bond: Encodable {
+        var interfaces: [String]?
+        var filter: [String: String]?
+        var mode: String
+        var lacpRate: String?
+        var miimon: Int
+
+        enum CodingKeys: String, CodingKey {
+            case interfaces, filter, mode, miimon
+            case lacpRate = "lacp-rate"
+        }
+    }
+
     struct Network: Encodable {
-        var interface, mode: String
+        var interface: String?
+        var filter: [String: String]?
+        var bond: Bond?
+        var mtu: Int?
+        var mode: String
         var address, gateway: String?
         var dns: [String]?
         var ipv6: String
@@ -60,7 +77,7 @@ private struct FileLayout: Encodable {
         var vlan: Int?
 
         enum CodingKeys: String, CodingKey {
-            case interface, mode, address, gateway, dns, ipv6, vlan
+            case interface, filter, bond, mtu, mode, address, gateway, dns, ipv6, vlan
             case ipv6Gateway = "ipv6-gateway"
         }
     }
@@ -98,8 +115,22 @@ private struct FileLayout: Encodable {
             case .off: "off"
             case .address(let address): address
             }
+        func filter(_ selector: InterfaceSelector?) -> [String: String]? {
+            guard case .filter(let globs) = selector else { return nil }
+            return Dictionary(uniqueKeysWithValues: globs.map { ($0.property, $0.pattern) })
+        }
+        let interface = answer.network.interface
+        let bond = answer.network.bond.map { bond in
+            let members = bond.members.count == 1 ? bond.members.first : nil
+            return Bond(
+                interfaces: filter(members) == nil ? bond.members.map(\.description) : nil,
+                filter: filter(members), mode: bond.mode.rawValue,
+                lacpRate: bond.lacpRate?.rawValue, miimon: bond.miimon)
+        }
         network = Network(
-            interface: answer.network.interface.description, mode: answer.network.mode.rawValue,
+            interface: filter(interface) == nil ? interface?.description : nil,
+            filter: filter(interface), bond: bond, mtu: answer.network.mtu,
+            mode: answer.network.mode.rawValue,
             address: answer.network.address, gateway: answer.network.gateway,
             dns: answer.network.dns.isEmpty ? nil : answer.network.dns, ipv6: ipv6,
             ipv6Gateway: answer.network.ipv6Gateway, vlan: answer.network.vlan)

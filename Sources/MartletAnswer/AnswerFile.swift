@@ -105,8 +105,46 @@ public struct AnswerFile: Codable, Sendable, Equatable {
         case address(String)
     }
 
+    /// How a bond spreads traffic over its NICs (the kernel bonding driver's modes).
+    public enum BondMode: String, Codable, Sendable, CaseIterable {
+        case lacp = "802.3ad"
+        case activeBackup = "active-backup"
+        case balanceALB = "balance-alb"
+    }
+
+    /// How often an 802.3ad partner sends LACP frames.
+    public enum LACPRate: String, Codable, Sendable, CaseIterable { case slow, fast }
+
+    /// Two or more NICs bonded into `bond0` under the bridge.
+    public struct BondAnswer: Codable, Sendable, Equatable {
+        /// Each selector picks one NIC, except `.filter`, which picks every NIC it matches.
+        public var members: [InterfaceSelector]
+        public var mode: BondMode
+        /// Only with `.lacp`; nil leaves the kernel's default (slow).
+        public var lacpRate: LACPRate?
+        /// Link monitoring interval in milliseconds.
+        public var miimon: Int
+
+        public static let defaultMIIMon = 100
+
+        public init(
+            members: [InterfaceSelector], mode: BondMode, lacpRate: LACPRate? = nil,
+            miimon: Int = BondAnswer.defaultMIIMon
+        ) {
+            self.members = members
+            self.mode = mode
+            self.lacpRate = lacpRate
+            self.miimon = miimon
+        }
+    }
+
     public struct NetworkAnswer: Codable, Sendable, Equatable {
-        public var interface: InterfaceSelector
+        /// The one management NIC; nil when `bond` is set (exactly one of the two is).
+        public var interface: InterfaceSelector?
+        public var bond: BondAnswer?
+        /// One MTU for every link of the management network (NICs, bond, VLAN, bridge), so
+        /// the links cannot disagree; nil keeps the default (1500).
+        public var mtu: Int?
         public var mode: AddressMode
         public var address: String?
         public var gateway: String?
@@ -115,12 +153,18 @@ public struct AnswerFile: Codable, Sendable, Equatable {
         public var ipv6Gateway: String?
         public var vlan: Int?
 
+        /// The MTUs Ethernet NICs and switches commonly accept: IPv4's minimum to jumbo frames.
+        public static let mtuRange = 576...9216
+
         public init(
-            interface: InterfaceSelector, mode: AddressMode = .dhcp, address: String? = nil,
+            interface: InterfaceSelector?, bond: BondAnswer? = nil, mtu: Int? = nil,
+            mode: AddressMode = .dhcp, address: String? = nil,
             gateway: String? = nil, dns: [String] = [], ipv6: IPv6Mode = .auto,
             ipv6Gateway: String? = nil, vlan: Int? = nil
         ) {
             self.interface = interface
+            self.bond = bond
+            self.mtu = mtu
             self.mode = mode
             self.address = address
             self.gateway = gateway
@@ -180,10 +224,31 @@ public enum DiskSelector: Codable, Sendable, Equatable, CustomStringConvertible 
     }
 }
 
-/// The management NIC: by kernel name or by MAC address.
+/// A udev property and a glob its value must match (fnmatch(3): `*`, `?`, `[...]`), e.g.
+/// `ID_NET_NAME_PATH` and `enp1s*`.
+public struct PropertyGlob: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var property: String
+    public var pattern: String
+
+    public init(property: String, pattern: String) {
+        self.property = property
+        self.pattern = pattern
+    }
+
+    /// udev property names: upper-case letters, digits and '_'.
+    public static func isPropertyName(_ name: String) -> Bool {
+        name.range(of: #"^[A-Z][A-Z0-9_]{0,63}$"#, options: .regularExpression) != nil
+    }
+
+    public var description: String { "\(property)=\(pattern)" }
+}
+
+/// A management NIC: by kernel name, by MAC address, or by udev properties.
 public enum InterfaceSelector: Codable, Sendable, Equatable, CustomStringConvertible {
     case name(String)
     case mac(String)
+    /// Every NIC whose udev properties match all the globs.
+    case filter([PropertyGlob])
 
     public init?(parsing text: String) {
         if NetworkSyntax.isMAC(text) {
@@ -199,6 +264,7 @@ public enum InterfaceSelector: Codable, Sendable, Equatable, CustomStringConvert
         switch self {
         case .name(let name): name
         case .mac(let mac): mac
+        case .filter(let globs): globs.map(\.description).joined(separator: ",")
         }
     }
 }
@@ -371,14 +437,123 @@ extension AnswerFile {
         return StorageAnswer(type: type, volumeGroup: group, extraDisks: extra)
     }
 
-    private static func parseNetwork(_ section: TOMLSection) throws -> NetworkAnswer {
-        let interfaceText = try section.required(
-            section.string("interface"), "interface",
-            hint: "name the management NIC, e.g. interface = \"eno1\" or a MAC address")
-        guard let interface = InterfaceSelector(parsing: interfaceText) else {
+    private static func interfaceSelector(_ section: TOMLSection, _ key: String, _ text: String)
+        throws -> InterfaceSelector
+    {
+        guard let selector = InterfaceSelector(parsing: text) else {
             throw section.error(
-                "interface", "'\(interfaceText)' is neither an interface name nor a MAC address",
-                hint: "e.g. \"eno1\" or \"52:54:00:12:34:56\"")
+                key, "'\(text)' is neither an interface name nor a MAC address",
+                hint: "e.g. \"eno1\" or \"52:54:00:12:34:56\"; "
+                    + "to match udev properties use a filter table")
+        }
+        return selector
+    }
+
+    /// A `filter` table of udev property globs, e.g. `ID_NET_NAME_PATH = "enp1s*"`.
+    static func parseFilter(_ section: TOMLSection) throws -> [PropertyGlob] {
+        var globs: [PropertyGlob] = []
+        for property in section.keys {
+            guard PropertyGlob.isPropertyName(property) else {
+                throw section.error(
+                    property, "is not a udev property name",
+                    hint: "use the name as `udevadm info` prints it, e.g. ID_NET_NAME_PATH")
+            }
+            let pattern = try section.required(section.string(property), property)
+            guard !pattern.isEmpty else {
+                throw section.error(property, "is empty", hint: "give a glob such as \"enp1s*\"")
+            }
+            globs.append(PropertyGlob(property: property, pattern: pattern))
+        }
+        guard !globs.isEmpty else {
+            throw section.error(
+                nil, "is empty", hint: "give at least one udev property, e.g. ID_NET_NAME_PATH = \"enp1s*\"")
+        }
+        try section.finish()
+        return globs
+    }
+
+    private static func parseBond(_ section: TOMLSection) throws -> BondAnswer {
+        let names = try section.strings("interfaces")
+        let filter = try section.section("filter")
+        var members: [InterfaceSelector] = []
+        switch (names, filter) {
+        case (.some, .some):
+            throw section.error(
+                "filter", "conflicts with 'network.bond.interfaces'",
+                hint: "choose the NICs either by name/MAC (interfaces) or by udev properties (filter)")
+        case (nil, nil):
+            throw section.error(
+                "interfaces", "missing: a bond needs its NICs",
+                hint: "e.g. interfaces = [\"eno1\", \"eno2\"], or a [network.bond.filter] table")
+        case (.some(let names), nil):
+            for name in names {
+                let selector = try interfaceSelector(section, "interfaces", name)
+                guard !members.contains(selector) else {
+                    throw section.error(
+                        "interfaces", "'\(name)' is listed twice",
+                        hint: "a NIC can have one role in the bond")
+                }
+                members.append(selector)
+            }
+            guard members.count >= 2 else {
+                throw section.error(
+                    "interfaces", "a bond needs at least 2 NICs, found \(members.count)",
+                    hint: "list two or more NICs, or use interface = \"...\" without a bond")
+            }
+        case (nil, .some(let filter)):
+            members = [.filter(try parseFilter(filter))]
+        }
+        let mode = try section.required(
+            section.choice("mode", BondMode.allCases.map(\.rawValue)).flatMap(BondMode.init(rawValue:)),
+            "mode", hint: "one of \(BondMode.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", "))")
+        let rate = try section.choice("lacp-rate", LACPRate.allCases.map(\.rawValue))
+            .flatMap(LACPRate.init(rawValue:))
+        if rate != nil, mode != .lacp {
+            throw section.error(
+                "lacp-rate", "is only used with mode = \"802.3ad\" (this bond is \"\(mode.rawValue)\")",
+                hint: "remove lacp-rate or set mode = \"802.3ad\"")
+        }
+        let miimon = try section.int("miimon") ?? BondAnswer.defaultMIIMon
+        guard (1...60_000).contains(miimon) else {
+            throw section.error(
+                "miimon", "\(miimon) is not a link monitoring interval",
+                hint: "give milliseconds from 1 to 60000 (100 is usual)")
+        }
+        try section.finish()
+        return BondAnswer(members: members, mode: mode, lacpRate: rate, miimon: miimon)
+    }
+
+    private static func parseNetwork(_ section: TOMLSection) throws -> NetworkAnswer {
+        let interfaceText = try section.string("interface")
+        let filter = try section.section("filter")
+        let bond = try section.section("bond").map(parseBond)
+        var interface: InterfaceSelector?
+        switch (interfaceText, filter, bond) {
+        case (.some(let text), nil, nil):
+            interface = try interfaceSelector(section, "interface", text)
+        case (nil, .some(let filter), nil):
+            interface = .filter(try parseFilter(filter))
+        case (nil, nil, .some):
+            interface = nil
+        case (nil, nil, nil):
+            throw section.error(
+                "interface", "missing: no management NIC",
+                hint: "name the management NIC, e.g. interface = \"eno1\" or a MAC address, "
+                    + "or give a [network.filter] or [network.bond] table")
+        default:
+            let given = [
+                interfaceText.map { _ in "interface" }, filter.map { _ in "filter" },
+                bond.map { _ in "bond" },
+            ].compactMap { $0 }
+            throw section.error(
+                given[1], "conflicts with 'network.\(given[0])'",
+                hint: "give one of interface, [network.filter] or [network.bond]")
+        }
+        let mtu = try section.int("mtu")
+        if let mtu, !NetworkAnswer.mtuRange.contains(mtu) {
+            throw section.error(
+                "mtu", "\(mtu) is not an Ethernet MTU",
+                hint: "use \(NetworkAnswer.mtuRange.lowerBound) to \(NetworkAnswer.mtuRange.upperBound) (1500 is the default, 9000 for jumbo frames)")
         }
         let mode =
             try section.choice("mode", AddressMode.allCases.map(\.rawValue))
@@ -433,7 +608,7 @@ extension AnswerFile {
         }
         try section.finish()
         return NetworkAnswer(
-            interface: interface, mode: mode, address: address, gateway: gateway, dns: dns,
+            interface: interface, bond: bond, mtu: mtu, mode: mode, address: address, gateway: gateway, dns: dns,
             ipv6: ipv6, ipv6Gateway: ipv6Gateway, vlan: vlan)
     }
 }

@@ -14,6 +14,8 @@ public struct InstallPlan: Codable, Sendable, Equatable {
     public var destroys: [String]
     public var pools: [StoragePool]
     public var extraDisks: [Disk]
+    /// The NICs under the management bridge (or its bond), by name or MAC.
+    public var ports: [InterfaceSelector]
     public var answer: AnswerFile
 
     /// A VM storage pool as written to /etc/martlet/storage.toml.
@@ -33,10 +35,11 @@ public struct InstallPlan: Codable, Sendable, Equatable {
     public static let defaultSource = "/run/martlet/host-root"
     public static let storageDirectory = "/var/lib/martlet/storage"
 
-    /// Builds the plan for `answer` against the disks found on this machine.
+    /// Builds the plan for `answer` against the disks and NICs found on this machine.
     public static func make(
-        answer: AnswerFile, disks: [Disk], source: String = InstallPlan.defaultSource
+        answer: AnswerFile, disks: [Disk], nics: [NIC], source: String = InstallPlan.defaultSource
     ) throws -> InstallPlan {
+        let ports = try NICSelection.ports(for: answer.network, nics: nics)
         let target = try select(answer.disk.target, key: "disk.target", from: disks)
         var destroys = try check(target, wipe: answer.disk.wipe, key: "disk.target")
         let storageContent =
@@ -78,7 +81,7 @@ public struct InstallPlan: Codable, Sendable, Equatable {
         }
         return InstallPlan(
             source: source, target: target, layout: layout, destroys: destroys, pools: pools,
-            extraDisks: extras, answer: answer)
+            extraDisks: extras, ports: ports, answer: answer)
     }
 
     private static func pool(
@@ -238,7 +241,11 @@ extension InstallPlan {
             }
         lines.append("  root:      \(password), \(global.rootSSHKeys.count) SSH key(s)")
         let net = answer.network
-        var network = "br0 over \(net.interface)"
+        let ports = self.ports.map(\.description).joined(separator: ", ")
+        var network =
+            net.bond.map { "br0 over \(NetworkConfiguration.bondName) (\($0.mode.rawValue): \(ports))" }
+            ?? "br0 over \(ports)"
+        if let mtu = net.mtu { network += " MTU \(mtu)" }
         if let vlan = net.vlan { network += " (VLAN \(vlan))" }
         network +=
             net.mode == .dhcp

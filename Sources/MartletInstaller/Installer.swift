@@ -422,7 +422,7 @@ public final class Installer {
     // MARK: - network
 
     private func writeNetwork() throws {
-        let files = NetworkConfiguration(answer: plan.answer.network).files
+        let files = NetworkConfiguration(answer: plan.answer.network, ports: plan.ports).files
         for (name, text) in files { try write("etc/systemd/network/\(name)", text) }
         let wants = "\(targetRoot)/etc/systemd/system/multi-user.target.wants"
         try FileManager.default.createDirectory(atPath: wants, withIntermediateDirectories: true)

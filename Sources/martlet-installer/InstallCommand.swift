@@ -50,7 +50,8 @@ struct InstallCommand: ParsableCommand {
                 FileHandle.standardError.write(Data("note: \(note)\n".utf8))
             }
             let disks = try DiskDiscovery().disks()
-            let plan = try InstallPlan.make(answer: answers, disks: disks, source: source)
+            let plan = try InstallPlan.make(
+                answer: answers, disks: disks, nics: NICDiscovery().nics(), source: source)
             if dryRun {
                 if json {
                     FileHandle.standardOutput.write(try plan.json() + Data("\n".utf8))
