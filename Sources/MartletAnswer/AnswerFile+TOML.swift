@@ -29,12 +29,14 @@ private struct FileLayout: Encodable {
     }
 
     struct Disk: Encodable {
-        var target, filesystem: String
+        var target: String?
+        var filter: [String: String]?
+        var filesystem: String
         var rootSize, swapSize: Int?
         var wipe: Bool
 
         enum CodingKeys: String, CodingKey {
-            case target, filesystem, wipe
+            case target, filter, filesystem, wipe
             case rootSize = "root-size"
             case swapSize = "swap-size"
         }
@@ -101,8 +103,16 @@ private struct FileLayout: Encodable {
             rootPasswordHash: rootPasswordHash,
             rootSSHKeys: answer.global.rootSSHKeys.isEmpty ? nil : answer.global.rootSSHKeys,
             rebootMode: answer.global.rebootMode.rawValue)
+        var diskFilter: [String: String]?
+        if case .filter(let filter) = answer.disk.target {
+            var table = Dictionary(uniqueKeysWithValues: filter.globs.map { ($0.property, $0.pattern) })
+            table["min-size"] = filter.minSize?.exactText
+            table["max-size"] = filter.maxSize?.exactText
+            diskFilter = table
+        }
         disk = Disk(
-            target: answer.disk.target.description, filesystem: answer.disk.filesystem.rawValue,
+            target: diskFilter == nil ? answer.disk.target.description : nil, filter: diskFilter,
+            filesystem: answer.disk.filesystem.rawValue,
             rootSize: answer.disk.rootSize.map { Int($0.bytes) },
             swapSize: answer.disk.swapSize.map { Int($0.bytes) }, wipe: answer.disk.wipe)
         storage = Storage(

@@ -2,6 +2,10 @@ import Foundation
 import MartletCore
 import MartletValidation
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// An unattended install's answers, read strictly from TOML: every key is typed and checked,
 /// unknown keys are errors, and every error names the file, line and dotted key. The text UI
 /// builds the same value from its screens.
@@ -176,8 +180,38 @@ public struct AnswerFile: Codable, Sendable, Equatable {
     }
 }
 
-/// How the answer names a disk: a device path, or a property that must match exactly one disk.
+/// Disks chosen by udev properties and size bounds, like Proxmox's `filter.*`: every glob
+/// must match and the size must lie within the bounds.
+public struct DiskFilter: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var globs: [PropertyGlob]
+    public var minSize: ByteSize?
+    public var maxSize: ByteSize?
+
+    public init(globs: [PropertyGlob] = [], minSize: ByteSize? = nil, maxSize: ByteSize? = nil) {
+        self.globs = globs
+        self.minSize = minSize
+        self.maxSize = maxSize
+    }
+
+    /// Whether a disk of `size` with udev `properties` passes (a missing property fails).
+    public func matches(size: ByteSize, properties: [String: String]) -> Bool {
+        if let minSize, size < minSize { return false }
+        if let maxSize, size > maxSize { return false }
+        return globs.allSatisfy { $0.matches(properties) }
+    }
+
+    public var description: String {
+        let terms =
+            globs.map(\.description) + (minSize.map { ["min-size=\($0.exactText)"] } ?? [])
+            + (maxSize.map { ["max-size=\($0.exactText)"] } ?? [])
+        return "filter " + terms.joined(separator: ",")
+    }
+}
+
+/// How the answer names a disk: a device path, a property that must match exactly one disk,
+/// or a filter that must.
 public enum DiskSelector: Codable, Sendable, Equatable, CustomStringConvertible {
+    case filter(DiskFilter)
     case path(String)
     case serial(String)
     case model(String)
@@ -220,6 +254,7 @@ public enum DiskSelector: Codable, Sendable, Equatable, CustomStringConvertible 
         case .wwn(let value): "wwn:\(value)"
         case .smallest: "size:smallest"
         case .largest: "size:largest"
+        case .filter(let filter): filter.description
         }
     }
 }
@@ -238,6 +273,11 @@ public struct PropertyGlob: Codable, Sendable, Equatable, CustomStringConvertibl
     /// udev property names: upper-case letters, digits and '_'.
     public static func isPropertyName(_ name: String) -> Bool {
         name.range(of: #"^[A-Z][A-Z0-9_]{0,63}$"#, options: .regularExpression) != nil
+    }
+
+    /// Whether `properties` has this property with a value the glob matches.
+    public func matches(_ properties: [String: String]) -> Bool {
+        properties[property].map { fnmatch(pattern, $0, 0) == 0 } ?? false
     }
 
     public var description: String { "\(property)=\(pattern)" }
@@ -389,12 +429,55 @@ extension AnswerFile {
         return selector
     }
 
+    /// A `[disk.filter]` table: upper-case keys are udev property globs, `min-size` and
+    /// `max-size` bound the size.
+    private static func parseDiskFilter(_ section: TOMLSection) throws -> DiskFilter {
+        var filter = DiskFilter()
+        filter.minSize = try section.size("min-size")
+        filter.maxSize = try section.size("max-size")
+        if let min = filter.minSize, let max = filter.maxSize, min > max {
+            throw section.error(
+                "max-size", "\(max.exactText) is below min-size \(min.exactText)",
+                hint: "no disk can match; swap or widen the bounds")
+        }
+        for property in section.keys where property != "min-size" && property != "max-size" {
+            guard PropertyGlob.isPropertyName(property) else {
+                throw section.error(
+                    property, "is neither a udev property name nor min-size/max-size",
+                    hint: "use the name as `udevadm info /dev/sda` prints it, e.g. ID_SERIAL")
+            }
+            let pattern = try section.required(section.string(property), property)
+            guard !pattern.isEmpty else {
+                throw section.error(property, "is empty", hint: "give a glob such as \"*SSD*\"")
+            }
+            filter.globs.append(PropertyGlob(property: property, pattern: pattern))
+        }
+        if filter.globs.isEmpty && filter.minSize == nil && filter.maxSize == nil {
+            throw section.error(
+                nil, "is empty",
+                hint: "give udev property globs (ID_MODEL = \"*SSD*\") and/or min-size/max-size")
+        }
+        try section.finish()
+        return filter
+    }
+
     private static func parseDisk(_ section: TOMLSection) throws -> DiskAnswer {
-        let targetText = try section.required(
-            section.string("target"), "target",
-            hint: "name the disk to install on, e.g. target = \"/dev/sda\"; "
-                + "`martlet-installer disks` lists them")
-        let target = try diskSelector(section, "target", targetText)
+        let targetText = try section.string("target")
+        let filterSection = try section.section("filter")
+        let target: DiskSelector
+        switch (targetText, filterSection) {
+        case (.some(let text), nil): target = try diskSelector(section, "target", text)
+        case (nil, .some(let filter)): target = .filter(try parseDiskFilter(filter))
+        case (.some, .some):
+            throw section.error(
+                "filter", "conflicts with 'disk.target'",
+                hint: "choose the disk either by target or by a [disk.filter] table")
+        case (nil, nil):
+            throw section.error(
+                "target", "missing: no disk to install on",
+                hint: "name the disk to install on, e.g. target = \"/dev/sda\", or give a "
+                    + "[disk.filter] table; `martlet-installer disks` lists them")
+        }
         let filesystem =
             try section.choice("filesystem", Filesystem.allCases.map(\.rawValue))
             .flatMap(Filesystem.init(rawValue:)) ?? .ext4

@@ -77,7 +77,8 @@ public struct DiskDiscovery: Sendable {
             removable: sysDevice.attribute("removable") == "1",
             readOnly: sysDevice.attribute("ro") == "1",
             logicalSectorSize: Int(sysDevice.attribute("queue/logical_block_size") ?? "") ?? 512,
-            physicalSectorSize: Int(sysDevice.attribute("queue/physical_block_size") ?? "") ?? 512)
+            physicalSectorSize: Int(sysDevice.attribute("queue/physical_block_size") ?? "") ?? 512,
+            properties: udev)
         if name.hasPrefix("loop") {
             disk.model = sysDevice.attribute("loop/backing_file").map { "loop: \($0)" }
         }

@@ -99,13 +99,15 @@ public struct InstallPlan: Codable, Sendable, Equatable {
         }
     }
 
-    /// The one disk `selector` names; errors say which disks there were.
-    public static func select(_ selector: DiskSelector, key: String, from disks: [Disk]) throws
-        -> Disk
-    {
+    /// Every disk `selector` names: a path names one disk even if it is the boot medium (the
+    /// safety checks refuse it by name); the others never match the boot medium or a
+    /// read-only disk.
+    public static func matches(_ selector: DiskSelector, from disks: [Disk]) -> [Disk] {
         let candidates = disks.filter { !$0.isBootMedium && !$0.readOnly }
         let matches: [Disk]
         switch selector {
+        case .filter(let filter):
+            matches = candidates.filter { filter.matches(size: $0.size, properties: $0.properties) }
         case .path(let path):
             let resolved = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
             matches = disks.filter { $0.path == path || $0.path == resolved }
@@ -122,10 +124,18 @@ public struct InstallPlan: Codable, Sendable, Equatable {
                 candidates.filter { $0.transport != "loop" }.max { $0.size < $1.size }.map { [$0] }
                 ?? []
         }
-        let listing = disks.map {
-            "\($0.path) (\($0.size), \($0.model ?? "no model"), serial \($0.serial ?? "-"))"
+        return matches
+    }
+
+    /// The one disk `selector` names; errors say which disks there were.
+    public static func select(_ selector: DiskSelector, key: String, from disks: [Disk]) throws
+        -> Disk
+    {
+        let matches = matches(selector, from: disks)
+        func identity(_ disk: Disk) -> String {
+            "\(disk.path) (\(disk.size), \(disk.model ?? "no model"), serial \(disk.serial ?? "-"))"
         }
-        .joined(separator: "; ")
+        let listing = disks.map(identity).joined(separator: "; ")
         guard let disk = matches.first else {
             throw MartletError(
                 .notFound, "\(key): no disk matches '\(selector)'",
@@ -135,8 +145,9 @@ public struct InstallPlan: Codable, Sendable, Equatable {
             throw MartletError(
                 .invalidInput,
                 "\(key): '\(selector)' matches \(matches.count) disks: "
-                    + matches.map(\.path).joined(separator: ", "),
-                hint: "name the disk by path or serial")
+                    + matches.map(identity).joined(separator: ", "),
+                hint: "name the disk by path or serial, or narrow the filter "
+                    + "(`martlet-installer disks --match ANSWER` shows what it selects)")
         }
         return disk
     }

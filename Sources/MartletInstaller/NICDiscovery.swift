@@ -2,10 +2,6 @@ import Foundation
 import MartletAnswer
 import MartletCore
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// A physical NIC of this machine: its kernel name, MAC address and udev properties.
 public struct NIC: Codable, Sendable, Equatable {
     public var name: String
@@ -21,10 +17,7 @@ public struct NIC: Codable, Sendable, Equatable {
 
     /// Whether every glob matches the property it names (a missing property matches nothing).
     public func matches(_ globs: [PropertyGlob]) -> Bool {
-        globs.allSatisfy { glob in
-            guard let value = properties[glob.property] else { return false }
-            return fnmatch(glob.pattern, value, 0) == 0
-        }
+        globs.allSatisfy { $0.matches(properties) }
     }
 }
 

@@ -196,6 +196,30 @@ let malformedAnswers: [MalformedAnswer] = [
     .init(name: "vlan zero", old: "vlan = 42", new: "vlan = 0", key: "network.vlan"),
     .init(name: "mtu above jumbo", old: "vlan = 42", new: "vlan = 42\nmtu = 9217", key: "network.mtu"),
     .init(name: "mtu below IPv4's minimum", old: "vlan = 42", new: "vlan = 42\nmtu = 575", key: "network.mtu"),
+    .init(
+        name: "disk filter and target", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\nID_MODEL = \"*SSD*\"\n[disk]\ntarget = \"/dev/sdz\"\n",
+        key: "disk.filter"),
+    .init(
+        name: "empty disk filter", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\n\n[disk]\n",
+        key: "disk.filter"),
+    .init(
+        name: "disk filter of a lower-case property", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\nid_model = \"*SSD*\"\n[disk]\n",
+        key: "disk.filter.id_model"),
+    .init(
+        name: "disk filter with max-size below min-size", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\nmin-size = \"1TiB\"\nmax-size = \"100GiB\"\n[disk]\n",
+        key: "disk.filter.max-size"),
+    .init(
+        name: "disk filter with a size that is no size", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\nmin-size = \"big\"\n[disk]\n",
+        key: "disk.filter.min-size"),
+    .init(
+        name: "disk filter with an empty glob", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\nID_SERIAL = \"\"\n[disk]\n",
+        key: "disk.filter.ID_SERIAL"),
     .init(name: "mtu as text", old: "vlan = 42", new: "vlan = 42\nmtu = \"9000\"", key: "network.mtu"),
     .init(name: "not TOML", old: "vlan = 42", new: "vlan = = 42", key: "not valid TOML"),
 ]
