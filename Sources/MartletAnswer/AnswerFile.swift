@@ -440,18 +440,8 @@ extension AnswerFile {
                 "max-size", "\(max.exactText) is below min-size \(min.exactText)",
                 hint: "no disk can match; swap or widen the bounds")
         }
-        for property in section.keys where property != "min-size" && property != "max-size" {
-            guard PropertyGlob.isPropertyName(property) else {
-                throw section.error(
-                    property, "is neither a udev property name nor min-size/max-size",
-                    hint: "use the name as `udevadm info /dev/sda` prints it, e.g. ID_SERIAL")
-            }
-            let pattern = try section.required(section.string(property), property)
-            guard !pattern.isEmpty else {
-                throw section.error(property, "is empty", hint: "give a glob such as \"*SSD*\"")
-            }
-            filter.globs.append(PropertyGlob(property: property, pattern: pattern))
-        }
+        filter.globs = try propertyGlobs(
+            section, besides: ["min-size", "max-size"], example: "ID_SERIAL = \"S3Z*\"")
         if filter.globs.isEmpty && filter.minSize == nil && filter.maxSize == nil {
             throw section.error(
                 nil, "is empty",
@@ -532,21 +522,30 @@ extension AnswerFile {
         return selector
     }
 
-    /// A `filter` table of udev property globs, e.g. `ID_NET_NAME_PATH = "enp1s*"`.
-    static func parseFilter(_ section: TOMLSection) throws -> [PropertyGlob] {
+    /// The udev property globs of a filter table: every key except `besides`.
+    static func propertyGlobs(_ section: TOMLSection, besides: Set<String>, example: String)
+        throws -> [PropertyGlob]
+    {
         var globs: [PropertyGlob] = []
-        for property in section.keys {
+        for property in section.keys where !besides.contains(property) {
             guard PropertyGlob.isPropertyName(property) else {
+                let others = besides.sorted().joined(separator: ", ")
                 throw section.error(
-                    property, "is not a udev property name",
-                    hint: "use the name as `udevadm info` prints it, e.g. ID_NET_NAME_PATH")
+                    property, "is not a udev property name" + (others.isEmpty ? "" : " (nor \(others))"),
+                    hint: "use the name as `udevadm info` prints it (upper case), e.g. \(example)")
             }
             let pattern = try section.required(section.string(property), property)
             guard !pattern.isEmpty else {
-                throw section.error(property, "is empty", hint: "give a glob such as \"enp1s*\"")
+                throw section.error(property, "is empty", hint: "give a glob, e.g. \(example)")
             }
             globs.append(PropertyGlob(property: property, pattern: pattern))
         }
+        return globs
+    }
+
+    /// A NIC `filter` table of udev property globs, e.g. `ID_NET_NAME_PATH = "enp1s*"`.
+    static func parseFilter(_ section: TOMLSection) throws -> [PropertyGlob] {
+        let globs = try propertyGlobs(section, besides: [], example: "ID_NET_NAME_PATH = \"enp1s*\"")
         guard !globs.isEmpty else {
             throw section.error(
                 nil, "is empty", hint: "give at least one udev property, e.g. ID_NET_NAME_PATH = \"enp1s*\"")
