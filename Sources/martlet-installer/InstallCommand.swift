@@ -15,7 +15,9 @@ struct InstallCommand: ParsableCommand {
             data unless [disk] wipe = true, and disks that are too small are refused.
 
             Without --answer, the file named by martlet.answer= on the kernel command line is \
-            used: a path on the boot medium, label:MARTLET-ANSWER, or an http(s) URL.
+            used: a path on the boot medium, label:MARTLET-ANSWER, or an http(s) URL that the \
+            machine's facts (disks, NICs, DMI serial) are POSTed to as JSON; \
+            martlet.answer-fingerprint=SHA256 pins the https server's certificate.
 
             The log goes to /var/log/martlet/install.log and is copied onto the target.
             """)
