@@ -84,12 +84,30 @@ private struct FileLayout: Encodable {
         }
     }
 
+    struct FirstBoot: Encodable {
+        var script, at: String
+    }
+
+    struct PostInstall: Encodable {
+        var webhook: String
+    }
+
     var global: Global
     var disk: Disk
     var storage: Storage
     var network: Network
+    var firstBoot: FirstBoot?
+    var postInstall: PostInstall?
+
+    enum CodingKeys: String, CodingKey {
+        case global, disk, storage, network
+        case firstBoot = "first-boot"
+        case postInstall = "post-install"
+    }
 
     init(_ answer: AnswerFile) {
+        firstBoot = answer.firstBoot.map { FirstBoot(script: $0.script, at: $0.at.rawValue) }
+        postInstall = answer.postInstall.map { PostInstall(webhook: $0.webhook) }
         var rootPassword: String?
         var rootPasswordHash: String?
         switch answer.global.rootPassword {

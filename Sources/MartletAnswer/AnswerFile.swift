@@ -14,12 +14,49 @@ public struct AnswerFile: Codable, Sendable, Equatable {
     public var disk: DiskAnswer
     public var storage: StorageAnswer
     public var network: NetworkAnswer
+    public var firstBoot: FirstBootAnswer?
+    public var postInstall: PostInstallAnswer?
 
-    public init(global: Global, disk: DiskAnswer, storage: StorageAnswer, network: NetworkAnswer) {
+    public init(
+        global: Global, disk: DiskAnswer, storage: StorageAnswer, network: NetworkAnswer,
+        firstBoot: FirstBootAnswer? = nil, postInstall: PostInstallAnswer? = nil
+    ) {
         self.global = global
         self.disk = disk
         self.storage = storage
         self.network = network
+        self.firstBoot = firstBoot
+        self.postInstall = postInstall
+    }
+
+    /// When the installed host runs its first-boot script.
+    public enum FirstBootPoint: String, Codable, Sendable, CaseIterable {
+        /// Before systemd-networkd configures any link.
+        case beforeNetwork = "before-network"
+        /// Once the management network is up (network-online.target).
+        case networkOnline = "network-online"
+        /// When the host is fully up (after multi-user.target).
+        case multiUser = "multi-user"
+    }
+
+    /// `[first-boot]`: a script run once on the installed host's first boot.
+    public struct FirstBootAnswer: Codable, Sendable, Equatable {
+        /// A path on the boot medium or an http(s) URL; fetched at install time.
+        public var script: String
+        public var at: FirstBootPoint
+
+        public init(script: String, at: FirstBootPoint = .multiUser) {
+            self.script = script
+            self.at = at
+        }
+    }
+
+    /// `[post-install]`: who hears how the install went.
+    public struct PostInstallAnswer: Codable, Sendable, Equatable {
+        /// An http(s) URL that is POSTed the install result as JSON.
+        public var webhook: String
+
+        public init(webhook: String) { self.webhook = webhook }
     }
 
     /// What happens when the install has finished.
@@ -326,19 +363,59 @@ extension AnswerFile {
         let diskSection = try root.required(root.section("disk"), "disk")
         let storageSection = try root.section("storage")
         let networkSection = try root.required(root.section("network"), "network")
+        let firstBoot = try root.section("first-boot").map(parseFirstBoot)
+        let postInstall = try root.section("post-install").map(parsePostInstall)
         try root.finish()
 
         let global = try parseGlobal(globalSection)
         let disk = try parseDisk(diskSection)
         let storage = try storageSection.map(parseStorage) ?? StorageAnswer()
         let network = try parseNetwork(networkSection)
-        let answer = AnswerFile(global: global, disk: disk, storage: storage, network: network)
+        let answer = AnswerFile(
+            global: global, disk: disk, storage: storage, network: network, firstBoot: firstBoot,
+            postInstall: postInstall)
         if storage.extraDisks.contains(disk.target), let storageSection {
             throw storageSection.error(
                 "extra-disks", "'\(disk.target)' is also the install target ([disk] target)",
                 hint: "list only other disks as extra storage")
         }
         return answer
+    }
+
+    static func isURL(_ text: String) -> Bool {
+        text.range(of: #"^https?://[^\s/?#]+[^\s]*$"#, options: .regularExpression) != nil
+    }
+
+    private static func parseFirstBoot(_ section: TOMLSection) throws -> FirstBootAnswer {
+        let script = try section.required(
+            section.string("script"), "script",
+            hint: "a path on the boot medium (\"/hooks/first-boot.sh\") or an http(s) URL")
+        let pathPattern = #"^/[A-Za-z0-9._+\-/]+$"#
+        guard isURL(script)
+            || (script.range(of: pathPattern, options: .regularExpression) != nil
+                && !script.split(separator: "/").contains(".."))
+        else {
+            throw section.error(
+                "script", "'\(script)' is neither a path on the boot medium nor an http(s) URL",
+                hint: "e.g. \"/hooks/first-boot.sh\" or \"https://deploy.example.org/hv1.sh\"")
+        }
+        let at =
+            try section.choice("at", FirstBootPoint.allCases.map(\.rawValue))
+            .flatMap(FirstBootPoint.init(rawValue:)) ?? .multiUser
+        try section.finish()
+        return FirstBootAnswer(script: script, at: at)
+    }
+
+    private static func parsePostInstall(_ section: TOMLSection) throws -> PostInstallAnswer {
+        let webhook = try section.required(
+            section.string("webhook"), "webhook", hint: "the http(s) URL that hears the result")
+        guard isURL(webhook) else {
+            throw section.error(
+                "webhook", "'\(webhook)' is not an http(s) URL",
+                hint: "e.g. \"https://deploy.example.org/installed\"")
+        }
+        try section.finish()
+        return PostInstallAnswer(webhook: webhook)
     }
 
     private static func parseGlobal(_ section: TOMLSection) throws -> Global {

@@ -15,6 +15,11 @@ public enum AnswerLocator {
             .map { String($0.dropFirst(parameter.count)) }
     }
 
+    /// Where `path` (absolute or not) lies on the boot medium mounted at `medium`.
+    public static func onMedium(_ path: String, medium: String = DiskDiscovery.defaultMediumMount) -> String {
+        path.hasPrefix("/") ? "\(medium)\(path)" : "\(medium)/\(path)"
+    }
+
     /// Fetches the answer named on /proc/cmdline into a local file and returns its path.
     public static func fromKernelCommandLine(
         cmdline: String = "/proc/cmdline", medium: String = DiskDiscovery.defaultMediumMount,
@@ -71,7 +76,7 @@ public enum AnswerLocator {
             try FileManager.default.copyItem(atPath: source, toPath: local)
             return local
         }
-        let path = value.hasPrefix("/") ? "\(medium)\(value)" : "\(medium)/\(value)"
+        let path = onMedium(value, medium: medium)
         guard FileManager.default.fileExists(atPath: path) else {
             throw MartletError(
                 .notFound, "martlet.answer=\(value): no such file on the boot medium (\(path))")

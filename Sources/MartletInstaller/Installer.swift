@@ -417,6 +417,12 @@ public final class Installer {
         // An empty machine-id makes systemd create a fresh one on first boot.
         try write("etc/machine-id", "", mode: 0o444)
         try? FileManager.default.removeItem(atPath: "\(targetRoot)/var/lib/dbus/machine-id")
+
+        if let firstBoot = plan.answer.firstBoot {
+            try FirstBootHook.install(
+                script: try FirstBootHook.script(firstBoot), at: firstBoot.at, into: targetRoot)
+            logger.info("first-boot hook \(firstBoot.script) installed, runs at \(firstBoot.at.rawValue)")
+        }
     }
 
     // MARK: - network

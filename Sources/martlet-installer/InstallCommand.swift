@@ -77,7 +77,25 @@ struct InstallCommand: ParsableCommand {
             logger.info("answer file \(path)\n\(plan.text)")
             if !json { FileHandle.standardError.write(Data(plan.text.utf8)) }
             let progress: any ProgressSink = json ? JSONLinesProgress() : TextProgress()
-            try Installer(plan: plan, progress: progress, logger: logger, logFile: log).run()
+            let started = Date()
+            var failure: Error?
+            do {
+                try Installer(plan: plan, progress: progress, logger: logger, logFile: log).run()
+            } catch {
+                failure = error
+            }
+            if let webhook = answers.postInstall?.webhook {
+                let report = InstallReport(
+                    hostname: answers.global.hostname, result: failure == nil ? "installed" : "failed",
+                    error: failure.map { ($0 as? MartletError)?.message ?? "\($0)" },
+                    target: plan.target.path, seconds: Date().timeIntervalSince(started),
+                    machine: MachineInventory(
+                        disks: disks, nics: NICDiscovery().nics(), dmi: MachineInventory.dmi()))
+                if let error = report.post(to: webhook) {
+                    FileHandle.standardError.write(Data("martlet-installer: warning: \(error.description)\n".utf8))
+                }
+            }
+            if let failure { throw failure }
             try Installer.conclude(answers.global.rebootMode)
         }
     }

@@ -221,6 +221,21 @@ let malformedAnswers: [MalformedAnswer] = [
         new: "[disk.filter]\nID_SERIAL = \"\"\n[disk]\n",
         key: "disk.filter.ID_SERIAL"),
     .init(name: "mtu as text", old: "vlan = 42", new: "vlan = 42\nmtu = \"9000\"", key: "network.mtu"),
+    .init(
+        name: "first-boot without a script", old: "vlan = 42", new: "vlan = 42\n[first-boot]\nat = \"multi-user\"",
+        key: "first-boot.script"),
+    .init(
+        name: "first-boot script outside the medium", old: "vlan = 42",
+        new: "vlan = 42\n[first-boot]\nscript = \"/hooks/../../etc/shadow\"", key: "first-boot.script"),
+    .init(
+        name: "first-boot at an unknown point", old: "vlan = 42",
+        new: "vlan = 42\n[first-boot]\nscript = \"/hooks/a.sh\"\nat = \"graphical\"", key: "first-boot.at"),
+    .init(
+        name: "webhook that is no URL", old: "vlan = 42",
+        new: "vlan = 42\n[post-install]\nwebhook = \"deploy.example.org\"", key: "post-install.webhook"),
+    .init(
+        name: "webhook over ftp", old: "vlan = 42",
+        new: "vlan = 42\n[post-install]\nwebhook = \"ftp://deploy.example.org/x\"", key: "post-install.webhook"),
     .init(name: "not TOML", old: "vlan = 42", new: "vlan = = 42", key: "not valid TOML"),
 ]
 
