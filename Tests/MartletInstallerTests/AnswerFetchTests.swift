@@ -7,8 +7,9 @@ import Testing
 @testable import MartletInstaller
 
 /// A real answer server on 127.0.0.1 (python3's http.server, wrapped in TLS with `certificate`
-/// when given): a POST's body is saved to `received` and answered with `answer`. It is up when
-/// it has said its port. Stopped in `deinit`.
+/// when given): a POST's body is saved to `received` and answered with `answer`; a GET is
+/// answered with `answer` too (a first-boot script). It is up when it has said its port.
+/// Stopped in `deinit`.
 final class AnswerServer {
     let pid: pid_t
     let port: Int
@@ -22,10 +23,14 @@ final class AnswerServer {
             def do_HEAD(self):
                 self.send_response(405)
                 self.end_headers()
+            def do_GET(self):
+                self.reply()
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with open(received, "wb") as f:
                     f.write(body)
+                self.reply()
+            def reply(self):
                 reply = open(answer, "rb").read()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(reply)))
