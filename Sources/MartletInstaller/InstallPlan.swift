@@ -268,6 +268,12 @@ extension InstallPlan {
         }
         if !net.dns.isEmpty { network += ", DNS \(net.dns.joined(separator: " "))" }
         lines.append("  network:   \(network)")
+        if let firstBoot = answer.firstBoot {
+            lines.append("  first boot: runs \(firstBoot.script) at \(firstBoot.at.rawValue)")
+        }
+        if let postInstall = answer.postInstall {
+            lines.append("  webhook:   \(postInstall.webhook)")
+        }
         lines.append("  then:      \(global.rebootMode.rawValue)")
         return lines.joined(separator: "\n") + "\n"
     }

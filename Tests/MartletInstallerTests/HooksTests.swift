@@ -39,6 +39,10 @@ struct HooksTests {
         #expect(parsed.postInstall == .init(webhook: "https://deploy.example.org/installed?host=hv1"))
         #expect(try AnswerFile.parse(path: "b.toml", contents: parsed.toml) == parsed)
         #expect(try answer("[first-boot]\nscript = \"https://x.example.org/a.sh\"").firstBoot?.at == .multiUser)
+        let plan = try InstallPlan.make(
+            answer: parsed, disks: [Disk(path: "/dev/sdz", name: "sdz", size: .gib(64))], nics: [])
+        #expect(plan.text.contains("first boot: runs /hooks/first-boot.sh at network-online"))
+        #expect(plan.text.contains("webhook:   https://deploy.example.org/installed?host=hv1"))
     }
 
     @Test("the unit runs once at the chosen point, logs to the journal and disables itself", arguments: [
