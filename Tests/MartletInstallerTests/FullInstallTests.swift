@@ -331,6 +331,23 @@ extension LoopDeviceSuites {
             try installAndCheck(storage: "lvm-thin")
         }
 
+        @Test("a first-boot script that is not there stops the install before the disk is touched")
+        func missingFirstBootScript() throws {
+            let work = try TemporaryDirectory()
+            let disk = try LoopDisk(size: .gib(8))
+            let before = try fingerprint(disk.path, size: .gib(8))
+            let file = work.write(
+                "a.toml",
+                answer(disk, storage: "directory", group: "mtestnohook")
+                    + "\n[first-boot]\nscript = \"/hooks/not-on-the-medium.sh\"\n")
+            let (status, _, err) = try installer([
+                "install", "--answer", file, "--source", try testRootfs(),
+            ])
+            #expect(status == 3)
+            #expect(err.contains("first-boot.script: '/hooks/not-on-the-medium.sh' is not on the boot medium"), "\(err)")
+            #expect(try fingerprint(disk.path, size: .gib(8)) == before)
+        }
+
         @Test(
             "without device-mapper an lvm-thin install is refused before the disk is touched",
             .enabled(if: !deviceMapper, "device-mapper is available here"))
