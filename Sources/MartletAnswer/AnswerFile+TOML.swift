@@ -29,12 +29,14 @@ private struct FileLayout: Encodable {
     }
 
     struct Disk: Encodable {
-        var target, filesystem: String
+        var target: String?
+        var filter: [String: String]?
+        var filesystem: String
         var rootSize, swapSize: Int?
         var wipe: Bool
 
         enum CodingKeys: String, CodingKey {
-            case target, filesystem, wipe
+            case target, filter, filesystem, wipe
             case rootSize = "root-size"
             case swapSize = "swap-size"
         }
@@ -51,8 +53,25 @@ private struct FileLayout: Encodable {
         }
     }
 
+    struct Bond: Encodable {
+        var interfaces: [String]?
+        var filter: [String: String]?
+        var mode: String
+        var lacpRate: String?
+        var miimon: Int
+
+        enum CodingKeys: String, CodingKey {
+            case interfaces, filter, mode, miimon
+            case lacpRate = "lacp-rate"
+        }
+    }
+
     struct Network: Encodable {
-        var interface, mode: String
+        var interface: String?
+        var filter: [String: String]?
+        var bond: Bond?
+        var mtu: Int?
+        var mode: String
         var address, gateway: String?
         var dns: [String]?
         var ipv6: String
@@ -60,17 +79,35 @@ private struct FileLayout: Encodable {
         var vlan: Int?
 
         enum CodingKeys: String, CodingKey {
-            case interface, mode, address, gateway, dns, ipv6, vlan
+            case interface, filter, bond, mtu, mode, address, gateway, dns, ipv6, vlan
             case ipv6Gateway = "ipv6-gateway"
         }
+    }
+
+    struct FirstBoot: Encodable {
+        var script, at: String
+    }
+
+    struct PostInstall: Encodable {
+        var webhook: String
     }
 
     var global: Global
     var disk: Disk
     var storage: Storage
     var network: Network
+    var firstBoot: FirstBoot?
+    var postInstall: PostInstall?
+
+    enum CodingKeys: String, CodingKey {
+        case global, disk, storage, network
+        case firstBoot = "first-boot"
+        case postInstall = "post-install"
+    }
 
     init(_ answer: AnswerFile) {
+        firstBoot = answer.firstBoot.map { FirstBoot(script: $0.script, at: $0.at.rawValue) }
+        postInstall = answer.postInstall.map { PostInstall(webhook: $0.webhook) }
         var rootPassword: String?
         var rootPasswordHash: String?
         switch answer.global.rootPassword {
@@ -84,8 +121,16 @@ private struct FileLayout: Encodable {
             rootPasswordHash: rootPasswordHash,
             rootSSHKeys: answer.global.rootSSHKeys.isEmpty ? nil : answer.global.rootSSHKeys,
             rebootMode: answer.global.rebootMode.rawValue)
+        var diskFilter: [String: String]?
+        if case .filter(let filter) = answer.disk.target {
+            var table = Dictionary(uniqueKeysWithValues: filter.globs.map { ($0.property, $0.pattern) })
+            table["min-size"] = filter.minSize?.exactText
+            table["max-size"] = filter.maxSize?.exactText
+            diskFilter = table
+        }
         disk = Disk(
-            target: answer.disk.target.description, filesystem: answer.disk.filesystem.rawValue,
+            target: diskFilter == nil ? answer.disk.target.description : nil, filter: diskFilter,
+            filesystem: answer.disk.filesystem.rawValue,
             rootSize: answer.disk.rootSize.map { Int($0.bytes) },
             swapSize: answer.disk.swapSize.map { Int($0.bytes) }, wipe: answer.disk.wipe)
         storage = Storage(
@@ -98,8 +143,22 @@ private struct FileLayout: Encodable {
             case .off: "off"
             case .address(let address): address
             }
+        func filter(_ selector: InterfaceSelector?) -> [String: String]? {
+            guard case .filter(let globs) = selector else { return nil }
+            return Dictionary(uniqueKeysWithValues: globs.map { ($0.property, $0.pattern) })
+        }
+        let interface = answer.network.interface
+        let bond = answer.network.bond.map { bond in
+            let members = bond.members.count == 1 ? bond.members.first : nil
+            return Bond(
+                interfaces: filter(members) == nil ? bond.members.map(\.description) : nil,
+                filter: filter(members), mode: bond.mode.rawValue,
+                lacpRate: bond.lacpRate?.rawValue, miimon: bond.miimon)
+        }
         network = Network(
-            interface: answer.network.interface.description, mode: answer.network.mode.rawValue,
+            interface: filter(interface) == nil ? interface?.description : nil,
+            filter: filter(interface), bond: bond, mtu: answer.network.mtu,
+            mode: answer.network.mode.rawValue,
             address: answer.network.address, gateway: answer.network.gateway,
             dns: answer.network.dns.isEmpty ? nil : answer.network.dns, ipv6: ipv6,
             ipv6Gateway: answer.network.ipv6Gateway, vlan: answer.network.vlan)

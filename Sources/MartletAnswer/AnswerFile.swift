@@ -2,6 +2,10 @@ import Foundation
 import MartletCore
 import MartletValidation
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// An unattended install's answers, read strictly from TOML: every key is typed and checked,
 /// unknown keys are errors, and every error names the file, line and dotted key. The text UI
 /// builds the same value from its screens.
@@ -10,12 +14,49 @@ public struct AnswerFile: Codable, Sendable, Equatable {
     public var disk: DiskAnswer
     public var storage: StorageAnswer
     public var network: NetworkAnswer
+    public var firstBoot: FirstBootAnswer?
+    public var postInstall: PostInstallAnswer?
 
-    public init(global: Global, disk: DiskAnswer, storage: StorageAnswer, network: NetworkAnswer) {
+    public init(
+        global: Global, disk: DiskAnswer, storage: StorageAnswer, network: NetworkAnswer,
+        firstBoot: FirstBootAnswer? = nil, postInstall: PostInstallAnswer? = nil
+    ) {
         self.global = global
         self.disk = disk
         self.storage = storage
         self.network = network
+        self.firstBoot = firstBoot
+        self.postInstall = postInstall
+    }
+
+    /// When the installed host runs its first-boot script.
+    public enum FirstBootPoint: String, Codable, Sendable, CaseIterable {
+        /// Before systemd-networkd configures any link.
+        case beforeNetwork = "before-network"
+        /// Once the management network is up (network-online.target).
+        case networkOnline = "network-online"
+        /// When the host is fully up (after multi-user.target).
+        case multiUser = "multi-user"
+    }
+
+    /// `[first-boot]`: a script run once on the installed host's first boot.
+    public struct FirstBootAnswer: Codable, Sendable, Equatable {
+        /// A path on the boot medium or an http(s) URL; fetched at install time.
+        public var script: String
+        public var at: FirstBootPoint
+
+        public init(script: String, at: FirstBootPoint = .multiUser) {
+            self.script = script
+            self.at = at
+        }
+    }
+
+    /// `[post-install]`: who hears how the install went.
+    public struct PostInstallAnswer: Codable, Sendable, Equatable {
+        /// An http(s) URL that is POSTed the install result as JSON.
+        public var webhook: String
+
+        public init(webhook: String) { self.webhook = webhook }
     }
 
     /// What happens when the install has finished.
@@ -105,8 +146,46 @@ public struct AnswerFile: Codable, Sendable, Equatable {
         case address(String)
     }
 
+    /// How a bond spreads traffic over its NICs (the kernel bonding driver's modes).
+    public enum BondMode: String, Codable, Sendable, CaseIterable {
+        case lacp = "802.3ad"
+        case activeBackup = "active-backup"
+        case balanceALB = "balance-alb"
+    }
+
+    /// How often an 802.3ad partner sends LACP frames.
+    public enum LACPRate: String, Codable, Sendable, CaseIterable { case slow, fast }
+
+    /// Two or more NICs bonded into `bond0` under the bridge.
+    public struct BondAnswer: Codable, Sendable, Equatable {
+        /// Each selector picks one NIC, except `.filter`, which picks every NIC it matches.
+        public var members: [InterfaceSelector]
+        public var mode: BondMode
+        /// Only with `.lacp`; nil leaves the kernel's default (slow).
+        public var lacpRate: LACPRate?
+        /// Link monitoring interval in milliseconds.
+        public var miimon: Int
+
+        public static let defaultMIIMon = 100
+
+        public init(
+            members: [InterfaceSelector], mode: BondMode, lacpRate: LACPRate? = nil,
+            miimon: Int = BondAnswer.defaultMIIMon
+        ) {
+            self.members = members
+            self.mode = mode
+            self.lacpRate = lacpRate
+            self.miimon = miimon
+        }
+    }
+
     public struct NetworkAnswer: Codable, Sendable, Equatable {
-        public var interface: InterfaceSelector
+        /// The one management NIC; nil when `bond` is set (exactly one of the two is).
+        public var interface: InterfaceSelector?
+        public var bond: BondAnswer?
+        /// One MTU for every link of the management network (NICs, bond, VLAN, bridge), so
+        /// the links cannot disagree; nil keeps the default (1500).
+        public var mtu: Int?
         public var mode: AddressMode
         public var address: String?
         public var gateway: String?
@@ -115,12 +194,18 @@ public struct AnswerFile: Codable, Sendable, Equatable {
         public var ipv6Gateway: String?
         public var vlan: Int?
 
+        /// The MTUs Ethernet NICs and switches commonly accept: IPv4's minimum to jumbo frames.
+        public static let mtuRange = 576...9216
+
         public init(
-            interface: InterfaceSelector, mode: AddressMode = .dhcp, address: String? = nil,
+            interface: InterfaceSelector?, bond: BondAnswer? = nil, mtu: Int? = nil,
+            mode: AddressMode = .dhcp, address: String? = nil,
             gateway: String? = nil, dns: [String] = [], ipv6: IPv6Mode = .auto,
             ipv6Gateway: String? = nil, vlan: Int? = nil
         ) {
             self.interface = interface
+            self.bond = bond
+            self.mtu = mtu
             self.mode = mode
             self.address = address
             self.gateway = gateway
@@ -132,8 +217,38 @@ public struct AnswerFile: Codable, Sendable, Equatable {
     }
 }
 
-/// How the answer names a disk: a device path, or a property that must match exactly one disk.
+/// Disks chosen by udev properties and size bounds, like Proxmox's `filter.*`: every glob
+/// must match and the size must lie within the bounds.
+public struct DiskFilter: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var globs: [PropertyGlob]
+    public var minSize: ByteSize?
+    public var maxSize: ByteSize?
+
+    public init(globs: [PropertyGlob] = [], minSize: ByteSize? = nil, maxSize: ByteSize? = nil) {
+        self.globs = globs
+        self.minSize = minSize
+        self.maxSize = maxSize
+    }
+
+    /// Whether a disk of `size` with udev `properties` passes (a missing property fails).
+    public func matches(size: ByteSize, properties: [String: String]) -> Bool {
+        if let minSize, size < minSize { return false }
+        if let maxSize, size > maxSize { return false }
+        return globs.allSatisfy { $0.matches(properties) }
+    }
+
+    public var description: String {
+        let terms =
+            globs.map(\.description) + (minSize.map { ["min-size=\($0.exactText)"] } ?? [])
+            + (maxSize.map { ["max-size=\($0.exactText)"] } ?? [])
+        return "filter " + terms.joined(separator: ",")
+    }
+}
+
+/// How the answer names a disk: a device path, a property that must match exactly one disk,
+/// or a filter that must.
 public enum DiskSelector: Codable, Sendable, Equatable, CustomStringConvertible {
+    case filter(DiskFilter)
     case path(String)
     case serial(String)
     case model(String)
@@ -176,14 +291,41 @@ public enum DiskSelector: Codable, Sendable, Equatable, CustomStringConvertible 
         case .wwn(let value): "wwn:\(value)"
         case .smallest: "size:smallest"
         case .largest: "size:largest"
+        case .filter(let filter): filter.description
         }
     }
 }
 
-/// The management NIC: by kernel name or by MAC address.
+/// A udev property and a glob its value must match (fnmatch(3): `*`, `?`, `[...]`), e.g.
+/// `ID_NET_NAME_PATH` and `enp1s*`.
+public struct PropertyGlob: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var property: String
+    public var pattern: String
+
+    public init(property: String, pattern: String) {
+        self.property = property
+        self.pattern = pattern
+    }
+
+    /// udev property names: upper-case letters, digits and '_'.
+    public static func isPropertyName(_ name: String) -> Bool {
+        name.range(of: #"^[A-Z][A-Z0-9_]{0,63}$"#, options: .regularExpression) != nil
+    }
+
+    /// Whether `properties` has this property with a value the glob matches.
+    public func matches(_ properties: [String: String]) -> Bool {
+        properties[property].map { fnmatch(pattern, $0, 0) == 0 } ?? false
+    }
+
+    public var description: String { "\(property)=\(pattern)" }
+}
+
+/// A management NIC: by kernel name, by MAC address, or by udev properties.
 public enum InterfaceSelector: Codable, Sendable, Equatable, CustomStringConvertible {
     case name(String)
     case mac(String)
+    /// Every NIC whose udev properties match all the globs.
+    case filter([PropertyGlob])
 
     public init?(parsing text: String) {
         if NetworkSyntax.isMAC(text) {
@@ -199,6 +341,7 @@ public enum InterfaceSelector: Codable, Sendable, Equatable, CustomStringConvert
         switch self {
         case .name(let name): name
         case .mac(let mac): mac
+        case .filter(let globs): globs.map(\.description).joined(separator: ",")
         }
     }
 }
@@ -220,19 +363,59 @@ extension AnswerFile {
         let diskSection = try root.required(root.section("disk"), "disk")
         let storageSection = try root.section("storage")
         let networkSection = try root.required(root.section("network"), "network")
+        let firstBoot = try root.section("first-boot").map(parseFirstBoot)
+        let postInstall = try root.section("post-install").map(parsePostInstall)
         try root.finish()
 
         let global = try parseGlobal(globalSection)
         let disk = try parseDisk(diskSection)
         let storage = try storageSection.map(parseStorage) ?? StorageAnswer()
         let network = try parseNetwork(networkSection)
-        let answer = AnswerFile(global: global, disk: disk, storage: storage, network: network)
+        let answer = AnswerFile(
+            global: global, disk: disk, storage: storage, network: network, firstBoot: firstBoot,
+            postInstall: postInstall)
         if storage.extraDisks.contains(disk.target), let storageSection {
             throw storageSection.error(
                 "extra-disks", "'\(disk.target)' is also the install target ([disk] target)",
                 hint: "list only other disks as extra storage")
         }
         return answer
+    }
+
+    static func isURL(_ text: String) -> Bool {
+        text.range(of: #"^https?://[^\s/?#]+[^\s]*$"#, options: .regularExpression) != nil
+    }
+
+    private static func parseFirstBoot(_ section: TOMLSection) throws -> FirstBootAnswer {
+        let script = try section.required(
+            section.string("script"), "script",
+            hint: "a path on the boot medium (\"/hooks/first-boot.sh\") or an http(s) URL")
+        let pathPattern = #"^/[A-Za-z0-9._+\-/]+$"#
+        guard isURL(script)
+            || (script.range(of: pathPattern, options: .regularExpression) != nil
+                && !script.split(separator: "/").contains(".."))
+        else {
+            throw section.error(
+                "script", "'\(script)' is neither a path on the boot medium nor an http(s) URL",
+                hint: "e.g. \"/hooks/first-boot.sh\" or \"https://deploy.example.org/hv1.sh\"")
+        }
+        let at =
+            try section.choice("at", FirstBootPoint.allCases.map(\.rawValue))
+            .flatMap(FirstBootPoint.init(rawValue:)) ?? .multiUser
+        try section.finish()
+        return FirstBootAnswer(script: script, at: at)
+    }
+
+    private static func parsePostInstall(_ section: TOMLSection) throws -> PostInstallAnswer {
+        let webhook = try section.required(
+            section.string("webhook"), "webhook", hint: "the http(s) URL that hears the result")
+        guard isURL(webhook) else {
+            throw section.error(
+                "webhook", "'\(webhook)' is not an http(s) URL",
+                hint: "e.g. \"https://deploy.example.org/installed\"")
+        }
+        try section.finish()
+        return PostInstallAnswer(webhook: webhook)
     }
 
     private static func parseGlobal(_ section: TOMLSection) throws -> Global {
@@ -323,12 +506,45 @@ extension AnswerFile {
         return selector
     }
 
+    /// A `[disk.filter]` table: upper-case keys are udev property globs, `min-size` and
+    /// `max-size` bound the size.
+    private static func parseDiskFilter(_ section: TOMLSection) throws -> DiskFilter {
+        var filter = DiskFilter()
+        filter.minSize = try section.size("min-size")
+        filter.maxSize = try section.size("max-size")
+        if let min = filter.minSize, let max = filter.maxSize, min > max {
+            throw section.error(
+                "max-size", "\(max.exactText) is below min-size \(min.exactText)",
+                hint: "no disk can match; swap or widen the bounds")
+        }
+        filter.globs = try propertyGlobs(
+            section, besides: ["min-size", "max-size"], example: "ID_SERIAL = \"S3Z*\"")
+        if filter.globs.isEmpty && filter.minSize == nil && filter.maxSize == nil {
+            throw section.error(
+                nil, "is empty",
+                hint: "give udev property globs (ID_MODEL = \"*SSD*\") and/or min-size/max-size")
+        }
+        try section.finish()
+        return filter
+    }
+
     private static func parseDisk(_ section: TOMLSection) throws -> DiskAnswer {
-        let targetText = try section.required(
-            section.string("target"), "target",
-            hint: "name the disk to install on, e.g. target = \"/dev/sda\"; "
-                + "`martlet-installer disks` lists them")
-        let target = try diskSelector(section, "target", targetText)
+        let targetText = try section.string("target")
+        let filterSection = try section.section("filter")
+        let target: DiskSelector
+        switch (targetText, filterSection) {
+        case (.some(let text), nil): target = try diskSelector(section, "target", text)
+        case (nil, .some(let filter)): target = .filter(try parseDiskFilter(filter))
+        case (.some, .some):
+            throw section.error(
+                "filter", "conflicts with 'disk.target'",
+                hint: "choose the disk either by target or by a [disk.filter] table")
+        case (nil, nil):
+            throw section.error(
+                "target", "missing: no disk to install on",
+                hint: "name the disk to install on, e.g. target = \"/dev/sda\", or give a "
+                    + "[disk.filter] table; `martlet-installer disks` lists them")
+        }
         let filesystem =
             try section.choice("filesystem", Filesystem.allCases.map(\.rawValue))
             .flatMap(Filesystem.init(rawValue:)) ?? .ext4
@@ -371,14 +587,132 @@ extension AnswerFile {
         return StorageAnswer(type: type, volumeGroup: group, extraDisks: extra)
     }
 
-    private static func parseNetwork(_ section: TOMLSection) throws -> NetworkAnswer {
-        let interfaceText = try section.required(
-            section.string("interface"), "interface",
-            hint: "name the management NIC, e.g. interface = \"eno1\" or a MAC address")
-        guard let interface = InterfaceSelector(parsing: interfaceText) else {
+    private static func interfaceSelector(_ section: TOMLSection, _ key: String, _ text: String)
+        throws -> InterfaceSelector
+    {
+        guard let selector = InterfaceSelector(parsing: text) else {
             throw section.error(
-                "interface", "'\(interfaceText)' is neither an interface name nor a MAC address",
-                hint: "e.g. \"eno1\" or \"52:54:00:12:34:56\"")
+                key, "'\(text)' is neither an interface name nor a MAC address",
+                hint: "e.g. \"eno1\" or \"52:54:00:12:34:56\"; "
+                    + "to match udev properties use a filter table")
+        }
+        return selector
+    }
+
+    /// The udev property globs of a filter table: every key except `besides`.
+    static func propertyGlobs(_ section: TOMLSection, besides: Set<String>, example: String)
+        throws -> [PropertyGlob]
+    {
+        var globs: [PropertyGlob] = []
+        for property in section.keys where !besides.contains(property) {
+            guard PropertyGlob.isPropertyName(property) else {
+                let others = besides.sorted().joined(separator: ", ")
+                throw section.error(
+                    property, "is not a udev property name" + (others.isEmpty ? "" : " (nor \(others))"),
+                    hint: "use the name as `udevadm info` prints it (upper case), e.g. \(example)")
+            }
+            let pattern = try section.required(section.string(property), property)
+            guard !pattern.isEmpty else {
+                throw section.error(property, "is empty", hint: "give a glob, e.g. \(example)")
+            }
+            globs.append(PropertyGlob(property: property, pattern: pattern))
+        }
+        return globs
+    }
+
+    /// A NIC `filter` table of udev property globs, e.g. `ID_NET_NAME_PATH = "enp1s*"`.
+    static func parseFilter(_ section: TOMLSection) throws -> [PropertyGlob] {
+        let globs = try propertyGlobs(section, besides: [], example: "ID_NET_NAME_PATH = \"enp1s*\"")
+        guard !globs.isEmpty else {
+            throw section.error(
+                nil, "is empty", hint: "give at least one udev property, e.g. ID_NET_NAME_PATH = \"enp1s*\"")
+        }
+        try section.finish()
+        return globs
+    }
+
+    private static func parseBond(_ section: TOMLSection) throws -> BondAnswer {
+        let names = try section.strings("interfaces")
+        let filter = try section.section("filter")
+        var members: [InterfaceSelector] = []
+        switch (names, filter) {
+        case (.some, .some):
+            throw section.error(
+                "filter", "conflicts with 'network.bond.interfaces'",
+                hint: "choose the NICs either by name/MAC (interfaces) or by udev properties (filter)")
+        case (nil, nil):
+            throw section.error(
+                "interfaces", "missing: a bond needs its NICs",
+                hint: "e.g. interfaces = [\"eno1\", \"eno2\"], or a [network.bond.filter] table")
+        case (.some(let names), nil):
+            for name in names {
+                let selector = try interfaceSelector(section, "interfaces", name)
+                guard !members.contains(selector) else {
+                    throw section.error(
+                        "interfaces", "'\(name)' is listed twice",
+                        hint: "a NIC can have one role in the bond")
+                }
+                members.append(selector)
+            }
+            guard members.count >= 2 else {
+                throw section.error(
+                    "interfaces", "a bond needs at least 2 NICs, found \(members.count)",
+                    hint: "list two or more NICs, or use interface = \"...\" without a bond")
+            }
+        case (nil, .some(let filter)):
+            members = [.filter(try parseFilter(filter))]
+        }
+        let mode = try section.required(
+            section.choice("mode", BondMode.allCases.map(\.rawValue)).flatMap(BondMode.init(rawValue:)),
+            "mode", hint: "one of \(BondMode.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", "))")
+        let rate = try section.choice("lacp-rate", LACPRate.allCases.map(\.rawValue))
+            .flatMap(LACPRate.init(rawValue:))
+        if rate != nil, mode != .lacp {
+            throw section.error(
+                "lacp-rate", "is only used with mode = \"802.3ad\" (this bond is \"\(mode.rawValue)\")",
+                hint: "remove lacp-rate or set mode = \"802.3ad\"")
+        }
+        let miimon = try section.int("miimon") ?? BondAnswer.defaultMIIMon
+        guard (1...60_000).contains(miimon) else {
+            throw section.error(
+                "miimon", "\(miimon) is not a link monitoring interval",
+                hint: "give milliseconds from 1 to 60000 (100 is usual)")
+        }
+        try section.finish()
+        return BondAnswer(members: members, mode: mode, lacpRate: rate, miimon: miimon)
+    }
+
+    private static func parseNetwork(_ section: TOMLSection) throws -> NetworkAnswer {
+        let interfaceText = try section.string("interface")
+        let filter = try section.section("filter")
+        let bond = try section.section("bond").map(parseBond)
+        var interface: InterfaceSelector?
+        switch (interfaceText, filter, bond) {
+        case (.some(let text), nil, nil):
+            interface = try interfaceSelector(section, "interface", text)
+        case (nil, .some(let filter), nil):
+            interface = .filter(try parseFilter(filter))
+        case (nil, nil, .some):
+            interface = nil
+        case (nil, nil, nil):
+            throw section.error(
+                "interface", "missing: no management NIC",
+                hint: "name the management NIC, e.g. interface = \"eno1\" or a MAC address, "
+                    + "or give a [network.filter] or [network.bond] table")
+        default:
+            let given = [
+                interfaceText.map { _ in "interface" }, filter.map { _ in "filter" },
+                bond.map { _ in "bond" },
+            ].compactMap { $0 }
+            throw section.error(
+                given[1], "conflicts with 'network.\(given[0])'",
+                hint: "give one of interface, [network.filter] or [network.bond]")
+        }
+        let mtu = try section.int("mtu")
+        if let mtu, !NetworkAnswer.mtuRange.contains(mtu) {
+            throw section.error(
+                "mtu", "\(mtu) is not an Ethernet MTU",
+                hint: "use \(NetworkAnswer.mtuRange.lowerBound) to \(NetworkAnswer.mtuRange.upperBound) (1500 is the default, 9000 for jumbo frames)")
         }
         let mode =
             try section.choice("mode", AddressMode.allCases.map(\.rawValue))
@@ -433,7 +767,7 @@ extension AnswerFile {
         }
         try section.finish()
         return NetworkAnswer(
-            interface: interface, mode: mode, address: address, gateway: gateway, dns: dns,
+            interface: interface, bond: bond, mtu: mtu, mode: mode, address: address, gateway: gateway, dns: dns,
             ipv6: ipv6, ipv6Gateway: ipv6Gateway, vlan: vlan)
     }
 }

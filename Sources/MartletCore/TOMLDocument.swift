@@ -227,6 +227,10 @@ public final class TOMLSection {
 
     public func contains(_ key: String) -> Bool { table.contains(key: key) }
 
+    /// The keys of this table, sorted, for tables whose keys are names the user picks
+    /// (e.g. udev properties of a `filter` table); read each with a typed accessor.
+    public var keys: [String] { table.keys.sorted() }
+
     private func value(_ key: String) -> TOMLValueConvertible? {
         consumed.insert(key)
         return table[key]

@@ -3,15 +3,21 @@ import MartletCore
 
 /// Finds the answer file named on the kernel command line (`martlet.answer=`): a path on the
 /// boot medium, `label:MARTLET-ANSWER` (a partition or stick with that filesystem label,
-/// holding `answer.toml`), or an http(s) URL fetched with curl.
+/// holding `answer.toml`), or an http(s) URL the machine's facts are POSTed to
+/// (`AnswerFetch`, pinned with `martlet.answer-fingerprint=`).
 public enum AnswerLocator {
     public static let parameter = "martlet.answer="
 
-    /// The value of `martlet.answer=` in `cmdline`, or nil.
-    public static func value(inCommandLine cmdline: String) -> String? {
+    /// The value of `martlet.answer=` (or another `parameter`) in `cmdline`, or nil.
+    public static func value(of parameter: String = parameter, inCommandLine cmdline: String) -> String? {
         cmdline.split(whereSeparator: { $0 == " " || $0 == "\n" })
             .last { $0.hasPrefix(parameter) }
             .map { String($0.dropFirst(parameter.count)) }
+    }
+
+    /// Where `path` (absolute or not) lies on the boot medium mounted at `medium`.
+    public static func onMedium(_ path: String, medium: String = DiskDiscovery.defaultMediumMount) -> String {
+        path.hasPrefix("/") ? "\(medium)\(path)" : "\(medium)/\(path)"
     }
 
     /// Fetches the answer named on /proc/cmdline into a local file and returns its path.
@@ -31,14 +37,23 @@ public enum AnswerLocator {
             atPath: workDirectory, withIntermediateDirectories: true)
         let local = "\(workDirectory)/answer.toml"
         if value.hasPrefix("http://") || value.hasPrefix("https://") {
-            try Command(
-                "curl",
-                [
-                    "--fail", "--silent", "--show-error", "--location", "--retry", "5",
-                    "--retry-connrefused", "--max-time", "60", "-o", local, value,
-                ]
-            )
-            .run(hint: "check the URL and the network of the live system")
+            var fingerprint: String?
+            if let text = Self.value(of: AnswerFetch.fingerprintParameter, inCommandLine: text) {
+                guard let normalized = AnswerFetch.normalizedFingerprint(text) else {
+                    throw MartletError(
+                        .invalidInput,
+                        "\(AnswerFetch.fingerprintParameter)\(text) is not a SHA-256 fingerprint",
+                        hint: "give 64 hex digits, with or without colons, as "
+                            + "`openssl x509 -in CERT -noout -fingerprint -sha256` prints them")
+                }
+                fingerprint = normalized
+            }
+            let facts = MachineInventory(
+                disks: (try? DiskDiscovery().disks()) ?? [], nics: NICDiscovery().nics(),
+                dmi: MachineInventory.dmi())
+            try AnswerFetch(url: value, fingerprint: fingerprint).fetch(facts: facts, to: local) {
+                FileHandle.standardError.write(Data("martlet-installer: \($0)\n".utf8))
+            }
             return local
         }
         if value.hasPrefix("label:") {
@@ -61,7 +76,7 @@ public enum AnswerLocator {
             try FileManager.default.copyItem(atPath: source, toPath: local)
             return local
         }
-        let path = value.hasPrefix("/") ? "\(medium)\(value)" : "\(medium)/\(value)"
+        let path = onMedium(value, medium: medium)
         guard FileManager.default.fileExists(atPath: path) else {
             throw MartletError(
                 .notFound, "martlet.answer=\(value): no such file on the boot medium (\(path))")

@@ -34,6 +34,9 @@ public struct Disk: Codable, Sendable, Equatable {
     public var isBootMedium: Bool
     /// Why libblkid could not read the disk, when it could not: its content is then unknown.
     public var probeError: String?
+    /// udev's properties of the disk (ID_SERIAL, ID_MODEL, ID_PATH, ...), what a
+    /// `[disk.filter]` matches; empty when udev does not run.
+    public var properties: [String: String]
 
     public init(
         path: String, name: String, devno: String = "0:0", size: ByteSize, model: String? = nil,
@@ -41,8 +44,9 @@ public struct Disk: Codable, Sendable, Equatable {
         rotational: Bool = false, removable: Bool = false, readOnly: Bool = false,
         logicalSectorSize: Int = 512, physicalSectorSize: Int = 512, partitionTable: String? = nil,
         partitions: [Partition] = [], signatures: [Signature] = [], mountpoints: [String] = [],
-        holders: [Holder] = [], isBootMedium: Bool = false
+        holders: [Holder] = [], isBootMedium: Bool = false, properties: [String: String] = [:]
     ) {
+        self.properties = properties
         self.path = path
         self.name = name
         self.devno = devno

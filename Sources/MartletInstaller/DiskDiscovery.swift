@@ -66,7 +66,7 @@ public struct DiskDiscovery: Sendable {
         guard sectors > 0 else { return nil }
         let devno = sysDevice.attribute("dev") ?? "0:0"
         let path = "/dev/\(name)"
-        let udev = Self.udevProperties(devno: devno)
+        let udev = UdevDatabase.properties(file: "\(UdevDatabase.defaultDirectory)/b\(devno)")
         var disk = Disk(
             path: path, name: name, devno: devno, size: ByteSize(sectors * 512),
             model: sysDevice.attribute("device/model") ?? udev["ID_MODEL"],
@@ -77,7 +77,8 @@ public struct DiskDiscovery: Sendable {
             removable: sysDevice.attribute("removable") == "1",
             readOnly: sysDevice.attribute("ro") == "1",
             logicalSectorSize: Int(sysDevice.attribute("queue/logical_block_size") ?? "") ?? 512,
-            physicalSectorSize: Int(sysDevice.attribute("queue/physical_block_size") ?? "") ?? 512)
+            physicalSectorSize: Int(sysDevice.attribute("queue/physical_block_size") ?? "") ?? 512,
+            properties: udev)
         if name.hasPrefix("loop") {
             disk.model = sysDevice.attribute("loop/backing_file").map { "loop: \($0)" }
         }
@@ -114,16 +115,6 @@ public struct DiskDiscovery: Sendable {
         return disk
     }
 
-    /// The udev database entry of a device (`E:KEY=value` lines), when udev runs.
-    static func udevProperties(devno: String) -> [String: String] {
-        guard let text = SysfsAttribute.read("/run/udev/data/b\(devno)") else { return [:] }
-        var properties: [String: String] = [:]
-        for line in text.split(separator: "\n") where line.hasPrefix("E:") {
-            let pair = line.dropFirst(2).split(separator: "=", maxSplits: 1)
-            if pair.count == 2 { properties[String(pair[0])] = String(pair[1]) }
-        }
-        return properties
-    }
 
     static func transport(name: String, sysPath: String, udev: [String: String]) -> String {
         if name.hasPrefix("loop") { return "loop" }

@@ -2,68 +2,122 @@ import Foundation
 import MartletAnswer
 import MartletCore
 
-/// systemd-networkd files for the management bridge `br0` over the chosen NIC (optionally
-/// through a VLAN); VMs' tap devices join `br0`.
+/// systemd-networkd files for the management bridge `br0` over the chosen NIC or a bond of
+/// NICs (`bond0`), optionally through a VLAN; VMs' tap devices join `br0`.
 public struct NetworkConfiguration: Sendable {
     public var answer: AnswerFile.NetworkAnswer
+    /// The NICs under the bridge or bond, by name or MAC (`NICSelection.ports`).
+    public var ports: [InterfaceSelector]
 
-    public init(answer: AnswerFile.NetworkAnswer) { self.answer = answer }
+    public static let bondName = "bond0"
+
+    public init(answer: AnswerFile.NetworkAnswer, ports: [InterfaceSelector]) {
+        self.answer = answer
+        self.ports = ports
+    }
+
+    /// A unit file: sections of keys in order, blank lines between sections.
+    static func unit(_ sections: [(String, [(String, String)])]) -> String {
+        "# written by martlet-installer\n"
+            + sections.filter { !$0.1.isEmpty }.map { name, keys in
+                "[\(name)]\n" + keys.map { "\($0)=\($1)\n" }.joined()
+            }.joined(separator: "\n")
+    }
 
     /// File name → contents, for /etc/systemd/network.
     public var files: [(String, String)] {
-        let header = "# written by martlet-installer\n"
+        let mtu = answer.mtu.map { [("MTUBytes", String($0))] } ?? []
         var files: [(String, String)] = []
-        files.append(("10-martlet-br0.netdev", header + "[NetDev]\nName=br0\nKind=bridge\n"))
-        let match: String =
-            switch answer.interface {
-            case .name(let name): "Name=\(name)"
-            case .mac(let mac): "PermanentMACAddress=\(mac)"
+        files.append(
+            ("10-martlet-br0.netdev", Self.unit([("NetDev", [("Name", "br0"), ("Kind", "bridge")] + mtu)])))
+        let vlanName = answer.vlan.map { "vlan\($0)" }
+        // What the NICs (or the bond) carry: the VLAN, or the bridge itself.
+        let upper: [(String, String)] =
+            vlanName.map { [("VLAN", $0), ("LinkLocalAddressing", "no")] } ?? [("Bridge", "br0")]
+        func match(_ port: InterfaceSelector) -> (String, String) {
+            switch port {
+            case .mac(let mac): ("PermanentMACAddress", mac)
+            case .name(let name): ("Name", name)
+            case .filter: preconditionFailure("ports are resolved to names or MACs by NICSelection")
             }
-        if let vlan = answer.vlan {
-            let vlanName = "vlan\(vlan)"
+        }
+        if let bond = answer.bond {
+            var settings = [("Mode", bond.mode.rawValue)]
+            if let rate = bond.lacpRate { settings.append(("LACPTransmitRate", rate.rawValue)) }
+            settings.append(("MIIMonitorSec", "\(bond.miimon)ms"))
             files.append(
                 (
-                    "15-martlet-\(vlanName).netdev",
-                    header + "[NetDev]\nName=\(vlanName)\nKind=vlan\n\n[VLAN]\nId=\(vlan)\n"
+                    "12-martlet-\(Self.bondName).netdev",
+                    Self.unit([
+                        ("NetDev", [("Name", Self.bondName), ("Kind", "bond")] + mtu), ("Bond", settings),
+                    ])
                 ))
+            for (index, port) in ports.enumerated() {
+                files.append(
+                    (
+                        "20-martlet-\(Self.bondName)-port\(index + 1).network",
+                        Self.unit([
+                            ("Match", [match(port)]), ("Link", mtu),
+                            ("Network", [("Bond", Self.bondName)]),
+                        ])
+                    ))
+            }
+            files.append(
+                (
+                    "22-martlet-\(Self.bondName).network",
+                    Self.unit([
+                        ("Match", [("Name", Self.bondName)]), ("Link", mtu), ("Network", upper),
+                    ])
+                ))
+        } else if let port = ports.first {
             files.append(
                 (
                     "20-martlet-uplink.network",
-                    header
-                        + "[Match]\n\(match)\n\n[Network]\nVLAN=\(vlanName)\nLinkLocalAddressing=no\n"
+                    Self.unit([("Match", [match(port)]), ("Link", mtu), ("Network", upper)])
+                ))
+        }
+        if let vlan = answer.vlan, let vlanName {
+            files.append(
+                (
+                    "15-martlet-\(vlanName).netdev",
+                    Self.unit([
+                        ("NetDev", [("Name", vlanName), ("Kind", "vlan")] + mtu),
+                        ("VLAN", [("Id", String(vlan))]),
+                    ])
                 ))
             files.append(
                 (
                     "25-martlet-\(vlanName).network",
-                    header + "[Match]\nName=\(vlanName)\n\n[Network]\nBridge=br0\n"
-                ))
-        } else {
-            files.append(
-                (
-                    "20-martlet-uplink.network",
-                    header + "[Match]\n\(match)\n\n[Network]\nBridge=br0\n"
+                    Self.unit([
+                        ("Match", [("Name", vlanName)]), ("Link", mtu),
+                        ("Network", [("Bridge", "br0")]),
+                    ])
                 ))
         }
-        var network = header + "[Match]\nName=br0\n\n[Network]\n"
+        var network: [(String, String)] = []
         switch (answer.mode, answer.ipv6) {
-        case (.dhcp, .auto): network += "DHCP=yes\n"
-        case (.dhcp, _): network += "DHCP=ipv4\n"
+        case (.dhcp, .auto): network.append(("DHCP", "yes"))
+        case (.dhcp, _): network.append(("DHCP", "ipv4"))
         case (.static, _): break
         }
         if answer.mode == .static, let address = answer.address {
-            network += "Address=\(address)\n"
-            if let gateway = answer.gateway { network += "Gateway=\(gateway)\n" }
+            network.append(("Address", address))
+            if let gateway = answer.gateway { network.append(("Gateway", gateway)) }
         }
         switch answer.ipv6 {
-        case .auto: network += "IPv6AcceptRA=yes\n"
-        case .off: network += "IPv6AcceptRA=no\nLinkLocalAddressing=no\n"
+        case .auto: network.append(("IPv6AcceptRA", "yes"))
+        case .off: network += [("IPv6AcceptRA", "no"), ("LinkLocalAddressing", "no")]
         case .address(let address):
-            network += "Address=\(address)\nIPv6AcceptRA=no\n"
-            if let gateway = answer.ipv6Gateway { network += "Gateway=\(gateway)\n" }
+            network += [("Address", address), ("IPv6AcceptRA", "no")]
+            if let gateway = answer.ipv6Gateway { network.append(("Gateway", gateway)) }
         }
-        for server in answer.dns { network += "DNS=\(server)\n" }
-        files.append(("30-martlet-br0.network", network))
-        return files
+        for server in answer.dns { network.append(("DNS", server)) }
+        files.append(
+            (
+                "30-martlet-br0.network",
+                Self.unit([("Match", [("Name", "br0")]), ("Link", mtu), ("Network", network)])
+            ))
+        return files.sorted { $0.0 < $1.0 }
     }
 }
 

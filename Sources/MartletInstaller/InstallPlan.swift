@@ -14,6 +14,8 @@ public struct InstallPlan: Codable, Sendable, Equatable {
     public var destroys: [String]
     public var pools: [StoragePool]
     public var extraDisks: [Disk]
+    /// The NICs under the management bridge (or its bond), by name or MAC.
+    public var ports: [InterfaceSelector]
     public var answer: AnswerFile
 
     /// A VM storage pool as written to /etc/martlet/storage.toml.
@@ -33,10 +35,11 @@ public struct InstallPlan: Codable, Sendable, Equatable {
     public static let defaultSource = "/run/martlet/host-root"
     public static let storageDirectory = "/var/lib/martlet/storage"
 
-    /// Builds the plan for `answer` against the disks found on this machine.
+    /// Builds the plan for `answer` against the disks and NICs found on this machine.
     public static func make(
-        answer: AnswerFile, disks: [Disk], source: String = InstallPlan.defaultSource
+        answer: AnswerFile, disks: [Disk], nics: [NIC], source: String = InstallPlan.defaultSource
     ) throws -> InstallPlan {
+        let ports = try NICSelection.ports(for: answer.network, nics: nics)
         let target = try select(answer.disk.target, key: "disk.target", from: disks)
         var destroys = try check(target, wipe: answer.disk.wipe, key: "disk.target")
         let storageContent =
@@ -78,7 +81,7 @@ public struct InstallPlan: Codable, Sendable, Equatable {
         }
         return InstallPlan(
             source: source, target: target, layout: layout, destroys: destroys, pools: pools,
-            extraDisks: extras, answer: answer)
+            extraDisks: extras, ports: ports, answer: answer)
     }
 
     private static func pool(
@@ -96,13 +99,15 @@ public struct InstallPlan: Codable, Sendable, Equatable {
         }
     }
 
-    /// The one disk `selector` names; errors say which disks there were.
-    public static func select(_ selector: DiskSelector, key: String, from disks: [Disk]) throws
-        -> Disk
-    {
+    /// Every disk `selector` names: a path names one disk even if it is the boot medium (the
+    /// safety checks refuse it by name); the others never match the boot medium or a
+    /// read-only disk.
+    public static func matches(_ selector: DiskSelector, from disks: [Disk]) -> [Disk] {
         let candidates = disks.filter { !$0.isBootMedium && !$0.readOnly }
         let matches: [Disk]
         switch selector {
+        case .filter(let filter):
+            matches = candidates.filter { filter.matches(size: $0.size, properties: $0.properties) }
         case .path(let path):
             let resolved = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
             matches = disks.filter { $0.path == path || $0.path == resolved }
@@ -119,10 +124,18 @@ public struct InstallPlan: Codable, Sendable, Equatable {
                 candidates.filter { $0.transport != "loop" }.max { $0.size < $1.size }.map { [$0] }
                 ?? []
         }
-        let listing = disks.map {
-            "\($0.path) (\($0.size), \($0.model ?? "no model"), serial \($0.serial ?? "-"))"
+        return matches
+    }
+
+    /// The one disk `selector` names; errors say which disks there were.
+    public static func select(_ selector: DiskSelector, key: String, from disks: [Disk]) throws
+        -> Disk
+    {
+        let matches = matches(selector, from: disks)
+        func identity(_ disk: Disk) -> String {
+            "\(disk.path) (\(disk.size), \(disk.model ?? "no model"), serial \(disk.serial ?? "-"))"
         }
-        .joined(separator: "; ")
+        let listing = disks.map(identity).joined(separator: "; ")
         guard let disk = matches.first else {
             throw MartletError(
                 .notFound, "\(key): no disk matches '\(selector)'",
@@ -132,8 +145,9 @@ public struct InstallPlan: Codable, Sendable, Equatable {
             throw MartletError(
                 .invalidInput,
                 "\(key): '\(selector)' matches \(matches.count) disks: "
-                    + matches.map(\.path).joined(separator: ", "),
-                hint: "name the disk by path or serial")
+                    + matches.map(identity).joined(separator: ", "),
+                hint: "name the disk by path or serial, or narrow the filter "
+                    + "(`martlet-installer disks --match ANSWER` shows what it selects)")
         }
         return disk
     }
@@ -238,7 +252,11 @@ extension InstallPlan {
             }
         lines.append("  root:      \(password), \(global.rootSSHKeys.count) SSH key(s)")
         let net = answer.network
-        var network = "br0 over \(net.interface)"
+        let ports = self.ports.map(\.description).joined(separator: ", ")
+        var network =
+            net.bond.map { "br0 over \(NetworkConfiguration.bondName) (\($0.mode.rawValue): \(ports))" }
+            ?? "br0 over \(ports)"
+        if let mtu = net.mtu { network += " MTU \(mtu)" }
         if let vlan = net.vlan { network += " (VLAN \(vlan))" }
         network +=
             net.mode == .dhcp
@@ -250,6 +268,12 @@ extension InstallPlan {
         }
         if !net.dns.isEmpty { network += ", DNS \(net.dns.joined(separator: " "))" }
         lines.append("  network:   \(network)")
+        if let firstBoot = answer.firstBoot {
+            lines.append("  first boot: runs \(firstBoot.script) at \(firstBoot.at.rawValue)")
+        }
+        if let postInstall = answer.postInstall {
+            lines.append("  webhook:   \(postInstall.webhook)")
+        }
         lines.append("  then:      \(global.rebootMode.rawValue)")
         return lines.joined(separator: "\n") + "\n"
     }

@@ -107,6 +107,8 @@ public final class Installer {
     /// Runs every stage; on failure unmounts what it mounted and rethrows naming the stage.
     public func run() throws {
         try Self.preflight(plan)
+        // Read (or fetched) before any disk is written: a missing script stops nothing half-way.
+        firstBootScript = try plan.answer.firstBoot.map { try FirstBootHook.script($0) }
         let stages: [(String, () throws -> Void)] = [
             ("wipe", wipe), ("partition", partition), ("format", format), ("mount", mountTarget),
             ("copy", copySystem), ("configure", configure), ("network", writeNetwork),
@@ -139,6 +141,7 @@ public final class Installer {
     }
 
     private var currentReporter: StageReporter?
+    private var firstBootScript: Data?
 
     private func run(_ executable: String, _ arguments: [String], input: Data? = nil) throws {
         logger.info("run: \(executable) \(arguments.joined(separator: " "))")
@@ -417,12 +420,17 @@ public final class Installer {
         // An empty machine-id makes systemd create a fresh one on first boot.
         try write("etc/machine-id", "", mode: 0o444)
         try? FileManager.default.removeItem(atPath: "\(targetRoot)/var/lib/dbus/machine-id")
+
+        if let firstBoot = plan.answer.firstBoot, let firstBootScript {
+            try FirstBootHook.install(script: firstBootScript, at: firstBoot.at, into: targetRoot)
+            logger.info("first-boot hook \(firstBoot.script) installed, runs at \(firstBoot.at.rawValue)")
+        }
     }
 
     // MARK: - network
 
     private func writeNetwork() throws {
-        let files = NetworkConfiguration(answer: plan.answer.network).files
+        let files = NetworkConfiguration(answer: plan.answer.network, ports: plan.ports).files
         for (name, text) in files { try write("etc/systemd/network/\(name)", text) }
         let wants = "\(targetRoot)/etc/systemd/system/multi-user.target.wants"
         try FileManager.default.createDirectory(atPath: wants, withIntermediateDirectories: true)

@@ -1,12 +1,22 @@
 import ArgumentParser
 import Foundation
+import MartletAnswer
 import MartletCore
 import MartletInstaller
 
 struct DisksCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "disks",
-        abstract: "List the disks, what is on them, who uses them, and which is the boot medium.")
+        abstract: "List the disks, what is on them, who uses them, and which is the boot medium.",
+        discussion: """
+            With --match ANSWER, list only the disks the answer file's [disk] target (or \
+            [disk.filter]) and [storage] extra-disks select, under the key that selects them; \
+            the exit status is non-zero, with the error an install would give, unless each \
+            selects exactly one disk that an install may use.
+            """)
+
+    @Option(name: .long, help: "An answer file: show which disks it selects.", completion: .file())
+    var match: String?
 
     @Flag(name: .long, help: "Print JSON (an array of disks) instead of a table.")
     var json = false
@@ -17,6 +27,10 @@ struct DisksCommand: ParsableCommand {
     func run() throws {
         try runReporting {
             let disks = try DiskDiscovery(includeLoop: !noLoop).disks()
+            if let match {
+                try show(selectedBy: try AnswerFile.load(path: match), disks: disks)
+                return
+            }
             if json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -24,6 +38,37 @@ struct DisksCommand: ParsableCommand {
             } else {
                 print(DiskListing.text(disks), terminator: "")
             }
+        }
+    }
+
+    /// Each selecting key's matches, then the refusal of a key that does not select exactly
+    /// one disk, or selects one an install may not use (mounted, held, not empty without
+    /// wipe): what an install would say.
+    private func show(selectedBy answer: AnswerFile, disks: [Disk]) throws {
+        let keys =
+            [("disk.target", answer.disk.target)]
+            + answer.storage.extraDisks.map { ("storage.extra-disks", $0) }
+        let selected = keys.map { key, selector in
+            (key, selector, InstallPlan.matches(selector, from: disks))
+        }
+        if json {
+            struct Selection: Encodable {
+                var key, selector: String
+                var disks: [Disk]
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            let selections = selected.map { Selection(key: $0, selector: $1.description, disks: $2) }
+            FileHandle.standardOutput.write(try encoder.encode(selections) + Data("\n".utf8))
+        } else {
+            for (key, selector, matches) in selected {
+                print("\(key) = \(selector): \(matches.count) disk(s)")
+                if !matches.isEmpty { print(DiskListing.text(matches), terminator: "") }
+            }
+        }
+        for (key, selector, _) in selected {
+            let disk = try InstallPlan.select(selector, key: key, from: disks)
+            _ = try InstallPlan.check(disk, wipe: answer.disk.wipe, key: key)
         }
     }
 }

@@ -15,7 +15,9 @@ struct InstallCommand: ParsableCommand {
             data unless [disk] wipe = true, and disks that are too small are refused.
 
             Without --answer, the file named by martlet.answer= on the kernel command line is \
-            used: a path on the boot medium, label:MARTLET-ANSWER, or an http(s) URL.
+            used: a path on the boot medium, label:MARTLET-ANSWER, or an http(s) URL that the \
+            machine's facts (disks, NICs, DMI serial) are POSTed to as JSON; \
+            martlet.answer-fingerprint=SHA256 pins the https server's certificate.
 
             The log goes to /var/log/martlet/install.log and is copied onto the target.
             """)
@@ -50,7 +52,8 @@ struct InstallCommand: ParsableCommand {
                 FileHandle.standardError.write(Data("note: \(note)\n".utf8))
             }
             let disks = try DiskDiscovery().disks()
-            let plan = try InstallPlan.make(answer: answers, disks: disks, source: source)
+            let plan = try InstallPlan.make(
+                answer: answers, disks: disks, nics: NICDiscovery().nics(), source: source)
             if dryRun {
                 if json {
                     FileHandle.standardOutput.write(try plan.json() + Data("\n".utf8))
@@ -74,7 +77,25 @@ struct InstallCommand: ParsableCommand {
             logger.info("answer file \(path)\n\(plan.text)")
             if !json { FileHandle.standardError.write(Data(plan.text.utf8)) }
             let progress: any ProgressSink = json ? JSONLinesProgress() : TextProgress()
-            try Installer(plan: plan, progress: progress, logger: logger, logFile: log).run()
+            let started = Date()
+            var failure: Error?
+            do {
+                try Installer(plan: plan, progress: progress, logger: logger, logFile: log).run()
+            } catch {
+                failure = error
+            }
+            if let webhook = answers.postInstall?.webhook {
+                let report = InstallReport(
+                    hostname: answers.global.hostname, result: failure == nil ? "installed" : "failed",
+                    error: failure.map { ($0 as? MartletError)?.message ?? "\($0)" },
+                    target: plan.target.path, seconds: Date().timeIntervalSince(started),
+                    machine: MachineInventory(
+                        disks: disks, nics: NICDiscovery().nics(), dmi: MachineInventory.dmi()))
+                if let error = report.post(to: webhook) {
+                    FileHandle.standardError.write(Data("martlet-installer: warning: \(error.description)\n".utf8))
+                }
+            }
+            if let failure { throw failure }
             try Installer.conclude(answers.global.rebootMode)
         }
     }

@@ -121,6 +121,121 @@ let malformedAnswers: [MalformedAnswer] = [
         name: "bad interface", old: "interface = \"52:54:00:12:34:56\"",
         new: "interface = \"a very long interface name\"", key: "network.interface"),
     .init(name: "missing network section", old: "[network]", new: "[networking]", key: "network"),
+    .init(
+        name: "bond of one NIC", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\"]\nmode = \"active-backup\"\n[network]",
+        key: "network.bond.interfaces"),
+    .init(
+        name: "bond of no NICs", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = []\nmode = \"active-backup\"\n[network]",
+        key: "network.bond.interfaces"),
+    .init(
+        name: "bond NIC listed twice", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\", \"eno1\"]\nmode = \"active-backup\"\n[network]",
+        key: "network.bond.interfaces"),
+    .init(
+        name: "bond NIC that is no NIC name", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\", \"eno 2\"]\nmode = \"active-backup\"\n[network]",
+        key: "network.bond.interfaces"),
+    .init(
+        name: "bond without NICs", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\nmode = \"active-backup\"\n[network]",
+        key: "network.bond.interfaces"),
+    .init(
+        name: "bond with interfaces and a filter", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\", \"eno2\"]\nmode = \"active-backup\"\n[network.bond.filter]\nID_NET_NAME_PATH = \"enp1s*\"\n[network]",
+        key: "network.bond.filter"),
+    .init(
+        name: "bond without a mode", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\", \"eno2\"]\n[network]",
+        key: "network.bond.mode"),
+    .init(
+        name: "unknown bond mode", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\", \"eno2\"]\nmode = \"balance-rr\"\n[network]",
+        key: "network.bond.mode"),
+    .init(
+        name: "lacp-rate without 802.3ad", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\", \"eno2\"]\nmode = \"active-backup\"\nlacp-rate = \"fast\"\n[network]",
+        key: "network.bond.lacp-rate"),
+    .init(
+        name: "unknown lacp-rate", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\", \"eno2\"]\nmode = \"802.3ad\"\nlacp-rate = \"medium\"\n[network]",
+        key: "network.bond.lacp-rate"),
+    .init(
+        name: "miimon of zero", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\", \"eno2\"]\nmode = \"balance-alb\"\nmiimon = 0\n[network]",
+        key: "network.bond.miimon"),
+    .init(
+        name: "miimon as text", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\", \"eno2\"]\nmode = \"balance-alb\"\nmiimon = \"100ms\"\n[network]",
+        key: "network.bond.miimon"),
+    .init(
+        name: "misspelt bond key", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\ninterfaces = [\"eno1\", \"eno2\"]\nmode = \"802.3ad\"\nlacp_rate = \"fast\"\n[network]",
+        key: "network.bond.lacp_rate"),
+    .init(
+        name: "bond filter of a lower-case property", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.bond]\nmode = \"802.3ad\"\n[network.bond.filter]\nid_net_name_path = \"enp1s*\"\n[network]",
+        key: "network.bond.filter.id_net_name_path"),
+    .init(
+        name: "bond and interface", old: "vlan = 42",
+        new: "vlan = 42\n[network.bond]\ninterfaces = [\"eno1\", \"eno2\"]\nmode = \"802.3ad\"",
+        key: "network.bond"),
+    .init(
+        name: "filter and interface", old: "vlan = 42",
+        new: "vlan = 42\n[network.filter]\nID_NET_NAME_PATH = \"enp1s*\"", key: "network.filter"),
+    .init(
+        name: "empty filter glob", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.filter]\nID_NET_NAME_PATH = \"\"\n[network]", key: "network.filter.ID_NET_NAME_PATH"),
+    .init(
+        name: "empty filter table", old: "[network]\ninterface = \"52:54:00:12:34:56\"",
+        new: "[network.filter]\n[network]", key: "network.filter"),
+    .init(
+        name: "no management NIC", old: "interface = \"52:54:00:12:34:56\"\n", new: "",
+        key: "network.interface"),
+    .init(name: "vlan zero", old: "vlan = 42", new: "vlan = 0", key: "network.vlan"),
+    .init(name: "mtu above jumbo", old: "vlan = 42", new: "vlan = 42\nmtu = 9217", key: "network.mtu"),
+    .init(name: "mtu below IPv4's minimum", old: "vlan = 42", new: "vlan = 42\nmtu = 575", key: "network.mtu"),
+    .init(
+        name: "disk filter and target", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\nID_MODEL = \"*SSD*\"\n[disk]\ntarget = \"/dev/sdz\"\n",
+        key: "disk.filter"),
+    .init(
+        name: "empty disk filter", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\n\n[disk]\n",
+        key: "disk.filter"),
+    .init(
+        name: "disk filter of a lower-case property", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\nid_model = \"*SSD*\"\n[disk]\n",
+        key: "disk.filter.id_model"),
+    .init(
+        name: "disk filter with max-size below min-size", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\nmin-size = \"1TiB\"\nmax-size = \"100GiB\"\n[disk]\n",
+        key: "disk.filter.max-size"),
+    .init(
+        name: "disk filter with a size that is no size", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\nmin-size = \"big\"\n[disk]\n",
+        key: "disk.filter.min-size"),
+    .init(
+        name: "disk filter with an empty glob", old: "[disk]\ntarget = \"/dev/sdz\"\n",
+        new: "[disk.filter]\nID_SERIAL = \"\"\n[disk]\n",
+        key: "disk.filter.ID_SERIAL"),
+    .init(name: "mtu as text", old: "vlan = 42", new: "vlan = 42\nmtu = \"9000\"", key: "network.mtu"),
+    .init(
+        name: "first-boot without a script", old: "vlan = 42", new: "vlan = 42\n[first-boot]\nat = \"multi-user\"",
+        key: "first-boot.script"),
+    .init(
+        name: "first-boot script outside the medium", old: "vlan = 42",
+        new: "vlan = 42\n[first-boot]\nscript = \"/hooks/../../etc/shadow\"", key: "first-boot.script"),
+    .init(
+        name: "first-boot at an unknown point", old: "vlan = 42",
+        new: "vlan = 42\n[first-boot]\nscript = \"/hooks/a.sh\"\nat = \"graphical\"", key: "first-boot.at"),
+    .init(
+        name: "webhook that is no URL", old: "vlan = 42",
+        new: "vlan = 42\n[post-install]\nwebhook = \"deploy.example.org\"", key: "post-install.webhook"),
+    .init(
+        name: "webhook over ftp", old: "vlan = 42",
+        new: "vlan = 42\n[post-install]\nwebhook = \"ftp://deploy.example.org/x\"", key: "post-install.webhook"),
     .init(name: "not TOML", old: "vlan = 42", new: "vlan = = 42", key: "not valid TOML"),
 ]
 

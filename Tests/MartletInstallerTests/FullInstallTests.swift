@@ -77,9 +77,12 @@ extension LoopDeviceSuites {
     struct FullInstallTests {
         static let deviceMapper = Installer.deviceMapperAvailable()
 
-        func answer(_ disk: LoopDisk, storage: String, group: String, extra: LoopDisk? = nil)
-            -> String
-        {
+        /// The install's answer: a bond of two NICs under VLAN 42, MTU 9000, and with a
+        /// `server` a first-boot script fetched from it and the webhook on it too.
+        func answer(
+            _ disk: LoopDisk, storage: String, group: String, extra: LoopDisk? = nil,
+            server: AnswerServer? = nil
+        ) -> String {
             validAnswer(
                 target: disk.path, wipe: true, group: group, storage: storage, swap: "512MiB"
             )
@@ -90,7 +93,21 @@ extension LoopDeviceSuites {
             )
             .replacingOccurrences(of: "filesystem = \"ext4\"", with: "filesystem = \"xfs\"")
             .replacingOccurrences(
-                of: "interface = \"52:54:00:12:34:56\"", with: "interface = \"eno1\"")
+                of: "[network]\ninterface = \"52:54:00:12:34:56\"",
+                with: "[network.bond]\ninterfaces = [\"eno1\", \"eno2\"]\nmode = \"802.3ad\"\n"
+                    + "lacp-rate = \"fast\"\n[network]\nmtu = 9000")
+            + (server.map { server in
+                """
+
+                [first-boot]
+                script = "http://127.0.0.1:\(server.port)/first-boot.sh"
+                at = "network-online"
+
+                [post-install]
+                webhook = "http://127.0.0.1:\(server.port)/installed"
+
+                """
+            } ?? "")
         }
 
         /// Installs with the CLI (JSON progress), then checks the disk with independent tools.
@@ -103,8 +120,11 @@ extension LoopDeviceSuites {
             let disk = try LoopDisk.withOldData()
             let extra = try LoopDisk(size: .gib(2))
             let group = "mtest\(UUID().uuidString.prefix(6).lowercased())"
+            let script = "#!/bin/sh\necho first boot of $(hostname)\n"
+            let server = try AnswerServer(directory: work.path, answer: script, certificate: nil)
             let answerFile = work.write(
-                "answer.toml", answer(disk, storage: storage, group: group, extra: extra))
+                "answer.toml",
+                answer(disk, storage: storage, group: group, extra: extra, server: server))
             let log = "\(work.path)/install.log"
             let result = try Command(
                 TestPaths.executable("martlet-installer"),
@@ -238,9 +258,24 @@ extension LoopDeviceSuites {
                 read("etc/shadow").split(separator: "\n").first { $0.hasPrefix("root:") } ?? ""
             let hash = shadowRoot.split(separator: ":", omittingEmptySubsequences: false)[1]
             #expect(hash.hasPrefix("$") && !shadowRoot.contains("s3cret"))
+            for (index, name) in ["eno1", "eno2"].enumerated() {
+                #expect(
+                    read("etc/systemd/network/20-martlet-bond0-port\(index + 1).network").contains(
+                        "[Match]\nName=\(name)\n\n[Link]\nMTUBytes=9000\n\n[Network]\nBond=bond0\n"))
+            }
+            #expect(read("etc/systemd/network/12-martlet-bond0.netdev").contains("Mode=802.3ad\nLACPTransmitRate=fast"))
+            #expect(read("etc/systemd/network/22-martlet-bond0.network").contains("VLAN=vlan42"))
+            #expect(!FileManager.default.fileExists(atPath: "\(mountpoint)/etc/systemd/network/20-martlet-uplink.network"))
+            #expect(read(String(FirstBootHook.scriptPath.dropFirst())) == script)
+            #expect(read("etc/systemd/system/\(FirstBootHook.unitName)") == FirstBootHook.unit(at: .networkOnline))
             #expect(
-                read("etc/systemd/network/20-martlet-uplink.network").contains(
-                    "Name=eno1\n\n[Network]\nVLAN=vlan42"))
+                (try? FileManager.default.destinationOfSymbolicLink(
+                    atPath: "\(mountpoint)/etc/systemd/system/multi-user.target.wants/\(FirstBootHook.unitName)"))
+                    == "/etc/systemd/system/\(FirstBootHook.unitName)")
+            let report = try JSONDecoder().decode(
+                InstallReport.self, from: Data(contentsOf: URL(fileURLWithPath: server.received)))
+            #expect(report.result == "installed" && report.error == nil && report.target == disk.path)
+            #expect(report.hostname == "hv1.example.org" && report.seconds > 0)
             #expect(
                 read("etc/systemd/network/30-martlet-br0.network").contains("Address=192.0.2.10/24")
             )
@@ -294,6 +329,23 @@ extension LoopDeviceSuites {
             .enabled(if: deviceMapper, "needs device-mapper in the kernel"))
         func thinPool() throws {
             try installAndCheck(storage: "lvm-thin")
+        }
+
+        @Test("a first-boot script that is not there stops the install before the disk is touched")
+        func missingFirstBootScript() throws {
+            let work = try TemporaryDirectory()
+            let disk = try LoopDisk(size: .gib(8))
+            let before = try fingerprint(disk.path, size: .gib(8))
+            let file = work.write(
+                "a.toml",
+                answer(disk, storage: "directory", group: "mtestnohook")
+                    + "\n[first-boot]\nscript = \"/hooks/not-on-the-medium.sh\"\n")
+            let (status, _, err) = try installer([
+                "install", "--answer", file, "--source", try testRootfs(),
+            ])
+            #expect(status == 3)
+            #expect(err.contains("first-boot.script: '/hooks/not-on-the-medium.sh' is not on the boot medium"), "\(err)")
+            #expect(try fingerprint(disk.path, size: .gib(8)) == before)
         }
 
         @Test(

@@ -59,15 +59,15 @@ struct InstallPlanTests {
     @Test("the plan selects by serial and refuses ambiguous or missing matches")
     func selection() throws {
         let disks = [disk("/dev/sda", serial: "A1"), disk("/dev/sdb", serial: "B2")]
-        let plan = try InstallPlan.make(answer: answer("serial:B2"), disks: disks, source: "/src")
+        let plan = try InstallPlan.make(answer: answer("serial:B2"), disks: disks, nics: [], source: "/src")
         #expect(plan.target.path == "/dev/sdb")
         #expect(plan.pools.first?.device == "/dev/sdb5")
         #expect(plan.pools.first?.volumeGroup == "martlet")
         #expect(throws: MartletError.self) {
-            try InstallPlan.make(answer: answer("model:QEMU HARDDISK"), disks: disks)
+            try InstallPlan.make(answer: answer("model:QEMU HARDDISK"), disks: disks, nics: [])
         }
         let missing = #expect(throws: MartletError.self) {
-            try InstallPlan.make(answer: answer("/dev/sdq"), disks: disks)
+            try InstallPlan.make(answer: answer("/dev/sdq"), disks: disks, nics: [])
         }
         #expect(missing?.message.contains("disk.target") == true)
         #expect(missing?.hint?.contains("/dev/sda") == true)
@@ -78,7 +78,7 @@ struct InstallPlanTests {
         var medium = disk("/dev/sdc")
         medium.isBootMedium = true
         let error = #expect(throws: MartletError.self) {
-            try InstallPlan.make(answer: answer("/dev/sdc", wipe: true), disks: [medium])
+            try InstallPlan.make(answer: answer("/dev/sdc", wipe: true), disks: [medium], nics: [])
         }
         #expect(error?.code == .refused)
         #expect(error?.message.contains("boot medium") == true)
@@ -91,7 +91,7 @@ struct InstallPlanTests {
             .init(path: "/dev/sda1", number: 1, size: .gib(1), mountpoints: ["/mnt/data"])
         ]
         let error = #expect(throws: MartletError.self) {
-            try InstallPlan.make(answer: answer("/dev/sda", wipe: true), disks: [mounted])
+            try InstallPlan.make(answer: answer("/dev/sda", wipe: true), disks: [mounted], nics: [])
         }
         #expect(error?.message.contains("/dev/sda1 on /mnt/data") == true)
         var held = disk("/dev/sdb")
@@ -104,7 +104,7 @@ struct InstallPlanTests {
                 ])
         ]
         let heldError = #expect(throws: MartletError.self) {
-            try InstallPlan.make(answer: answer("/dev/sdb", wipe: true), disks: [held])
+            try InstallPlan.make(answer: answer("/dev/sdb", wipe: true), disks: [held], nics: [])
         }
         #expect(heldError?.message.contains("md 'md127'") == true)
         #expect(heldError?.hint?.contains("mdadm --stop") == true)
@@ -120,10 +120,10 @@ struct InstallPlanTests {
                 signatures: [.init(type: "LVM2_member")])
         ]
         let error = #expect(throws: MartletError.self) {
-            try InstallPlan.make(answer: answer("/dev/sda"), disks: [used])
+            try InstallPlan.make(answer: answer("/dev/sda"), disks: [used], nics: [])
         }
         #expect(error?.hint?.contains("wipe = true") == true)
-        let plan = try InstallPlan.make(answer: answer("/dev/sda", wipe: true), disks: [used])
+        let plan = try InstallPlan.make(answer: answer("/dev/sda", wipe: true), disks: [used], nics: [])
         #expect(plan.destroys.first?.contains("LVM2_member") == true)
         #expect(plan.text.contains("WIPES"))
         let json = String(decoding: try plan.json(), as: UTF8.self)
@@ -135,7 +135,10 @@ struct InstallPlanTests {
     func network() throws {
         let answer = try answer("/dev/sda")
         let files = Dictionary(
-            uniqueKeysWithValues: NetworkConfiguration(answer: answer.network).files)
+            uniqueKeysWithValues: NetworkConfiguration(
+                    answer: answer.network,
+                    ports: try NICSelection.ports(for: answer.network, nics: [])
+                ).files)
         #expect(files["10-martlet-br0.netdev"]?.contains("Kind=bridge") == true)
         #expect(files["15-martlet-vlan42.netdev"]?.contains("Id=42") == true)
         #expect(

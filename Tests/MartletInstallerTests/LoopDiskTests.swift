@@ -205,31 +205,18 @@ extension LoopDeviceSuites {
             #expect(try AnswerFile.load(path: path).disk.target == .path("/dev/sdq"))
         }
 
-        @Test("an http URL is fetched with curl")
+        @Test("an http URL is sent the machine's facts and answers")
         func overHTTP() throws {
             let dir = try TemporaryDirectory()
-            try FileManager.default.createDirectory(
-                atPath: "\(dir.path)/www", withIntermediateDirectories: true)
-            dir.write("www/answer.toml", validAnswer(target: "/dev/sdr"))
-            let port = 18_000 + Int(getpid() % 1000)
-            let server = Process()
-            server.executableURL = URL(fileURLWithPath: try Tool.resolve("python3"))
-            server.arguments = [
-                "-m", "http.server", "--bind", "127.0.0.1", "--directory", "\(dir.path)/www",
-                "\(port)",
-            ]
-            server.standardOutput = FileHandle.nullDevice
-            server.standardError = FileHandle.nullDevice
-            try server.run()
-            // SIGKILL: children of the test runner inherit a signal mask that blocks SIGTERM.
-            defer {
-                kill(server.processIdentifier, SIGKILL)
-                server.waitUntilExit()
-            }
+            let server = try AnswerServer(
+                directory: dir.path, answer: validAnswer(target: "/dev/sdr"), certificate: nil)
             let cmdline = dir.write(
-                "cmdline", "martlet.answer=http://127.0.0.1:\(port)/answer.toml\n")
+                "cmdline", "martlet.answer=http://127.0.0.1:\(server.port)/answer.toml\n")
             let path = try AnswerLocator.fromKernelCommandLine(
                 cmdline: cmdline, workDirectory: "\(dir.path)/run")
+            let sent = try JSONDecoder().decode(
+                MachineInventory.self, from: Data(contentsOf: URL(fileURLWithPath: server.received)))
+            #expect(sent.nics == NICDiscovery().nics().map { .init(name: $0.name, mac: $0.mac) })
             #expect(try AnswerFile.load(path: path).disk.target == .path("/dev/sdr"))
         }
     }

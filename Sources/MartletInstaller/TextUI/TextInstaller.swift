@@ -391,7 +391,9 @@ public final class TextInstaller {
         do {
             var choices = self.choices
             choices.wipe = true
-            plan = try InstallPlan.make(answer: try choices.answerFile(), disks: disks, source: options.source)
+            plan = try InstallPlan.make(
+                answer: try choices.answerFile(), disks: disks, nics: NICDiscovery().nics(),
+                source: options.source)
         } catch {
             NewtScreen.message("Cannot plan the install", "\(error)")
             return .back
