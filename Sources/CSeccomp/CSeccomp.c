@@ -74,6 +74,15 @@ int cseccomp_set_no_new_privs(void) {
 }
 
 int cseccomp_drop_capabilities(void) {
+    struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    memset(data, 0, sizeof(data));
+    // A thread started after the drop inherited empty sets: nothing to do, and its filter
+    // need not allow capset.
+    if (syscall(SYS_capget, &header, data) != 0) return -errno;
+    int held = 0;
+    for (int i = 0; i < _LINUX_CAPABILITY_U32S_3; i++) held |= data[i].effective | data[i].permitted | data[i].inheritable;
+    if (!held) return 0;
     // Without CAP_SETPCAP (an unprivileged VMM) the bounding set stays, which no_new_privs
     // makes harmless: nothing can raise the permitted set again.
     if (prctl(PR_CAPBSET_READ, CAP_SETPCAP, 0, 0, 0) == 1) {
@@ -82,8 +91,6 @@ int cseccomp_drop_capabilities(void) {
         }
     }
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) return -errno;
-    struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
-    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
     memset(data, 0, sizeof(data));
     return syscall(SYS_capset, &header, data) == 0 ? 0 : -errno;
 }

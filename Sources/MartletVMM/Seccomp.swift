@@ -44,8 +44,8 @@ public enum Seccomp {
     public static var mode: VMConfig.SeccompMode { activeMode.withLock { $0 } }
 
     /// Installs the violation handler and the process filter, and remembers `mode` for the
-    /// threads started later. Sets `no_new_privs` first (seccomp requires it without
-    /// CAP_SYS_ADMIN). A process re-executed after a guest reset inherits its filter and
+    /// threads started later. `Jail.forbidNewPrivileges` must have run (seccomp requires
+    /// no_new_privs without CAP_SYS_ADMIN). A process re-executed after a guest reset inherits its filter and
     /// does not stack a second copy.
     public static func installProcessFilter(mode: VMConfig.SeccompMode, restartable: Bool) throws {
         activeMode.withLock { $0 = mode }
@@ -55,15 +55,13 @@ public enum Seccomp {
             throw VMMError(.io, "seccomp: cannot install the SIGSYS handler: \(errnoText(Int32(-result)))")
         }
         guard cseccomp_thread_mode() != 2 else { return }
-        let privileges = cseccomp_set_no_new_privs()
-        guard privileges == 0 else {
-            throw VMMError(.io, "seccomp: prctl(PR_SET_NO_NEW_PRIVS) failed: \(errnoText(Int32(-privileges)))")
-        }
         try install(rules(for: .process, restartable: restartable), kind: .process, mode: mode)
     }
 
-    /// Adds the allow-list of `kind` to the calling thread; does nothing with seccomp off.
+    /// Drops the calling thread's capabilities if it still holds any (threads started before
+    /// `Jail.lockDown`) and adds the allow-list of `kind`; no filter with seccomp off.
     public static func confineThread(_ kind: ThreadKind) throws {
+        if Jail.isActive { try Jail.dropCapabilities() }
         let mode = self.mode
         guard mode != .off else { return }
         try install(rules(for: kind, restartable: false), kind: kind, mode: mode)
@@ -122,6 +120,8 @@ public enum Seccomp {
                 "exit", "exit_group", "restart_syscall", "rseq", "set_robust_list", "getrandom",
                 // MartletSystem picks send (MSG_NOSIGNAL) or write by the descriptor's type.
                 "fstat", "newfstatat",
+                // Jail.dropCapabilities looks before it drops.
+                "capget",
             ].map { Rule($0) } + [Rule("kill", [(0, pid)]), Rule("tgkill", [(0, pid)])]
         // The KVM ioctls a running VM needs: the run loop, interrupts from devices, registers
         // for crash reports.
@@ -154,13 +154,13 @@ public enum Seccomp {
                 "openat", "open", "statx", "lseek", "pread64", "pwrite64",
                 "preadv", "pwritev", "fsync", "fdatasync", "fcntl", "unlink", "unlinkat", "fchmod",
                 "fchmodat", "chmod", "umask", "readlink", "readlinkat", "pipe2", "pipe", "poll", "ppoll",
-                "dup", "dup3", "access", "faccessat", "faccessat2", "getcwd",
+                "dup", "dup3", "access", "faccessat", "faccessat2", "getcwd", "getdents64",
             ].map { Rule($0) }
             // Threads, the runtime's start-up, signal handlers, and stacking the thread filters
             // (seccomp itself; libseccomp checks the kernel's support with prctl).
             let runtime = [
                 "clone3", "clone", "set_tid_address", "arch_prctl", "prlimit64", "sched_getaffinity",
-                "rt_sigaction", "uname", "prctl", "seccomp", "getuid", "geteuid", "getgid", "getegid",
+                "rt_sigaction", "uname", "prctl", "seccomp", "capset", "getuid", "geteuid", "getgid", "getegid",
             ].map { Rule($0) }
             let restart = restartable ? [Rule("execve")] : []
             return common + runtimeKVM + setupKVM + sockets + connected + files + runtime + restart

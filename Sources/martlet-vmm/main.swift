@@ -268,6 +268,7 @@ do {
 
 // Before any file, device or KVM resource is opened: from here on the process is filtered.
 do {
+    try Jail.forbidNewPrivileges()
     try Seccomp.installProcessFilter(mode: config.seccomp, restartable: config.onReboot == .restart)
 } catch {
     fail("\(error)", code: .failed)
@@ -285,6 +286,14 @@ do {
     // must not retry it.
     fail("\(error)", code: .hostCannotRunVMs)
 } catch {
+    fail("\(error)", code: .failed)
+}
+
+// The VM's files, taps and KVM handles are open: no capability is needed any more.
+do {
+    try Jail.lockDown(config: config)
+} catch {
+    machine.closeSockets()
     fail("\(error)", code: .failed)
 }
 

@@ -8,20 +8,20 @@ import Testing
 /// every thread filtered, a forbidden syscall fatal and named, `--seccomp=off` unfiltered.
 @Suite(.serialized, .timeLimit(.minutes(30)))
 struct SeccompTests {
-    /// The `Seccomp:` mode (0 none, 2 filter) of every thread of `pid`, by thread id.
-    static func threadModes(_ pid: pid_t) throws -> [String: String] {
-        var modes: [String: String] = [:]
+    /// One field of /proc/PID/task/TID/status for every thread of `pid`, by thread id.
+    static func threadStatus(_ pid: pid_t, _ field: String) throws -> [String: String] {
+        var values: [String: String] = [:]
         for thread in try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") {
             let status = try String(contentsOfFile: "/proc/\(pid)/task/\(thread)/status", encoding: .utf8)
-            let line = status.split(separator: "\n").first { $0.hasPrefix("Seccomp:") }
-            modes[thread] = line.map { String($0.dropFirst("Seccomp:".count)).trimmingCharacters(in: .whitespaces) } ?? "missing"
+            let line = status.split(separator: "\n").first { $0.hasPrefix("\(field):") }
+            values[thread] = line.map { String($0.dropFirst(field.count + 1)).trimmingCharacters(in: .whitespaces) } ?? "missing"
         }
-        return modes
+        return values
     }
 
-    /// Starts a two-vCPU halting guest with a serial socket, a control socket, stdin console
-    /// input and a NIC-less disk, waits until it runs, and returns the modes of its threads.
-    func modesOfRunningVMM(_ extra: [String]) throws -> [String: String] {
+    /// Starts a two-vCPU halting guest with a control socket, stdin console input and a disk,
+    /// waits until it runs with all its threads, and calls `body` with its pid.
+    static func withRunningVMM(_ extra: [String], _ body: (pid_t) throws -> Void) throws {
         let elf = try TestSupport.guestELF.get()
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -38,8 +38,14 @@ struct SeccompTests {
         let state = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "state"])
         #expect(state.output.contains(#""state":"running""#), "\(state.output)")
         // main, console input, control server, two vCPUs.
-        #expect(Poll.until(timeout: 10) { ((try? Self.threadModes(pid))?.count ?? 0) >= 5 }, "the VMM did not start its threads")
-        return try Self.threadModes(pid)
+        #expect(Poll.until(timeout: 10) { ((try? threadStatus(pid, "Seccomp"))?.count ?? 0) >= 5 }, "the VMM did not start its threads")
+        try body(pid)
+    }
+
+    func modesOfRunningVMM(_ extra: [String]) throws -> [String: String] {
+        var modes: [String: String] = [:]
+        try Self.withRunningVMM(extra) { modes = try Self.threadStatus($0, "Seccomp") }
+        return modes
     }
 
     @Test func everyThreadOfARunningVMMIsFiltered() throws {
@@ -99,5 +105,37 @@ struct SeccompTests {
         #else
             Issue.record("skipped: the forbidden-syscall path exists only in debug builds of martlet-vmm")
         #endif
+    }
+}
+
+/// The VMM's jail on the real binary (issue 17, item 2): no_new_privs, no capabilities on any
+/// thread even when started as root, and its resource limits.
+@Suite(.serialized, .timeLimit(.minutes(30)))
+struct JailTests {
+    @Test func everyThreadRunsWithoutCapabilitiesAndNoNewPrivs() throws {
+        try #require(geteuid() == 0, "skipped: dropping capabilities is only visible when started as root")
+        try SeccompTests.withRunningVMM(["--seccomp", "off"]) { pid in
+            let effective = try SeccompTests.threadStatus(pid, "CapEff")
+            let permitted = try SeccompTests.threadStatus(pid, "CapPrm")
+            let noNewPrivs = try SeccompTests.threadStatus(pid, "NoNewPrivs")
+            #expect(effective.count >= 5, "\(effective)")
+            #expect(effective.values.allSatisfy { $0 == "0000000000000000" }, "threads with capabilities: \(effective)")
+            #expect(permitted.values.allSatisfy { $0 == "0000000000000000" }, "threads with permitted capabilities: \(permitted)")
+            #expect(noNewPrivs.values.allSatisfy { $0 == "1" }, "\(noNewPrivs)")
+        }
+    }
+
+    @Test func descriptorsAndFileSizeAreLimited() throws {
+        try SeccompTests.withRunningVMM([]) { pid in
+            let limits = try String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8).split(separator: "\n")
+            func soft(_ name: String) -> UInt64? {
+                guard let line = limits.first(where: { $0.hasPrefix(name) }) else { return nil }
+                return line.dropFirst(name.count).split(separator: " ").first.flatMap { UInt64($0) }
+            }
+            let files = try #require(soft("Max open files"), "\(limits)")
+            #expect(files > UInt64(Jail.spareDescriptors) && files <= 128, "Max open files: \(files)")
+            // The test's disk is 4 KiB: the least limit applies.
+            #expect(soft("Max file size") == Jail.minimumFileSize, "\(limits)")
+        }
     }
 }

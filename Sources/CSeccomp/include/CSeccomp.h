@@ -17,8 +17,8 @@ int cseccomp_thread_mode(void);
 int cseccomp_set_no_new_privs(void);
 
 /// Empties the bounding set (where CAP_SETPCAP allows), the ambient set and the effective,
-/// permitted and inheritable sets of the calling thread; prctl and capset are variadic or
-/// have no glibc wrapper. Returns 0 or -errno.
+/// permitted and inheritable sets of the calling thread, when it holds any (capget first);
+/// prctl is variadic, capget and capset have no glibc wrapper. Returns 0 or -errno.
 int cseccomp_drop_capabilities(void);
 
 /// SCMP_ACT_* values are macros Swift imports only partly (SCMP_ACT_ERRNO is a function-like macro).
