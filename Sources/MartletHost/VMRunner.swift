@@ -123,7 +123,8 @@ public final class VMRunner: Sendable {
                 } else {
                     logger.error("VM '\(name)': the VMM ended with status \(status)")
                 }
-                guard definition.onCrash == .restart else { return 1 }
+                // A seccomp kill keeps its status, so `vm show` can say what ended the VM.
+                guard definition.onCrash == .restart else { return status == 128 + SIGSYS ? status : 1 }
                 crashes = crashes.filter { $0.timeIntervalSinceNow > -60 } + [Date()]
                 guard crashes.count <= 5 else {
                     logger.error(

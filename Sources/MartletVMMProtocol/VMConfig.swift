@@ -69,7 +69,7 @@ public struct VMConfig: Equatable, Sendable {
     public var onReboot: RebootPolicy = .exit
     public var controlSocket: String?
     public var apStart: APStart = .sipi
-    public var seccomp: SeccompMode = .off
+    public var seccomp: SeccompMode = .on
 
     public init() {}
 
