@@ -34,6 +34,9 @@ let package = Package(
             name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // ioctl request numbers and thin wrappers for linux/kvm.h.
         .target(name: "CKVM"),
+        // libseccomp (Debian's libseccomp-dev) for the VMM's filters, and the SIGSYS handler
+        // that names a forbidden syscall (C: it must be async-signal-safe).
+        .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
         // posix_spawn extensions glibc declares only under _GNU_SOURCE.
         .target(name: "CMartletSystem"),
 
@@ -69,7 +72,7 @@ let package = Package(
             ]),
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
         .target(
-            name: "MartletVMM", dependencies: ["CKVM", "MartletSystem", "MartletVMMProtocol", "MartletValidation"],
+            name: "MartletVMM", dependencies: ["CKVM", "CSeccomp", "MartletSystem", "MartletVMMProtocol", "MartletValidation"],
             exclude: ["Guest"]),
 
         // The host side: VM definitions, storage pools, the VM runtime and the local REST API.

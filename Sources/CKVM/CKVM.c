@@ -28,6 +28,13 @@ const unsigned long CKVM_GET_SREGS = KVM_GET_SREGS;
 const unsigned long CKVM_SET_SREGS = KVM_SET_SREGS;
 const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
 const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
+const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
+const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
+const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
+const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
+const unsigned long CKVM_TUNSETIFF = TUNSETIFF;
+const unsigned long CKVM_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
 
 long ckvm_ioctl(int fd, unsigned long request, unsigned long arg) {
     int result;

@@ -31,6 +31,7 @@ public struct VMStatus: Codable, Equatable, Sendable {
         switch status {
         case 0: nil
         case VMMExitCode.noBootableDevice.rawValue: "no bootable device"
+        case 128 + SIGSYS: "killed by seccomp: the VMM made a syscall outside its allow-list (named in the VM's log)"
         default: "failed (runner status \(status))"
         }
     }

@@ -116,8 +116,15 @@ public final class VMRunner: Sendable {
                 return 1
             default:
                 if stopping { return 0 }
-                logger.error("VM '\(name)': the VMM ended with status \(status)")
-                guard definition.onCrash == .restart else { return 1 }
+                if status == 128 + SIGSYS {
+                    // The VMM's SIGSYS handler wrote "killed by seccomp: NAME" just before.
+                    logger.error(
+                        "VM '\(name)': the VMM was killed by seccomp (SIGSYS): it made a syscall outside its allow-list, named in the line before; report it (Sources/SECURITY.md)")
+                } else {
+                    logger.error("VM '\(name)': the VMM ended with status \(status)")
+                }
+                // A seccomp kill keeps its status, so `vm show` can say what ended the VM.
+                guard definition.onCrash == .restart else { return status == 128 + SIGSYS ? status : 1 }
                 crashes = crashes.filter { $0.timeIntervalSinceNow > -60 } + [Date()]
                 guard crashes.count <= 5 else {
                     logger.error(

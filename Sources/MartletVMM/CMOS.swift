@@ -48,6 +48,9 @@ final class CMOS: PortIODevice {
     /// `vcpus` processors.
     init(lowMemory: UInt64, highMemory: UInt64, vcpus: Int, now: @escaping () -> Int = { Int(time(nil)) }) {
         self.now = now
+        // glibc's first gmtime_r reads /etc/localtime; done here, at start-up, it never
+        // happens on a vCPU thread, whose seccomp filter has no openat.
+        tzset()
         bytes[Int(Register.statusA)] = 0x26  // 32.768 kHz time base, 1024 Hz periodic rate
         bytes[Int(Register.statusB)] = 0x02  // 24-hour mode, BCD
         bytes[Int(Register.statusD)] = 0x80  // valid RAM and time

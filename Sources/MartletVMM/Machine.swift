@@ -298,6 +298,7 @@ public final class Machine: @unchecked Sendable {
     public func attachConsoleInput(fd: Int32) throws {
         let serial = self.serial
         _ = try startThread {
+            Seccomp.confineThreadOrExit(.io)
             var buffer = [UInt8](repeating: 0, count: 256)
             while true {
                 let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
@@ -370,6 +371,20 @@ public final class Machine: @unchecked Sendable {
         sigemptyset(&kick)
         sigaddset(&kick, SIGUSR2)
         pthread_sigmask(SIG_UNBLOCK, &kick, nil)
+        // Before the first KVM_RUN: no guest instruction runs on an unconfined thread.
+        do {
+            try Seccomp.confineThread(.vcpu)
+        } catch {
+            finish(.crashed("vCPU \(vcpu.index): \(error)"))
+            return
+        }
+        #if DEBUG
+            // Test-only (never compiled into a release build): proves a violation ends the VMM
+            // with SIGSYS and a line naming the syscall. socket(AF_INET) is in no allow-list.
+            if getenv("MARTLET_VMM_TEST_SECCOMP_VIOLATION") != nil {
+                _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            }
+        #endif
         while shouldContinue(vcpu) {
             do {
                 guard let exit = try vcpu.runOnce() else {

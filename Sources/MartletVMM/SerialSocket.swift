@@ -65,6 +65,7 @@ final class SerialSocket: Sendable {
     }
 
     private func serve(_ receive: ([UInt8]) -> Void) {
+        Seccomp.confineThreadOrExit(.io)
         var chunk = [UInt8](repeating: 0, count: 1024)
         while let connection = UnixSocket.accept(listener) {
             connection.setTimeouts(send: 2)

@@ -109,6 +109,7 @@ final class VirtioNet: VirtioDevice {
     }
 
     private func receiveLoop() {
+        Seccomp.confineThreadOrExit(.io)
         var frame = [UInt8](repeating: 0, count: VirtioNet.maxFrame)
         var pending = 0
         while !state.withLock({ stopping }) {

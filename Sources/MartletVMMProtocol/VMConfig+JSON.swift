@@ -19,6 +19,7 @@ extension VMConfig {
             .choice("on_reboot", \.onReboot),
             .string("control_socket", \.controlSocket),
             .choice("ap_start", \.apStart),
+            .choice("seccomp", \.seccomp),
         ]
     }
 

@@ -45,6 +45,11 @@ public struct VMConfig: Equatable, Sendable {
     /// at the kernel entry in 64-bit mode (the tiny test guests, which have no trampoline).
     public enum APStart: String, Sendable, CaseIterable { case sipi, entry }
 
+    /// The VMM's seccomp filters: `on` ends the VMM with SIGSYS at the first syscall outside
+    /// a thread's allow-list, `log` only logs it (to the kernel's audit log, for finding what a
+    /// new code path needs), `off` installs none (debugging only).
+    public enum SeccompMode: String, Sendable, CaseIterable { case on, off, log }
+
     public var vcpus = 1
     public var memoryMiB = 256
     public var kernel = ""
@@ -64,6 +69,7 @@ public struct VMConfig: Equatable, Sendable {
     public var onReboot: RebootPolicy = .exit
     public var controlSocket: String?
     public var apStart: APStart = .sipi
+    public var seccomp: SeccompMode = .on
 
     public init() {}
 

@@ -41,6 +41,9 @@ let usage = """
       --trace-io               log unhandled ports and MMIO pages (once each) and the
                                firmware's debug port (0x402, SeaBIOS's log) on stderr
       --stats                  print exit statistics as JSON on stderr when the VM ends
+      --seccomp MODE           on (default): a syscall outside a thread's allow-list ends the
+                               VMM with SIGSYS, naming the syscall on stderr; log: only log it
+                               (kernel audit log, dmesg); off: no filters (debugging only)
       -h, --help               show this help
       --version                show the version
 
@@ -203,6 +206,10 @@ while index < arguments.count {
     case "--memory": let v = number(flag, value(flag, &index)); overrides.append { $0.memoryMiB = v }
     case "--rng": overrides.append { $0.rng = true }
     case "--stats": printStats = true
+    case "--seccomp":
+        let v = value(flag, &index)
+        guard let mode = VMConfig.SeccompMode(rawValue: v) else { fail("--seccomp: '\(v)' is not on, off or log", code: .badConfig) }
+        overrides.append { $0.seccomp = mode }
     case "--control-socket": let v = value(flag, &index); overrides.append { $0.controlSocket = v }
     case "--serial":
         let v = value(flag, &index)
@@ -259,6 +266,14 @@ do {
     fail("\(error)", code: .badConfig)
 }
 
+// Before any file, device or KVM resource is opened: from here on the process is filtered.
+do {
+    try Jail.forbidNewPrivileges()
+    try Seccomp.installProcessFilter(mode: config.seccomp, restartable: config.onReboot == .restart)
+} catch {
+    fail("\(error)", code: .failed)
+}
+
 let machine: Machine
 do {
     machine = try Machine(config: config)
@@ -271,6 +286,14 @@ do {
     // must not retry it.
     fail("\(error)", code: .hostCannotRunVMs)
 } catch {
+    fail("\(error)", code: .failed)
+}
+
+// The VM's files, taps and KVM handles are open: no capability is needed any more.
+do {
+    try Jail.lockDown(config: config)
+} catch {
+    machine.closeSockets()
     fail("\(error)", code: .failed)
 }
 

@@ -162,6 +162,34 @@ import Testing
         #expect(help.stdout.contains("no bootable device"), "\(help.stdout)")
     }
 
+    /// A VMM killed by seccomp (the debug build's test-only forbidden syscall): the runner's
+    /// log names the syscall and says seccomp ended it, and `vm show` says so too.
+    @Test func runnerReportsAVMMKilledBySeccomp() throws {
+        #if DEBUG
+            let guest = try TestSupport.guest.get()
+            let fixture = try HostFixture(label: "seccomp-runner")
+            var environment = fixture.environment
+            environment["MARTLET_VMM_TEST_SECCOMP_VIOLATION"] = "1"
+            let martlet = TestSupport.product("martlet")
+            func run(_ arguments: String...) throws -> ChildProcess.Output {
+                try TestSupport.run(martlet, arguments, environment: environment)
+            }
+            let created = try run(
+                "vm", "create", "filtered", "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB",
+                "--on-crash", "stop")
+            #expect(created.status == 0, "\(created.stderr)")
+            _ = try run("vm", "start", "filtered", "--timeout", "10")
+            #expect(Poll.until(timeout: 20) { fixture.host.runnerPID("filtered") == nil }, "the runner did not end")
+            let log = (try? String(contentsOfFile: fixture.paths.runnerLog("filtered"), encoding: .utf8)) ?? ""
+            #expect(log.contains("martlet-vmm: killed by seccomp: socket"), "\(log)")
+            #expect(log.contains("the VMM was killed by seccomp (SIGSYS)"), "\(log)")
+            let shown = try run("vm", "show", "filtered")
+            #expect(shown.stdout.contains("killed by seccomp"), "\(shown.stdout)")
+        #else
+            Issue.record("skipped: the forbidden-syscall path exists only in debug builds of martlet-vmm")
+        #endif
+    }
+
     /// The runner's side of a disk with nothing to boot: a VMM that ends with exit code 6 is
     /// not restarted (although on-crash is "restart") and `vm show` says why. The VMM here
     /// is a stand-in script with the real VMM's exit code: firmware boot needs real mode,

@@ -26,6 +26,14 @@ extern const unsigned long CKVM_GET_SREGS;
 extern const unsigned long CKVM_SET_SREGS;
 extern const unsigned long CKVM_SET_FPU;
 extern const unsigned long CKVM_SET_MP_STATE;
+// Used inside C wrappers below; exported too, for the seccomp allow-lists.
+extern const unsigned long CKVM_GET_SUPPORTED_CPUID;
+extern const unsigned long CKVM_SET_CPUID2;
+extern const unsigned long CKVM_SET_MSRS;
+extern const unsigned long CKVM_GET_LAPIC;
+extern const unsigned long CKVM_SET_LAPIC;
+extern const unsigned long CKVM_TUNSETIFF;
+extern const unsigned long CKVM_TUNSETVNETHDRSZ;
 
 /// ioctl(fd, request, arg) returning the result, or -errno on failure; retries on EINTR.
 long ckvm_ioctl(int fd, unsigned long request, unsigned long arg);
