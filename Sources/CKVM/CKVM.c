@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@ const unsigned long CKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
 const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
 const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
 const unsigned long CKVM_IRQFD = KVM_IRQFD;
+const unsigned long CKVM_IOEVENTFD = KVM_IOEVENTFD;
 const unsigned long CKVM_RUN = KVM_RUN;
 const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
 const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
@@ -152,5 +154,10 @@ int ckvm_open_tap(const char *name, int vnet_header_size) {
         return -error;
     }
     return fd;
+}
+
+int ckvm_eventfd(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
 }
 #endif

@@ -13,6 +13,8 @@ final class VirtioBlock: VirtioDevice {
     static let sectorSize: UInt64 = 512
 
     let deviceID: UInt32 = 2
+    let kind = "blk"
+    let counters = VirtioCounters()
     let queueSizes: [UInt16] = [256]
     let path: String
     let readOnly: Bool
@@ -99,6 +101,7 @@ final class VirtioBlock: VirtioDevice {
                     offset += Int(buffer.length)
                     if isRead { written += buffer.length }
                 }
+                if status == .ok { counters.bytes.add(Int(length), ordering: .relaxed) }
             }
         case 4:  // FLUSH
             if fdatasync(fd) != 0 { status = .ioError }
@@ -133,6 +136,8 @@ final class VirtioBlock: VirtioDevice {
 /// virtio-rng: fills device-writable buffers from /dev/urandom.
 final class VirtioRNG: VirtioDevice {
     let deviceID: UInt32 = 4
+    let kind = "rng"
+    let counters = VirtioCounters()
     let features: UInt64 = 0
     let queueSizes: [UInt16] = [64]
     private let fd: Int32
@@ -164,6 +169,7 @@ final class VirtioRNG: VirtioDevice {
                 }
                 written += UInt32(done)
             }
+            counters.bytes.add(Int(written), ordering: .relaxed)
             try virtQueue.push(memory, head: chain.head, length: written)
             used = true
         }

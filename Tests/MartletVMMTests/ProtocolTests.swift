@@ -63,9 +63,13 @@ struct ProtocolTests {
         }
         let info = ControlReply(
             state: .paused,
-            info: ControlReply.Info(vcpus: 2, memoryMiB: 64, kernel: "/k", disks: ["/d"], nics: ["t0"], portIOExits: 9, deviceErrors: ["bad"]))
+            info: ControlReply.Info(vcpus: 2, memoryMiB: 64, kernel: "/k", disks: ["/d"], nics: ["t0"], portIOExits: 9, deviceErrors: ["bad"],
+                devices: [ControlReply.Device(kind: "blk", requests: 3, bytes: 4096, notifications: 2, notifyExits: 1, interrupts: 2)]))
         #expect(try ControlReply(line: info.json.text) == info)
         #expect(info.json["memory_mib"] == .number(64), "info members sit next to ok and state")
+        #expect(throws: ProtocolError.self, "a device counter of the wrong type is refused") {
+            try ControlReply(line: #"{"ok": true, "devices": [{"kind": "blk", "requests": "many"}]}"#)
+        }
         let refused = ControlReply(error: "no")
         #expect(try ControlReply(line: refused.json.text) == refused)
         #expect(throws: ProtocolError("state: \"sleeping\" is not one of \"created\", \"running\", \"paused\", \"stopped\"")) {

@@ -19,6 +19,7 @@ extern const unsigned long CKVM_CREATE_IRQCHIP;
 extern const unsigned long CKVM_CREATE_PIT2;
 extern const unsigned long CKVM_IRQ_LINE;
 extern const unsigned long CKVM_IRQFD;
+extern const unsigned long CKVM_IOEVENTFD;
 extern const unsigned long CKVM_RUN;
 extern const unsigned long CKVM_GET_REGS;
 extern const unsigned long CKVM_SET_REGS;
@@ -74,3 +75,7 @@ long ckvm_setup_lapic_lint(int vcpu_fd);
 /// `vnet_header_size`-byte virtio-net header (TUNSETIFF, TUNSETVNETHDRSZ are _IOW macros).
 /// Returns the fd, or -errno.
 int ckvm_open_tap(const char *name, int vnet_header_size);
+
+/// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) for KVM_IOEVENTFD and KVM_IRQFD (sys/eventfd.h is
+/// not in Swift's Glibc module). Returns the fd, or -errno.
+int ckvm_eventfd(void);
