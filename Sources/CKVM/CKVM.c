@@ -1,10 +1,13 @@
 #if defined(__linux__)
+#define _GNU_SOURCE  /* fallocate */
 #include "CKVM.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <net/if.h>
@@ -154,6 +157,15 @@ int ckvm_open_tap(const char *name, int vnet_header_size) {
         return -error;
     }
     return fd;
+}
+
+long ckvm_release_range(int fd, int is_block_device, int zeroes, uint64_t offset, uint64_t length) {
+    if (is_block_device) {
+        uint64_t range[2] = {offset, length};
+        return ioctl(fd, zeroes ? BLKZEROOUT : BLKDISCARD, range) < 0 ? -errno : 0;
+    }
+    int mode = FALLOC_FL_KEEP_SIZE | (zeroes ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE);
+    return fallocate(fd, mode, (off_t)offset, (off_t)length) < 0 ? -errno : 0;
 }
 
 int ckvm_eventfd(void) {

@@ -79,3 +79,9 @@ int ckvm_open_tap(const char *name, int vnet_header_size);
 /// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) for KVM_IOEVENTFD and KVM_IRQFD (sys/eventfd.h is
 /// not in Swift's Glibc module). Returns the fd, or -errno.
 int ckvm_eventfd(void);
+
+/// Gives `length` bytes at `offset` back to the storage (`zeroes` 0: virtio-blk DISCARD) or
+/// makes them read as zeroes (`zeroes` 1: WRITE_ZEROES): BLKDISCARD / BLKZEROOUT on a block
+/// device, fallocate PUNCH_HOLE / ZERO_RANGE (keeping the size) on a file. The ioctl numbers
+/// and FALLOC_FL_* come from kernel headers Swift does not import. Returns 0 or -errno.
+long ckvm_release_range(int fd, int is_block_device, int zeroes, uint64_t offset, uint64_t length);
