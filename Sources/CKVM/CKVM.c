@@ -26,6 +26,7 @@ const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
 const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
 const unsigned long CKVM_IRQFD = KVM_IRQFD;
 const unsigned long CKVM_IOEVENTFD = KVM_IOEVENTFD;
+const int CKVM_O_DIRECT = O_DIRECT;
 const unsigned long CKVM_RUN = KVM_RUN;
 const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
 const unsigned long CKVM_SET_REGS = KVM_SET_REGS;

@@ -33,17 +33,23 @@ final class VirtioBlock: VirtioDevice {
     let serial: [UInt8]
     private let file: FileDescriptor
     private var fd: Int32 { file.raw }
+    /// With `cache: none`, the image opened again with O_DIRECT for transfers whose buffer,
+    /// offset and length are sector-aligned (a Linux guest's always are); anything else, and
+    /// flush, discard and write-zeroes, use `file`, which the kernel keeps coherent with it.
+    private let directFile: FileDescriptor?
     let capacityBytes: UInt64
     /// A block device gets BLKDISCARD / BLKZEROOUT, a file fallocate.
     private let isBlockDevice: Bool
 
     /// Opens `path` (O_RDONLY when `readOnly`), an image file or a block device and nothing
     /// else (a FIFO would block, a directory or /dev/null is no disk); errors name the path.
-    init(path: String, readOnly: Bool, serial: String) throws {
+    init(path: String, readOnly: Bool, serial: String, direct: Bool = false) throws {
+        let mode = readOnly ? O_RDONLY : O_RDWR
         do {
-            file = try FilePath.open(path, readOnly ? O_RDONLY : O_RDWR, field: "path", kind: .disk)
+            file = try FilePath.open(path, mode, field: "path", kind: .disk)
+            directFile = direct ? try FilePath.open(path, mode | CKVM_O_DIRECT, field: "cache", kind: .disk) : nil
         } catch {
-            throw VMMError(.config, error.description)
+            throw VMMError(.config, "\(error.description)\(direct ? "; cache none needs O_DIRECT, which tmpfs and some other file systems refuse: use cache writeback there" : "")")
         }
         let size = lseek(file.raw, 0, SEEK_END)
         guard size >= 0 else { throw VMMError.syscall("lseek", path: path, errno: errno) }
@@ -182,6 +188,9 @@ final class VirtioBlock: VirtioDevice {
     }
 
     private func transfer(_ bytes: UnsafeMutableRawBufferPointer, at offset: Int, read isRead: Bool) -> Bool {
+        let sector = Int(VirtioBlock.sectorSize)
+        let aligned = (Int(bitPattern: bytes.baseAddress) | offset | bytes.count) % sector == 0
+        let fd = aligned ? directFile?.raw ?? self.fd : self.fd
         var done = 0
         while done < bytes.count {
             let pointer = bytes.baseAddress! + done

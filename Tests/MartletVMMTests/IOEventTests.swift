@@ -38,6 +38,43 @@ struct IOEventTests {
         #expect(disk.interrupts >= 500, "each completion raised an interrupt through the irqfd")
     }
 
+    @Test func cacheNoneReadsAndWritesThroughODirect() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let disk = directory.appendingPathComponent("disk.raw")
+        var image = Data("host wrote this sector\n".utf8)
+        image.append(Data(count: 64 * 1024 - image.count))
+        try image.write(to: disk)
+        let result = try runGuest("blk", disks: [VMConfig.Disk(path: disk.path, cache: .none)])
+        #expect(result.serial.contains("blk read: host wrote this sector"))
+        #expect(result.serial.contains("blk ok"))
+        #expect(try Data(contentsOf: disk).subdata(in: 512..<540) == Data("written by the martlet guest".utf8))
+    }
+
+    @Test func cacheNoneOpensTheImageWithODirect() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("disk.raw").path
+        try Data(count: 65536).write(to: URL(fileURLWithPath: path))
+        /// The open flags (octal, from /proc/self/fdinfo) of every descriptor on `path`.
+        func flags() throws -> [Int] {
+            try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").compactMap { fd in
+                guard (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)")) == path,
+                    let info = try? String(contentsOfFile: "/proc/self/fdinfo/\(fd)", encoding: .utf8),
+                    let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") })
+                else { return nil }
+                return Int(line.dropFirst(6).trimmingCharacters(in: .whitespaces), radix: 8)
+            }
+        }
+        let oDirect = 0o40000
+        let writeback = try VirtioBlock(path: path, readOnly: false, serial: "")
+        #expect(try flags().allSatisfy { $0 & oDirect == 0 }, "writeback bypasses nothing")
+        withExtendedLifetime(writeback) {}
+        let none = try VirtioBlock(path: path, readOnly: false, serial: "", direct: true)
+        #expect(try flags().contains { $0 & oDirect != 0 }, "cache none holds an O_DIRECT descriptor")
+        withExtendedLifetime(none) {}
+    }
+
     @Test func theIOThreadParksWhilePaused() throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }

@@ -13,7 +13,7 @@ struct ProtocolTests {
         config.kernel = "/k/vmlinuz"
         config.initrd = "/k/initrd \"quoted\" \\ é"
         config.cmdline = "console=ttyS0 root=/dev/vda"
-        config.disks = [VMConfig.Disk(path: "/dev/vg/root", readOnly: true, id: "root"), VMConfig.Disk(path: "/d2")]
+        config.disks = [VMConfig.Disk(path: "/dev/vg/root", readOnly: true, id: "root"), VMConfig.Disk(path: "/d2", cache: .none)]
         config.nics = [VMConfig.NIC(tap: "mtap0", mac: "52:54:00:aa:bb:cc"), VMConfig.NIC(tap: "mtap1")]
         config.rng = true
         config.serial = .socket("/run/vm/serial.sock")
@@ -51,6 +51,9 @@ struct ProtocolTests {
         }
         #expect(throws: ProtocolError("vm.json: disks[0].read_only: expected true or false, got \"yes\"")) {
             try VMConfig(json: #"{"kernel": "k", "disks": [{"path": "/d", "read_only": "yes"}]}"#, source: "vm.json")
+        }
+        #expect(throws: ProtocolError("vm.json: disks[0].cache: \"unsafe\" is not one of \"writeback\", \"none\"")) {
+            try VMConfig(json: #"{"kernel": "k", "disks": [{"path": "/d", "cache": "unsafe"}]}"#, source: "vm.json")
         }
     }
 

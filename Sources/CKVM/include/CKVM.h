@@ -20,6 +20,8 @@ extern const unsigned long CKVM_CREATE_PIT2;
 extern const unsigned long CKVM_IRQ_LINE;
 extern const unsigned long CKVM_IRQFD;
 extern const unsigned long CKVM_IOEVENTFD;
+/// O_DIRECT (`cache: none` disks) is only defined with _GNU_SOURCE, which Swift's Glibc lacks.
+extern const int CKVM_O_DIRECT;
 extern const unsigned long CKVM_RUN;
 extern const unsigned long CKVM_GET_REGS;
 extern const unsigned long CKVM_SET_REGS;
