@@ -41,10 +41,7 @@ struct IOEventTests {
     @Test func cacheNoneReadsAndWritesThroughODirect() throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        let disk = directory.appendingPathComponent("disk.raw")
-        var image = Data("host wrote this sector\n".utf8)
-        image.append(Data(count: 64 * 1024 - image.count))
-        try image.write(to: disk)
+        let disk = try blkGuestImage(in: directory)
         let result = try runGuest("blk", disks: [VMConfig.Disk(path: disk.path, cache: .none)])
         #expect(result.serial.contains("blk read: host wrote this sector"))
         #expect(result.serial.contains("blk ok"))
