@@ -1,9 +1,13 @@
 #if defined(__linux__)
+#define _GNU_SOURCE  /* fallocate */
 #include "CKVM.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <net/if.h>
@@ -21,6 +25,8 @@ const unsigned long CKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
 const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
 const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
 const unsigned long CKVM_IRQFD = KVM_IRQFD;
+const unsigned long CKVM_IOEVENTFD = KVM_IOEVENTFD;
+const int CKVM_O_DIRECT = O_DIRECT;
 const unsigned long CKVM_RUN = KVM_RUN;
 const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
 const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
@@ -35,6 +41,8 @@ const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
 const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
 const unsigned long CKVM_TUNSETIFF = TUNSETIFF;
 const unsigned long CKVM_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+const unsigned long CKVM_BLKDISCARD = BLKDISCARD;
+const unsigned long CKVM_BLKZEROOUT = BLKZEROOUT;
 
 long ckvm_ioctl(int fd, unsigned long request, unsigned long arg) {
     int result;
@@ -159,5 +167,19 @@ int ckvm_open_tap(const char *name, int vnet_header_size) {
         return -error;
     }
     return fd;
+}
+
+long ckvm_release_range(int fd, int is_block_device, int zeroes, uint64_t offset, uint64_t length) {
+    if (is_block_device) {
+        uint64_t range[2] = {offset, length};
+        return ioctl(fd, zeroes ? BLKZEROOUT : BLKDISCARD, range) < 0 ? -errno : 0;
+    }
+    int mode = FALLOC_FL_KEEP_SIZE | (zeroes ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE);
+    return fallocate(fd, mode, (off_t)offset, (off_t)length) < 0 ? -errno : 0;
+}
+
+int ckvm_eventfd(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
 }
 #endif

@@ -79,7 +79,8 @@ public final class ControlServer: Sendable {
                 info: ControlReply.Info(
                     vcpus: config.vcpus, memoryMiB: config.memoryMiB, kernel: config.kernel,
                     disks: config.disks.map(\.path), nics: config.nics.map(\.tap),
-                    portIOExits: machine.portIOExits, deviceErrors: machine.deviceErrors))
+                    portIOExits: machine.portIOExits, deviceErrors: machine.deviceErrors,
+                    devices: machine.deviceCounters))
         case .pause:
             machine.pause()
         case .resume:

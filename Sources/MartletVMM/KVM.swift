@@ -141,6 +141,28 @@ public final class VirtualMachineHandle {
         guard result >= 0 else { throw VMMError.ioctl("KVM_IRQ_LINE", result) }
     }
 
+    /// Makes a 4-byte guest write of `datamatch` to the MMIO address `address` signal the
+    /// eventfd `eventFD` inside KVM instead of exiting to the VMM (KVM_IOEVENTFD).
+    public func addIOEventFD(_ eventFD: Int32, address: UInt64, datamatch: UInt64) throws {
+        var event = kvm_ioeventfd()
+        event.datamatch = datamatch
+        event.addr = address
+        event.len = 4
+        event.fd = eventFD
+        event.flags = UInt32(1 << kvm_ioeventfd_flag_nr_datamatch)
+        let result = withUnsafeMutablePointer(to: &event) { ckvm_ioctl(fd, CKVM_IOEVENTFD, UInt(bitPattern: $0)) }
+        guard result >= 0 else { throw VMMError.ioctl("KVM_IOEVENTFD", result) }
+    }
+
+    /// Makes a write to the eventfd `eventFD` pulse the GSI `gsi` inside KVM (KVM_IRQFD).
+    public func addIRQFD(_ eventFD: Int32, gsi: UInt32) throws {
+        var irqfd = kvm_irqfd()
+        irqfd.fd = UInt32(eventFD)
+        irqfd.gsi = gsi
+        let result = withUnsafeMutablePointer(to: &irqfd) { ckvm_ioctl(fd, CKVM_IRQFD, UInt(bitPattern: $0)) }
+        guard result >= 0 else { throw VMMError.ioctl("KVM_IRQFD", result) }
+    }
+
     /// An edge on a GSI: raise then lower the line.
     public func pulseIRQ(_ irq: UInt32) {
         try? setIRQLine(irq, level: true)

@@ -37,6 +37,8 @@ public final class Machine: @unchecked Sendable {
     let serial: Serial
     let powerManagement: PowerManagement
     let virtio: [VirtioMMIOTransport]
+    /// The I/O threads of the devices whose queue notifications KVM turns into eventfds.
+    private let notifiers: [QueueNotifier]
     private let portDevices: [(range: ClosedRange<UInt16>, device: PortIODevice)]
     /// The BIOS image mapped at the top of 4 GiB in firmware mode (kept for its mapping).
     private let firmware: FirmwareImage?
@@ -52,7 +54,9 @@ public final class Machine: @unchecked Sendable {
         var paused = false
         var stopping = false
         var parkedVCPUs = 0
+        var parkedIOThreads = 0
         var threads: [pthread_t] = []
+        var ioThreads: [pthread_t] = []
         /// The vCPU threads must leave their loops.
         var ending: Bool { stopping || exit != nil }
     }
@@ -89,7 +93,7 @@ public final class Machine: @unchecked Sendable {
         let initrd = try config.initrd.map { path in try field("initrd") { try readWholeFile(path, what: "initrd") } }
         var disks: [VirtioBlock] = []
         for (index, disk) in config.disks.enumerated() {
-            disks.append(try field("disks[\(index)]") { try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.id) })
+            disks.append(try field("disks[\(index)]") { try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.id, direct: disk.cache == .none) })
         }
 
         kvm = try KVMSystem()
@@ -154,11 +158,21 @@ public final class Machine: @unchecked Sendable {
         }
         if config.rng { devices.append(try VirtioRNG()) }
         for (index, device) in devices.enumerated() {
+            let irq = Machine.virtioIRQs[index]
             transports.append(VirtioMMIOTransport(
-                device: device, base: Machine.virtioBase + UInt64(index) * 0x1000, irq: Machine.virtioIRQs[index],
-                memory: memory, interrupt: { vm.pulseIRQ($0) }))
+                device: device, base: Machine.virtioBase + UInt64(index) * 0x1000, irq: irq,
+                memory: memory, interrupt: Machine.interrupter(vm: vm, irq: irq)))
         }
         virtio = transports
+        var notifiers: [QueueNotifier] = []
+        for transport in transports {
+            do {
+                notifiers.append(try QueueNotifier(transport: transport, vm: vm))
+            } catch {
+                Machine.reportOnce(&Machine.ioEventFDRefused, "martlet-vmm: \(error); queue notifications exit to the VMM instead\n")
+            }
+        }
+        self.notifiers = notifiers
 
         let supportedCPUID = try kvm.supportedCPUID()
         var vcpus: [VCPUHandle] = []
@@ -199,6 +213,29 @@ public final class Machine: @unchecked Sendable {
         }
         onBootFailure = { [unowned self] in finish(.noBootableDevice) }
         initialized = true
+    }
+
+    /// Whether KVM_IOEVENTFD or KVM_IRQFD failed already (each fallback is logged once per process).
+    nonisolated(unsafe) private static var ioEventFDRefused = false
+    nonisolated(unsafe) private static var irqFDRefused = false
+
+    private static func reportOnce(_ reported: inout Bool, _ text: String) {
+        guard !reported else { return }
+        reported = true
+        trace(text)
+    }
+
+    /// How a device interrupts the guest: through an irqfd, so KVM pulses the GSI without an
+    /// ioctl from this process, or with KVM_IRQ_LINE when KVM refuses the irqfd.
+    private static func interrupter(vm: VirtualMachineHandle, irq: UInt32) -> (UInt32) -> Void {
+        do {
+            let event = try EventFD()
+            try vm.addIRQFD(event.raw, gsi: irq)
+            return { _ in event.signal() }
+        } catch {
+            reportOnce(&irqFDRefused, "martlet-vmm: \(error); device interrupts go through KVM_IRQ_LINE instead\n")
+            return { vm.pulseIRQ($0) }
+        }
     }
 
     /// Removes the serial socket of a machine that will not run (a later start-up step, such
@@ -265,6 +302,17 @@ public final class Machine: @unchecked Sendable {
                     break
                 }
             }
+            for notifier in notifiers where state.exit == nil {
+                do {
+                    state.ioThreads.append(try startThread { [self] in
+                        // Before the first request: the guest's requests are outside input.
+                        Seccomp.confineThreadOrExit(.device)
+                        notifier.run { shouldContinue(parking: \.parkedIOThreads) }
+                    })
+                } catch {
+                    state.exit = .crashed("\(error)")
+                }
+            }
         }
         let result = control.wait(until: { $0.exit != nil }, timeout: timeout) { state, ended -> Exit in
             if !ended { state.exit = .crashed("timeout after \(timeout ?? 0) s") }
@@ -272,7 +320,7 @@ public final class Machine: @unchecked Sendable {
             return state.exit!
         }
         kickAll()
-        for thread in control.withLock({ $0.threads }) { pthread_join(thread, nil) }
+        for thread in control.withLock({ $0.threads + $0.ioThreads }) { pthread_join(thread, nil) }
         for transport in virtio { transport.device.stop() }
         serialSocket?.close()
         return result
@@ -313,7 +361,10 @@ public final class Machine: @unchecked Sendable {
     public func pause() {
         control.withLock { $0.paused = true }
         kickAll()
-        control.wait(until: { $0.parkedVCPUs == $0.threads.count || $0.exit != nil }, timeout: 5) { _, _ in }
+        control.wait(
+            until: { ($0.parkedVCPUs == $0.threads.count && $0.parkedIOThreads == $0.ioThreads.count) || $0.exit != nil },
+            timeout: 5
+        ) { _, _ in }
     }
 
     public func resume() {
@@ -332,12 +383,16 @@ public final class Machine: @unchecked Sendable {
     /// Virtio devices that stopped on malformed guest input, with the reason.
     public var deviceErrors: [String] { virtio.compactMap { $0.lastError?.message } }
 
+    /// The counters of every virtio device, in MMIO window order.
+    public var deviceCounters: [ControlReply.Device] { virtio.map(\.report) }
+
     private func kickAll() {
         let running = control.withLock { $0.threads }
         for (index, thread) in running.enumerated() {
             vcpus[index].setImmediateExit(true)
             pthread_kill(thread, SIGUSR2)
         }
+        for notifier in notifiers { notifier.wake() }
     }
 
     private static let installKick: Void = {
@@ -350,17 +405,18 @@ public final class Machine: @unchecked Sendable {
 
     static func installKickHandler() { _ = installKick }
 
-    /// Parks while paused; returns false when the vCPU must leave its loop.
-    private func shouldContinue(_ vcpu: VCPUHandle) -> Bool {
+    /// Parks while paused (counted in `parked`, which `pause` waits for); returns false when
+    /// the calling vCPU or I/O thread must leave its loop.
+    private func shouldContinue(parking parked: WritableKeyPath<RunState, Int>) -> Bool {
         let parking = control.withLock { state -> Bool? in
             if state.ending { return nil }
-            if state.paused { state.parkedVCPUs += 1 }
+            if state.paused { state[keyPath: parked] += 1 }
             return state.paused
         }
         guard let parking else { return false }
         guard parking else { return true }
         return control.wait(until: { !$0.paused || $0.ending }) { state, _ in
-            state.parkedVCPUs -= 1
+            state[keyPath: parked] -= 1
             return !state.ending
         }
     }
@@ -385,7 +441,7 @@ public final class Machine: @unchecked Sendable {
                 _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             }
         #endif
-        while shouldContinue(vcpu) {
+        while shouldContinue(parking: \.parkedVCPUs) {
             do {
                 guard let exit = try vcpu.runOnce() else {
                     vcpu.setImmediateExit(false)

@@ -25,6 +25,9 @@ public enum Seccomp {
         case vcpu
         /// The threads serving the serial socket, the console's stdin and a tap's receive side.
         case io
+        /// A virtio device's I/O thread: its queues' eventfds (KVM_IOEVENTFD), the requests'
+        /// disk or tap I/O, the interrupt back through an irqfd.
+        case device
     }
 
     /// One allowed syscall, optionally only with these argument values (all must match).
@@ -128,14 +131,22 @@ public enum Seccomp {
         let runtimeKVM = [CKVM_RUN, CKVM_IRQ_LINE, CKVM_GET_REGS].map { Rule("ioctl", [(1, UInt64($0))]) }
         // Sockets already accepted or connected: the serial and control clients.
         let connected = ["sendto", "recvfrom", "shutdown", "setsockopt", "accept4"].map { Rule($0) }
+        // A virtio-blk request: reads, writes, FLUSH, and DISCARD / WRITE_ZEROES on files
+        // (fallocate) and block devices (their ioctls).
+        let blockIO =
+            ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate"].map { Rule($0) }
+            + [CKVM_BLKDISCARD, CKVM_BLKZEROOUT].map { Rule("ioctl", [(1, UInt64($0))]) }
         switch kind {
         case .vcpu:
             // Device emulation on the vCPU's exits: disk reads and writes, frames to the tap,
             // the console's output; a NIC's receive thread starts when the guest enables it,
             // and adds its own filter (which only narrows what it may do).
-            return common + runtimeKVM + [Rule("seccomp", [(0, UInt64(SECCOMP_SET_MODE_FILTER))])]
-                + ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "sendto", "shutdown", "clone3", "clone", "poll", "ppoll"]
-                .map { Rule($0) }
+            // (Without ioeventfd the requests run here too.)
+            return common + runtimeKVM + blockIO + [Rule("seccomp", [(0, UInt64(SECCOMP_SET_MODE_FILTER))])]
+                + ["sendto", "shutdown", "clone3", "clone", "poll", "ppoll"].map { Rule($0) }
+        case .device:
+            return common + blockIO + [Rule("ioctl", [(1, UInt64(CKVM_IRQ_LINE))])]
+                + ["poll", "ppoll", "sendto"].map { Rule($0) }
         case .io:
             return common + [Rule("ioctl", [(1, UInt64(CKVM_IRQ_LINE))])] + connected
                 + ["poll", "ppoll"].map { Rule($0) }
@@ -143,7 +154,7 @@ public enum Seccomp {
             let setupKVM = [
                 CKVM_GET_API_VERSION, CKVM_CHECK_EXTENSION, CKVM_GET_VCPU_MMAP_SIZE, CKVM_CREATE_VM,
                 CKVM_SET_USER_MEMORY_REGION, CKVM_SET_TSS_ADDR, CKVM_SET_IDENTITY_MAP_ADDR,
-                CKVM_CREATE_IRQCHIP, CKVM_CREATE_PIT2, CKVM_IRQFD, CKVM_CREATE_VCPU, CKVM_SET_REGS,
+                CKVM_CREATE_IRQCHIP, CKVM_CREATE_PIT2, CKVM_IRQFD, CKVM_IOEVENTFD, CKVM_CREATE_VCPU, CKVM_SET_REGS,
                 CKVM_GET_SREGS, CKVM_SET_SREGS, CKVM_SET_FPU, CKVM_SET_MP_STATE,
                 CKVM_GET_SUPPORTED_CPUID, CKVM_SET_CPUID2, CKVM_SET_MSRS, CKVM_GET_LAPIC, CKVM_SET_LAPIC,
                 CKVM_TUNSETIFF, CKVM_TUNSETVNETHDRSZ, UInt(TCGETS),
@@ -154,8 +165,8 @@ public enum Seccomp {
                 "openat", "open", "statx", "lseek", "pread64", "pwrite64",
                 "preadv", "pwritev", "fsync", "fdatasync", "fcntl", "unlink", "unlinkat", "fchmod",
                 "fchmodat", "chmod", "umask", "readlink", "readlinkat", "pipe2", "pipe", "poll", "ppoll",
-                "dup", "dup3", "access", "faccessat", "faccessat2", "getcwd", "getdents64",
-            ].map { Rule($0) }
+                "dup", "dup3", "access", "faccessat", "faccessat2", "getcwd", "getdents64", "eventfd2",
+            ].map { Rule($0) } + blockIO
             // Threads, the runtime's start-up, signal handlers, and stacking the thread filters
             // (seccomp itself; libseccomp checks the kernel's support with prctl).
             let runtime = [

@@ -29,6 +29,9 @@ public final class VirtQueue {
     public var usedRing: UInt64 = 0
     public private(set) var nextAvailable: UInt16 = 0
     private var nextUsed: UInt16 = 0
+    /// Chains returned through the used ring since the queue was made; a reset keeps it (a
+    /// counter for `info`).
+    public private(set) var completed = 0
 
     public init(maxSize: UInt16) {
         self.maxSize = maxSize
@@ -112,5 +115,6 @@ public final class VirtQueue {
         try memory.write(length, at: element + 4)
         nextUsed &+= 1
         try memory.write(nextUsed, at: usedRing + 2)
+        completed += 1
     }
 }

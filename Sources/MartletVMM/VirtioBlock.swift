@@ -1,3 +1,4 @@
+import CKVM
 import MartletSystem
 import MartletValidation
 
@@ -5,43 +6,80 @@ import MartletValidation
     import Glibc
 #endif
 
-/// virtio-blk over a raw image file or a block device: read, write, flush, get ID; read-only
-/// on request. Request buffers come from the guest and are checked like everything else.
+/// virtio-blk over a raw image file or a block device: read, write, flush, get ID, discard and
+/// write-zeroes; read-only on request. Request buffers come from the guest and are checked like everything else.
 final class VirtioBlock: VirtioDevice {
+    static let featureSizeMax: UInt64 = 1 << 1
+    static let featureSegMax: UInt64 = 1 << 2
     static let featureReadOnly: UInt64 = 1 << 5
+    static let featureBlockSize: UInt64 = 1 << 6
     static let featureFlush: UInt64 = 1 << 9
+    static let featureDiscard: UInt64 = 1 << 13
+    static let featureWriteZeroes: UInt64 = 1 << 14
     static let sectorSize: UInt64 = 512
+    /// The largest data segment and the most segments per request the driver may send: the
+    /// queue bounds a chain anyway (two descriptors go to the header and the status).
+    static let maxSegmentBytes: UInt32 = 1 << 20
+    static let maxSegments: UInt32 = 254
+    /// One DISCARD or WRITE_ZEROES range of up to 4 GiB per request: one fallocate each.
+    static let maxReleaseSectors: UInt32 = 1 << 23
 
     let deviceID: UInt32 = 2
+    let kind = "blk"
+    let counters = VirtioCounters()
     let queueSizes: [UInt16] = [256]
     let path: String
     let readOnly: Bool
     let serial: [UInt8]
     private let file: FileDescriptor
     private var fd: Int32 { file.raw }
+    /// With `cache: none`, the image opened again with O_DIRECT for transfers whose buffer,
+    /// offset and length are sector-aligned (a Linux guest's always are); anything else, and
+    /// flush, discard and write-zeroes, use `file`, which the kernel keeps coherent with it.
+    private let directFile: FileDescriptor?
     let capacityBytes: UInt64
+    /// A block device gets BLKDISCARD / BLKZEROOUT, a file fallocate.
+    private let isBlockDevice: Bool
 
     /// Opens `path` (O_RDONLY when `readOnly`), an image file or a block device and nothing
     /// else (a FIFO would block, a directory or /dev/null is no disk); errors name the path.
-    init(path: String, readOnly: Bool, serial: String) throws {
+    init(path: String, readOnly: Bool, serial: String, direct: Bool = false) throws {
+        let mode = readOnly ? O_RDONLY : O_RDWR
         do {
-            file = try FilePath.open(path, readOnly ? O_RDONLY : O_RDWR, field: "path", kind: .disk)
+            file = try FilePath.open(path, mode, field: "path", kind: .disk)
+            directFile = direct ? try FilePath.open(path, mode | CKVM_O_DIRECT, field: "cache", kind: .disk) : nil
         } catch {
-            throw VMMError(.config, error.description)
+            throw VMMError(.config, "\(error.description)\(direct ? "; cache none needs O_DIRECT, which tmpfs and some other file systems refuse: use cache writeback there" : "")")
         }
         let size = lseek(file.raw, 0, SEEK_END)
         guard size >= 0 else { throw VMMError.syscall("lseek", path: path, errno: errno) }
+        var info = stat()
+        guard fstat(file.raw, &info) == 0 else { throw VMMError.syscall("fstat", path: path, errno: errno) }
+        isBlockDevice = info.st_mode & S_IFMT == S_IFBLK
         self.path = path
         self.readOnly = readOnly
         self.capacityBytes = UInt64(size)
         self.serial = Array(serial.utf8.prefix(20))
     }
 
-    var features: UInt64 { VirtioBlock.featureFlush | (readOnly ? VirtioBlock.featureReadOnly : 0) }
+    var features: UInt64 {
+        VirtioBlock.featureFlush | VirtioBlock.featureSizeMax | VirtioBlock.featureSegMax | VirtioBlock.featureBlockSize
+            | (readOnly ? VirtioBlock.featureReadOnly : VirtioBlock.featureDiscard | VirtioBlock.featureWriteZeroes)
+    }
 
+    /// The virtio_blk_config layout (virtio 1.2, 5.2.4).
     func readConfig(offset: Int, size: Int) -> UInt64 {
         var config = [UInt8](repeating: 0, count: 64)
         config.put(capacityBytes / VirtioBlock.sectorSize, at: 0)
+        config.put(VirtioBlock.maxSegmentBytes, at: 8)
+        config.put(VirtioBlock.maxSegments, at: 12)
+        config.put(UInt32(VirtioBlock.sectorSize), at: 20)
+        config.put(VirtioBlock.maxReleaseSectors, at: 36)  // max_discard_sectors
+        config.put(UInt32(1), at: 40)  // max_discard_seg
+        config.put(UInt32(1), at: 44)  // discard_sector_alignment
+        config.put(VirtioBlock.maxReleaseSectors, at: 48)  // max_write_zeroes_sectors
+        config.put(UInt32(1), at: 52)  // max_write_zeroes_seg
+        config[56] = 1  // write_zeroes_may_unmap
         guard offset >= 0, offset + size <= config.count else { return 0 }
         return config.le(UInt64.self, at: offset) & (size >= 8 ? ~0 : (1 << (8 * UInt64(size))) - 1)
     }
@@ -99,9 +137,12 @@ final class VirtioBlock: VirtioDevice {
                     offset += Int(buffer.length)
                     if isRead { written += buffer.length }
                 }
+                if status == .ok { counters.bytes.add(Int(length), ordering: .relaxed) }
             }
-        case 4:  // FLUSH
+        case 4:  // FLUSH: acknowledged only once the data is durable
             if fdatasync(fd) != 0 { status = .ioError }
+        case 11, 13:  // DISCARD, WRITE_ZEROES
+            status = try release(data, zeroes: type == 13, chain: chain.head, memory: memory)
         case 8:  // GET_ID
             guard let target = data.first, target.writable else {
                 throw VMMError(.device, "virtio-blk request \(chain.head): GET_ID needs a device-writable buffer")
@@ -117,7 +158,39 @@ final class VirtioBlock: VirtioDevice {
         return written + 1
     }
 
+    /// Executes the ranges (16-byte virtio_blk_discard_write_zeroes segments) of a DISCARD or
+    /// WRITE_ZEROES request.
+    private func release(_ data: [DescriptorBuffer], zeroes: Bool, chain head: UInt16, memory: GuestMemory) throws -> Status {
+        guard !data.isEmpty, data.allSatisfy({ !$0.writable && $0.length % 16 == 0 }) else {
+            throw VMMError(.device, "virtio-blk request \(head): \(zeroes ? "write-zeroes" : "discard") ranges must be device-readable 16-byte segments")
+        }
+        guard !readOnly else { return .ioError }
+        for buffer in data {
+            for entry in stride(from: UInt64(0), to: UInt64(buffer.length), by: 16) {
+                let sector: UInt64 = try memory.read(at: buffer.address + entry)
+                let count: UInt32 = try memory.read(at: buffer.address + entry + 8)
+                let flags: UInt32 = try memory.read(at: buffer.address + entry + 12)
+                // Bit 0 is "unmap", allowed for WRITE_ZEROES only; other bits are reserved.
+                guard flags & ~(zeroes ? 1 : 0) == 0, count <= VirtioBlock.maxReleaseSectors else { return .unsupported }
+                let (start, overflow) = sector.multipliedReportingOverflow(by: VirtioBlock.sectorSize)
+                let length = UInt64(count) * VirtioBlock.sectorSize
+                guard !overflow, start <= capacityBytes, length <= capacityBytes - start else { return .ioError }
+                // In a file, a punched hole reads back as zeroes, so "unmap" may punch; on a
+                // block device only BLKZEROOUT promises zeroes.
+                let punch = !zeroes || (flags & 1 != 0 && !isBlockDevice)
+                let result = ckvm_release_range(fd, isBlockDevice ? 1 : 0, punch ? 0 : 1, start, length)
+                if result == -Int(EOPNOTSUPP) && !zeroes { continue }  // a discard is only a hint
+                guard result == 0 else { return .ioError }
+                counters.bytes.add(Int(length), ordering: .relaxed)
+            }
+        }
+        return .ok
+    }
+
     private func transfer(_ bytes: UnsafeMutableRawBufferPointer, at offset: Int, read isRead: Bool) -> Bool {
+        let sector = Int(VirtioBlock.sectorSize)
+        let aligned = (Int(bitPattern: bytes.baseAddress) | offset | bytes.count) % sector == 0
+        let fd = aligned ? directFile?.raw ?? self.fd : self.fd
         var done = 0
         while done < bytes.count {
             let pointer = bytes.baseAddress! + done
@@ -133,6 +206,8 @@ final class VirtioBlock: VirtioDevice {
 /// virtio-rng: fills device-writable buffers from /dev/urandom.
 final class VirtioRNG: VirtioDevice {
     let deviceID: UInt32 = 4
+    let kind = "rng"
+    let counters = VirtioCounters()
     let features: UInt64 = 0
     let queueSizes: [UInt16] = [64]
     private let fd: Int32
@@ -164,6 +239,7 @@ final class VirtioRNG: VirtioDevice {
                 }
                 written += UInt32(done)
             }
+            counters.bytes.add(Int(written), ordering: .relaxed)
             try virtQueue.push(memory, head: chain.head, length: written)
             used = true
         }

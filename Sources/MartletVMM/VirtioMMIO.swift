@@ -1,8 +1,13 @@
 import MartletSystem
+import MartletVMMProtocol
 
 /// A virtio device behind the MMIO transport.
 protocol VirtioDevice: AnyObject {
     var deviceID: UInt32 { get }
+    /// "blk", "net" or "rng", for `info`.
+    var kind: String { get }
+    /// What the device served; the device adds its payload bytes, the transport the rest.
+    var counters: VirtioCounters { get }
     /// Device feature bits (VIRTIO_F_VERSION_1 is added by the transport).
     var features: UInt64 { get }
     var queueSizes: [UInt16] { get }
@@ -24,6 +29,8 @@ final class VirtioMMIOTransport: MMIODevice {
     static let versionOne: UInt64 = 1 << 32
     static let statusNeedsReset: UInt32 = 0x40
     static let statusDriverOK: UInt32 = 0x04
+    /// The QueueNotify register: the driver writes a queue index to it.
+    static let queueNotifyOffset: UInt64 = 0x050
 
     let mmioBase: UInt64
     let mmioSize: UInt64 = 0x1000
@@ -75,8 +82,21 @@ final class VirtioMMIOTransport: MMIODevice {
                 return nil
             }
         }
-        if raise { interrupt(irq) }
+        if raise { signal() }
         return result
+    }
+
+    /// Interrupts the guest; callers set the InterruptStatus bit first (under the lock), so
+    /// a driver that reads it on the interrupt sees why.
+    private func signal() {
+        device.counters.interrupts.add(1, ordering: .relaxed)
+        interrupt(irq)
+    }
+
+    /// The device's counters for `info`.
+    var report: ControlReply.Device {
+        let requests = lock.withLock { queues.reduce(0) { $0 + $1.completed } }
+        return device.counters.report(kind: device.kind, requests: requests)
     }
 
     var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne }
@@ -133,7 +153,9 @@ final class VirtioMMIOTransport: MMIODevice {
                 } else {
                     queue.ready = false
                 }
-            case 0x050: notify = Int(value)
+            case VirtioMMIOTransport.queueNotifyOffset:
+                device.counters.notifyExits.add(1, ordering: .relaxed)
+                notify = Int(value)
             case 0x064: interruptStatus &= ~value
             case 0x070:
                 if value == 0 {
@@ -176,11 +198,12 @@ final class VirtioMMIOTransport: MMIODevice {
         lastError = error
         status |= VirtioMMIOTransport.statusNeedsReset
         interruptStatus |= 2
-        interrupt(irq)
+        signal()
     }
 
     /// The driver notified `queue`: process it and interrupt if the used ring moved.
     func notify(queue index: Int) {
+        device.counters.notifications.add(1, ordering: .relaxed)
         let raise: Bool = lock.withLock {
             guard index < queues.count, queues[index].ready,
                 status & VirtioMMIOTransport.statusDriverOK != 0,
@@ -199,7 +222,7 @@ final class VirtioMMIOTransport: MMIODevice {
                 return false
             }
         }
-        if raise { interrupt(irq) }
+        if raise { signal() }
     }
 
     /// Whether the device stopped on malformed input (for tests and `info`).

@@ -18,6 +18,8 @@ final class VirtioNet: VirtioDevice {
     let queueSizes: [UInt16] = [256, 256]
     let tap: String
     let mac: [UInt8]
+    let kind = "net"
+    let counters = VirtioCounters()
     private let fd: Int32
     private var wake: [Int32] = [-1, -1]
     private var thread: pthread_t?
@@ -81,6 +83,7 @@ final class VirtioNet: VirtioDevice {
                 frame += try memory.buffer(at: buffer.address, length: UInt64(buffer.length))
             }
             _ = frame.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }  // a full tap drops the frame, like a wire
+            counters.bytes.add(total, ordering: .relaxed)
             try virtQueue.push(memory, head: chain.head, length: 0)
             used = true
         }
@@ -139,6 +142,7 @@ final class VirtioNet: VirtioDevice {
                     offset += count
                 }
                 try queue.push(memory, head: chain.head, length: UInt32(offset))
+                counters.bytes.add(offset, ordering: .relaxed)
                 return true
             }
             if delivered == true { pending = 0 }

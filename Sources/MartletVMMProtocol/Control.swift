@@ -45,10 +45,12 @@ public struct ControlReply: Equatable, Sendable {
         public var nics: [String] = []
         public var portIOExits = 0
         public var deviceErrors: [String] = []
+        /// Per virtio device, in MMIO window order: what it served and what that cost.
+        public var devices: [Device] = []
 
         public init(
             vcpus: Int, memoryMiB: Int, kernel: String, disks: [String], nics: [String],
-            portIOExits: Int, deviceErrors: [String]
+            portIOExits: Int, deviceErrors: [String], devices: [Device] = []
         ) {
             self.vcpus = vcpus
             self.memoryMiB = memoryMiB
@@ -57,6 +59,44 @@ public struct ControlReply: Equatable, Sendable {
             self.nics = nics
             self.portIOExits = portIOExits
             self.deviceErrors = deviceErrors
+            self.devices = devices
+        }
+    }
+
+    /// The counters of one virtio device. `notifyExits` counts the queue notifications that
+    /// reached the VMM as MMIO exits; with ioeventfd it stays 0 while `notifications` grows.
+    public struct Device: Equatable, Sendable {
+        /// "blk", "net" or "rng".
+        public var kind = ""
+        /// Requests (descriptor chains) completed.
+        public var requests = 0
+        /// Payload bytes moved between the guest and the backend.
+        public var bytes = 0
+        /// Queue notifications from the driver, however they arrived.
+        public var notifications = 0
+        /// Notifications that were VM exits handled on a vCPU thread.
+        public var notifyExits = 0
+        /// Interrupts raised towards the guest.
+        public var interrupts = 0
+
+        public init(kind: String, requests: Int, bytes: Int, notifications: Int, notifyExits: Int, interrupts: Int) {
+            self.kind = kind
+            self.requests = requests
+            self.bytes = bytes
+            self.notifications = notifications
+            self.notifyExits = notifyExits
+            self.interrupts = interrupts
+        }
+
+        /// The counters as the object `info` and `--stats` print.
+        public var json: JSON { JSON(encoding: self, fields: Self.fields) }
+
+        static var fields: [JSONField<Self>] {
+            [
+                .string("kind", \.kind), .integer("requests", \.requests), .integer("bytes", \.bytes),
+                .integer("notifications", \.notifications), .integer("notify_exits", \.notifyExits),
+                .integer("interrupts", \.interrupts),
+            ]
         }
     }
 
@@ -120,6 +160,7 @@ extension ControlReply.Info {
             .integer("vcpus", \.vcpus), .integer("memory_mib", \.memoryMiB), .string("kernel", \.kernel),
             .strings("disks", \.disks), .strings("nics", \.nics), .integer("port_io_exits", \.portIOExits),
             .strings("device_errors", \.deviceErrors),
+            .objects("devices", \.devices, of: ControlReply.Device(kind: "", requests: 0, bytes: 0, notifications: 0, notifyExits: 0, interrupts: 0), fields: ControlReply.Device.fields),
         ]
     }
 }

@@ -17,11 +17,17 @@ public struct VMConfig: Equatable, Sendable {
         public var readOnly = false
         /// The virtio-blk serial (GET_ID), at most 20 bytes.
         public var id = ""
-        public init(path: String, readOnly: Bool = false, id: String = "") {
+        public var cache: Cache = .writeback
+        public init(path: String, readOnly: Bool = false, id: String = "", cache: Cache = .writeback) {
             self.path = path
             self.readOnly = readOnly
             self.id = id
+            self.cache = cache
         }
+
+        /// How the disk uses the host's page cache: `writeback` goes through it (FLUSH makes
+        /// the data durable), `none` opens the image with O_DIRECT and bypasses it.
+        public enum Cache: String, Sendable, CaseIterable { case writeback, none }
     }
 
     public struct NIC: Equatable, Sendable {

@@ -333,6 +333,7 @@ if printStats {
         ("first_exit_ns", .number(Double(machine.firstExitNanoseconds))),
         ("end_ns", .number(Double(monotonicNanoseconds()))),
         ("port_io_exits", .number(Double(machine.portIOExits))),
+        ("devices", .array(machine.deviceCounters.map { $0.json })),
     ]).text + "\n"
     _ = text.withCString { write(2, $0, strlen($0)) }
 }

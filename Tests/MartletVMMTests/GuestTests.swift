@@ -40,10 +40,7 @@ struct GuestTests {
     @Test func virtioBlockReadWriteFlushAgainstAFile() throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        let disk = directory.appendingPathComponent("disk.raw")
-        var image = Data("host wrote this sector\n".utf8)
-        image.append(Data(count: 64 * 1024 - image.count))
-        try image.write(to: disk)
+        let disk = try blkGuestImage(in: directory)
 
         let result = try runGuest("blk", disks: [VMConfig.Disk(path: disk.path, id: "martlet-disk-0")])
         #expect(result.exit == .powerOff)

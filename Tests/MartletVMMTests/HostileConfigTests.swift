@@ -34,6 +34,7 @@ import MartletVMMProtocol
         "empty-serial-log": #"{"kernel": "@/kernel", "serial_log": ""}"#,
         "fifo-firmware": #"{"firmware": "@/fifo"}"#,
         "not-json": "{\"kernel\": ",
+        "bad-cache": #"{"kernel": "@/kernel", "disks": [{"path": "@/disk.img", "cache": "unsafe"}]}"#,
     ]
 
     static let cases: [Case] = [
@@ -86,6 +87,7 @@ import MartletVMMProtocol
         Case(arguments: ["--config", "@/float-vcpus.json"], field: "vcpus"),
         Case(arguments: ["--config", "@/unknown-key.json"], field: "kernal"),
         Case(arguments: ["--config", "@/not-json.json"], field: "not-json.json"),
+        Case(arguments: ["--config", "@/bad-cache.json"], field: "disks[0].cache"),
         Case(arguments: ["--kernel", "@/kernel", "--memory", "1e3"], field: "--memory"),
         Case(arguments: ["--kernel", "@/kernel", "--vcpus", "+2"], field: "--vcpus"),
         Case(arguments: ["--kernel", "@/kernel", "--memory", "-0"], field: "--memory"),

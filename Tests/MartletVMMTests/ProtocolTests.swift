@@ -13,7 +13,7 @@ struct ProtocolTests {
         config.kernel = "/k/vmlinuz"
         config.initrd = "/k/initrd \"quoted\" \\ é"
         config.cmdline = "console=ttyS0 root=/dev/vda"
-        config.disks = [VMConfig.Disk(path: "/dev/vg/root", readOnly: true, id: "root"), VMConfig.Disk(path: "/d2")]
+        config.disks = [VMConfig.Disk(path: "/dev/vg/root", readOnly: true, id: "root"), VMConfig.Disk(path: "/d2", cache: .none)]
         config.nics = [VMConfig.NIC(tap: "mtap0", mac: "52:54:00:aa:bb:cc"), VMConfig.NIC(tap: "mtap1")]
         config.rng = true
         config.serial = .socket("/run/vm/serial.sock")
@@ -52,6 +52,9 @@ struct ProtocolTests {
         #expect(throws: ProtocolError("vm.json: disks[0].read_only: expected true or false, got \"yes\"")) {
             try VMConfig(json: #"{"kernel": "k", "disks": [{"path": "/d", "read_only": "yes"}]}"#, source: "vm.json")
         }
+        #expect(throws: ProtocolError("vm.json: disks[0].cache: \"unsafe\" is not one of \"writeback\", \"none\"")) {
+            try VMConfig(json: #"{"kernel": "k", "disks": [{"path": "/d", "cache": "unsafe"}]}"#, source: "vm.json")
+        }
     }
 
     @Test func controlRequestsAndReplies() throws {
@@ -63,9 +66,13 @@ struct ProtocolTests {
         }
         let info = ControlReply(
             state: .paused,
-            info: ControlReply.Info(vcpus: 2, memoryMiB: 64, kernel: "/k", disks: ["/d"], nics: ["t0"], portIOExits: 9, deviceErrors: ["bad"]))
+            info: ControlReply.Info(vcpus: 2, memoryMiB: 64, kernel: "/k", disks: ["/d"], nics: ["t0"], portIOExits: 9, deviceErrors: ["bad"],
+                devices: [ControlReply.Device(kind: "blk", requests: 3, bytes: 4096, notifications: 2, notifyExits: 1, interrupts: 2)]))
         #expect(try ControlReply(line: info.json.text) == info)
         #expect(info.json["memory_mib"] == .number(64), "info members sit next to ok and state")
+        #expect(throws: ProtocolError.self, "a device counter of the wrong type is refused") {
+            try ControlReply(line: #"{"ok": true, "devices": [{"kind": "blk", "requests": "many"}]}"#)
+        }
         let refused = ControlReply(error: "no")
         #expect(try ControlReply(line: refused.json.text) == refused)
         #expect(throws: ProtocolError("state: \"sleeping\" is not one of \"created\", \"running\", \"paused\", \"stopped\"")) {

@@ -65,6 +65,16 @@ final class SerialCapture: Sendable {
     }
 }
 
+/// A 64 KiB disk image in `directory` whose first sector starts with the line the `blk`
+/// guest reads back ("host wrote this sector").
+func blkGuestImage(in directory: URL) throws -> URL {
+    let disk = directory.appendingPathComponent("disk.raw")
+    var image = Data("host wrote this sector\n".utf8)
+    image.append(Data(count: 64 * 1024 - image.count))
+    try image.write(to: disk)
+    return disk
+}
+
 /// Boots the test guest in-process with `test=NAME` and returns how it ended and what it printed.
 func runGuest(_ test: String, vcpus: Int = 1, memoryMiB: Int = 32, disks: [VMConfig.Disk] = [], rng: Bool = false, apStart: VMConfig.APStart = .sipi, timeout: Double = 20) throws -> (exit: Machine.Exit, serial: String) {
     var config = VMConfig()

@@ -19,6 +19,9 @@ extern const unsigned long CKVM_CREATE_IRQCHIP;
 extern const unsigned long CKVM_CREATE_PIT2;
 extern const unsigned long CKVM_IRQ_LINE;
 extern const unsigned long CKVM_IRQFD;
+extern const unsigned long CKVM_IOEVENTFD;
+/// O_DIRECT (`cache: none` disks) is only defined with _GNU_SOURCE, which Swift's Glibc lacks.
+extern const int CKVM_O_DIRECT;
 extern const unsigned long CKVM_RUN;
 extern const unsigned long CKVM_GET_REGS;
 extern const unsigned long CKVM_SET_REGS;
@@ -34,6 +37,9 @@ extern const unsigned long CKVM_GET_LAPIC;
 extern const unsigned long CKVM_SET_LAPIC;
 extern const unsigned long CKVM_TUNSETIFF;
 extern const unsigned long CKVM_TUNSETVNETHDRSZ;
+/* Block device ranges given back (virtio-blk DISCARD / WRITE_ZEROES): for seccomp's lists. */
+extern const unsigned long CKVM_BLKDISCARD;
+extern const unsigned long CKVM_BLKZEROOUT;
 
 /// ioctl(fd, request, arg) returning the result, or -errno on failure; retries on EINTR.
 long ckvm_ioctl(int fd, unsigned long request, unsigned long arg);
@@ -82,3 +88,13 @@ long ckvm_setup_lapic_lint(int vcpu_fd);
 /// `vnet_header_size`-byte virtio-net header (TUNSETIFF, TUNSETVNETHDRSZ are _IOW macros).
 /// Returns the fd, or -errno.
 int ckvm_open_tap(const char *name, int vnet_header_size);
+
+/// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) for KVM_IOEVENTFD and KVM_IRQFD (sys/eventfd.h is
+/// not in Swift's Glibc module). Returns the fd, or -errno.
+int ckvm_eventfd(void);
+
+/// Gives `length` bytes at `offset` back to the storage (`zeroes` 0: virtio-blk DISCARD) or
+/// makes them read as zeroes (`zeroes` 1: WRITE_ZEROES): BLKDISCARD / BLKZEROOUT on a block
+/// device, fallocate PUNCH_HOLE / ZERO_RANGE (keeping the size) on a file. The ioctl numbers
+/// and FALLOC_FL_* come from kernel headers Swift does not import. Returns 0 or -errno.
+long ckvm_release_range(int fd, int is_block_device, int zeroes, uint64_t offset, uint64_t length);

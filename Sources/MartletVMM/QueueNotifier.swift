@@ -1,0 +1,75 @@
+import CKVM
+import MartletSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// An eventfd (a counter the kernel can signal), owned like any other descriptor.
+struct EventFD {
+    let file: FileDescriptor
+
+    /// eventfd(2), non-blocking and close-on-exec.
+    init() throws {
+        let fd = ckvm_eventfd()
+        guard fd >= 0 else { throw VMMError(.io, "eventfd failed: \(errnoText(-fd))") }
+        file = FileDescriptor(fd)
+    }
+
+    var raw: Int32 { file.raw }
+
+    func signal() {
+        var one: UInt64 = 1
+        _ = write(file.raw, &one, 8)
+    }
+
+    /// Resets the counter; returns whether it had been signalled.
+    @discardableResult
+    func drain() -> Bool {
+        var count: UInt64 = 0
+        return read(file.raw, &count, 8) == 8
+    }
+}
+
+/// The I/O thread of one virtio device: KVM signals one eventfd per queue when the guest
+/// writes that queue's index to QueueNotify (KVM_IOEVENTFD), so a notification costs the vCPU
+/// no exit to the VMM, and this thread processes the queue while the vCPU runs on.
+final class QueueNotifier: @unchecked Sendable {
+    let transport: VirtioMMIOTransport
+    private let queueEvents: [EventFD]
+    /// Signalled to make the thread look at the run state (pause, stop).
+    private let wakeEvent: EventFD
+
+    /// Registers an eventfd for each queue of `transport` with KVM; throws when KVM refuses.
+    init(transport: VirtioMMIOTransport, vm: VirtualMachineHandle) throws {
+        self.transport = transport
+        var events: [EventFD] = []
+        for index in transport.queues.indices {
+            let event = try EventFD()
+            try vm.addIOEventFD(event.raw, address: transport.mmioBase + VirtioMMIOTransport.queueNotifyOffset, datamatch: UInt64(index))
+            events.append(event)
+        }
+        queueEvents = events
+        wakeEvent = try EventFD()
+    }
+
+    /// Makes the thread call its `mayContinue` soon.
+    func wake() { wakeEvent.signal() }
+
+    /// Serves notifications until `mayContinue` (asked after every wake-up; it blocks while
+    /// the machine is paused) returns false.
+    func run(mayContinue: () -> Bool) {
+        var fds = ([wakeEvent] + queueEvents).map { pollfd(fd: $0.raw, events: Int16(POLLIN), revents: 0) }
+        while true {
+            if poll(&fds, nfds_t(fds.count), -1) < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            wakeEvent.drain()
+            guard mayContinue() else { return }
+            for (index, event) in queueEvents.enumerated() where fds[index + 1].revents != 0 && event.drain() {
+                transport.notify(queue: index)
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import Testing
+
+import MartletSystem
+import MartletVMMProtocol
+import Synchronization
+
+@testable import MartletVMM
+
+/// Exit-less virtio: queue notifications through KVM_IOEVENTFD and interrupts through
+/// KVM_IRQFD, served by the devices' I/O threads, observed through the device counters.
+@Suite(.serialized, .timeLimit(.minutes(30)))
+struct IOEventTests {
+    /// A machine running `test=NAME` on one disk of `size` bytes in a fresh directory.
+    private func machine(_ test: String, directory: URL, size: Int = 1 << 20) throws -> Machine {
+        let disk = directory.appendingPathComponent("disk.raw")
+        try Data(count: size).write(to: disk)
+        var config = VMConfig()
+        config.kernel = try TestSupport.guestELF.get()
+        config.cmdline = "test=\(test)"
+        config.memoryMiB = 16
+        config.serial = .none
+        config.disks = [VMConfig.Disk(path: disk.path)]
+        return try Machine(config: config)
+    }
+
+    @Test func requestsCompleteWithoutNotifyExits() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let machine = try machine("bench-blk n=500", directory: directory)
+        #expect(try machine.run(timeout: 20) == .powerOff)
+        let disk = try #require(machine.deviceCounters.first)
+        #expect(disk.kind == "blk")
+        #expect(disk.requests == 500, "the guest's 500 reads completed")
+        #expect(disk.bytes == 500 * 4096)
+        #expect(disk.notifications >= 500, "each request was notified")
+        #expect(disk.notifyExits == 0, "with ioeventfd a notify is no VM exit")
+        #expect(disk.interrupts >= 500, "each completion raised an interrupt through the irqfd")
+    }
+
+    @Test func cacheNoneReadsAndWritesThroughODirect() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let disk = try blkGuestImage(in: directory)
+        let result = try runGuest("blk", disks: [VMConfig.Disk(path: disk.path, cache: .none)])
+        #expect(result.serial.contains("blk read: host wrote this sector"))
+        #expect(result.serial.contains("blk ok"))
+        #expect(try Data(contentsOf: disk).subdata(in: 512..<540) == Data("written by the martlet guest".utf8))
+    }
+
+    @Test func cacheNoneOpensTheImageWithODirect() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("disk.raw").path
+        try Data(count: 65536).write(to: URL(fileURLWithPath: path))
+        /// The open flags (octal, from /proc/self/fdinfo) of every descriptor on `path`.
+        func flags() throws -> [Int] {
+            try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").compactMap { fd in
+                guard (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)")) == path,
+                    let info = try? String(contentsOfFile: "/proc/self/fdinfo/\(fd)", encoding: .utf8),
+                    let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") })
+                else { return nil }
+                return Int(line.dropFirst(6).trimmingCharacters(in: .whitespaces), radix: 8)
+            }
+        }
+        let oDirect = 0o40000
+        let writeback = try VirtioBlock(path: path, readOnly: false, serial: "")
+        #expect(try flags().allSatisfy { $0 & oDirect == 0 }, "writeback bypasses nothing")
+        withExtendedLifetime(writeback) {}
+        let none = try VirtioBlock(path: path, readOnly: false, serial: "", direct: true)
+        #expect(try flags().contains { $0 & oDirect != 0 }, "cache none holds an O_DIRECT descriptor")
+        withExtendedLifetime(none) {}
+    }
+
+    @Test func theIOThreadParksWhilePaused() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let machine = try machine("bench-blk n=100000000", directory: directory)
+        let outcome = Mutex<Machine.Exit?>(nil)
+        let runner = Thread { outcome.withLock { $0 = try? machine.run(timeout: 30) } }
+        runner.start()
+        defer { machine.stop() }
+        func requests() -> Int { machine.deviceCounters.first?.requests ?? 0 }
+
+        #expect(Poll.until(timeout: 10) { requests() >= 100 }, "the guest did not start its requests")
+        machine.pause()
+        // `pause` returns once the vCPU and the I/O thread are parked: no request may
+        // complete from here on, while a running guest completes thousands a second.
+        let pausedAt = requests()
+        #expect(machine.state == .paused)
+        #expect(!Poll.until(timeout: 0.5) { requests() != pausedAt }, "a request completed while paused")
+        machine.resume()
+        #expect(Poll.until(timeout: 10) { requests() > pausedAt }, "requests did not resume")
+        machine.stop()
+        #expect(Poll.until(timeout: 10) { outcome.withLock { $0 } == .stopped }, "the run did not end with its threads")
+    }
+}
