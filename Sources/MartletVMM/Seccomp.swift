@@ -145,8 +145,11 @@ public enum Seccomp {
             return common + runtimeKVM + blockIO + [Rule("seccomp", [(0, UInt64(SECCOMP_SET_MODE_FILTER))])]
                 + ["sendto", "shutdown", "clone3", "clone", "poll", "ppoll"].map { Rule($0) }
         case .device:
+            // A NIC's receive thread starts on the guest's first receive-queue notify, which
+            // arrives here; it adds its own (io) filter.
             return common + blockIO + [Rule("ioctl", [(1, UInt64(CKVM_IRQ_LINE))])]
-                + ["poll", "ppoll", "sendto"].map { Rule($0) }
+                + [Rule("seccomp", [(0, UInt64(SECCOMP_SET_MODE_FILTER))])]
+                + ["poll", "ppoll", "sendto", "clone3", "clone"].map { Rule($0) }
         case .io:
             return common + [Rule("ioctl", [(1, UInt64(CKVM_IRQ_LINE))])] + connected
                 + ["poll", "ppoll"].map { Rule($0) }

@@ -289,7 +289,7 @@ import Testing
         #expect(probe.contains("LABEL=cidata"), "\(probe)")
         let config = try String(contentsOfFile: fixture.paths.vmmConfig("ci"), encoding: .utf8)
         #expect(
-            config.contains("{\"path\":\"\(seed)\",\"read_only\":true,\"id\":\"cidata\"}"),
+            config.contains("{\"path\":\"\(seed)\",\"read_only\":true,\"id\":\"cidata\",\"cache\":\"writeback\"}"),
             "\(config)")
         #expect(try extract(seed)["meta-data"]?.contains("local-hostname: \"ci-host\"") == true)
         _ = try martlet.json("vm", "stop", "ci")

@@ -50,6 +50,7 @@ import Testing
         .init(name: "dns with a newline", old: "dns = [\"192.0.2.53\", \"2001:db8::53\"]", new: "dns = [\"192.0.2.53\\n\"]", key: "network.dns"),
         .init(name: "interface MAC too short", old: "interface = \"52:54:00:12:34:56\"", new: "interface = \"52:54:00:12:34:5\"", key: "network.interface"),
         .init(name: "header without a key (toml++ asserts)", old: "[storage]", new: "[ \n[storage]", key: "a table header must start with a key"),
+        .init(name: "combining mark after '[' (toml++ asserts; found by scripts/fuzz)", old: "[storage]", new: "[\u{0362}]\n[storage]", key: "a table header must start with a key"),
         .init(name: "brace after '[' (toml++ asserts)", old: "dns = [\"192.0.2.53\", \"2001:db8::53\"]", new: "dns = [}\"192.0.2.53\"]", key: "'}' where an array element"),
         .init(name: "form feed in a header (toml++ asserts)", old: "[storage]", new: "[\u{0C}storage]", key: "control character (U+C)"),
         .init(name: "interface with a newline", old: "interface = \"52:54:00:12:34:56\"", new: "interface = \"eno1\\n\"", key: "network.interface"),
