@@ -182,19 +182,7 @@ public struct APICertificate: Sendable {
         }
         let directory = (path as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
-        let temporary = "\(path).new-\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw MartletError(.failed, "cannot write '\(temporary)': \(SystemError.text(errno))") }
-        let file = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-        do {
-            try file.write(contentsOf: Data(text.utf8))
-            guard fchmod(fd, 0o644) == 0, rename(temporary, path) == 0 else {
-                throw MartletError(.failed, "cannot write '\(path)': \(SystemError.text(errno))")
-            }
-        } catch {
-            unlink(temporary)
-            throw error
-        }
+        try VMHost.atomicWrite(text, to: path)
     }
 
     static let issueHeading = "Martlet API and web UI: "

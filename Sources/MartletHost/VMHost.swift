@@ -221,7 +221,7 @@ public struct VMHost: Sendable {
         _ = try self.definition(name)
         try refuseWhenRunning(name, action: "changing")
         try checkReferences(parsed)
-        try atomicWrite(toml, to: paths.definition(name))
+        try Self.atomicWrite(toml, to: paths.definition(name))
         return parsed
     }
 
@@ -233,12 +233,12 @@ public struct VMHost: Sendable {
         try checkReferences(definition)
         try FileManager.default.createDirectory(
             atPath: paths.vmsDirectory, withIntermediateDirectories: true)
-        try atomicWrite(text, to: paths.definition(definition.name), exclusive: exclusive)
+        try Self.atomicWrite(text, to: paths.definition(definition.name), exclusive: exclusive)
     }
 
     /// Writes `text` to a temporary file of its own (mode 0644) and puts it at `path`
     /// whole: renamed over it, or with `exclusive` linked, which fails when `path` exists.
-    func atomicWrite(_ text: String, to path: String, exclusive: Bool = false) throws {
+    static func atomicWrite(_ text: String, to path: String, exclusive: Bool = false) throws {
         var template = Array((path + ".tmp.XXXXXX").utf8CString)
         let fd = mkstemp(&template)
         guard fd >= 0 else { throw MartletError.system("mkstemp", path: path) }

@@ -12,19 +12,27 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(30))) struct HTTPSAPITests {
     /// A free loopback TCP port: bound to port 0, read back, closed.
     static func freePort() throws -> Int {
+        let (fd, port) = try boundLoopbackSocket(listening: false)
+        close(fd)
+        return port
+    }
+
+    /// A TCP socket bound to a free loopback port (and listening, when asked) and that port.
+    static func boundLoopbackSocket(listening: Bool) throws -> (fd: Int32, port: Int) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+                bind(fd, $0, length) == 0 && (!listening || listen(fd, 1) == 0) && getsockname(fd, $0, &length) == 0
             }
         }
-        try #require(bound, "cannot bind a loopback port: \(SystemError.text(errno))")
-        return Int(UInt16(bigEndian: address.sin_port))
+        let reason = SystemError.text(errno)
+        if !bound { close(fd) }
+        try #require(bound, "cannot bind a loopback port: \(reason)")
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
     }
 
     /// The `martlet` CLI with the fixture's environment.
@@ -222,19 +230,8 @@ import Testing
     /// The HTTPS side failing (its port taken, a broken api.toml) leaves the socket serving.
     @Test func aFailingHTTPSListenerLeavesTheSocketServing() throws {
         let fixture = try HostFixture(label: "https-fails")
-        let taken = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (taken, port) = try Self.boundLoopbackSocket(listening: true)
         defer { close(taken) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let listening = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(taken, $0, length) == 0 && listen(taken, 1) == 0 && getsockname(taken, $0, &length) == 0
-            }
-        }
-        try #require(listening)
-        let port = Int(UInt16(bigEndian: address.sin_port))
         try "[https]\naddress = \"127.0.0.1\"\nport = \(port)\n".write(
             toFile: fixture.paths.apiConfiguration, atomically: true, encoding: .utf8)
         let api = try APIProcess(fixture: fixture)
