@@ -1,3 +1,5 @@
+import Synchronization
+
 /// One element of a descriptor chain, already checked to lie inside guest RAM.
 public struct DescriptorBuffer: Equatable {
     public var address: UInt64
@@ -20,6 +22,9 @@ public final class VirtQueue {
     static let descriptorNext: UInt16 = 1
     static let descriptorWrite: UInt16 = 2
     static let descriptorIndirect: UInt16 = 4
+    static let availableNoInterrupt: UInt16 = 1
+    /// The feature bit VIRTIO_RING_F_EVENT_IDX.
+    static let featureEventIndex: UInt64 = 1 << 29
 
     public let maxSize: UInt16
     public var size: UInt16
@@ -29,6 +34,12 @@ public final class VirtQueue {
     public var usedRing: UInt64 = 0
     public private(set) var nextAvailable: UInt16 = 0
     private var nextUsed: UInt16 = 0
+    /// VIRTIO_RING_F_EVENT_IDX negotiated: the driver says after which used entry it wants an
+    /// interrupt (used_event, after the available ring) and the device after which available
+    /// entry it wants a notification (avail_event, after the used ring), instead of the flags.
+    public var eventIndex = false
+    /// The used index when the device last decided whether to interrupt.
+    private var signalledUsed: UInt16 = 0
     /// Chains returned through the used ring since the queue was made; a reset keeps it (a
     /// counter for `info`).
     public private(set) var completed = 0
@@ -46,6 +57,8 @@ public final class VirtQueue {
         usedRing = 0
         nextAvailable = 0
         nextUsed = 0
+        eventIndex = false
+        signalledUsed = 0
     }
 
     /// Checks the size and that the three rings lie inside guest RAM (when the driver sets QueueReady).
@@ -63,8 +76,16 @@ public final class VirtQueue {
     }
 
     /// The next available chain, or nil when the driver has not made one available.
+    /// With EVENT_IDX an empty ring asks the driver to notify for the next entry it makes
+    /// available, and is checked once more after that, so an entry made available meanwhile
+    /// is not left waiting for a notification the driver will not send.
     public func pop(_ memory: GuestMemory) throws -> DescriptorChain? {
-        let availableIndex: UInt16 = try memory.read(at: availableRing + 2)
+        var availableIndex: UInt16 = try memory.read(at: availableRing + 2)
+        if availableIndex == nextAvailable && eventIndex {
+            try memory.write(nextAvailable, at: usedRing + 4 + 8 * UInt64(size))
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
+            availableIndex = try memory.read(at: availableRing + 2)
+        }
         let pending = availableIndex &- nextAvailable
         if pending == 0 { return nil }
         guard pending <= size else {
@@ -116,5 +137,29 @@ public final class VirtQueue {
         nextUsed &+= 1
         try memory.write(nextUsed, at: usedRing + 2)
         completed += 1
+    }
+
+    /// Whether the driver wants an interrupt for the chains used since the last decision:
+    /// with EVENT_IDX when the used index passed its used_event, else unless it set
+    /// VIRTQ_AVAIL_F_NO_INTERRUPT. Both fields are the driver's to write: any value is valid.
+    public func needsInterrupt(_ memory: GuestMemory) throws -> Bool {
+        let old = signalledUsed
+        signalledUsed = nextUsed
+        guard nextUsed != old else { return false }
+        // The used index must be visible before the driver's wish is read (the driver
+        // writes its wish, then reads the used index).
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        if eventIndex {
+            let usedEvent: UInt16 = try memory.read(at: availableRing + 4 + 2 * UInt64(size))
+            return VirtQueue.passed(usedEvent, new: nextUsed, old: old)
+        }
+        let flags: UInt16 = try memory.read(at: availableRing)
+        return flags & VirtQueue.availableNoInterrupt == 0
+    }
+
+    /// vring_need_event of the virtio spec: whether an index moving from `old` to `new` passed
+    /// `event`, in 16-bit arithmetic that wraps.
+    static func passed(_ event: UInt16, new: UInt16, old: UInt16) -> Bool {
+        new &- event &- 1 < new &- old
     }
 }

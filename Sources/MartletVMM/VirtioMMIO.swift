@@ -73,7 +73,7 @@ final class VirtioMMIOTransport: MMIODevice {
             do {
                 guard try body(queues[index], memory) else { return false }
                 interruptStatus |= 1
-                raise = true
+                raise = try queues[index].needsInterrupt(memory)
                 return true
             } catch let error as VMMError {
                 fail(error)
@@ -99,7 +99,7 @@ final class VirtioMMIOTransport: MMIODevice {
         return device.counters.report(kind: device.kind, requests: requests)
     }
 
-    var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne }
+    var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex }
 
     private var selectedQueue: VirtQueue? {
         Int(queueSelect) < queues.count ? queues[Int(queueSelect)] : nil
@@ -146,6 +146,7 @@ final class VirtioMMIOTransport: MMIODevice {
                 if value == 1 {
                     do {
                         try queue.validate(memory)
+                        queue.eventIndex = driverFeatures & VirtQueue.featureEventIndex != 0
                         queue.ready = true
                     } catch let error as VMMError {
                         fail(error)
@@ -201,7 +202,8 @@ final class VirtioMMIOTransport: MMIODevice {
         signal()
     }
 
-    /// The driver notified `queue`: process it and interrupt if the used ring moved.
+    /// The driver notified `queue`: process it and interrupt if the used ring moved and the
+    /// driver wants to hear about it.
     func notify(queue index: Int) {
         device.counters.notifications.add(1, ordering: .relaxed)
         let raise: Bool = lock.withLock {
@@ -212,7 +214,7 @@ final class VirtioMMIOTransport: MMIODevice {
             do {
                 guard try device.process(queue: index, queues[index], memory: memory) else { return false }
                 interruptStatus |= 1
-                return true
+                return try queues[index].needsInterrupt(memory)
             } catch let error as VMMError {
                 lastError = error
                 status |= VirtioMMIOTransport.statusNeedsReset

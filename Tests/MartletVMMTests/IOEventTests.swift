@@ -27,7 +27,8 @@ struct IOEventTests {
     @Test func requestsCompleteWithoutNotifyExits() throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        let machine = try machine("bench-blk n=500", directory: directory)
+        // Without EVENT_IDX, so that every completion interrupts.
+        let machine = try machine("bench-blk n=500 noevent=1", directory: directory)
         #expect(try machine.run(timeout: 20) == .powerOff)
         let disk = try #require(machine.deviceCounters.first)
         #expect(disk.kind == "blk")
@@ -36,6 +37,18 @@ struct IOEventTests {
         #expect(disk.notifications >= 500, "each request was notified")
         #expect(disk.notifyExits == 0, "with ioeventfd a notify is no VM exit")
         #expect(disk.interrupts >= 500, "each completion raised an interrupt through the irqfd")
+    }
+
+    @Test func eventIndexLetsAPollingGuestGoWithoutInterrupts() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // The guest accepts EVENT_IDX and keeps its used_event half the index space ahead.
+        let machine = try machine("bench-blk n=3000 qd=32", directory: directory)
+        #expect(try machine.run(timeout: 30) == .powerOff)
+        let disk = try #require(machine.deviceCounters.first)
+        #expect(disk.requests == 3000)
+        #expect(disk.interrupts == 0, "used_event was never passed")
+        #expect(disk.notifyExits == 0)
     }
 
     @Test func cacheNoneReadsAndWritesThroughODirect() throws {

@@ -15,11 +15,14 @@ final class VirtioHarness {
     let transport: VirtioMMIOTransport
     var availableIndex: UInt16 = 0
 
-    init(device: VirtioDevice) throws {
+    /// `features`: the low word of what the driver accepts (VIRTIO_F_VERSION_1 always).
+    init(device: VirtioDevice, features: UInt32 = 0) throws {
         memory = try GuestMemory(size: 4 << 20)
         transport = VirtioMMIOTransport(device: device, base: 0xD000_0000, irq: 5, memory: memory) { _ in }
         transport.write(offset: 0x70, size: 4, value: 0)
         transport.write(offset: 0x70, size: 4, value: 3)
+        transport.write(offset: 0x24, size: 4, value: 0)
+        transport.write(offset: 0x20, size: 4, value: UInt64(features))
         transport.write(offset: 0x24, size: 4, value: 1)
         transport.write(offset: 0x20, size: 4, value: 1)  // VIRTIO_F_VERSION_1
         transport.write(offset: 0x70, size: 4, value: 11)
@@ -49,6 +52,14 @@ final class VirtioHarness {
     }
 
     var usedIndex: UInt16 { (try? memory.read(at: VirtioHarness.used + 2)) ?? 0 }
+    /// Interrupts the transport raised (the device's counter).
+    var interrupts: Int { transport.device.counters.interrupts.load(ordering: .relaxed) }
+    /// The driver's used_event (EVENT_IDX), after the available ring.
+    func setUsedEvent(_ value: UInt16) throws {
+        try memory.write(value, at: VirtioHarness.available + 4 + 2 * UInt64(VirtioHarness.queueSize))
+    }
+    /// The device's avail_event (EVENT_IDX), after the used ring.
+    var availableEvent: UInt16 { (try? memory.read(at: VirtioHarness.used + 4 + 8 * UInt64(VirtioHarness.queueSize))) ?? 0 }
     var status: UInt64 { transport.read(offset: 0x70, size: 4) }
 }
 
@@ -211,6 +222,106 @@ struct VirtQueueTests {
         #expect(harness.usedIndex == 1)
         #expect(try harness.memory.read(UInt8.self, at: 0x12000) == 1)  // VIRTIO_BLK_S_IOERR
         #expect(harness.transport.lastError == nil)
+    }
+
+    /// A one-sector read whose chain is descriptors 0-2 (header at 0x10000).
+    func readChain(_ harness: VirtioHarness) throws {
+        try header(harness, type: 0)
+        try harness.descriptor(0, address: 0x10000, length: 16, flags: Self.next, next: 1)
+        try harness.descriptor(1, address: 0x11000, length: 512, flags: Self.next | Self.write, next: 2)
+        try harness.descriptor(2, address: 0x12000, length: 1, flags: Self.write)
+    }
+
+    @Test(arguments: [
+        // (event, new, old, passed): the driver wants an interrupt once the index goes past event.
+        (UInt16(0), UInt16(1), UInt16(0), true),
+        (0, 0, 0, false),
+        (5, 5, 3, false),
+        (4, 5, 3, true),
+        (0xFFFF, 0x0000, 0xFFFE, true),
+        (0xFFFF, 0x0001, 0xFFFE, true),
+        (0x0001, 0x0001, 0xFFFF, false),
+        (0x0000, 0x0001, 0xFFFF, true),
+        (0x8000, 0x0010, 0x0000, false),
+    ])
+    func eventIndexArithmeticWraps(event: UInt16, new: UInt16, old: UInt16, passed: Bool) {
+        #expect(VirtQueue.passed(event, new: new, old: old) == passed)
+    }
+
+    @Test func eventIndexIsOfferedAndTakenOnlyWhenAccepted() throws {
+        let disk = try Disk()
+        let plain = try VirtioHarness(device: try disk.device())
+        #expect(plain.transport.offeredFeatures & VirtQueue.featureEventIndex != 0)
+        #expect(!plain.transport.queues[0].eventIndex, "the driver did not accept it")
+        let negotiated = try VirtioHarness(device: try disk.device(), features: 1 << 29)
+        #expect(negotiated.transport.queues[0].eventIndex)
+    }
+
+    /// 70 000 requests, one at a time, take both 16-bit indices across their wrap: the device
+    /// interrupts exactly when the used index passes the driver's used_event, and after each
+    /// drain asks for a notification at the next available entry.
+    @Test func eventIndexSuppressesInterruptsAcrossTheIndexWrap() throws {
+        let disk = try Disk()
+        let harness = try VirtioHarness(device: try disk.device(), features: 1 << 29)
+        try readChain(harness)
+        var expected = 0
+        for request in 0..<70_000 {
+            // Every third request asks for its own completion, the others for one two ahead
+            // (which the next request's used_event replaces before it is reached).
+            let wanted = request % 3 == 0
+            try harness.setUsedEvent(harness.usedIndex &+ (wanted ? 0 : 2))
+            if wanted { expected += 1 }
+            try harness.submit(head: 0)
+            #expect(harness.availableEvent == harness.availableIndex, "avail_event after request \(request)")
+            if harness.interrupts != expected {
+                Issue.record("request \(request): \(harness.interrupts) interrupts, expected \(expected)")
+                return
+            }
+        }
+        #expect(harness.usedIndex == UInt16(truncatingIfNeeded: 70_000))
+        #expect(harness.transport.lastError == nil)
+    }
+
+    @Test func noInterruptFlagSuppressesInterruptsWithoutEventIndex() throws {
+        let disk = try Disk()
+        let harness = try VirtioHarness(device: try disk.device())
+        try readChain(harness)
+        try harness.submit(head: 0)
+        #expect(harness.interrupts == 1)
+        try harness.memory.write(UInt16(1), at: VirtioHarness.available)  // VIRTQ_AVAIL_F_NO_INTERRUPT
+        try harness.submit(head: 0)
+        try harness.submit(head: 0)
+        #expect(harness.interrupts == 1)
+        #expect(harness.usedIndex == 3)
+        try harness.memory.write(UInt16(0), at: VirtioHarness.available)
+        try harness.submit(head: 0)
+        #expect(harness.interrupts == 2)
+    }
+
+    @Test func flushCompletesOnlyAfterTheDataIsDurable() throws {
+        let disk = try Disk()
+        let device = try disk.device()
+        let harness = try VirtioHarness(device: device)
+        var usedAtSync: [UInt16] = []
+        device.synchronize = { [unowned harness] fd in
+            usedAtSync.append(harness.usedIndex)
+            return fdatasync(fd)
+        }
+        try header(harness, type: 4)
+        try harness.descriptor(0, address: 0x10000, length: 16, flags: Self.next, next: 1)
+        try harness.descriptor(1, address: 0x12000, length: 1, flags: Self.write)
+        try harness.memory.write(UInt8(0xFF), at: 0x12000)
+        try harness.submit(head: 0)
+        #expect(usedAtSync == [0], "fdatasync ran once, before the request was used")
+        #expect(harness.usedIndex == 1)
+        #expect(try harness.memory.read(UInt8.self, at: 0x12000) == 0)
+
+        // A failed fdatasync is the guest's I/O error, not a success.
+        device.synchronize = { _ in -1 }
+        try harness.memory.write(UInt8(0xFF), at: 0x12000)
+        try harness.submit(head: 0)
+        #expect(harness.usedIndex == 2)
+        #expect(try harness.memory.read(UInt8.self, at: 0x12000) == 1)  // VIRTIO_BLK_S_IOERR
     }
 
     @Test func guestMemoryRejectsOverflowingRanges() throws {
