@@ -38,7 +38,7 @@ public final class VirtQueue {
     /// interrupt (used_event, after the available ring) and the device after which available
     /// entry it wants a notification (avail_event, after the used ring), instead of the flags.
     public var eventIndex = false
-    /// The used index when the device last decided whether to interrupt.
+    /// The used index the driver was last shown (by `publishUsed`).
     private var signalledUsed: UInt16 = 0
     /// Chains returned through the used ring since the queue was made; a reset keeps it (a
     /// counter for `info`).
@@ -129,23 +129,25 @@ public final class VirtQueue {
         return DescriptorChain(head: head, buffers: buffers)
     }
 
-    /// Returns a chain to the driver through the used ring with `length` bytes written.
+    /// Returns a chain to the driver through the used ring with `length` bytes written; the
+    /// driver sees it once `publishUsed` moved the used index.
     public func push(_ memory: GuestMemory, head: UInt16, length: UInt32) throws {
         let element = usedRing + 4 + 8 * UInt64(nextUsed % size)
         try memory.write(UInt32(head), at: element)
         try memory.write(length, at: element + 4)
         nextUsed &+= 1
-        try memory.write(nextUsed, at: usedRing + 2)
         completed += 1
     }
 
-    /// Whether the driver wants an interrupt for the chains used since the last decision:
-    /// with EVENT_IDX when the used index passed its used_event, else unless it set
+    /// Makes the chains pushed since the last call visible to the driver, with one write of
+    /// the used index for the whole batch, and says whether the driver wants an interrupt for
+    /// them: with EVENT_IDX when the used index passed its used_event, else unless it set
     /// VIRTQ_AVAIL_F_NO_INTERRUPT. Both fields are the driver's to write: any value is valid.
-    public func needsInterrupt(_ memory: GuestMemory) throws -> Bool {
+    public func publishUsed(_ memory: GuestMemory) throws -> Bool {
         let old = signalledUsed
-        signalledUsed = nextUsed
         guard nextUsed != old else { return false }
+        signalledUsed = nextUsed
+        try memory.write(nextUsed, at: usedRing + 2)
         // The used index must be visible before the driver's wish is read (the driver
         // writes its wish, then reads the used index).
         atomicMemoryFence(ordering: .sequentiallyConsistent)

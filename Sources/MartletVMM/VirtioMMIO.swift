@@ -73,7 +73,7 @@ final class VirtioMMIOTransport: MMIODevice {
             do {
                 guard try body(queues[index], memory) else { return false }
                 interruptStatus |= 1
-                raise = try queues[index].needsInterrupt(memory)
+                raise = try queues[index].publishUsed(memory)
                 return true
             } catch let error as VMMError {
                 fail(error)
@@ -214,7 +214,7 @@ final class VirtioMMIOTransport: MMIODevice {
             do {
                 guard try device.process(queue: index, queues[index], memory: memory) else { return false }
                 interruptStatus |= 1
-                return try queues[index].needsInterrupt(memory)
+                return try queues[index].publishUsed(memory)
             } catch let error as VMMError {
                 lastError = error
                 status |= VirtioMMIOTransport.statusNeedsReset

@@ -324,6 +324,31 @@ struct VirtQueueTests {
         #expect(try harness.memory.read(UInt8.self, at: 0x12000) == 1)  // VIRTIO_BLK_S_IOERR
     }
 
+    /// Three FLUSH chains behind one notify: the device executes them all before the driver
+    /// sees any (one write of the used index for the batch) and interrupts once.
+    @Test func aBatchIsPublishedWithOneUsedIndexAndOneInterrupt() throws {
+        let disk = try Disk()
+        let device = try disk.device()
+        let harness = try VirtioHarness(device: device)
+        var usedAtSync: [UInt16] = []
+        device.synchronize = { [unowned harness] fd in
+            usedAtSync.append(harness.usedIndex)
+            return fdatasync(fd)
+        }
+        try header(harness, type: 4)
+        for chain in UInt16(0)..<3 {
+            try harness.descriptor(2 * chain, address: 0x10000, length: 16, flags: Self.next, next: 2 * chain + 1)
+            try harness.descriptor(2 * chain + 1, address: 0x12000 + UInt64(chain), length: 1, flags: Self.write)
+            try harness.memory.write(2 * chain, at: VirtioHarness.available + 4 + 2 * UInt64(chain))
+        }
+        harness.availableIndex = 3
+        try harness.memory.write(harness.availableIndex, at: VirtioHarness.available + 2)
+        harness.transport.write(offset: 0x50, size: 4, value: 0)
+        #expect(usedAtSync == [0, 0, 0], "no chain was shown before the batch ended")
+        #expect(harness.usedIndex == 3)
+        #expect(harness.interrupts == 1)
+    }
+
     @Test func guestMemoryRejectsOverflowingRanges() throws {
         let memory = try GuestMemory(size: 4 << 20)
         #expect(memory.contains(0, length: 4 << 20))
