@@ -93,7 +93,7 @@ public final class Machine: @unchecked Sendable {
         let initrd = try config.initrd.map { path in try field("initrd") { try readWholeFile(path, what: "initrd") } }
         var disks: [VirtioBlock] = []
         for (index, disk) in config.disks.enumerated() {
-            disks.append(try field("disks[\(index)]") { try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.id, direct: disk.cache == .none) })
+            disks.append(try field("disks[\(index)]") { try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.id, direct: disk.cache == .none, queues: disk.queueCount(vcpus: config.vcpus)) })
         }
 
         kvm = try KVMSystem()

@@ -14,6 +14,7 @@ final class VirtioBlock: VirtioDevice {
     static let featureReadOnly: UInt64 = 1 << 5
     static let featureBlockSize: UInt64 = 1 << 6
     static let featureFlush: UInt64 = 1 << 9
+    static let featureMultiQueue: UInt64 = 1 << 12
     static let featureDiscard: UInt64 = 1 << 13
     static let featureWriteZeroes: UInt64 = 1 << 14
     static let sectorSize: UInt64 = 512
@@ -27,7 +28,9 @@ final class VirtioBlock: VirtioDevice {
     let deviceID: UInt32 = 2
     let kind = "blk"
     let counters = VirtioCounters()
-    let queueSizes: [UInt16] = [256]
+    /// One ring per request queue; the device's I/O thread serves them all (requests from
+    /// different vCPUs no longer share one ring, the image file serves them alike).
+    let queueSizes: [UInt16]
     let path: String
     let readOnly: Bool
     let serial: [UInt8]
@@ -46,7 +49,7 @@ final class VirtioBlock: VirtioDevice {
 
     /// Opens `path` (O_RDONLY when `readOnly`), an image file or a block device and nothing
     /// else (a FIFO would block, a directory or /dev/null is no disk); errors name the path.
-    init(path: String, readOnly: Bool, serial: String, direct: Bool = false) throws {
+    init(path: String, readOnly: Bool, serial: String, direct: Bool = false, queues: Int = 1) throws {
         let mode = readOnly ? O_RDONLY : O_RDWR
         do {
             file = try FilePath.open(path, mode, field: "path", kind: .disk)
@@ -63,10 +66,12 @@ final class VirtioBlock: VirtioDevice {
         self.readOnly = readOnly
         self.capacityBytes = UInt64(size)
         self.serial = Array(serial.utf8.prefix(20))
+        self.queueSizes = Array(repeating: 256, count: queues)
     }
 
     var features: UInt64 {
         VirtioBlock.featureFlush | VirtioBlock.featureSizeMax | VirtioBlock.featureSegMax | VirtioBlock.featureBlockSize
+            | VirtioBlock.featureMultiQueue
             | (readOnly ? VirtioBlock.featureReadOnly : VirtioBlock.featureDiscard | VirtioBlock.featureWriteZeroes)
     }
 
@@ -77,6 +82,7 @@ final class VirtioBlock: VirtioDevice {
         config.put(VirtioBlock.maxSegmentBytes, at: 8)
         config.put(VirtioBlock.maxSegments, at: 12)
         config.put(UInt32(VirtioBlock.sectorSize), at: 20)
+        config.put(UInt16(queueSizes.count), at: 34)  // num_queues
         config.put(VirtioBlock.maxReleaseSectors, at: 36)  // max_discard_sectors
         config.put(UInt32(1), at: 40)  // max_discard_seg
         config.put(UInt32(1), at: 44)  // discard_sector_alignment

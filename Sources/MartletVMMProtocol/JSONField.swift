@@ -21,6 +21,10 @@ public struct JSONField<Model> {
         JSONField(key, decode: { $0[keyPath: field] = try $1.integer($2) }, encode: { .number(Double($0[keyPath: field])) })
     }
 
+    public static func integer(_ key: String, _ field: WritableKeyPath<Model, Int?>) -> JSONField {
+        JSONField(key, decode: { $0[keyPath: field] = try $1.integer($2) }, encode: { $0[keyPath: field].map { .number(Double($0)) } })
+    }
+
     public static func string(_ key: String, _ field: WritableKeyPath<Model, String>) -> JSONField {
         JSONField(key, decode: { $0[keyPath: field] = try $1.string($2) }, encode: { .string($0[keyPath: field]) })
     }

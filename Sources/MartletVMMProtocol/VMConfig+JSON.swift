@@ -41,7 +41,7 @@ extension VMConfig {
 
 extension VMConfig.Disk {
     static var fields: [JSONField<Self>] {
-        [.string("path", \.path), .bool("read_only", \.readOnly), .string("id", \.id), .choice("cache", \.cache)]
+        [.string("path", \.path), .bool("read_only", \.readOnly), .string("id", \.id), .choice("cache", \.cache), .integer("queues", \.queues)]
     }
 }
 

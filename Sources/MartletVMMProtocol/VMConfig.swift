@@ -18,12 +18,22 @@ public struct VMConfig: Equatable, Sendable {
         /// The virtio-blk serial (GET_ID), at most 20 bytes.
         public var id = ""
         public var cache: Cache = .writeback
-        public init(path: String, readOnly: Bool = false, id: String = "", cache: Cache = .writeback) {
+        /// virtio-blk request queues (VIRTIO_BLK_F_MQ); nil: one per vCPU.
+        public var queues: Int?
+        public init(path: String, readOnly: Bool = false, id: String = "", cache: Cache = .writeback, queues: Int? = nil) {
             self.path = path
             self.readOnly = readOnly
             self.id = id
             self.cache = cache
+            self.queues = queues
         }
+
+        /// The most request queues a disk may have.
+        public static let maxQueues = 16
+
+        /// The queues the disk gets on a machine with `vcpus` vCPUs: `queues`, else one per
+        /// vCPU up to `maxQueues`.
+        public func queueCount(vcpus: Int) -> Int { queues ?? min(vcpus, Disk.maxQueues) }
 
         /// How the disk uses the host's page cache: `writeback` goes through it (FLUSH makes
         /// the data durable), `none` opens the image with O_DIRECT and bypasses it.
@@ -105,6 +115,11 @@ public struct VMConfig: Equatable, Sendable {
         }
         guard cmdline.utf8.count < VMConfig.maxCommandLineBytes else {
             throw ProtocolError("cmdline: \(cmdline.utf8.count) bytes is too long; keep it under \(VMConfig.maxCommandLineBytes)")
+        }
+        for (index, disk) in disks.enumerated() {
+            if let queues = disk.queues, !(1...Disk.maxQueues).contains(queues) {
+                throw ProtocolError("disks[\(index)].queues: \(queues) is out of range; use 1 to \(Disk.maxQueues), or leave it out for one per vCPU")
+            }
         }
         guard disks.count + nics.count + (rng ? 1 : 0) <= VMConfig.maxVirtioDevices else {
             throw ProtocolError("disks, nics: at most \(VMConfig.maxVirtioDevices) virtio devices fit")

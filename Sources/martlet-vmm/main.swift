@@ -28,7 +28,9 @@ let usage = """
       --cmdline TEXT           kernel command line (default "console=ttyS0")
       --vcpus N                number of vCPUs (1-64, default 1)
       --memory MIB             guest RAM in MiB (default 256)
-      --disk PATH[,ro][,id=ID] add a virtio-blk disk (raw file or block device); repeatable
+      --disk PATH[,ro][,id=ID][,queues=N]
+                               add a virtio-blk disk (raw file or block device) with N request
+                               queues (default one per vCPU, at most 16); repeatable
       --net TAP[,mac=MAC]      add a virtio-net device on a tap (created if missing); repeatable
       --rng                    add a virtio-rng device
       --serial WHERE           stdout (default; stdin is the console input), none, file:PATH,
@@ -243,8 +245,10 @@ while index < arguments.count {
                 disk.readOnly = true
             } else if option.hasPrefix("id=") {
                 disk.id = String(option.dropFirst(3))
+            } else if option.hasPrefix("queues="), let queues = Int(option.dropFirst(7)) {
+                disk.queues = queues
             } else {
-                fail("--disk: unknown option '\(option)'; use PATH[,ro][,id=ID]", code: .badConfig)
+                fail("--disk: unknown option '\(option)'; use PATH[,ro][,id=ID][,queues=N]", code: .badConfig)
             }
         }
         overrides.append { $0.disks.append(disk) }

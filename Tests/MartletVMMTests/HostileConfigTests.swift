@@ -35,6 +35,8 @@ import MartletVMMProtocol
         "fifo-firmware": #"{"firmware": "@/fifo"}"#,
         "not-json": "{\"kernel\": ",
         "bad-cache": #"{"kernel": "@/kernel", "disks": [{"path": "@/disk.img", "cache": "unsafe"}]}"#,
+        "zero-queues": #"{"kernel": "@/kernel", "disks": [{"path": "@/disk.img", "queues": 0}]}"#,
+        "many-queues": #"{"kernel": "@/kernel", "disks": [{"path": "@/disk.img", "queues": 65536}]}"#,
     ]
 
     static let cases: [Case] = [
@@ -88,6 +90,8 @@ import MartletVMMProtocol
         Case(arguments: ["--config", "@/unknown-key.json"], field: "kernal"),
         Case(arguments: ["--config", "@/not-json.json"], field: "not-json.json"),
         Case(arguments: ["--config", "@/bad-cache.json"], field: "disks[0].cache"),
+        Case(arguments: ["--config", "@/zero-queues.json"], field: "disks[0].queues"),
+        Case(arguments: ["--config", "@/many-queues.json"], field: "disks[0].queues"),
         Case(arguments: ["--kernel", "@/kernel", "--memory", "1e3"], field: "--memory"),
         Case(arguments: ["--kernel", "@/kernel", "--vcpus", "+2"], field: "--vcpus"),
         Case(arguments: ["--kernel", "@/kernel", "--memory", "-0"], field: "--memory"),

@@ -51,6 +51,38 @@ struct IOEventTests {
         #expect(disk.notifyExits == 0)
     }
 
+    /// Eight requests in flight on each of four queues, written and then read back by the
+    /// guest: the file holds the pattern, and the guest's checksum of what it read is the
+    /// host's checksum of the file.
+    @Test func requestsInFlightOnSeveralQueuesMatchTheHostsChecksum() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let disk = directory.appendingPathComponent("disk.raw")
+        try Data(count: 1 << 20).write(to: disk)
+        let result = try runGuest("blk-mq", disks: [VMConfig.Disk(path: disk.path, queues: 4)], timeout: 60)
+        let expected = (0..<4 * 8 * 1024).map { UInt8(truncatingIfNeeded: ($0 / 1024) * 131 + $0 % 1024) }
+        let written = Array(try Data(contentsOf: disk).prefix(expected.count))
+        #expect(written == expected, "the file holds what the guest wrote through the four queues")
+        var sum: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in written { sum = (sum ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let hex = String(repeating: "0", count: 16 - String(sum, radix: 16).count) + String(sum, radix: 16)
+        #expect(result.serial.contains("blk-mq queues=4 sum=\(hex)"), "\(result.serial)")
+    }
+
+    @Test func aDiskHasOneQueuePerVCPUUnlessConfigured() throws {
+        #expect(VMConfig.Disk(path: "d").queueCount(vcpus: 3) == 3)
+        #expect(VMConfig.Disk(path: "d").queueCount(vcpus: 64) == VMConfig.Disk.maxQueues)
+        #expect(VMConfig.Disk(path: "d", queues: 2).queueCount(vcpus: 8) == 2)
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("disk.raw").path
+        try Data(count: 65536).write(to: URL(fileURLWithPath: path))
+        let device = try VirtioBlock(path: path, readOnly: false, serial: "", queues: 3)
+        #expect(device.queueSizes.count == 3)
+        #expect(device.features & VirtioBlock.featureMultiQueue != 0)
+        #expect(device.readConfig(offset: 34, size: 2) == 3, "num_queues")
+    }
+
     @Test func cacheNoneReadsAndWritesThroughODirect() throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
