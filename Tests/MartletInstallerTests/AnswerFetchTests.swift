@@ -198,3 +198,89 @@ struct AnswerFetchTests {
         #expect(lines.filter { $0.hasPrefix("  failed") }.count == 3)
     }
 }
+
+/// A lease file as systemd-networkd writes it: KEY=VALUE lines, private options in hex.
+private func lease(url: String?, fingerprint: String? = nil, nul: Bool = false) -> String {
+    func hex(_ text: String) -> String {
+        (Array(text.utf8) + (nul ? [0] : [])).map { String(format: "%02x", $0) }.joined()
+    }
+    var text = "# This is private data. Do not parse.\nADDRESS=192.0.2.50\nNETMASK=255.255.255.0\nROUTER=192.0.2.1\n"
+    if let url { text += "OPTION_250=\(hex(url))\n" }
+    if let fingerprint { text += "OPTION_251=\(hex(fingerprint))\n" }
+    return text + "OPTION_224=00ff\n"
+}
+
+@Suite("Answer URL from DHCP (martlet.answer=dhcp)", .serialized)
+struct AnswerLeaseTests {
+    @Test("options 250 and 251 in a networkd lease: hex in either case, a trailing NUL dropped; a lease without 250 is none")
+    func parse() throws {
+        let fingerprint = String(repeating: "AB:", count: 31) + "AB"
+        let parsed = try AnswerLease.parse(
+            lease(url: "https://answers.example.org/answer", fingerprint: fingerprint, nul: true), source: "/leases/2")
+        #expect(parsed == AnswerLease(url: "https://answers.example.org/answer", fingerprint: fingerprint, source: "/leases/2"))
+        let upper = lease(url: "http://192.0.2.1/a").replacingOccurrences(of: "OPTION_250=687474", with: "OPTION_250=687474".uppercased())
+        #expect(try AnswerLease.parse(upper, source: "x")?.url == "http://192.0.2.1/a")
+        #expect(try AnswerLease.parse(lease(url: nil), source: "x") == nil)
+    }
+
+    @Test("a DHCP server sending something else than an http(s) URL, or a lease with bad hex, is refused by name")
+    func refusals() {
+        let notURL = #expect(throws: MartletError.self) {
+            try AnswerLease.parse(lease(url: "tftp://192.0.2.1/answer.toml"), source: "/leases/3")
+        }
+        #expect(notURL?.message.contains("DHCP option 250 from /leases/3 is not an http(s) URL: 'tftp://") == true)
+        let badHex = #expect(throws: MartletError.self) {
+            try AnswerLease.parse("OPTION_250=6874zz\n", source: "/leases/4")
+        }
+        #expect(badHex?.message.contains("/leases/4: DHCP option 250 is not hex") == true)
+    }
+
+    @Test("no lease with option 250 in time: progress was shown, then an error naming the option and the wait")
+    func timeout() throws {
+        let dir = try TemporaryDirectory()
+        try lease(url: nil).write(toFile: "\(dir.path)/2", atomically: true, encoding: .utf8)
+        var lines: [String] = []
+        let error = #expect(throws: MartletError.self) {
+            try AnswerLease.wait(directory: dir.path, timeout: 1.0, every: 0.3) { lines.append($0) }
+        }
+        #expect(error?.code == .notFound)
+        #expect(error?.message.contains("no DHCP lease in \(dir.path) carried option 250 within 1 s (1 lease(s) seen)") == true)
+        #expect(lines.first == "waiting for a DHCP lease with option 250 (the answer URL): 1 lease(s) without it")
+    }
+
+    @Test("martlet.answer=dhcp: the lease's URL is fetched, pinned to its option 251; a kernel-command-line fingerprint wins over it")
+    func fromCommandLine() throws {
+        let dir = try TemporaryDirectory()
+        let good = try certificate(dir.path, "good")
+        let other = try certificate(dir.path, "other")
+        let server = try AnswerServer(
+            directory: dir.path, answer: validAnswer(target: "/dev/sdr"), certificate: (good.cert, good.key))
+        let leases = "\(dir.path)/leases"
+        try FileManager.default.createDirectory(atPath: leases, withIntermediateDirectories: true)
+        let cmdline = "\(dir.path)/cmdline"
+        let url = "https://localhost:\(server.port)/answer"
+
+        try lease(url: url, fingerprint: good.fingerprint, nul: true).write(toFile: "\(leases)/2", atomically: true, encoding: .utf8)
+        try "BOOT_IMAGE=/live/vmlinuz quiet martlet.answer=dhcp\n".write(toFile: cmdline, atomically: true, encoding: .utf8)
+        let local = try AnswerLocator.fromKernelCommandLine(
+            cmdline: cmdline, workDirectory: "\(dir.path)/work", leases: leases)
+        #expect(try AnswerFile.load(path: local).disk.target == .path("/dev/sdr"))
+
+        // The lease names another certificate; the command line's pin is the one used.
+        try lease(url: url, fingerprint: other.fingerprint).write(toFile: "\(leases)/2", atomically: true, encoding: .utf8)
+        try FileManager.default.removeItem(atPath: local)
+        try "martlet.answer=dhcp martlet.answer-fingerprint=\(good.fingerprint)\n"
+            .write(toFile: cmdline, atomically: true, encoding: .utf8)
+        #expect(try AnswerLocator.fromKernelCommandLine(cmdline: cmdline, workDirectory: "\(dir.path)/work", leases: leases) == local)
+
+        // Only the lease's pin, and it is not the server's: refused before anything is sent.
+        try FileManager.default.removeItem(atPath: local)
+        try FileManager.default.removeItem(atPath: server.received)
+        try "martlet.answer=dhcp\n".write(toFile: cmdline, atomically: true, encoding: .utf8)
+        let error = #expect(throws: MartletError.self) {
+            try AnswerLocator.fromKernelCommandLine(cmdline: cmdline, workDirectory: "\(dir.path)/work", leases: leases)
+        }
+        #expect(error?.code == .refused)
+        #expect(!FileManager.default.fileExists(atPath: server.received))
+    }
+}
