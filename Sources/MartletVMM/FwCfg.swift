@@ -169,13 +169,22 @@ final class FwCfg: PortIODevice {
         if control & DMAControl.write != 0 {
             status = DMAControl.error
         } else if control & DMAControl.read != 0 {
-            let bytes = items[selected] ?? []
-            let available = max(0, min(length, bytes.count - offset))
-            // Past the end of the item the guest reads zeros, as on QEMU.
-            var chunk = available > 0 ? Array(bytes[offset..<offset + available]) : []
-            chunk += [UInt8](repeating: 0, count: length - available)
-            if (try? memory.write(chunk, at: target)) == nil { status = DMAControl.error }
-            offset += length
+            // The guest's buffer is checked before anything is copied: the length is the
+            // guest's (up to 4 GiB), so nothing here is sized by it.
+            if let buffer = try? memory.buffer(at: target, length: UInt64(length)) {
+                let bytes = items[selected] ?? []
+                let available = max(0, min(length, bytes.count - min(offset, bytes.count)))
+                if available > 0 {
+                    bytes.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<offset + available])) }
+                }
+                // Past the end of the item the guest reads zeros, as on QEMU.
+                if length > available {
+                    UnsafeMutableRawBufferPointer(rebasing: buffer[available...]).initializeMemory(as: UInt8.self, repeating: 0)
+                }
+                offset += length
+            } else {
+                status = DMAControl.error
+            }
         } else if control & DMAControl.skip != 0 {
             offset += length
         }
