@@ -27,7 +27,7 @@ public enum AnswerLocator {
         workDirectory: String = "/run/martlet", leases: String = AnswerLease.defaultLeases
     ) throws -> String {
         func report(_ message: String) {
-            FileHandle.standardError.write(Data("martlet-installer: \(message)\n".utf8))
+            FileHandle.standardError.write(Data("answer: \(message)\n".utf8))
         }
         let text = (try? String(contentsOfFile: cmdline, encoding: .utf8)) ?? ""
         guard let value = value(inCommandLine: text), !value.isEmpty else {
