@@ -114,7 +114,7 @@ let package = Package(
 
         // What tests share: QEMU's monitor, scratch folders, tiny GRUB ISOs, where the
         // executables are. Only test targets depend on it; it ships in no binary.
-        .target(name: "MartletTestSupport", dependencies: ["MartletBuilder", "MartletCore"]),
+        .target(name: "MartletTestSupport", dependencies: ["MartletBuilder", "MartletCore", "MartletSystem"]),
 
         .testTarget(name: "MartletCoreTests", dependencies: ["MartletCore", "MartletSystem"]),
         // The shared checks, and property tests of the parsers built on them.

@@ -83,6 +83,20 @@ public struct QEMUConfiguration: Sendable, Equatable {
     public var cpuModel: String?
     /// Host port on 127.0.0.1 forwarded to the guest's port 22.
     public var sshPort: Int?
+    /// Guest ports on `guestForwardAddress` forwarded to host ports on 127.0.0.1 (the user
+    /// network is restricted: the guest reaches the host only through these). Each connection
+    /// runs its own socat.
+    public var guestForwards: [GuestForward] = []
+    public static let guestForwardAddress = "10.0.2.100"
+
+    public struct GuestForward: Sendable, Equatable {
+        public var guestPort: Int
+        public var hostPort: Int
+        public init(guestPort: Int, hostPort: Int) {
+            self.guestPort = guestPort
+            self.hostPort = hostPort
+        }
+    }
     /// Serial console log; a file in the machine's private temp folder when nil.
     public var serialLog: String?
     /// No console: serial only to the log, no display, stdin closed. When false, the serial
@@ -135,6 +149,10 @@ public struct QEMUConfiguration: Sendable, Equatable {
         }
         if let sshPort, !(1...65535).contains(sshPort) {
             throw MartletError(.invalidInput, "ssh port \(sshPort) is not a TCP port (1–65535)")
+        }
+        for forward in guestForwards where !(1...65535).contains(forward.guestPort) || !(1...65535).contains(forward.hostPort) {
+            throw MartletError(
+                .invalidInput, "guest forward \(forward.guestPort) → \(forward.hostPort) is not between TCP ports (1–65535)")
         }
         if boot == .disk && disks.isEmpty {
             throw MartletError(
@@ -285,6 +303,10 @@ public final class QEMUMachine: Sendable {
         }
         var nic = "user,restrict=on,model=virtio-net-pci"
         if let port = config.sshPort { nic += ",hostfwd=tcp:127.0.0.1:\(port)-:22" }
+        for forward in config.guestForwards {
+            nic += ",guestfwd=tcp:\(QEMUConfiguration.guestForwardAddress):\(forward.guestPort)"
+                + "-cmd:socat - TCP:127.0.0.1:\(forward.hostPort)"
+        }
         args += ["-nic", nic]
         let log = Self.escape(serialLogPath)
         if config.headless {

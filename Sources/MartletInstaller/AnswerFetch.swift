@@ -1,5 +1,6 @@
 import Foundation
 import MartletCore
+import MartletValidation
 
 /// What an answer server is told about the machine, so one server can answer many machines:
 /// its disks, its NICs with their MACs, and its DMI identity (/sys/class/dmi/id).
@@ -77,9 +78,7 @@ public struct AnswerFetch: Sendable {
     /// `text` as 64 lower-case hex digits: `openssl x509 -fingerprint -sha256` output with
     /// colons, or plain hex; nil when it is not a SHA-256 fingerprint.
     public static func normalizedFingerprint(_ text: String) -> String? {
-        let hex = text.replacingOccurrences(of: ":", with: "").lowercased()
-        guard hex.count == 64, hex.allSatisfy(\.isHexDigit) else { return nil }
-        return hex
+        CertificateFingerprint.sha256(text)
     }
 
     /// POSTs `facts` and writes the answer to `path` (mode 0600: it may hold a password

@@ -3,8 +3,9 @@ import MartletCore
 
 /// Finds the answer file named on the kernel command line (`martlet.answer=`): a path on the
 /// boot medium, `label:MARTLET-ANSWER` (a partition or stick with that filesystem label,
-/// holding `answer.toml`), or an http(s) URL the machine's facts are POSTed to
-/// (`AnswerFetch`, pinned with `martlet.answer-fingerprint=`).
+/// holding `answer.toml`), an http(s) URL the machine's facts are POSTed to
+/// (`AnswerFetch`, pinned with `martlet.answer-fingerprint=`), or `dhcp`: that URL from the
+/// DHCP server (`AnswerLease`).
 public enum AnswerLocator {
     public static let parameter = "martlet.answer="
 
@@ -23,26 +24,43 @@ public enum AnswerLocator {
     /// Fetches the answer named on /proc/cmdline into a local file and returns its path.
     public static func fromKernelCommandLine(
         cmdline: String = "/proc/cmdline", medium: String = DiskDiscovery.defaultMediumMount,
-        workDirectory: String = "/run/martlet"
+        workDirectory: String = "/run/martlet", leases: String = AnswerLease.defaultLeases
     ) throws -> String {
+        func report(_ message: String) {
+            FileHandle.standardError.write(Data("answer: \(message)\n".utf8))
+        }
         let text = (try? String(contentsOfFile: cmdline, encoding: .utf8)) ?? ""
         guard let value = value(inCommandLine: text), !value.isEmpty else {
             throw MartletError(
                 .notFound, "no answer file: give --answer FILE, or boot with martlet.answer=",
                 hint:
-                    "martlet.answer= takes a path on the boot medium, label:MARTLET-ANSWER, or an http(s) URL"
+                    "martlet.answer= takes a path on the boot medium, label:MARTLET-ANSWER, an http(s) URL, or dhcp"
             )
         }
         try FileManager.default.createDirectory(
             atPath: workDirectory, withIntermediateDirectories: true)
         let local = "\(workDirectory)/answer.toml"
-        if value.hasPrefix("http://") || value.hasPrefix("https://") {
+        var url: String?
+        var fingerprintText = Self.value(of: AnswerFetch.fingerprintParameter, inCommandLine: text)
+        var fingerprintSource = AnswerFetch.fingerprintParameter
+        if value == AnswerLease.commandLineValue {
+            let lease = try AnswerLease.wait(directory: leases) { report($0) }
+            report("answer URL \(lease.url) from DHCP (\(lease.source))")
+            url = lease.url
+            if fingerprintText == nil, let fromLease = lease.fingerprint {
+                fingerprintText = fromLease
+                fingerprintSource = "DHCP option \(AnswerLease.fingerprintOption) in \(lease.source): "
+            }
+        } else if value.hasPrefix("http://") || value.hasPrefix("https://") {
+            url = value
+        }
+        if let url {
             var fingerprint: String?
-            if let text = Self.value(of: AnswerFetch.fingerprintParameter, inCommandLine: text) {
-                guard let normalized = AnswerFetch.normalizedFingerprint(text) else {
+            if let fingerprintText {
+                guard let normalized = AnswerFetch.normalizedFingerprint(fingerprintText) else {
                     throw MartletError(
                         .invalidInput,
-                        "\(AnswerFetch.fingerprintParameter)\(text) is not a SHA-256 fingerprint",
+                        "\(fingerprintSource)\(fingerprintText) is not a SHA-256 fingerprint",
                         hint: "give 64 hex digits, with or without colons, as "
                             + "`openssl x509 -in CERT -noout -fingerprint -sha256` prints them")
                 }
@@ -51,9 +69,7 @@ public enum AnswerLocator {
             let facts = MachineInventory(
                 disks: (try? DiskDiscovery().disks()) ?? [], nics: NICDiscovery().nics(),
                 dmi: MachineInventory.dmi())
-            try AnswerFetch(url: value, fingerprint: fingerprint).fetch(facts: facts, to: local) {
-                FileHandle.standardError.write(Data("martlet-installer: \($0)\n".utf8))
-            }
+            try AnswerFetch(url: url, fingerprint: fingerprint).fetch(facts: facts, to: local) { report($0) }
             return local
         }
         if value.hasPrefix("label:") {

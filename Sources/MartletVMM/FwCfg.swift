@@ -4,12 +4,13 @@ import MartletSystem
 /// its platform: a 16-bit selector at 0x510, a byte-wide data port at 0x511 and the DMA
 /// interface at 0x514 (high half of the big-endian descriptor address) / 0x518 (low half,
 /// which starts the transfer). Items are numbered keys; files get keys from 0x20 on and are
-/// listed, sorted by name, in the big-endian directory at key 0x19.
-final class FwCfg: PortIODevice {
-    static let selectorPort: UInt16 = 0x510
-    static let dataPort: UInt16 = 0x511
-    static let dmaPort: UInt16 = 0x514
-    static let lastPort: UInt16 = 0x51B
+/// listed, sorted by name, in the big-endian directory at key 0x19. Public so the fuzzer
+/// (Sources/martlet-fuzz) can drive it the way a guest does.
+public final class FwCfg: PortIODevice {
+    public static let selectorPort: UInt16 = 0x510
+    public static let dataPort: UInt16 = 0x511
+    public static let dmaPort: UInt16 = 0x514
+    public static let lastPort: UInt16 = 0x51B
 
     /// The well-known keys (QEMU's include/standard-headers/linux/qemu_fw_cfg.h).
     enum Key {
@@ -52,7 +53,7 @@ final class FwCfg: PortIODevice {
 
     /// `memory` is where DMA descriptors and buffers live; without it only the port
     /// interface is advertised.
-    init(memory: GuestMemory?) {
+    public init(memory: GuestMemory?) {
         self.memory = memory
         items[Key.signature] = Array("QEMU".utf8)
         var id = [UInt8](repeating: 0, count: 4)
@@ -61,7 +62,7 @@ final class FwCfg: PortIODevice {
     }
 
     /// Sets a numbered item.
-    func set(_ key: UInt16, _ bytes: [UInt8]) {
+    public func set(_ key: UInt16, _ bytes: [UInt8]) {
         lock.withLock { items[key] = bytes }
     }
 
@@ -74,7 +75,7 @@ final class FwCfg: PortIODevice {
 
     /// Adds (or replaces) a named file and rebuilds the directory: files keep the keys of
     /// their sorted position, as QEMU assigns them.
-    func addFile(_ name: String, _ bytes: [UInt8]) throws {
+    public func addFile(_ name: String, _ bytes: [UInt8]) throws {
         guard !name.isEmpty, name.utf8.count < FwCfg.fileNameSize else {
             throw VMMError(.device, "fw_cfg: file name '\(name)' must be 1 to \(FwCfg.fileNameSize - 1) bytes")
         }
@@ -106,7 +107,7 @@ final class FwCfg: PortIODevice {
         lock.withLock { items[key] ?? [] }
     }
 
-    func read(port: UInt16, size: Int) -> UInt32 {
+    public func read(port: UInt16, size: Int) -> UInt32 {
         lock.withLock {
             switch port {
             case FwCfg.dataPort:
@@ -127,7 +128,7 @@ final class FwCfg: PortIODevice {
         }
     }
 
-    func write(port: UInt16, size: Int, value: UInt32) {
+    public func write(port: UInt16, size: Int, value: UInt32) {
         lock.withLock {
             switch port {
             case FwCfg.selectorPort:
@@ -169,13 +170,22 @@ final class FwCfg: PortIODevice {
         if control & DMAControl.write != 0 {
             status = DMAControl.error
         } else if control & DMAControl.read != 0 {
-            let bytes = items[selected] ?? []
-            let available = max(0, min(length, bytes.count - offset))
-            // Past the end of the item the guest reads zeros, as on QEMU.
-            var chunk = available > 0 ? Array(bytes[offset..<offset + available]) : []
-            chunk += [UInt8](repeating: 0, count: length - available)
-            if (try? memory.write(chunk, at: target)) == nil { status = DMAControl.error }
-            offset += length
+            // The guest's buffer is checked before anything is copied: the length is the
+            // guest's (up to 4 GiB), so nothing here is sized by it.
+            if let buffer = try? memory.buffer(at: target, length: UInt64(length)) {
+                let bytes = items[selected] ?? []
+                let available = max(0, min(length, bytes.count - min(offset, bytes.count)))
+                if available > 0 {
+                    bytes.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<offset + available])) }
+                }
+                // Past the end of the item the guest reads zeros, as on QEMU.
+                if length > available {
+                    UnsafeMutableRawBufferPointer(rebasing: buffer[available...]).initializeMemory(as: UInt8.self, repeating: 0)
+                }
+                offset += length
+            } else {
+                status = DMAControl.error
+            }
         } else if control & DMAControl.skip != 0 {
             offset += length
         }

@@ -109,3 +109,14 @@ enum Base64 {
         return Array(bytes.dropLast(padding))
     }
 }
+
+/// A certificate's SHA-256 fingerprint as people copy it: 64 hex digits, with or without
+/// colons (`openssl x509 -noout -fingerprint -sha256` prints AB:CD:…), any case.
+public enum CertificateFingerprint {
+    /// The fingerprint as 64 lower-case hex digits, or nil when `text` is not one.
+    public static func sha256(_ text: String) -> String? {
+        let hex = text.filter { $0 != ":" }.lowercased()
+        guard hex.count == 64, hex.allSatisfy({ $0.isHexDigit }) else { return nil }
+        return hex
+    }
+}

@@ -56,7 +56,45 @@ let targets: [FuzzTarget] = [
     FuzzTarget(name: "virtqueue", summary: "the virtqueue chain walk over guest memory the guest wrote") { bytes in
         VirtQueueInput.run(bytes)
     },
+    FuzzTarget(name: "fw-cfg", summary: "fw_cfg port and DMA accesses, descriptors in guest memory the guest wrote") { bytes in
+        FwCfgInput.run(bytes)
+    },
 ]
+
+/// A firmware's conversation with fw_cfg, as any guest could hold it: the bytes are both the
+/// first 64 KiB of guest RAM (where DMA descriptors and buffers point) and a script of port
+/// accesses, five bytes each (operation, then a little-endian value).
+enum FwCfgInput {
+    static func run(_ bytes: [UInt8]) {
+        guard let memory = try? GuestMemory(size: 1 << 20), let ram = try? memory.buffer(at: 0, length: 64 << 10) else { return }
+        ram.initializeMemory(as: UInt8.self, repeating: 0)
+        ram.copyBytes(from: bytes.prefix(ram.count))
+        let device = FwCfg(memory: memory)
+        // Items of the sizes the VMM gives SeaBIOS: e820 entries, a boot order, ACPI blobs.
+        try? device.addFile("etc/e820", [UInt8](repeating: 0x11, count: 40))
+        try? device.addFile("bootorder", Array("/virtio-mmio@d0000000/virtio-blk@0\n".utf8))
+        try? device.addFile("etc/acpi/tables", [UInt8](repeating: 0x22, count: 4096))
+        device.set(0x03, [0, 0, 0, 8, 0, 0, 0, 0])
+        var index = 0
+        while index + 5 <= bytes.count {
+            let operation = bytes[index]
+            let value = UInt32(bytes[index + 1]) | UInt32(bytes[index + 2]) << 8
+                | UInt32(bytes[index + 3]) << 16 | UInt32(bytes[index + 4]) << 24
+            let size = 1 << Int(bytes[index + 1] % 3)
+            index += 5
+            switch operation % 6 {
+            case 0: device.write(port: FwCfg.selectorPort, size: 2, value: value & 0xFFFF)
+            case 1: _ = device.read(port: FwCfg.dataPort, size: size)
+            case 2: device.write(port: FwCfg.dmaPort, size: 4, value: value)
+            // The low half starts the transfer; mostly at a descriptor inside the RAM the
+            // input filled (big-endian, as the guest writes it), sometimes anywhere.
+            case 3: device.write(port: FwCfg.dmaPort + 4, size: 4, value: operation & 0x80 == 0 ? (value & 0xFFF0).bigEndian : value)
+            case 4: _ = device.read(port: FwCfg.dmaPort + UInt16(bytes[index - 4] % 8), size: size)
+            default: device.write(port: FwCfg.dataPort, size: size, value: value)
+            }
+        }
+    }
+}
 
 /// Lays fuzz bytes out as a guest would: a small header sets the queue (size and ring
 /// addresses, possibly bogus), the rest is guest RAM from address 0; then the device side

@@ -195,4 +195,47 @@ enum TestBuilds {
     @Test func menuWithoutAnUnattendedEntryIsRefused() {
         #expect(throws: MartletError.self) { try AnswerEmbedding.rewriteMenu("set default=install\n") }
     }
+
+    static let menu = """
+        set default=install
+        menuentry "Unattended install (answer file label:MARTLET-ANSWER)" --id unattended {
+            linux /boot/vmlinuz martlet.label=X martlet.answer=label:MARTLET-ANSWER quiet console=tty0
+        }
+        """
+
+    @Test("an answer server goes onto the unattended entry's kernel line with its pinned fingerprint; a second embedding replaces both")
+    func serverOnTheKernelLine() throws {
+        let fingerprint = String(repeating: "AB:", count: 31) + "AB"
+        let url = "https://10.0.2.2:8443/answer?site=paris"
+        let menu = try AnswerEmbedding.rewriteMenu(Self.menu, for: .server(url: url, fingerprint: fingerprint))
+        let pin = String(repeating: "ab", count: 32)
+        #expect(menu.contains("set default=unattended\n"))
+        #expect(menu.contains("martlet.answer=\(url) martlet.answer-fingerprint=\(pin) quiet console=tty0"), "\(menu)")
+        #expect(menu.contains("menuentry \"Unattended install (answer from \(url))\" --id unattended {"))
+        let again = try AnswerEmbedding.rewriteMenu(menu, for: .server(url: "http://answers.example.org/a", fingerprint: nil))
+        #expect(again.contains("martlet.answer=http://answers.example.org/a quiet"), "\(again)")
+        #expect(!again.contains("fingerprint") && !again.contains("10.0.2.2"))
+        let file = try AnswerEmbedding.rewriteMenu(menu)
+        #expect(file.contains("martlet.answer=/martlet/answer.toml quiet") && !file.contains("fingerprint"))
+    }
+
+    @Test("answer URLs the installer or the boot menu cannot use, and bad fingerprints, are refused by value")
+    func serverRefusals() {
+        let pin = String(repeating: "ab", count: 32)
+        for (url, fingerprint, message) in [
+            ("ftp://host/answer", nil, "is not http:// or https://"),
+            ("https:///answer", nil, "names no server"),
+            ("https://host/a;reboot", nil, "holds ';'"),
+            ("https://host/a b", nil, "holds ' '"),
+            ("https://host/$root", nil, "holds '$'"),
+            ("https://host/answer", "abcd", "'abcd' is not a SHA-256 fingerprint"),
+            ("http://host/answer", pin, "a fingerprint pins an https server"),
+        ] as [(String, String?, String)] {
+            let error = #expect(throws: MartletError.self) {
+                try AnswerEmbedding.check(.server(url: url, fingerprint: fingerprint))
+            }
+            #expect(error?.message.contains(message) == true, "\(url): \(error?.message ?? "nil")")
+        }
+        #expect(throws: Never.self) { try AnswerEmbedding.check(.server(url: "https://host:8443/answer", fingerprint: pin)) }
+    }
 }

@@ -86,15 +86,21 @@ enum E2E {
 
     /// The ISO with `answer` embedded (`martlet answer embed`): unattended entry as default.
     static func embeddedISO(_ name: String, answer: String) throws -> String {
-        let iso = try E2E.iso.get().path
         let directory = workRoot + "/" + name
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let answerPath = directory + "/answer.toml"
         try answer.write(toFile: answerPath, atomically: false, encoding: .utf8)
+        return try embeddedISO(name, source: .file(answerPath))
+    }
+
+    /// The ISO whose unattended entry (the default) takes its answer from `source`.
+    static func embeddedISO(_ name: String, source: AnswerEmbedding.Source) throws -> String {
+        let iso = try E2E.iso.get().path
+        let directory = workRoot + "/" + name
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let output = directory + "/embedded.iso"
         try? FileManager.default.removeItem(atPath: output)
-        try AnswerEmbedding(iso: iso, answer: answerPath, output: output, sourceDateEpoch: epoch)
-            .run()
+        try AnswerEmbedding(iso: iso, source: source, output: output, sourceDateEpoch: epoch).run()
         return output
     }
 

@@ -102,40 +102,88 @@ import Testing
             vmInterface: .cli)
     }
 
-    /// UEFI + CD with the answer embedded in the ISO; NVMe target; DHCP; directory pool.
+    /// UEFI + CD; NVMe target; DHCP; directory pool. The answer comes from an answer server
+    /// on the test host over HTTPS (self-signed, its fingerprint pinned on the ISO's kernel
+    /// line) that receives the machine's facts; the answer names a first-boot script and a
+    /// webhook on a second (HTTP) server. The restricted user network reaches both only
+    /// through QEMU's guest forwards.
     static func uefiCDDHCP(_ scenario: Scenario) throws {
         let key = try E2E.sshKey.get()
         let target = scenario.log("target.img")
         try E2E.sparseDisk(target, bytes: 16 << 30)
+        let guest = QEMUConfiguration.guestForwardAddress
         let answer = answerFile(
             hostname: "hv-uefi.e2e.test", key: key.publicKey, target: "/dev/nvme0n1",
             storage: "directory",
             network: """
                 mode = "dhcp"
                 dns = ["10.0.2.3"]
+
+                [first-boot]
+                script = "http://\(guest)/first-boot.sh"
+                at = "network-online"
+
+                [post-install]
+                webhook = "http://\(guest)/installed"
                 """)
         try answer.write(toFile: scenario.log("answer.toml"), atomically: false, encoding: .utf8)
-        let iso = try E2E.embeddedISO(scenario.name, answer: answer)
+        // Fresh folders: what the servers receive must come from this run.
+        let answerDirectory = scenario.log("answer-server")
+        let hookDirectory = scenario.log("hook-server")
+        for directory in [answerDirectory, hookDirectory] {
+            try? FileManager.default.removeItem(atPath: directory)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        let certificate = try selfSignedCertificate(answerDirectory, "answers", host: guest)
+        let answers = try AnswerServer(
+            directory: answerDirectory, answer: answer, certificate: (certificate.cert, certificate.key))
+        let hooks = try AnswerServer(
+            directory: hookDirectory, answer: "", certificate: nil,
+            files: ["/first-boot.sh": "#!/bin/sh\necho \"first boot of $(hostname)\" > /var/lib/martlet-e2e-first-boot\n"])
+        let iso = try E2E.embeddedISO(
+            scenario.name, source: .server(url: "https://\(guest):8443/answer", fingerprint: certificate.fingerprint))
 
-        let installer = try QEMUMachine(
-            QEMUConfiguration(
-                iso: iso, firmware: .uefi, medium: .cdrom,
-                disks: [.init(path: target, interface: .nvme)], memoryMiB: 2048,
-                serialLog: scenario.log("install.log"), noReboot: true))
+        var configuration = QEMUConfiguration(
+            iso: iso, firmware: .uefi, medium: .cdrom,
+            disks: [.init(path: target, interface: .nvme)], memoryMiB: 2048,
+            serialLog: scenario.log("install.log"), noReboot: true)
+        configuration.guestForwards = [
+            .init(guestPort: 8443, hostPort: answers.port), .init(guestPort: 80, hostPort: hooks.port),
+        ]
+        let installer = try QEMUMachine(configuration)
         defer { installer.shutdown() }
         scenario.mark("prepare")
         try installer.start()
-        // Nobody touches the keyboard: the embedded answer made "unattended" the default.
+        // Nobody touches the keyboard: the embedded URL made "unattended" the default.
         try installer.waitFor("Loading Martlet \(E2E.version) (unattended)", timeout: .seconds(240))
         try installer.waitFor("MARTLET-LIVE-READY", timeout: .seconds(600))
         scenario.mark("boot-to-installer")
         try waitForInstall(installer, timeout: .seconds(1800))
         scenario.mark("install")
 
+        // The answer server got this machine's facts; the webhook got the result.
+        let facts = try JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: answers.received("/answer")))) as? [String: Any]
+        let nics = (facts?["nics"] as? [[String: Any]])?.compactMap { $0["mac"] as? String } ?? []
+        let disks = (facts?["disks"] as? [[String: Any]])?.compactMap { $0["path"] as? String } ?? []
+        guard nics.contains(E2E.nicMAC), disks.contains("/dev/nvme0n1") else {
+            throw MartletError(.failed, "the answer server got other facts: NICs \(nics), disks \(disks)")
+        }
+        let report = try JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: hooks.received("/installed")))) as? [String: Any]
+        guard report?["result"] as? String == "installed", report?["target"] as? String == "/dev/nvme0n1" else {
+            throw MartletError(.failed, "the post-install webhook got \(report ?? [:])")
+        }
+
         try checkInstalledHost(
             scenario, firmware: .uefi, disk: .init(path: target, interface: .nvme),
             hostname: "hv-uefi", address: "10.0.2.15/24", staticAddress: false, storage: "directory",
-            vmInterface: .api)
+            vmInterface: .api
+        ) { checks in
+            _ = checks.check("first-boot hook ran", "cat /var/lib/martlet-e2e-first-boot") {
+                $0.output == "first boot of hv-uefi"
+            }
+        }
     }
 
     /// An answer file whose target is the USB stick the installer booted from.
@@ -232,7 +280,7 @@ import Testing
     static func checkInstalledHost(
         _ scenario: Scenario, firmware: QEMUConfiguration.Firmware, disk: QEMUConfiguration.Disk,
         hostname: String, address: String, staticAddress: Bool, storage: String,
-        vmInterface: VMJourney.Interface
+        vmInterface: VMJourney.Interface, more: (HostChecks) -> Void = { _ in }
     ) throws {
         let key = try E2E.sshKey.get()
         let port = try E2E.freePort()
@@ -307,6 +355,7 @@ import Testing
             "modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null; test -c /dev/kvm && martlet-vmm selftest",
             timeout: 600
         ) { $0.status == 0 }
+        more(checks)
         scenario.mark("checks")
 
         // Issue #6 on this host: a VM through the CLI (BIOS lane) or the REST API (UEFI lane).

@@ -2,115 +2,14 @@ import Foundation
 import MartletAnswer
 import MartletCore
 import MartletSystem
+import MartletTestSupport
 import Testing
 
 @testable import MartletInstaller
 
-/// A real answer server on 127.0.0.1 (python3's http.server, wrapped in TLS with `certificate`
-/// when given): a POST's body is saved to `received` and answered with `answer`; a GET is
-/// answered with `answer` too (a first-boot script). It is up when it has said its port.
-/// Stopped in `deinit`.
-final class AnswerServer {
-    let pid: pid_t
-    let port: Int
-    let received: String
-    private let output: FileDescriptor
-
-    static let script = """
-        import http.server, ssl, sys
-        cert, key, answer, received = sys.argv[1:5]
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_HEAD(self):
-                self.send_response(405)
-                self.end_headers()
-            def do_GET(self):
-                self.reply()
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with open(received, "wb") as f:
-                    f.write(body)
-                self.reply()
-            def reply(self):
-                reply = open(answer, "rb").read()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-            def log_message(self, *args):
-                pass
-        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        if cert:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(cert, key)
-            server.socket = context.wrap_socket(server.socket, server_side=True)
-        print("port", server.server_address[1], flush=True)
-        server.serve_forever()
-
-        """
-
-    /// `certificate` is (cert.pem, key.pem) for https, nil for http.
-    init(directory: String, answer: String, certificate: (String, String)?) throws {
-        let script = "\(directory)/answer-server.py"
-        try Self.script.write(toFile: script, atomically: true, encoding: .utf8)
-        let answerFile = "\(directory)/served-answer.toml"
-        try answer.write(toFile: answerFile, atomically: true, encoding: .utf8)
-        received = "\(directory)/received.json"
-        let pipe = try FileDescriptor.pipe()
-        output = pipe.read
-        let null = try FileDescriptor.open("/dev/null", O_RDWR)
-        defer { null.close() }
-        pid = try ChildProcess.spawn(
-            [
-                "python3", "-u", script, certificate?.0 ?? "", certificate?.1 ?? "", answerFile,
-                received,
-            ],
-            stdin: null.raw, stdout: pipe.write.raw, stderr: null.raw)
-        pipe.write.close()
-        let deadline = ChildProcess.monotonicSeconds() + 20
-        var text = ""
-        var buffer = [UInt8](repeating: 0, count: 256)
-        var found: Int?
-        while found == nil, ChildProcess.monotonicSeconds() < deadline {
-            var descriptor = pollfd(fd: output.raw, events: Int16(POLLIN), revents: 0)
-            guard poll(&descriptor, 1, 200) > 0 else { continue }
-            let count = output.read(into: &buffer)
-            if count <= 0 { break }
-            text += String(decoding: buffer[0..<count], as: UTF8.self)
-            if text.hasSuffix("\n") { found = Int(text.dropFirst("port ".count).prefix { $0.isNumber }) }
-        }
-        guard let found else {
-            kill(pid, SIGKILL)
-            _ = ChildProcess.wait(pid)
-            output.close()
-            throw MartletError(.failed, "the answer server did not say its port within 20 s", cause: text)
-        }
-        port = found
-    }
-
-    deinit {
-        // SIGKILL: children of the test runner inherit a signal mask that blocks SIGTERM.
-        kill(pid, SIGKILL)
-        _ = ChildProcess.wait(pid)
-        output.close()
-    }
-}
-
-/// A self-signed certificate for localhost made by `openssl req`; returns the paths and the
-/// fingerprint as openssl prints it (upper case with colons).
+/// A self-signed certificate for localhost (`selfSignedCertificate`).
 private func certificate(_ directory: String, _ name: String) throws -> (cert: String, key: String, fingerprint: String) {
-    let cert = "\(directory)/\(name).pem"
-    let key = "\(directory)/\(name)-key.pem"
-    try Command(
-        "openssl",
-        [
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
-        ]
-    ).run()
-    let text = try Command("openssl", ["x509", "-in", cert, "-noout", "-fingerprint", "-sha256"]).run()
-        .stdoutText
-    let fingerprint = text.split(separator: "=").last.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
-    return (cert, key, fingerprint)
+    try selfSignedCertificate(directory, name)
 }
 
 private let facts = MachineInventory(
@@ -196,5 +95,91 @@ struct AnswerFetchTests {
         #expect(error?.message.contains("martlet.answer=\(url): no answer after 3 attempt(s)") == true)
         #expect(lines.filter { $0.hasPrefix("fetching") }.count == 3)
         #expect(lines.filter { $0.hasPrefix("  failed") }.count == 3)
+    }
+}
+
+/// A lease file as systemd-networkd writes it: KEY=VALUE lines, private options in hex.
+private func lease(url: String?, fingerprint: String? = nil, nul: Bool = false) -> String {
+    func hex(_ text: String) -> String {
+        (Array(text.utf8) + (nul ? [0] : [])).map { String(format: "%02x", $0) }.joined()
+    }
+    var text = "# This is private data. Do not parse.\nADDRESS=192.0.2.50\nNETMASK=255.255.255.0\nROUTER=192.0.2.1\n"
+    if let url { text += "OPTION_250=\(hex(url))\n" }
+    if let fingerprint { text += "OPTION_251=\(hex(fingerprint))\n" }
+    return text + "OPTION_224=00ff\n"
+}
+
+@Suite("Answer URL from DHCP (martlet.answer=dhcp)", .serialized)
+struct AnswerLeaseTests {
+    @Test("options 250 and 251 in a networkd lease: hex in either case, a trailing NUL dropped; a lease without 250 is none")
+    func parse() throws {
+        let fingerprint = String(repeating: "AB:", count: 31) + "AB"
+        let parsed = try AnswerLease.parse(
+            lease(url: "https://answers.example.org/answer", fingerprint: fingerprint, nul: true), source: "/leases/2")
+        #expect(parsed == AnswerLease(url: "https://answers.example.org/answer", fingerprint: fingerprint, source: "/leases/2"))
+        let upper = lease(url: "http://192.0.2.1/a").replacingOccurrences(of: "OPTION_250=687474", with: "OPTION_250=687474".uppercased())
+        #expect(try AnswerLease.parse(upper, source: "x")?.url == "http://192.0.2.1/a")
+        #expect(try AnswerLease.parse(lease(url: nil), source: "x") == nil)
+    }
+
+    @Test("a DHCP server sending something else than an http(s) URL, or a lease with bad hex, is refused by name")
+    func refusals() {
+        let notURL = #expect(throws: MartletError.self) {
+            try AnswerLease.parse(lease(url: "tftp://192.0.2.1/answer.toml"), source: "/leases/3")
+        }
+        #expect(notURL?.message.contains("DHCP option 250 from /leases/3 is not an http(s) URL: 'tftp://") == true)
+        let badHex = #expect(throws: MartletError.self) {
+            try AnswerLease.parse("OPTION_250=6874zz\n", source: "/leases/4")
+        }
+        #expect(badHex?.message.contains("/leases/4: DHCP option 250 is not hex") == true)
+    }
+
+    @Test("no lease with option 250 in time: progress was shown, then an error naming the option and the wait")
+    func timeout() throws {
+        let dir = try TemporaryDirectory()
+        try lease(url: nil).write(toFile: "\(dir.path)/2", atomically: true, encoding: .utf8)
+        var lines: [String] = []
+        let error = #expect(throws: MartletError.self) {
+            try AnswerLease.wait(directory: dir.path, timeout: 1.0, every: 0.3) { lines.append($0) }
+        }
+        #expect(error?.code == .notFound)
+        #expect(error?.message.contains("no DHCP lease in \(dir.path) carried option 250 within 1 s (1 lease(s) seen)") == true)
+        #expect(lines.first == "waiting for a DHCP lease with option 250 (the answer URL): 1 lease(s) without it")
+    }
+
+    @Test("martlet.answer=dhcp: the lease's URL is fetched, pinned to its option 251; a kernel-command-line fingerprint wins over it")
+    func fromCommandLine() throws {
+        let dir = try TemporaryDirectory()
+        let good = try certificate(dir.path, "good")
+        let other = try certificate(dir.path, "other")
+        let server = try AnswerServer(
+            directory: dir.path, answer: validAnswer(target: "/dev/sdr"), certificate: (good.cert, good.key))
+        let leases = "\(dir.path)/leases"
+        try FileManager.default.createDirectory(atPath: leases, withIntermediateDirectories: true)
+        let cmdline = "\(dir.path)/cmdline"
+        let url = "https://localhost:\(server.port)/answer"
+
+        try lease(url: url, fingerprint: good.fingerprint, nul: true).write(toFile: "\(leases)/2", atomically: true, encoding: .utf8)
+        try "BOOT_IMAGE=/live/vmlinuz quiet martlet.answer=dhcp\n".write(toFile: cmdline, atomically: true, encoding: .utf8)
+        let local = try AnswerLocator.fromKernelCommandLine(
+            cmdline: cmdline, workDirectory: "\(dir.path)/work", leases: leases)
+        #expect(try AnswerFile.load(path: local).disk.target == .path("/dev/sdr"))
+
+        // The lease names another certificate; the command line's pin is the one used.
+        try lease(url: url, fingerprint: other.fingerprint).write(toFile: "\(leases)/2", atomically: true, encoding: .utf8)
+        try FileManager.default.removeItem(atPath: local)
+        try "martlet.answer=dhcp martlet.answer-fingerprint=\(good.fingerprint)\n"
+            .write(toFile: cmdline, atomically: true, encoding: .utf8)
+        #expect(try AnswerLocator.fromKernelCommandLine(cmdline: cmdline, workDirectory: "\(dir.path)/work", leases: leases) == local)
+
+        // Only the lease's pin, and it is not the server's: refused before anything is sent.
+        try FileManager.default.removeItem(atPath: local)
+        try FileManager.default.removeItem(atPath: server.received)
+        try "martlet.answer=dhcp\n".write(toFile: cmdline, atomically: true, encoding: .utf8)
+        let error = #expect(throws: MartletError.self) {
+            try AnswerLocator.fromKernelCommandLine(cmdline: cmdline, workDirectory: "\(dir.path)/work", leases: leases)
+        }
+        #expect(error?.code == .refused)
+        #expect(!FileManager.default.fileExists(atPath: server.received))
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import MartletAnswer
 import MartletCore
+import MartletTestSupport
 import Testing
 
 @testable import MartletInstaller

@@ -12,7 +12,7 @@ struct TextUIChoicesTests {
     func valid() -> TextUIChoices {
         var choices = TextUIChoices()
         choices.target = "/dev/sdb"
-        choices.interface = "eno1"
+        choices.interfaces = ["eno1"]
         choices.password = "Correct-Horse-9"
         choices.passwordAgain = "Correct-Horse-9"
         return choices
@@ -64,8 +64,27 @@ struct TextUIChoicesTests {
         dhcp.address = "ignored in DHCP mode"
         #expect(dhcp.networkProblem() == nil)
         var none = valid()
-        none.interface = nil
-        #expect(none.networkProblem()?.contains("No network interface") == true)
+        none.interfaces = []
+        #expect(none.networkProblem()?.contains("Tick the management NIC") == true)
+    }
+
+    @Test("one ticked NIC is the management interface; two or more become a bond in the chosen mode")
+    func bond() throws {
+        var single = valid()
+        single.bondMode = .lacp
+        let plain = try single.answerFile()
+        #expect(plain.network.interface == .name("eno1") && plain.network.bond == nil)
+
+        var bonded = valid()
+        bonded.interfaces = ["eno1", "eno2"]
+        bonded.bondMode = .lacp
+        bonded.vlan = "42"
+        let answer = try bonded.answerFile()
+        #expect(answer.network.interface == nil)
+        #expect(answer.network.bond?.members == [.name("eno1"), .name("eno2")])
+        #expect(answer.network.bond?.mode == .lacp && answer.network.vlan == 42)
+        #expect(answer.network.bond?.miimon == AnswerFile.BondAnswer.defaultMIIMon)
+        #expect(try AnswerFile.parse(path: "saved.toml", contents: answer.toml) == answer)
     }
 
     @Test("passwords: mismatch, missing login, ':' and SSH key shape are refused; short ones get a hint")

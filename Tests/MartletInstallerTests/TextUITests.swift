@@ -52,6 +52,36 @@ struct TextUITests {
         #expect(try [fingerprint(target.path, size: .gib(8)), fingerprint(extra.path, size: .gib(2))] == before)
     }
 
+    @Test(
+        "two NICs ticked on the network screen make an 802.3ad bond under br0, planned as the equivalent answer file",
+        .enabled(if: TextUIWalk.allInterfaces.count >= 2, "needs two network interfaces in /sys/class/net"))
+    func bondedNetwork() throws {
+        let target = try LoopDisk(size: .gib(8))
+        let work = try TemporaryDirectory()
+        let saved = "\(work.path)/saved.toml"
+        let ui = try TmuxInstaller(arguments: ["--dry-run", "--disks", target.path, "--answer-out", saved])
+        var walk = TextUIWalk(target: target.path)
+        walk.interfaces = Array(TextUIWalk.allInterfaces.prefix(2))
+        walk.bondMode = .lacp
+        try walk.drive(ui)
+        try ui.keys("F12")
+        try ui.waitFor("┤ Erase disks ├")
+        try ui.keys("Tab", "Enter")
+        try ui.waitFor("┤ Save answers ├")
+        try ui.keys("Enter")
+        #expect(try ui.exitStatus() == 0, "\(ui.stderr)")
+        let printed = planLines(try ui.history())
+        #expect(printed.contains { $0.contains("br0 over bond0 (802.3ad") }, "\(printed)")
+
+        let equivalent = work.write("equivalent.toml", walk.answerFile())
+        let (status, expected, err) = try installer(["install", "--dry-run", "--answer", equivalent])
+        try #require(status == 0, "\(err)")
+        #expect(printed == planLines(expected))
+        let answer = try AnswerFile.load(path: saved)
+        #expect(answer.network.bond?.members == walk.interfaces.map { .name($0) })
+        #expect(answer.network.bond?.mode == .lacp && answer.network.interface == nil)
+    }
+
     @Test("a whole dry run with Enter, arrows and typing only: Enter on a list chooses and moves on, each screen starts on its main control")
     func enterOnlyWalkthrough() throws {
         let target = try LoopDisk(size: .gib(8))

@@ -1,4 +1,5 @@
 import Foundation
+import MartletAnswer
 import MartletCore
 import MartletTestSupport
 
@@ -146,12 +147,15 @@ struct TextUIWalk {
     var password = "Correct-Horse-9"
     var sshKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICgybcTHjg88EA2Rkcsr+ztaHvV9E3xpDt392cBLg9Jy admin@example.org"
     var timezone = "Europe/Paris"
+    /// The NICs to tick on the network screen; two or more make a bond in `bondMode`.
+    var interfaces = [Self.allInterfaces.first ?? ""]
+    var bondMode = AnswerFile.BondMode.activeBackup
     /// Stop after Next on the network screen (to test its validation).
     var stopAfterNetwork = false
 
-    /// The first NIC the network list shows (the walk moves to the top of the list).
-    static var firstInterface: String {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net")) ?? []).sorted().first { $0 != "lo" } ?? ""
+    /// The NICs the network screen lists, in its order.
+    static var allInterfaces: [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net")) ?? []).sorted().filter { $0 != "lo" }
     }
 
     /// The same choices written as an answer file by hand.
@@ -177,13 +181,17 @@ struct TextUIWalk {
             extra-disks = [\(extraDisks.map { "\"\($0)\"" }.joined(separator: ", "))]
 
             [network]
-            interface = "\(Self.firstInterface)"
+            \(interfaces.count > 1 ? "" : "interface = \"\(interfaces[0])\"")
             dns = [\(dns.split(separator: " ").map { "\"\($0)\"" }.joined(separator: ", "))]
             vlan = \(vlan)
 
             """
         if let staticAddress {
             text += "mode = \"static\"\naddress = \"\(staticAddress.address)\"\ngateway = \"\(staticAddress.gateway)\"\n"
+        }
+        if interfaces.count > 1 {
+            let names = interfaces.map { "\"\($0)\"" }.joined(separator: ", ")
+            text += "\n[network.bond]\ninterfaces = [\(names)]\nmode = \"\(bondMode.rawValue)\"\n"
         }
         return text
     }
@@ -221,6 +229,12 @@ struct TextUIWalk {
 
         try ui.waitFor("┤ Network ├")
         for _ in 0..<10 { try ui.keys("Up") }
+        let nics = try ui.rows(containing: "] ").filter { $0.contains("[*] ") || $0.contains("[ ] ") }
+        for (index, row) in nics.enumerated() {
+            if index > 0 { try ui.keys("Down") }
+            let wanted = interfaces.contains { row.contains("] \($0) ") }
+            if wanted != row.contains("[*] ") { try ui.keys("Space") }
+        }
         try ui.keys("Tab", "Tab")
         if staticAddress != nil { try ui.keys("Space") }
         try ui.keys("Tab", "C-u")
@@ -233,7 +247,10 @@ struct TextUIWalk {
         try ui.type(hostname)
         try ui.keys("Tab", "C-u")
         try ui.type(vlan)
-        try ui.keys("F12")
+        // The bond mode radios follow the VLAN field, in the order the answer file lists them.
+        let bondIndex = AnswerFile.BondMode.allCases.firstIndex(of: bondMode) ?? 0
+        for _ in 0...bondIndex { try ui.keys("Tab") }
+        try ui.keys("Space", "F12")
         if stopAfterNetwork { return }
 
         try ui.waitFor("┤ Root login ├")

@@ -78,6 +78,16 @@ struct FirmwareTests {
         // Writes are refused, and a buffer outside guest memory is an error, not a crash.
         #expect(try dma(control: FwCfg.DMAControl.write, length: 4, target: 0x2000) == FwCfg.DMAControl.error)
         #expect(try dma(control: UInt32(key) << 16 | FwCfg.DMAControl.select | FwCfg.DMAControl.read, length: 8, target: 0x7FFF_FFF0) == FwCfg.DMAControl.error)
+        // A 4 GiB read (the guest chooses the length) into a small guest is an error, and the
+        // VMM builds nothing of that size first (its peak RSS stays put).
+        func peakRSS() -> Int {
+            var usage = rusage()
+            getrusage(RUSAGE_SELF.rawValue, &usage)
+            return usage.ru_maxrss * 1024
+        }
+        let before = peakRSS()
+        #expect(try dma(control: UInt32(key) << 16 | FwCfg.DMAControl.select | FwCfg.DMAControl.read, length: .max, target: 0x2000) == FwCfg.DMAControl.error)
+        #expect(peakRSS() - before < 256 << 20, "peak RSS grew by \((peakRSS() - before) >> 20) MiB")
         // The DMA signature at 0x514, big-endian "QEMU CFG".
         #expect(fwCfg.read(port: FwCfg.dmaPort, size: 4) == UInt32(bigEndian: 0x5145_4D55))
     }

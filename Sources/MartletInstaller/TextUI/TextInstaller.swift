@@ -71,7 +71,7 @@ public final class TextInstaller {
             if let reason = Self.refusal(disk) { notOffered.append((disk, reason)) } else { offered.append(disk) }
         }
         interfaces = NetworkInterface.list()
-        choices.interface = (interfaces.first { $0.state == "link up" } ?? interfaces.first)?.name
+        choices.interfaces = (interfaces.first { $0.state == "link up" } ?? interfaces.first).map { [$0.name] } ?? []
         try NewtScreen.start()
         var finished = false
         defer { if !finished { NewtScreen.finish() } }
@@ -295,12 +295,11 @@ public final class TextInstaller {
 
     private func network() -> Move {
         let form = NewtForm(title: "Network")
-        form.label(1, 0, "Management interface (VMs share it through the bridge br0):")
-        let current = interfaces.firstIndex { $0.name == choices.interface } ?? 0
-        let list = form.listbox(
-            1, 1, height: 4, width: 50,
+        form.label(1, 0, "Management NIC, ticked with Space (VMs share it through the bridge br0):")
+        let tree = form.checkboxTree(
+            1, 1, height: 4, width: 71,
             items: interfaces.map { "\($0.name.padding(toLength: 16, withPad: " ", startingAt: 0)) \($0.mac)  \($0.state)" },
-            current: current)
+            selected: Set(interfaces.indices.filter { choices.interfaces.contains(interfaces[$0].name) }))
         let mode = form.radios(1, 6, ["DHCP", "Static"], selected: choices.dhcp ? 0 : 1, horizontal: true)
         let fields: [(String, String)] = [
             ("Address/prefix:", choices.address), ("Gateway:", choices.gateway),
@@ -315,12 +314,17 @@ public final class TextInstaller {
         form.label(58, 8, "static only")
         form.label(58, 11, "auto/off/addr")
         form.label(58, 13, "empty: none")
+        // Added after the fields so Tab reaches them in the order they are shown.
+        form.label(1, 14, "Bond (2+ NICs):")
+        let modes = AnswerFile.BondMode.allCases
+        let bond = form.radios(
+            17, 14, modes.map(\.rawValue), selected: modes.firstIndex(of: choices.bondMode) ?? 0, horizontal: true)
         let error = errorLabel(form)
         form.buttons(["Back", "Next"], y: 17)
         let store = {
-            if let index = list.current, index < self.interfaces.count {
-                self.choices.interface = self.interfaces[index].name
-            }
+            self.choices.interfaces = self.interfaces.indices.filter { tree.selected.contains($0) }
+                .map { self.interfaces[$0].name }
+            self.choices.bondMode = modes[bond.selected]
             self.choices.dhcp = mode.selected == 0
             self.choices.address = entries[0].value
             self.choices.gateway = entries[1].value
@@ -329,7 +333,12 @@ public final class TextInstaller {
             self.choices.hostname = entries[4].value
             self.choices.vlan = entries[5].value
         }
-        return loop(form, error: error, store: store) { choices.networkProblem() }
+        return loop(form, error: error, store: store) {
+            if interfaces.isEmpty {
+                return "No network interface was found: the host needs one (check the NIC and its driver)."
+            }
+            return choices.networkProblem()
+        }
     }
 
     private func password() -> Move {

@@ -12,7 +12,9 @@ struct TextUIChoices {
     var volumeGroup = "martlet"
     var extraDisks: [String] = []
     var wipe = false
-    var interface: String?
+    /// The ticked NICs: one is the management NIC, two or more are bonded as `bond0`.
+    var interfaces: [String] = []
+    var bondMode = AnswerFile.BondMode.activeBackup
     var dhcp = true
     var address = ""
     var gateway = ""
@@ -58,8 +60,13 @@ struct TextUIChoices {
             case "off", "none": .off
             default: .address(ipv6)
             }
+        // The answer file's own rules decide what a bond needs (two or more NICs); the screen
+        // only asks for the mode, with the link monitoring the answer file defaults to.
+        let bond = interfaces.count > 1
+            ? AnswerFile.BondAnswer(members: interfaces.map { .name($0) }, mode: bondMode) : nil
         let network = AnswerFile.NetworkAnswer(
-            interface: .name(interface ?? ""), mode: dhcp ? .dhcp : .static,
+            interface: bond == nil ? .name(interfaces.first ?? "") : nil, bond: bond,
+            mode: dhcp ? .dhcp : .static,
             address: dhcp ? nil : address, gateway: dhcp || gateway.isEmpty ? nil : gateway,
             dns: dnsServers, ipv6: ipv6Mode, vlan: vlan.isEmpty ? nil : Int(vlan))
         let answer = AnswerFile(global: global, disk: disk, storage: storageAnswer, network: network)
@@ -69,8 +76,8 @@ struct TextUIChoices {
     // Each check returns the message the screen shows, or nil when the input is fine.
 
     func networkProblem() -> String? {
-        if interface == nil {
-            return "No network interface was found: the host needs one (check the NIC and its driver)."
+        if interfaces.isEmpty {
+            return "Tick the management NIC with Space (two or more make a bond)."
         }
         if hostname.isEmpty { return "Enter a host name, e.g. hv1.example.org." }
         if !NetworkSyntax.isHostname(hostname) {
