@@ -171,20 +171,34 @@ public final class VMRunner: Sendable {
 
         let vmm = try Tool.resolve(paths.vmm)
         var arguments = [vmm, "--config", paths.vmmConfig(name)]
-        if let user {
-            arguments =
-                [
-                    "setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--init-groups",
-                    "--inh-caps=-all", "--",
-                ] + arguments
-        }
         let null = try FileDescriptor.open("/dev/null", O_RDONLY)
         unlink(paths.serialSocket(name))
-        logger.info("VM '\(name)': starting \(arguments.joined(separator: " "))")
         // The console is the VMM's serial socket; its stdout (--stats, nothing else) joins
         // the runner's log.
-        let pid = try ChildProcess.spawn(
-            arguments, stdin: null.raw, stdout: STDERR_FILENO, stderr: STDERR_FILENO)
+        let pid: pid_t
+        if definition.jail {
+            let layout = try jailLayout(config, vmm: vmm, user: user)
+            logger.info("VM '\(name)': starting \(arguments.joined(separator: " ")) jailed in \(layout.root)")
+            do {
+                pid = try ChildProcess.spawnJailed(
+                    arguments, jail: layout, stdin: null.raw, stdout: STDERR_FILENO, stderr: STDERR_FILENO)
+            } catch let error as SystemError {
+                throw MartletError(
+                    error,
+                    hint: "the VMM's jail could not be set up; 'jail = false' in \(paths.definition(name)) runs it unjailed (debugging only)")
+            }
+        } else {
+            if let user {
+                arguments =
+                    [
+                        "setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--init-groups",
+                        "--inh-caps=-all", "--",
+                    ] + arguments
+            }
+            logger.warning("VM '\(name)': starting \(arguments.joined(separator: " ")) without a jail (jail = false)")
+            pid = try ChildProcess.spawn(
+                arguments, stdin: null.raw, stdout: STDERR_FILENO, stderr: STDERR_FILENO)
+        }
         shared.withLock { $0.vmmPID = pid }
         let status = relaySerialConsole(vmm: pid)
         shared.withLock { $0.vmmPID = nil }
@@ -212,6 +226,31 @@ public final class VMRunner: Sendable {
             // Console input threads may still hold it; it closes when the last one lets go.
             shared.withLock { $0.vmmInput = nil }
         }
+    }
+
+    /// The VMM's jail (`VMJail`); its root is an empty directory of the runner's.
+    func jailLayout(_ config: VMConfig, vmm: String, user: User?) throws -> JailLayout {
+        guard geteuid() == 0 else {
+            throw MartletError(
+                .refused, "VM '\(name)': the VMM's jail needs root (namespaces, mounts)",
+                hint: "run 'martlet vm run' as root, or set 'jail = false' in \(paths.definition(name)) (debugging only)")
+        }
+        let root = paths.jailRoot(name)
+        if mkdir(root, 0o700) != 0 {
+            let entries = try? FileManager.default.contentsOfDirectory(atPath: root)
+            var info = stat()
+            guard errno == EEXIST, lstat(root, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR,
+                entries?.isEmpty == true
+            else {
+                throw MartletError(
+                    .refused, "VM '\(name)': the jail root \(root) exists and is not an empty directory",
+                    hint: "remove what is there; the runner creates it empty")
+            }
+        }
+        return try VMJail.layout(
+            config: config, configFile: paths.vmmConfig(name), vmmDirectory: paths.vmmDirectory(name),
+            vmm: vmm, root: root,
+            credentials: user.map { VMJail.credentials(user: paths.vmmUser, uid: $0.uid, gid: $0.gid) })
     }
 
     struct User {

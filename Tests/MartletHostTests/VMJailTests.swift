@@ -1,0 +1,121 @@
+import Foundation
+import MartletCore
+import MartletSystem
+import Testing
+
+@testable import MartletHost
+
+/// The runner's jail for the VMM (`VMJail`), on the real binary and the tiny test guest. The
+/// other runner tests (VMLifecycleTests, ConsoleAndNetTests) run jailed too: it is the default.
+@Suite(.serialized, .timeLimit(.minutes(10))) struct VMJailTests {
+    /// The running VMM of `vm`'s runner (its only child), found through pgrep.
+    static func vmmPID(_ fixture: HostFixture, _ vm: String) throws -> pid_t {
+        let runner = try #require(fixture.host.runnerPID(vm))
+        let found = try ChildProcess.run(["pgrep", "-P", "\(runner)", "-x", "martlet-vmm"]).stdout
+        return try #require(pid_t(found.trimmingCharacters(in: .whitespacesAndNewlines)), "VMM of runner \(runner): '\(found)'")
+    }
+
+    /// A status line of /proc/PID/status without its name: "Uid:\t1\t1\t1\t1" -> "1\t1\t1\t1".
+    static func status(_ pid: pid_t, _ key: String) -> String? {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").first { $0.hasPrefix(key + ":") }
+            .map { $0.dropFirst(key.count + 1).trimmingCharacters(in: .whitespaces) }
+    }
+
+    static func namespace(_ pid: String, _ kind: String) -> String? {
+        try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/\(kind)")
+    }
+
+    @Test func theJailedVMMSeesOnlyItsOwnFilesAsAnUnprivilegedPIDOne() throws {
+        let guest = try TestSupport.guest.get()
+        let user = "mhjail\(UUID().uuidString.prefix(6).lowercased())"
+        try Command(
+            "useradd",
+            ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-G", "kvm", user]
+        ).run()
+        defer { _ = try? ChildProcess.run(["userdel", user]) }
+        let fixture = try HostFixture(label: "jail")
+        var environment = fixture.environment
+        environment["MARTLET_VMM_USER"] = user
+        let martlet = TestSupport.product("martlet")
+        func cli(_ arguments: String...) throws -> ChildProcess.Output {
+            try TestSupport.run(martlet, arguments, environment: environment)
+        }
+        // Another VM's disk in the same pool: it must not be in this VM's jail.
+        #expect(try cli("volume", "create", "local/other-root", "--size", "8MiB").status == 0)
+        let created = try cli(
+            "vm", "create", "jailed", "--kernel", guest, "--cmdline", "test=halt jail-test",
+            "--memory", "16MiB", "--new-disk", "local/jailed-root:8MiB")
+        #expect(created.status == 0, "\(created.stderr)")
+        let started = try cli("vm", "start", "jailed")
+        #expect(started.status == 0, "the control socket answered from the host: \(started.stderr)")
+        let console = try cli(
+            "vm", "console", "jailed", "--expect", "halting, cmdline: test=halt jail-test",
+            "--timeout", "10")
+        #expect(console.status == 0, "\(console.stdout) \(console.stderr)")
+
+        let pid = try Self.vmmPID(fixture, "jailed")
+        let uid = try #require(getpwnam(user)?.pointee.pw_uid)
+        #expect(Self.status(pid, "Uid") == "\(uid)\t\(uid)\t\(uid)\t\(uid)")
+        #expect(Self.status(pid, "CapEff") == "0000000000000000")
+        #expect(Self.status(pid, "NoNewPrivs") == "1")
+        #expect(Self.status(pid, "NSpid") == "\(pid)\t1", "pid 1 of a PID namespace of its own")
+        for kind in ["mnt", "pid", "ipc", "uts"] {
+            let own = Self.namespace("\(pid)", kind)
+            #expect(own != nil && own != Self.namespace("self", kind), "\(kind): \(own ?? "?")")
+        }
+        #expect(Self.namespace("\(pid)", "net") == Self.namespace("self", "net"), "taps are opened by name")
+
+        // Everything in its root outside /usr, /proc and the program's library directories.
+        let root = "/proc/\(pid)/root"
+        let vmm = try Tool.resolve(fixture.paths.vmm)
+        let skipped = ["/usr", "/proc"] + (try VMJail.libraryDirectories(of: vmm))
+        var files: Set<String> = []
+        func walk(_ directory: String) {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: root + directory)) ?? []
+            for name in names {
+                let path = (directory == "/" ? "" : directory) + "/" + name
+                if skipped.contains(path) { continue }
+                var info = stat()
+                guard lstat(root + path, &info) == 0 else { continue }
+                if (info.st_mode & S_IFMT) == S_IFDIR { walk(path) } else { files.insert(path) }
+            }
+        }
+        walk("/")
+        let paths = fixture.paths
+        let expected: Set<String> = [
+            "/lib", "/lib64", vmm, guest, paths.vmmConfig("jailed"), paths.consoleLog("jailed"),
+            fixture.root + "/pool/jailed-root.raw", paths.controlSocket("jailed"),
+            paths.serialSocket("jailed"), "/dev/kvm", "/dev/null", "/dev/urandom",
+        ]
+        #expect(files == expected, "unexpected: \(files.subtracting(expected)), missing: \(expected.subtracting(files))")
+        #expect(!FileManager.default.fileExists(atPath: root + "/etc/shadow"))
+        #expect(!FileManager.default.fileExists(atPath: root + fixture.root + "/pool/other-root.raw"))
+        #expect(
+            (try? FileManager.default.contentsOfDirectory(atPath: paths.jailRoot("jailed"))) == [],
+            "the jail's tmpfs exists only in the VMM's mount namespace")
+        // Its root is read-only, also to root: nothing can be added beside what it was given.
+        #expect(access(root + "/usr", W_OK) != 0 || errno == EROFS)
+        #expect(mkdir(root + "/added", 0o700) != 0 && errno == EROFS)
+
+        let stopped = try cli("vm", "stop", "jailed")
+        #expect(stopped.status == 0, "\(stopped.stderr)")
+    }
+
+    @Test func jailFalseRunsTheVMMInTheHostsNamespaces() throws {
+        let guest = try TestSupport.guest.get()
+        let fixture = try HostFixture(label: "nojail")
+        let martlet = VMLifecycleTests.CLI(fixture: fixture, namespace: nil)
+        try martlet.json(
+            "vm", "create", "open", "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB")
+        try fixture.runUnjailed("open")
+        #expect(try fixture.host.definition("open").jail == false)
+        #expect(try martlet("vm", "start", "open").status == 0)
+        let pid = try Self.vmmPID(fixture, "open")
+        #expect(Self.namespace("\(pid)", "mnt") == Self.namespace("self", "mnt"))
+        #expect(Self.status(pid, "NSpid") == "\(pid)")
+        let log = try String(contentsOfFile: fixture.paths.runnerLog("open"), encoding: .utf8)
+        #expect(log.contains("without a jail (jail = false)"), "\(log)")
+        #expect(try martlet("vm", "stop", "open").status == 0)
+    }
+}
