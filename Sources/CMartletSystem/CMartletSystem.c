@@ -67,7 +67,8 @@ static int jail_parents(char *path, size_t root_length) {
 
 static __attribute__((noreturn)) void jail_child(
     int pipe_fd, const char *root, const martlet_jail_entry *entries, int entry_count,
-    uid_t uid, gid_t gid, const gid_t *groups, int group_count, const int stdio[3],
+    uid_t uid, gid_t gid, const gid_t *groups, int group_count,
+    const char *const *cgroup_procs, int cgroup_count, const int stdio[3],
     const char *path, char *const argv[], char *const envp[]) {
     char buffer[4096];
     size_t root_length = strlen(root);
@@ -76,6 +77,11 @@ static __attribute__((noreturn)) void jail_child(
     }
     if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
         for (int fd = 3; fd < 4096; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+    for (int index = 0; index < cgroup_count; index++) {
+        int fd = open(cgroup_procs[index], O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "0", 1) != 1) jail_fail(pipe_fd, MARTLET_JAIL_STEP_CGROUP, index);
+        close(fd);
     }
     // Nothing mounted here propagates back to the host.
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) jail_fail(pipe_fd, MARTLET_JAIL_STEP_PRIVATE, -1);
@@ -131,6 +137,7 @@ static __attribute__((noreturn)) void jail_child(
 pid_t martlet_spawn_jailed(
     const char *root, const martlet_jail_entry *entries, int entry_count,
     uid_t uid, gid_t gid, const gid_t *groups, int group_count,
+    const char *const *cgroup_procs, int cgroup_count,
     const int stdio[3], const char *path, char *const argv[], char *const envp[],
     martlet_jail_failure *failure) {
     int pipe_fds[2];
@@ -145,7 +152,9 @@ pid_t martlet_spawn_jailed(
     long pid = syscall(SYS_clone, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | SIGCHLD, NULL, NULL, NULL, NULL);
     if (pid == 0) {
         close(pipe_fds[0]);
-        jail_child(pipe_fds[1], root, entries, entry_count, uid, gid, groups, group_count, stdio, path, argv, envp);
+        jail_child(
+            pipe_fds[1], root, entries, entry_count, uid, gid, groups, group_count, cgroup_procs, cgroup_count,
+            stdio, path, argv, envp);
     }
     int clone_errno = errno;
     pthread_sigmask(SIG_SETMASK, &previous, NULL);

@@ -176,8 +176,12 @@ public final class VMRunner: Sendable {
         // The console is the VMM's serial socket; its stdout (--stats, nothing else) joins
         // the runner's log.
         let pid: pid_t
+        var cgroup: VMCgroup?
+        defer { cgroup?.remove() }
         if definition.jail {
-            let layout = try jailLayout(config, vmm: vmm, user: user)
+            var layout = try jailLayout(config, vmm: vmm, user: user)
+            cgroup = vmmCgroup(config)
+            layout.cgroupProcs = cgroup?.procsFiles ?? []
             logger.info("VM '\(name)': starting \(arguments.joined(separator: " ")) jailed in \(layout.root)")
             do {
                 pid = try ChildProcess.spawnJailed(
@@ -202,7 +206,28 @@ public final class VMRunner: Sendable {
         shared.withLock { $0.vmmPID = pid }
         let status = relaySerialConsole(vmm: pid)
         shared.withLock { $0.vmmPID = nil }
+        if let cgroup, cgroup.memoryLimitKilled {
+            logger.error(
+                "VM '\(name)': the VMM went over its memory limit (\(cgroup.limits.memoryBytes) bytes: guest RAM + \(VMCgroup.Limits.memoryOverhead >> 20) MiB) and the kernel's OOM killer ended it; nothing else was touched")
+        }
         return status
+    }
+
+    /// The VMM's cgroup with the limits of `config`, or nil (logged) where the runner cannot
+    /// make one: the VM still runs, without them.
+    func vmmCgroup(_ config: VMConfig) -> VMCgroup? {
+        do {
+            guard let hierarchy = try VMCgroup.hierarchy(forRunnerOf: name) else {
+                logger.warning("VM '\(name)': no cgroup with the memory controller for the VMM; running it without cgroup limits")
+                return nil
+            }
+            return try VMCgroup(
+                name: "vmm-\(name)", limits: VMCgroup.Limits(vcpus: config.vcpus, memoryMiB: config.memoryMiB),
+                under: hierarchy)
+        } catch {
+            logger.error("VM '\(name)': cgroup limits not set: \(error); running the VMM without them")
+            return nil
+        }
     }
 
     /// Connects to the VMM's serial socket and copies the guest's output to every attached

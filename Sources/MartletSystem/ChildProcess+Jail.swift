@@ -41,6 +41,8 @@ public struct JailLayout: Sendable, Equatable {
     public var entries: [Entry]
     /// nil: the child keeps the caller's uid and gid.
     public var credentials: Credentials?
+    /// The `cgroup.procs` files of the cgroups the child joins first.
+    public var cgroupProcs: [String] = []
 
     public init(root: String, entries: [Entry], credentials: Credentials?) {
         self.root = root
@@ -83,25 +85,34 @@ extension ChildProcess {
             }
         }
         let argv = arguments.map(keep) + [nil]
+        let cgroupProcs = jail.cgroupProcs.map { UnsafePointer(keep($0)) }
         var failure = martlet_jail_failure()
         let groups = jail.credentials?.groups ?? []
         let stdio: [Int32] = [stdin, stdout, stderr]
         let pid = entries.withUnsafeBufferPointer { entries in
             groups.withUnsafeBufferPointer { groups in
-                stdio.withUnsafeBufferPointer { stdio in
-                    martlet_spawn_jailed(
-                        jail.root, entries.baseAddress, Int32(entries.count),
-                        jail.credentials?.uid ?? uid_t.max, jail.credentials?.gid ?? gid_t.max,
-                        groups.baseAddress, Int32(groups.count), stdio.baseAddress, executable,
-                        argv, environ, &failure)
+                cgroupProcs.withUnsafeBufferPointer { cgroupProcs in
+                    stdio.withUnsafeBufferPointer { stdio in
+                        martlet_spawn_jailed(
+                            jail.root, entries.baseAddress, Int32(entries.count),
+                            jail.credentials?.uid ?? uid_t.max, jail.credentials?.gid ?? gid_t.max,
+                            groups.baseAddress, Int32(groups.count), cgroupProcs.baseAddress,
+                            Int32(cgroupProcs.count), stdio.baseAddress, executable, argv, environ, &failure)
+                    }
                 }
             }
         }
         guard pid < 0 else { return pid }
-        let entry = failure.entry >= 0 ? jail.entries[Int(failure.entry)] : nil
-        throw SystemError(
-            "jail: " + Self.jailStep(failure.step), path: entry?.target ?? (Int(failure.step) == MARTLET_JAIL_STEP_EXEC ? executable : jail.root),
-            errno: failure.error)
+        let step = Int(failure.step)
+        let path: String
+        if step == MARTLET_JAIL_STEP_CGROUP {
+            path = jail.cgroupProcs[Int(failure.entry)]
+        } else if failure.entry >= 0 {
+            path = jail.entries[Int(failure.entry)].target
+        } else {
+            path = step == MARTLET_JAIL_STEP_EXEC ? executable : jail.root
+        }
+        throw SystemError("jail: " + Self.jailStep(failure.step), path: path, errno: failure.error)
     }
 
     private static func jailStep(_ step: Int32) -> String {
@@ -123,6 +134,7 @@ extension ChildProcess {
         case MARTLET_JAIL_STEP_NO_NEW_PRIVS: "prctl(PR_SET_NO_NEW_PRIVS) in"
         case MARTLET_JAIL_STEP_EXEC: "execve"
         case MARTLET_JAIL_STEP_STDIO: "dup2 of fds 0-2 in"
+        case MARTLET_JAIL_STEP_CGROUP: "joining the cgroup"
         default: "step \(step)"
         }
     }

@@ -98,8 +98,51 @@ import Testing
         #expect(access(root + "/usr", W_OK) != 0 || errno == EROFS)
         #expect(mkdir(root + "/added", 0o700) != 0 && errno == EROFS)
 
+        // Its cgroup: 16 MiB of guest RAM + the overhead, 1 vCPU + the spare tasks, 2 CPUs' time.
+        let cgroup = try #require(Self.memoryCgroup(pid), "the VMM is in a memory cgroup")
+        #expect(cgroup.name == "vmm-jailed", "a cgroup of its own: \(cgroup)")
+        let limits = VMCgroup.Limits(vcpus: 1, memoryMiB: 16)
+        #expect(limits.memoryBytes == (16 << 20) + VMCgroup.Limits.memoryOverhead)
+        switch cgroup.hierarchy {
+        case .unified(let directory):
+            #expect(Self.read(directory + "/memory.max") == "\(limits.memoryBytes)")
+            #expect(Self.read(directory + "/pids.max") == "\(limits.tasks)")
+            #expect(Self.read(directory + "/cpu.max") == "200000 100000")
+        case .legacy(let memory, let pids, let cpu):
+            #expect(Self.read(memory + "/memory.limit_in_bytes") == "\(limits.memoryBytes)")
+            if let pids { #expect(Self.read(pids + "/pids.max") == "\(limits.tasks)") }
+            if let cpu { #expect(Self.read(cpu + "/cpu.cfs_quota_us") == "200000") }
+        }
+
         let stopped = try cli("vm", "stop", "jailed")
         #expect(stopped.status == 0, "\(stopped.stderr)")
+        let directory: String
+        switch cgroup.hierarchy {
+        case .unified(let path): directory = path
+        case .legacy(let memory, _, _): directory = memory
+        }
+        #expect(!FileManager.default.fileExists(atPath: directory), "the runner removes the VMM's cgroup")
+    }
+
+    static func read(_ path: String) -> String? {
+        (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The cgroup `pid` is in, with the memory controller: the v2 directory or the v1 ones.
+    static func memoryCgroup(_ pid: pid_t) -> (hierarchy: VMCgroup.Hierarchy, name: String)? {
+        let lines = (read("/proc/\(pid)/cgroup") ?? "").split(separator: "\n")
+            .map { $0.split(separator: ":", maxSplits: 2).map(String.init) }.filter { $0.count == 3 }
+        func path(_ controller: String) -> String? {
+            lines.first { $0[1].split(separator: ",").contains { $0 == controller } }
+                .map { "/sys/fs/cgroup/\(controller)\($0[2])" }
+        }
+        if let memory = path("memory") {
+            return (.legacy(memory: memory, pids: path("pids"), cpu: path("cpu")), (memory as NSString).lastPathComponent)
+        }
+        guard let unified = lines.first(where: { $0[0] == "0" }).map({ "/sys/fs/cgroup\($0[2])" }),
+            FileManager.default.fileExists(atPath: unified + "/memory.max")
+        else { return nil }
+        return (.unified(unified), (unified as NSString).lastPathComponent)
     }
 
     @Test func jailFalseRunsTheVMMInTheHostsNamespaces() throws {

@@ -49,11 +49,12 @@ enum {
     MARTLET_JAIL_STEP_READ_ONLY, MARTLET_JAIL_STEP_SYMLINK, MARTLET_JAIL_STEP_PROC,
     MARTLET_JAIL_STEP_PIVOT, MARTLET_JAIL_STEP_ROOT_READ_ONLY, MARTLET_JAIL_STEP_GROUPS,
     MARTLET_JAIL_STEP_GID, MARTLET_JAIL_STEP_UID, MARTLET_JAIL_STEP_NO_NEW_PRIVS,
-    MARTLET_JAIL_STEP_EXEC, MARTLET_JAIL_STEP_STDIO,
+    MARTLET_JAIL_STEP_EXEC, MARTLET_JAIL_STEP_STDIO, MARTLET_JAIL_STEP_CGROUP,
 };
 
 /// Starts `path` (argv, envp) in new mount, PID, IPC and UTS namespaces, as pid 1 of its PID
-/// namespace, inside a fresh tmpfs mounted on `root` (an existing, empty host directory)
+/// namespace, first joining the cgroups whose `cgroup.procs` files `cgroup_procs` names (so
+/// everything it allocates is charged there), inside a fresh tmpfs mounted on `root` (an existing, empty host directory)
 /// holding only `entries` and a /proc of its own; `root` becomes its / through pivot_root.
 /// Then the groups, gid and uid (when `uid` is not (uid_t)-1), no_new_privs and an empty
 /// signal mask with default dispositions, fds 0-2 from `stdio`, every other fd closed.
@@ -63,6 +64,7 @@ enum {
 pid_t martlet_spawn_jailed(
     const char *root, const martlet_jail_entry *entries, int entry_count,
     uid_t uid, gid_t gid, const gid_t *groups, int group_count,
+    const char *const *cgroup_procs, int cgroup_count,
     const int stdio[3], const char *path, char *const argv[], char *const envp[],
     martlet_jail_failure *failure);
 
