@@ -162,3 +162,39 @@ import Testing
         #expect(try martlet("vm", "stop", "open").status == 0)
     }
 }
+
+/// `VMCgroup` on this machine's real cgroup filesystem, below the test's own cgroups.
+@Suite(.serialized) struct VMCgroupTests {
+    /// A process over its memory limit is ended by the kernel's OOM killer, alone: the test
+    /// (its parent) lives on and `memoryLimitKilled` says what happened.
+    @Test func aProcessOverItsMemoryLimitEndsAlone() throws {
+        guard let hierarchy = try VMCgroup.hierarchy(forRunnerOf: "cgroup-test") else {
+            Issue.record("skipped: no cgroup with the memory controller below this process's own")
+            return
+        }
+        let name = "vmm-test-\(UUID().uuidString.prefix(8).lowercased())"
+        let cgroup = try VMCgroup(
+            name: name, limits: VMCgroup.Limits(memoryBytes: 32 << 20, tasks: 8, cpuQuota: 100_000),
+            under: hierarchy)
+        defer { cgroup.remove() }
+        #expect(!cgroup.memoryLimitKilled)
+        let root = try TestSupport.temporaryDirectory("cgroup-root")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var layout = JailLayout(
+            root: root,
+            entries: [.bind(source: "/usr", target: "/usr", readOnly: true)]
+                + VMJail.libraryLinks.map { .symlink(path: $0, destination: "usr" + $0) },
+            credentials: nil)
+        layout.cgroupProcs = cgroup.procsFiles
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        // 256 MiB written byte by byte into fresh pages: far over the 32 MiB limit.
+        let pid = try ChildProcess.spawnJailed(
+            ["/usr/bin/python3", "-c", "data = b'\\x01' * (256 << 20); print(len(data))"], jail: layout,
+            stdin: null.raw, stdout: null.raw, stderr: null.raw)
+        let termination = ChildProcess.wait(pid)
+        #expect(termination == .signaled(SIGKILL), "\(termination)")
+        #expect(cgroup.memoryLimitKilled, "the cgroup's OOM count")
+        let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
+        #expect(!own.contains(name), "the parent stayed outside the limited cgroup: \(own)")
+    }
+}
