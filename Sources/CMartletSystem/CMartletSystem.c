@@ -83,6 +83,9 @@ static __attribute__((noreturn)) void jail_child(
         if (fd < 0 || write(fd, "0", 1) != 1) jail_fail(pipe_fd, MARTLET_JAIL_STEP_CGROUP, index);
         close(fd);
     }
+    // The directories below are for the VMM's user to walk through: 0755 whatever the
+    // caller's umask; the program gets the caller's umask back.
+    mode_t umask_before = umask(0);
     // Nothing mounted here propagates back to the host.
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) jail_fail(pipe_fd, MARTLET_JAIL_STEP_PRIVATE, -1);
     if (mount("martlet-jail", root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=4096") != 0)
@@ -122,6 +125,7 @@ static __attribute__((noreturn)) void jail_child(
         if (syscall(SYS_setresgid, gid, gid, gid) != 0) jail_fail(pipe_fd, MARTLET_JAIL_STEP_GID, -1);
         if (syscall(SYS_setresuid, uid, uid, uid) != 0) jail_fail(pipe_fd, MARTLET_JAIL_STEP_UID, -1);
     }
+    umask(umask_before);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) jail_fail(pipe_fd, MARTLET_JAIL_STEP_NO_NEW_PRIVS, -1);
     struct sigaction default_action;
     memset(&default_action, 0, sizeof default_action);

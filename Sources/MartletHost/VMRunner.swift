@@ -144,6 +144,10 @@ public final class VMRunner: Sendable {
         let config = try host.vmmConfiguration(definition)
         try (config.json.text + "\n").write(
             toFile: paths.vmmConfig(name), atomically: true, encoding: .utf8)
+        // The VMM's user reads it, whatever the runner's umask.
+        guard chmod(paths.vmmConfig(name), 0o644) == 0 else {
+            throw MartletError.system("chmod", path: paths.vmmConfig(name))
+        }
         let user = vmmUser()
         if let user {
             // The VMM runs unprivileged: it needs its disks, its run directory and the console
