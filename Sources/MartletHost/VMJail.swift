@@ -19,14 +19,7 @@ enum VMJail {
         config: VMConfig, configFile: String, vmmDirectory: String, vmm: String, root: String,
         credentials: JailLayout.Credentials?
     ) throws -> JailLayout {
-        var entries: [JailLayout.Entry] = [.bind(source: "/usr", target: "/usr", readOnly: true)]
-        for path in libraryLinks {
-            if let destination = try? FileManager.default.destinationOfSymbolicLink(atPath: path) {
-                entries.append(.symlink(path: path, destination: destination))
-            } else if FileManager.default.fileExists(atPath: path) {
-                entries.append(.bind(source: path, target: path, readOnly: true))
-            }
-        }
+        var entries = systemEntries()
         // A VMM outside /usr (a development build) brings its own program and the directories
         // of the shared libraries it links from elsewhere (the Swift runtime of a debug build).
         if !vmm.hasPrefix("/usr/") {
@@ -53,6 +46,19 @@ enum VMJail {
             entries.append(.bind(source: device, target: device, readOnly: false))
         }
         return JailLayout(root: root, entries: entries, credentials: credentials)
+    }
+
+    /// /usr read-only and /lib, /lib64 as on the host: what a dynamically linked program needs.
+    static func systemEntries() -> [JailLayout.Entry] {
+        var entries: [JailLayout.Entry] = [.bind(source: "/usr", target: "/usr", readOnly: true)]
+        for path in libraryLinks {
+            if let destination = try? FileManager.default.destinationOfSymbolicLink(atPath: path) {
+                entries.append(.symlink(path: path, destination: destination))
+            } else if FileManager.default.fileExists(atPath: path) {
+                entries.append(.bind(source: path, target: path, readOnly: true))
+            }
+        }
+        return entries
     }
 
     /// True when `path` is already in the jail through a directory bound at its own path.

@@ -180,11 +180,7 @@ import Testing
         #expect(!cgroup.memoryLimitKilled)
         let root = try TestSupport.temporaryDirectory("cgroup-root")
         defer { try? FileManager.default.removeItem(atPath: root) }
-        var layout = JailLayout(
-            root: root,
-            entries: [.bind(source: "/usr", target: "/usr", readOnly: true)]
-                + VMJail.libraryLinks.map { .symlink(path: $0, destination: "usr" + $0) },
-            credentials: nil)
+        var layout = JailLayout(root: root, entries: VMJail.systemEntries(), credentials: nil)
         layout.cgroupProcs = cgroup.procsFiles
         let null = try FileDescriptor.open("/dev/null", O_RDWR)
         // 256 MiB written byte by byte into fresh pages: far over the 32 MiB limit.
