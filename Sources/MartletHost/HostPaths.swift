@@ -70,6 +70,9 @@ public struct HostPaths: Sendable, Equatable {
     /// The VMM's serial port (`serial: "socket:PATH"`); only the runner connects to it.
     public func serialSocket(_ name: String) -> String { "\(vmmDirectory(name))/serial.sock" }
     public func consoleLog(_ name: String) -> String { "\(state(name))/console.log" }
+    /// The jailed VMM's root: an empty directory on the host; the VMM's own mount namespace
+    /// has a tmpfs there holding what that VM uses (`VMJail`).
+    public func jailRoot(_ name: String) -> String { "\(state(name))/root" }
     public func runnerPID(_ name: String) -> String { "\(state(name))/runner.pid" }
     public func vmmConfig(_ name: String) -> String { "\(state(name))/vmm.json" }
     public func runnerLog(_ name: String) -> String { "\(state(name))/runner.log" }

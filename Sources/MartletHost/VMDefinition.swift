@@ -139,11 +139,14 @@ public struct VMDefinition: Codable, Equatable, Sendable {
     public var onCrash: CrashPolicy
     /// A NoCloud seed for cloud images (`[cloud-init]`); none when nil.
     public var cloudInit: CloudInit?
+    /// The runner starts the VMM in its own namespaces and root (`VMJail`); `jail = false`
+    /// is for debugging only.
+    public var jail: Bool
 
     public init(
         name: String, vcpus: Int = 1, memory: ByteSize = .mib(256), boot: Boot, disks: [Disk] = [],
         nics: [NIC] = [], autostart: Bool = false, onCrash: CrashPolicy = .restart,
-        cloudInit: CloudInit? = nil
+        cloudInit: CloudInit? = nil, jail: Bool = true
     ) {
         self.name = name
         self.vcpus = vcpus
@@ -154,6 +157,7 @@ public struct VMDefinition: Codable, Equatable, Sendable {
         self.autostart = autostart
         self.onCrash = onCrash
         self.cloudInit = cloudInit
+        self.jail = jail
     }
 
     public static let maxVCPUs = 64
@@ -199,7 +203,7 @@ public struct VMDefinition: Codable, Equatable, Sendable {
 
 extension VMDefinition {
     static let topKeys = [
-        "vcpus", "memory", "autostart", "on-crash", "boot", "disk", "nic", "cloud-init",
+        "vcpus", "memory", "autostart", "on-crash", "jail", "boot", "disk", "nic", "cloud-init",
     ]
 
     /// Parses the definition file at `path`; the VM's name is the file name without `.toml`.
@@ -223,6 +227,7 @@ extension VMDefinition {
         let vcpus = try root.int("vcpus") ?? 1
         let memory = try root.size("memory") ?? .mib(256)
         let autostart = try root.bool("autostart") ?? false
+        let jail = try root.bool("jail") ?? true
         let policyText =
             try root.choice("on-crash", CrashPolicy.allCases.map(\.rawValue)) ?? "restart"
         let bootSection = try root.required(
@@ -280,7 +285,8 @@ extension VMDefinition {
             boot: Boot(
                 mode: mode, kernel: kernel, initrd: initrd, cmdline: cmdline, firmware: firmware),
             disks: disks, nics: nics,
-            autostart: autostart, onCrash: CrashPolicy(rawValue: policyText)!, cloudInit: cloudInit)
+            autostart: autostart, onCrash: CrashPolicy(rawValue: policyText)!, cloudInit: cloudInit,
+            jail: jail)
         // The same rules as `validate()`, reported at the line of the key that breaks one.
         if let violation = firstViolation() {
             let section: TOMLSection =
@@ -486,13 +492,15 @@ private struct FileLayout: Encodable {
     var memory: String
     var autostart: Bool
     var onCrash: String
+    /// Written only when off: a definition says `jail = false` only when someone chose it.
+    var jail: Bool?
     var boot: Boot
     var disk: [Disk]?
     var nic: [NIC]?
     var cloudInit: CloudInitTable?
 
     enum CodingKeys: String, CodingKey {
-        case vcpus, memory, autostart, boot, disk, nic
+        case vcpus, memory, autostart, jail, boot, disk, nic
         case onCrash = "on-crash"
         case cloudInit = "cloud-init"
     }
@@ -503,6 +511,7 @@ private struct FileLayout: Encodable {
         memory = definition.memory.exactText
         autostart = definition.autostart
         onCrash = definition.onCrash.rawValue
+        jail = definition.jail ? nil : false
         let boot = definition.boot
         // A kernel VM's file reads as before boot modes existed; a disk VM has no cmdline.
         self.boot = Boot(

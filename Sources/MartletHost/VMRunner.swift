@@ -144,6 +144,10 @@ public final class VMRunner: Sendable {
         let config = try host.vmmConfiguration(definition)
         try (config.json.text + "\n").write(
             toFile: paths.vmmConfig(name), atomically: true, encoding: .utf8)
+        // The VMM's user reads it, whatever the runner's umask.
+        guard chmod(paths.vmmConfig(name), 0o644) == 0 else {
+            throw MartletError.system("chmod", path: paths.vmmConfig(name))
+        }
         let user = vmmUser()
         if let user {
             // The VMM runs unprivileged: it needs its disks, its run directory and the console
@@ -171,24 +175,63 @@ public final class VMRunner: Sendable {
 
         let vmm = try Tool.resolve(paths.vmm)
         var arguments = [vmm, "--config", paths.vmmConfig(name)]
-        if let user {
-            arguments =
-                [
-                    "setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--init-groups",
-                    "--inh-caps=-all", "--",
-                ] + arguments
-        }
         let null = try FileDescriptor.open("/dev/null", O_RDONLY)
         unlink(paths.serialSocket(name))
-        logger.info("VM '\(name)': starting \(arguments.joined(separator: " "))")
         // The console is the VMM's serial socket; its stdout (--stats, nothing else) joins
         // the runner's log.
-        let pid = try ChildProcess.spawn(
-            arguments, stdin: null.raw, stdout: STDERR_FILENO, stderr: STDERR_FILENO)
+        let pid: pid_t
+        var cgroup: VMCgroup?
+        defer { cgroup?.remove() }
+        if definition.jail {
+            var layout = try jailLayout(config, vmm: vmm, user: user)
+            cgroup = vmmCgroup(config)
+            layout.cgroupProcs = cgroup?.procsFiles ?? []
+            logger.info("VM '\(name)': starting \(arguments.joined(separator: " ")) jailed in \(layout.root)")
+            do {
+                pid = try ChildProcess.spawnJailed(
+                    arguments, jail: layout, stdin: null.raw, stdout: STDERR_FILENO, stderr: STDERR_FILENO)
+            } catch let error as SystemError {
+                throw MartletError(
+                    error,
+                    hint: "the VMM's jail could not be set up; 'jail = false' in \(paths.definition(name)) runs it unjailed (debugging only)")
+            }
+        } else {
+            if let user {
+                arguments =
+                    [
+                        "setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--init-groups",
+                        "--inh-caps=-all", "--",
+                    ] + arguments
+            }
+            logger.warning("VM '\(name)': starting \(arguments.joined(separator: " ")) without a jail (jail = false)")
+            pid = try ChildProcess.spawn(
+                arguments, stdin: null.raw, stdout: STDERR_FILENO, stderr: STDERR_FILENO)
+        }
         shared.withLock { $0.vmmPID = pid }
         let status = relaySerialConsole(vmm: pid)
         shared.withLock { $0.vmmPID = nil }
+        if let cgroup, cgroup.memoryLimitKilled {
+            logger.error(
+                "VM '\(name)': the VMM went over its memory limit (\(cgroup.limits.memoryBytes) bytes: guest RAM + \(VMCgroup.Limits.memoryOverhead >> 20) MiB) and the kernel's OOM killer ended it; nothing else was touched")
+        }
         return status
+    }
+
+    /// The VMM's cgroup with the limits of `config`, or nil (logged) where the runner cannot
+    /// make one: the VM still runs, without them.
+    func vmmCgroup(_ config: VMConfig) -> VMCgroup? {
+        do {
+            guard let hierarchy = try VMCgroup.hierarchy(forRunnerOf: name) else {
+                logger.warning("VM '\(name)': no cgroup with the memory controller for the VMM; running it without cgroup limits")
+                return nil
+            }
+            return try VMCgroup(
+                name: "vmm-\(name)", limits: VMCgroup.Limits(vcpus: config.vcpus, memoryMiB: config.memoryMiB),
+                under: hierarchy)
+        } catch {
+            logger.error("VM '\(name)': cgroup limits not set: \(error); running the VMM without them")
+            return nil
+        }
     }
 
     /// Connects to the VMM's serial socket and copies the guest's output to every attached
@@ -212,6 +255,31 @@ public final class VMRunner: Sendable {
             // Console input threads may still hold it; it closes when the last one lets go.
             shared.withLock { $0.vmmInput = nil }
         }
+    }
+
+    /// The VMM's jail (`VMJail`); its root is an empty directory of the runner's.
+    func jailLayout(_ config: VMConfig, vmm: String, user: User?) throws -> JailLayout {
+        guard geteuid() == 0 else {
+            throw MartletError(
+                .refused, "VM '\(name)': the VMM's jail needs root (namespaces, mounts)",
+                hint: "run 'martlet vm run' as root, or set 'jail = false' in \(paths.definition(name)) (debugging only)")
+        }
+        let root = paths.jailRoot(name)
+        if mkdir(root, 0o700) != 0 {
+            let entries = try? FileManager.default.contentsOfDirectory(atPath: root)
+            var info = stat()
+            guard errno == EEXIST, lstat(root, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR,
+                entries?.isEmpty == true
+            else {
+                throw MartletError(
+                    .refused, "VM '\(name)': the jail root \(root) exists and is not an empty directory",
+                    hint: "remove what is there; the runner creates it empty")
+            }
+        }
+        return try VMJail.layout(
+            config: config, configFile: paths.vmmConfig(name), vmmDirectory: paths.vmmDirectory(name),
+            vmm: vmm, root: root,
+            credentials: user.map { VMJail.credentials(user: paths.vmmUser, uid: $0.uid, gid: $0.gid) })
     }
 
     struct User {

@@ -212,6 +212,7 @@ import Testing
         }
         #expect(try run("volume", "create", "local/blank", "--size", "4MiB").status == 0)
         #expect(try run("vm", "create", "blank", "--boot", "disk", "--disk", "local/blank").status == 0)
+        try fixture.runUnjailed("blank")
         let started = try run("vm", "start", "blank", "--timeout", "10")
         #expect(started.status != 0, "\(started.stdout)")
         #expect(started.stderr.contains("could not start: no bootable device"), "\(started.stderr)")

@@ -76,6 +76,15 @@ import Testing
         #expect(definition.onCrash == .restart)
         #expect(definition.boot.cmdline == "console=ttyS0")
         #expect(definition.disks.isEmpty && definition.nics.isEmpty)
+        #expect(definition.jail, "the VMM is jailed unless a definition says otherwise")
+    }
+
+    @Test func jailFalseIsKeptAndWrittenBack() throws {
+        let definition = try parse("jail = false\n[boot]\nkernel = \"/boot/vmlinuz\"\n")
+        #expect(!definition.jail)
+        #expect(definition.toml.contains("jail = false"), "\(definition.toml)")
+        #expect(try parse(definition.toml) == definition)
+        #expect(!(try parse("[boot]\nkernel = \"/boot/vmlinuz\"\n").toml.contains("jail")))
     }
 
     @Test func generatedMACsAreStableUnicastAndDistinct() {
@@ -115,6 +124,7 @@ import Testing
         ("memory = \"1000000\"\n[boot]\nkernel = \"/k\"\n", "whole number of MiB"),
         ("on-crash = \"explode\"\n[boot]\nkernel = \"/k\"\n", "is not one of"),
         ("autostart = \"yes\"\n[boot]\nkernel = \"/k\"\n", "true or false"),
+        ("jail = \"off\"\n[boot]\nkernel = \"/k\"\n", "jail"),
         ("vcpus = 1\n", "missing required key 'boot'"),
         ("[boot]\ncmdline = \"x\"\n", "missing required key 'boot.kernel'"),
         ("[boot]\nkernel = \"vmlinuz\"\n", "neither an absolute path nor POOL/VOLUME"),

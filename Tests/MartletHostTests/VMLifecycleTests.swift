@@ -220,6 +220,7 @@ final class BridgeNamespace {
             martlet, ["vm", "create", "nokvm", "--kernel", guest, "--memory", "16MiB"],
             environment: environment)
         #expect(created.status == 0, "\(created.stderr)")
+        try fixture.runUnjailed("nokvm")
 
         let began = Date()
         let started = try TestSupport.run(

@@ -3,6 +3,7 @@
 
 #include <spawn.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 /// glibc declares these only under _GNU_SOURCE, which Swift's Glibc module does not define;
 /// each returns what the function it wraps returns (and sets errno the same way).
@@ -19,5 +20,52 @@ int martlet_pipe2(int fds[2], int flags);
 
 /// accept4(2): the accepted socket gets `flags` (SOCK_CLOEXEC) atomically.
 int martlet_accept4(int fd, int flags);
+
+/// One thing the jailed child puts into its new root (`martlet_spawn_jailed`).
+typedef struct {
+    /// MARTLET_JAIL_BIND: the host's `source` (a file, device or directory) mounted at
+    /// `target`; MARTLET_JAIL_SYMLINK: a symbolic link `target` -> `source`.
+    int kind;
+    const char *source;
+    /// An absolute path inside the new root.
+    const char *target;
+    /// A bind mount made read-only (and nosuid).
+    int read_only;
+} martlet_jail_entry;
+
+enum { MARTLET_JAIL_BIND = 0, MARTLET_JAIL_SYMLINK = 1 };
+
+/// Where a jailed spawn failed, for the parent's error message.
+typedef struct {
+    /// The step (one of MARTLET_JAIL_STEP_*), the entry it worked on (-1: none) and errno.
+    int step;
+    int entry;
+    int error;
+} martlet_jail_failure;
+
+enum {
+    MARTLET_JAIL_STEP_CLONE = 1, MARTLET_JAIL_STEP_PRIVATE, MARTLET_JAIL_STEP_TMPFS,
+    MARTLET_JAIL_STEP_MKDIR, MARTLET_JAIL_STEP_MOUNTPOINT, MARTLET_JAIL_STEP_BIND,
+    MARTLET_JAIL_STEP_READ_ONLY, MARTLET_JAIL_STEP_SYMLINK, MARTLET_JAIL_STEP_PROC,
+    MARTLET_JAIL_STEP_PIVOT, MARTLET_JAIL_STEP_ROOT_READ_ONLY, MARTLET_JAIL_STEP_GROUPS,
+    MARTLET_JAIL_STEP_GID, MARTLET_JAIL_STEP_UID, MARTLET_JAIL_STEP_NO_NEW_PRIVS,
+    MARTLET_JAIL_STEP_EXEC, MARTLET_JAIL_STEP_STDIO, MARTLET_JAIL_STEP_CGROUP,
+};
+
+/// Starts `path` (argv, envp) in new mount, PID, IPC and UTS namespaces, as pid 1 of its PID
+/// namespace, first joining the cgroups whose `cgroup.procs` files `cgroup_procs` names (so
+/// everything it allocates is charged there), inside a fresh tmpfs mounted on `root` (an existing, empty host directory)
+/// holding only `entries` and a /proc of its own; `root` becomes its / through pivot_root.
+/// Then the groups, gid and uid (when `uid` is not (uid_t)-1), no_new_privs and an empty
+/// signal mask with default dispositions, fds 0-2 from `stdio`, every other fd closed.
+/// Returns the child's pid (in the caller's PID namespace; it ends with SIGCHLD like a
+/// forked child) once it has executed `path`, or -1 with `failure` filled in. Linux raw
+/// clone, no threads in the child: only system calls run between clone and execve.
+pid_t martlet_spawn_jailed(
+    const char *root, const martlet_jail_entry *entries, int entry_count,
+    uid_t uid, gid_t gid, const gid_t *groups, int group_count,
+    const char *const *cgroup_procs, int cgroup_count,
+    const int stdio[3], const char *path, char *const argv[], char *const envp[],
+    martlet_jail_failure *failure);
 
 #endif

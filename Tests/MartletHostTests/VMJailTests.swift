@@ -1,0 +1,196 @@
+import Foundation
+import MartletCore
+import MartletSystem
+import Testing
+
+@testable import MartletHost
+
+/// The runner's jail for the VMM (`VMJail`), on the real binary and the tiny test guest. The
+/// other runner tests (VMLifecycleTests, ConsoleAndNetTests) run jailed too: it is the default.
+@Suite(.serialized, .timeLimit(.minutes(10))) struct VMJailTests {
+    /// The running VMM of `vm`'s runner (its only child), found through pgrep.
+    static func vmmPID(_ fixture: HostFixture, _ vm: String) throws -> pid_t {
+        let runner = try #require(fixture.host.runnerPID(vm))
+        let found = try ChildProcess.run(["pgrep", "-P", "\(runner)", "-x", "martlet-vmm"]).stdout
+        return try #require(pid_t(found.trimmingCharacters(in: .whitespacesAndNewlines)), "VMM of runner \(runner): '\(found)'")
+    }
+
+    /// A status line of /proc/PID/status without its name: "Uid:\t1\t1\t1\t1" -> "1\t1\t1\t1".
+    static func status(_ pid: pid_t, _ key: String) -> String? {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").first { $0.hasPrefix(key + ":") }
+            .map { $0.dropFirst(key.count + 1).trimmingCharacters(in: .whitespaces) }
+    }
+
+    static func namespace(_ pid: String, _ kind: String) -> String? {
+        try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/\(kind)")
+    }
+
+    @Test func theJailedVMMSeesOnlyItsOwnFilesAsAnUnprivilegedPIDOne() throws {
+        let guest = try TestSupport.guest.get()
+        let user = "mhjail\(UUID().uuidString.prefix(6).lowercased())"
+        try Command(
+            "useradd",
+            ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-G", "kvm", user]
+        ).run()
+        defer { _ = try? ChildProcess.run(["userdel", user]) }
+        let fixture = try HostFixture(label: "jail")
+        var environment = fixture.environment
+        environment["MARTLET_VMM_USER"] = user
+        let martlet = TestSupport.product("martlet")
+        func cli(_ arguments: String...) throws -> ChildProcess.Output {
+            try TestSupport.run(martlet, arguments, environment: environment)
+        }
+        // Another VM's disk in the same pool: it must not be in this VM's jail.
+        #expect(try cli("volume", "create", "local/other-root", "--size", "8MiB").status == 0)
+        let created = try cli(
+            "vm", "create", "jailed", "--kernel", guest, "--cmdline", "test=halt jail-test",
+            "--memory", "16MiB", "--new-disk", "local/jailed-root:8MiB")
+        #expect(created.status == 0, "\(created.stderr)")
+        let started = try cli("vm", "start", "jailed")
+        #expect(started.status == 0, "the control socket answered from the host: \(started.stderr)")
+        let console = try cli(
+            "vm", "console", "jailed", "--expect", "halting, cmdline: test=halt jail-test",
+            "--timeout", "10")
+        #expect(console.status == 0, "\(console.stdout) \(console.stderr)")
+
+        let pid = try Self.vmmPID(fixture, "jailed")
+        let uid = try #require(getpwnam(user)?.pointee.pw_uid)
+        #expect(Self.status(pid, "Uid") == "\(uid)\t\(uid)\t\(uid)\t\(uid)")
+        #expect(Self.status(pid, "CapEff") == "0000000000000000")
+        #expect(Self.status(pid, "NoNewPrivs") == "1")
+        #expect(Self.status(pid, "NSpid") == "\(pid)\t1", "pid 1 of a PID namespace of its own")
+        for kind in ["mnt", "pid", "ipc", "uts"] {
+            let own = Self.namespace("\(pid)", kind)
+            #expect(own != nil && own != Self.namespace("self", kind), "\(kind): \(own ?? "?")")
+        }
+        #expect(Self.namespace("\(pid)", "net") == Self.namespace("self", "net"), "taps are opened by name")
+
+        // Everything in its root outside /usr, /proc and the program's library directories.
+        let root = "/proc/\(pid)/root"
+        let vmm = try Tool.resolve(fixture.paths.vmm)
+        let skipped = ["/usr", "/proc"] + (try VMJail.libraryDirectories(of: vmm))
+        var files: Set<String> = []
+        func walk(_ directory: String) {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: root + directory)) ?? []
+            for name in names {
+                let path = (directory == "/" ? "" : directory) + "/" + name
+                if skipped.contains(path) { continue }
+                var info = stat()
+                guard lstat(root + path, &info) == 0 else { continue }
+                if (info.st_mode & S_IFMT) == S_IFDIR { walk(path) } else { files.insert(path) }
+            }
+        }
+        walk("/")
+        let paths = fixture.paths
+        let expected: Set<String> = [
+            "/lib", "/lib64", vmm, guest, paths.vmmConfig("jailed"), paths.consoleLog("jailed"),
+            fixture.root + "/pool/jailed-root.raw", paths.controlSocket("jailed"),
+            paths.serialSocket("jailed"), "/dev/kvm", "/dev/null", "/dev/urandom",
+        ]
+        #expect(files == expected, "unexpected: \(files.subtracting(expected)), missing: \(expected.subtracting(files))")
+        #expect(!FileManager.default.fileExists(atPath: root + "/etc/shadow"))
+        #expect(!FileManager.default.fileExists(atPath: root + fixture.root + "/pool/other-root.raw"))
+        #expect(
+            (try? FileManager.default.contentsOfDirectory(atPath: paths.jailRoot("jailed"))) == [],
+            "the jail's tmpfs exists only in the VMM's mount namespace")
+        // Its root is read-only, also to root: nothing can be added beside what it was given.
+        #expect(access(root + "/usr", W_OK) != 0 || errno == EROFS)
+        #expect(mkdir(root + "/added", 0o700) != 0 && errno == EROFS)
+
+        // Its cgroup: 16 MiB of guest RAM + the overhead, 1 vCPU + the spare tasks, 2 CPUs' time.
+        let cgroup = try #require(Self.memoryCgroup(pid), "the VMM is in a memory cgroup")
+        #expect(cgroup.name == "vmm-jailed", "a cgroup of its own: \(cgroup)")
+        let limits = VMCgroup.Limits(vcpus: 1, memoryMiB: 16)
+        #expect(limits.memoryBytes == (16 << 20) + VMCgroup.Limits.memoryOverhead)
+        switch cgroup.hierarchy {
+        case .unified(let directory):
+            #expect(Self.read(directory + "/memory.max") == "\(limits.memoryBytes)")
+            #expect(Self.read(directory + "/pids.max") == "\(limits.tasks)")
+            #expect(Self.read(directory + "/cpu.max") == "200000 100000")
+        case .legacy(let memory, let pids, let cpu):
+            #expect(Self.read(memory + "/memory.limit_in_bytes") == "\(limits.memoryBytes)")
+            if let pids { #expect(Self.read(pids + "/pids.max") == "\(limits.tasks)") }
+            if let cpu { #expect(Self.read(cpu + "/cpu.cfs_quota_us") == "200000") }
+        }
+
+        let stopped = try cli("vm", "stop", "jailed")
+        #expect(stopped.status == 0, "\(stopped.stderr)")
+        let directory: String
+        switch cgroup.hierarchy {
+        case .unified(let path): directory = path
+        case .legacy(let memory, _, _): directory = memory
+        }
+        #expect(!FileManager.default.fileExists(atPath: directory), "the runner removes the VMM's cgroup")
+    }
+
+    static func read(_ path: String) -> String? {
+        (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The cgroup `pid` is in, with the memory controller: the v2 directory or the v1 ones.
+    static func memoryCgroup(_ pid: pid_t) -> (hierarchy: VMCgroup.Hierarchy, name: String)? {
+        let lines = (read("/proc/\(pid)/cgroup") ?? "").split(separator: "\n")
+            .map { $0.split(separator: ":", maxSplits: 2).map(String.init) }.filter { $0.count == 3 }
+        func path(_ controller: String) -> String? {
+            lines.first { $0[1].split(separator: ",").contains { $0 == controller } }
+                .map { "/sys/fs/cgroup/\(controller)\($0[2])" }
+        }
+        if let memory = path("memory") {
+            return (.legacy(memory: memory, pids: path("pids"), cpu: path("cpu")), (memory as NSString).lastPathComponent)
+        }
+        guard let unified = lines.first(where: { $0[0] == "0" }).map({ "/sys/fs/cgroup\($0[2])" }),
+            FileManager.default.fileExists(atPath: unified + "/memory.max")
+        else { return nil }
+        return (.unified(unified), (unified as NSString).lastPathComponent)
+    }
+
+    @Test func jailFalseRunsTheVMMInTheHostsNamespaces() throws {
+        let guest = try TestSupport.guest.get()
+        let fixture = try HostFixture(label: "nojail")
+        let martlet = VMLifecycleTests.CLI(fixture: fixture, namespace: nil)
+        try martlet.json(
+            "vm", "create", "open", "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB")
+        try fixture.runUnjailed("open")
+        #expect(try fixture.host.definition("open").jail == false)
+        #expect(try martlet("vm", "start", "open").status == 0)
+        let pid = try Self.vmmPID(fixture, "open")
+        #expect(Self.namespace("\(pid)", "mnt") == Self.namespace("self", "mnt"))
+        #expect(Self.status(pid, "NSpid") == "\(pid)")
+        let log = try String(contentsOfFile: fixture.paths.runnerLog("open"), encoding: .utf8)
+        #expect(log.contains("without a jail (jail = false)"), "\(log)")
+        #expect(try martlet("vm", "stop", "open").status == 0)
+    }
+}
+
+/// `VMCgroup` on this machine's real cgroup filesystem, below the test's own cgroups.
+@Suite(.serialized) struct VMCgroupTests {
+    /// A process over its memory limit is ended by the kernel's OOM killer, alone: the test
+    /// (its parent) lives on and `memoryLimitKilled` says what happened.
+    @Test func aProcessOverItsMemoryLimitEndsAlone() throws {
+        guard let hierarchy = try VMCgroup.hierarchy(forRunnerOf: "cgroup-test") else {
+            Issue.record("skipped: no cgroup with the memory controller below this process's own")
+            return
+        }
+        let name = "vmm-test-\(UUID().uuidString.prefix(8).lowercased())"
+        let cgroup = try VMCgroup(
+            name: name, limits: VMCgroup.Limits(memoryBytes: 32 << 20, tasks: 8, cpuQuota: 100_000),
+            under: hierarchy)
+        defer { cgroup.remove() }
+        #expect(!cgroup.memoryLimitKilled)
+        let root = try TestSupport.temporaryDirectory("cgroup-root")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var layout = JailLayout(root: root, entries: VMJail.systemEntries(), credentials: nil)
+        layout.cgroupProcs = cgroup.procsFiles
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        // 256 MiB written byte by byte into fresh pages: far over the 32 MiB limit.
+        let pid = try ChildProcess.spawnJailed(
+            ["/usr/bin/python3", "-c", "data = b'\\x01' * (256 << 20); print(len(data))"], jail: layout,
+            stdin: null.raw, stdout: null.raw, stderr: null.raw)
+        let termination = ChildProcess.wait(pid)
+        #expect(termination == .signaled(SIGKILL), "\(termination)")
+        #expect(cgroup.memoryLimitKilled, "the cgroup's OOM count")
+        let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
+        #expect(!own.contains(name), "the parent stayed outside the limited cgroup: \(own)")
+    }
+}
