@@ -280,7 +280,12 @@ public struct APIServer: Sendable {
         }
         let host = self.host
         router.get("/v1/host") { _, _ in try await Self.respond { try HostSummary.current(host: host) } }
-        router.get("/v1/vms") { _, _ in try await Self.respond { try host.statuses() } }
+        router.get("/v1/vms") { request, _ in
+            if request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) {
+                return Self.statusEvents(host: host)
+            }
+            return try await Self.respond { try host.statuses() }
+        }
         router.post("/v1/vms") { request, context in
             let body = try await Self.decode(VMRequest.self, request, context)
             return try await Self.respond(status: .created) { () -> VMStatus in
@@ -517,10 +522,50 @@ public struct APIServer: Sendable {
         }
     }
 
-    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) -> Response {
+    /// `GET /v1/vms` with `Accept: text/event-stream`: the VM list as server-sent events, one
+    /// `data:` line of the same JSON as a plain GET now and whenever it changes (looked at
+    /// every second), a comment line every 15 s while nothing changes. Ends when the client
+    /// goes away (its write fails) or the list cannot be read (an `error` event).
+    static func statusEvents(host: VMHost) -> Response {
+        Response(
+            status: .ok, headers: [.contentType: "text/event-stream"],
+            body: ResponseBody { writer in
+                var last = Data()
+                var quiet = 0
+                while !Task.isCancelled {
+                    let data: Data
+                    do {
+                        data = jsonData(try await workers.runIfActive { try host.statuses() })
+                    } catch let error as MartletError {
+                        let body = ErrorBody(error: .init(code: error.code.rawValue, message: error.message, hint: error.hint))
+                        try await writer.write(ByteBuffer(string: "event: error\ndata: \(String(decoding: jsonData(body), as: UTF8.self))\n\n"))
+                        break
+                    }
+                    if data != last {
+                        try await writer.write(ByteBuffer(string: "data: \(String(decoding: data, as: UTF8.self))\n\n"))
+                        last = data
+                        quiet = 0
+                    } else if quiet >= 15 {
+                        // Keeps proxies and the browser from taking a quiet list for a dead one.
+                        try await writer.write(ByteBuffer(string: ": still here\n\n"))
+                        quiet = 0
+                    }
+                    quiet += 1
+                    try await Task.sleep(for: .seconds(1))
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    /// The API's JSON for `value`: sorted keys, slashes as they are.
+    static func jsonData<T: Encodable>(_ value: T) -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return (try? encoder.encode(value)) ?? Data("{}".utf8)
+    }
+
+    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) -> Response {
+        let data = jsonData(value)
         return Response(
             status: status, headers: [.contentType: "application/json"],
             body: .init(byteBuffer: ByteBuffer(bytes: data)))

@@ -81,6 +81,7 @@ function show(name) {
 
 function logout(message = "") {
   closeConsole();
+  stopVMEvents();
   if (credentials?.kind === "session") fetch("/v1/logout", { method: "POST", headers: authHeaders() });
   credentials = null;
   sessionStorage.removeItem("martlet-credentials");
@@ -109,8 +110,29 @@ async function renderSummary() {
     row([p.name, p.type, bytes(p.used), bytes(p.free), p.volumes])));
 }
 
+/** The VM list's server-sent events while a session is logged in (see renderVMs). */
+let vmEvents = null;
+
 async function renderVMs() {
-  const vms = await api("GET", "/v1/vms");
+  // A session follows the list live (GET /v1/vms as server-sent events: EventSource sends
+  // the cookie); a token cannot go on an EventSource, so a token login reads it every 2 s.
+  if (credentials?.kind === "session") {
+    if (!vmEvents) {
+      vmEvents = new EventSource("/v1/vms");
+      vmEvents.onmessage = (event) => renderVMTable(JSON.parse(event.data));
+    }
+  } else {
+    renderVMTable(await api("GET", "/v1/vms"));
+  }
+  await renderDiskChoices();
+}
+
+function stopVMEvents() {
+  vmEvents?.close();
+  vmEvents = null;
+}
+
+function renderVMTable(vms) {
   $("#vm-table tbody").replaceChildren(...vms.map((vm) => {
     const state = document.createElement("span");
     state.className = `state-${vm.state}`;
@@ -137,7 +159,10 @@ async function renderVMs() {
     tr.lastChild.className = "actions";
     return tr;
   }));
-  // Volumes for the create form's disk list.
+}
+
+/** Volumes for the create form's disk list. */
+async function renderDiskChoices() {
   const select = $("#create-form select[name=disk]");
   const current = select.value;
   const pools = await api("GET", "/v1/pools");
