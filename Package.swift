@@ -19,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.2"),
         // HTTP field names for the API's headers (already under Hummingbird).
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
+        // The VM console over a WebSocket on the HTTPS listener, and its client for tests.
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket", from: "2.8.1"),
     ],
     targets: [
         // C libraries from Debian, imported through pkg-config. Each has a shim.h with
@@ -82,6 +84,7 @@ let package = Package(
                 "MartletCore", "MartletSystem", "MartletValidation", "MartletVMMProtocol", "CArchive", "CPAM",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -131,7 +134,11 @@ let package = Package(
             name: "MartletVMMTests", dependencies: ["MartletVMM", "MartletVMMProtocol", "MartletSystem"]),
         .testTarget(
             name: "MartletHostTests",
-            dependencies: ["MartletHost", "MartletCore", "MartletSystem", "MartletVMMProtocol"]),
+            dependencies: [
+                "MartletHost", "MartletCore", "MartletSystem", "MartletVMMProtocol",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]),
         // The user journey in QEMU: build the ISO, install on BIOS and UEFI, use the host.
         // Run by `make e2e` (and `make test` after the unit tests); `make unit` skips it.
         .testTarget(

@@ -51,17 +51,17 @@ struct Authentication: RouterMiddleware {
         let what = "\(request.method) \(path)"
         let reads = Self.readingMethods.contains(request.method)
         let who: String
-        if let header = request.headers[.authorization] {
-            guard header.hasPrefix("Bearer "), let token = tokens.authenticate(String(header.dropFirst("Bearer ".count))) else {
-                return refuse(what, "unknown or revoked token")
-            }
+        switch caller(request) {
+        case .unknownToken:
+            return refuse(what, "unknown or revoked token")
+        case .token(let token):
             if token.readOnly && !reads {
                 logger.warning("api: refused \(what) for read-only token '\(token.name)'")
                 return APIServer.errorResponse(
                     MartletError(.permissionDenied, "token '\(token.name)' is read-only; \(request.method) needs a full token"))
             }
             who = "token '\(token.name)'"
-        } else if let id = Self.cookie(SessionStore.cookieName, in: request), let session = sessions.session(id) {
+        case .session(let id, let session):
             if !reads {
                 guard let sent = request.headers[Self.csrfHeader], equalInConstantTime(sent, session.csrfToken) else {
                     logger.warning("api: refused \(what) for user '\(session.user)': no or a wrong CSRF token")
@@ -77,7 +77,7 @@ struct Authentication: RouterMiddleware {
                 return response
             }
             who = "user '\(session.user)'"
-        } else {
+        case .none:
             return refuse(what, "no credentials")
         }
         let response = try await next(request, context)
@@ -85,6 +85,47 @@ struct Authentication: RouterMiddleware {
             logger.notice("api: \(what) by \(who): \(response.status.code)")
         }
         return response
+    }
+
+    /// Who sent a request, by its credentials alone (no method or CSRF rules applied).
+    enum Caller {
+        case token(APIToken)
+        case session(id: String, SessionStore.Session)
+        /// An Authorization header that names no live token.
+        case unknownToken
+        case none
+
+        /// Who it is, for the journal; nil without valid credentials.
+        var name: String? {
+            switch self {
+            case .token(let token): "token '\(token.name)'"
+            case .session(_, let session): "user '\(session.user)'"
+            case .unknownToken, .none: nil
+            }
+        }
+
+        /// Whether it may change things (type on a console): not a read-only token.
+        var mayChange: Bool {
+            switch self {
+            case .token(let token): !token.readOnly
+            case .session: true
+            case .unknownToken, .none: false
+            }
+        }
+    }
+
+    /// The request's token (the Authorization header wins) or live session.
+    func caller(_ request: Request) -> Caller {
+        if let header = request.headers[.authorization] {
+            guard header.hasPrefix("Bearer "), let token = tokens.authenticate(String(header.dropFirst("Bearer ".count))) else {
+                return .unknownToken
+            }
+            return .token(token)
+        }
+        if let id = Self.cookie(SessionStore.cookieName, in: request), let session = sessions.session(id) {
+            return .session(id: id, session)
+        }
+        return .none
     }
 
     /// `POST /v1/login` with `{"user", "password"}`: a session cookie and the CSRF token, or

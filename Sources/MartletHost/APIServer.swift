@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import HummingbirdTLS
+import HummingbirdWebSocket
 import NIOSSL
 import Logging
 import MartletCore
@@ -31,6 +32,8 @@ public struct APIServer: Sendable {
         public var pam: PAMAuthenticator
         public var loginUsers: [String]
         public var sessions = SessionStore()
+        /// xterm.js's modules for the console page (`WebTerminal`).
+        public var terminalLibrary = WebTerminal.defaultLibrary
 
         public init(
             address: String, port: Int, certificate: APICertificate, tokens: APITokenStore, webRoot: String? = nil,
@@ -247,19 +250,21 @@ public struct APIServer: Sendable {
                 "the API's certificate '\(https.certificate.certificatePath)' or key '\(https.certificate.keyPath)' cannot be used: \(error)",
                 hint: "remove both to have a new self-signed pair made at the next start")
         }
+        let authentication = Authentication(
+            tokens: https.tokens, sessions: https.sessions, pam: https.pam, loginUsers: https.loginUsers, logger: logger)
+        let console = ConsoleWebSocket(host: host, authentication: authentication, logger: logger)
         return Application(
-            router: router(
-                authentication: Authentication(
-                    tokens: https.tokens, sessions: https.sessions, pam: https.pam, loginUsers: https.loginUsers, logger: logger),
-                webRoot: https.webRoot),
-            server: try .tls(.http1(), tlsConfiguration: tls),
+            router: router(authentication: authentication, webRoot: https.webRoot, terminalLibrary: https.terminalLibrary),
+            server: try .tls(.http1WebSocketUpgrade(webSocketRouter: console.router()), tlsConfiguration: tls),
             configuration: .init(address: .hostname(https.address, port: https.port), serverName: "martlet-api"),
             logger: logger)
     }
 
     /// The API's routes; behind `authentication` when given (the HTTPS side), with the web
-    /// UI's files from `webRoot` in front of it.
-    func router(authentication: Authentication? = nil, webRoot: String? = nil) -> Router<BasicRequestContext> {
+    /// UI's files from `webRoot` and xterm.js from `terminalLibrary` in front of it.
+    func router(
+        authentication: Authentication? = nil, webRoot: String? = nil, terminalLibrary: String = WebTerminal.defaultLibrary
+    ) -> Router<BasicRequestContext> {
         let router = Router()
         // Before the routes: Hummingbird builds each route's responder with the middleware
         // added so far. The files come first (a path that is no file falls through).
@@ -270,9 +275,17 @@ public struct APIServer: Sendable {
             }
             router.add(middleware: authentication)
         }
+        if webRoot != nil {
+            Self.addTerminalRoutes(router, library: terminalLibrary)
+        }
         let host = self.host
         router.get("/v1/host") { _, _ in try await Self.respond { try HostSummary.current(host: host) } }
-        router.get("/v1/vms") { _, _ in try await Self.respond { try host.statuses() } }
+        router.get("/v1/vms") { request, _ in
+            if request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) {
+                return Self.statusEvents(host: host)
+            }
+            return try await Self.respond { try host.statuses() }
+        }
         router.post("/v1/vms") { request, context in
             let body = try await Self.decode(VMRequest.self, request, context)
             return try await Self.respond(status: .created) { () -> VMStatus in
@@ -328,6 +341,19 @@ public struct APIServer: Sendable {
                     status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
                     body: .init(byteBuffer: ByteBuffer(bytes: data.suffix(65536))))
             }
+        }
+        // What a console WebSocket request that was not upgraded gets: why (HTTPS), or where
+        // the console is (the unix socket serves no WebSocket).
+        let console = authentication.map { ConsoleWebSocket(host: host, authentication: $0, logger: logger) }
+        router.get(RouterPath(ConsoleWebSocket.path)) { request, context in
+            let name = try Self.name(context, "name")
+            guard let console else {
+                return Self.errorResponse(
+                    MartletError(
+                        .invalidInput, "the console WebSocket is served on the HTTPS listener only",
+                        hint: "on this host, use 'martlet vm console \(name)'"))
+            }
+            return try await console.refusal(request, name: name)
         }
         router.get("/v1/pools") { _, _ in
             try await Self.respond { try host.pools().map { try $0.status() } }
@@ -386,12 +412,38 @@ public struct APIServer: Sendable {
         return router
     }
 
+    /// `/xterm/xterm.js` and `/xterm/xterm.css` for the console page, without credentials like
+    /// the UI's other files: two fixed names, so no request path reaches the file system.
+    static func addTerminalRoutes(_ router: Router<BasicRequestContext>, library: String) {
+        let script = Result { try WebTerminal.script(library: library) }
+        router.get("/xterm/xterm.js") { _, _ in
+            switch script {
+            case .success(let text):
+                return Response(
+                    status: .ok, headers: [.contentType: "text/javascript; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(string: text)))
+            case .failure(let error):
+                return errorResponse(error as? MartletError ?? MartletError(.failed, "\(error)"))
+            }
+        }
+        router.get("/xterm/xterm.css") { _, _ in
+            try await offload {
+                let path = "\(library)/xterm.css"
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    return errorResponse(MartletError(.missingDependency, "no '\(path)'", hint: "install Debian's node-xterm"))
+                }
+                return Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+            }
+        }
+    }
+
     /// The routes and the methods each answers: any other method is 405 with an Allow
     /// header, not a 404 that reads as "no such VM".
     static let routes: [(path: String, methods: [HTTPRequest.Method])] = [
         ("/v1/host", [.get]), ("/v1/vms", [.get, .post]), ("/v1/vms/:name", [.get, .put, .delete]),
         ("/v1/vms/:name/start", [.post]), ("/v1/vms/:name/stop", [.post]),
         ("/v1/vms/:name/restart", [.post]), ("/v1/vms/:name/console", [.get]),
+        ("/v1/vms/:name/console/ws", [.get]),
         ("/v1/pools", [.get]), ("/v1/pools/:pool", [.get]), ("/v1/pools/:pool/volumes", [.get, .post]),
         ("/v1/pools/:pool/volumes/:volume", [.get, .put, .delete]),
     ]
@@ -414,7 +466,7 @@ public struct APIServer: Sendable {
 
     /// The path parameter `key` (a VM, pool or volume name), refused with 400 before any
     /// work when it is not a valid name: no '/', '..' or anything else a path could use.
-    static func name(_ context: BasicRequestContext, _ key: String) throws -> String {
+    static func name<Context: RequestContext>(_ context: Context, _ key: String) throws -> String {
         let value = try context.parameters.require(key)
         guard Name.isValid(value) else {
             throw HTTPError(.badRequest, message: "\(key): \(quoted(value)) is not a valid name; \(Name.rule())")
@@ -470,10 +522,50 @@ public struct APIServer: Sendable {
         }
     }
 
-    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) -> Response {
+    /// `GET /v1/vms` with `Accept: text/event-stream`: the VM list as server-sent events, one
+    /// `data:` line of the same JSON as a plain GET now and whenever it changes (looked at
+    /// every second), a comment line every 15 s while nothing changes. Ends when the client
+    /// goes away (its write fails) or the list cannot be read (an `error` event).
+    static func statusEvents(host: VMHost) -> Response {
+        Response(
+            status: .ok, headers: [.contentType: "text/event-stream"],
+            body: ResponseBody { writer in
+                var last = Data()
+                var quiet = 0
+                while !Task.isCancelled {
+                    let data: Data
+                    do {
+                        data = jsonData(try await workers.runIfActive { try host.statuses() })
+                    } catch let error as MartletError {
+                        let body = ErrorBody(error: .init(code: error.code.rawValue, message: error.message, hint: error.hint))
+                        try await writer.write(ByteBuffer(string: "event: error\ndata: \(String(decoding: jsonData(body), as: UTF8.self))\n\n"))
+                        break
+                    }
+                    if data != last {
+                        try await writer.write(ByteBuffer(string: "data: \(String(decoding: data, as: UTF8.self))\n\n"))
+                        last = data
+                        quiet = 0
+                    } else if quiet >= 15 {
+                        // Keeps proxies and the browser from taking a quiet list for a dead one.
+                        try await writer.write(ByteBuffer(string: ": still here\n\n"))
+                        quiet = 0
+                    }
+                    quiet += 1
+                    try await Task.sleep(for: .seconds(1))
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    /// The API's JSON for `value`: sorted keys, slashes as they are.
+    static func jsonData<T: Encodable>(_ value: T) -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return (try? encoder.encode(value)) ?? Data("{}".utf8)
+    }
+
+    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) -> Response {
+        let data = jsonData(value)
         return Response(
             status: status, headers: [.contentType: "application/json"],
             body: .init(byteBuffer: ByteBuffer(bytes: data)))

@@ -18,6 +18,9 @@ public final class VMRunner: Sendable {
     private struct Shared {
         /// The attached consoles; the relay writes the guest's output to each.
         var clients: [FileDescriptor] = []
+        /// The end of what the relay has sent (`consoleReplay` bytes): a new console's
+        /// history, taken with its joining under one lock so no byte shows twice or not at all.
+        var recent: [UInt8] = []
         /// The VMM's serial socket while connected: where console keys go.
         var vmmInput: FileDescriptor?
         var stopRequested = false
@@ -28,6 +31,8 @@ public final class VMRunner: Sendable {
     /// A console that takes longer than this to accept output is dropped, so one stuck
     /// client cannot stall the guest's other consoles.
     static let consoleSendTimeout = 2.0
+    /// How much recent output a new console sees first.
+    static let consoleReplay = 16384
 
     public init(host: VMHost, name: String, logger: Logger) {
         self.host = host
@@ -337,7 +342,11 @@ public final class VMRunner: Sendable {
     /// send waits at most `consoleSendTimeout`; a console that is gone or stuck is shut down
     /// (its input thread then ends and lets go of it) and no longer written to.
     func broadcast(_ chunk: ArraySlice<UInt8>) {
-        let clients = shared.withLock { $0.clients }
+        let clients = shared.withLock { state in
+            state.recent.append(contentsOf: chunk)
+            if state.recent.count > Self.consoleReplay { state.recent.removeFirst(state.recent.count - Self.consoleReplay) }
+            return state.clients
+        }
         let failed = clients.filter { !$0.writeAll(chunk) }
         guard !failed.isEmpty else { return }
         for client in failed { client.shutdown() }
@@ -347,13 +356,15 @@ public final class VMRunner: Sendable {
     func acceptConsoleClients(_ listener: FileDescriptor) {
         while let client = UnixSocket.accept(listener) {
             client.setTimeouts(send: Self.consoleSendTimeout)
-            // A new console first sees what the guest printed so far (the last 16 KiB).
-            let history =
-                (try? Data(contentsOf: URL(fileURLWithPath: paths.consoleLog(name)))) ?? Data()
-            // A console that has already gone (a script that typed and detached) still gets
-            // its keys forwarded: its input thread reads what it sent up to the end.
-            if client.writeAll(history.suffix(16384)) {
-                shared.withLock { $0.clients.append(client) }
+            // A new console first sees the recent output, then joins the live output in the
+            // same step: the relay's own record, not console.log, which the VMM writes before
+            // the relay sends the same bytes (its serial socket keeps what the guest printed
+            // before the runner connected, so the relay has every byte the log has). A console
+            // that has already gone (a script that typed and detached) still gets its keys
+            // forwarded: its input thread reads what it sent up to the end. The relay waits
+            // for this write at most `consoleSendTimeout`, as for any console.
+            shared.withLock { state in
+                if client.writeAll(state.recent) { state.clients.append(client) }
             }
             Thread.detachNewThread { [self] in forwardInput(client) }
         }

@@ -53,6 +53,41 @@ final class APIProcess {
 }
 
 @Suite(.serialized, .timeLimit(.minutes(30))) struct APITests {
+    /// The web UI's live VM list: GET /v1/vms as server-sent events sends the list at once,
+    /// then again when a VM is defined and when one is deleted.
+    @Test func theVMListAsServerSentEventsFollowsChanges() throws {
+        let guest = try TestSupport.guest.get()
+        let fixture = try HostFixture(label: "api-events")
+        let api = try APIProcess(fixture: fixture)
+        let events = fixture.root + "/events.txt"
+        let output = try FileDescriptor.open(events, O_WRONLY | O_CREAT | O_TRUNC)
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        let curl = try ChildProcess.spawn(
+            ["curl", "-sN", "--max-time", "60", "--unix-socket", api.socket, "-H", "Accept: text/event-stream", "http://localhost/v1/vms"],
+            stdin: null.raw, stdout: output.raw, stderr: null.raw)
+        defer {
+            kill(curl, SIGTERM)
+            _ = ChildProcess.wait(curl)
+        }
+        func eventually(_ what: String, _ text: String) -> Bool {
+            let seen = Poll.until(timeout: 15, interval: 0.1) {
+                ((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains(text)
+            }
+            let content = (try? String(contentsOfFile: events, encoding: .utf8)) ?? ""
+            #expect(seen, "\(what): no \(text) in the events: \(content)")
+            return seen
+        }
+        #expect(eventually("the list at once", "data: []\n\n"))
+        let created = try api.request("POST", "/v1/vms", #"{"name": "sse-vm", "memory": "16MiB", "kernel": "\#(guest)"}"#)
+        #expect(created.status == 201, "\(created.body)")
+        #expect(eventually("the new VM", #""name":"sse-vm""#))
+        #expect(try api.request("DELETE", "/v1/vms/sse-vm").status == 204)
+        let content = { (try? String(contentsOfFile: events, encoding: .utf8)) ?? "" }
+        #expect(
+            Poll.until(timeout: 15, interval: 0.1) { content().components(separatedBy: "data: []\n\n").count == 3 },
+            "the empty list again after the delete: \(content())")
+    }
+
     @Test func vmLifecycleThroughTheAPI() throws {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "api")

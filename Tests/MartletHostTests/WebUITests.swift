@@ -9,8 +9,8 @@ import Testing
 /// chromium-driver's WebDriver protocol, against `martlet api serve` with HTTPS on a loopback
 /// port and the UI's files from overlays/, and a PAM stack of the test's own. A wrong password
 /// and a made-up token are refused; the right password logs in (a session cookie + CSRF);
-/// a VM (the tiny test guest) is created from the form, started, its console read in the
-/// page, force-stopped and deleted. Screenshots of each page go to artifacts/webui/.
+/// a VM (the tiny test guest) is created from the form, started, its console read and typed
+/// into in the page's terminal (xterm.js over the console WebSocket), force-stopped and deleted. Screenshots of each page go to artifacts/webui/.
 @Suite(.serialized, .timeLimit(.minutes(30))) struct WebUITests {
     static let driverPath = "/usr/bin/chromedriver"
     /// scripts/setup installs chromium and chromium-driver; without them there is no browser.
@@ -82,9 +82,26 @@ import Testing
         try browser.click("tr[data-vm=\"web-ui\"] button[data-action=start]")
         try browser.waitFor("the running state", "return document.querySelector('tr[data-vm=\"web-ui\"]').textContent.includes('running')", timeout: 60)
         #expect(try fixture.host.isRunning("web-ui"))
+        // The console: xterm.js over the WebSocket. The recent output is replayed, then a line
+        // typed into the terminal reaches the guest, which echoes it and powers off. Ctrl-J is
+        // the newline the test guest waits for (Enter sends a carriage return, as a terminal does).
         try browser.click("tr[data-vm=\"web-ui\"] button[data-action=console]")
-        try browser.waitFor("the guest's output in the page", "return document.querySelector('#console').textContent.includes('martlet test guest: test=echo')", timeout: 60)
+        // The terminal draws on a canvas; its screen reader mode keeps the text in the page.
+        func terminalShows(_ text: String) -> String {
+            "return (document.querySelector('#console .xterm-accessibility-tree')?.textContent ?? '').includes('\(text)')"
+        }
+        try browser.waitFor("the guest's output in the terminal", terminalShows("martlet test guest: test=echo"), timeout: 60)
+        try browser.waitFor("the console's WebSocket", "return document.querySelector('#console-state').textContent.startsWith('Connected')")
+        try browser.type("#console textarea", "hello from the page\u{E009}j\u{E000}")
+        try browser.waitFor("the guest's echo of the typed line", terminalShows("echo: hello from the page"), timeout: 30)
         try browser.screenshot(to: artifacts.appendingPathComponent("4-vm-console.png"))
+        let log = try String(contentsOfFile: fixture.paths.consoleLog("web-ui"), encoding: .utf8)
+        #expect(log.contains("echo: hello from the page\n"), "the typed line reached the guest: \(log)")
+
+        // The guest powered off after its echo; started again, it is stopped from the page.
+        try browser.waitFor("the stopped state", "return document.querySelector('tr[data-vm=\"web-ui\"]').textContent.includes('stopped')", timeout: 60)
+        try browser.click("tr[data-vm=\"web-ui\"] button[data-action=start]")
+        try browser.waitFor("the running state again", "return document.querySelector('tr[data-vm=\"web-ui\"]').textContent.includes('running')", timeout: 60)
 
         try browser.click("tr[data-vm=\"web-ui\"] button[data-action=\"force stop\"]")
         try browser.waitFor("the stopped state", "return document.querySelector('tr[data-vm=\"web-ui\"]').textContent.includes('stopped')", timeout: 60)

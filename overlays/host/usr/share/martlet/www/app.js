@@ -7,7 +7,10 @@ const $ = (selector) => document.querySelector(selector);
 /** {kind: "session", csrf} or {kind: "token", token}; null when logged out. */
 let credentials = JSON.parse(sessionStorage.getItem("martlet-credentials") ?? "null");
 let view = "vms";
+/** The VM whose console is open, its xterm.js terminal and its WebSocket. */
 let consoleVM = null;
+let terminal = null;
+let consoleSocket = null;
 let timer = null;
 
 /** One API call; throws an Error carrying the API's message on anything but 2xx. */
@@ -77,6 +80,8 @@ function show(name) {
 }
 
 function logout(message = "") {
+  closeConsole();
+  stopVMEvents();
   if (credentials?.kind === "session") fetch("/v1/logout", { method: "POST", headers: authHeaders() });
   credentials = null;
   sessionStorage.removeItem("martlet-credentials");
@@ -105,8 +110,29 @@ async function renderSummary() {
     row([p.name, p.type, bytes(p.used), bytes(p.free), p.volumes])));
 }
 
+/** The VM list's server-sent events while a session is logged in (see renderVMs). */
+let vmEvents = null;
+
 async function renderVMs() {
-  const vms = await api("GET", "/v1/vms");
+  // A session follows the list live (GET /v1/vms as server-sent events: EventSource sends
+  // the cookie); a token cannot go on an EventSource, so a token login reads it every 2 s.
+  if (credentials?.kind === "session") {
+    if (!vmEvents) {
+      vmEvents = new EventSource("/v1/vms");
+      vmEvents.onmessage = (event) => renderVMTable(JSON.parse(event.data));
+    }
+  } else {
+    renderVMTable(await api("GET", "/v1/vms"));
+  }
+  await renderDiskChoices();
+}
+
+function stopVMEvents() {
+  vmEvents?.close();
+  vmEvents = null;
+}
+
+function renderVMTable(vms) {
   $("#vm-table tbody").replaceChildren(...vms.map((vm) => {
     const state = document.createElement("span");
     state.className = `state-${vm.state}`;
@@ -123,10 +149,9 @@ async function renderVMs() {
         button("Start", () => api("POST", `${path}/start`)),
         button("Delete", () => api("DELETE", path), { danger: true, confirmText: `Delete VM ${vm.name}? Its volumes stay.` }));
     }
-    actions.append(button("Console", async () => {
-      consoleVM = vm.name;
+    actions.append(button("Console", () => {
       $("#create").open = false;
-      await renderConsole();
+      openConsole(vm.name);
       $("#vm-detail").scrollIntoView();
     }));
     const tr = row([vm.name, state, vm.definition.vcpus, bytes(vm.definition.memory), vm.definition.boot.mode, actions]);
@@ -134,7 +159,10 @@ async function renderVMs() {
     tr.lastChild.className = "actions";
     return tr;
   }));
-  // Volumes for the create form's disk list.
+}
+
+/** Volumes for the create form's disk list. */
+async function renderDiskChoices() {
   const select = $("#create-form select[name=disk]");
   const current = select.value;
   const pools = await api("GET", "/v1/pools");
@@ -146,17 +174,48 @@ async function renderVMs() {
   }
   select.replaceChildren(...options);
   select.value = current;
-  await renderConsole();
 }
 
-async function renderConsole() {
-  $("#vm-detail").hidden = !consoleVM;
-  if (!consoleVM) return;
-  $("#console-name").textContent = consoleVM;
-  const pre = $("#console");
-  const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-  pre.textContent = await api("GET", `/v1/vms/${encodeURIComponent(consoleVM)}/console`);
-  if (atEnd) pre.scrollTop = pre.scrollHeight;
+/**
+ * The VM's serial console, two-way: xterm.js (window.Terminal, served by the API from Debian's
+ * node-xterm) over the API's WebSocket, which replays the recent output first. The browser
+ * sends the session cookie with it; an API token cannot go on a WebSocket from a page.
+ */
+function openConsole(name) {
+  closeConsole();
+  consoleVM = name;
+  $("#vm-detail").hidden = false;
+  $("#console-name").textContent = name;
+  $("#console-state").textContent = "";
+  if (credentials?.kind !== "session") {
+    $("#console-state").textContent = "The console needs a login with a host account: a browser cannot send an API token on a WebSocket.";
+    return;
+  }
+  // The screen reader mode keeps the screen's text in the page (the terminal draws on a
+  // canvas); a bare line feed starts a new line, as firmware and early boot print them.
+  terminal = new window.Terminal({ rows: 24, cols: 100, screenReaderMode: true, convertEol: true });
+  terminal.open($("#console"));
+  const socket = new WebSocket(`wss://${location.host}/v1/vms/${encodeURIComponent(name)}/console/ws`);
+  socket.binaryType = "arraybuffer";
+  const decoder = new TextDecoder();
+  socket.onopen = () => { $("#console-state").textContent = "Connected: keys typed here go to the VM's serial port."; terminal.focus(); };
+  socket.onmessage = (event) => terminal.write(typeof event.data === "string" ? event.data : decoder.decode(event.data, { stream: true }));
+  socket.onclose = (event) => {
+    if (consoleSocket !== socket) return;
+    $("#console-state").textContent = `Disconnected${event.reason ? `: ${event.reason}` : ""}. Press Console to connect again.`;
+  };
+  terminal.on("data", (data) => { if (socket.readyState === WebSocket.OPEN) socket.send(data); });
+  consoleSocket = socket;
+}
+
+function closeConsole() {
+  const socket = consoleSocket;
+  consoleSocket = null;
+  socket?.close();
+  terminal?.destroy();
+  terminal = null;
+  consoleVM = null;
+  $("#vm-detail").hidden = true;
 }
 
 async function renderStorage() {
@@ -186,7 +245,7 @@ async function refresh() {
   } catch (error) {
     if (credentials) console.error(error);
   }
-  // Live enough for state changes and a console; every call is a cheap local read.
+  // Live enough for state changes; every call is a cheap local read.
   if (credentials) timer = setTimeout(refresh, 2000);
 }
 
