@@ -120,7 +120,9 @@ import Testing
         }
     }
 
-    /// Runs `body`, failing the test after `seconds`.
+    /// Runs `body`, failing the test after `seconds`. The bounds are generous: under the whole
+    /// `make test` (nested QEMU and every suite at once on two cores) a start and a banner
+    /// once took more than 30 s; the wait ends as soon as the text arrives.
     static func within<T: Sendable>(_ seconds: Int, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask { try await body() }
@@ -144,7 +146,7 @@ import Testing
         // A read-only token watches (it gets the replay) but its first key closes its socket:
         // the key never reaches the guest (the echo below has only the typist's line).
         let watcher = Screen()
-        let readOnlyClose = try await Self.within(30, "the read-only viewer") {
+        let readOnlyClose = try await Self.within(300, "the read-only viewer") {
             try await Self.watch(
                 server, vm: "ws", headers: [.authorization: "Bearer \(readerToken)"], screen: watcher,
                 until: "never printed", typeAfter: banner, keys: "read-only\n")
@@ -156,12 +158,12 @@ import Testing
         // replay too, which `viewerAttached` marks), both see the answer.
         let typist = Screen(), viewer = Screen()
         let viewerAttached = Screen()
-        async let typing = Self.within(30, "the typist's echo") {
+        async let typing = Self.within(300, "the typist's echo") {
             try await Self.watch(
                 server, vm: "ws", headers: token, screen: typist, until: "guest done",
                 typeAfter: banner, keys: "hello over a websocket\n", ready: { !viewerAttached.bytes.withLock { $0.isEmpty } })
         }
-        async let viewing = Self.within(30, "the second viewer's echo") {
+        async let viewing = Self.within(300, "the second viewer's echo") {
             try await Self.watch(server, vm: "ws", headers: token, screen: viewer, until: "guest done", typeAfter: banner, ready: {
                 viewerAttached.bytes.withLock { $0 = [1] }
                 return true
@@ -220,7 +222,7 @@ import Testing
         let screen = Screen()
         let headers: HTTPFields = [.authorization: "Bearer \(setup.adminToken)", .origin: "https://elsewhere.example"]
         let server = setup.server
-        _ = try await Self.within(30, "the guest's banner") {
+        _ = try await Self.within(300, "the guest's banner") {
             try await Self.watch(server, vm: "ws", headers: headers, screen: screen, until: "martlet test guest")
         }
         _ = try setup.fixture.host.stop("ws")
