@@ -13,7 +13,7 @@ import Testing
 /// The VM console over a WebSocket on the HTTPS listener (`/v1/vms/{name}/console/ws`),
 /// against `martlet api serve` on a loopback port and the tiny test guest with `test=echo`
 /// (it prints its banner, reads one line from its UART, prints "echo: LINE" and powers off).
-@Suite(.serialized, .timeLimit(.minutes(10))) struct ConsoleWebSocketTests {
+@Suite(.serialized, .timeLimit(.minutes(30))) struct ConsoleWebSocketTests {
     /// What one viewer received, as its socket delivered it.
     final class Screen: Sendable {
         let bytes = Mutex<[UInt8]>([])

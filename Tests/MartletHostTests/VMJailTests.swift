@@ -7,7 +7,7 @@ import Testing
 
 /// The runner's jail for the VMM (`VMJail`), on the real binary and the tiny test guest. The
 /// other runner tests (VMLifecycleTests, ConsoleAndNetTests) run jailed too: it is the default.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct VMJailTests {
+@Suite(.serialized, .timeLimit(.minutes(30))) struct VMJailTests {
     /// The running VMM of `vm`'s runner (its only child), found through pgrep.
     static func vmmPID(_ fixture: HostFixture, _ vm: String) throws -> pid_t {
         let runner = try #require(fixture.host.runnerPID(vm))
