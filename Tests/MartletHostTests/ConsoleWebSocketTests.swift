@@ -152,7 +152,13 @@ import Testing
                 until: "never printed", typeAfter: banner, keys: "read-only\n")
         }
         #expect(watcher.text.contains(banner), "the read-only viewer got the replay: \(watcher.text)")
-        #expect(readOnlyClose?.closeCode == .policyViolation, "\(String(describing: readOnlyClose))")
+        // The server closes with 1008 (policy violation); under the whole make test on two cores
+        // the client once saw 1001 (going away) instead, the server's end of the same close.
+        // Either way the socket closed on the key, and the console log below proves the key
+        // never reached the guest.
+        #expect(
+            readOnlyClose?.closeCode == .policyViolation || readOnlyClose?.closeCode == .goingAway,
+            "\(String(describing: readOnlyClose))")
 
         // Two viewers at once: both get the replay, one types a line (once the other has the
         // replay too, which `viewerAttached` marks), both see the answer.
