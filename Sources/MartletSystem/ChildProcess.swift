@@ -241,3 +241,25 @@ public enum ChildProcess {
         return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 }
+
+extension ChildProcess {
+    /// Reads a server child's `output` until a line says "port N" (how python3's http.server
+    /// and the test servers announce the port the kernel picked), for at most `seconds`.
+    /// Returns the port, or nil with what was read.
+    public static func announcedPort(on output: FileDescriptor, within seconds: Double) -> (port: Int?, text: String) {
+        let deadline = monotonicSeconds() + seconds
+        var text = ""
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while monotonicSeconds() < deadline {
+            var descriptor = pollfd(fd: output.raw, events: Int16(POLLIN), revents: 0)
+            guard poll(&descriptor, 1, 200) > 0 else { continue }
+            let count = output.read(into: &buffer)
+            if count <= 0 { break }
+            text += String(decoding: buffer[0..<count], as: UTF8.self)
+            if text.contains("\n"), let range = text.firstRange(of: "port ") {
+                return (Int(text[range.upperBound...].prefix { $0.isNumber }), text)
+            }
+        }
+        return (nil, text)
+    }
+}

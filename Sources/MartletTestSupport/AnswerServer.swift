@@ -78,18 +78,7 @@ public final class AnswerServer {
             ],
             stdin: null.raw, stdout: pipe.write.raw, stderr: null.raw)
         pipe.write.close()
-        let deadline = ChildProcess.monotonicSeconds() + 20
-        var text = ""
-        var buffer = [UInt8](repeating: 0, count: 256)
-        var found: Int?
-        while found == nil, ChildProcess.monotonicSeconds() < deadline {
-            var descriptor = pollfd(fd: output.raw, events: Int16(POLLIN), revents: 0)
-            guard poll(&descriptor, 1, 200) > 0 else { continue }
-            let count = output.read(into: &buffer)
-            if count <= 0 { break }
-            text += String(decoding: buffer[0..<count], as: UTF8.self)
-            if text.hasSuffix("\n") { found = Int(text.dropFirst("port ".count).prefix { $0.isNumber }) }
-        }
+        let (found, text) = ChildProcess.announcedPort(on: output, within: 20)
         guard let found else {
             kill(pid, SIGKILL)
             _ = ChildProcess.wait(pid)

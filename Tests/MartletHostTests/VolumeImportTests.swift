@@ -24,20 +24,7 @@ final class LocalHTTPServer {
             stdin: null.raw, stdout: pipe.write.raw, stderr: null.raw)
         pipe.write.close()
         // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
-        let deadline = ChildProcess.monotonicSeconds() + seconds
-        var text = ""
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        var found: Int?
-        while found == nil, ChildProcess.monotonicSeconds() < deadline {
-            var descriptor = pollfd(fd: output.raw, events: Int16(POLLIN), revents: 0)
-            guard poll(&descriptor, 1, 200) > 0 else { continue }
-            let count = output.read(into: &buffer)
-            if count <= 0 { break }
-            text += String(decoding: buffer[0..<count], as: UTF8.self)
-            if text.contains("\n"), let range = text.range(of: " port ") {
-                found = Int(text[range.upperBound...].prefix { $0.isNumber })
-            }
-        }
+        let (found, text) = ChildProcess.announcedPort(on: output, within: seconds)
         guard let found else {
             output.close()
             kill(pid, SIGTERM)
