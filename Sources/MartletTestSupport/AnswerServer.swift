@@ -4,7 +4,8 @@ import MartletSystem
 
 /// A real answer server on 127.0.0.1 (python3's http.server, wrapped in TLS with
 /// `certificate` when given), for the installer's network answers, first-boot scripts and
-/// webhooks. A request for a path in `files` gets that text, any other request gets
+/// webhooks, and for disk images. A request for a path in `files` gets that text, one in
+/// `images` that file of the test host (streamed), any other request gets
 /// `answer`; a POST's body is saved to `received` (the last one) and to `received(path)`.
 /// It is up when it has said its port; stopped in `deinit`. QEMU's user network reaches it
 /// from a guest as 10.0.2.2.
@@ -17,7 +18,7 @@ public final class AnswerServer {
     private let output: FileDescriptor
 
     static let script = """
-        import http.server, os, ssl, sys
+        import http.server, os, shutil, ssl, sys
         cert, key, answer, received, served = sys.argv[1:6]
         def name(path):
             return path.split("?")[0].strip("/").replace("/", "_")
@@ -36,11 +37,12 @@ public final class AnswerServer {
                 self.reply()
             def reply(self):
                 path = os.path.join(served, name(self.path))
-                reply = open(path if name(self.path) and os.path.isfile(path) else answer, "rb").read()
+                path = path if name(self.path) and os.path.isfile(path) else answer
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(reply)))
+                self.send_header("Content-Length", str(os.path.getsize(path)))
                 self.end_headers()
-                self.wfile.write(reply)
+                with open(path, "rb") as f:
+                    shutil.copyfileobj(f, self.wfile, 1 << 20)
             def log_message(self, *args):
                 pass
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -54,8 +56,12 @@ public final class AnswerServer {
         """
 
     /// `certificate` is (cert.pem, key.pem) for https, nil for http. `files` maps request
-    /// paths ("/first-boot.sh") to what they answer.
-    public init(directory: String, answer: String, certificate: (String, String)?, files: [String: String] = [:]) throws {
+    /// paths ("/first-boot.sh") to what they answer; `images` maps request paths to files of
+    /// the test host, served as they are (linked, not copied).
+    public init(
+        directory: String, answer: String, certificate: (String, String)?, files: [String: String] = [:],
+        images: [String: String] = [:]
+    ) throws {
         self.directory = directory
         let script = "\(directory)/answer-server.py"
         try Self.script.write(toFile: script, atomically: true, encoding: .utf8)
@@ -65,6 +71,9 @@ public final class AnswerServer {
         try FileManager.default.createDirectory(atPath: served, withIntermediateDirectories: true)
         for (path, text) in files {
             try text.write(toFile: "\(served)/\(Self.name(path))", atomically: true, encoding: .utf8)
+        }
+        for (path, file) in images {
+            try FileManager.default.createSymbolicLink(atPath: "\(served)/\(Self.name(path))", withDestinationPath: file)
         }
         received = "\(directory)/received.json"
         let pipe = try FileDescriptor.pipe()

@@ -42,6 +42,21 @@ enum E2E {
         return (result.iso, seconds)
     }
 
+    /// A Debian cloud image (qcow2) made with real tools by scripts/make-cloud-image (cached
+    /// by the script under /var/cache/martlet-test) and its SHA-256, made once per run. The BIOS
+    /// lane starts it next to the ISO build, and its installed host imports it over HTTP.
+    static let cloudImage: Result<(path: String, sha256: String), any Error> = Result {
+        let start = ContinuousClock.now
+        let path = workRoot + "/cloud.qcow2"
+        try? FileManager.default.removeItem(atPath: path)
+        try FileManager.default.createDirectory(atPath: workRoot, withIntermediateDirectories: true)
+        try Command("/bin/sh", [packageRoot + "/scripts/make-cloud-image", path]).run()
+        let digest = try Command("sha256sum", [path]).run().stdoutText
+        let seconds = Int(start.duration(to: .now).components.seconds)
+        E2E.say("TIME cloud-image \(seconds)s")
+        return (path, String(digest.prefix(64)))
+    }
+
     /// An ed25519 key pair made for this run: (private key file, public key line).
     static let sshKey: Result<(privateKey: String, publicKey: String), any Error> = Result {
         let directory = workRoot + "/ssh"

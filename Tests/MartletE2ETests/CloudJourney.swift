@@ -1,0 +1,65 @@
+import Foundation
+
+/// A guest from the images people already have, on the installed host over SSH: a Debian
+/// cloud image (qcow2, made by scripts/make-cloud-image) imported from a URL with its
+/// SHA-256, a VM that boots it through the firmware (SeaBIOS, GRUB, the image's own kernel
+/// and initramfs) with a cloud-init seed carrying a key made on the host, a host name and a
+/// static address on br0; then the host logs into the guest over SSH through the bridge.
+/// Under QEMU/TCG the guest runs on nested KVM (DESIGN.md, Facts), so every wait is long.
+struct CloudJourney {
+    let checks: HostChecks
+    let scenario: Scenario
+    /// Where the host downloads the image (the test host's server, through QEMU's guest forward).
+    let imageURL: String
+    let sha256: String
+
+    static let vm = "e2e-cloud"
+    static let volume = "e2e-cloud-disk"
+    static let hostname = "cloudy"
+    /// On br0's network (10.0.2.0/24), next to the kernel guest's 10.0.2.50.
+    static let address = "10.0.2.60"
+    static let key = "/root/.ssh/e2e-cloud"
+
+    func run() throws {
+        _ = try? checks.ssh.run(
+            "martlet vm delete \(Self.vm) --volumes; martlet volume delete local/\(Self.volume); true", timeout: 120)
+        try checks.require(
+            "cloud image: volume import of a URL (qcow2, --sha256)",
+            "martlet volume import local/\(Self.volume) \(imageURL) --sha256 \(sha256) --json", timeout: 900
+        ) { $0.status == 0 && $0.output.contains("\"path\"") }
+        scenario.mark("cloud-import")
+        try checks.require(
+            "a key for the cloud guest",
+            "rm -f \(Self.key) \(Self.key).pub; ssh-keygen -q -t ed25519 -N '' -C e2e-cloud -f \(Self.key) && test -s \(Self.key).pub")
+        try checks.require(
+            "vm create --boot disk --cloud-init (cli)",
+            "martlet vm create \(Self.vm) --boot disk --disk local/\(Self.volume) --memory 512MiB --nic br0 --cloud-init --ssh-key \(Self.key).pub --hostname \(Self.hostname) --ip \(Self.address)/24 --json")
+        try checks.require("vm start (cloud image)", "martlet vm start \(Self.vm) --json", timeout: 300) {
+            $0.status == 0 && $0.output.contains("\"running\"")
+        }
+        // The firmware's and GRUB's text reach the VM's console (SeaBIOS's serial console),
+        // then the image's kernel, and cloud-init's last line naming the seed it read. (The
+        // getty's "cloudy login:" is there too, but cloud-init's lines often split it.)
+        let console = try checks.require(
+            "console: SeaBIOS, GRUB, cloud-init done from the NoCloud seed",
+            "martlet vm console \(Self.vm) --expect 'Datasource DataSourceNoCloud' --timeout 1500", timeout: 1560)
+        checks.expect("console: SeaBIOS", console.contains("SeaBIOS"), console)
+        checks.expect("console: GRUB's menu entry", console.contains("Booting `Debian GNU/Linux 12 (cloud)'"), console)
+        scenario.mark("cloud-boot")
+        // cloud-init put the host's key into the image's default user: SSH through br0.
+        let ssh = "ssh -i \(Self.key) -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=10 debian@\(Self.address)"
+        checks.check(
+            "ssh into the cloud guest through br0 (key and host name from cloud-init)",
+            "for i in $(seq 60); do out=$(\(ssh) 'hostname; cloud-init status --wait' 2>&1) && break; sleep 5; done; echo \"$out\"",
+            timeout: 900
+        ) { $0.output.hasPrefix(Self.hostname) && $0.output.contains("status: done") }
+        scenario.mark("cloud-ssh")
+        try checks.require("vm stop (cloud image)", "martlet vm stop \(Self.vm) --grace 120 --json", timeout: 300) {
+            $0.status == 0 && $0.output.contains("\"stopped\"")
+        }
+        checks.check("the cloud guest shut down on the power button", "cat /run/martlet/vms/\(Self.vm)/console.log") {
+            $0.output.contains("reboot: Power down")
+        }
+        try checks.require("vm delete --volumes (cloud image)", "martlet vm delete \(Self.vm) --volumes --json")
+    }
+}
