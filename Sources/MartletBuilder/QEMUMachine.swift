@@ -83,6 +83,9 @@ public struct QEMUConfiguration: Sendable, Equatable {
     public var cpuModel: String?
     /// Host port on 127.0.0.1 forwarded to the guest's port 22.
     public var sshPort: Int?
+    /// Host port on 127.0.0.1 forwarded to the guest's port 8443 (an installed host's HTTPS API
+    /// and web UI, as an admin's browser reaches it).
+    public var apiPort: Int?
     /// Guest ports on `guestForwardAddress` forwarded to host ports on 127.0.0.1 (the user
     /// network is restricted: the guest reaches the host only through these). Each connection
     /// runs its own socat.
@@ -303,6 +306,7 @@ public final class QEMUMachine: Sendable {
         }
         var nic = "user,restrict=on,model=virtio-net-pci"
         if let port = config.sshPort { nic += ",hostfwd=tcp:127.0.0.1:\(port)-:22" }
+        if let port = config.apiPort { nic += ",hostfwd=tcp:127.0.0.1:\(port)-:8443" }
         for forward in config.guestForwards {
             nic += ",guestfwd=tcp:\(QEMUConfiguration.guestForwardAddress):\(forward.guestPort)"
                 + "-cmd:socat - TCP:127.0.0.1:\(forward.hostPort)"

@@ -139,6 +139,7 @@ struct QEMUArgumentsTests {
             ],
             answerDisk: disk, sshPort: 2222, noReboot: true)
         config.cpus = 2
+        config.apiPort = 8444
         let machine = try QEMUMachine(config)
         let args = machine.arguments().joined(separator: " ")
         #expect(args.contains("-accel tcg -cpu max"))
@@ -152,7 +153,7 @@ struct QEMUArgumentsTests {
         #expect(args.contains("serial=MARTLET-ANSWER"))
         #expect(
             args.contains(
-                "-nic user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22"))
+                "-nic user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8444-:8443"))
         #expect(args.contains("-no-reboot"))
         #expect(args.contains("-smp 2"))
     }

@@ -10,18 +10,22 @@ import Testing
 /// boot the installed disk without the installer medium and use the host over SSH; and the
 /// installer refusing bad answer files without touching the disk.
 ///
-/// Two lanes run side by side (one per core): BIOS (the USB install, then the boot-medium
-/// refusal) and UEFI (the CD install, then the unknown-key refusal). Each scenario prints one
+/// Two lanes run side by side (one per core): BIOS (the USB install, its host running a
+/// cloud image too) and UEFI (the CD install, then both refusals). Each scenario prints one
 /// summary line, `PASS bios-usb-static 412s (…phases…)` or `FAIL name Ns: reason`.
 @Suite struct InstallJourneyTests {
     @Test func biosLane() throws {
+        // The cloud image's mmdebstrap runs next to the ISO build; its installed host waits
+        // for it (Swift's once-only initialisation of the static).
+        Thread { _ = E2E.cloudImage }.start()
         Scenario.run("bios-usb-static") { try Self.biosUSBStatic($0) }
-        Scenario.run("refuses-boot-medium") { try Self.refusesBootMedium($0) }
     }
 
+    /// Both refusals run in this lane: the BIOS lane's cloud-image guest takes about as long.
     @Test func uefiLane() throws {
         Scenario.run("uefi-cd-dhcp") { try Self.uefiCDDHCP($0) }
         Scenario.run("refuses-unknown-key") { try Self.refusesUnknownKey($0) }
+        Scenario.run("refuses-boot-medium") { try Self.refusesBootMedium($0) }
     }
 
     /// Runs only the installed-host checks (VM journey included) again on the disks an
@@ -44,10 +48,15 @@ import Testing
                 try Self.checkInstalledHost(
                     scenario, firmware: firmware, disk: .init(path: overlay, interface: interface),
                     hostname: name.hasPrefix("bios") ? "hv-bios" : "hv-uefi", address: "10.0.2.15/24",
-                    staticAddress: name.hasPrefix("bios"), storage: storage, vmInterface: vms)
+                    staticAddress: name.hasPrefix("bios"), storage: storage, vmInterface: vms,
+                    cloudImage: name.hasPrefix("bios"))
             }
         }
     }
+
+    /// With `cloud` in MARTLET_E2E_RECHECK only the cloud-image journey runs on the hosts (not
+    /// the kernel VM's).
+    static var onlyCloud: Bool { ProcessInfo.processInfo.environment["MARTLET_E2E_RECHECK"]?.contains("cloud") ?? false }
 
     /// `MARTLET_E2E_RECHECK=bios` or `=uefi` picks one lane; any other value both.
     static func recheck(_ name: String) -> Bool {
@@ -99,7 +108,7 @@ import Testing
         try checkInstalledHost(
             scenario, firmware: .bios, disk: .init(path: target, interface: .virtio),
             hostname: "hv-bios", address: "10.0.2.15/24", staticAddress: true, storage: "lvm-thin",
-            vmInterface: .cli)
+            vmInterface: .cli, cloudImage: true)
     }
 
     /// UEFI + CD; NVMe target; DHCP; directory pool. The answer comes from an answer server
@@ -280,14 +289,30 @@ import Testing
     static func checkInstalledHost(
         _ scenario: Scenario, firmware: QEMUConfiguration.Firmware, disk: QEMUConfiguration.Disk,
         hostname: String, address: String, staticAddress: Bool, storage: String,
-        vmInterface: VMJourney.Interface, more: (HostChecks) -> Void = { _ in }
+        vmInterface: VMJourney.Interface, cloudImage: Bool = false, more: (HostChecks) -> Void = { _ in }
     ) throws {
         let key = try E2E.sshKey.get()
         let port = try E2E.freePort()
-        let host = try QEMUMachine(
-            QEMUConfiguration(
-                firmware: firmware, disks: [disk], memoryMiB: 2048, sshPort: port,
-                serialLog: scenario.log("first-boot.log"), boot: .disk))
+        var configuration = QEMUConfiguration(
+            firmware: firmware, disks: [disk], memoryMiB: 2048, sshPort: port,
+            serialLog: scenario.log("first-boot.log"), boot: .disk)
+        // The cloud image reaches the host as a person's would: `volume import` of a URL.
+        var imageServer: AnswerServer?
+        var cloud: (url: String, sha256: String)?
+        if cloudImage {
+            let image = try E2E.cloudImage.get()
+            let directory = scenario.log("image-server")
+            try? FileManager.default.removeItem(atPath: directory)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let server = try AnswerServer(
+                directory: directory, answer: "", certificate: nil, images: ["/debian-12-cloud.qcow2": image.path])
+            configuration.guestForwards = [.init(guestPort: 80, hostPort: server.port)]
+            imageServer = server
+            cloud = ("http://\(QEMUConfiguration.guestForwardAddress)/debian-12-cloud.qcow2", image.sha256)
+        }
+        defer { withExtendedLifetime(imageServer) {} }
+        if vmInterface == .api { configuration.apiPort = try E2E.freePort() }
+        let host = try QEMUMachine(configuration)
         defer { host.shutdown() }
         try host.start()
         let ssh = SSHSession(port: port, key: key.privateKey)
@@ -362,8 +387,15 @@ import Testing
         let journey = VMJourney(
             checks: checks, scenario: scenario, host: host, interface: vmInterface,
             hostAddress: String(address.prefix { $0 != "/" }))
-        do { try journey.run() } catch is HostChecks.StepFailed {
-            // Recorded in checks.failures; the steps after it could not run.
+        if !onlyCloud {
+            do { try journey.run() } catch is HostChecks.StepFailed {
+                // Recorded in checks.failures; the steps after it could not run.
+            }
+        }
+        if let port = configuration.apiPort { checkAPIThroughForward(checks, port: port) }
+        if let cloud {
+            let journey = CloudJourney(checks: checks, scenario: scenario, imageURL: cloud.url, sha256: cloud.sha256)
+            do { try journey.run() } catch is HostChecks.StepFailed {}
         }
 
         _ = try? ssh.run("journalctl -b --no-pager > /tmp/journal.txt; journalctl -b -1 --no-pager > /tmp/journal-previous.txt; cp /var/log/martlet/install.log /tmp/ 2>/dev/null", timeout: 60)
@@ -382,6 +414,34 @@ import Testing
             throw MartletError(
                 .failed, "\(failures.count) check(s) failed on the installed host: " + failures.joined(separator: " | "))
         }
+    }
+
+    /// The HTTPS API as an admin's browser meets it: from the test host through QEMU's port
+    /// forward to port 8443. The certificate it shows must be the one `martlet api fingerprint`
+    /// names on the host (the console banner shows the same, checked in the VM journey), the
+    /// login page loads, and the API answers nothing without credentials.
+    static func checkAPIThroughForward(_ checks: HostChecks, port: Int) {
+        func local(_ command: String) -> String {
+            let result = try? Command("/bin/sh", ["-c", command]).runAllowingFailure()
+            return result?.output ?? ""
+        }
+        let onHost = (try? checks.ssh.run("martlet api fingerprint", timeout: 60))?.output ?? ""
+        let fingerprint =
+            "openssl s_client -connect 127.0.0.1:\(port) </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 | cut -d= -f2"
+        var seen = local(fingerprint)
+        let deadline = ContinuousClock.now.advanced(by: .seconds(120))
+        while seen.isEmpty && ContinuousClock.now < deadline {
+            Thread.sleep(forTimeInterval: 2)
+            seen = local(fingerprint)
+        }
+        checks.expect(
+            "https through the port forward: its certificate is the host's (martlet api fingerprint)",
+            !onHost.isEmpty && seen == onHost, "through the forward '\(seen)', on the host '\(onHost)'")
+        // -k: the certificate was checked by its fingerprint just above.
+        let page = local("curl -sS -k https://127.0.0.1:\(port)/")
+        checks.expect("web UI login page through the port forward", page.contains("id=\"login-form\""), page)
+        let code = local("curl -sS -k -o /dev/null -w '%{http_code}' https://127.0.0.1:\(port)/v1/vms")
+        checks.expect("the API through the port forward without a token is 401", code == "401", code)
     }
 
     /// Boots the ISO with `answer` embedded (BIOS), waits for the installer's refusal on the
