@@ -66,8 +66,10 @@ public enum AnswerLocator {
                 }
                 fingerprint = normalized
             }
+            // No loop devices: on the live system they are its own squashfs layers, noise to
+            // a server choosing a target among the machine's disks.
             let facts = MachineInventory(
-                disks: (try? DiskDiscovery().disks()) ?? [], nics: NICDiscovery().nics(),
+                disks: (try? DiskDiscovery(includeLoop: false).disks()) ?? [], nics: NICDiscovery().nics(),
                 dmi: MachineInventory.dmi())
             try AnswerFetch(url: url, fingerprint: fingerprint).fetch(facts: facts, to: local) { report($0) }
             return local

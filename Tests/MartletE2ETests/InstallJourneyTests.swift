@@ -175,7 +175,9 @@ import Testing
             with: Data(contentsOf: URL(fileURLWithPath: answers.received("/answer")))) as? [String: Any]
         let nics = (facts?["nics"] as? [[String: Any]])?.compactMap { $0["mac"] as? String } ?? []
         let disks = (facts?["disks"] as? [[String: Any]])?.compactMap { $0["path"] as? String } ?? []
-        guard nics.contains(E2E.nicMAC), disks.contains("/dev/nvme0n1") else {
+        // The live system's own loop devices (its squashfs layers) are not the machine's disks.
+        guard nics.contains(E2E.nicMAC), disks.contains("/dev/nvme0n1"), !disks.contains(where: { $0.hasPrefix("/dev/loop") })
+        else {
             throw MartletError(.failed, "the answer server got other facts: NICs \(nics), disks \(disks)")
         }
         let report = try JSONSerialization.jsonObject(
