@@ -59,9 +59,13 @@ public struct PAMAuthenticator: Sendable {
 /// back in `X-CSRF-Token` with every request that changes something.
 public final class SessionStore: Sendable {
     public struct Session: Sendable {
+        /// The host account, or the token's name for a session opened with a token.
         public var user: String
         public var csrfToken: String
         public var expires: Double
+        /// The API token the page logged in with (the web UI's token login): the session
+        /// has that token's rights and ends when the token is revoked. Nil for a password.
+        public var token: APIToken?
     }
 
     public static let cookieName = "martlet_session"
@@ -74,10 +78,10 @@ public final class SessionStore: Sendable {
         self.lifetime = lifetime
     }
 
-    /// A new session for `user`: its cookie id and the session.
-    public func open(user: String) -> (id: String, session: Session) {
+    /// A new session for `user` (or for `token`, named by it): its cookie id and the session.
+    public func open(user: String, token: APIToken? = nil) -> (id: String, session: Session) {
         let id = Self.random()
-        let session = Session(user: user, csrfToken: Self.random(), expires: Self.now() + lifetime)
+        let session = Session(user: user, csrfToken: Self.random(), expires: Self.now() + lifetime, token: token)
         sessions.withLock {
             let now = Self.now()
             $0 = $0.filter { $0.value.expires > now }
