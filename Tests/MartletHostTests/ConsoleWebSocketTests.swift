@@ -212,8 +212,8 @@ import Testing
     /// The web UI's token login (a page cannot put a token on an EventSource or a
     /// WebSocket): POST /v1/login with a token is a session cookie with that token's rights.
     /// The full token's session changes things (with the CSRF token), follows the live list
-    /// and types into the console; the read-only one reads and watches, and is refused every
-    /// change and its first key; a made-up token gets no session; a revoke ends the session.
+    /// and opens the console; the read-only one reads and opens it too, and is refused every
+    /// change; a made-up token gets no session; a revoke ends the session at once.
     @Test func aTokenLoginIsASessionWithTheTokensRights() async throws {
         let setup = try Setup(label: "ws-token-login", vm: "ws")
         defer { _ = try? setup.fixture.host.stop("ws") }
@@ -234,29 +234,17 @@ import Testing
         let events = try setup.call("GET", "/v1/vms", headers: [reader.cookie, "Accept: text/event-stream"], maxTime: 5)
         #expect(events.body.contains(#"data: [{"definition""#) && events.body.contains(#""name":"ws""#), "\(events.body)")
 
-        // The console with the cookie and the page's Origin: the read-only login watches and
-        // its key closes its socket; the full token's login types a line that reaches the guest.
-        let banner = "martlet test guest: test=echo"
-        let server = setup.server
-        let watcher = Screen(), typist = Screen()
-        let readerHeaders = HTTPFields([HTTPField(name: .cookie, value: String(reader.cookie.dropFirst("Cookie: ".count))), HTTPField(name: .origin, value: "https://\(setup.base)")])
-        let adminHeaders = HTTPFields([HTTPField(name: .cookie, value: String(admin.cookie.dropFirst("Cookie: ".count))), HTTPField(name: .origin, value: "https://\(setup.base)")])
-        let closed = try await Self.within(300, "the read-only login's viewer") {
-            try await Self.watch(server, vm: "ws", headers: readerHeaders, screen: watcher, until: "never printed", typeAfter: banner, keys: "read-only\n")
-        }
-        #expect(watcher.text.contains(banner), "\(watcher.text)")
-        #expect(closed?.closeCode == .policyViolation || closed?.closeCode == .goingAway, "\(String(describing: closed))")
-        _ = try await Self.within(300, "the token login's echo") {
-            try await Self.watch(server, vm: "ws", headers: adminHeaders, screen: typist, until: "guest done", typeAfter: banner, keys: "typed after a token login\n")
-        }
-        #expect(typist.text.contains("echo: typed after a token login\n"), "\(typist.text)")
-        let log = try String(contentsOfFile: setup.fixture.paths.consoleLog("ws"), encoding: .utf8)
-        #expect(!log.contains("read-only"), "the read-only login's key reached the guest: \(log)")
+        // The console with the cookie and the page's Origin opens for both (WebSocket clients
+        // here send an Origin of their own, so curl asks; that the read-only login's key
+        // closes its socket without reaching the guest is WebUITests', in a real browser).
+        #expect(try setup.upgradeStatus("/v1/vms/ws/console/ws", headers: [reader.cookie, origin]) == 101)
+        #expect(try setup.upgradeStatus("/v1/vms/ws/console/ws", headers: [admin.cookie, origin]) == 101)
+        #expect(try setup.upgradeStatus("/v1/vms/ws/console/ws", headers: [admin.cookie, "Origin: https://evil.example"]) == 400)
 
         // Revoked: the session ends with its token, for the API and the console alike.
         #expect(try HTTPSAPITests.martlet(setup.fixture, ["api", "token", "revoke", "admin"]).status == 0)
         #expect(try setup.call("GET", "/v1/vms", headers: [admin.cookie]).status == 401, "a revoked token's session")
-        // (The guest has powered off after its echo: a live session would get 409 here.)
+        #expect(try setup.upgradeStatus("/v1/vms/ws/console/ws", headers: [admin.cookie, origin]) == 400)
         #expect(try setup.call("GET", "/v1/vms/ws/console/ws", headers: [admin.cookie, origin]).status == 401)
         let apiLog = try String(contentsOfFile: setup.fixture.root + "/api.log", encoding: .utf8)
         #expect(apiLog.contains("POST /v1/pools/local/volumes by token 'admin' (web login): 201"), "\(apiLog.suffix(3000))")

@@ -89,9 +89,10 @@ import Testing
         // Its detail: disks and NICs, and the edit form. A bad value and then a good one.
         try browser.click("tr[data-vm=\"web-ui\"] button[data-action=details]")
         try browser.waitFor("the VM's detail", "return !document.querySelector('#vm-detail').hidden && document.querySelector('#detail-nics').textContent.includes('no NICs')")
-        try browser.script("document.querySelector('#edit-form input[name=vcpus]').value = '0'")
+        // (The form's own min and max keep the vCPUs in range; a size only the API can judge.)
+        try browser.script("document.querySelector('#edit-form input[name=memory]').value = '3MiB'")
         try browser.click("#edit-form button[type=submit]")
-        try browser.waitFor("the API's refusal of 0 vCPUs", "return document.querySelector('#edit-error').textContent.includes('vcpus: 0 is out of range')")
+        try browser.waitFor("the API's refusal of 3 MiB", "return document.querySelector('#edit-error').textContent.includes('memory: 3 MiB is not a whole number of MiB of at least 4 MiB')")
         try browser.script("document.querySelector('#edit-form input[name=vcpus]').value = '2'; document.querySelector('#edit-form input[name=memory]').value = '32MiB'")
         try browser.click("#edit-form button[type=submit]")
         try browser.waitFor("the edited row", "return document.querySelector('#edit-error').textContent === '' && document.querySelector('tr[data-vm=\"web-ui\"]').textContent.includes('32 MiB')")
@@ -104,6 +105,8 @@ import Testing
         #expect(try fixture.host.isRunning("web-ui"))
         // The uptime column counts from the runner's start; an edit while running is refused.
         try browser.waitFor("the uptime", "return / s$/.test(document.querySelector('tr[data-vm=\"web-ui\"] .uptime').textContent)")
+        try browser.script("window.scrollTo(0, 0)")
+        try browser.screenshot(to: artifacts.appendingPathComponent("3c-vm-list-uptime.png"))
         try browser.click("#edit-form button[type=submit]")
         try browser.waitFor("the refusal while running", "return document.querySelector('#edit-error').textContent.includes('is running')")
         // The console: xterm.js over the WebSocket. The recent output is replayed, then a line
@@ -190,13 +193,19 @@ import Testing
         try browser.click("#login-form button[type=submit]")
         try browser.waitFor("the read-only VM page", "return !document.querySelector('#vms').hidden && document.querySelector('#host-name').textContent.includes('read-only')")
         let watched = try HTTPSAPITests.martlet(
-            fixture, ["vm", "create", "watched", "--kernel", guest, "--cmdline", "test=halt watched by a token", "--memory", "16MiB"])
+            fixture, ["vm", "create", "watched", "--kernel", guest, "--cmdline", "test=echo watched by a token", "--memory", "16MiB"])
         #expect(watched.status == 0, "\(watched.stderr)")
         #expect(try HTTPSAPITests.martlet(fixture, ["vm", "start", "watched"]).status == 0)
         try browser.waitFor("the live list's new running VM", "return (document.querySelector('tr[data-vm=\"watched\"]')?.textContent ?? '').includes('running')", timeout: 60)
         try browser.click("tr[data-vm=\"watched\"] button[data-action=console]")
-        try browser.waitFor("the watched console", terminalShows("watched by a token"), timeout: 60)
+        try browser.waitFor("the watched console", terminalShows("martlet test guest: test=echo"), timeout: 60)
         try browser.waitFor("the watch-only note", "return document.querySelector('#console-state').textContent.includes('watching only')")
+        #expect(try browser.script("return document.querySelector('#edit-form').hidden") as? Bool == true, "a read-only login gets no edit form")
+        // Its first key closes the console; the echoing guest never gets the line.
+        try browser.type("#console textarea", "sneaky\u{E009}j\u{E000}")
+        try browser.waitFor("the closed read-only console", "return document.querySelector('#console-state').textContent.startsWith('Disconnected')")
+        #expect(try fixture.host.isRunning("watched"), "the guest got the read-only login's line and powered off")
+        #expect(try !String(contentsOfFile: fixture.paths.consoleLog("watched"), encoding: .utf8).contains("sneaky"))
         try browser.screenshot(to: artifacts.appendingPathComponent("9-read-only-console.png"))
         try browser.click("tr[data-vm=\"watched\"] button[data-action=\"force stop\"]")
         try browser.acceptDialogText(containing: "read-only")

@@ -195,10 +195,11 @@ async function openDetail(name, { console: connect }) {
   $("#detail-name").textContent = name;
   $("#edit-error").textContent = "";
   fillEditForm(vm);
+  // A read-only login cannot change a VM: no form that can only be refused.
+  $("#edit-form").hidden = Boolean(credentials?.readOnly);
   renderDetail(vm);
   $("#vm-detail").hidden = false;
   if (connect) openConsole(name);
-  else $("#console-state").textContent = vm.state === "running" ? "Press Console to connect." : "The console connects while the VM runs.";
   $("#vm-detail").scrollIntoView();
 }
 
@@ -220,6 +221,7 @@ function renderDetail(vm) {
     ["Autostart", vm.definition.autostart ? "yes" : "no"], ["On crash", vm.definition.onCrash],
   ];
   renderFacts("#detail-facts", facts);
+  if (!consoleSocket) $("#console-state").textContent = vm.state === "running" ? "Press Console to connect." : "The console connects while the VM runs.";
   const disks = vm.definition.disks.map((d, i) => row([`vd${String.fromCharCode(97 + i)}`, `${d.pool}/${d.volume}`, d.readOnly ? "read-only" : "read-write"]));
   if (vm.definition.cloudInit) disks.push(row([`vd${String.fromCharCode(97 + disks.length)}`, "cloud-init seed (made at start)", "read-only"]));
   $("#detail-disks tbody").replaceChildren(...(disks.length ? disks : [row(["—", "no disks", ""])]));
