@@ -570,13 +570,14 @@ public struct APIServer: Sendable {
             return response
         }
         let query = request.uri.queryParameters
-        let sha256 = query.get("sha256")
         let formatName = query.get("format")
         let format = formatName.flatMap(ImageFormat.init(rawValue:))
         if let name = formatName, format == nil {
             return errorResponse(MartletError(.invalidInput, "format: '\(name)' is not raw or qcow2", hint: "leave it out to detect the format"))
         }
         do {
+            // Checked before the body is taken, not after it.
+            let sha256 = try query.get("sha256").map(VolumeImport.checkedDigest)
             let upload = try await workers.runIfActive {
                 try ImageUpload(into: host.pool(pool), volume: volume, length: length)
             }

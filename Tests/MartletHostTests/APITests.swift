@@ -241,6 +241,8 @@ final class APIProcess {
         let mismatch = try upload(image, to: "/v1/pools/local/volumes/up-bad/content?sha256=\(String(repeating: "0", count: 64))")
         #expect(mismatch.status == 422 && mismatch.body.contains("nothing was imported"), "\(mismatch.body)")
         #expect(try upload(image, to: "/v1/pools/local/volumes/up-bad/content?format=vmdk").status == 400)
+        let badDigest = try upload(image, to: "/v1/pools/local/volumes/up-bad/content?sha256=abc")
+        #expect(badDigest.status == 400 && badDigest.body.contains("sha256: 'abc'"), "\(badDigest.body)")
         let chunked = try upload(image, to: "/v1/pools/local/volumes/up-bad/content", headers: ["Transfer-Encoding: chunked"])
         #expect(chunked.status == 411 && chunked.body.contains("Content-Length"), "\(chunked.body)")
         let huge = try ChildProcess.run([
