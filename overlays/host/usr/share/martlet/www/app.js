@@ -304,10 +304,14 @@ async function renderStorage() {
     }
   }
   $("#volume-table tbody").replaceChildren(...rows);
+  // Replaced only when the volumes change: the list refreshes every 2 s, maybe while open.
   const resizeSelect = $("#resize-form select[name=volume]");
-  const chosen = resizeSelect.value;
-  resizeSelect.replaceChildren(...rows.map((tr) => new Option(tr.dataset.volume, tr.dataset.volume)));
-  if (chosen) resizeSelect.value = chosen;
+  const names = rows.map((tr) => tr.dataset.volume);
+  if ([...resizeSelect.options].map((o) => o.value).join("\n") !== names.join("\n")) {
+    const chosen = resizeSelect.value;
+    resizeSelect.replaceChildren(...names.map((name) => new Option(name, name)));
+    if (names.includes(chosen)) resizeSelect.value = chosen;
+  }
 }
 
 /** The volume's path in the API for "POOL/VOLUME". */
