@@ -274,6 +274,17 @@ final class APIProcess {
         #expect(streamed.status == 201, "\(streamed.body)")
         let growth = try peakKiB() - before
         #expect(growth < 48 << 10, "uploading 96 MiB raised the server's peak memory by \(growth) KiB")
+
+        // A client that goes away halfway leaves no volume and no staging file.
+        let cut = try ChildProcess.run([
+            "curl", "-sS", "--unix-socket", api.socket, "--limit-rate", "4M", "--max-time", "2", "-T", large,
+            "http://localhost/v1/pools/local/volumes/up-cut/content",
+        ])
+        #expect(cut.termination != .exited(0), "the upload was meant to be cut off: \(cut.stdout)")
+        #expect(
+            Poll.until(timeout: 30, interval: 0.1) { ((try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? ["?"]).isEmpty },
+            "the cut-off upload's staging directory stays: \((try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? [])")
+        #expect(try !fixture.host.pool("local").volumes().map(\.name).contains("up-cut"))
     }
 
     /// Volume import from a URL with a digest, and a VM with a cloud-init table, through
