@@ -9,8 +9,9 @@ import MartletValidation
 /// - a script's: `Authorization: Bearer TOKEN` for a token in the store; a read-only token may
 ///   only read (403 for any other method); or
 /// - a person's: the session cookie from `POST /v1/login` (a host account's password through
-///   PAM); anything but a read must also carry the session's `X-CSRF-Token`, which a page
-///   from another site cannot know.
+///   PAM, or an API token typed into the web UI's login: a session with that token's rights,
+///   ended when it is revoked); anything but a read must also carry the session's
+///   `X-CSRF-Token`, which a page from another site cannot know.
 /// Anything else is 401. Every request that may change something is written to the journal
 /// with who made it, and so is every refusal and failed login (each failure answered only
 /// after a pause, so passwords cannot be tried fast).
@@ -30,14 +31,19 @@ struct Authentication: RouterMiddleware {
     static let readingMethods: Set<HTTPRequest.Method> = [.get, .head]
     static let csrfHeader = HTTPField.Name("X-CSRF-Token")!
 
+    /// A host account and its password, or an API token (for a page: a browser cannot put
+    /// a token on an EventSource or a WebSocket, but it sends the session's cookie).
     struct LoginRequest: Decodable {
-        var user: String
-        var password: String
+        var user: String?
+        var password: String?
+        var token: String?
     }
 
     struct LoginReply: Encodable {
         var user: String
         var csrfToken: String
+        /// A read-only token's session: it may read and watch consoles only.
+        var readOnly: Bool
     }
 
     func handle(
@@ -62,21 +68,28 @@ struct Authentication: RouterMiddleware {
             }
             who = "token '\(token.name)'"
         case .session(let id, let session):
+            let name = Caller.session(id: id, session).name ?? session.user
             if !reads {
                 guard let sent = request.headers[Self.csrfHeader], equalInConstantTime(sent, session.csrfToken) else {
-                    logger.warning("api: refused \(what) for user '\(session.user)': no or a wrong CSRF token")
+                    logger.warning("api: refused \(what) for \(name): no or a wrong CSRF token")
                     return APIServer.errorResponse(
                         MartletError(.permissionDenied, "this request needs the session's CSRF token", hint: "send the csrfToken from POST /v1/login as X-CSRF-Token"))
                 }
             }
             if path == "/v1/logout" && request.method == .post {
                 sessions.close(id)
-                logger.notice("api: user '\(session.user)' logged out")
+                logger.notice("api: \(name) logged out")
                 var response = Response(status: .noContent)
                 response.headers[.setCookie] = Self.sessionCookie("", maxAge: 0)
                 return response
             }
-            who = "user '\(session.user)'"
+            // After the logout: a read-only login may end itself.
+            if let token = session.token, token.readOnly && !reads {
+                logger.warning("api: refused \(what) for the session of read-only token '\(token.name)'")
+                return APIServer.errorResponse(
+                    MartletError(.permissionDenied, "this login (token '\(token.name)') is read-only; \(request.method) needs a full token or a password login"))
+            }
+            who = name
         case .none:
             return refuse(what, "no credentials")
         }
@@ -99,7 +112,8 @@ struct Authentication: RouterMiddleware {
         var name: String? {
             switch self {
             case .token(let token): "token '\(token.name)'"
-            case .session(_, let session): "user '\(session.user)'"
+            case .session(_, let session):
+                session.token.map { "token '\($0.name)' (web login)" } ?? "user '\(session.user)'"
             case .unknownToken, .none: nil
             }
         }
@@ -108,7 +122,7 @@ struct Authentication: RouterMiddleware {
         var mayChange: Bool {
             switch self {
             case .token(let token): !token.readOnly
-            case .session: true
+            case .session(_, let session): session.token?.readOnly != true
             case .unknownToken, .none: false
             }
         }
@@ -123,6 +137,11 @@ struct Authentication: RouterMiddleware {
             return .token(token)
         }
         if let id = Self.cookie(SessionStore.cookieName, in: request), let session = sessions.session(id) {
+            // A token's session lives only as long as the token: a revoke ends it at once.
+            if let token = session.token, tokens.live(sha256: token.sha256) == nil {
+                sessions.close(id)
+                return .unknownToken
+            }
             return .session(id: id, session)
         }
         return .none
@@ -138,23 +157,41 @@ struct Authentication: RouterMiddleware {
             return response
         }
         let body = try await APIServer.decode(LoginRequest.self, request, context)
-        // PAM blocks (and may sleep on a failure itself): off the event loop.
-        let pam = self.pam
-        var accepted = false
-        if loginUsers.contains(body.user) {
-            accepted = try await APIServer.workers.runIfActive { pam.authenticate(user: body.user, password: body.password) }
+        let user: String
+        var token: APIToken?
+        if let secret = body.token {
+            guard let known = tokens.authenticate(secret) else {
+                return try await failedLogin("with an unknown or revoked token", "that API token is not valid")
+            }
+            user = known.name
+            token = known
+        } else {
+            guard let name = body.user, let password = body.password else {
+                throw HTTPError(.badRequest, message: "a login needs 'user' and 'password', or 'token'")
+            }
+            // PAM blocks (and may sleep on a failure itself): off the event loop.
+            let pam = self.pam
+            var accepted = false
+            if loginUsers.contains(name) {
+                accepted = try await APIServer.workers.runIfActive { pam.authenticate(user: name, password: password) }
+            }
+            guard accepted else { return try await failedLogin("for user \(quoted(name))", "wrong user name or password") }
+            user = name
         }
-        guard accepted else {
-            logger.warning("api: failed login for user \(quoted(body.user))")
-            try await Task.sleep(for: failedLoginPause)
-            var response = APIServer.errorResponse(MartletError(.permissionDenied, "wrong user name or password"))
-            response.status = .unauthorized
-            return response
-        }
-        let (id, session) = sessions.open(user: body.user)
-        logger.notice("api: user '\(body.user)' logged in")
-        var response = APIServer.json(LoginReply(user: body.user, csrfToken: session.csrfToken), status: .ok)
+        let (id, session) = sessions.open(user: user, token: token)
+        logger.notice("api: \(Caller.session(id: id, session).name ?? user) logged in")
+        var response = APIServer.json(
+            LoginReply(user: user, csrfToken: session.csrfToken, readOnly: token?.readOnly ?? false), status: .ok)
         response.headers[.setCookie] = Self.sessionCookie(id, maxAge: Int(sessions.lifetime))
+        return response
+    }
+
+    /// A refused login: logged, and answered 401 only after a pause.
+    func failedLogin(_ what: String, _ message: String) async throws -> Response {
+        logger.warning("api: failed login \(what)")
+        try await Task.sleep(for: failedLoginPause)
+        var response = APIServer.errorResponse(MartletError(.permissionDenied, message))
+        response.status = .unauthorized
         return response
     }
 

@@ -59,9 +59,13 @@ public struct PAMAuthenticator: Sendable {
 /// back in `X-CSRF-Token` with every request that changes something.
 public final class SessionStore: Sendable {
     public struct Session: Sendable {
+        /// The host account, or the token's name for a session opened with a token.
         public var user: String
         public var csrfToken: String
         public var expires: Double
+        /// The API token the page logged in with (the web UI's token login): the session
+        /// has that token's rights and ends when the token is revoked. Nil for a password.
+        public var token: APIToken?
     }
 
     public static let cookieName = "martlet_session"
@@ -70,16 +74,20 @@ public final class SessionStore: Sendable {
 
     private let sessions = Mutex<[String: Session]>([:])
 
-    public init(lifetime: Double = 8 * 3600) {
+    /// Seconds since 1970; a test's own clock in tests.
+    let clock: @Sendable () -> Double
+
+    public init(lifetime: Double = 8 * 3600, clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
         self.lifetime = lifetime
+        self.clock = clock
     }
 
-    /// A new session for `user`: its cookie id and the session.
-    public func open(user: String) -> (id: String, session: Session) {
+    /// A new session for `user` (or for `token`, named by it): its cookie id and the session.
+    public func open(user: String, token: APIToken? = nil) -> (id: String, session: Session) {
         let id = Self.random()
-        let session = Session(user: user, csrfToken: Self.random(), expires: Self.now() + lifetime)
+        let session = Session(user: user, csrfToken: Self.random(), expires: clock() + lifetime, token: token)
         sessions.withLock {
-            let now = Self.now()
+            let now = clock()
             $0 = $0.filter { $0.value.expires > now }
             $0[id] = session
         }
@@ -89,11 +97,11 @@ public final class SessionStore: Sendable {
     /// The live session with cookie id `id`; its lifetime starts again.
     public func session(_ id: String) -> Session? {
         sessions.withLock {
-            guard var session = $0[id], session.expires > Self.now() else {
+            guard var session = $0[id], session.expires > clock() else {
                 $0[id] = nil
                 return nil
             }
-            session.expires = Self.now() + lifetime
+            session.expires = clock() + lifetime
             $0[id] = session
             return session
         }
@@ -107,6 +115,4 @@ public final class SessionStore: Sendable {
         var generator = SystemRandomNumberGenerator()
         return Digest.hex((0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) })
     }
-
-    static func now() -> Double { Date().timeIntervalSince1970 }
 }

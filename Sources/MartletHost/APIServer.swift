@@ -98,18 +98,8 @@ public struct APIServer: Sendable {
                 }
                 return source
             }
-            let memoryText = memory ?? "256MiB"
-            guard let size = ByteSize(parsing: memoryText) else {
-                throw MartletError(
-                    .invalidInput, "memory: '\(memoryText)' is not a size",
-                    hint: "write e.g. \"512MiB\" or \"2GiB\"")
-            }
-            let policyText = onCrash ?? VMDefinition.CrashPolicy.restart.rawValue
-            guard let policy = VMDefinition.CrashPolicy(rawValue: policyText) else {
-                throw MartletError(
-                    .invalidInput, "onCrash: '\(policyText)' is not one of "
-                        + VMDefinition.CrashPolicy.allCases.map(\.rawValue).joined(separator: ", "))
-            }
+            let size = try Self.memory(memory ?? "256MiB")
+            let policy = try Self.crashPolicy(onCrash ?? VMDefinition.CrashPolicy.restart.rawValue)
             let modeText = boot ?? VMDefinition.BootMode.kernel.rawValue
             guard let mode = VMDefinition.BootMode(rawValue: modeText) else {
                 throw MartletError(
@@ -133,6 +123,45 @@ public struct APIServer: Sendable {
                 autostart: autostart ?? false, onCrash: policy, cloudInit: cloudInit)
             try definition.validate()
             return definition
+        }
+
+        /// `memory` as a size, or an error naming the key and the value.
+        static func memory(_ text: String) throws -> ByteSize {
+            guard let size = ByteSize(parsing: text) else {
+                throw MartletError(
+                    .invalidInput, "memory: '\(text)' is not a size", hint: "write e.g. \"512MiB\" or \"2GiB\"")
+            }
+            return size
+        }
+
+        /// `onCrash` as a policy, or an error naming the key, the value and the choices.
+        static func crashPolicy(_ text: String) throws -> VMDefinition.CrashPolicy {
+            guard let policy = VMDefinition.CrashPolicy(rawValue: text) else {
+                throw MartletError(
+                    .invalidInput, "onCrash: '\(text)' is not one of "
+                        + VMDefinition.CrashPolicy.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            return policy
+        }
+    }
+
+    /// What `PATCH /v1/vms/{name}` takes: the settings a stopped VM may change without its
+    /// whole definition being sent again (the web UI's edit form). Fields left out stay.
+    public struct VMChange: Codable, Sendable {
+        public var vcpus: Int?
+        public var memory: String?
+        public var autostart: Bool?
+        public var onCrash: String?
+
+        /// `definition` with these changes, validated.
+        public func applied(to definition: VMDefinition) throws -> VMDefinition {
+            var changed = definition
+            if let vcpus { changed.vcpus = vcpus }
+            if let memory { changed.memory = try VMRequest.memory(memory) }
+            if let autostart { changed.autostart = autostart }
+            if let onCrash { changed.onCrash = try VMRequest.crashPolicy(onCrash) }
+            try changed.validate()
+            return changed
         }
     }
 
@@ -280,6 +309,9 @@ public struct APIServer: Sendable {
         }
         let host = self.host
         router.get("/v1/host") { _, _ in try await Self.respond { try HostSummary.current(host: host) } }
+        router.get("/v1/host/install-log") { _, _ in
+            try await Self.offload { try Self.installLog(host.paths.installLog) }
+        }
         router.get("/v1/vms") { request, _ in
             if request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) {
                 return Self.statusEvents(host: host)
@@ -304,6 +336,14 @@ public struct APIServer: Sendable {
             let body = try await Self.decode(VMRequest.self, request, context)
             return try await Self.respond { () -> VMStatus in
                 try host.replace(try body.definition(name: name))
+                return try host.status(name)
+            }
+        }
+        router.patch("/v1/vms/:name") { request, context in
+            let name = try Self.name(context, "name")
+            let change = try await Self.decode(VMChange.self, request, context)
+            return try await Self.respond { () -> VMStatus in
+                try host.replace(try change.applied(to: try host.definition(name)))
                 return try host.status(name)
             }
         }
@@ -400,6 +440,11 @@ public struct APIServer: Sendable {
                 return try host.resizeVolume(pool: pool, volume: volume, size: size)
             }
         }
+        router.put("/v1/pools/:pool/volumes/:volume/content") { request, context in
+            let pool = try Self.name(context, "pool")
+            let volume = try Self.name(context, "volume")
+            return try await Self.upload(request, host: host, pool: pool, volume: volume)
+        }
         router.delete("/v1/pools/:pool/volumes/:volume") { _, context in
             let pool = try Self.name(context, "pool")
             let volume = try Self.name(context, "volume")
@@ -440,12 +485,13 @@ public struct APIServer: Sendable {
     /// The routes and the methods each answers: any other method is 405 with an Allow
     /// header, not a 404 that reads as "no such VM".
     static let routes: [(path: String, methods: [HTTPRequest.Method])] = [
-        ("/v1/host", [.get]), ("/v1/vms", [.get, .post]), ("/v1/vms/:name", [.get, .put, .delete]),
+        ("/v1/host", [.get]), ("/v1/host/install-log", [.get]), ("/v1/vms", [.get, .post]), ("/v1/vms/:name", [.get, .put, .patch, .delete]),
         ("/v1/vms/:name/start", [.post]), ("/v1/vms/:name/stop", [.post]),
         ("/v1/vms/:name/restart", [.post]), ("/v1/vms/:name/console", [.get]),
         ("/v1/vms/:name/console/ws", [.get]),
         ("/v1/pools", [.get]), ("/v1/pools/:pool", [.get]), ("/v1/pools/:pool/volumes", [.get, .post]),
         ("/v1/pools/:pool/volumes/:volume", [.get, .put, .delete]),
+        ("/v1/pools/:pool/volumes/:volume/content", [.put]),
     ]
 
     static func refuseOtherMethods(_ router: Router<BasicRequestContext>) {
@@ -485,6 +531,73 @@ public struct APIServer: Sendable {
             throw HTTPError(
                 .badRequest,
                 message: "the request body is not valid JSON for this operation: \(error)")
+        }
+    }
+
+    /// The most of the install log `GET /v1/host/install-log` sends: its end, as the end is
+    /// where an install that went wrong says why.
+    static let installLogLimit = 4 << 20
+
+    /// The installer's log as text (its last `installLogLimit` bytes, after a line saying so);
+    /// a host without one gets a 404 that says why there may be none.
+    static func installLog(_ path: String) throws -> Response {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw MartletError(
+                .notFound, "this host has no install log at \(path)",
+                hint: access(path, F_OK) == 0
+                    ? "it cannot be read: \(SystemError.text(errno))"
+                    : "martlet-installer leaves it there at the end of an install; a host set up another way, or one whose log was removed, has none")
+        }
+        defer { try? handle.close() }
+        let size = try handle.seekToEnd()
+        let skipped = size > UInt64(installLogLimit) ? size - UInt64(installLogLimit) : 0
+        try handle.seek(toOffset: skipped)
+        var text = ByteBuffer()
+        if skipped > 0 { text.writeString("[the first \(skipped) bytes of \(path) are left out]\n") }
+        text.writeBytes(try handle.readToEnd() ?? Data())
+        return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: text))
+    }
+
+    /// `PUT /v1/pools/{pool}/volumes/{volume}/content`: a new volume from the request body
+    /// (an image, raw or qcow2), streamed into `ImageUpload` a MiB at a time, never held
+    /// whole in memory. `format` and `sha256` come as query parameters, as the body is the
+    /// image itself.
+    static func upload(_ request: Request, host: VMHost, pool: String, volume: String) async throws -> Response {
+        guard let text = request.headers[.contentLength], let length = UInt64(text) else {
+            var response = errorResponse(
+                MartletError(.invalidInput, "an upload needs a Content-Length header", hint: "send the image as the body of a plain PUT (e.g. curl -T FILE)"))
+            response.status = .lengthRequired
+            return response
+        }
+        let query = request.uri.queryParameters
+        let formatName = query.get("format")
+        let format = formatName.flatMap(ImageFormat.init(rawValue:))
+        if let name = formatName, format == nil {
+            return errorResponse(MartletError(.invalidInput, "format: '\(name)' is not raw or qcow2", hint: "leave it out to detect the format"))
+        }
+        do {
+            // Checked before the body is taken, not after it.
+            let sha256 = try query.get("sha256").map(VolumeImport.checkedDigest)
+            let upload = try await workers.runIfActive {
+                try ImageUpload(into: host.pool(pool), volume: volume, length: length)
+            }
+            // Writes of at least a MiB each, on the blocking pool, as the body arrives.
+            var batch = ByteBuffer()
+            for try await chunk in request.body {
+                batch.writeImmutableBuffer(chunk)
+                if batch.readableBytes >= VolumeImport.chunkSize {
+                    let full = batch
+                    try await workers.runIfActive { try full.withUnsafeReadableBytes { try upload.append($0) } }
+                    batch.clear()
+                }
+            }
+            let rest = batch
+            return try await respond(status: .created) {
+                try rest.withUnsafeReadableBytes { try upload.append($0) }
+                return try upload.finish(format: format, sha256: sha256)
+            }
+        } catch let error as MartletError {
+            return errorResponse(error)
         }
     }
 

@@ -99,6 +99,12 @@ public final class APITokenStore: Sendable {
         return found
     }
 
+    /// The token with stored hash `sha256` while it is not revoked (a browser session opened
+    /// with it ends when it is).
+    public func live(sha256: String) -> APIToken? {
+        (try? list())?.first { $0.sha256 == sha256 }
+    }
+
     /// Changes the list and replaces the file atomically: the new list goes to `PATH.new`
     /// (created exclusively, mode 0600, so it is also the lock against a second writer) and is
     /// renamed over the file, so a reader never sees half a list.

@@ -26,6 +26,8 @@ public struct HostPaths: Sendable, Equatable {
     public var webRoot = "/usr/share/martlet/www"
     /// Where PAM reads the `martlet-api` service from; nil: /etc/pam.d.
     public var pamDirectory: String?
+    /// The installer's log, copied onto the host at the end of the install.
+    public var installLog = "/var/log/martlet/install.log"
 
     public init(
         vmsDirectory: String = "/etc/martlet/vms",
@@ -42,7 +44,7 @@ public struct HostPaths: Sendable, Equatable {
 
     /// The defaults, overridden by MARTLET_VMS_DIR, MARTLET_STORAGE_CONFIG, MARTLET_RUN_DIR,
     /// MARTLET_VMM, MARTLET_VMM_USER, MARTLET_API_CONFIG, MARTLET_API_TOKENS, MARTLET_TLS_DIR
-    /// MARTLET_API_ISSUE, MARTLET_WEB_ROOT and MARTLET_PAM_DIR.
+    /// MARTLET_API_ISSUE, MARTLET_WEB_ROOT, MARTLET_PAM_DIR and MARTLET_INSTALL_LOG.
     public static func fromEnvironment(
         _ environment: [String: String] = ProcessInfo.processInfo.environment
     ) -> HostPaths {
@@ -58,6 +60,7 @@ public struct HostPaths: Sendable, Equatable {
         if let value = environment["MARTLET_API_ISSUE"] { paths.apiIssueFile = value }
         if let value = environment["MARTLET_WEB_ROOT"] { paths.webRoot = value }
         if let value = environment["MARTLET_PAM_DIR"] { paths.pamDirectory = value }
+        if let value = environment["MARTLET_INSTALL_LOG"] { paths.installLog = value }
         return paths
     }
 

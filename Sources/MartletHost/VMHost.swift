@@ -14,16 +14,22 @@ public struct VMStatus: Codable, Equatable, Sendable {
     /// Why a stopped VM ended on its own, when it did not power off: "no bootable device",
     /// or the runner's failure status. Nil while running and after a clean stop.
     public var problem: String?
+    /// When the running VM's runner started, in seconds since 1970 (its pid file's
+    /// modification time: the runner writes it once, as it starts, and a guest reboot or an
+    /// on-crash restart keeps the runner). Nil while stopped. A time rather than an uptime,
+    /// so the live list changes only when the state does.
+    public var startedAt: Int?
 
     public init(
         name: String, state: State, pid: Int32? = nil, definition: VMDefinition,
-        problem: String? = nil
+        problem: String? = nil, startedAt: Int? = nil
     ) {
         self.name = name
         self.state = state
         self.pid = pid
         self.definition = definition
         self.problem = problem
+        self.startedAt = startedAt
     }
 
     /// What a runner's exit status says about how the VM ended (nil: it ended cleanly).
@@ -311,7 +317,9 @@ public struct VMHost: Sendable {
                 name: definition.name, state: .stopped, definition: definition,
                 problem: runnerExitStatus(definition.name).flatMap(VMStatus.problem(runnerStatus:)))
         }
-        return VMStatus(name: definition.name, state: .running, pid: pid, definition: definition)
+        var info = stat()
+        let started = stat(paths.runnerPID(definition.name), &info) == 0 ? Int(info.st_mtim.tv_sec) : nil
+        return VMStatus(name: definition.name, state: .running, pid: pid, definition: definition, startedAt: started)
     }
 
     /// The status the VM's last runner recorded as it ended (`runner.exit`), if any.

@@ -2,6 +2,7 @@ import Foundation
 import MartletCore
 import MartletSystem
 import MartletValidation
+import Synchronization
 
 /// What `volume import` reads: an image file on this host, or an http(s) URL.
 public enum ImageSource: Equatable, Sendable, CustomStringConvertible {
@@ -52,10 +53,27 @@ public struct VolumeImport: Sendable {
     /// Bytes read and written per step of a raw copy.
     static let chunkSize = 1 << 20
 
+    /// Where downloads and uploads wait until they are in a volume: `$TMPDIR`, else /var/tmp
+    /// (not /tmp, which is often RAM).
+    public static var defaultStagingDirectory: String {
+        ProcessInfo.processInfo.environment["TMPDIR"] ?? "/var/tmp"
+    }
+
+    /// A new staging directory of its own (mode 0700) under `directory`.
+    static func makeStaging(in directory: String) throws -> String {
+        var template = Array("\(directory)/martlet-import-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else {
+            throw MartletError.system(
+                "mkdtemp", path: directory,
+                hint: "an image is kept there until it is imported; set TMPDIR to a directory with room")
+        }
+        return String(cString: template)
+    }
+
     public init(
         source: ImageSource, format: ImageFormat? = nil, sha256: String? = nil,
         progress: any ProgressSink = SilentProgress(),
-        stagingDirectory: String = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/var/tmp"
+        stagingDirectory: String = VolumeImport.defaultStagingDirectory
     ) throws {
         self.source = source
         self.format = format
@@ -87,13 +105,7 @@ public struct VolumeImport: Sendable {
             try Self.refuseUnlessRegularFile(path)
             return try importFile(path, expected: sha256, into: pool, volume: name)
         case .url(let url):
-            var template = Array("\(stagingDirectory)/martlet-import-XXXXXX".utf8CString)
-            guard mkdtemp(&template) != nil else {
-                throw MartletError.system(
-                    "mkdtemp", path: stagingDirectory,
-                    hint: "the download is kept there until it is imported; set TMPDIR to a directory with room")
-            }
-            let staging = String(cString: template)
+            let staging = try Self.makeStaging(in: stagingDirectory)
             defer { try? FileManager.default.removeItem(atPath: staging) }
             let file = staging + "/image"
             let digest = try HTTPDownload(url: url, progress: progress).run(to: file)
@@ -388,6 +400,101 @@ struct HTTPDownload {
             guard parts.count == 2, parts[0].lowercased() == "content-length" else { return nil }
             return UInt64(parts[1].trimmingCharacters(in: .whitespaces))
         }.first
+    }
+}
+
+/// An image that arrives as a request body (`PUT /v1/pools/{pool}/volumes/{volume}/content`,
+/// the web UI's upload): its bytes are appended to a staging file (mode 0600, in a directory
+/// of its own) as they arrive, hashed on the way, and once all `length` bytes are in, imported
+/// like a local file (`VolumeImport`: qcow2 detected and converted, raw copied sparse). Refused
+/// before a byte is stored: a bad name, a volume that exists, or more bytes than the staging
+/// directory has room for. The staging directory goes when the upload does, whatever happened.
+public final class ImageUpload: Sendable {
+    public let pool: any StoragePool
+    public let volume: String
+    /// The body's length (Content-Length): no more is taken, and no less is imported.
+    public let length: UInt64
+    let staging: String
+    private let state: Mutex<State>
+
+    struct State {
+        var file: FileDescriptor?
+        let hash = SHA256()
+        var received: UInt64 = 0
+    }
+
+    public init(
+        into pool: any StoragePool, volume: String, length: UInt64,
+        stagingDirectory: String = VolumeImport.defaultStagingDirectory
+    ) throws {
+        try pool.refuseInvalidName(volume)
+        if try pool.volumes().contains(where: { $0.name == volume }) {
+            throw MartletError(
+                .refused, "volume '\(pool.name)/\(volume)' already exists", hint: "choose another name, or delete it first")
+        }
+        guard length > 0 else {
+            throw MartletError(.invalidInput, "the upload for '\(pool.name)/\(volume)' is empty", hint: "send a raw or qcow2 image")
+        }
+        var stats = statvfs()
+        guard statvfs(stagingDirectory, &stats) == 0 else { throw MartletError.system("statvfs", path: stagingDirectory) }
+        let free = UInt64(stats.f_bavail) * UInt64(stats.f_frsize)
+        guard length <= free else {
+            throw MartletError(
+                .refused,
+                "an upload of \(ByteSize(length)) does not fit: the staging directory \(stagingDirectory) has \(ByteSize(free)) free",
+                hint: "free space there, or import the image from a URL or a file on the host (martlet volume import)")
+        }
+        self.pool = pool
+        self.volume = volume
+        self.length = length
+        staging = try VolumeImport.makeStaging(in: stagingDirectory)
+        do {
+            state = Mutex(State(file: try FileDescriptor.open(staging + "/image", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode: 0o600)))
+        } catch {
+            try? FileManager.default.removeItem(atPath: staging)
+            throw error
+        }
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: staging) }
+
+    /// Appends the next bytes of the body; refused beyond `length`.
+    public func append(_ buffer: UnsafeRawBufferPointer) throws {
+        // An array of its own: what goes into the lock must not be the caller's memory.
+        let bytes = [UInt8](buffer)
+        try state.withLock { state in
+            guard let file = state.file else { throw MartletError(.failed, "the upload of '\(pool.name)/\(volume)' is closed") }
+            let count = UInt64(bytes.count)
+            guard state.received + count <= length else {
+                throw MartletError(.invalidInput, "the upload of '\(pool.name)/\(volume)' is longer than its Content-Length \(length)")
+            }
+            bytes.withUnsafeBytes { state.hash.update(bufferPointer: $0) }
+            guard file.writeAll(bytes) else {
+                throw MartletError.system("write", path: staging + "/image", hint: "the staging directory may be full")
+            }
+            state.received += count
+        }
+    }
+
+    /// Imports the complete upload into the new volume; `sha256` (if given) must match the
+    /// bytes received, or nothing is imported.
+    public func finish(format: ImageFormat?, sha256: String?) throws -> VolumeInfo {
+        let expected = try sha256.map(VolumeImport.checkedDigest)
+        let (received, digest) = try state.withLock { state -> (UInt64, String) in
+            guard let file = state.file else { throw MartletError(.failed, "the upload of '\(pool.name)/\(volume)' is closed") }
+            file.close()
+            state.file = nil
+            return (state.received, Digest.hex(state.hash.finalize()))
+        }
+        guard received == length else {
+            throw MartletError(
+                .invalidInput, "the upload of '\(pool.name)/\(volume)' ended after \(received) of \(length) bytes; nothing was imported",
+                hint: "send it again")
+        }
+        let label = "the upload"
+        if let expected, digest != expected { throw VolumeImport.mismatch(label, found: digest, expected: expected) }
+        return try VolumeImport(source: .file(staging + "/image"), format: format)
+            .importFile(staging + "/image", expected: nil, into: pool, volume: volume, label: label)
     }
 }
 

@@ -66,13 +66,38 @@ import Testing
 
         /// A person's session: the `Cookie` header of a login through PAM.
         func sessionCookie() throws -> String {
-            let headers = try ChildProcess.run([
-                "curl", "-s", "-D", "-", "-o", "/dev/null", "--cacert", fixture.paths.tlsDirectory + "/cert.pem",
-                "-H", "Content-Type: application/json", "--data", #"{"user": "webadmin", "password": "correct horse"}"#,
-                "https://\(base)/v1/login",
-            ]).stdout
-            let line = try #require(headers.split(separator: "\r\n").first { $0.lowercased().hasPrefix("set-cookie: ") }, "no session: \(headers)")
-            return "Cookie: " + String(line.dropFirst("set-cookie: ".count).prefix { $0 != ";" })
+            try login(#"{"user": "webadmin", "password": "correct horse"}"#).cookie
+        }
+
+        /// A login (`body` for POST /v1/login): the session's `Cookie` header and the reply.
+        func login(_ body: String) throws -> (cookie: String, csrf: String, readOnly: Bool) {
+            let output = try call("POST", "/v1/login", body: body, dumpHeaders: true)
+            let line = try #require(output.headers.split(separator: "\r\n").first { $0.lowercased().hasPrefix("set-cookie: ") }, "no session: \(output)")
+            let reply = try JSONSerialization.jsonObject(with: Data(output.body.utf8)) as? [String: Any]
+            return (
+                "Cookie: " + String(line.dropFirst("set-cookie: ".count).prefix { $0 != ";" }),
+                try #require(reply?["csrfToken"] as? String), try #require(reply?["readOnly"] as? Bool)
+            )
+        }
+
+        /// One HTTPS request with curl (checking the server's own certificate).
+        func call(
+            _ method: String, _ path: String, headers: [String] = [], body: String? = nil, dumpHeaders: Bool = false,
+            maxTime: Int = 30
+        ) throws -> (status: Int, headers: String, body: String) {
+            var arguments = ["curl", "-sS", "-N", "--max-time", "\(maxTime)", "--cacert", fixture.paths.tlsDirectory + "/cert.pem", "-X", method, "-w", "\n%{http_code}"]
+            if dumpHeaders { arguments += ["-D", "-"] }
+            for header in headers { arguments += ["-H", header] }
+            if let body { arguments += ["-H", "Content-Type: application/json", "--data", body] }
+            let output = try ChildProcess.run(arguments + ["https://\(base)\(path)"]).stdout
+            let lines = output.split(separator: "\n", omittingEmptySubsequences: false)
+            var text = lines.dropLast().joined(separator: "\n")
+            var head = ""
+            if dumpHeaders, let end = text.range(of: "\r\n\r\n") {
+                head = String(text[..<end.lowerBound])
+                text = String(text[end.upperBound...])
+            }
+            return (Int(lines.last ?? "") ?? 0, head, text)
         }
         /// What a WebSocket client needs.
         var server: (base: String, tls: TLSConfiguration) { (base, tls) }
@@ -182,6 +207,48 @@ import Testing
         }
         let log = try String(contentsOfFile: setup.fixture.paths.consoleLog("ws"), encoding: .utf8)
         #expect(!log.contains("read-only"), "a read-only token's keys reached the guest: \(log)")
+    }
+
+    /// The web UI's token login (a page cannot put a token on an EventSource or a
+    /// WebSocket): POST /v1/login with a token is a session cookie with that token's rights.
+    /// The full token's session changes things (with the CSRF token), follows the live list
+    /// and opens the console; the read-only one reads and opens it too, and is refused every
+    /// change; a made-up token gets no session; a revoke ends the session at once.
+    @Test func aTokenLoginIsASessionWithTheTokensRights() async throws {
+        let setup = try Setup(label: "ws-token-login", vm: "ws")
+        defer { _ = try? setup.fixture.host.stop("ws") }
+        let origin = "Origin: https://\(setup.base)"
+        let admin = try setup.login(#"{"token": "\#(setup.adminToken)"}"#)
+        let reader = try setup.login(#"{"token": "\#(setup.readerToken)"}"#)
+        #expect(!admin.readOnly && reader.readOnly)
+        let forged = try setup.call("POST", "/v1/login", body: #"{"token": "martlet_\#(String(repeating: "0", count: 64))"}"#)
+        #expect(forged.status == 401 && forged.body.contains("not valid"), "\(forged)")
+
+        let volume = #"{"name": "by-token-login", "size": "1MiB"}"#
+        #expect(try setup.call("GET", "/v1/vms", headers: [reader.cookie]).status == 200, "the read-only login reads")
+        let refused = try setup.call("POST", "/v1/pools/local/volumes", headers: [reader.cookie, "X-CSRF-Token: \(reader.csrf)"], body: volume)
+        #expect(refused.status == 403 && refused.body.contains("read-only"), "\(refused)")
+        #expect(try setup.call("POST", "/v1/pools/local/volumes", headers: [admin.cookie], body: volume).status == 403, "no CSRF token")
+        #expect(try setup.call("POST", "/v1/pools/local/volumes", headers: [admin.cookie, "X-CSRF-Token: \(admin.csrf)"], body: volume).status == 201)
+        // The live list with nothing but the cookie, as an EventSource sends it.
+        let events = try setup.call("GET", "/v1/vms", headers: [reader.cookie, "Accept: text/event-stream"], maxTime: 5)
+        #expect(events.body.contains(#"data: [{"definition""#) && events.body.contains(#""name":"ws""#), "\(events.body)")
+
+        // The console with the cookie and the page's Origin opens for both (WebSocket clients
+        // here send an Origin of their own, so curl asks; that the read-only login's key
+        // closes its socket without reaching the guest is WebUITests', in a real browser).
+        #expect(try setup.upgradeStatus("/v1/vms/ws/console/ws", headers: [reader.cookie, origin]) == 101)
+        #expect(try setup.upgradeStatus("/v1/vms/ws/console/ws", headers: [admin.cookie, origin]) == 101)
+        #expect(try setup.upgradeStatus("/v1/vms/ws/console/ws", headers: [admin.cookie, "Origin: https://evil.example"]) == 400)
+
+        // Revoked: the session ends with its token, for the API and the console alike.
+        #expect(try HTTPSAPITests.martlet(setup.fixture, ["api", "token", "revoke", "admin"]).status == 0)
+        #expect(try setup.call("GET", "/v1/vms", headers: [admin.cookie]).status == 401, "a revoked token's session")
+        #expect(try setup.upgradeStatus("/v1/vms/ws/console/ws", headers: [admin.cookie, origin]) == 400)
+        #expect(try setup.call("GET", "/v1/vms/ws/console/ws", headers: [admin.cookie, origin]).status == 401)
+        let apiLog = try String(contentsOfFile: setup.fixture.root + "/api.log", encoding: .utf8)
+        #expect(apiLog.contains("POST /v1/pools/local/volumes by token 'admin' (web login): 201"), "\(apiLog.suffix(3000))")
+        #expect(apiLog.contains("failed login with an unknown or revoked token"), "\(apiLog.suffix(3000))")
     }
 
     @Test func refusedWithoutCredentialsFromAnotherSiteOrForAStoppedVM() async throws {

@@ -1,6 +1,7 @@
 import Foundation
 import MartletCore
 import MartletSystem
+import Synchronization
 import Testing
 
 @testable import MartletHost
@@ -119,6 +120,10 @@ import Testing
         // read-only token is refused on everything but GET.
         let operations = try Self.documentedOperations()
         try #require(operations.count >= 15, "openapi.yaml lists \(operations.count) operations")
+        // The parser sees every kind of entry: a PATCH, a deeper path, a path under /v1/host.
+        for (method, path) in [("PATCH", "/v1/vms/some-vm"), ("PUT", "/v1/pools/local/volumes/some-volume/content"), ("GET", "/v1/host/install-log")] {
+            #expect(operations.contains { $0 == (method, path) }, "\(method) \(path) is not among the operations walked")
+        }
         // /v1/login is the one operation for people without credentials yet.
         for (method, path) in operations where path != "/v1/login" {
             let body = method == "GET" || method == "DELETE" ? nil : "{}"
@@ -246,6 +251,33 @@ import Testing
         #expect(try second.request("GET", "/v1/pools").status == 200, "the socket serves with a broken api.toml")
         let text = try String(contentsOfFile: log, encoding: .utf8)
         #expect(text.contains("HTTPS listener not started") && text.contains("https.port"), "\(text.suffix(2000))")
+    }
+
+    /// A test's clock for `SessionStore`.
+    final class TestClock: Sendable {
+        let seconds = Mutex<Double>(1_000_000)
+        func advance(_ by: Double) { seconds.withLock { $0 += by } }
+    }
+
+    /// A session unused for its lifetime is gone (a password's and a token's alike); every
+    /// use starts the lifetime again; a logout ends it at once.
+    @Test func sessionsExpireUnusedAndEndAtLogout() throws {
+        let clock = TestClock()
+        let store = SessionStore(lifetime: 60, clock: { clock.seconds.withLock { $0 } })
+        let token = APIToken(name: "viewer", readOnly: true, sha256: String(repeating: "a", count: 64), created: "")
+        let (person, _) = store.open(user: "webadmin")
+        let (page, opened) = store.open(user: "viewer", token: token)
+        #expect(opened.token == token && person != page)
+        clock.advance(59)
+        #expect(store.session(person) != nil && store.session(page) != nil, "used within their lifetime")
+        clock.advance(59)
+        #expect(store.session(person) != nil, "each use starts the lifetime again")
+        clock.advance(61)
+        #expect(store.session(person) == nil, "unused longer than its lifetime")
+        #expect(store.session(page) == nil, "a token's session expires the same way")
+        let (again, _) = store.open(user: "webadmin")
+        store.close(again)
+        #expect(store.session(again) == nil, "logged out")
     }
 
     @Test func tokenStoreKeepsHashesAndRefusesNamesAndDuplicates() throws {

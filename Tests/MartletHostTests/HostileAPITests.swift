@@ -65,6 +65,12 @@ import Testing
         Case(method: "POST", path: "/v1/pools/local/volumes", body: #"{"name": "v", "image": "@/folder"}"#, status: 400, mentions: "directory"),
         Case(method: "POST", path: "/v1/pools/local/volumes", body: #"{"name": "v", "image": "/dev/zero"}"#, status: 400, mentions: "character device"),
         Case(method: "POST", path: "/v1/pools/..%2F/volumes", body: #"{"name": "v", "size": "1MiB"}"#, status: 400, mentions: "pool"),
+        Case(method: "PATCH", path: "/v1/vms/Evil", body: #"{"vcpus": 2}"#, status: 400, mentions: "name"),
+        Case(method: "PATCH", path: "/v1/vms/vm1", body: #"{"vcpus": 2}"#, status: 404, mentions: "vm1"),
+        Case(method: "PUT", path: "/v1/pools/local/volumes/..%2Fv/content", body: "x", status: 400, mentions: "volume"),
+        Case(method: "PUT", path: "/v1/pools/local/volumes/v/content?format=vmdk", body: "x", status: 400, mentions: "format"),
+        Case(method: "POST", path: "/v1/pools/local/volumes/v/content", body: "x", status: 405, mentions: "PUT"),
+        Case(method: "DELETE", path: "/v1/host/install-log", body: nil, status: 405, mentions: "GET"),
     ]
 
     /// Every file under `folder` with its size and bytes (small files).

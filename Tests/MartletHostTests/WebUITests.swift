@@ -9,8 +9,12 @@ import Testing
 /// chromium-driver's WebDriver protocol, against `martlet api serve` with HTTPS on a loopback
 /// port and the UI's files from overlays/, and a PAM stack of the test's own. A wrong password
 /// and a made-up token are refused; the right password logs in (a session cookie + CSRF);
-/// a VM (the tiny test guest) is created from the form, started, its console read and typed
-/// into in the page's terminal (xterm.js over the console WebSocket), force-stopped and deleted. Screenshots of each page go to artifacts/webui/.
+/// a VM (the tiny test guest) is created from the form, edited in its detail (vCPUs, memory;
+/// refusals shown with the API's message), started (its uptime counts), its console read and
+/// typed into in the page's terminal (xterm.js over the console WebSocket), force-stopped and
+/// deleted; a volume is created, resized and an image uploaded from a local file; the install
+/// log page shows the log, or why there is none; a read-only token logs in and follows the
+/// live list and a console. Screenshots of each page go to artifacts/webui/.
 @Suite(.serialized, .timeLimit(.minutes(30))) struct WebUITests {
     static let driverPath = "/usr/bin/chromedriver"
     /// scripts/setup installs chromium and chromium-driver; without them there is no browser.
@@ -25,11 +29,14 @@ import Testing
         try "[https]\naddress = \"127.0.0.1\"\nport = \(port)\nlogin-users = [\"webadmin\"]\n".write(
             toFile: fixture.paths.apiConfiguration, atomically: true, encoding: .utf8)
         let pam = try HTTPSAPITests.pamStack(in: fixture.root, user: "webadmin", password: "correct horse")
+        let installLog = fixture.root + "/install.log"
+        let reader = try HTTPSAPITests.martlet(fixture, ["api", "token", "create", "viewer", "--read-only"])
+        try #require(reader.status == 0, "\(reader.stderr)")
         let api = try APIProcess(
             fixture: fixture,
             extraEnvironment: [
                 "MARTLET_WEB_ROOT": TestSupport.repository.appendingPathComponent("overlays/host/usr/share/martlet/www").path,
-                "MARTLET_PAM_DIR": pam,
+                "MARTLET_PAM_DIR": pam, "MARTLET_INSTALL_LOG": installLog,
             ])
         _ = api
         let base = "https://127.0.0.1:\(port)"
@@ -79,9 +86,29 @@ import Testing
         try browser.waitFor("the new VM's row", "return !!document.querySelector('tr[data-vm=\"web-ui\"]')")
         #expect(try fixture.host.definition("web-ui").vcpus == 1, "the form's VM is on the host")
 
+        // Its detail: disks and NICs, and the edit form. A bad value and then a good one.
+        try browser.click("tr[data-vm=\"web-ui\"] button[data-action=details]")
+        try browser.waitFor("the VM's detail", "return !document.querySelector('#vm-detail').hidden && document.querySelector('#detail-nics').textContent.includes('no NICs')")
+        // (The form's own min and max keep the vCPUs in range; a size only the API can judge.)
+        try browser.script("document.querySelector('#edit-form input[name=memory]').value = '3MiB'")
+        try browser.click("#edit-form button[type=submit]")
+        try browser.waitFor("the API's refusal of 3 MiB", "return document.querySelector('#edit-error').textContent.includes('memory: 3 MiB is not a whole number of MiB of at least 4 MiB')")
+        try browser.script("document.querySelector('#edit-form input[name=vcpus]').value = '2'; document.querySelector('#edit-form input[name=memory]').value = '32MiB'")
+        try browser.click("#edit-form button[type=submit]")
+        try browser.waitFor("the edited row", "return document.querySelector('#edit-error').textContent === '' && document.querySelector('tr[data-vm=\"web-ui\"]').textContent.includes('32 MiB')")
+        let edited = try fixture.host.definition("web-ui")
+        #expect(edited.vcpus == 2 && edited.memory == ByteSize(32 << 20), "the edit reached the host: \(edited)")
+        try browser.screenshot(to: artifacts.appendingPathComponent("3b-vm-detail-edit.png"))
+
         try browser.click("tr[data-vm=\"web-ui\"] button[data-action=start]")
         try browser.waitFor("the running state", "return document.querySelector('tr[data-vm=\"web-ui\"]').textContent.includes('running')", timeout: 60)
         #expect(try fixture.host.isRunning("web-ui"))
+        // The uptime column counts from the runner's start; an edit while running is refused.
+        try browser.waitFor("the uptime", "return / s$/.test(document.querySelector('tr[data-vm=\"web-ui\"] .uptime').textContent)")
+        try browser.script("window.scrollTo(0, 0)")
+        try browser.screenshot(to: artifacts.appendingPathComponent("3c-vm-list-uptime.png"))
+        try browser.click("#edit-form button[type=submit]")
+        try browser.waitFor("the refusal while running", "return document.querySelector('#edit-error').textContent.includes('is running')")
         // The console: xterm.js over the WebSocket. The recent output is replayed, then a line
         // typed into the terminal reaches the guest, which echoes it and powers off. Ctrl-J is
         // the newline the test guest waits for (Enter sends a carriage return, as a terminal does).
@@ -116,7 +143,74 @@ import Testing
         try browser.screenshot(to: artifacts.appendingPathComponent("5-host.png"))
         try browser.click("nav button[data-view=storage]")
         try browser.waitFor("the storage page", "return !document.querySelector('#storage').hidden && document.querySelector('#volume-form select[name=pool]').options.length > 0")
+        // A new volume, grown through the resize form; shrinking it is refused in the page.
+        try browser.type("#volume-form input[name=name]", "grows")
+        try browser.type("#volume-form input[name=size]", "4MiB")
+        try browser.click("#volume-form button[type=submit]")
+        try browser.waitFor("the new volume", "return !!document.querySelector('tr[data-volume=\"local/grows\"]')")
+        try browser.script("document.querySelector('#resize-form select[name=volume]').value = 'local/grows'")
+        try browser.type("#resize-form input[name=size]", "12MiB")
+        try browser.click("#resize-form button[type=submit]")
+        try browser.waitFor("the grown volume", "return document.querySelector('tr[data-volume=\"local/grows\"]').textContent.includes('12 MiB')")
+        #expect(try fixture.host.pool("local").volume("grows").size == 12 << 20)
+        try browser.type("#resize-form input[name=size]", "1MiB")
+        try browser.click("#resize-form button[type=submit]")
+        try browser.waitFor("the refused shrink", "return document.querySelector('#resize-error').textContent.includes('would cut off guest data')")
+        // An upload from a local file (WebDriver puts its path into the file input).
+        let image = fixture.root + "/upload.raw"
+        var bytes = [UInt8](repeating: 0, count: 3 << 20)
+        for index in stride(from: 0, to: bytes.count, by: 65537) { bytes[index] = 0x4D }
+        try Data(bytes).write(to: URL(fileURLWithPath: image))
+        try browser.type("#upload-form input[name=name]", "uploaded")
+        try browser.type("#upload-form input[name=file]", image)
+        try browser.click("#upload-form button[type=submit]")
+        try browser.waitFor("the upload", "return document.querySelector('#upload-state').textContent.includes('Uploaded: local/uploaded, 3 MiB')", timeout: 60)
+        try browser.waitFor("the uploaded volume's row", "return !!document.querySelector('tr[data-volume=\"local/uploaded\"]')")
+        #expect(try Digest.sha256(file: fixture.host.pool("local").volume("uploaded").path) == Digest.sha256(file: image), "the volume holds the file")
+        try browser.type("#upload-form input[name=name]", "uploaded")
+        try browser.type("#upload-form input[name=file]", image)
+        try browser.click("#upload-form button[type=submit]")
+        try browser.waitFor("the refused second upload", "return document.querySelector('#upload-error').textContent.includes('already exists')", timeout: 60)
         try browser.screenshot(to: artifacts.appendingPathComponent("6-storage.png"))
+
+        // The install log: first none (the page says why), then the installer's.
+        try browser.click("nav button[data-view=install-log]")
+        try browser.waitFor("no install log", "return document.querySelector('#install-log-state').textContent.includes('no install log')")
+        try browser.screenshot(to: artifacts.appendingPathComponent("7-install-log-absent.png"))
+        try "2026-11-30T10:00:00Z info stage partition started\n2026-11-30T10:00:02Z info run: sgdisk --zap-all /dev/vda\n2026-11-30T10:00:04Z info stage partition finished in 4.0 s\n"
+            .write(toFile: installLog, atomically: true, encoding: .utf8)
+        try browser.click("nav button[data-view=summary]")
+        try browser.click("nav button[data-view=install-log]")
+        try browser.waitFor("the install log", "return document.querySelector('#install-log-text').textContent.includes('run: sgdisk --zap-all /dev/vda')")
+        try browser.screenshot(to: artifacts.appendingPathComponent("8-install-log.png"))
+
+        // A read-only token's login: a session with its rights, so the live list and a
+        // console work in the page (watch only); a change is refused with the API's message.
+        try browser.click("#logout")
+        try browser.waitFor("the login form again", "return !document.querySelector('#login').hidden")
+        try browser.script("document.querySelector('#use-token').open = true")
+        try browser.type("#token", reader.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines))
+        try browser.click("#login-form button[type=submit]")
+        try browser.waitFor("the read-only VM page", "return !document.querySelector('#vms').hidden && document.querySelector('#host-name').textContent.includes('read-only')")
+        let watched = try HTTPSAPITests.martlet(
+            fixture, ["vm", "create", "watched", "--kernel", guest, "--cmdline", "test=echo watched by a token", "--memory", "16MiB"])
+        #expect(watched.status == 0, "\(watched.stderr)")
+        #expect(try HTTPSAPITests.martlet(fixture, ["vm", "start", "watched"]).status == 0)
+        try browser.waitFor("the live list's new running VM", "return (document.querySelector('tr[data-vm=\"watched\"]')?.textContent ?? '').includes('running')", timeout: 60)
+        try browser.click("tr[data-vm=\"watched\"] button[data-action=console]")
+        try browser.waitFor("the watched console", terminalShows("martlet test guest: test=echo"), timeout: 60)
+        try browser.waitFor("the watch-only note", "return document.querySelector('#console-state').textContent.includes('watching only')")
+        #expect(try browser.script("return document.querySelector('#edit-form').hidden") as? Bool == true, "a read-only login gets no edit form")
+        // Its first key closes the console; the echoing guest never gets the line.
+        try browser.type("#console textarea", "sneaky\u{E009}j\u{E000}")
+        try browser.waitFor("the closed read-only console", "return document.querySelector('#console-state').textContent.startsWith('Disconnected')")
+        #expect(try fixture.host.isRunning("watched"), "the guest got the read-only login's line and powered off")
+        #expect(try !String(contentsOfFile: fixture.paths.consoleLog("watched"), encoding: .utf8).contains("sneaky"))
+        try browser.screenshot(to: artifacts.appendingPathComponent("9-read-only-console.png"))
+        try browser.click("tr[data-vm=\"watched\"] button[data-action=\"force stop\"]")
+        try browser.acceptDialogText(containing: "read-only")
+        #expect(try fixture.host.isRunning("watched"), "a read-only login stopped a VM")
+        _ = try fixture.host.stop("watched")
     }
 }
 
@@ -206,6 +300,18 @@ final class WebDriver {
             let body = (try? script("return document.body.innerText")) as? String ?? ""
             throw Failure(description: "waited \(timeout) s for \(what); the page says:\n\(body.suffix(1500))")
         }
+    }
+
+    /// Accepts the open dialog (an alert) after checking that its text holds `text`.
+    func acceptDialogText(containing text: String) throws {
+        var shown = ""
+        let open = Poll.until(timeout: 10, interval: 0.2) {
+            shown = ((try? self.call("GET", "/session/\(self.session)/alert/text")) as? String) ?? ""
+            return !shown.isEmpty
+        }
+        guard open else { throw Failure(description: "no dialog") }
+        guard shown.contains(text) else { throw Failure(description: "the dialog says '\(shown)', not \(text)") }
+        try acceptDialog()
     }
 
     func acceptDialog() throws {
