@@ -1,6 +1,7 @@
 import Foundation
 import MartletCore
 import MartletSystem
+import MartletVMMProtocol
 import Testing
 
 @testable import MartletHost
@@ -192,5 +193,50 @@ import Testing
         #expect(cgroup.memoryLimitKilled, "the cgroup's OOM count")
         let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
         #expect(!own.contains(name), "the parent stayed outside the limited cgroup: \(own)")
+    }
+
+    /// Two VMs under their runners, on the real VMM: the one whose VMM goes over its memory
+    /// limit (the debug build's test-only allocation of 256 MiB beside 16 MiB of guest RAM) is
+    /// OOM-killed; its runner and `vm show` say "out of memory"; the other VM keeps running
+    /// and answers on its control socket; the test process, the host here, carries on.
+    @Test func aVMOverItsMemoryLimitEndsAloneAndTheOtherKeepsRunning() throws {
+        #if DEBUG
+            guard try VMCgroup.hierarchy(forRunnerOf: "cgroup-test") != nil else {
+                Issue.record("skipped: no cgroup with the memory controller below this process's own")
+                return
+            }
+            let guest = try TestSupport.guest.get()
+            let fixture = try HostFixture(label: "oom")
+            let martlet = TestSupport.product("martlet")
+            // Names of their own: cgroups are named after the VM, beside other tests' VMs.
+            let suffix = UUID().uuidString.prefix(6).lowercased()
+            let (hog, bystander) = ("hog-\(suffix)", "calm-\(suffix)")
+            func cli(_ arguments: [String], _ extra: [String: String] = [:]) throws -> ChildProcess.Output {
+                try TestSupport.run(martlet, arguments, environment: fixture.environment.merging(extra) { $1 })
+            }
+            for vm in [hog, bystander] {
+                let created = try cli([
+                    "vm", "create", vm, "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB",
+                    "--on-crash", "stop",
+                ])
+                #expect(created.status == 0, "\(created.stderr)")
+            }
+            #expect(try cli(["vm", "start", bystander]).status == 0)
+            #expect(try cli(["vm", "console", bystander, "--expect", "halting", "--timeout", "10"]).status == 0)
+            _ = try cli(["vm", "start", hog, "--timeout", "10"], ["MARTLET_VMM_TEST_ALLOCATE_MIB": "256"])
+            #expect(Poll.until(timeout: 60) { fixture.host.runnerPID(hog) == nil }, "the hog's runner did not end")
+
+            let log = (try? String(contentsOfFile: fixture.paths.runnerLog(hog), encoding: .utf8)) ?? ""
+            #expect(log.contains("out of memory: the VMM went over its memory limit"), "\(log)")
+            let shown = try cli(["vm", "show", hog])
+            #expect(shown.stdout.contains("out of memory"), "\(shown.stdout)")
+
+            #expect(fixture.host.runnerPID(bystander) != nil, "the other VM's runner still runs")
+            let reply = try ControlClient.send(.state, to: fixture.paths.controlSocket(bystander), timeout: 5)
+            #expect(reply.ok && reply.state == .running, "\(reply)")
+            #expect(try cli(["vm", "stop", bystander]).status == 0)
+        #else
+            Issue.record("skipped: the test-only allocation exists only in debug builds of martlet-vmm")
+        #endif
     }
 }
