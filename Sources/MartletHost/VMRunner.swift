@@ -193,6 +193,11 @@ public final class VMRunner: Sendable {
             var layout = try jailLayout(config, vmm: vmm, user: user)
             cgroup = vmmCgroup(config)
             layout.cgroupProcs = cgroup?.procsFiles ?? []
+            // scripts/bench-vmm --jail: the VMM's exit statistics in this log, timed from here
+            // (the jail's set-up included).
+            if ProcessInfo.processInfo.environment["MARTLET_VMM_STATS"] == "1" {
+                arguments += ["--stats", "--spawned-at", "\(ChildProcess.monotonicNanoseconds())"]
+            }
             logger.info("VM '\(name)': starting \(arguments.joined(separator: " ")) jailed in \(layout.root)")
             do {
                 pid = try ChildProcess.spawnJailed(
