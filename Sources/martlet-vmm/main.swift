@@ -65,7 +65,7 @@ let usage = """
       1 VMM error or guest crash (reason on stderr), selftest failed
       2 bad arguments or configuration
       3 guest reset with on_reboot "exit"
-      4 stopped through the control socket ("stop")
+      4 stopped through the control socket ("stop") or by SIGTERM
       5 this host cannot run VMs: /dev/kvm missing, not permitted, or lacking a capability
       6 no bootable device: the firmware found nothing to boot on the disks (--firmware)
 
@@ -270,6 +270,9 @@ do {
     fail("\(error)", code: .badConfig)
 }
 
+// Before the first thread: every thread leaves SIGTERM to the one that stops the VM with it.
+StopSignal.block()
+
 // Before any file, device or KVM resource is opened: from here on the process is filtered.
 do {
     try Jail.forbidNewPrivileges()
@@ -324,6 +327,7 @@ if let socketPath = config.controlSocket {
 
 let result: Machine.Exit
 do {
+    try StopSignal.watch(machine)
     result = try machine.run(timeout: timeout)
 } catch {
     fail("\(error)", code: .failed)

@@ -146,6 +146,30 @@ import Testing
         return (.unified(unified), (unified as NSString).lastPathComponent)
     }
 
+    /// The host's SIGTERM to a jailed VMM, pid 1 of its PID namespace (where the kernel drops
+    /// a signal without a handler), stops the VM in order: the VMM ends with "stopped" (exit
+    /// code 4), the runner logs it and ends, and `vm show` names no problem.
+    @Test func sigtermStopsTheJailedVMMInOrder() throws {
+        let guest = try TestSupport.guest.get()
+        let fixture = try HostFixture(label: "sigterm")
+        let martlet = TestSupport.product("martlet")
+        func cli(_ arguments: String...) throws -> ChildProcess.Output {
+            try TestSupport.run(martlet, arguments, environment: fixture.environment)
+        }
+        let created = try cli(
+            "vm", "create", "term", "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB", "--on-crash", "stop")
+        #expect(created.status == 0, "\(created.stderr)")
+        #expect(try cli("vm", "start", "term").status == 0)
+        #expect(try cli("vm", "console", "term", "--expect", "halting", "--timeout", "10").status == 0)
+        let pid = try Self.vmmPID(fixture, "term")
+        #expect(Self.status(pid, "NSpid") == "\(pid)\t1", "pid 1 of a PID namespace of its own")
+        #expect(kill(pid, SIGTERM) == 0)
+        #expect(Poll.until(timeout: 30) { fixture.host.runnerPID("term") == nil }, "the VMM did not act on SIGTERM")
+        let log = (try? String(contentsOfFile: fixture.paths.runnerLog("term"), encoding: .utf8)) ?? ""
+        #expect(log.contains("VM 'term' stopped"), "\(log)")
+        #expect(try fixture.host.status("term").problem == nil)
+    }
+
     @Test func jailFalseRunsTheVMMInTheHostsNamespaces() throws {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "nojail")
