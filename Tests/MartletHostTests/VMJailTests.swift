@@ -175,9 +175,9 @@ import Testing
         let fixture = try HostFixture(label: "nojail")
         let martlet = VMLifecycleTests.CLI(fixture: fixture, namespace: nil)
         try martlet.json(
-            "vm", "create", "open", "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB")
-        try fixture.runUnjailed("open")
+            "vm", "create", "open", "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB", "--no-jail")
         #expect(try fixture.host.definition("open").jail == false)
+        #expect(try String(contentsOfFile: fixture.paths.definition("open"), encoding: .utf8).contains("jail = false"))
         #expect(try martlet("vm", "start", "open").status == 0)
         let pid = try Self.vmmPID(fixture, "open")
         #expect(Self.namespace("\(pid)", "mnt") == Self.namespace("self", "mnt"))
