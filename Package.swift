@@ -107,7 +107,7 @@ let package = Package(
             ],
             exclude: ["README.md", "answer.example.toml"]),
         .executableTarget(
-            name: "martlet-vmm", dependencies: ["MartletVMM", "MartletVMMProtocol", "MartletValidation"],
+            name: "martlet-vmm", dependencies: ["MartletVMM", "MartletVMMProtocol", "MartletValidation", "MartletSystem"],
             exclude: ["README.md"]),
         // Fuzz targets over the parsers and decoders that take outside input: a corpus
         // replayer in normal builds, libFuzzer's driver when built by scripts/fuzz.

@@ -102,6 +102,8 @@ public struct TOMLDocument {
 
     /// The line of a `}` that directly follows `[` or `,` (outside strings and comments):
     /// toml++ asserts on it ("a = [}") instead of reporting it, like on the headers above.
+    /// A comment between them does not separate them ("a = [# note" then "}" on the next
+    /// line; found by scripts/fuzz profile).
     static func lineOfBraceAfterSeparator(_ contents: String) -> Int? {
         var line = 1
         var quote: Unicode.Scalar?
@@ -125,7 +127,9 @@ public struct TOMLDocument {
                 continue
             }
             switch scalar {
-            case "#": comment = true
+            case "#":
+                comment = true
+                continue
             case "\"", "'": quote = scalar
             case "}" where previous == "[" || previous == ",": return line
             case " ", "\t", "\n": continue

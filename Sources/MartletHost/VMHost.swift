@@ -32,12 +32,18 @@ public struct VMStatus: Codable, Equatable, Sendable {
         self.startedAt = startedAt
     }
 
+    /// The runner's exit status when the kernel's OOM killer ended the VMM for its cgroup's
+    /// memory limit: a status of its own, since 128 + SIGKILL is also what a forced stop gives.
+    public static let outOfMemoryRunnerStatus: Int32 = 10
+
     /// What a runner's exit status says about how the VM ended (nil: it ended cleanly).
     public static func problem(runnerStatus status: Int32) -> String? {
         switch status {
         case 0: nil
         case VMMExitCode.noBootableDevice.rawValue: "no bootable device"
         case 128 + SIGSYS: "killed by seccomp: the VMM made a syscall outside its allow-list (named in the VM's log)"
+        case outOfMemoryRunnerStatus:
+            "out of memory: the VMM went over its cgroup's memory limit (guest RAM + \(VMCgroup.Limits.memoryOverhead >> 20) MiB) and the kernel's OOM killer ended it"
         default: "failed (runner status \(status))"
         }
     }

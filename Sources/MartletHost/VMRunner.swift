@@ -125,11 +125,13 @@ public final class VMRunner: Sendable {
                     // The VMM's SIGSYS handler wrote "killed by seccomp: NAME" just before.
                     logger.error(
                         "VM '\(name)': the VMM was killed by seccomp (SIGSYS): it made a syscall outside its allow-list, named in the line before; report it (Sources/SECURITY.md)")
-                } else {
+                } else if status != VMStatus.outOfMemoryRunnerStatus {  // runOnce logged that, with the limit
                     logger.error("VM '\(name)': the VMM ended with status \(status)")
                 }
-                // A seccomp kill keeps its status, so `vm show` can say what ended the VM.
-                guard definition.onCrash == .restart else { return status == 128 + SIGSYS ? status : 1 }
+                // A seccomp or OOM kill keeps its status, so `vm show` can say what ended the VM.
+                guard definition.onCrash == .restart else {
+                    return [128 + SIGSYS, VMStatus.outOfMemoryRunnerStatus].contains(status) ? status : 1
+                }
                 crashes = crashes.filter { $0.timeIntervalSinceNow > -60 } + [Date()]
                 guard crashes.count <= 5 else {
                     logger.error(
@@ -191,6 +193,11 @@ public final class VMRunner: Sendable {
             var layout = try jailLayout(config, vmm: vmm, user: user)
             cgroup = vmmCgroup(config)
             layout.cgroupProcs = cgroup?.procsFiles ?? []
+            // scripts/bench-vmm --jail: the VMM's exit statistics in this log, timed from here
+            // (the jail's set-up included).
+            if ProcessInfo.processInfo.environment["MARTLET_VMM_STATS"] == "1" {
+                arguments += ["--stats", "--spawned-at", "\(ChildProcess.monotonicNanoseconds())"]
+            }
             logger.info("VM '\(name)': starting \(arguments.joined(separator: " ")) jailed in \(layout.root)")
             do {
                 pid = try ChildProcess.spawnJailed(
@@ -217,7 +224,8 @@ public final class VMRunner: Sendable {
         shared.withLock { $0.vmmPID = nil }
         if let cgroup, cgroup.memoryLimitKilled {
             logger.error(
-                "VM '\(name)': the VMM went over its memory limit (\(cgroup.limits.memoryBytes) bytes: guest RAM + \(VMCgroup.Limits.memoryOverhead >> 20) MiB) and the kernel's OOM killer ended it; nothing else was touched")
+                "VM '\(name)': out of memory: the VMM went over its memory limit (\(cgroup.limits.memoryBytes) bytes: guest RAM + \(VMCgroup.Limits.memoryOverhead >> 20) MiB) and the kernel's OOM killer ended it; nothing else was touched")
+            return VMStatus.outOfMemoryRunnerStatus
         }
         return status
     }

@@ -240,6 +240,14 @@ public enum ChildProcess {
         clock_gettime(CLOCK_MONOTONIC, &now)
         return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
+
+    /// CLOCK_MONOTONIC in nanoseconds: the same clock in every PID and mount namespace, so a
+    /// spawner's time and its jailed child's compare.
+    public static func monotonicNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
 }
 
 extension ChildProcess {

@@ -440,6 +440,13 @@ public final class Machine: @unchecked Sendable {
             if getenv("MARTLET_VMM_TEST_SECCOMP_VIOLATION") != nil {
                 _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             }
+            // Test-only: proves a VMM over its cgroup's memory limit is OOM-killed alone. The
+            // first vCPU touches this many MiB of fresh pages, as a runaway device buffer would.
+            if vcpu.index == 0, let text = getenv("MARTLET_VMM_TEST_ALLOCATE_MIB"), let mib = Int(String(cString: text)),
+                mib > 0, let hog = malloc(mib << 20)
+            {
+                memset(hog, 1, mib << 20)
+            }
         #endif
         while shouldContinue(parking: \.parkedVCPUs) {
             do {

@@ -175,6 +175,8 @@ public enum Seccomp {
             let runtime = [
                 "clone3", "clone", "set_tid_address", "arch_prctl", "prlimit64", "sched_getaffinity",
                 "rt_sigaction", "uname", "prctl", "seccomp", "capset", "getuid", "geteuid", "getgid", "getegid",
+                // StopSignal's thread waits for SIGTERM.
+                "rt_sigtimedwait",
             ].map { Rule($0) }
             let restart = restartable ? [Rule("execve")] : []
             return common + runtimeKVM + setupKVM + sockets + connected + files + runtime + restart

@@ -8,7 +8,8 @@ import MartletValidation
 
 /// virtio-blk over a raw image file or a block device: read, write, flush, get ID, discard and
 /// write-zeroes; read-only on request. Request buffers come from the guest and are checked like everything else.
-final class VirtioBlock: VirtioDevice {
+/// Public for the fuzz target (Sources/martlet-fuzz), which drives `process` on rings it lays out.
+public final class VirtioBlock: VirtioDevice {
     static let featureSizeMax: UInt64 = 1 << 1
     static let featureSegMax: UInt64 = 1 << 2
     static let featureReadOnly: UInt64 = 1 << 5
@@ -49,7 +50,7 @@ final class VirtioBlock: VirtioDevice {
 
     /// Opens `path` (O_RDONLY when `readOnly`), an image file or a block device and nothing
     /// else (a FIFO would block, a directory or /dev/null is no disk); errors name the path.
-    init(path: String, readOnly: Bool, serial: String, direct: Bool = false, queues: Int = 1) throws {
+    public init(path: String, readOnly: Bool, serial: String, direct: Bool = false, queues: Int = 1) throws {
         let mode = readOnly ? O_RDONLY : O_RDWR
         do {
             file = try FilePath.open(path, mode, field: "path", kind: .disk)
@@ -95,7 +96,9 @@ final class VirtioBlock: VirtioDevice {
 
     enum Status: UInt8 { case ok = 0, ioError = 1, unsupported = 2 }
 
-    func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool {
+    /// Executes every request the guest made available on `virtQueue`; returns whether the used
+    /// ring changed. A malformed request throws (the transport then stops the device).
+    public func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool {
         var used = false
         while let chain = try virtQueue.pop(memory) {
             let written = try handle(chain, memory: memory)

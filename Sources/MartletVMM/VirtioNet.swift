@@ -8,10 +8,10 @@ import MartletSystem
 /// virtio-net over a tap device opened with a 12-byte virtio-net header (IFF_VNET_HDR), so
 /// frames pass between the tap and the guest's buffers unchanged. Queue 0 receives (a thread
 /// polls the tap), queue 1 transmits (handled on the notifying vCPU).
-final class VirtioNet: VirtioDevice {
+public final class VirtioNet: VirtioDevice {
     static let featureMAC: UInt64 = 1 << 5
-    static let headerSize = 12
-    static let maxFrame = 65_562
+    public static let headerSize = 12
+    public static let maxFrame = 65_562
 
     let deviceID: UInt32 = 1
     let features: UInt64 = VirtioNet.featureMAC
@@ -68,6 +68,17 @@ final class VirtioNet: VirtioDevice {
             _ = write(wake[1], &byte, 1)
             return false
         }
+        return try Self.transmit(virtQueue, memory: memory) { frame in
+            _ = frame.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }  // a full tap drops the frame, like a wire
+            counters.bytes.add(frame.count, ordering: .relaxed)
+        }
+    }
+
+    /// Takes every frame the guest made available on the transmit queue (its virtio-net header
+    /// first) and hands it to `send`; returns whether the used ring changed. A chain with a
+    /// device-writable buffer, or shorter than the header or longer than `maxFrame`, throws.
+    /// Public, without a tap, for the fuzz target.
+    public static func transmit(_ virtQueue: VirtQueue, memory: GuestMemory, send: ([UInt8]) -> Void) throws -> Bool {
         var used = false
         while let chain = try virtQueue.pop(memory) {
             guard chain.buffers.allSatisfy({ !$0.writable }) else {
@@ -82,12 +93,31 @@ final class VirtioNet: VirtioDevice {
             for buffer in chain.buffers {
                 frame += try memory.buffer(at: buffer.address, length: UInt64(buffer.length))
             }
-            _ = frame.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }  // a full tap drops the frame, like a wire
-            counters.bytes.add(total, ordering: .relaxed)
+            send(frame)
             try virtQueue.push(memory, head: chain.head, length: 0)
             used = true
         }
         return used
+    }
+
+    /// Copies one received frame (its virtio-net header first) into the next chain the guest
+    /// made available on the receive queue, cut to the chain's size; returns the bytes
+    /// delivered, or nil when there is no chain. A chain with a device-readable buffer throws.
+    /// Public for the fuzz target.
+    public static func receive(_ frame: ArraySlice<UInt8>, into queue: VirtQueue, memory: GuestMemory) throws -> Int? {
+        guard let chain = try queue.pop(memory) else { return nil }
+        guard chain.buffers.allSatisfy(\.writable) else {
+            throw VMMError(.device, "virtio-net receive chain \(chain.head) has a device-readable buffer")
+        }
+        var offset = frame.startIndex
+        for buffer in chain.buffers where offset < frame.endIndex {
+            let count = min(Int(buffer.length), frame.endIndex - offset)
+            try memory.write(frame[offset..<offset + count], at: buffer.address)
+            offset += count
+        }
+        let delivered = offset - frame.startIndex
+        try queue.push(memory, head: chain.head, length: UInt32(delivered))
+        return delivered
     }
 
     private func startReceiving() {
@@ -131,18 +161,8 @@ final class VirtioNet: VirtioDevice {
             }
             let length = pending
             let delivered = deliver? { queue, memory in
-                guard let chain = try queue.pop(memory) else { return false }
-                guard chain.buffers.allSatisfy(\.writable) else {
-                    throw VMMError(.device, "virtio-net receive chain \(chain.head) has a device-readable buffer")
-                }
-                var offset = 0
-                for buffer in chain.buffers where offset < length {
-                    let count = min(Int(buffer.length), length - offset)
-                    try memory.write(frame[offset..<offset + count], at: buffer.address)
-                    offset += count
-                }
-                try queue.push(memory, head: chain.head, length: UInt32(offset))
-                counters.bytes.add(offset, ordering: .relaxed)
+                guard let delivered = try Self.receive(frame[0..<length], into: queue, memory: memory) else { return false }
+                counters.bytes.add(delivered, ordering: .relaxed)
                 return true
             }
             if delivered == true { pending = 0 }

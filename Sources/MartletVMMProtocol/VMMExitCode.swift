@@ -9,7 +9,7 @@ public enum VMMExitCode: Int32, Sendable, CaseIterable {
     case badConfig = 2
     /// The guest reset with `on_reboot: "exit"`.
     case reset = 3
-    /// Stopped through the control socket (`stop`).
+    /// Stopped through the control socket (`stop`) or by SIGTERM.
     case stopped = 4
     /// This host cannot run VMs: /dev/kvm missing, not permitted, or lacking a capability.
     case hostCannotRunVMs = 5

@@ -1,3 +1,4 @@
+import MartletSystem
 import MartletValidation
 import MartletVMM
 import MartletVMMProtocol
@@ -43,6 +44,8 @@ let usage = """
       --trace-io               log unhandled ports and MMIO pages (once each) and the
                                firmware's debug port (0x402, SeaBIOS's log) on stderr
       --stats                  print exit statistics as JSON on stderr when the VM ends
+      --spawned-at NS          CLOCK_MONOTONIC nanoseconds when the spawner started this
+                               process (before its jail), reported as spawn_ns by --stats
       --seccomp MODE           on (default): a syscall outside a thread's allow-list ends the
                                VMM with SIGSYS, naming the syscall on stderr; log: only log it
                                (kernel audit log, dmesg); off: no filters (debugging only)
@@ -62,7 +65,7 @@ let usage = """
       1 VMM error or guest crash (reason on stderr), selftest failed
       2 bad arguments or configuration
       3 guest reset with on_reboot "exit"
-      4 stopped through the control socket ("stop")
+      4 stopped through the control socket ("stop") or by SIGTERM
       5 this host cannot run VMs: /dev/kvm missing, not permitted, or lacking a capability
       6 no bootable device: the firmware found nothing to boot on the disks (--firmware)
 
@@ -78,13 +81,7 @@ func say(_ text: String) {
     _ = (text + "\n").withCString { write(1, $0, strlen($0)) }
 }
 
-func monotonicNanoseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-}
-
-let startNanoseconds = monotonicNanoseconds()
+let startNanoseconds = ChildProcess.monotonicNanoseconds()
 let arguments = Array(CommandLine.arguments.dropFirst())
 
 func selftest(_ arguments: [String]) -> Never {
@@ -178,6 +175,8 @@ default: break
 var config = VMConfig()
 var timeout: Double?
 var printStats = false
+/// When the spawner started this process (CLOCK_MONOTONIC ns): `spawn_ns` in the statistics.
+var spawnedAt: UInt64?
 var overrides: [(inout VMConfig) throws -> Void] = []
 
 func value(_ flag: String, _ index: inout Int) -> String {
@@ -208,6 +207,7 @@ while index < arguments.count {
     case "--memory": let v = number(flag, value(flag, &index)); overrides.append { $0.memoryMiB = v }
     case "--rng": overrides.append { $0.rng = true }
     case "--stats": printStats = true
+    case "--spawned-at": spawnedAt = UInt64(number(flag, value(flag, &index)))
     case "--seccomp":
         let v = value(flag, &index)
         guard let mode = VMConfig.SeccompMode(rawValue: v) else { fail("--seccomp: '\(v)' is not on, off or log", code: .badConfig) }
@@ -270,6 +270,9 @@ do {
     fail("\(error)", code: .badConfig)
 }
 
+// Before the first thread: every thread leaves SIGTERM to the one that stops the VM with it.
+StopSignal.block()
+
 // Before any file, device or KVM resource is opened: from here on the process is filtered.
 do {
     try Jail.forbidNewPrivileges()
@@ -324,6 +327,7 @@ if let socketPath = config.controlSocket {
 
 let result: Machine.Exit
 do {
+    try StopSignal.watch(machine)
     result = try machine.run(timeout: timeout)
 } catch {
     fail("\(error)", code: .failed)
@@ -334,8 +338,9 @@ if printStats {
     let text = JSON.object([
         ("exit", .string("\(result)")),
         ("start_ns", .number(Double(startNanoseconds))),
+        ("spawn_ns", .number(Double(spawnedAt ?? startNanoseconds))),
         ("first_exit_ns", .number(Double(machine.firstExitNanoseconds))),
-        ("end_ns", .number(Double(monotonicNanoseconds()))),
+        ("end_ns", .number(Double(ChildProcess.monotonicNanoseconds()))),
         ("port_io_exits", .number(Double(machine.portIOExits))),
         ("devices", .array(machine.deviceCounters.map { $0.json })),
     ]).text + "\n"

@@ -104,6 +104,11 @@ struct VMCreateCommand: ParsableCommand {
     @Option(help: "What a crash does: restart or stop.")
     var onCrash = "restart"
 
+    @Flag(
+        name: .customLong("no-jail"),
+        help: "Start the VMM without its jail (namespaces, a root of its own, cgroup limits); writes jail = false. Debugging only.")
+    var noJail = false
+
     @OptionGroup var cloudInit: CloudInitOptions
 
     @OptionGroup var options: HostOptions
@@ -170,7 +175,7 @@ struct VMCreateCommand: ParsableCommand {
                         initrd: try initrd.map { try source($0, "initrd") }, cmdline: cmdline,
                         firmware: firmware),
                     disks: attached, nics: interfaces, autostart: autostart, onCrash: policy,
-                    cloudInit: try cloudInit.table())
+                    cloudInit: try cloudInit.table(), jail: !noJail)
                 return try host.create(definition, newVolumes: newVolumes)
             }, text: { "created VM '\($0.name)' (\(host(path: $0)))" })
     }

@@ -11,6 +11,13 @@ import Testing
         lable = "typo"
         """
 
+    /// toml++ asserts (an abort) on a `}` after `[`, also with a comment between them on
+    /// the line before (found by scripts/fuzz profile): refused first, naming the line.
+    @Test func braceAfterBracketAndCommentIsRefusedBeforeTheParser() {
+        let error = #expect(throws: MartletError.self) { try TOMLDocument(path: "p.toml", contents: "s = [ # note\n}\n") }
+        #expect(error?.message == "p.toml:2: '}' where an array element or key should be", "\(String(describing: error))")
+    }
+
     @Test func typeErrorNamesFileKeyAndLine() throws {
         let document = try TOMLDocument(path: "p.toml", contents: text)
         let iso = try #require(try document.rootSection.section("iso"))

@@ -1,6 +1,7 @@
 import Foundation
 import MartletCore
 import MartletSystem
+import MartletVMMProtocol
 import Testing
 
 @testable import MartletHost
@@ -145,14 +146,38 @@ import Testing
         return (.unified(unified), (unified as NSString).lastPathComponent)
     }
 
+    /// The host's SIGTERM to a jailed VMM, pid 1 of its PID namespace (where the kernel drops
+    /// a signal without a handler), stops the VM in order: the VMM ends with "stopped" (exit
+    /// code 4), the runner logs it and ends, and `vm show` names no problem.
+    @Test func sigtermStopsTheJailedVMMInOrder() throws {
+        let guest = try TestSupport.guest.get()
+        let fixture = try HostFixture(label: "sigterm")
+        let martlet = TestSupport.product("martlet")
+        func cli(_ arguments: String...) throws -> ChildProcess.Output {
+            try TestSupport.run(martlet, arguments, environment: fixture.environment)
+        }
+        let created = try cli(
+            "vm", "create", "term", "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB", "--on-crash", "stop")
+        #expect(created.status == 0, "\(created.stderr)")
+        #expect(try cli("vm", "start", "term").status == 0)
+        #expect(try cli("vm", "console", "term", "--expect", "halting", "--timeout", "10").status == 0)
+        let pid = try Self.vmmPID(fixture, "term")
+        #expect(Self.status(pid, "NSpid") == "\(pid)\t1", "pid 1 of a PID namespace of its own")
+        #expect(kill(pid, SIGTERM) == 0)
+        #expect(Poll.until(timeout: 30) { fixture.host.runnerPID("term") == nil }, "the VMM did not act on SIGTERM")
+        let log = (try? String(contentsOfFile: fixture.paths.runnerLog("term"), encoding: .utf8)) ?? ""
+        #expect(log.contains("VM 'term' stopped"), "\(log)")
+        #expect(try fixture.host.status("term").problem == nil)
+    }
+
     @Test func jailFalseRunsTheVMMInTheHostsNamespaces() throws {
         let guest = try TestSupport.guest.get()
         let fixture = try HostFixture(label: "nojail")
         let martlet = VMLifecycleTests.CLI(fixture: fixture, namespace: nil)
         try martlet.json(
-            "vm", "create", "open", "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB")
-        try fixture.runUnjailed("open")
+            "vm", "create", "open", "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB", "--no-jail")
         #expect(try fixture.host.definition("open").jail == false)
+        #expect(try String(contentsOfFile: fixture.paths.definition("open"), encoding: .utf8).contains("jail = false"))
         #expect(try martlet("vm", "start", "open").status == 0)
         let pid = try Self.vmmPID(fixture, "open")
         #expect(Self.namespace("\(pid)", "mnt") == Self.namespace("self", "mnt"))
@@ -192,5 +217,50 @@ import Testing
         #expect(cgroup.memoryLimitKilled, "the cgroup's OOM count")
         let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
         #expect(!own.contains(name), "the parent stayed outside the limited cgroup: \(own)")
+    }
+
+    /// Two VMs under their runners, on the real VMM: the one whose VMM goes over its memory
+    /// limit (the debug build's test-only allocation of 256 MiB beside 16 MiB of guest RAM) is
+    /// OOM-killed; its runner and `vm show` say "out of memory"; the other VM keeps running
+    /// and answers on its control socket; the test process, the host here, carries on.
+    @Test func aVMOverItsMemoryLimitEndsAloneAndTheOtherKeepsRunning() throws {
+        #if DEBUG
+            guard try VMCgroup.hierarchy(forRunnerOf: "cgroup-test") != nil else {
+                Issue.record("skipped: no cgroup with the memory controller below this process's own")
+                return
+            }
+            let guest = try TestSupport.guest.get()
+            let fixture = try HostFixture(label: "oom")
+            let martlet = TestSupport.product("martlet")
+            // Names of their own: cgroups are named after the VM, beside other tests' VMs.
+            let suffix = UUID().uuidString.prefix(6).lowercased()
+            let (hog, bystander) = ("hog-\(suffix)", "calm-\(suffix)")
+            func cli(_ arguments: [String], _ extra: [String: String] = [:]) throws -> ChildProcess.Output {
+                try TestSupport.run(martlet, arguments, environment: fixture.environment.merging(extra) { $1 })
+            }
+            for vm in [hog, bystander] {
+                let created = try cli([
+                    "vm", "create", vm, "--kernel", guest, "--cmdline", "test=halt", "--memory", "16MiB",
+                    "--on-crash", "stop",
+                ])
+                #expect(created.status == 0, "\(created.stderr)")
+            }
+            #expect(try cli(["vm", "start", bystander]).status == 0)
+            #expect(try cli(["vm", "console", bystander, "--expect", "halting", "--timeout", "10"]).status == 0)
+            _ = try cli(["vm", "start", hog, "--timeout", "10"], ["MARTLET_VMM_TEST_ALLOCATE_MIB": "256"])
+            #expect(Poll.until(timeout: 60) { fixture.host.runnerPID(hog) == nil }, "the hog's runner did not end")
+
+            let log = (try? String(contentsOfFile: fixture.paths.runnerLog(hog), encoding: .utf8)) ?? ""
+            #expect(log.contains("out of memory: the VMM went over its memory limit"), "\(log)")
+            let shown = try cli(["vm", "show", hog])
+            #expect(shown.stdout.contains("out of memory"), "\(shown.stdout)")
+
+            #expect(fixture.host.runnerPID(bystander) != nil, "the other VM's runner still runs")
+            let reply = try ControlClient.send(.state, to: fixture.paths.controlSocket(bystander), timeout: 5)
+            #expect(reply.ok && reply.state == .running, "\(reply)")
+            #expect(try cli(["vm", "stop", bystander]).status == 0)
+        #else
+            Issue.record("skipped: the test-only allocation exists only in debug builds of martlet-vmm")
+        #endif
     }
 }

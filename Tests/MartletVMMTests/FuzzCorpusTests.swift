@@ -17,7 +17,7 @@ struct FuzzCorpusTests {
         return TestSupport.vmmBinary.replacingOccurrences(of: "/martlet-vmm", with: "/martlet-fuzz")
     }
 
-    @Test(arguments: ["vmm-config", "control", "answer", "profile", "vm-definition", "api-body", "virtqueue", "fw-cfg"])
+    @Test(arguments: ["vmm-config", "control", "answer", "profile", "vm-definition", "api-body", "virtqueue", "virtio-blk", "virtio-net", "fw-cfg"])
     func corpusReplaysWithoutACrash(_ target: String) throws {
         let directory = Self.corpus.appendingPathComponent(target).path
         let inputs = try FileManager.default.contentsOfDirectory(atPath: directory)
