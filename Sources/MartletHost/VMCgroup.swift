@@ -47,9 +47,14 @@ struct VMCgroup {
     /// systemd the runner first moves itself into a `martlet-runner` leaf of its unit's cgroup,
     /// which `Delegate=yes` hands it, and enables the controllers there), else the v1 memory,
     /// pids and cpu hierarchies of its own cgroups; nil when neither can take a child.
-    static func hierarchy(forRunnerOf vm: String, cgroupRoot: String = "/sys/fs/cgroup") throws -> Hierarchy? {
-        let own: [[String]] = ((try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? "")
-            .split(separator: "\n").map { $0.split(separator: ":", maxSplits: 2).map(String.init) }
+    /// `ownCgroups` is the text of /proc/self/cgroup (read when nil; given by tests).
+    static func hierarchy(
+        forRunnerOf vm: String, cgroupRoot: String = "/sys/fs/cgroup", ownCgroups: String? = nil
+    ) throws -> Hierarchy? {
+        // "ID:CONTROLLERS:PATH"; v2's line is "0::PATH", so the empty field must stay.
+        let own: [[String]] = (ownCgroups ?? (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? "")
+            .split(separator: "\n")
+            .map { $0.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map(String.init) }
             .filter { $0.count == 3 }
         if FileManager.default.fileExists(atPath: cgroupRoot + "/cgroup.controllers") {
             guard var path: String = own.first(where: { $0[0] == "0" })?[2] else { return nil }

@@ -184,6 +184,9 @@ struct VMJourney {
         checks.check("martlet-vmm runs as martlet-vm", "ps -o user:20= -C martlet-vmm") {
             $0.output == "martlet-vm"
         }
+        checks.check("the VMM's cgroup limits (cgroup v2 under systemd)", Self.cgroupLimits(vm: Self.vm, memoryMiB: 256, vcpus: 2)) {
+            $0.output == "cgroup-limits-ok"
+        }
         checks.check(
             "volume delete refused while a VM uses it (exit 6)",
             "martlet volume delete local/\(Self.volume); test $? = 6") { $0.status == 0 }
@@ -334,6 +337,17 @@ struct VMJourney {
             command += " -H 'Content-Type: application/json' --data-raw '\(body)'"
         }
         return "code=$(\(command) 'https://127.0.0.1:8443\(path)'); cat /tmp/api.out; echo; test \"$code\" = \(expect)"
+    }
+
+    /// Prints `cgroup-limits-ok` when the running VM's VMM sits in its own cgroup `vmm-NAME`
+    /// with memory.max = guest RAM + 64 MiB, pids.max = vCPUs + 32 and cpu.max = vCPUs + 1
+    /// CPUs (the runner's VMCgroup), else what it found.
+    static func cgroupLimits(vm: String, memoryMiB: Int, vcpus: Int) -> String {
+        "pid=$(pgrep -P \"$(systemctl show -p MainPID --value martlet-vm@\(vm).service)\" -x martlet-vmm); "
+            + "cg=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/$pid/cgroup); "
+            + "found=\"${cg##*/} $(cat $cg/memory.max) $(cat $cg/pids.max) $(cat $cg/cpu.max)\"; "
+            + "if [ \"$found\" = \"vmm-\(vm) \((memoryMiB + 64) << 20) \(vcpus + 32) \((vcpus + 1) * 100_000) 100000\" ]; "
+            + "then echo cgroup-limits-ok; else echo \"pid $pid cgroup $cg: $found\"; fi"
     }
 
     /// Packs /var/lib/martlet/kernels/e2e-{vmlinuz,initrd.gz} from the running kernel.

@@ -190,6 +190,34 @@ import Testing
 
 /// `VMCgroup` on this machine's real cgroup filesystem, below the test's own cgroups.
 @Suite(.serialized) struct VMCgroupTests {
+    /// An installed host's layout: cgroup v2 only, the runner in its unit's cgroup, whose
+    /// /proc/self/cgroup line is "0::PATH" (an empty controllers field). On a tree of plain
+    /// files the runner moves itself into a `martlet-runner` leaf, enables the controllers for
+    /// the unit's children, and puts the VMM's cgroup beside the leaf. (A parse that dropped
+    /// the empty field found no cgroup on every v2 host; the e2e saw VMMs without limits.)
+    @Test func unifiedTreeUnderSystemd() throws {
+        let root = try TestSupport.temporaryDirectory("cgroup2")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let unit = "/system.slice/system-martlet\\x2dvm.slice/martlet-vm@web.service"
+        try FileManager.default.createDirectory(atPath: root + unit, withIntermediateDirectories: true)
+        for file in ["/cgroup.controllers", unit + "/cgroup.subtree_control"] {
+            #expect(FileManager.default.createFile(atPath: root + file, contents: Data()))
+        }
+        let hierarchy = try VMCgroup.hierarchy(forRunnerOf: "web", cgroupRoot: root, ownCgroups: "0::\(unit)\n")
+        #expect(hierarchy == .unified(root + unit))
+        #expect(try String(contentsOfFile: root + unit + "/martlet-runner/cgroup.procs", encoding: .utf8) == "\(getpid())")
+        #expect(try String(contentsOfFile: root + unit + "/cgroup.subtree_control", encoding: .utf8) == "+memory +pids +cpu")
+        // A runner that is already in its leaf (a restart of the VM) finds the same place.
+        #expect(try VMCgroup.hierarchy(forRunnerOf: "web", cgroupRoot: root, ownCgroups: "0::\(unit)/martlet-runner\n") == .unified(root + unit))
+        // Outside its unit (e.g. run by hand) nothing is moved, and without the memory
+        // controller enabled there is no place for limits.
+        let shell = "/user.slice/session-1.scope"
+        try FileManager.default.createDirectory(atPath: root + shell, withIntermediateDirectories: true)
+        #expect(FileManager.default.createFile(atPath: root + shell + "/cgroup.subtree_control", contents: Data()))
+        #expect(try VMCgroup.hierarchy(forRunnerOf: "web", cgroupRoot: root, ownCgroups: "0::\(shell)\n") == nil)
+        #expect(!FileManager.default.fileExists(atPath: root + shell + "/martlet-runner"))
+    }
+
     /// A process over its memory limit is ended by the kernel's OOM killer, alone: the test
     /// (its parent) lives on and `memoryLimitKilled` says what happened.
     @Test func aProcessOverItsMemoryLimitEndsAlone() throws {
