@@ -418,10 +418,12 @@ import Testing
         }
     }
 
-    /// The HTTPS API as an admin's browser meets it: from the test host through QEMU's port
+    /// The HTTPS API as an admin's laptop meets it: from the test host through QEMU's port
     /// forward to port 8443. The certificate it shows must be the one `martlet api fingerprint`
     /// names on the host (the console banner shows the same, checked in the VM journey), the
-    /// login page loads, and the API answers nothing without credentials.
+    /// login page loads, the API answers nothing without credentials, and a token made on the
+    /// host creates, starts, stops and deletes a VM from outside (curl checking the host's
+    /// certificate).
     static func checkAPIThroughForward(_ checks: HostChecks, port: Int) {
         func local(_ command: String) -> String {
             let result = try? Command("/bin/sh", ["-c", command]).runAllowingFailure()
@@ -444,6 +446,34 @@ import Testing
         checks.expect("web UI login page through the port forward", page.contains("id=\"login-form\""), page)
         let code = local("curl -sS -k -o /dev/null -w '%{http_code}' https://127.0.0.1:\(port)/v1/vms")
         checks.expect("the API through the port forward without a token is 401", code == "401", code)
+
+        let certificate = E2E.workRoot + "/forward-cert.pem"
+        guard
+            let pem = try? checks.ssh.run("cat /etc/martlet/tls/cert.pem", timeout: 60), pem.status == 0,
+            (try? pem.stdout.write(to: URL(fileURLWithPath: certificate))) != nil,
+            let made = checks.check(
+                "token and guest kernel for the API through the forward",
+                "test -s \(VMJourney.kernels)/e2e-vmlinuz || { \(VMJourney.makeGuestScript)\n} >/dev/null; martlet vm delete e2e-forward >/dev/null 2>&1; martlet api token revoke e2e-forward >/dev/null 2>&1; martlet api token create e2e-forward",
+                timeout: 180, { $0.status == 0 && !$0.output.isEmpty }),
+            made.status == 0
+        else { return }
+        let token = made.output.split(separator: "\n").last.map(String.init) ?? ""
+        func api(_ name: String, _ method: String, _ path: String, _ body: String? = nil, expect: Int, _ passes: (String) -> Bool = { _ in true }) {
+            var command = "curl -sS --cacert \(certificate) -H 'Authorization: Bearer \(token)' -X \(method) -o \(E2E.workRoot)/forward.out -w '%{http_code}'"
+            if let body { command += " -H 'Content-Type: application/json' --data-raw '\(body)'" }
+            let status = local(command + " https://127.0.0.1:\(port)\(path)")
+            let reply = (try? String(contentsOfFile: E2E.workRoot + "/forward.out", encoding: .utf8)) ?? ""
+            checks.expect(name, status == "\(expect)" && passes(reply), "HTTP \(status): \(reply)")
+        }
+        let vm = "e2e-forward"
+        api(
+            "vm create through the forward (token, 201)", "POST", "/v1/vms",
+            #"{"name":"\#(vm)","memory":"128MiB","kernel":"\#(VMJourney.kernels)/e2e-vmlinuz","initrd":"\#(VMJourney.kernels)/e2e-initrd.gz","cmdline":"console=ttyS0 panic=-1 quiet"}"#,
+            expect: 201)
+        api("vm start through the forward (200, running)", "POST", "/v1/vms/\(vm)/start", expect: 200) { $0.contains("\"running\"") }
+        api("vm stop through the forward (200, stopped)", "POST", "/v1/vms/\(vm)/stop?grace=30", expect: 200) { $0.contains("\"stopped\"") }
+        api("vm delete through the forward (204)", "DELETE", "/v1/vms/\(vm)", expect: 204)
+        _ = try? checks.ssh.run("martlet api token revoke e2e-forward", timeout: 60)
     }
 
     /// Boots the ISO with `answer` embedded (BIOS), waits for the installer's refusal on the
