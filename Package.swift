@@ -92,19 +92,26 @@ let package = Package(
             ],
             exclude: ["README.md", "openapi.yaml"]),
 
-        .executableTarget(
-            name: "martlet",
-            dependencies: [
-                "MartletCore", "MartletSystem", "MartletBuilder", "MartletHost", "MartletAnswer",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
-        .executableTarget(
-            name: "martlet-installer",
+        // The installer's command line, shared by the thin `martlet-installer` executable and
+        // `martlet`: the host image carries one binary for both (Foundation and its ICU data
+        // once instead of twice, ≈ 14 MB of the ISO), /usr/bin/martlet-installer a link to it.
+        .target(
+            name: "MartletInstallerCommands",
             dependencies: [
                 "MartletCore", "MartletAnswer", "MartletInstaller",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ],
+            ]),
+        .executableTarget(
+            name: "martlet",
+            dependencies: [
+                "MartletCore", "MartletSystem", "MartletBuilder", "MartletHost", "MartletAnswer",
+                "MartletInstallerCommands",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(
+            name: "martlet-installer",
+            dependencies: ["MartletInstallerCommands"],
             exclude: ["README.md", "answer.example.toml"]),
         .executableTarget(
             name: "martlet-vmm", dependencies: ["MartletVMM", "MartletVMMProtocol", "MartletValidation", "MartletSystem"],

@@ -7,7 +7,7 @@ public struct BuildOptions: Sendable {
     public var profile: Profile
     /// Folder that receives the ISO, `SHA256SUMS` and the manifest.
     public var outputDirectory: String
-    /// Folder holding release builds of `martlet`, `martlet-installer` and `martlet-vmm`.
+    /// Folder holding release builds of `martlet` (which is also the installer) and `martlet-vmm`.
     public var binariesDirectory: String
     /// Boot assets: GRUB templates and the initramfs `init` (the repository's `iso/`).
     public var assetsDirectory: String
@@ -171,7 +171,7 @@ public struct BuildPipeline: Sendable {
     /// The binaries must exist and be built with the Swift runtime inside them: the host
     /// image has no Swift runtime libraries.
     func checkBinaries() throws {
-        for name in BinariesStage.names {
+        for name in BinariesStage.files {
             let path = options.binariesDirectory + "/" + name
             guard FileManager.default.isExecutableFile(atPath: path) else {
                 throw MartletError(

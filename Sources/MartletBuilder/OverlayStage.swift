@@ -68,13 +68,20 @@ struct OverlayStage: BuildStage {
 }
 
 /// Installs the release builds of Martlet's executables into `/usr/bin` and records their
-/// hashes for the manifest.
+/// hashes for the manifest. `martlet` is a multi-call binary that also holds the installer,
+/// so `martlet-installer` is a link to it rather than a second copy of Foundation and its
+/// ICU data.
 struct BinariesStage: BuildStage {
     let name = "binaries"
-    static let names = ["martlet", "martlet-installer", "martlet-vmm"]
+    /// The release builds copied into the image.
+    static let files = ["martlet", "martlet-vmm"]
+    /// Names the image gives a multi-call binary: link name → binary.
+    static let links = ["martlet-installer": "martlet"]
+    /// Every executable name in `/usr/bin`, as the manifest lists them.
+    static var names: [String] { (files + links.keys).sorted() }
 
     func run(_ context: BuildContext, _ reporter: StageReporter) throws {
-        for binary in Self.names {
+        for binary in Self.files {
             let source = context.options.binariesDirectory + "/" + binary
             let dynamic = try context.run("readelf", ["-d", source]).stdoutText
             if dynamic.contains("libswiftCore.so") {
@@ -91,6 +98,12 @@ struct BinariesStage: BuildStage {
             chmod(target, 0o755)
             context.binaryHashes[binary] = try Digest.sha256(file: target)
             context.sizes["binary-\(binary)"] = fileSize(target)
+        }
+        for (link, binary) in Self.links {
+            let target = context.rootfs + "/usr/bin/" + link
+            try? FileManager.default.removeItem(atPath: target)
+            try FileManager.default.createSymbolicLink(atPath: target, withDestinationPath: binary)
+            context.binaryHashes[link] = context.binaryHashes[binary]
         }
     }
 }

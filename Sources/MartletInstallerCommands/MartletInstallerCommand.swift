@@ -3,9 +3,10 @@ import Foundation
 import MartletCore
 import MartletInstaller
 
-@main
-struct MartletInstallerCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
+/// The installer's command line: `martlet-installer` (the thin executable) and the host
+/// image's `martlet` binary when it is called by that name.
+public struct MartletInstallerCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
         commandName: "martlet-installer",
         abstract: "Install the Martlet hypervisor host onto a disk.",
         discussion: """
@@ -17,6 +18,8 @@ struct MartletInstallerCommand: ParsableCommand {
             """,
         subcommands: [TextUICommand.self, DisksCommand.self, ValidateCommand.self, InstallCommand.self],
         defaultSubcommand: TextUICommand.self)
+
+    public init() {}
 }
 
 /// The text UI, the default subcommand: `martlet-installer` and `martlet-installer --dry-run`.

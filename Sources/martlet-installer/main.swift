@@ -1,0 +1,3 @@
+import MartletInstallerCommands
+
+MartletInstallerCommand.main()
