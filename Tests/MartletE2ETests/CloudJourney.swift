@@ -55,13 +55,16 @@ struct CloudJourney {
         checks.expect("console: GRUB's menu entry", console.contains("Booting `Debian GNU/Linux 12 (cloud)'"), console)
         scenario.mark("cloud-boot")
         // cloud-init put the host's key into the image's default user: SSH through br0.
-        let ssh = "ssh -i \(Self.key) -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=10 debian@\(Self.address)"
+        let ssh = "ssh -i \(Self.key) -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=10 -o LogLevel=ERROR debian@\(Self.address)"
         // Every SSH login takes about a minute under nested KVM on TCG.
         let inside = checks.check(
             "ssh into the cloud guest through br0 (key and host name from cloud-init)",
             "for i in $(seq 30); do out=$(\(ssh) 'hostname; cloud-init status --long --wait; df -B1M --output=size / | tail -n 1' 2>&1) && break; sleep 5; done; echo \"$out\"",
             timeout: 1200
-        ) { $0.output.hasPrefix(Self.hostname) && $0.output.contains("status: done") }
+        ) { result in
+            let lines = result.output.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            return lines.first == Self.hostname && lines.contains("status: done")
+        }
         let rootMiB = Int(inside?.output.split(separator: "\n").last?.trimmingCharacters(in: .whitespaces) ?? "") ?? 0
         checks.expect("cloud-init grew the guest's root to the resized volume", rootMiB > 1500, inside?.output ?? "")
         scenario.mark("cloud-ssh")
