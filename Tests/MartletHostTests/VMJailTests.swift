@@ -192,15 +192,18 @@ import Testing
 @Suite(.serialized) struct VMCgroupTests {
     /// An installed host's layout: cgroup v2 only, the runner in its unit's cgroup, whose
     /// /proc/self/cgroup line is "0::PATH" (an empty controllers field). On a tree of plain
-    /// files the runner moves itself into a `martlet-runner` leaf, enables the controllers for
-    /// the unit's children, and puts the VMM's cgroup beside the leaf. (A parse that dropped
+    /// files the runner moves itself into its `martlet-runner` leaf and enables the
+    /// controllers for the unit's children, where the VMM's cgroup goes. (A parse that dropped
     /// the empty field found no cgroup on every v2 host; the e2e saw VMMs without limits.)
     @Test func unifiedTreeUnderSystemd() throws {
         let root = try TestSupport.temporaryDirectory("cgroup2")
         defer { try? FileManager.default.removeItem(atPath: root) }
         let unit = "/system.slice/system-martlet\\x2dvm.slice/martlet-vm@web.service"
         try FileManager.default.createDirectory(atPath: root + unit, withIntermediateDirectories: true)
-        for file in ["/cgroup.controllers", unit + "/cgroup.subtree_control"] {
+        // On cgroupfs the kernel makes a new cgroup's files with its directory; here the
+        // runner's leaf is made beforehand (the runner tolerates an existing one).
+        try FileManager.default.createDirectory(atPath: root + unit + "/martlet-runner", withIntermediateDirectories: true)
+        for file in ["/cgroup.controllers", unit + "/cgroup.subtree_control", unit + "/martlet-runner/cgroup.procs"] {
             #expect(FileManager.default.createFile(atPath: root + file, contents: Data()))
         }
         let hierarchy = try VMCgroup.hierarchy(forRunnerOf: "web", cgroupRoot: root, ownCgroups: "0::\(unit)\n")
