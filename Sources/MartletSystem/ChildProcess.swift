@@ -236,9 +236,7 @@ public enum ChildProcess {
 
     /// CLOCK_MONOTONIC in seconds, for deadlines that a clock change cannot move.
     public static func monotonicSeconds() -> Double {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+        Double(monotonicNanoseconds()) / 1e9
     }
 
     /// CLOCK_MONOTONIC in nanoseconds: the same clock in every PID and mount namespace, so a
