@@ -33,6 +33,9 @@ public final class VMRunner: Sendable {
     static let consoleSendTimeout = 2.0
     /// How much recent output a new console sees first.
     static let consoleReplay = 16384
+    /// How long keys typed before the runner reaches the VMM's serial socket wait for it: a
+    /// jailed VMM on a loaded host can take seconds to start listening.
+    static let consoleInputWait = 30.0
 
     public init(host: VMHost, name: String, logger: Logger) {
         self.host = host
@@ -352,7 +355,10 @@ public final class VMRunner: Sendable {
     func broadcast(_ chunk: ArraySlice<UInt8>) {
         let clients = shared.withLock { state in
             state.recent.append(contentsOf: chunk)
-            if state.recent.count > Self.consoleReplay { state.recent.removeFirst(state.recent.count - Self.consoleReplay) }
+            // Trimmed at twice the size, not on every chunk (a guest prints a line at a time).
+            if state.recent.count >= 2 * Self.consoleReplay {
+                state.recent.removeFirst(state.recent.count - Self.consoleReplay)
+            }
             return state.clients
         }
         let failed = clients.filter { !$0.writeAll(chunk) }
@@ -372,7 +378,7 @@ public final class VMRunner: Sendable {
             // forwarded: its input thread reads what it sent up to the end. The relay waits
             // for this write at most `consoleSendTimeout`, as for any console.
             shared.withLock { state in
-                if client.writeAll(state.recent) { state.clients.append(client) }
+                if client.writeAll(state.recent.suffix(Self.consoleReplay)) { state.clients.append(client) }
             }
             Thread.detachNewThread { [self] in forwardInput(client) }
         }
@@ -387,7 +393,7 @@ public final class VMRunner: Sendable {
             // Keys typed while the runner is still connecting to the VMM's serial socket (just
             // after start, or during a guest reboot) wait for it rather than being dropped.
             var input: FileDescriptor?
-            _ = Poll.until(timeout: 5) {
+            _ = Poll.until(timeout: Self.consoleInputWait) {
                 input = shared.withLock { $0.vmmInput }
                 return input != nil
             }

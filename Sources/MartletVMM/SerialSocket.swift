@@ -48,7 +48,9 @@ final class SerialSocket: Sendable {
                 client.shutdown()
             }
             state.backlog.append(byte)
-            if state.backlog.count > SerialSocket.backlogLimit {
+            // Trimmed once it is twice the limit, not per byte: a memmove of 64 KiB for every
+            // byte a guest prints with nobody attached would cost more than the UART exit.
+            if state.backlog.count >= 2 * SerialSocket.backlogLimit {
                 state.backlog.removeFirst(state.backlog.count - SerialSocket.backlogLimit)
             }
         }
@@ -71,7 +73,7 @@ final class SerialSocket: Sendable {
             connection.setTimeouts(send: 2)
             let accepted = shared.withLock { state in
                 guard !state.closed else { return false }
-                connection.writeAll(state.backlog)
+                connection.writeAll(state.backlog.suffix(SerialSocket.backlogLimit))
                 state.backlog.removeAll()
                 state.client = connection
                 return true
