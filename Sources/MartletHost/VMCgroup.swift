@@ -2,9 +2,9 @@ import Foundation
 import MartletCore
 
 /// The cgroup a VMM runs in, written straight to the cgroup filesystem: `memory.max` (guest
-/// RAM + the VMM's own overhead), `pids.max` and `cpu.max` from the definition. The jailed
-/// child joins it before `execve` (`JailLayout.cgroupProcs`), so every page the VMM touches is
-/// charged to it. cgroup v2 (installed hosts: systemd with `Delegate=yes` on the unit) or the
+/// RAM + the VMM's own overhead), `pids.max` and `cpu.max` from the definition. On v2 the
+/// jailed child is created in it (`JailLayout.cgroupDirectory`), on v1 it joins before
+/// `execve` (`JailLayout.cgroupProcs`), so every page the VMM touches is charged to it. cgroup v2 (installed hosts: systemd with `Delegate=yes` on the unit) or the
 /// v1 memory, pids and cpu hierarchies (a hybrid layout such as the build machine's).
 struct VMCgroup {
     /// What one VMM may use.
@@ -86,6 +86,11 @@ struct VMCgroup {
 
     /// The file a process writes "0" to, to join: `cgroup.procs` in every directory.
     var procsFiles: [String] { directories.map { $0 + "/cgroup.procs" } }
+    /// On v2, the one directory a process can be created in (clone3's CLONE_INTO_CGROUP).
+    var unifiedDirectory: String? {
+        if case .unified = hierarchy { return directories.first }
+        return nil
+    }
 
     /// Creates the cgroup `name` below `hierarchy`'s directories and writes `limits`. A
     /// cgroup that still has processes is refused (an earlier VMM of this VM that did not end).

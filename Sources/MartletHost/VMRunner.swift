@@ -196,6 +196,7 @@ public final class VMRunner: Sendable {
             var layout = try jailLayout(config, vmm: vmm, user: user)
             cgroup = vmmCgroup(config)
             layout.cgroupProcs = cgroup?.procsFiles ?? []
+            layout.cgroupDirectory = cgroup?.unifiedDirectory
             // scripts/bench-vmm --jail: the VMM's exit statistics in this log, timed from here
             // (the jail's set-up included).
             if ProcessInfo.processInfo.environment["MARTLET_VMM_STATS"] == "1" {

@@ -43,6 +43,9 @@ public struct JailLayout: Sendable, Equatable {
     public var credentials: Credentials?
     /// The `cgroup.procs` files of the cgroups the child joins first.
     public var cgroupProcs: [String] = []
+    /// A cgroup v2 directory the child is created in (clone3's CLONE_INTO_CGROUP), which
+    /// spares the join's wait; `cgroupProcs` then serve only kernels without it (< 5.7).
+    public var cgroupDirectory: String?
 
     public init(root: String, entries: [Entry], credentials: Credentials?) {
         self.root = root
@@ -86,6 +89,11 @@ extension ChildProcess {
         }
         let argv = arguments.map(keep) + [nil]
         let cgroupProcs = jail.cgroupProcs.map { UnsafePointer(keep($0)) }
+        var cgroup: FileDescriptor?
+        if let directory = jail.cgroupDirectory {
+            cgroup = try FileDescriptor.open(directory, O_RDONLY | O_DIRECTORY)
+        }
+        defer { cgroup?.close() }
         var failure = martlet_jail_failure()
         let groups = jail.credentials?.groups ?? []
         let stdio: [Int32] = [stdin, stdout, stderr]
@@ -96,7 +104,7 @@ extension ChildProcess {
                         martlet_spawn_jailed(
                             jail.root, entries.baseAddress, Int32(entries.count),
                             jail.credentials?.uid ?? uid_t.max, jail.credentials?.gid ?? gid_t.max,
-                            groups.baseAddress, Int32(groups.count), cgroupProcs.baseAddress,
+                            groups.baseAddress, Int32(groups.count), cgroup?.raw ?? -1, cgroupProcs.baseAddress,
                             Int32(cgroupProcs.count), stdio.baseAddress, executable, argv, environ, &failure)
                     }
                 }
@@ -107,6 +115,8 @@ extension ChildProcess {
         let path: String
         if step == MARTLET_JAIL_STEP_CGROUP {
             path = jail.cgroupProcs[Int(failure.entry)]
+        } else if step == MARTLET_JAIL_STEP_CLONE, let directory = jail.cgroupDirectory {
+            path = directory
         } else if failure.entry >= 0 {
             path = jail.entries[Int(failure.entry)].target
         } else {

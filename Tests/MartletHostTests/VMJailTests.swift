@@ -221,6 +221,51 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: root + shell + "/martlet-runner"))
     }
 
+    /// On cgroup v2 the child is created in its cgroup (clone3's CLONE_INTO_CGROUP) rather
+    /// than joining it after the fork: with no `cgroup.procs` to write, only clone3 can have
+    /// put it there. A directory that is not a cgroup is refused by name.
+    @Test func aJailedChildIsBornInItsV2Cgroup() throws {
+        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        let own = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
+        let mountFields: [[Substring]] = mounts.split(separator: "\n").map { $0.split(separator: " ") }
+        let ownLine: Substring? = own.split(separator: "\n").first { $0.hasPrefix("0::") }
+        guard let fields = mountFields.first(where: { $0.count > 2 && $0[2] == "cgroup2" }), let ownLine else {
+            Issue.record("skipped: no cgroup v2 hierarchy mounted here")
+            return
+        }
+        let mount = String(fields[1])
+        let ownPath = String(ownLine.dropFirst(3))
+        let name = "jail-born-\(UUID().uuidString.prefix(8).lowercased())"
+        let relative = (ownPath == "/" ? "" : ownPath) + "/" + name
+        let directory = mount + relative
+        guard mkdir(directory, 0o755) == 0 else {
+            Issue.record("mkdir \(directory): \(String(cString: strerror(errno)))")
+            return
+        }
+        defer { _ = Poll.until(timeout: 10) { rmdir(directory) == 0 } }
+        let root = try TestSupport.temporaryDirectory("cgroup2-root")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var layout = JailLayout(root: root, entries: VMJail.systemEntries(), credentials: nil)
+        layout.cgroupDirectory = directory
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        let output = try FileDescriptor.pipe()
+        let pid = try ChildProcess.spawnJailed(
+            ["/usr/bin/cat", "/proc/self/cgroup"], jail: layout, stdin: null.raw, stdout: output.write.raw, stderr: null.raw)
+        output.write.close()
+        var text = ""
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while case let count = output.read.read(into: &buffer), count > 0 {
+            text += String(decoding: buffer.prefix(count), as: UTF8.self)
+        }
+        #expect(ChildProcess.wait(pid) == .exited(0))
+        #expect(text.split(separator: "\n").contains("0::\(relative)"), "the child's cgroups: \(text)")
+
+        layout.cgroupDirectory = root
+        #expect {
+            try ChildProcess.spawnJailed(["/usr/bin/true"], jail: layout, stdin: null.raw, stdout: null.raw, stderr: null.raw)
+        } throws: { "\($0)".contains(root) && "\($0)".contains("clone") }
+    }
+
     /// A process over its memory limit is ended by the kernel's OOM killer, alone: the test
     /// (its parent) lives on and `memoryLimitKilled` says what happened.
     @Test func aProcessOverItsMemoryLimitEndsAlone() throws {
