@@ -76,6 +76,8 @@ public struct APIServer: Sendable {
         public var onCrash: String?
         /// A cloud-init NoCloud seed: `sshKeys` are the keys' text, `userData` a path on the host.
         public var cloudInit: VMDefinition.CloudInit?
+        /// false runs the VMM outside its jail, as `vm create --no-jail`: debugging only.
+        public var jail: Bool?
 
         public struct DiskRequest: Codable, Sendable {
             public var pool: String
@@ -120,7 +122,7 @@ public struct APIServer: Sendable {
                         bridge: nic.bridge ?? "br0",
                         mac: nic.mac?.lowercased() ?? VMDefinition.generatedMAC(vm: name, index: index))
                 },
-                autostart: autostart ?? false, onCrash: policy, cloudInit: cloudInit)
+                autostart: autostart ?? false, onCrash: policy, cloudInit: cloudInit, jail: jail ?? true)
             try definition.validate()
             return definition
         }

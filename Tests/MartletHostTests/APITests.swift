@@ -162,6 +162,16 @@ final class APIProcess {
         let definition = try fixture.host.definition("edit-vm")
         #expect(definition.vcpus == 2 && definition.memory == ByteSize(32 << 20), "\(definition)")
         #expect(definition.boot.cmdline == "test=halt" && definition.autostart, "what the change left out stays")
+        #expect(definition.jail, "jailed unless asked otherwise")
+        // `jail: false`, as `vm create --no-jail`: in the file and in what GET shows.
+        let unjailed = try api.request(
+            "POST", "/v1/vms", #"{"name": "free-vm", "memory": "16MiB", "kernel": "\#(guest)", "jail": false}"#)
+        #expect(unjailed.status == 201, "\(unjailed.body)")
+        #expect(try fixture.host.definition("free-vm").jail == false)
+        let shown = api.json(try api.request("GET", "/v1/vms/free-vm").body)["definition"] as? [String: Any]
+        #expect(shown?["jail"] as? Bool == false, "\(String(describing: shown))")
+        let wrong = try api.request("POST", "/v1/vms", #"{"name": "odd-vm", "kernel": "\#(guest)", "jail": "no"}"#)
+        #expect(wrong.status == 400 && wrong.body.contains("not valid JSON"), "\(wrong.body)")
         for (body, says) in [
             (#"{"vcpus": 0}"#, "vcpus: 0 is out of range"), (#"{"vcpus": 65}"#, "vcpus: 65 is out of range"),
             (#"{"memory": "lots"}"#, "memory: 'lots' is not a size"), (#"{"memory": "1000KiB"}"#, "memory"),
