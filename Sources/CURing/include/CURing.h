@@ -8,9 +8,10 @@
 /// An io_uring instance and its mapped rings; opaque to Swift.
 typedef struct curing_ring curing_ring;
 
-/// io_uring_queue_init with `entries` submission entries. NULL with *error set to a positive
-/// errno when the kernel refuses (ENOSYS without io_uring, EPERM when io_uring_disabled or a
-/// seccomp filter says no, ENOMEM).
+/// io_uring_queue_init with `entries` submission entries, restricted to readv and writev
+/// (IORING_REGISTER_RESTRICTIONS; no further io_uring_register is allowed). NULL with *error set
+/// to a positive errno when the kernel refuses (ENOSYS without io_uring, EPERM when
+/// io_uring_disabled or a seccomp filter says no, EINVAL before Linux 5.10, ENOMEM).
 curing_ring *curing_create(unsigned entries, int *error);
 
 /// io_uring_queue_exit: unmaps the rings and closes the ring's descriptor.
