@@ -54,6 +54,8 @@ public final class VirtioBlock: VirtioDevice {
     private(set) var ringRefusal: String?
     /// Transfers queued on the ring and not yet completed; a transfer's tag is its index.
     private var inFlight: [Transfer] = []
+    /// The most transfers one io_uring_enter submitted (tests see a guest's queue depth).
+    private(set) var largestSubmission = 0
 
     /// Opens `path` (O_RDONLY when `readOnly`), an image file or a block device and nothing
     /// else (a FIFO would block, a directory or /dev/null is no disk); errors name the path.
@@ -284,6 +286,7 @@ public final class VirtioBlock: VirtioDevice {
     /// guest's VIRTIO_BLK_S_IOERR.
     private func completeInFlight(_ virtQueue: VirtQueue, memory: GuestMemory) throws {
         guard let ring, !inFlight.isEmpty else { return }
+        largestSubmission = max(largestSubmission, inFlight.count)
         var completed = 0
         var results = [Int32?](repeating: nil, count: inFlight.count)
         while completed < inFlight.count {

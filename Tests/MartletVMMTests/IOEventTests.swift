@@ -51,6 +51,18 @@ struct IOEventTests {
         #expect(disk.notifyExits == 0)
     }
 
+    /// A guest that keeps 32 requests outstanding gets 32 transfers submitted at once.
+    @Test func aQueueDepthOf32Is32TransfersInFlight() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let machine = try machine("bench-blk n=3200 qd=32", directory: directory)
+        #expect(try machine.run(timeout: 30) == .powerOff)
+        let disk = try #require(machine.virtio.first?.device as? VirtioBlock)
+        #expect(disk.engine == .ioUring, "\(disk.ringRefusal ?? "")")
+        #expect(disk.largestSubmission == 32)
+        #expect(machine.deviceCounters.first?.requests == 3200)
+    }
+
     /// Eight requests in flight on each of four queues, written and then read back by the
     /// guest: the file holds the pattern, and the guest's checksum of what it read is the
     /// host's checksum of the file — on io_uring and on the preadv/pwritev fallback alike.
