@@ -114,14 +114,19 @@ import MartletSystem
         defer { try? FileManager.default.removeItem(at: directory) }
         let mount = try ChildProcess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", directory.path], timeout: 30)
         try #require(mount.status == 0, "mount: \(mount.stderr)")
-        defer { _ = try? ChildProcess.run(["umount", directory.path], timeout: 30) }
+        // Lazy: the ring's teardown may hold the disk file a moment after the device is gone.
+        defer {
+            let unmount = try? ChildProcess.run(["umount", "--lazy", directory.path], timeout: 30)
+            #expect(unmount?.status == 0, "umount: \(unmount?.stderr ?? "did not run")")
+        }
         let path = directory.appendingPathComponent("disk.raw").path
-        #expect(creat(path, 0o600) >= 0 && truncate(path, 1 << 20) == 0, "a sparse 1 MiB disk on a 256 KiB file system")
+        let disk = open(path, O_CREAT | O_WRONLY, 0o600)
+        #expect(disk >= 0 && ftruncate(disk, 1 << 20) == 0 && close(disk) == 0, "a sparse 1 MiB disk on a 256 KiB file system")
         // Fill the file system, so that the disk's holes cannot be written.
         let filler = open(directory.appendingPathComponent("filler").path, O_CREAT | O_WRONLY, 0o600)
-        defer { close(filler) }
         let chunk = [UInt8](repeating: 1, count: 4096)
         while write(filler, chunk, chunk.count) > 0 {}
+        close(filler)
         let device = try VirtioBlock(path: path, readOnly: false, serial: "full", engine: engine)
         try #require(device.engine == engine, "io_uring refused: \(device.ringRefusal ?? "")")
         let harness = try VirtioHarness(device: device)
