@@ -39,6 +39,9 @@ let package = Package(
         // libseccomp (Debian's libseccomp-dev) for the VMM's filters, and the SIGSYS handler
         // that names a forbidden syscall (C: it must be async-signal-safe).
         .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
+        // liburing (Debian's liburing-dev) for virtio-blk's io_uring. Linked from liburing.a: the
+        // host image then needs no liburing2 next to martlet-vmm.
+        .target(name: "CURing", linkerSettings: [.unsafeFlags(["-Xlinker", "-l:liburing.a"])]),
         // posix_spawn extensions glibc declares only under _GNU_SOURCE.
         .target(name: "CMartletSystem"),
 
@@ -74,7 +77,7 @@ let package = Package(
             ]),
         // The VMM stays lean: no Foundation and no MartletCore (which uses Foundation).
         .target(
-            name: "MartletVMM", dependencies: ["CKVM", "CSeccomp", "MartletSystem", "MartletVMMProtocol", "MartletValidation"],
+            name: "MartletVMM", dependencies: ["CKVM", "CSeccomp", "CURing", "MartletSystem", "MartletVMMProtocol", "MartletValidation"],
             exclude: ["Guest"]),
 
         // The host side: VM definitions, storage pools, the VM runtime and the local REST API.

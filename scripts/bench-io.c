@@ -1,7 +1,8 @@
 /* The host baseline of scripts/bench-vmm: the same requests the test guest sends through
  * virtio-blk, as pread/pwrite on the same file, with `depth` of them in flight (one thread
  * each), so the VMM's figures have a native figure next to them from the same run.
- * Usage: bench-io FILE read|write SIZE DEPTH N random|seq
+ * Usage: bench-io FILE read|write SIZE DEPTH N random|seq [direct]
+ * `direct` opens FILE with O_DIRECT, as the VMM does for a disk with cache none.
  * Prints the seconds the N requests took. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -41,15 +42,15 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: bench-io FILE read|write SIZE DEPTH N random|seq\n");
+    if (argc != 7 && !(argc == 8 && strcmp(argv[7], "direct") == 0)) {
+        fprintf(stderr, "usage: bench-io FILE read|write SIZE DEPTH N random|seq [direct]\n");
         return 2;
     }
     writing = strcmp(argv[2], "write") == 0;
     size = strtoull(argv[3], 0, 10);
     uint64_t depth = strtoull(argv[4], 0, 10), n = strtoull(argv[5], 0, 10);
     sequential = strcmp(argv[6], "seq") == 0;
-    fd = open(argv[1], writing ? O_RDWR : O_RDONLY);
+    fd = open(argv[1], (writing ? O_RDWR : O_RDONLY) | (argc == 8 ? O_DIRECT : 0));
     if (fd < 0) {
         perror(argv[1]);
         return 1;

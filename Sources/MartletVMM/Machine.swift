@@ -71,8 +71,9 @@ public final class Machine: @unchecked Sendable {
     private let firstExit = Atomic<UInt64>(0)
 
     /// Creates the VM: validates `config`, loads the kernel (or `kernelOverride`) and initrd,
-    /// builds devices and vCPUs. `serialSink` replaces `config.serial` (tests capture output).
-    public init(config: VMConfig, kernelOverride: KernelImage? = nil, serialSink: ((UInt8) -> Void)? = nil) throws {
+    /// builds devices and vCPUs. `serialSink` replaces `config.serial` (tests capture output);
+    /// `blockEngine` `.sync` keeps the disks off io_uring (tests compare both engines).
+    public init(config: VMConfig, kernelOverride: KernelImage? = nil, blockEngine: BlockEngine = .ioUring, serialSink: ((UInt8) -> Void)? = nil) throws {
         do {
             try config.validate()
         } catch let error as ProtocolError {
@@ -93,7 +94,10 @@ public final class Machine: @unchecked Sendable {
         let initrd = try config.initrd.map { path in try field("initrd") { try readWholeFile(path, what: "initrd") } }
         var disks: [VirtioBlock] = []
         for (index, disk) in config.disks.enumerated() {
-            disks.append(try field("disks[\(index)]") { try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.id, direct: disk.cache == .none, queues: disk.queueCount(vcpus: config.vcpus)) })
+            disks.append(try field("disks[\(index)]") { try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.id, direct: disk.cache == .none, queues: disk.queueCount(vcpus: config.vcpus), engine: blockEngine) })
+            if let refusal = disks.last?.ringRefusal, blockEngine == .ioUring {
+                Machine.reportOnce(&Machine.ioUringRefused, "martlet-vmm: \(refusal); disk transfers use preadv/pwritev instead\n")
+            }
         }
 
         kvm = try KVMSystem()
@@ -170,6 +174,7 @@ public final class Machine: @unchecked Sendable {
                 notifiers.append(try QueueNotifier(transport: transport, vm: vm))
             } catch {
                 Machine.reportOnce(&Machine.ioEventFDRefused, "martlet-vmm: \(error); queue notifications exit to the VMM instead\n")
+                (transport.device as? VirtioBlock)?.useSynchronousTransfers(reason: "no ioeventfd: requests run on the vCPU threads")
             }
         }
         self.notifiers = notifiers
@@ -218,6 +223,7 @@ public final class Machine: @unchecked Sendable {
     /// Whether KVM_IOEVENTFD or KVM_IRQFD failed already (each fallback is logged once per process).
     nonisolated(unsafe) private static var ioEventFDRefused = false
     nonisolated(unsafe) private static var irqFDRefused = false
+    nonisolated(unsafe) private static var ioUringRefused = false
 
     private static func reportOnce(_ reported: inout Bool, _ text: String) {
         guard !reported else { return }

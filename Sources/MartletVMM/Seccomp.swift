@@ -136,6 +136,12 @@ public enum Seccomp {
         let blockIO =
             ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate"].map { Rule($0) }
             + [CKVM_BLKDISCARD, CKVM_BLKZEROOUT].map { Rule("ioctl", [(1, UInt64($0))]) }
+        // A disk's io_uring: set up (liburing maps the rings with plain mmap) and restricted to
+        // readv/writev with io_uring_register on the main thread when the device is made,
+        // entered by the I/O thread that submits and reaps. The vCPU and io lists leave it
+        // out: without ioeventfd a disk leaves the ring before the vCPUs start.
+        let ringSetUp = ["io_uring_setup", "io_uring_register"].map { Rule($0) }
+        let ringEnter = Rule("io_uring_enter")
         switch kind {
         case .vcpu:
             // Device emulation on the vCPU's exits: disk reads and writes, frames to the tap,
@@ -147,7 +153,7 @@ public enum Seccomp {
         case .device:
             // A NIC's receive thread starts on the guest's first receive-queue notify, which
             // arrives here; it adds its own (io) filter.
-            return common + blockIO + [Rule("ioctl", [(1, UInt64(CKVM_IRQ_LINE))])]
+            return common + blockIO + [ringEnter, Rule("ioctl", [(1, UInt64(CKVM_IRQ_LINE))])]
                 + [Rule("seccomp", [(0, UInt64(SECCOMP_SET_MODE_FILTER))])]
                 + ["poll", "ppoll", "sendto", "clone3", "clone"].map { Rule($0) }
         case .io:
@@ -179,7 +185,7 @@ public enum Seccomp {
                 "rt_sigtimedwait",
             ].map { Rule($0) }
             let restart = restartable ? [Rule("execve")] : []
-            return common + runtimeKVM + setupKVM + sockets + connected + files + runtime + restart
+            return common + runtimeKVM + setupKVM + sockets + connected + files + ringSetUp + [ringEnter] + runtime + restart
         }
     }
 }

@@ -44,13 +44,24 @@ public final class VirtioBlock: VirtioDevice {
     let capacityBytes: UInt64
     /// A block device gets BLKDISCARD / BLKZEROOUT, a file fallocate.
     private let isBlockDevice: Bool
-    /// fdatasync(2) on the image: a FLUSH completes only after it returned. Tests replace it
-    /// to see that order.
+    /// fdatasync(2) on the image: a FLUSH completes only after it returned, and on the ring
+    /// only after every transfer before it completed. Tests replace it to see that order.
     var synchronize: (Int32) -> Int32 = { fdatasync($0) }
+    /// The io_uring the transfers go through; nil when the kernel refused one (`engine` says
+    /// `sync`, and transfers use preadv/pwritev).
+    private var ring: BlockRing?
+    /// Why there is no ring, for the VMM's log.
+    private(set) var ringRefusal: String?
+    /// Transfers queued on the ring and not yet completed; a transfer's tag is its index.
+    private var inFlight: [Transfer] = []
+    /// The most transfers one io_uring_enter submitted (tests see a guest's queue depth).
+    private(set) var largestSubmission = 0
 
     /// Opens `path` (O_RDONLY when `readOnly`), an image file or a block device and nothing
     /// else (a FIFO would block, a directory or /dev/null is no disk); errors name the path.
-    public init(path: String, readOnly: Bool, serial: String, direct: Bool = false, queues: Int = 1) throws {
+    /// `engine` `.sync` keeps the device off io_uring (tests compare both engines); with
+    /// `.ioUring` it still falls back to `.sync` when the kernel refuses a ring.
+    public init(path: String, readOnly: Bool, serial: String, direct: Bool = false, queues: Int = 1, engine: BlockEngine = .ioUring) throws {
         let mode = readOnly ? O_RDONLY : O_RDWR
         do {
             file = try FilePath.open(path, mode, field: "path", kind: .disk)
@@ -68,6 +79,23 @@ public final class VirtioBlock: VirtioDevice {
         self.capacityBytes = UInt64(size)
         self.serial = Array(serial.utf8.prefix(20))
         self.queueSizes = Array(repeating: 256, count: queues)
+        if engine == .ioUring {
+            do {
+                ring = try BlockRing(entries: UInt32(queueSizes[0]))
+            } catch {
+                ringRefusal = "\(error)"
+            }
+        }
+    }
+
+    /// Which engine executes the transfers.
+    public var engine: BlockEngine { ring == nil ? .sync : .ioUring }
+
+    /// Leaves io_uring for preadv/pwritev: when the requests will run on vCPU threads, whose
+    /// seccomp filter has no io_uring calls (no ioeventfd), or the ring failed.
+    func useSynchronousTransfers(reason: String) {
+        ring = nil
+        ringRefusal = reason
     }
 
     var features: UInt64 {
@@ -98,18 +126,30 @@ public final class VirtioBlock: VirtioDevice {
 
     /// Executes every request the guest made available on `virtQueue`; returns whether the used
     /// ring changed. A malformed request throws (the transport then stops the device).
+    /// On the ring, the transfers of all chains the queue holds are submitted together and
+    /// completed before this returns, so the transport publishes the whole batch at once.
     public func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool {
         var used = false
-        while let chain = try virtQueue.pop(memory) {
-            let written = try handle(chain, memory: memory)
-            try virtQueue.push(memory, head: chain.head, length: written)
-            used = true
+        do {
+            while let chain = try virtQueue.pop(memory) {
+                if let written = try handle(chain, queue: virtQueue, memory: memory) {
+                    try virtQueue.push(memory, head: chain.head, length: written)
+                }
+                used = true
+            }
+            try completeInFlight(virtQueue, memory: memory)
+        } catch {
+            // The device stops on a malformed chain: the transfers queued before it are
+            // dropped unsubmitted, so a batch with a bad chain moves no data at all.
+            abandonInFlight()
+            throw error
         }
         return used
     }
 
-    /// Executes one request; returns the number of bytes written into guest buffers.
-    private func handle(_ chain: DescriptorChain, memory: GuestMemory) throws -> UInt32 {
+    /// Executes one request; returns the number of bytes written into guest buffers, or nil
+    /// when its transfer went onto the ring (`completeInFlight` finishes it).
+    private func handle(_ chain: DescriptorChain, queue virtQueue: VirtQueue, memory: GuestMemory) throws -> UInt32? {
         guard let header = chain.buffers.first, !header.writable, header.length >= 16 else {
             throw VMMError(.device, "virtio-blk request \(chain.head): the first descriptor must be a device-readable 16-byte header")
         }
@@ -138,6 +178,10 @@ public final class VirtioBlock: VirtioDevice {
                 status = .ioError
             } else if !isRead && readOnly {
                 status = .ioError
+            } else if let ring {
+                let buffers = try data.map { try memory.buffer(at: $0.address, length: UInt64($0.length)) }
+                try queueTransfer(Transfer(head: chain.head, statusAddress: statusAddress, isRead: isRead, offset: Int(start), buffers: buffers, length: Int(length)), on: ring, virtQueue, memory: memory)
+                return nil
             } else {
                 var offset = Int(start)
                 for buffer in data {
@@ -152,6 +196,7 @@ public final class VirtioBlock: VirtioDevice {
                 if status == .ok { counters.bytes.add(Int(length), ordering: .relaxed) }
             }
         case 4:  // FLUSH: acknowledged only once the data is durable
+            try completeInFlight(virtQueue, memory: memory)
             if synchronize(fd) != 0 { status = .ioError }
         case 11, 13:  // DISCARD, WRITE_ZEROES
             status = try release(data, zeroes: type == 13, chain: chain.head, memory: memory)
@@ -197,6 +242,106 @@ public final class VirtioBlock: VirtioDevice {
             }
         }
         return .ok
+    }
+
+    /// A read or write on its way through the ring: the guest buffers it moves (already
+    /// checked to lie in guest RAM) and the iovec array the kernel reads them from.
+    private struct Transfer {
+        let head: UInt16
+        let statusAddress: UInt64
+        let isRead: Bool
+        let offset: Int
+        let buffers: [UnsafeMutableRawBufferPointer]
+        let length: Int
+        var vectors: UnsafeMutablePointer<iovec>? = nil
+    }
+
+    /// Puts `transfer` on the ring, completing what is in flight first when the submission
+    /// queue is full. With `cache: none` it goes through O_DIRECT when every buffer, the
+    /// offset and the length are sector-aligned.
+    private func queueTransfer(_ transfer: Transfer, on ring: BlockRing, _ virtQueue: VirtQueue, memory: GuestMemory) throws {
+        var transfer = transfer
+        let sector = Int(VirtioBlock.sectorSize)
+        let aligned = transfer.buffers.allSatisfy { (Int(bitPattern: $0.baseAddress) | $0.count) % sector == 0 } && transfer.offset % sector == 0
+        let vectors = UnsafeMutablePointer<iovec>.allocate(capacity: max(transfer.buffers.count, 1))
+        for (index, buffer) in transfer.buffers.enumerated() {
+            vectors[index] = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        }
+        transfer.vectors = vectors
+        let fd = aligned ? directFile?.raw ?? self.fd : self.fd
+        for attempt in 0..<2 {
+            if ring.prepare(write: !transfer.isRead, fd: fd, vectors: vectors, count: transfer.buffers.count, offset: UInt64(transfer.offset), tag: UInt64(inFlight.count)) {
+                inFlight.append(transfer)
+                return
+            }
+            if attempt == 0 { try completeInFlight(virtQueue, memory: memory) }
+        }
+        vectors.deallocate()
+        throw VMMError(.io, "virtio-blk '\(path)': the io_uring has no free submission entry after a drain")
+    }
+
+    /// Submits the queued transfers with one io_uring_enter, waits for all of them and
+    /// returns each to the driver: a short transfer is finished with preadv/pwritev (a
+    /// read at the end of a file that shrank ends there: an I/O error), a failed one is the
+    /// guest's VIRTIO_BLK_S_IOERR.
+    private func completeInFlight(_ virtQueue: VirtQueue, memory: GuestMemory) throws {
+        guard let ring, !inFlight.isEmpty else { return }
+        largestSubmission = max(largestSubmission, inFlight.count)
+        var completed = 0
+        var results = [Int32?](repeating: nil, count: inFlight.count)
+        while completed < inFlight.count {
+            do {
+                try ring.submit(waitingFor: inFlight.count - completed)
+            } catch {
+                // The kernel may hold some of them: their iovec arrays stay allocated, the
+                // ring is closed (which waits for them) and the device stops.
+                inFlight.removeAll()
+                useSynchronousTransfers(reason: "\(error)")
+                throw VMMError(.io, "virtio-blk '\(path)': \(error)")
+            }
+            while let completion = ring.takeCompletion() {
+                guard completion.tag < UInt64(results.count), results[Int(completion.tag)] == nil else { continue }
+                results[Int(completion.tag)] = completion.result
+                completed += 1
+            }
+        }
+        let transfers = inFlight
+        inFlight.removeAll(keepingCapacity: true)
+        for (transfer, result) in zip(transfers, results) {
+            transfer.vectors?.deallocate()
+            var ok = result! >= 0
+            if ok && Int(result!) < transfer.length {
+                ok = finish(transfer, from: Int(result!))
+            }
+            if ok { counters.bytes.add(transfer.length, ordering: .relaxed) }
+            try memory.write((ok ? Status.ok : Status.ioError).rawValue, at: transfer.statusAddress)
+            try virtQueue.push(memory, head: transfer.head, length: (ok && transfer.isRead ? UInt32(transfer.length) : 0) + 1)
+        }
+    }
+
+    /// Drops the queued transfers, which `completeInFlight` has not submitted yet.
+    private func abandonInFlight() {
+        guard let ring, !inFlight.isEmpty else { return }
+        ring.discardUnsubmitted()
+        for transfer in inFlight { transfer.vectors?.deallocate() }
+        inFlight.removeAll()
+    }
+
+    /// Moves the bytes of `transfer` after the first `done` with preadv/pwritev.
+    private func finish(_ transfer: Transfer, from done: Int) -> Bool {
+        var skip = done
+        var offset = transfer.offset + done
+        for buffer in transfer.buffers {
+            if skip >= buffer.count {
+                skip -= buffer.count
+                continue
+            }
+            let rest = UnsafeMutableRawBufferPointer(rebasing: buffer[skip...])
+            guard self.transfer(rest, at: offset, read: transfer.isRead) else { return false }
+            offset += rest.count
+            skip = 0
+        }
+        return true
     }
 
     private func transfer(_ bytes: UnsafeMutableRawBufferPointer, at offset: Int, read isRead: Bool) -> Bool {

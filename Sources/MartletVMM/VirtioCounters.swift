@@ -13,10 +13,10 @@ final class VirtioCounters: Sendable {
     let interrupts = Atomic<Int>(0)
 
     /// The counters as `info` reports them, with `requests` counted by the transport.
-    func report(kind: String, requests: Int) -> ControlReply.Device {
+    func report(kind: String, requests: Int, engine: String?) -> ControlReply.Device {
         ControlReply.Device(
             kind: kind, requests: requests, bytes: bytes.load(ordering: .relaxed),
             notifications: notifications.load(ordering: .relaxed), notifyExits: notifyExits.load(ordering: .relaxed),
-            interrupts: interrupts.load(ordering: .relaxed))
+            interrupts: interrupts.load(ordering: .relaxed), engine: engine)
     }
 }

@@ -95,8 +95,10 @@ final class VirtioMMIOTransport: MMIODevice {
 
     /// The device's counters for `info`.
     var report: ControlReply.Device {
-        let requests = lock.withLock { queues.reduce(0) { $0 + $1.completed } }
-        return device.counters.report(kind: device.kind, requests: requests)
+        lock.withLock {
+            let requests = queues.reduce(0) { $0 + $1.completed }
+            return device.counters.report(kind: device.kind, requests: requests, engine: (device as? VirtioBlock)?.engine.rawValue)
+        }
     }
 
     var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex }

@@ -78,9 +78,13 @@ public struct ControlReply: Equatable, Sendable {
         public var notifyExits = 0
         /// Interrupts raised towards the guest.
         public var interrupts = 0
+        /// How a disk executes its transfers: "io_uring", or "sync" (preadv/pwritev) where
+        /// io_uring is refused; nil for other devices.
+        public var engine: String?
 
-        public init(kind: String, requests: Int, bytes: Int, notifications: Int, notifyExits: Int, interrupts: Int) {
+        public init(kind: String, requests: Int, bytes: Int, notifications: Int, notifyExits: Int, interrupts: Int, engine: String? = nil) {
             self.kind = kind
+            self.engine = engine
             self.requests = requests
             self.bytes = bytes
             self.notifications = notifications
@@ -95,7 +99,7 @@ public struct ControlReply: Equatable, Sendable {
             [
                 .string("kind", \.kind), .integer("requests", \.requests), .integer("bytes", \.bytes),
                 .integer("notifications", \.notifications), .integer("notify_exits", \.notifyExits),
-                .integer("interrupts", \.interrupts),
+                .integer("interrupts", \.interrupts), .string("engine", \.engine),
             ]
         }
     }

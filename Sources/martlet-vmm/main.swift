@@ -29,9 +29,10 @@ let usage = """
       --cmdline TEXT           kernel command line (default "console=ttyS0")
       --vcpus N                number of vCPUs (1-64, default 1)
       --memory MIB             guest RAM in MiB (default 256)
-      --disk PATH[,ro][,id=ID][,queues=N]
+      --disk PATH[,ro][,id=ID][,queues=N][,cache=writeback|none]
                                add a virtio-blk disk (raw file or block device) with N request
-                               queues (default one per vCPU, at most 16); repeatable
+                               queues (default one per vCPU, at most 16); cache=none bypasses
+                               the host's page cache (O_DIRECT); repeatable
       --net TAP[,mac=MAC]      add a virtio-net device on a tap (created if missing); repeatable
       --rng                    add a virtio-rng device
       --serial WHERE           stdout (default; stdin is the console input), none, file:PATH,
@@ -247,8 +248,10 @@ while index < arguments.count {
                 disk.id = String(option.dropFirst(3))
             } else if option.hasPrefix("queues="), let queues = Int(option.dropFirst(7)) {
                 disk.queues = queues
+            } else if option.hasPrefix("cache="), let cache = VMConfig.Disk.Cache(rawValue: String(option.dropFirst(6))) {
+                disk.cache = cache
             } else {
-                fail("--disk: unknown option '\(option)'; use PATH[,ro][,id=ID][,queues=N]", code: .badConfig)
+                fail("--disk: unknown option '\(option)'; use PATH[,ro][,id=ID][,queues=N][,cache=writeback|none]", code: .badConfig)
             }
         }
         overrides.append { $0.disks.append(disk) }

@@ -60,6 +60,7 @@ import MartletVMMProtocol
         Case(arguments: ["--kernel", "@/kernel", "--disk", "@/folder"], field: "disks[0].path"),
         Case(arguments: ["--kernel", "@/kernel", "--disk", "/dev/null"], field: "disks[0].path"),
         Case(arguments: ["--kernel", "@/kernel", "--disk", "@/missing.img"], field: "disks[0].path"),
+        Case(arguments: ["--kernel", "@/kernel", "--disk", "@/disk.img,cache=maybe"], field: "cache=writeback|none"),
         Case(arguments: ["--kernel", "@/folder"], field: "kernel"),
         Case(arguments: ["--kernel", "/dev/zero"], field: "kernel"),
         Case(arguments: ["--kernel", "@/missing"], field: "kernel"),

@@ -51,15 +51,29 @@ struct IOEventTests {
         #expect(disk.notifyExits == 0)
     }
 
+    /// A guest that keeps 32 requests outstanding gets 32 transfers submitted at once.
+    @Test func aQueueDepthOf32Is32TransfersInFlight() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let machine = try machine("bench-blk n=3200 qd=32", directory: directory)
+        #expect(try machine.run(timeout: 30) == .powerOff)
+        let disk = try #require(machine.virtio.first?.device as? VirtioBlock)
+        #expect(disk.engine == .ioUring, "\(disk.ringRefusal ?? "")")
+        #expect(disk.largestSubmission == 32)
+        #expect(machine.deviceCounters.first?.requests == 3200)
+    }
+
     /// Eight requests in flight on each of four queues, written and then read back by the
     /// guest: the file holds the pattern, and the guest's checksum of what it read is the
-    /// host's checksum of the file.
-    @Test func requestsInFlightOnSeveralQueuesMatchTheHostsChecksum() throws {
+    /// host's checksum of the file — on io_uring and on the preadv/pwritev fallback alike.
+    @Test(arguments: [BlockEngine.ioUring, .sync])
+    func requestsInFlightOnSeveralQueuesMatchTheHostsChecksum(engine: BlockEngine) throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let disk = directory.appendingPathComponent("disk.raw")
         try Data(count: 1 << 20).write(to: disk)
-        let result = try runGuest("blk-mq", disks: [VMConfig.Disk(path: disk.path, queues: 4)], timeout: 60)
+        let result = try runGuest("blk-mq", disks: [VMConfig.Disk(path: disk.path, queues: 4)], blockEngine: engine, timeout: 60)
+        #expect(result.devices.first?.engine == engine.rawValue, "the disk ran on \(engine.rawValue)")
         let expected = (0..<4 * 8 * 1024).map { UInt8(truncatingIfNeeded: ($0 / 1024) * 131 + $0 % 1024) }
         let written = Array(try Data(contentsOf: disk).prefix(expected.count))
         #expect(written == expected, "the file holds what the guest wrote through the four queues")

@@ -186,6 +186,7 @@ struct NestedLinuxTests {
         #expect(serial.contains("MARTLET-INNER-INIT"), "the inner Debian kernel did not reach /init:\n\(excerpt)")
         #expect(serial.contains("INNER-CPUS: 0-1"), "the inner guest did not bring up both vCPUs (INIT/SIPI):\n\(excerpt)")
         #expect(serial.contains("INNER-FILE: host file for the inner guest"), "the inner guest did not read the host's file from the ext4 virtio-blk disk:\n\(excerpt)")
+        #expect(serial.contains(#""kind":"blk""#) && serial.contains(#""engine":"io_uring""#), "the disk did not run on io_uring under the outer Debian kernel:\n\(excerpt)")
         #expect(serial.contains("OUTER-DISK-REPLY: 1"), "the inner guest's file did not reach the disk image:\n\(excerpt)")
         #expect(serial.contains("OUTER-DISK: written by the inner guest"), "the inner guest's raw write did not reach the disk image:\n\(excerpt)")
         #expect(serial.contains("INNER-PING: ok"), "the inner guest got no ping replies over virtio-net:\n\(excerpt)")

@@ -67,8 +67,13 @@ struct ProtocolTests {
         let info = ControlReply(
             state: .paused,
             info: ControlReply.Info(vcpus: 2, memoryMiB: 64, kernel: "/k", disks: ["/d"], nics: ["t0"], portIOExits: 9, deviceErrors: ["bad"],
-                devices: [ControlReply.Device(kind: "blk", requests: 3, bytes: 4096, notifications: 2, notifyExits: 1, interrupts: 2)]))
+                devices: [
+                    ControlReply.Device(kind: "blk", requests: 3, bytes: 4096, notifications: 2, notifyExits: 1, interrupts: 2, engine: "io_uring"),
+                    ControlReply.Device(kind: "rng", requests: 1, bytes: 64, notifications: 1, notifyExits: 0, interrupts: 1),
+                ]))
         #expect(try ControlReply(line: info.json.text) == info)
+        #expect(info.info?.devices[0].json["engine"] == .string("io_uring"), "a disk names its engine")
+        #expect(info.info?.devices[1].json["engine"] == nil, "other devices have none")
         #expect(info.json["memory_mib"] == .number(64), "info members sit next to ok and state")
         #expect(throws: ProtocolError.self, "a device counter of the wrong type is refused") {
             try ControlReply(line: #"{"ok": true, "devices": [{"kind": "blk", "requests": "many"}]}"#)

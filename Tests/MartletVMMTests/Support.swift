@@ -75,8 +75,9 @@ func blkGuestImage(in directory: URL) throws -> URL {
     return disk
 }
 
-/// Boots the test guest in-process with `test=NAME` and returns how it ended and what it printed.
-func runGuest(_ test: String, vcpus: Int = 1, memoryMiB: Int = 32, disks: [VMConfig.Disk] = [], rng: Bool = false, apStart: VMConfig.APStart = .sipi, timeout: Double = 20) throws -> (exit: Machine.Exit, serial: String) {
+/// Boots the test guest in-process with `test=NAME` and returns how it ended, what it printed
+/// and its devices' counters.
+func runGuest(_ test: String, vcpus: Int = 1, memoryMiB: Int = 32, disks: [VMConfig.Disk] = [], rng: Bool = false, apStart: VMConfig.APStart = .sipi, blockEngine: BlockEngine = .ioUring, timeout: Double = 20) throws -> (exit: Machine.Exit, serial: String, devices: [ControlReply.Device]) {
     var config = VMConfig()
     config.kernel = try TestSupport.guestELF.get()
     config.cmdline = "test=\(test)"
@@ -87,7 +88,7 @@ func runGuest(_ test: String, vcpus: Int = 1, memoryMiB: Int = 32, disks: [VMCon
     config.apStart = apStart
     config.serial = .none
     let capture = SerialCapture()
-    let machine = try Machine(config: config) { capture.append($0) }
+    let machine = try Machine(config: config, blockEngine: blockEngine) { capture.append($0) }
     let exit = try machine.run(timeout: timeout)
-    return (exit, capture.text)
+    return (exit, capture.text, machine.deviceCounters)
 }

@@ -9,7 +9,7 @@ final class VirtioHarness {
     static let descriptors: UInt64 = 0x1000
     static let available: UInt64 = 0x2000
     static let used: UInt64 = 0x3000
-    static let queueSize: UInt16 = 8
+    static let queueSize: UInt16 = 16
 
     let memory: GuestMemory
     let transport: VirtioMMIOTransport
