@@ -136,13 +136,20 @@ public enum Seccomp {
         let blockIO =
             ["pread64", "pwrite64", "preadv", "pwritev", "fsync", "fdatasync", "fallocate"].map { Rule($0) }
             + [CKVM_BLKDISCARD, CKVM_BLKZEROOUT].map { Rule("ioctl", [(1, UInt64($0))]) }
+        // vhost-net takes the rings when the driver sets DRIVER_OK and lets go of them on a
+        // reset, both status writes handled on a vCPU's exit; the tap's offloads follow the
+        // driver's features at the same moment.
+        let vhostRings = [
+            CKVM_VHOST_SET_FEATURES, CKVM_VHOST_SET_VRING_NUM, CKVM_VHOST_SET_VRING_BASE, CKVM_VHOST_SET_VRING_ADDR,
+            CKVM_VHOST_SET_VRING_KICK, CKVM_VHOST_SET_VRING_CALL, CKVM_VHOST_NET_SET_BACKEND, CKVM_TUNSETOFFLOAD,
+        ].map { Rule("ioctl", [(1, UInt64($0))]) }
         switch kind {
         case .vcpu:
             // Device emulation on the vCPU's exits: disk reads and writes, frames to the tap,
             // the console's output; a NIC's receive thread starts when the guest enables it,
             // and adds its own filter (which only narrows what it may do).
             // (Without ioeventfd the requests run here too.)
-            return common + runtimeKVM + blockIO + [Rule("seccomp", [(0, UInt64(SECCOMP_SET_MODE_FILTER))])]
+            return common + runtimeKVM + blockIO + vhostRings + [Rule("seccomp", [(0, UInt64(SECCOMP_SET_MODE_FILTER))])]
                 + ["sendto", "shutdown", "clone3", "clone", "poll", "ppoll"].map { Rule($0) }
         case .device:
             // A NIC's receive thread starts on the guest's first receive-queue notify, which
@@ -161,7 +168,8 @@ public enum Seccomp {
                 CKVM_GET_SREGS, CKVM_SET_SREGS, CKVM_SET_FPU, CKVM_SET_MP_STATE,
                 CKVM_GET_SUPPORTED_CPUID, CKVM_SET_CPUID2, CKVM_SET_MSRS, CKVM_GET_LAPIC, CKVM_SET_LAPIC,
                 CKVM_TUNSETIFF, CKVM_TUNSETVNETHDRSZ, UInt(TCGETS),
-            ].map { Rule("ioctl", [(1, UInt64($0))]) }
+                CKVM_VHOST_SET_OWNER, CKVM_VHOST_GET_FEATURES, CKVM_VHOST_SET_MEM_TABLE,
+            ].map { Rule("ioctl", [(1, UInt64($0))]) } + vhostRings
             // The VMM's own sockets are unix sockets; nothing else.
             let sockets = [Rule("socket", [(0, UInt64(AF_UNIX))]), Rule("bind"), Rule("listen")]
             let files = [

@@ -12,11 +12,12 @@ final class VirtioCounters: Sendable {
     let notifyExits = Atomic<Int>(0)
     let interrupts = Atomic<Int>(0)
 
-    /// The counters as `info` reports them, with `requests` counted by the transport.
-    func report(kind: String, requests: Int) -> ControlReply.Device {
+    /// The counters as `info` reports them, with `requests` counted by the transport and the
+    /// device's `engine` where it has a choice.
+    func report(kind: String, requests: Int, engine: String? = nil) -> ControlReply.Device {
         ControlReply.Device(
             kind: kind, requests: requests, bytes: bytes.load(ordering: .relaxed),
             notifications: notifications.load(ordering: .relaxed), notifyExits: notifyExits.load(ordering: .relaxed),
-            interrupts: interrupts.load(ordering: .relaxed))
+            interrupts: interrupts.load(ordering: .relaxed), engine: engine)
     }
 }

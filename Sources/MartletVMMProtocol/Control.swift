@@ -78,14 +78,19 @@ public struct ControlReply: Equatable, Sendable {
         public var notifyExits = 0
         /// Interrupts raised towards the guest.
         public var interrupts = 0
+        /// What moves a NIC's frames: "vhost-net" (the kernel) or "userspace" (the VMM);
+        /// nil for devices without a choice. With vhost-net the requests, bytes and interrupts
+        /// the kernel served are not counted.
+        public var engine: String?
 
-        public init(kind: String, requests: Int, bytes: Int, notifications: Int, notifyExits: Int, interrupts: Int) {
+        public init(kind: String, requests: Int, bytes: Int, notifications: Int, notifyExits: Int, interrupts: Int, engine: String? = nil) {
             self.kind = kind
             self.requests = requests
             self.bytes = bytes
             self.notifications = notifications
             self.notifyExits = notifyExits
             self.interrupts = interrupts
+            self.engine = engine
         }
 
         /// The counters as the object `info` and `--stats` print.
@@ -95,7 +100,7 @@ public struct ControlReply: Equatable, Sendable {
             [
                 .string("kind", \.kind), .integer("requests", \.requests), .integer("bytes", \.bytes),
                 .integer("notifications", \.notifications), .integer("notify_exits", \.notifyExits),
-                .integer("interrupts", \.interrupts),
+                .integer("interrupts", \.interrupts), .string("engine", \.engine),
             ]
         }
     }
