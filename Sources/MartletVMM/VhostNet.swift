@@ -61,6 +61,12 @@ final class VhostNet {
     /// attaches `tap` to every queue. A failure leaves no queue attached.
     func start(features driverFeatures: UInt64, queues: [VirtQueue], memory: GuestMemory, kicks: [Int32], call: Int32, tap: Int32) throws {
         let fd = file.raw
+        // The ring and header layout the driver chose must be one the kernel serves; the
+        // offload bits are the tap's business, not vhost's.
+        let layout = driverFeatures & (VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex)
+        guard layout & ~features == 0 else {
+            throw VMMError(.io, "'\(path)' lacks the features 0x\(String(layout & ~features, radix: 16)) the driver accepted")
+        }
         var acked = driverFeatures & features & ~VhostNet.featureVirtioNetHeader
         try check("VHOST_SET_FEATURES", withUnsafeMutablePointer(to: &acked) { ckvm_ioctl(fd, CKVM_VHOST_SET_FEATURES, UInt(bitPattern: $0)) })
         for (index, queue) in queues.enumerated() {

@@ -109,8 +109,9 @@ final class VirtioMMIOTransport: MMIODevice {
 
     /// The device's counters for `info`.
     var report: ControlReply.Device {
-        let requests = lock.withLock { queues.reduce(0) { $0 + $1.completed } }
-        return device.counters.report(kind: device.kind, requests: requests, engine: device.engine)
+        // The engine changes under the lock (a DRIVER_OK write whose vhost-net set-up failed).
+        let (requests, engine) = lock.withLock { (queues.reduce(0) { $0 + $1.completed }, device.engine) }
+        return device.counters.report(kind: device.kind, requests: requests, engine: engine)
     }
 
     var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex }
