@@ -48,7 +48,12 @@ struct NestedLinuxTests {
             done
             ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up
             ping -c 1 -W 5 10.77.0.1 >/dev/null 2>&1
+            # Up to the power button, so the outer system can ask the VMM for info first.
+            insmod /modules/button.ko || echo "INNER: insmod button failed"
+            before=$(grep acpi /proc/interrupts)
             bench
+            i=0
+            while [ "$(grep acpi /proc/interrupts)" = "$before" ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
             poweroff -f
         fi
         echo "INNER-CPUS: $(cat /sys/devices/system/cpu/online)"
@@ -113,6 +118,7 @@ struct NestedLinuxTests {
         i=0
         while ! grep -q INNER-BENCH /bench.log 2>/dev/null && [ $i -lt 170 ]; do sleep 1; i=$((i+1)); done
         echo "OUTER-USERSPACE-INFO: $(/martlet-vmm control /bench.sock info)"
+        /martlet-vmm control /bench.sock shutdown >/dev/null
         wait $vmm
         echo "OUTER-USERSPACE-VMM-EXIT $?"
         echo "OUTER-USERSPACE-$(grep -a INNER-BENCH /bench.log)"
