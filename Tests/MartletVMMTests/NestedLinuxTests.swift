@@ -32,7 +32,7 @@ struct NestedLinuxTests {
         mount -t sysfs sys /sys
         mount -t devtmpfs dev /dev
         echo MARTLET-INNER-INIT
-        # The download's time from /proc/uptime (centiseconds): busybox's date has no %N.
+        # Download and upload times from /proc/uptime (centiseconds): busybox's date has no %N.
         bench() {
             start=$(cut -d' ' -f1 /proc/uptime | tr -d .)
             if wget -q -O /dev/null http://10.77.0.1:8080/blob; then
@@ -40,6 +40,13 @@ struct NestedLinuxTests {
                 echo "INNER-BENCH: 8388608 bytes in $(( (end - start) * 10 )) ms"
             else
                 echo "INNER-BENCH: download failed"
+            fi
+            start=$(cut -d' ' -f1 /proc/uptime | tr -d .)
+            if dd if=/dev/zero bs=65536 count=128 2>/dev/null | timeout 120 nc 10.77.0.1 5001; then
+                end=$(cut -d' ' -f1 /proc/uptime | tr -d .)
+                echo "INNER-UPLOAD: 8388608 bytes in $(( (end - start) * 10 )) ms"
+            else
+                echo "INNER-UPLOAD: failed"
             fi
         }
         if grep -q martlet.bench /proc/cmdline; then
@@ -94,6 +101,8 @@ struct NestedLinuxTests {
         tunctl -t mtap0 >/dev/null && ip addr add 10.77.0.1/24 dev mtap0 && ip link set mtap0 up
         mkdir -p /www && dd if=/dev/zero of=/www/blob bs=65536 count=128 2>/dev/null
         httpd -p 10.77.0.1:8080 -h /www
+        # busybox nc half-closes at the end of its stdin, which would end the upload early.
+        sleep 900 | nc -l -p 5001 > /upload &
         echo OUTER-START-VMM
         /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus 2 \\
             --cmdline "console=ttyS0 panic=-1 loglevel=6 printk.time=1" --disk /disk.img,id=nested \\
@@ -109,6 +118,8 @@ struct NestedLinuxTests {
         echo "OUTER-DISK: $(dd if=/disk.img bs=512 skip=1 count=1 2>/dev/null | head -n 1)"
         echo "OUTER-DISK-REPLY: $(grep -a -c 'reply from the inner guest' /disk.img)"
         echo "OUTER-TAP-RX: $(cat /sys/class/net/mtap0/statistics/rx_packets)"
+        echo "OUTER-UPLOADED: $(wc -c < /upload)"
+        sleep 900 | nc -l -p 5001 > /upload &
         rmmod vhost_net
         [ -c /dev/vhost-net ] && echo "OUTER: vhost_net is still loaded"
         /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus 2 \\
@@ -122,6 +133,8 @@ struct NestedLinuxTests {
         wait $vmm
         echo "OUTER-USERSPACE-VMM-EXIT $?"
         echo "OUTER-USERSPACE-$(grep -a INNER-BENCH /bench.log)"
+        echo "OUTER-USERSPACE-$(grep -a INNER-UPLOAD /bench.log)"
+        echo "OUTER-USERSPACE-UPLOADED: $(wc -c < /upload)"
         poweroff -f
 
         """
@@ -241,9 +254,11 @@ struct NestedLinuxTests {
         let info = serial.split(separator: "\n").first { $0.contains("OUTER-INFO:") } ?? ""
         #expect(info.contains(#""kind":"net""#) && info.contains(#""engine":"vhost-net""#), "the NIC did not run on vhost-net: \(info)\n\(excerpt)")
         #expect(serial.contains("INNER-BENCH: 8388608 bytes"), "the download over vhost-net failed:\n\(excerpt)")
+        #expect(serial.contains("INNER-UPLOAD: 8388608 bytes") && serial.contains("OUTER-UPLOADED: 8388608"), "the upload over vhost-net failed:\n\(excerpt)")
         let userspace = serial.split(separator: "\n").first { $0.contains("OUTER-USERSPACE-INFO:") } ?? ""
         #expect(userspace.contains(#""engine":"userspace""#), "without vhost_net the NIC did not fall back to userspace: \(userspace)\n\(excerpt)")
         #expect(serial.contains("OUTER-USERSPACE-INNER-BENCH: 8388608 bytes"), "the download over the userspace engine failed:\n\(excerpt)")
+        #expect(serial.contains("OUTER-USERSPACE-INNER-UPLOAD: 8388608 bytes") && serial.contains("OUTER-USERSPACE-UPLOADED: 8388608"), "the upload over the userspace engine failed:\n\(excerpt)")
         #expect(serial.contains("OUTER-USERSPACE-VMM-EXIT 0"), "the userspace-engine run did not end with the guest's power-off:\n\(excerpt)")
         #expect(serial.contains("OUTER-SHUTDOWN: {\"ok\":true"), "the control socket refused shutdown:\n\(excerpt)")
         #expect(serial.contains("INNER-POWER-BUTTON"), "the inner guest did not see the ACPI power button:\n\(excerpt)")
