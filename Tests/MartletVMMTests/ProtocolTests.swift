@@ -67,8 +67,13 @@ struct ProtocolTests {
         let info = ControlReply(
             state: .paused,
             info: ControlReply.Info(vcpus: 2, memoryMiB: 64, kernel: "/k", disks: ["/d"], nics: ["t0"], portIOExits: 9, deviceErrors: ["bad"],
-                devices: [ControlReply.Device(kind: "blk", requests: 3, bytes: 4096, notifications: 2, notifyExits: 1, interrupts: 2)]))
+                devices: [
+                    ControlReply.Device(kind: "blk", requests: 3, bytes: 4096, notifications: 2, notifyExits: 1, interrupts: 2),
+                    ControlReply.Device(kind: "net", requests: 0, bytes: 0, notifications: 0, notifyExits: 0, interrupts: 0, engine: "vhost-net"),
+                ]))
         #expect(try ControlReply(line: info.json.text) == info)
+        #expect(info.json.text.contains(#""interrupts":2},{"kind":"net""#), "a device without an engine has no engine key")
+        #expect(info.json.text.contains(#""engine":"vhost-net""#))
         #expect(info.json["memory_mib"] == .number(64), "info members sit next to ok and state")
         #expect(throws: ProtocolError.self, "a device counter of the wrong type is refused") {
             try ControlReply(line: #"{"ok": true, "devices": [{"kind": "blk", "requests": "many"}]}"#)
