@@ -184,8 +184,8 @@ public final class Machine: @unchecked Sendable {
                 Machine.reportOnce(&Machine.ioEventFDRefused, "martlet-vmm: \(error); queue notifications exit to the VMM instead\n")
             }
             if let net = transport.device as? VirtioNet {
-                let found = notifier
-                net.attachKernelEngine(kicks: found?.queueEventFDs, call: irqFDs[index], engineChanged: { found?.wake() })
+                // Weak: the notifier holds the transport, which holds the device.
+                net.attachKernelEngine(kicks: notifier?.queueEventFDs, call: irqFDs[index], engineChanged: { [weak notifier] in notifier?.wake() })
             }
         }
         self.notifiers = notifiers
