@@ -36,7 +36,8 @@ struct NetTests {
     /// Boots the test guest's ARP exchange over a tap in a fresh namespace, with `environment`
     /// for the VMM; returns its output and the tap's receive counters before and after.
     func arpRoundTrip(environment: [String] = []) throws -> (run: (status: Int32, output: String), before: (bytes: Int, packets: Int), after: (bytes: Int, packets: Int)) {
-        let namespace = "martlet-vmm-\(getpid())"
+        // Unique per call: a parameterized test's cases may run at the same time.
+        let namespace = "martlet-vmm-\(getpid())-\(UUID().uuidString.prefix(8))"
         let elf = try TestSupport.guestELF.get()
         try #require(TestSupport.run(Self.ip, ["netns", "add", namespace]).status == 0)
         defer { _ = try? TestSupport.run(Self.ip, ["netns", "del", namespace]) }
