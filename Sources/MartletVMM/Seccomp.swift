@@ -138,7 +138,8 @@ public enum Seccomp {
             + [CKVM_BLKDISCARD, CKVM_BLKZEROOUT].map { Rule("ioctl", [(1, UInt64($0))]) }
         // vhost-net takes the rings when the driver sets DRIVER_OK and lets go of them on a
         // reset, both status writes handled on a vCPU's exit; the tap's offloads follow the
-        // driver's features at the same moment.
+        // driver's features at the same moment. The process list has them too: filters stack,
+        // so a vCPU thread runs only what both allow.
         let vhostRings = [
             CKVM_VHOST_SET_FEATURES, CKVM_VHOST_SET_VRING_NUM, CKVM_VHOST_SET_VRING_BASE, CKVM_VHOST_SET_VRING_ADDR,
             CKVM_VHOST_SET_VRING_KICK, CKVM_VHOST_SET_VRING_CALL, CKVM_VHOST_NET_SET_BACKEND, CKVM_TUNSETOFFLOAD,

@@ -1,6 +1,6 @@
 import Foundation
 import MartletSystem
-import MartletVMM
+@testable import MartletVMM
 import MartletVMMProtocol
 import Testing
 
@@ -72,6 +72,23 @@ struct SeccompTests {
         ])
         #expect(result.status == 0, "\(result.output)")
         #expect(!result.output.contains("killed by seccomp"), "\(result.output)")
+    }
+
+    /// Filters stack: a thread runs only what its own list and the process list both allow,
+    /// so every rule of a thread's list must be one the process list allows as well (the same
+    /// syscall, with no argument condition the thread's rule does not also have).
+    @Test(arguments: [Seccomp.ThreadKind.vcpu, .device, .io])
+    func everyThreadRuleIsAllowedByTheProcessList(kind: Seccomp.ThreadKind) {
+        let process = Seccomp.rules(for: .process, restartable: false)
+        for rule in Seccomp.rules(for: kind, restartable: false) {
+            let covered = process.contains { allowed in
+                allowed.name == rule.name
+                    && allowed.arguments.allSatisfy { condition in
+                        rule.arguments.contains { $0.index == condition.index && $0.value == condition.value }
+                    }
+            }
+            #expect(covered, "\(kind.rawValue): \(rule.name) \(rule.arguments) is not in the process list, so the stacked process filter kills it")
+        }
     }
 
     @Test func badSeccompModeIsRejected() throws {
