@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
+#include <linux/vhost.h>
 
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
@@ -41,6 +42,21 @@ const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
 const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
 const unsigned long CKVM_TUNSETIFF = TUNSETIFF;
 const unsigned long CKVM_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+const unsigned long CKVM_TUNSETOFFLOAD = TUNSETOFFLOAD;
+const unsigned int CKVM_TUN_F_CSUM = TUN_F_CSUM;
+const unsigned int CKVM_TUN_F_TSO4 = TUN_F_TSO4;
+const unsigned int CKVM_TUN_F_TSO6 = TUN_F_TSO6;
+const unsigned int CKVM_TUN_F_TSO_ECN = TUN_F_TSO_ECN;
+const unsigned long CKVM_VHOST_SET_OWNER = VHOST_SET_OWNER;
+const unsigned long CKVM_VHOST_GET_FEATURES = VHOST_GET_FEATURES;
+const unsigned long CKVM_VHOST_SET_FEATURES = VHOST_SET_FEATURES;
+const unsigned long CKVM_VHOST_SET_MEM_TABLE = VHOST_SET_MEM_TABLE;
+const unsigned long CKVM_VHOST_SET_VRING_NUM = VHOST_SET_VRING_NUM;
+const unsigned long CKVM_VHOST_SET_VRING_BASE = VHOST_SET_VRING_BASE;
+const unsigned long CKVM_VHOST_SET_VRING_ADDR = VHOST_SET_VRING_ADDR;
+const unsigned long CKVM_VHOST_SET_VRING_KICK = VHOST_SET_VRING_KICK;
+const unsigned long CKVM_VHOST_SET_VRING_CALL = VHOST_SET_VRING_CALL;
+const unsigned long CKVM_VHOST_NET_SET_BACKEND = VHOST_NET_SET_BACKEND;
 const unsigned long CKVM_BLKDISCARD = BLKDISCARD;
 const unsigned long CKVM_BLKZEROOUT = BLKZEROOUT;
 
@@ -176,6 +192,36 @@ long ckvm_release_range(int fd, int is_block_device, int zeroes, uint64_t offset
     }
     int mode = FALLOC_FL_KEEP_SIZE | (zeroes ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE);
     return fallocate(fd, mode, (off_t)offset, (off_t)length) < 0 ? -errno : 0;
+}
+
+long ckvm_vhost_set_mem_table(int fd, uint32_t count, const uint64_t *guest, const uint64_t *size, const uint64_t *host) {
+    struct vhost_memory *table = calloc(1, sizeof(*table) + count * sizeof(struct vhost_memory_region));
+    if (!table) return -ENOMEM;
+    table->nregions = count;
+    for (uint32_t i = 0; i < count; i++) {
+        table->regions[i].guest_phys_addr = guest[i];
+        table->regions[i].memory_size = size[i];
+        table->regions[i].userspace_addr = host[i];
+    }
+    long result = ckvm_ioctl(fd, VHOST_SET_MEM_TABLE, (unsigned long)table);
+    free(table);
+    return result;
+}
+
+long ckvm_vhost_set_vring(int fd, unsigned long request, uint32_t index, uint32_t value) {
+    struct vhost_vring_state state = {.index = index, .num = value};
+    return ckvm_ioctl(fd, request, (unsigned long)&state);
+}
+
+long ckvm_vhost_set_vring_file(int fd, unsigned long request, uint32_t index, int file) {
+    struct vhost_vring_file entry = {.index = index, .fd = file};
+    return ckvm_ioctl(fd, request, (unsigned long)&entry);
+}
+
+long ckvm_vhost_set_vring_addr(int fd, uint32_t index, uint64_t descriptors, uint64_t available, uint64_t used) {
+    struct vhost_vring_addr address = {
+        .index = index, .desc_user_addr = descriptors, .avail_user_addr = available, .used_user_addr = used};
+    return ckvm_ioctl(fd, VHOST_SET_VRING_ADDR, (unsigned long)&address);
 }
 
 int ckvm_eventfd(void) {

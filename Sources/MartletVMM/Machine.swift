@@ -158,23 +158,39 @@ public final class Machine: @unchecked Sendable {
         var devices: [VirtioDevice] = disks
         for (index, nic) in config.nics.enumerated() {
             let mac = nic.mac.flatMap(VMConfig.NIC.parseMAC) ?? VirtioNet.defaultMAC(for: nic.tap)
-            devices.append(try field("nics[\(index)]") { try VirtioNet(tap: nic.tap, mac: mac) })
+            let vhost: VhostNet?
+            do {
+                vhost = try VhostNet(path: Machine.vhostNetPath, memory: memory)
+            } catch {
+                Machine.reportOnce(&Machine.vhostNetUnavailable, "martlet-vmm: \(error); virtio-net runs in userspace\n")
+                vhost = nil
+            }
+            devices.append(try field("nics[\(index)]") { try VirtioNet(tap: nic.tap, mac: mac, vhost: vhost) })
         }
         if config.rng { devices.append(try VirtioRNG()) }
+        var irqFDs: [Int32?] = []
         for (index, device) in devices.enumerated() {
             let irq = Machine.virtioIRQs[index]
+            let interrupter = Machine.interrupter(vm: vm, irq: irq)
+            irqFDs.append(interrupter.irqFD)
             transports.append(VirtioMMIOTransport(
                 device: device, base: Machine.virtioBase + UInt64(index) * 0x1000, irq: irq,
-                memory: memory, interrupt: Machine.interrupter(vm: vm, irq: irq)))
+                memory: memory, interrupt: interrupter.signal))
         }
         virtio = transports
         var notifiers: [QueueNotifier] = []
-        for transport in transports {
+        for (index, transport) in transports.enumerated() {
+            var notifier: QueueNotifier?
             do {
-                notifiers.append(try QueueNotifier(transport: transport, vm: vm))
+                notifier = try QueueNotifier(transport: transport, vm: vm)
+                notifiers.append(notifier!)
             } catch {
                 Machine.reportOnce(&Machine.ioEventFDRefused, "martlet-vmm: \(error); queue notifications exit to the VMM instead\n")
                 (transport.device as? VirtioBlock)?.useSynchronousTransfers(reason: "no ioeventfd: requests run on the vCPU threads")
+            }
+            if let net = transport.device as? VirtioNet {
+                // Weak: the notifier holds the transport, which holds the device.
+                net.attachKernelEngine(kicks: notifier?.queueEventFDs, call: irqFDs[index], engineChanged: { [weak notifier] in notifier?.wake() })
             }
         }
         self.notifiers = notifiers
@@ -220,10 +236,21 @@ public final class Machine: @unchecked Sendable {
         initialized = true
     }
 
-    /// Whether KVM_IOEVENTFD or KVM_IRQFD failed already (each fallback is logged once per process).
+    /// Whether KVM_IOEVENTFD, KVM_IRQFD or vhost-net failed already (each fallback is logged
+    /// once per process).
     nonisolated(unsafe) private static var ioEventFDRefused = false
     nonisolated(unsafe) private static var irqFDRefused = false
     nonisolated(unsafe) private static var ioUringRefused = false
+    nonisolated(unsafe) private static var vhostNetUnavailable = false
+
+    /// The vhost-net device NICs use; a debug build takes another from
+    /// MARTLET_VMM_TEST_VHOST_NET, so tests can prove what a wrong one does.
+    static var vhostNetPath: String {
+        #if DEBUG
+            if let path = getenv("MARTLET_VMM_TEST_VHOST_NET") { return String(cString: path) }
+        #endif
+        return VhostNet.defaultPath
+    }
 
     private static func reportOnce(_ reported: inout Bool, _ text: String) {
         guard !reported else { return }
@@ -233,14 +260,15 @@ public final class Machine: @unchecked Sendable {
 
     /// How a device interrupts the guest: through an irqfd, so KVM pulses the GSI without an
     /// ioctl from this process, or with KVM_IRQ_LINE when KVM refuses the irqfd.
-    private static func interrupter(vm: VirtualMachineHandle, irq: UInt32) -> (UInt32) -> Void {
+    /// Also returns the irqfd, which a kernel engine (vhost-net) signals itself; the closure owns it.
+    private static func interrupter(vm: VirtualMachineHandle, irq: UInt32) -> (signal: (UInt32) -> Void, irqFD: Int32?) {
         do {
             let event = try EventFD()
             try vm.addIRQFD(event.raw, gsi: irq)
-            return { _ in event.signal() }
+            return ({ _ in event.signal() }, event.raw)
         } catch {
             reportOnce(&irqFDRefused, "martlet-vmm: \(error); device interrupts go through KVM_IRQ_LINE instead\n")
-            return { vm.pulseIRQ($0) }
+            return ({ vm.pulseIRQ($0) }, nil)
         }
     }
 

@@ -53,6 +53,9 @@ final class QueueNotifier: @unchecked Sendable {
         wakeEvent = try EventFD()
     }
 
+    /// The queues' eventfds, by queue index (a kernel engine waits on them itself).
+    var queueEventFDs: [Int32] { queueEvents.map(\.raw) }
+
     /// Makes the thread call its `mayContinue` soon.
     func wake() { wakeEvent.signal() }
 
@@ -61,7 +64,10 @@ final class QueueNotifier: @unchecked Sendable {
     func run(mayContinue: () -> Bool) {
         var fds = ([wakeEvent] + queueEvents).map { pollfd(fd: $0.raw, events: Int16(POLLIN), revents: 0) }
         while true {
-            if poll(&fds, nfds_t(fds.count), -1) < 0 {
+            // While a kernel engine (vhost-net) serves the queues, their eventfds are its.
+            let watched = transport.device.servedInKernel ? 1 : fds.count
+            for index in fds.indices { fds[index].revents = 0 }
+            if poll(&fds, nfds_t(watched), -1) < 0 {
                 if errno == EINTR { continue }
                 return
             }

@@ -142,13 +142,21 @@ public enum Seccomp {
         // out: without ioeventfd a disk leaves the ring before the vCPUs start.
         let ringSetUp = ["io_uring_setup", "io_uring_register"].map { Rule($0) }
         let ringEnter = Rule("io_uring_enter")
+        // vhost-net takes the rings when the driver sets DRIVER_OK and lets go of them on a
+        // reset, both status writes handled on a vCPU's exit; the tap's offloads follow the
+        // driver's features at the same moment. The process list has them too: filters stack,
+        // so a vCPU thread runs only what both allow.
+        let vhostRings = [
+            CKVM_VHOST_SET_FEATURES, CKVM_VHOST_SET_VRING_NUM, CKVM_VHOST_SET_VRING_BASE, CKVM_VHOST_SET_VRING_ADDR,
+            CKVM_VHOST_SET_VRING_KICK, CKVM_VHOST_SET_VRING_CALL, CKVM_VHOST_NET_SET_BACKEND, CKVM_TUNSETOFFLOAD,
+        ].map { Rule("ioctl", [(1, UInt64($0))]) }
         switch kind {
         case .vcpu:
             // Device emulation on the vCPU's exits: disk reads and writes, frames to the tap,
             // the console's output; a NIC's receive thread starts when the guest enables it,
             // and adds its own filter (which only narrows what it may do).
             // (Without ioeventfd the requests run here too.)
-            return common + runtimeKVM + blockIO + [Rule("seccomp", [(0, UInt64(SECCOMP_SET_MODE_FILTER))])]
+            return common + runtimeKVM + blockIO + vhostRings + [Rule("seccomp", [(0, UInt64(SECCOMP_SET_MODE_FILTER))])]
                 + ["sendto", "shutdown", "clone3", "clone", "poll", "ppoll"].map { Rule($0) }
         case .device:
             // A NIC's receive thread starts on the guest's first receive-queue notify, which
@@ -167,7 +175,8 @@ public enum Seccomp {
                 CKVM_GET_SREGS, CKVM_SET_SREGS, CKVM_SET_FPU, CKVM_SET_MP_STATE,
                 CKVM_GET_SUPPORTED_CPUID, CKVM_SET_CPUID2, CKVM_SET_MSRS, CKVM_GET_LAPIC, CKVM_SET_LAPIC,
                 CKVM_TUNSETIFF, CKVM_TUNSETVNETHDRSZ, UInt(TCGETS),
-            ].map { Rule("ioctl", [(1, UInt64($0))]) }
+                CKVM_VHOST_SET_OWNER, CKVM_VHOST_GET_FEATURES, CKVM_VHOST_SET_MEM_TABLE,
+            ].map { Rule("ioctl", [(1, UInt64($0))]) } + vhostRings
             // The VMM's own sockets are unix sockets; nothing else.
             let sockets = [Rule("socket", [(0, UInt64(AF_UNIX))]), Rule("bind"), Rule("listen")]
             let files = [

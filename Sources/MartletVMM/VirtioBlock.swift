@@ -89,7 +89,9 @@ public final class VirtioBlock: VirtioDevice {
     }
 
     /// Which engine executes the transfers.
-    public var engine: BlockEngine { ring == nil ? .sync : .ioUring }
+    public var blockEngine: BlockEngine { ring == nil ? .sync : .ioUring }
+    /// `blockEngine` as `info` reports it.
+    public var engine: String? { blockEngine.rawValue }
 
     /// Leaves io_uring for preadv/pwritev: when the requests will run on vCPU threads, whose
     /// seccomp filter has no io_uring calls (no ioeventfd), or the ring failed.

@@ -12,8 +12,9 @@ final class VirtioCounters: Sendable {
     let notifyExits = Atomic<Int>(0)
     let interrupts = Atomic<Int>(0)
 
-    /// The counters as `info` reports them, with `requests` counted by the transport.
-    func report(kind: String, requests: Int, engine: String?) -> ControlReply.Device {
+    /// The counters as `info` reports them, with `requests` counted by the transport and the
+    /// device's `engine` where it has a choice.
+    func report(kind: String, requests: Int, engine: String? = nil) -> ControlReply.Device {
         ControlReply.Device(
             kind: kind, requests: requests, bytes: bytes.load(ordering: .relaxed),
             notifications: notifications.load(ordering: .relaxed), notifyExits: notifyExits.load(ordering: .relaxed),

@@ -17,10 +17,24 @@ protocol VirtioDevice: AnyObject {
     func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool
     /// Stops background work (receive threads) when the VM ends.
     func stop()
+    /// The driver set DRIVER_OK with `features` accepted and `queues` set up (under the
+    /// transport's lock): the moment to hand the rings to a kernel engine.
+    func driverReady(features: UInt64, queues: [VirtQueue], memory: GuestMemory)
+    /// The driver reset the device (under the transport's lock): a kernel engine lets go of the rings.
+    func reset()
+    /// Whether a kernel engine serves the queues now: it interrupts the guest through the
+    /// irqfd itself, so the transport cannot set InterruptStatus before each interrupt.
+    var servedInKernel: Bool { get }
+    /// Which engine moves the data, for devices that have a choice ("vhost-net", "userspace").
+    var engine: String? { get }
 }
 
 extension VirtioDevice {
     func stop() {}
+    func driverReady(features: UInt64, queues: [VirtQueue], memory: GuestMemory) {}
+    func reset() {}
+    var servedInKernel: Bool { false }
+    var engine: String? { nil }
 }
 
 /// The virtio-mmio transport, version 2 ("modern"), one device per 4 KiB window.
@@ -95,10 +109,9 @@ final class VirtioMMIOTransport: MMIODevice {
 
     /// The device's counters for `info`.
     var report: ControlReply.Device {
-        lock.withLock {
-            let requests = queues.reduce(0) { $0 + $1.completed }
-            return device.counters.report(kind: device.kind, requests: requests, engine: (device as? VirtioBlock)?.engine.rawValue)
-        }
+        // The engine changes under the lock (a DRIVER_OK write whose vhost-net set-up failed).
+        let (requests, engine) = lock.withLock { (queues.reduce(0) { $0 + $1.completed }, device.engine) }
+        return device.counters.report(kind: device.kind, requests: requests, engine: engine)
     }
 
     var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex }
@@ -120,7 +133,11 @@ final class VirtioMMIOTransport: MMIODevice {
                 value = deviceFeaturesSelect < 2 ? UInt32(truncatingIfNeeded: offeredFeatures >> (32 * UInt64(deviceFeaturesSelect))) : 0
             case 0x034: value = UInt32(selectedQueue?.maxSize ?? 0)
             case 0x044: value = selectedQueue?.ready == true ? 1 : 0
-            case 0x060: value = interruptStatus
+            // A kernel engine's interrupts come through the irqfd with no chance to set the
+            // VRING bit first; a driver that reads 0 would ignore them (Linux's vm_interrupt
+            // does), so while it serves the queues the bit reads set, and the driver looks
+            // at its used rings on every interrupt.
+            case 0x060: value = interruptStatus | (device.servedInKernel ? 1 : 0)
             case 0x070: value = status
             case 0x0FC: value = 0
             default: value = 0
@@ -168,7 +185,11 @@ final class VirtioMMIOTransport: MMIODevice {
                         // FEATURES_OK refused: the driver accepted bits we never offered.
                         status = value & ~0x08
                     } else {
+                        let ready = value & VirtioMMIOTransport.statusDriverOK != 0 && status & VirtioMMIOTransport.statusDriverOK == 0
                         status = value | (status & VirtioMMIOTransport.statusNeedsReset)
+                        if ready && status & VirtioMMIOTransport.statusNeedsReset == 0 {
+                            device.driverReady(features: driverFeatures, queues: queues, memory: memory)
+                        }
                     }
                 }
             case 0x080: setAddress(&selectedQueue!.descriptorTable, low: true, value)
@@ -193,6 +214,7 @@ final class VirtioMMIOTransport: MMIODevice {
         driverFeatures = 0
         queueSelect = 0
         lastError = nil
+        device.reset()
         for queue in queues { queue.reset() }
     }
 

@@ -1,20 +1,29 @@
 import CKVM
 import MartletSystem
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
 /// virtio-net over a tap device opened with a 12-byte virtio-net header (IFF_VNET_HDR), so
-/// frames pass between the tap and the guest's buffers unchanged. Queue 0 receives (a thread
-/// polls the tap), queue 1 transmits (handled on the notifying vCPU).
+/// frames pass between the tap and the guest's buffers unchanged, offload requests (partial
+/// checksums, TSO) included. Two engines: vhost-net, where the kernel moves the frames
+/// (`VhostNet`), and userspace, where queue 0 receives (a thread polls the tap) and queue 1
+/// transmits (handled by the thread that got the notification). vhost-net is used when it
+/// opened and every step of handing it the rings works; any failure falls back to userspace
+/// for the device's life, with one line on stderr saying why.
 public final class VirtioNet: VirtioDevice {
     static let featureMAC: UInt64 = 1 << 5
+    /// VIRTIO_NET_F_CSUM, GUEST_CSUM, GUEST_TSO4, GUEST_TSO6, HOST_TSO4, HOST_TSO6: the header
+    /// carries them and the tap does the work, so they cost nothing on either engine. Offered
+    /// only when the tap takes TUNSETOFFLOAD.
+    static let featureOffloads: UInt64 = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 11) | (1 << 12)
     public static let headerSize = 12
     public static let maxFrame = 65_562
 
     let deviceID: UInt32 = 1
-    let features: UInt64 = VirtioNet.featureMAC
+    let features: UInt64
     let queueSizes: [UInt16] = [256, 256]
     let tap: String
     let mac: [UInt8]
@@ -27,8 +36,15 @@ public final class VirtioNet: VirtioDevice {
     private var stopping = false
     /// Delivers into the receive queue under the transport's lock (set by the transport).
     var deliver: ((_ body: (VirtQueue, GuestMemory) throws -> Bool) -> Bool?)?
+    /// The kernel engine and what it needs from the machine (`attachKernelEngine`); nil once
+    /// it failed or when it never opened. Used under the transport's lock.
+    private var vhost: (engine: VhostNet, kicks: [Int32], call: Int32, engineChanged: () -> Void)?
+    private var pendingVhost: VhostNet?
+    private let kernelServing = Atomic<Bool>(false)
 
-    init(tap: String, mac: [UInt8]) throws {
+    /// Opens the tap `tap`; `vhost` is the kernel engine, if it opened, which serves the
+    /// device once `attachKernelEngine` gave it the queues' eventfds.
+    init(tap: String, mac: [UInt8], vhost: VhostNet? = nil) throws {
         let result = ckvm_open_tap(tap, Int32(VirtioNet.headerSize))
         guard result >= 0 else {
             throw VMMError(.io, "cannot open tap '\(tap)': \(errnoText(-result)); it must be a tap device (ip tuntap add dev \(tap) mode tap vnet_hdr) and the VMM needs CAP_NET_ADMIN or ownership of it")
@@ -36,6 +52,11 @@ public final class VirtioNet: VirtioDevice {
         fd = result
         self.tap = tap
         self.mac = mac
+        // A tap that cannot hand over partial checksums and TSO frames gets no offloads offered.
+        let offloads = VirtioNet.setTapOffloads(fd, guestFeatures: VirtioNet.featureOffloads)
+        _ = VirtioNet.setTapOffloads(fd, guestFeatures: 0)
+        features = VirtioNet.featureMAC | (offloads ? VirtioNet.featureOffloads : 0)
+        pendingVhost = vhost
         guard pipe(&wake) == 0 else {
             close(fd)
             throw VMMError(.io, "pipe for tap '\(tap)' failed: \(errnoText(errno))")
@@ -44,6 +65,58 @@ public final class VirtioNet: VirtioDevice {
             _ = fcntl(end, F_SETFD, FD_CLOEXEC)
             _ = fcntl(end, F_SETFL, O_NONBLOCK)
         }
+    }
+
+    /// TUNSETOFFLOAD with the TUN_F_* flags matching the driver's GUEST_* offloads: which
+    /// unfinished frames (partial checksum, TSO) the tap may pass to the guest.
+    private static func setTapOffloads(_ fd: Int32, guestFeatures: UInt64) -> Bool {
+        var flags: UInt32 = 0
+        if guestFeatures & (1 << 1) != 0 {
+            flags |= CKVM_TUN_F_CSUM
+            if guestFeatures & (1 << 7) != 0 { flags |= CKVM_TUN_F_TSO4 }
+            if guestFeatures & (1 << 8) != 0 { flags |= CKVM_TUN_F_TSO6 }
+        }
+        return ckvm_ioctl(fd, CKVM_TUNSETOFFLOAD, UInt(flags)) >= 0
+    }
+
+    /// Gives the kernel engine the queues' ioeventfds (`kicks`, by queue index), the device's
+    /// irqfd (`call`) and a way to make the queue notifier look again at `servedInKernel`.
+    /// Without them (KVM refused ioeventfd or irqfd) the device stays in userspace.
+    func attachKernelEngine(kicks: [Int32]?, call: Int32?, engineChanged: @escaping () -> Void) {
+        guard let engine = pendingVhost else { return }
+        pendingVhost = nil
+        guard let kicks, let call else {
+            Machine.trace("martlet-vmm: tap '\(tap)': vhost-net needs KVM's ioeventfd and irqfd, which it refused; virtio-net runs in userspace\n")
+            return
+        }
+        vhost = (engine, kicks, call, engineChanged)
+    }
+
+    /// "vhost-net" when the kernel moves the frames, else "userspace" (for `info`).
+    var engine: String? { vhost == nil ? "userspace" : "vhost-net" }
+
+    /// Whether the kernel serves the queues now: their eventfds are its to wait on, and it
+    /// interrupts the guest without the transport knowing.
+    var servedInKernel: Bool { kernelServing.load(ordering: .acquiring) }
+
+    func driverReady(features driverFeatures: UInt64, queues: [VirtQueue], memory: GuestMemory) {
+        _ = VirtioNet.setTapOffloads(fd, guestFeatures: driverFeatures)
+        guard let vhost else { return }
+        do {
+            try vhost.engine.start(features: driverFeatures, queues: queues, memory: memory, kicks: vhost.kicks, call: vhost.call, tap: fd)
+            kernelServing.store(true, ordering: .releasing)
+        } catch {
+            Machine.trace("martlet-vmm: tap '\(tap)': \(error); virtio-net runs in userspace\n")
+            self.vhost = nil
+        }
+        vhost.engineChanged()
+    }
+
+    func reset() {
+        guard let vhost, servedInKernel else { return }
+        vhost.engine.stop(queueCount: queueSizes.count)
+        kernelServing.store(false, ordering: .releasing)
+        vhost.engineChanged()
     }
 
     deinit {
@@ -62,6 +135,7 @@ public final class VirtioNet: VirtioDevice {
     }
 
     func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool {
+        guard !servedInKernel else { return false }
         if queue == 0 {
             startReceiving()
             var byte: UInt8 = 1
@@ -127,8 +201,9 @@ public final class VirtioNet: VirtioDevice {
         }
     }
 
-    /// Stops the receive thread (when the VM ends).
+    /// Stops the kernel engine or the receive thread (when the VM ends).
     func stop() {
+        if let vhost { vhost.engine.stop(queueCount: queueSizes.count) }
         let running: pthread_t? = state.withLock {
             stopping = true
             return thread

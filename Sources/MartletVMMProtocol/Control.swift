@@ -78,8 +78,10 @@ public struct ControlReply: Equatable, Sendable {
         public var notifyExits = 0
         /// Interrupts raised towards the guest.
         public var interrupts = 0
-        /// How a disk executes its transfers: "io_uring", or "sync" (preadv/pwritev) where
-        /// io_uring is refused; nil for other devices.
+        /// Which engine moves the data, for devices that have a choice: a disk's "io_uring", or
+        /// "sync" (preadv/pwritev) where io_uring is refused; a NIC's "vhost-net" (the kernel)
+        /// or "userspace" (the VMM). With vhost-net the requests, bytes and interrupts the
+        /// kernel served are not counted.
         public var engine: String?
 
         public init(kind: String, requests: Int, bytes: Int, notifications: Int, notifyExits: Int, interrupts: Int, engine: String? = nil) {
@@ -90,6 +92,7 @@ public struct ControlReply: Equatable, Sendable {
             self.notifications = notifications
             self.notifyExits = notifyExits
             self.interrupts = interrupts
+            self.engine = engine
         }
 
         /// The counters as the object `info` and `--stats` print.

@@ -28,7 +28,7 @@ import MartletSystem
         /// (the test would otherwise compare the fallback with itself).
         func device(_ engine: BlockEngine) throws -> VirtioBlock {
             let device = try VirtioBlock(path: path, readOnly: false, serial: "ring", engine: engine)
-            try #require(device.engine == engine, "io_uring refused: \(device.ringRefusal ?? "")")
+            try #require(device.blockEngine == engine, "io_uring refused: \(device.ringRefusal ?? "")")
             return device
         }
     }
@@ -128,7 +128,7 @@ import MartletSystem
         while write(filler, chunk, chunk.count) > 0 {}
         close(filler)
         let device = try VirtioBlock(path: path, readOnly: false, serial: "full", engine: engine)
-        try #require(device.engine == engine, "io_uring refused: \(device.ringRefusal ?? "")")
+        try #require(device.blockEngine == engine, "io_uring refused: \(device.ringRefusal ?? "")")
         let harness = try VirtioHarness(device: device)
         try chain(harness, 0, type: 1, sector: 8, length: 4096)
         try submit(harness, heads: [0])

@@ -58,7 +58,7 @@ struct IOEventTests {
         let machine = try machine("bench-blk n=3200 qd=32", directory: directory)
         #expect(try machine.run(timeout: 30) == .powerOff)
         let disk = try #require(machine.virtio.first?.device as? VirtioBlock)
-        #expect(disk.engine == .ioUring, "\(disk.ringRefusal ?? "")")
+        #expect(disk.blockEngine == .ioUring, "\(disk.ringRefusal ?? "")")
         #expect(disk.largestSubmission == 32)
         #expect(machine.deviceCounters.first?.requests == 3200)
     }

@@ -7,7 +7,10 @@ import Testing
 /// it directly (DESIGN.md, Facts), so an outer QEMU/TCG (`-cpu max`, kvm-amd loaded) runs the
 /// static release martlet-vmm, which boots the same kernel with a busybox initramfs that loads
 /// the virtio modules, mounts the ext4 virtio-blk disk the test made, reads the host's file,
-/// writes one back, and pings the outer system through virtio-net and a tap.
+/// writes one back, and pings the outer system through virtio-net and a tap — on vhost-net,
+/// which the outer system's kernel has (this machine's has not). A second, network-only run
+/// with vhost_net unloaded downloads the same file over the userspace engine, for a
+/// throughput line of each engine.
 @Suite(.serialized)
 struct NestedLinuxTests {
     static let kernelDirectory = "/var/cache/martlet/kernel"
@@ -29,6 +32,37 @@ struct NestedLinuxTests {
         mount -t sysfs sys /sys
         mount -t devtmpfs dev /dev
         echo MARTLET-INNER-INIT
+        # Download and upload times from /proc/uptime (centiseconds): busybox's date has no %N.
+        bench() {
+            start=$(cut -d' ' -f1 /proc/uptime | tr -d .)
+            if wget -q -O /dev/null http://10.77.0.1:8080/blob; then
+                end=$(cut -d' ' -f1 /proc/uptime | tr -d .)
+                echo "INNER-BENCH: 8388608 bytes in $(( (end - start) * 10 )) ms"
+            else
+                echo "INNER-BENCH: download failed"
+            fi
+            start=$(cut -d' ' -f1 /proc/uptime | tr -d .)
+            if dd if=/dev/zero bs=65536 count=128 2>/dev/null | timeout 120 nc 10.77.0.1 5001; then
+                end=$(cut -d' ' -f1 /proc/uptime | tr -d .)
+                echo "INNER-UPLOAD: 8388608 bytes in $(( (end - start) * 10 )) ms"
+            else
+                echo "INNER-UPLOAD: failed"
+            fi
+        }
+        if grep -q martlet.bench /proc/cmdline; then
+            for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net; do
+                insmod /modules/$m.ko || echo "INNER: insmod $m failed"
+            done
+            ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up
+            ping -c 1 -W 5 10.77.0.1 >/dev/null 2>&1
+            # Up to the power button, so the outer system can ask the VMM for info first.
+            insmod /modules/button.ko || echo "INNER: insmod button failed"
+            before=$(grep acpi /proc/interrupts)
+            bench
+            i=0
+            while [ "$(grep acpi /proc/interrupts)" = "$before" ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
+            poweroff -f
+        fi
         echo "INNER-CPUS: $(cat /sys/devices/system/cpu/online)"
         for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net crc16 mbcache jbd2 crc32c_generic ext4; do
             insmod /modules/$m.ko || echo "INNER: insmod $m failed"
@@ -43,6 +77,7 @@ struct NestedLinuxTests {
         sync
         ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up
         ping -c 3 -W 2 10.77.0.1 >/dev/null 2>&1 && echo "INNER-PING: ok" || echo "INNER-PING: failed"
+        bench
         echo MARTLET-INNER-DONE
         insmod /modules/button.ko || echo "INNER: insmod button failed"
         before=$(grep acpi /proc/interrupts)
@@ -60,9 +95,14 @@ struct NestedLinuxTests {
         mount -t proc proc /proc
         mount -t sysfs sys /sys
         mount -t devtmpfs dev /dev
-        for m in irqbypass ccp kvm kvm-amd tun; do insmod /modules/$m.ko || echo "OUTER: insmod $m failed"; done
+        for m in irqbypass ccp kvm kvm-amd tun tap vhost_iotlb vhost vhost_net; do insmod /modules/$m.ko || echo "OUTER: insmod $m failed"; done
         [ -c /dev/kvm ] || echo "OUTER: no /dev/kvm"
+        [ -c /dev/vhost-net ] || echo "OUTER: no /dev/vhost-net"
         tunctl -t mtap0 >/dev/null && ip addr add 10.77.0.1/24 dev mtap0 && ip link set mtap0 up
+        mkdir -p /www && dd if=/dev/zero of=/www/blob bs=65536 count=128 2>/dev/null
+        httpd -p 10.77.0.1:8080 -h /www
+        # busybox nc half-closes at the end of its stdin, which would end the upload early.
+        sleep 900 | nc -l -p 5001 > /upload &
         echo OUTER-START-VMM
         /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus 2 \\
             --cmdline "console=ttyS0 panic=-1 loglevel=6 printk.time=1" --disk /disk.img,id=nested \\
@@ -78,6 +118,23 @@ struct NestedLinuxTests {
         echo "OUTER-DISK: $(dd if=/disk.img bs=512 skip=1 count=1 2>/dev/null | head -n 1)"
         echo "OUTER-DISK-REPLY: $(grep -a -c 'reply from the inner guest' /disk.img)"
         echo "OUTER-TAP-RX: $(cat /sys/class/net/mtap0/statistics/rx_packets)"
+        echo "OUTER-UPLOADED: $(wc -c < /upload)"
+        sleep 900 | nc -l -p 5001 > /upload &
+        rmmod vhost_net
+        [ -c /dev/vhost-net ] && echo "OUTER: vhost_net is still loaded"
+        /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus 2 \\
+            --cmdline "console=ttyS0 panic=-1 loglevel=4 martlet.bench" \\
+            --net mtap0 --serial file:/bench.log --control-socket /bench.sock --timeout 180 &
+        vmm=$!
+        i=0
+        while ! grep -q INNER-BENCH /bench.log 2>/dev/null && [ $i -lt 170 ]; do sleep 1; i=$((i+1)); done
+        echo "OUTER-USERSPACE-INFO: $(/martlet-vmm control /bench.sock info)"
+        /martlet-vmm control /bench.sock shutdown >/dev/null
+        wait $vmm
+        echo "OUTER-USERSPACE-VMM-EXIT $?"
+        echo "OUTER-USERSPACE-$(grep -a INNER-BENCH /bench.log)"
+        echo "OUTER-USERSPACE-$(grep -a INNER-UPLOAD /bench.log)"
+        echo "OUTER-USERSPACE-UPLOADED: $(wc -c < /upload)"
         poweroff -f
 
         """
@@ -156,7 +213,10 @@ struct NestedLinuxTests {
 
         let outer = work.appendingPathComponent("outer")
         try Self.install("/bin/busybox", into: outer, as: "bin/busybox")
-        for module in ["virt/lib/irqbypass", "drivers/crypto/ccp/ccp", "arch/x86/kvm/kvm", "arch/x86/kvm/kvm-amd", "drivers/net/tun"] {
+        for module in [
+            "virt/lib/irqbypass", "drivers/crypto/ccp/ccp", "arch/x86/kvm/kvm", "arch/x86/kvm/kvm-amd", "drivers/net/tun",
+            "drivers/net/tap", "drivers/vhost/vhost_iotlb", "drivers/vhost/vhost", "drivers/vhost/vhost_net",
+        ] {
             try Self.install("\(modules)/\(module).ko", into: outer, as: "modules/\(URL(fileURLWithPath: module).lastPathComponent).ko")
         }
         try Self.installExecutable(vmm, into: outer, as: "martlet-vmm")
@@ -174,7 +234,7 @@ struct NestedLinuxTests {
         let outerInitrd = work.appendingPathComponent("outer.cpio.gz")
         try Self.packCPIO(outer, to: outerInitrd)
 
-        let (status, seconds, serial) = try Self.bootOuter(initrd: outerInitrd, log: work.appendingPathComponent("serial.log"), timeout: 330)
+        let (status, seconds, serial) = try Self.bootOuter(initrd: outerInitrd, log: work.appendingPathComponent("serial.log"), timeout: 600)
         let excerpt = String(serial.suffix(6000))
         print("nested Linux boot: QEMU exited \(status) after \(seconds) s")
         for line in serial.split(separator: "\n") where line.contains("INNER-") || line.contains("OUTER-") {
@@ -191,6 +251,16 @@ struct NestedLinuxTests {
         #expect(serial.contains("OUTER-DISK: written by the inner guest"), "the inner guest's raw write did not reach the disk image:\n\(excerpt)")
         #expect(serial.contains("INNER-PING: ok"), "the inner guest got no ping replies over virtio-net:\n\(excerpt)")
         #expect(!serial.contains("OUTER-TAP-RX: 0"), "no packet from the inner guest reached the tap:\n\(excerpt)")
+        #expect(!serial.contains("OUTER: no /dev/vhost-net"), "vhost_net did not load in the outer system:\n\(excerpt)")
+        let info = serial.split(separator: "\n").first { $0.contains("OUTER-INFO:") } ?? ""
+        #expect(info.contains(#""kind":"net""#) && info.contains(#""engine":"vhost-net""#), "the NIC did not run on vhost-net: \(info)\n\(excerpt)")
+        #expect(serial.contains("INNER-BENCH: 8388608 bytes"), "the download over vhost-net failed:\n\(excerpt)")
+        #expect(serial.contains("INNER-UPLOAD: 8388608 bytes") && serial.contains("OUTER-UPLOADED: 8388608"), "the upload over vhost-net failed:\n\(excerpt)")
+        let userspace = serial.split(separator: "\n").first { $0.contains("OUTER-USERSPACE-INFO:") } ?? ""
+        #expect(userspace.contains(#""engine":"userspace""#), "without vhost_net the NIC did not fall back to userspace: \(userspace)\n\(excerpt)")
+        #expect(serial.contains("OUTER-USERSPACE-INNER-BENCH: 8388608 bytes"), "the download over the userspace engine failed:\n\(excerpt)")
+        #expect(serial.contains("OUTER-USERSPACE-INNER-UPLOAD: 8388608 bytes") && serial.contains("OUTER-USERSPACE-UPLOADED: 8388608"), "the upload over the userspace engine failed:\n\(excerpt)")
+        #expect(serial.contains("OUTER-USERSPACE-VMM-EXIT 0"), "the userspace-engine run did not end with the guest's power-off:\n\(excerpt)")
         #expect(serial.contains("OUTER-SHUTDOWN: {\"ok\":true"), "the control socket refused shutdown:\n\(excerpt)")
         #expect(serial.contains("INNER-POWER-BUTTON"), "the inner guest did not see the ACPI power button:\n\(excerpt)")
         #expect(serial.contains("OUTER-VMM-EXIT 0"), "martlet-vmm did not end with the guest's power-off:\n\(excerpt)")

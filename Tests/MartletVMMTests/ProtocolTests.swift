@@ -70,10 +70,12 @@ struct ProtocolTests {
                 devices: [
                     ControlReply.Device(kind: "blk", requests: 3, bytes: 4096, notifications: 2, notifyExits: 1, interrupts: 2, engine: "io_uring"),
                     ControlReply.Device(kind: "rng", requests: 1, bytes: 64, notifications: 1, notifyExits: 0, interrupts: 1),
+                    ControlReply.Device(kind: "net", requests: 0, bytes: 0, notifications: 0, notifyExits: 0, interrupts: 0, engine: "vhost-net"),
                 ]))
         #expect(try ControlReply(line: info.json.text) == info)
         #expect(info.info?.devices[0].json["engine"] == .string("io_uring"), "a disk names its engine")
-        #expect(info.info?.devices[1].json["engine"] == nil, "other devices have none")
+        #expect(info.info?.devices[1].json["engine"] == nil, "a device without an engine has no engine key")
+        #expect(info.info?.devices[2].json["engine"] == .string("vhost-net"), "a NIC names its engine")
         #expect(info.json["memory_mib"] == .number(64), "info members sit next to ok and state")
         #expect(throws: ProtocolError.self, "a device counter of the wrong type is refused") {
             try ControlReply(line: #"{"ok": true, "devices": [{"kind": "blk", "requests": "many"}]}"#)

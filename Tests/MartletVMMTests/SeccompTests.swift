@@ -1,6 +1,6 @@
 import Foundation
 import MartletSystem
-import MartletVMM
+@testable import MartletVMM
 import MartletVMMProtocol
 import Testing
 
@@ -128,6 +128,23 @@ struct SeccompTests {
         let stats = result.stderr.split(separator: "\n").last.flatMap { try? JSON(parsing: String($0)) }
         guard case .array(let devices)? = stats?["devices"] else { return (result.status, result.stderr, nil) }
         return (result.status, result.stderr, devices.first)
+    }
+
+    /// Filters stack: a thread runs only what its own list and the process list both allow,
+    /// so every rule of a thread's list must be one the process list allows as well (the same
+    /// syscall, with no argument condition the thread's rule does not also have).
+    @Test(arguments: [Seccomp.ThreadKind.vcpu, .device, .io])
+    func everyThreadRuleIsAllowedByTheProcessList(kind: Seccomp.ThreadKind) {
+        let process = Seccomp.rules(for: .process, restartable: false)
+        for rule in Seccomp.rules(for: kind, restartable: false) {
+            let covered = process.contains { allowed in
+                allowed.name == rule.name
+                    && allowed.arguments.allSatisfy { condition in
+                        rule.arguments.contains { $0.index == condition.index && $0.value == condition.value }
+                    }
+            }
+            #expect(covered, "\(kind.rawValue): \(rule.name) \(rule.arguments) is not in the process list, so the stacked process filter kills it")
+        }
     }
 
     @Test func badSeccompModeIsRejected() throws {

@@ -37,6 +37,23 @@ extern const unsigned long CKVM_GET_LAPIC;
 extern const unsigned long CKVM_SET_LAPIC;
 extern const unsigned long CKVM_TUNSETIFF;
 extern const unsigned long CKVM_TUNSETVNETHDRSZ;
+/// TUNSETOFFLOAD: which offloads (TUN_F_*) a tap may leave to the reader of its frames.
+extern const unsigned long CKVM_TUNSETOFFLOAD;
+extern const unsigned int CKVM_TUN_F_CSUM;
+extern const unsigned int CKVM_TUN_F_TSO4;
+extern const unsigned int CKVM_TUN_F_TSO6;
+extern const unsigned int CKVM_TUN_F_TSO_ECN;
+// vhost-net (linux/vhost.h): the kernel's virtio-net data path.
+extern const unsigned long CKVM_VHOST_SET_OWNER;
+extern const unsigned long CKVM_VHOST_GET_FEATURES;
+extern const unsigned long CKVM_VHOST_SET_FEATURES;
+extern const unsigned long CKVM_VHOST_SET_MEM_TABLE;
+extern const unsigned long CKVM_VHOST_SET_VRING_NUM;
+extern const unsigned long CKVM_VHOST_SET_VRING_BASE;
+extern const unsigned long CKVM_VHOST_SET_VRING_ADDR;
+extern const unsigned long CKVM_VHOST_SET_VRING_KICK;
+extern const unsigned long CKVM_VHOST_SET_VRING_CALL;
+extern const unsigned long CKVM_VHOST_NET_SET_BACKEND;
 /* Block device ranges given back (virtio-blk DISCARD / WRITE_ZEROES): for seccomp's lists. */
 extern const unsigned long CKVM_BLKDISCARD;
 extern const unsigned long CKVM_BLKZEROOUT;
@@ -88,6 +105,17 @@ long ckvm_setup_lapic_lint(int vcpu_fd);
 /// `vnet_header_size`-byte virtio-net header (TUNSETIFF, TUNSETVNETHDRSZ are _IOW macros).
 /// Returns the fd, or -errno.
 int ckvm_open_tap(const char *name, int vnet_header_size);
+
+/// VHOST_SET_MEM_TABLE (a flexible array member) with `count` regions: guest-physical start,
+/// size and the host address that backs it. Returns 0 or -errno.
+long ckvm_vhost_set_mem_table(int fd, uint32_t count, const uint64_t *guest, const uint64_t *size, const uint64_t *host);
+/// A vhost ioctl taking a `vhost_vring_state` (VHOST_SET_VRING_NUM, VHOST_SET_VRING_BASE).
+long ckvm_vhost_set_vring(int fd, unsigned long request, uint32_t index, uint32_t value);
+/// A vhost ioctl taking a `vhost_vring_file` (VHOST_SET_VRING_KICK, VHOST_SET_VRING_CALL,
+/// VHOST_NET_SET_BACKEND; `file` -1 detaches).
+long ckvm_vhost_set_vring_file(int fd, unsigned long request, uint32_t index, int file);
+/// VHOST_SET_VRING_ADDR with the host addresses of a ring's three parts.
+long ckvm_vhost_set_vring_addr(int fd, uint32_t index, uint64_t descriptors, uint64_t available, uint64_t used);
 
 /// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) for KVM_IOEVENTFD and KVM_IRQFD (sys/eventfd.h is
 /// not in Swift's Glibc module). Returns the fd, or -errno.
