@@ -8,8 +8,8 @@ import MartletVMMProtocol
 /// rewriting: /usr read-only (its program and the C libraries), its configuration, kernel,
 /// initrd or firmware read-only, its disks as the definition says, its console log and its
 /// own run directory (control and serial sockets), /dev/kvm, /dev/null, /dev/urandom, and
-/// /dev/net/tun when it has NICs (it opens its taps by name, so it keeps the host's network
-/// namespace). Nothing else of the host: no /etc, no other VM's disks or sockets.
+/// /dev/net/tun and /dev/vhost-net when it has NICs (it opens its taps by name, so it keeps
+/// the host's network namespace; vhost-net moves their frames in the kernel). Nothing else of the host: no /etc, no other VM's disks or sockets.
 enum VMJail {
     /// The host directories that are (on merged-/usr hosts) symbolic links into /usr: the
     /// dynamic loader is /lib64/ld-linux-x86-64.so.2.
@@ -39,9 +39,10 @@ enum VMJail {
         if let log = config.serialLog { entries.append(.bind(source: log, target: log, readOnly: false)) }
         entries.append(.bind(source: vmmDirectory, target: vmmDirectory, readOnly: false))
         var devices = ["/dev/kvm", "/dev/null", "/dev/urandom"]
-        if !config.nics.isEmpty { devices.append("/dev/net/tun") }
+        if !config.nics.isEmpty { devices += ["/dev/net/tun", "/dev/vhost-net"] }
         // A device the host lacks stays out: the VMM then says what is missing and what to do
-        // ("/dev/kvm does not exist … enable virtualization") rather than the jail failing.
+        // ("/dev/kvm does not exist … enable virtualization"), or without /dev/vhost-net moves
+        // frames itself, rather than the jail failing.
         for device in devices where FileManager.default.fileExists(atPath: device) {
             entries.append(.bind(source: device, target: device, readOnly: false))
         }

@@ -180,6 +180,12 @@ struct VMJourney {
         checks.check("martlet-vm@\(Self.vm).service active", "systemctl is-active martlet-vm@\(Self.vm).service") {
             $0.output == "active"
         }
+        // The host loads vhost_net, the unit allows /dev/vhost-net and the jail holds it: the
+        // kernel moves the guest's frames (the VMM's info names the NIC's engine).
+        checks.check(
+            "the guest's NIC runs on vhost-net",
+            "martlet-vmm control /run/martlet/vms/\(Self.vm)/vmm/control.sock info"
+        ) { $0.status == 0 && $0.output.contains(#""engine":"vhost-net""#) }
         checks.check("the VM's tap is on br0", "ip -o link show master br0 | grep -c ' mvm'") { $0.output == "1" }
         checks.check("martlet-vmm runs as martlet-vm", "ps -o user:20= -C martlet-vmm") {
             $0.output == "martlet-vm"
