@@ -151,7 +151,11 @@ struct Manifest: Codable {
             ],
             kernel: context.kernelVersion, rootfsDigest: context.rootfsDigest,
             sourceDateEpoch: context.epoch,
-            iso: ["file": isoName, "sha256": isoSHA256, "label": profile.iso.label],
+            iso: [
+                "file": isoName, "sha256": isoSHA256, "label": profile.iso.label,
+                // Says whether this is a release image or a `--fast` development one.
+                "squashfs": profile.squashfs.summary,
+            ],
             sizes: context.sizes, binaries: context.binaryHashes, packages: packages)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

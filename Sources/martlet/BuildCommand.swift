@@ -32,6 +32,13 @@ struct BuildCommand: ParsableCommand {
     @Flag(help: "Build the root filesystem afresh instead of using the cache.")
     var noCache = false
 
+    @Flag(
+        help: """
+            Development build: pack the squashfs with zstd level 3 instead of the profile's \
+            [squashfs] setting (seconds instead of minutes, an ISO about a third larger).
+            """)
+    var fast = false
+
     @Option(help: "Timestamp for reproducible output (default: $SOURCE_DATE_EPOCH, else the profile's mtime).")
     var sourceDateEpoch: Int?
 
@@ -45,7 +52,8 @@ struct BuildCommand: ParsableCommand {
         MartletLogging.bootstrap(level: verbose ? .debug : .info)
         let logger = Logger(label: "martlet.build")
         do {
-            let profile = try Profile.load(self.profile)
+            var profile = try Profile.load(self.profile)
+            if fast { profile.squashfs = .fast }
             let binaries =
                 binaries
                 ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()

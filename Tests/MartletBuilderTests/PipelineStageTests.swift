@@ -154,3 +154,39 @@ private func mode(_ path: String) -> mode_t {
         #expect(initScript.contains("@LABEL@"))
     }
 }
+
+/// The squashfs settings of a release build (the profile's) and of `martlet build --fast`,
+/// packed for real with mksquashfs.
+@Suite struct SquashfsSettingsTests {
+    @Test func releaseXZUsesTheX86FilterAndZstdCarriesItsLevel() {
+        let xz = SquashfsStage.arguments(
+            "/src", "/img", settings: .init(compression: "xz", level: nil, blockSize: 1 << 20),
+            epoch: 7)
+        #expect(xz.starts(with: ["/src", "/img", "-noappend", "-comp", "xz", "-b", "1048576"]))
+        #expect(xz.contains("-mkfs-time") && xz.contains("-all-time") && xz.contains("7"))
+        #expect(xz.suffix(2) == ["-Xbcj", "x86"])
+        let fast = SquashfsStage.arguments("/src", "/img", settings: .fast, epoch: 7)
+        #expect(fast.suffix(2) == ["-Xcompression-level", "3"])
+        #expect(!fast.contains("-Xbcj"))
+        #expect(Profile.Squashfs.fast.summary == "zstd level 3, 1048576-byte blocks")
+    }
+
+    @Test func fastSettingPacksZstdAndTheSameTreeGivesTheSameBytes() throws {
+        let tree = FileManager.default.temporaryDirectory
+            .appendingPathComponent("martlet-squashfs-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        try write("#!/bin/sh\necho hi\n", tree + "/in/usr/bin/hello", mode: 0o755)
+        try write(String(repeating: "martlet ", count: 50_000), tree + "/in/etc/big")
+        for image in ["a", "b"] {
+            let arguments = SquashfsStage.arguments(
+                tree + "/in", tree + "/\(image).squashfs", settings: .fast, epoch: 1_700_000_000)
+            try Command("mksquashfs", arguments + ["-no-progress"]).run()
+        }
+        #expect(try Digest.sha256(file: tree + "/a.squashfs") == Digest.sha256(file: tree + "/b.squashfs"))
+        let superblock = try Command("unsquashfs", ["-s", tree + "/a.squashfs"]).run().stdoutText
+        #expect(superblock.contains("Compression zstd"), "\(superblock)")
+        #expect(superblock.contains("Block size 1048576"), "\(superblock)")
+        let listing = try Command("unsquashfs", ["-lls", tree + "/a.squashfs"]).run().stdoutText
+        #expect(listing.contains("-rwxr-xr-x") && listing.contains("/usr/bin/hello"), "\(listing)")
+    }
+}
