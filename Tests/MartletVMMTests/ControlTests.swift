@@ -132,7 +132,7 @@ struct CLITests {
         var ended: ChildProcess.Termination?
         defer { if ended == nil { kill(pid, SIGKILL); _ = ChildProcess.wait(pid) } }
         #expect(Poll.until(timeout: 10) { FileManager.default.fileExists(atPath: socket) }, "no control socket")
-        let state = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "state"])
+        let state = try TestSupport.controlState(socket)
         #expect(state.status == 0 && state.output.contains(#""state":"running""#), "\(state.output)")
         let bad = try TestSupport.run(TestSupport.vmmBinary, ["control", socket, "explode"])
         #expect(bad.status == 1 && bad.output.contains("unknown command"), "\(bad.output)")

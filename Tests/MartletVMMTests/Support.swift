@@ -50,6 +50,18 @@ enum TestSupport {
         }
         return repository.appendingPathComponent(".build/debug/martlet-vmm").path
     }
+
+    /// `martlet-vmm control SOCKET state` until it answers (the socket file appears at bind,
+    /// a moment before the VMM listens, so one early attempt may be refused): its last result.
+    static func controlState(_ socket: String, timeout: Double = 10) throws -> (status: Int32, output: String) {
+        var result = try run(vmmBinary, ["control", socket, "state"])
+        _ = Poll.until(timeout: timeout) {
+            if result.status == 0 { return true }
+            result = (try? run(vmmBinary, ["control", socket, "state"])) ?? result
+            return result.status == 0
+        }
+        return result
+    }
 }
 
 /// Collects a guest's serial output.
