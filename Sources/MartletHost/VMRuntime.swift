@@ -148,6 +148,11 @@ extension VMHost {
         return try status(name)
     }
 
+    /// How long autostart waits for each VM to answer: at boot its unit, taps and the VMM's
+    /// set-up compete with the rest of the host's start (an installed host under QEMU/TCG
+    /// took over 15 s, `start`'s default, while the VM came up moments later).
+    static let autostartTimeout = 120.0
+
     /// Starts every VM whose definition says `autostart = true` and that is not running.
     public func autostart(logger: Logger) -> [String: String] {
         var results: [String: String] = [:]
@@ -157,7 +162,7 @@ extension VMHost {
                 continue
             }
             do {
-                _ = try start(definition.name)
+                _ = try start(definition.name, timeout: Self.autostartTimeout)
                 results[definition.name] = "started"
             } catch {
                 logger.error("autostart of VM '\(definition.name)' failed: \(error)")
