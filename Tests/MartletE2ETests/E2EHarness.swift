@@ -22,6 +22,24 @@ enum E2E {
 
     static var binaries: String { TestPaths.releaseBinaries }
 
+    /// The e2e folders belong to one run at a time (each run rewrites the SSH key, the disks
+    /// and the ISO under `workRoot`): an exclusive lock on `/var/cache/martlet/e2e.lock`, held
+    /// until the test process ends. A second run's scenarios fail at once, naming the lock,
+    /// instead of installing onto the first run's disks.
+    static let exclusiveUse: Result<Int32, any Error> = Result {
+        let path = "/var/cache/martlet/e2e.lock"
+        try FileManager.default.createDirectory(atPath: "/var/cache/martlet", withIntermediateDirectories: true)
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw MartletError(.failed, "cannot open the e2e lock '\(path)': \(String(cString: strerror(errno)))")
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            throw MartletError(.refused, "another end-to-end run holds '\(path)'; wait for it to end (its disks and key are under \(workRoot))")
+        }
+        return fd
+    }
+
     /// The ISO of profiles/default and how long its build took, made once per run.
     /// `MARTLET_E2E_ISO=FILE` boots an ISO built before instead (to iterate on the harness).
     static let iso: Result<(path: String, seconds: Int), any Error> = Result {
@@ -46,6 +64,7 @@ enum E2E {
     /// by the script under /var/cache/martlet-test) and its SHA-256, made once per run. The BIOS
     /// lane starts it next to the ISO build, and its installed host imports it over HTTP.
     static let cloudImage: Result<(path: String, sha256: String), any Error> = Result {
+        _ = try exclusiveUse.get()
         let start = ContinuousClock.now
         let path = workRoot + "/cloud.qcow2"
         try? FileManager.default.removeItem(atPath: path)
@@ -209,6 +228,7 @@ final class Scenario {
     static func run(_ name: String, _ body: (Scenario) throws -> Void) {
         var scenario: Scenario?
         do {
+            _ = try E2E.exclusiveUse.get()
             let made = try Scenario(name)
             scenario = made
             try body(made)
