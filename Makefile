@@ -5,7 +5,11 @@
 SWIFT ?= $(or $(shell command -v swift 2>/dev/null),/opt/swift/usr/bin/swift)
 PROFILE ?= profiles/default
 OUT ?= out
-RELEASE_FLAGS = -c release --static-swift-stdlib
+# Where SwiftPM builds: .build, unless BUILD_DIR names another folder (CI keeps it in
+# /var/cache, so the dependencies compile once per toolchain rather than in every clone).
+BUILD_DIR ?= .build
+SCRATCH = --scratch-path $(BUILD_DIR)
+RELEASE_FLAGS = -c release --static-swift-stdlib $(SCRATCH)
 RELEASE_BIN = $(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path 2>/dev/null)
 
 .PHONY: setup build release iso test unit fuzz-smoke e2e bench-build fuzz clean
@@ -13,7 +17,7 @@ setup:
 	bash scripts/setup
 
 build: setup
-	$(SWIFT) build
+	$(SWIFT) build $(SCRATCH)
 
 release: setup
 	$(SWIFT) build $(RELEASE_FLAGS)
@@ -23,13 +27,13 @@ iso: release
 
 # Unit and integration tests (root: loop devices, KVM, QEMU).
 unit: release
-	MARTLET_RELEASE_BIN=$(RELEASE_BIN) $(SWIFT) test --skip MartletE2ETests
+	MARTLET_RELEASE_BIN=$(RELEASE_BIN) $(SWIFT) test $(SCRATCH) --skip MartletE2ETests
 
 # End to end in QEMU: build the ISO of profiles/default, install it unattended on BIOS (USB
 # stick) and UEFI (CD), boot the installed host and check it over SSH; bad answer files are
 # refused. One PASS/FAIL line per scenario; logs of failures in artifacts/e2e/.
 e2e: release
-	MARTLET_RELEASE_BIN=$(RELEASE_BIN) $(SWIFT) test --filter MartletE2ETests
+	MARTLET_RELEASE_BIN=$(RELEASE_BIN) $(SWIFT) test $(SCRATCH) --filter MartletE2ETests
 
 test: unit fuzz-smoke e2e
 
@@ -51,4 +55,4 @@ fuzz-smoke: setup
 	bash scripts/fuzz --guest $(FUZZ_SMOKE_SECONDS)
 
 clean:
-	rm -rf .build $(OUT)
+	rm -rf $(BUILD_DIR) $(OUT)
