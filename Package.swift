@@ -80,11 +80,18 @@ let package = Package(
             name: "MartletVMM", dependencies: ["CKVM", "CSeccomp", "CURing", "MartletSystem", "MartletVMMProtocol", "MartletValidation"],
             exclude: ["Guest"]),
 
-        // The host side: VM definitions, storage pools, the VM runtime and the local REST API.
+        // What a person or a client writes about VMs — the VM definition and the REST API's
+        // request bodies — parsed and checked without the HTTP stack: martlet-fuzz links this,
+        // not MartletHost (whose sanitizer build compiles NIO, NIO-SSL and BoringSSL).
+        .target(
+            name: "MartletHostModel",
+            dependencies: ["MartletCore", "MartletValidation", "MartletVMMProtocol"]),
+        // The host side: storage pools, the VM runtime and the local REST API (re-exports
+        // MartletHostModel).
         .target(
             name: "MartletHost",
             dependencies: [
-                "MartletCore", "MartletSystem", "MartletValidation", "MartletVMMProtocol", "CArchive", "CPAM",
+                "MartletCore", "MartletHostModel", "MartletSystem", "MartletValidation", "MartletVMMProtocol", "CArchive", "CPAM",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
@@ -121,12 +128,12 @@ let package = Package(
             exclude: ["README.md"]),
         // Fuzz targets over the parsers and decoders that take outside input: a corpus
         // replayer in normal builds, libFuzzer's driver when built by scripts/fuzz. The
-        // guest-facing ones apart (martlet-fuzz-vmm): their sanitizer build is small enough
-        // for every `make test`; the host's pulls in the HTTPS stack.
+        // guest-facing ones (martlet-fuzz-vmm) apart from the host's parsers (martlet-fuzz,
+        // which links MartletHostModel and not MartletHost: no HTTPS stack in its sanitizer build).
         .target(name: "MartletFuzzing"),
         .executableTarget(
             name: "martlet-fuzz",
-            dependencies: ["MartletAnswer", "MartletBuilder", "MartletCore", "MartletFuzzing", "MartletHost"]),
+            dependencies: ["MartletAnswer", "MartletBuilder", "MartletCore", "MartletFuzzing", "MartletHostModel"]),
         .executableTarget(
             name: "martlet-fuzz-vmm", dependencies: ["MartletFuzzing", "MartletVMM", "MartletVMMProtocol"]),
 
@@ -150,7 +157,7 @@ let package = Package(
         .testTarget(
             name: "MartletHostTests",
             dependencies: [
-                "MartletHost", "MartletCore", "MartletSystem", "MartletVMMProtocol",
+                "MartletHost", "MartletHostModel", "MartletCore", "MartletSystem", "MartletVMMProtocol",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]),

@@ -26,11 +26,6 @@ public struct VolumeInfo: Codable, Equatable, Sendable {
     public var path: String
 }
 
-/// The image formats `volume import` reads.
-public enum ImageFormat: String, Codable, Sendable, CaseIterable {
-    case raw, qcow2
-}
-
 /// LVM thin pools and directory pools behind one interface.
 public protocol StoragePool: Sendable {
     var name: String { get }

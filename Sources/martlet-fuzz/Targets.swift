@@ -3,7 +3,7 @@ import MartletAnswer
 import MartletBuilder
 import MartletCore
 import MartletFuzzing
-import MartletHost
+import MartletHostModel
 
 /// The host's parsers of outside input: files a person or a script writes (answer file,
 /// profile, VM definition) and the REST API's bodies. The guest-facing ones are
@@ -21,17 +21,19 @@ let targets: [FuzzTarget] = [
     FuzzTarget(name: "vm-definition", summary: "a VM definition (/etc/martlet/vms/NAME.toml), parsed and validated") { bytes in
         _ = try? VMDefinition(path: "/nonexistent/fuzz/vm.toml", contents: String(decoding: bytes, as: UTF8.self))
     },
-    FuzzTarget(name: "api-body", summary: "a REST API request body (VM, volume, resize), decoded and validated") { bytes in
+    FuzzTarget(name: "api-body", summary: "a REST API request body (VM, VM change, volume, resize), decoded and checked as the server does") { bytes in
         let body = Data(bytes)
-        let decoder = JSONDecoder()
-        if let request = try? decoder.decode(APIServer.VMRequest.self, from: body) {
+        if let request = try? APIBody.decode(APIBody.VMRequest.self, from: body) {
             _ = try? request.definition(name: request.name ?? "fuzz")
         }
-        if let request = try? decoder.decode(APIServer.VolumeRequest.self, from: body) {
-            _ = request.size.flatMap(ByteSize.init(parsing:))
+        if let change = try? APIBody.decode(APIBody.VMChange.self, from: body) {
+            _ = try? change.applied(to: VMDefinition(name: "fuzz", boot: .init(kernel: .path("/boot/vmlinuz"))))
         }
-        if let request = try? decoder.decode(APIServer.ResizeRequest.self, from: body) {
-            _ = ByteSize(parsing: request.size)
+        if let request = try? APIBody.decode(APIBody.VolumeRequest.self, from: body) {
+            _ = try? request.emptyVolumeSize()
+        }
+        if let request = try? APIBody.decode(APIBody.ResizeRequest.self, from: body) {
+            _ = try? request.newSize()
         }
     },
 ]

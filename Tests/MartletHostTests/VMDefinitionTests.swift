@@ -4,6 +4,7 @@ import MartletSystem
 import Testing
 
 @testable import MartletHost
+@testable import MartletHostModel
 
 @Suite struct VMDefinitionTests {
     func parse(_ text: String, name: String = "web") throws -> VMDefinition {

@@ -186,14 +186,14 @@ extension VMDefinition {
         }
 
         /// The user-data file's text, at most `maxUserDataBytes`.
-        func readUserData() throws -> String? {
+        package func readUserData() throws -> String? {
             try userData.map {
                 try Self.readBounded($0, limit: Self.maxUserDataBytes, what: "user-data file")
             }
         }
 
         /// AF_INET or AF_INET6 for an address, nil for anything else.
-        static func family(_ address: String) -> Int32? {
+        package static func family(_ address: String) -> Int32? {
             var buffer = [UInt8](repeating: 0, count: 16)
             if inet_pton(AF_INET, address, &buffer) == 1 { return AF_INET }
             if inet_pton(AF_INET6, address, &buffer) == 1 { return AF_INET6 }

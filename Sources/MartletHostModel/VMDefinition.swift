@@ -170,7 +170,7 @@ public struct VMDefinition: Codable, Equatable, Sendable {
     /// (MartletValidation's one name pattern).
     public static func isValidName(_ name: String) -> Bool { Name.isValid(name) }
 
-    static let nameRule = Name.rule()
+    package static let nameRule = Name.rule()
 
     /// A locally administered unicast MAC that stays the same for this VM name and NIC index.
     public static func generatedMAC(vm: String, index: Int) -> String {
