@@ -209,8 +209,11 @@ struct FirmwareTests {
         #expect(read(0x34) == 0x00 && read(0x35) == 0x0F, "(256 - 16) MiB in 64 KiB units")
         #expect(read(0x5B) == 0x00 && read(0x5C) == 0x40 && read(0x5D) == 0x00, "1 GiB above 4 GiB in 64 KiB units")
         #expect(read(0x5F) == 1)
-        // Binary mode once the guest clears the BCD bit; plain RAM keeps what is written.
+        // The index port reads as all ones whatever was written: bit 7 says NMIs are masked,
+        // so SeaBIOS leaves it alone when it switches modes.
         cmos.write(port: CMOS.indexPort, size: 1, value: 0x0B)
+        #expect(cmos.read(port: CMOS.indexPort, size: 1) == 0xFF)
+        // Binary mode once the guest clears the BCD bit; plain RAM keeps what is written.
         cmos.write(port: CMOS.dataPort, size: 1, value: 0x06)
         #expect(read(0x04) == 22 && read(0x00) == 20)
         cmos.write(port: CMOS.indexPort, size: 1, value: 0x0F)
