@@ -109,8 +109,12 @@ final class CMOS: PortIODevice {
 
     static func bcd(_ value: Int32) -> UInt8 { UInt8((value / 10) << 4 | value % 10) }
 
+    /// The index port is write-only on the PC and reads as all ones, as on QEMU. That matters
+    /// for speed: SeaBIOS reads it at every switch between real and protected mode (several per
+    /// int 13h disk read) and, when bit 7 (NMI masked) reads clear, writes it and reads the
+    /// data port twice more to mask NMIs and restore them, four more exits each time.
     func read(port: UInt16, size: Int) -> UInt32 {
-        lock.withLock { port == CMOS.dataPort ? UInt32(readLocked(index)) : UInt32(index) }
+        lock.withLock { port == CMOS.dataPort ? UInt32(readLocked(index)) : 0xFF }
     }
 
     func write(port: UInt16, size: Int, value: UInt32) {

@@ -66,6 +66,8 @@ public final class Machine: @unchecked Sendable {
     private let serialLog: FileDescriptor?
     private let serialSocket: SerialSocket?
     private let ioExitCount = Atomic<Int>(0)
+    /// The exits by kind, when `MARTLET_VMM_EXIT_STATS` is set (printed when the guest ends).
+    let exitStatistics: ExitStatistics? = getenv(ExitStatistics.variable) != nil ? ExitStatistics() : nil
     /// CLOCK_MONOTONIC nanoseconds of the first VM exit (the guest has run), 0 before it.
     public var firstExitNanoseconds: UInt64 { firstExit.load(ordering: .acquiring) }
     private let firstExit = Atomic<UInt64>(0)
@@ -357,6 +359,7 @@ public final class Machine: @unchecked Sendable {
         for thread in control.withLock({ $0.threads + $0.ioThreads }) { pthread_join(thread, nil) }
         for transport in virtio { transport.device.stop() }
         serialSocket?.close()
+        if let exitStatistics { Machine.trace(exitStatistics.table) }
         return result
     }
 
@@ -489,6 +492,7 @@ public final class Machine: @unchecked Sendable {
                     continue
                 }
                 if firstExit.load(ordering: .relaxed) == 0 { recordFirstExit() }
+                exitStatistics?.record(exit)
                 switch Int32(exit.reason) {
                 case KVM_EXIT_IO:
                     ioExitCount.add(1, ordering: .relaxed)

@@ -62,6 +62,38 @@ struct BootTests {
         #expect(!e820.contains { $0.type == .ram && $0.address < GuestMemory.fourGiB && $0.address + $0.size > GuestMemory.mmioHoleStart })
     }
 
+    /// The VmFlags of the mapping in /proc/self/smaps text that holds `address`.
+    static func mappingFlags(containing address: UInt, smaps: String) -> [Substring]? {
+        var inside = false
+        for line in smaps.split(separator: "\n") {
+            let range = line.prefix { $0 != " " }.split(separator: "-")
+            if range.count == 2, let low = UInt(range[0], radix: 16), let high = UInt(range[1], radix: 16) {
+                inside = address >= low && address < high
+            } else if inside, line.hasPrefix("VmFlags:") {
+                return line.split(separator: " ")
+            }
+        }
+        return nil
+    }
+
+    @Test func guestRAMStartsOnHugePageBoundariesAndAsksForHugePages() throws {
+        // Odd sizes too: the slack the mapping trims must not depend on the length.
+        for mib in [3, 67, 256] {
+            let memory = try GuestMemory(size: UInt64(mib) << 20)
+            // Read to its end: /proc files report no size, and a one-shot read stops early.
+            let smaps = String(decoding: try FileHandle(forReadingFrom: URL(fileURLWithPath: "/proc/self/smaps")).readToEnd() ?? Data(), as: UTF8.self)
+            for region in memory.regions {
+                let start = UInt(bitPattern: region.host)
+                #expect(start % UInt(GuestMemory.hugePageSize) == 0, "\(mib) MiB: RAM at 0x\(String(start, radix: 16)) is not 2 MiB-aligned")
+                // The VmFlags of the mapping holding it carry "hg" once MADV_HUGEPAGE took
+                // effect (a neighbouring mapping with the same flags may have merged with it).
+                #expect(Self.mappingFlags(containing: start, smaps: smaps)?.contains("hg") == true, "\(mib) MiB: no \"hg\" in the VmFlags of the RAM's mapping")
+            }
+            try memory.write(UInt8(0xA5), at: UInt64(mib << 20) - 1)
+            #expect(try memory.read(UInt8.self, at: UInt64(mib << 20) - 1) == 0xA5)
+        }
+    }
+
     @Test func pageTablesIdentityMapFourGiB() throws {
         let memory = try GuestMemory(size: 16 << 20)
         try BootLayout.writePageTables(memory)

@@ -1,3 +1,4 @@
+import CKVM
 import Foundation
 import MartletVMMProtocol
 import Testing
@@ -208,8 +209,11 @@ struct FirmwareTests {
         #expect(read(0x34) == 0x00 && read(0x35) == 0x0F, "(256 - 16) MiB in 64 KiB units")
         #expect(read(0x5B) == 0x00 && read(0x5C) == 0x40 && read(0x5D) == 0x00, "1 GiB above 4 GiB in 64 KiB units")
         #expect(read(0x5F) == 1)
-        // Binary mode once the guest clears the BCD bit; plain RAM keeps what is written.
+        // The index port reads as all ones whatever was written: bit 7 says NMIs are masked,
+        // so SeaBIOS leaves it alone when it switches modes.
         cmos.write(port: CMOS.indexPort, size: 1, value: 0x0B)
+        #expect(cmos.read(port: CMOS.indexPort, size: 1) == 0xFF)
+        // Binary mode once the guest clears the BCD bit; plain RAM keeps what is written.
         cmos.write(port: CMOS.dataPort, size: 1, value: 0x06)
         #expect(read(0x04) == 22 && read(0x00) == 20)
         cmos.write(port: CMOS.indexPort, size: 1, value: 0x0F)
@@ -274,6 +278,29 @@ struct FirmwareTests {
 
     /// SeaBIOS's boot failure, recognised in the console stream: once, only the whole
     /// sentence, also after a false start.
+    @Test func exitStatisticsCountByPortAddressAndDirectionMostFrequentFirst() {
+        let statistics = ExitStatistics()
+        var exit = ckvm_exit()
+        exit.reason = UInt32(KVM_EXIT_IO)
+        exit.io_port = 0x3FD
+        exit.io_direction = UInt8(KVM_EXIT_IO_IN)
+        for _ in 0..<3 { statistics.record(exit) }
+        exit.io_direction = UInt8(KVM_EXIT_IO_OUT)
+        statistics.record(exit)
+        var mmio = ckvm_exit()
+        mmio.reason = UInt32(KVM_EXIT_MMIO)
+        mmio.mmio_address = 0xD000_0060
+        for _ in 0..<2 { statistics.record(mmio) }
+        #expect(statistics.count(of: .init(reason: UInt32(KVM_EXIT_IO), location: 0x3FD, write: false)) == 3)
+        #expect(statistics.count(of: .init(reason: UInt32(KVM_EXIT_IO), location: 0x3FD, write: true)) == 1)
+        #expect(statistics.count(of: .init(reason: UInt32(KVM_EXIT_MMIO), location: 0xD000_0060, write: false)) == 2)
+        let lines = statistics.table.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        #expect(lines.dropFirst().first == "3\tio read port 0x3fd", "\(lines)")
+        #expect(lines.dropFirst(2).first == "2\tmmio read 0xd0000060", "\(lines)")
+        #expect(lines.dropFirst(3).first == "1\tio write port 0x3fd", "\(lines)")
+        #expect(lines.last == "6\tin all", "\(lines)")
+    }
+
     @Test func bootFailureIsRecognisedOnceInTheConsoleOutput() {
         var failures = 0
         let watch = BootFailureWatch(onFailure: { failures += 1 })
