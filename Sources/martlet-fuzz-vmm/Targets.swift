@@ -108,7 +108,8 @@ enum VirtQueueInput {
 
 /// virtio-blk's request handling on the ring the bytes lay out (`GuestRing`), over a 64 KiB
 /// disk in /dev/shm (so FLUSH costs nothing); bit 2 of the header's flags byte makes it
-/// read-only. Reads, writes, GET_ID, DISCARD and WRITE_ZEROES all reach the file.
+/// read-only, bit 3 puts it on preadv/pwritev instead of io_uring. Reads, writes, GET_ID,
+/// DISCARD and WRITE_ZEROES all reach the file.
 enum BlockInput {
     /// The disk, made once per process and removed at exit; what one input writes stays for
     /// the next, as on a real disk.
@@ -122,18 +123,22 @@ enum BlockInput {
         return path
     }()
 
-    /// The device, read-write and read-only, made once per process like the disk: a VMM
-    /// makes its io_uring once per disk, and a ring set up and torn down for every input
-    /// once held one input 12 s in the kernel's teardown (a libFuzzer timeout) on a busy
-    /// machine; the replay of that input took 8-33 ms. Unchecked: the fuzzer and the replayer
-    /// run one input at a time on one thread.
+    /// The devices, made once per process like the disk: read-write and read-only (bit 2 of
+    /// the header's flags byte), each on io_uring and on preadv/pwritev (bit 3). A VMM makes
+    /// its io_uring once per disk; a ring set up and torn down for every input once held one
+    /// input 12 s in the kernel's teardown (a libFuzzer timeout) on a busy machine, and its
+    /// replay took 8-33 ms. Unchecked: the fuzzer and the replayer run one input at a time on
+    /// one thread.
     nonisolated(unsafe) static let devices: [VirtioBlock]? = disk.flatMap { disk in
-        try? [false, true].map { try VirtioBlock(path: disk, readOnly: $0, serial: "fuzz") }
+        try? [(false, BlockEngine.ioUring), (true, .ioUring), (false, .sync), (true, .sync)].map {
+            try VirtioBlock(path: disk, readOnly: $0.0, serial: "fuzz", engine: $0.1)
+        }
     }
 
     static func run(_ bytes: [UInt8]) {
         guard let devices, let (memory, queue) = GuestRing.layout(bytes) else { return }
-        _ = try? devices[bytes[6] & 4 != 0 ? 1 : 0].process(queue: 0, queue, memory: memory)
+        let device = devices[Int(bytes[6] >> 2) & 3]
+        _ = try? device.process(queue: 0, queue, memory: memory)
     }
 }
 
