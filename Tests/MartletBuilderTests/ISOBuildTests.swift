@@ -94,11 +94,15 @@ enum TestBuilds {
 }
 
 /// The live ISO boots in QEMU four ways — BIOS and UEFI, as a CD and as a USB stick
-/// written like `dd` — to the `MARTLET-LIVE-READY` marker on the serial port. Two suites,
-/// one per firmware, each booting its two media in turn: a BIOS and a UEFI boot run side by
-/// side (each QEMU uses one core under TCG; four in a row were the unit tests' longest path).
-enum LiveBoot {
-    static func bootsToLiveReady(_ firmware: QEMUConfiguration.Firmware, _ medium: QEMUConfiguration.Medium) throws {
+/// written like `dd` — to the `MARTLET-LIVE-READY` marker on the serial port.
+@Suite(.serialized) struct ISOBootTests {
+    @Test(arguments: [
+        (QEMUConfiguration.Firmware.bios, QEMUConfiguration.Medium.cdrom),
+        (.bios, .usb), (.uefi, .cdrom), (.uefi, .usb),
+    ])
+    func bootsToLiveReady(firmware: QEMUConfiguration.Firmware, medium: QEMUConfiguration.Medium)
+        throws
+    {
         let result = try TestBuilds.first.get()
         try FileManager.default.createDirectory(
             atPath: TestBuilds.artifacts, withIntermediateDirectories: true)
@@ -109,25 +113,10 @@ enum LiveBoot {
                 serialLog: log))
         try machine.start()
         defer { machine.stop() }
-        // Generous: the two boots share the machine with the rest of the unit tests.
-        try machine.waitFor("MARTLET-LIVE-READY 0.1.0", timeout: .seconds(600))
+        try machine.waitFor("MARTLET-LIVE-READY 0.1.0", timeout: .seconds(420))
         // The live root is the overlay of the live layer over the host root: the installer's
         // source is visible at /run/martlet/host-root (checked by the installer tests).
         try? FileManager.default.removeItem(atPath: log)
-    }
-}
-
-@Suite(.serialized) struct ISOBootBIOSTests {
-    @Test(arguments: [QEMUConfiguration.Medium.cdrom, .usb])
-    func bootsToLiveReady(medium: QEMUConfiguration.Medium) throws {
-        try LiveBoot.bootsToLiveReady(.bios, medium)
-    }
-}
-
-@Suite(.serialized) struct ISOBootUEFITests {
-    @Test(arguments: [QEMUConfiguration.Medium.cdrom, .usb])
-    func bootsToLiveReady(medium: QEMUConfiguration.Medium) throws {
-        try LiveBoot.bootsToLiveReady(.uefi, medium)
     }
 }
 
