@@ -201,9 +201,17 @@ import Testing
             })
         }
         _ = try await (typing, viewing)
+        // The runner's log and the console log go with a failure: under the whole `make test`
+        // both viewers' sockets twice closed after the banner without the echo (not understood).
+        let logs = {
+            let paths = setup.fixture.paths
+            let runner = (try? String(contentsOfFile: paths.runnerLog("ws"), encoding: .utf8)) ?? "(no runner.log)"
+            let console = (try? String(contentsOfFile: paths.consoleLog("ws"), encoding: .utf8)) ?? "(no console.log)"
+            return "runner.log:\n\(runner.suffix(4000))\nconsole.log:\n\(console.suffix(2000))"
+        }
         for screen in [typist, viewer] {
             #expect(screen.text.contains(banner), "the replay: \(screen.text)")
-            #expect(screen.text.contains("echo: hello over a websocket\n"), "typed keys reached the guest: \(screen.text)")
+            #expect(screen.text.contains("echo: hello over a websocket\n"), "typed keys reached the guest: \(screen.text)\n\(logs())")
         }
         let log = try String(contentsOfFile: setup.fixture.paths.consoleLog("ws"), encoding: .utf8)
         #expect(!log.contains("read-only"), "a read-only token's keys reached the guest: \(log)")
