@@ -7,9 +7,11 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -76,22 +78,25 @@ static int jail_parents(char *path, size_t root_length) {
 
 static __attribute__((noreturn)) void jail_child(
     int pipe_fd, const char *root, const martlet_jail_entry *entries, int entry_count,
-    uid_t uid, gid_t gid, const gid_t *groups, int group_count,
-    const char *const *cgroup_procs, int cgroup_count, const int stdio[3],
-    const char *path, char *const argv[], char *const envp[]) {
+    uid_t uid, gid_t gid, const gid_t *groups, int group_count, int joined_read, int joined_fd,
+    const int stdio[3], const char *path, char *const argv[], char *const envp[]) {
     char buffer[4096];
     size_t root_length = strlen(root);
+    // The failure pipe must not sit where the joined pipe goes.
+    if (joined_fd >= 0 && pipe_fd == joined_fd) {
+        pipe_fd = fcntl(pipe_fd, F_DUPFD_CLOEXEC, joined_fd + 1);
+        if (pipe_fd < 0) _exit(127);
+    }
     for (int fd = 0; fd < 3; fd++) {
         if (stdio[fd] != fd && dup2(stdio[fd], fd) < 0) jail_fail(pipe_fd, MARTLET_JAIL_STEP_STDIO, -1);
     }
+    if (joined_fd >= 0 && joined_read != joined_fd && dup2(joined_read, joined_fd) < 0)
+        jail_fail(pipe_fd, MARTLET_JAIL_STEP_STDIO, -1);
     if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
         for (int fd = 3; fd < 4096; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
     }
-    for (int index = 0; index < cgroup_count; index++) {
-        int fd = open(cgroup_procs[index], O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, "0", 1) != 1) jail_fail(pipe_fd, MARTLET_JAIL_STEP_CGROUP, index);
-        close(fd);
-    }
+    // The program reads the parent's word that it is in its cgroups from here.
+    if (joined_fd >= 0 && fcntl(joined_fd, F_SETFD, 0) != 0) jail_fail(pipe_fd, MARTLET_JAIL_STEP_STDIO, -1);
     // The directories below are for the VMM's user to walk through: 0755 whatever the
     // caller's umask; the program gets the caller's umask back.
     mode_t umask_before = umask(0);
@@ -143,6 +148,14 @@ static __attribute__((noreturn)) void jail_child(
     sigset_t empty;
     sigemptyset(&empty);
     sigprocmask(SIG_SETMASK, &empty, NULL);
+    // A program that cannot wait for the move into its cgroups itself waits here.
+    if (joined_fd < 0 && joined_read >= 0) {
+        char word = 0;
+        ssize_t count;
+        do { count = read(joined_read, &word, 1); } while (count < 0 && errno == EINTR);
+        if (count != 1 || word != '1') _exit(127);
+        close(joined_read);
+    }
     execve(path, argv, envp);
     jail_fail(pipe_fd, MARTLET_JAIL_STEP_EXEC, -1);
 }
@@ -150,12 +163,21 @@ static __attribute__((noreturn)) void jail_child(
 pid_t martlet_spawn_jailed(
     const char *root, const martlet_jail_entry *entries, int entry_count,
     uid_t uid, gid_t gid, const gid_t *groups, int group_count,
-    int cgroup_fd, const char *const *cgroup_procs, int cgroup_count,
+    int cgroup_fd, const char *const *cgroup_procs, int cgroup_count, int joined_fd,
     const int stdio[3], const char *path, char *const argv[], char *const envp[],
     martlet_jail_failure *failure) {
     int pipe_fds[2];
     if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
         *failure = (martlet_jail_failure){MARTLET_JAIL_STEP_CLONE, -1, errno};
+        return -1;
+    }
+    // A socket pair, not a pipe: the word is sent with MSG_NOSIGNAL, so a program that ended
+    // before it (a VMM refusing its configuration) cannot end the caller with SIGPIPE.
+    int joined[2] = {-1, -1};
+    if ((joined_fd >= 0 || cgroup_count > 0) && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, joined) != 0) {
+        *failure = (martlet_jail_failure){MARTLET_JAIL_STEP_CLONE, -1, errno};
+        close(pipe_fds[0]);
+        close(pipe_fds[1]);
         return -1;
     }
     // No handler of the parent's may run in the child before it resets them.
@@ -164,6 +186,7 @@ pid_t martlet_spawn_jailed(
     pthread_sigmask(SIG_SETMASK, &all, &previous);
     const unsigned long namespaces = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
     long pid = -1;
+    int born_in_cgroup = 0;
     errno = ENOSYS;
     if (cgroup_fd >= 0) {
         // Born in its cgroup: joining after the fork (a write to cgroup.procs) waits for an
@@ -176,29 +199,62 @@ pid_t martlet_spawn_jailed(
         pid = syscall(SYS_clone3, &args, sizeof args);
         if (pid == 0) {
             close(pipe_fds[0]);
-            jail_child(pipe_fds[1], root, entries, entry_count, uid, gid, groups, group_count, NULL, 0, stdio, path, argv, envp);
+            if (joined[1] >= 0) close(joined[1]);
+            jail_child(pipe_fds[1], root, entries, entry_count, uid, gid, groups, group_count, joined[0], joined_fd, stdio, path, argv, envp);
         }
+        born_in_cgroup = pid > 0;
     }
-    // Kernels before 5.7 have no clone3 or no CLONE_INTO_CGROUP: join through cgroup.procs.
-    if (pid < 0 && (errno == ENOSYS || errno == E2BIG)) {
+    // Kernels before 5.7 have no clone3 or no CLONE_INTO_CGROUP, and cgroup v1 has neither:
+    // the parent moves the child below.
+    if (pid < 0 && (errno == ENOSYS || errno == E2BIG || cgroup_fd < 0)) {
         pid = syscall(SYS_clone, namespaces | SIGCHLD, NULL, NULL, NULL, NULL);
         if (pid == 0) {
             close(pipe_fds[0]);
-            jail_child(
-                pipe_fds[1], root, entries, entry_count, uid, gid, groups, group_count, cgroup_procs, cgroup_count,
-                stdio, path, argv, envp);
+            if (joined[1] >= 0) close(joined[1]);
+            jail_child(pipe_fds[1], root, entries, entry_count, uid, gid, groups, group_count, joined[0], joined_fd, stdio, path, argv, envp);
         }
     }
     int clone_errno = errno;
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
     close(pipe_fds[1]);
+    if (joined[0] >= 0) close(joined[0]);
     if (pid < 0) {
         close(pipe_fds[0]);
+        if (joined[1] >= 0) close(joined[1]);
         *failure = (martlet_jail_failure){MARTLET_JAIL_STEP_CLONE, -1, clone_errno};
         return -1;
     }
+    // The move into the cgroups waits for an RCU grace period (10-16 ms measured on cgroup
+    // v1), which the child spends setting up its root and, given `joined_fd`, the program its
+    // own start-up: it waits for the word there before it allocates anything for its VM.
+    martlet_jail_failure reported = {0, -1, 0};
+    if (!born_in_cgroup) {
+        char text[24];
+        int length = snprintf(text, sizeof text, "%ld", pid);
+        for (int index = 0; index < cgroup_count && reported.step == 0; index++) {
+            int fd = open(cgroup_procs[index], O_WRONLY | O_CLOEXEC);
+            if (fd < 0 || write(fd, text, (size_t)length) != length)
+                reported = (martlet_jail_failure){MARTLET_JAIL_STEP_CGROUP, index, errno};
+            if (fd >= 0) close(fd);
+        }
+    }
+    if (joined[1] >= 0) {
+        // One byte: moved (or born there). The pipe closing without it (below, on a failure)
+        // tells the program to end.
+        // EPIPE: the program has ended already; its status tells the rest.
+        if (reported.step == 0 && send(joined[1], "1", 1, MSG_NOSIGNAL) != 1 && errno != EPIPE)
+            reported = (martlet_jail_failure){MARTLET_JAIL_STEP_CGROUP, -1, errno};
+        close(joined[1]);
+    }
+    if (reported.step != 0) {
+        kill((pid_t)pid, SIGKILL);
+        close(pipe_fds[0]);
+        int status;
+        while (waitpid((pid_t)pid, &status, 0) < 0 && errno == EINTR) {}
+        *failure = reported;
+        return -1;
+    }
     // The pipe closes on execve: nothing read means the jailed program runs.
-    martlet_jail_failure reported;
     ssize_t count;
     do { count = read(pipe_fds[0], &reported, sizeof reported); } while (count < 0 && errno == EINTR);
     close(pipe_fds[0]);

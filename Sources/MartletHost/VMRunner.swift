@@ -197,6 +197,12 @@ public final class VMRunner: Sendable {
             cgroup = vmmCgroup(config)
             layout.cgroupProcs = cgroup?.procsFiles ?? []
             layout.cgroupDirectory = cgroup?.unifiedDirectory
+            if cgroup != nil {
+                // The VMM starts up while it is moved into its cgroups and waits for the word
+                // before it allocates its VM (on cgroup v1 the move takes an RCU grace period).
+                layout.cgroupJoinedDescriptor = VMRunner.cgroupJoinedDescriptor
+                arguments += ["--cgroup-joined-fd", "\(VMRunner.cgroupJoinedDescriptor)"]
+            }
             // scripts/bench-vmm --jail: the VMM's exit statistics in this log, timed from here
             // (the jail's set-up included).
             if ProcessInfo.processInfo.environment["MARTLET_VMM_STATS"] == "1" {
@@ -233,6 +239,9 @@ public final class VMRunner: Sendable {
         }
         return status
     }
+
+    /// The jailed VMM's descriptor for the word that it is in its cgroups.
+    static let cgroupJoinedDescriptor: Int32 = 3
 
     /// The VMM's cgroup with the limits of `config`, or nil (logged) where the runner cannot
     /// make one: the VM still runs, without them.

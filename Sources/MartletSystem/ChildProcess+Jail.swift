@@ -46,6 +46,11 @@ public struct JailLayout: Sendable, Equatable {
     /// A cgroup v2 directory the child is created in (clone3's CLONE_INTO_CGROUP), which
     /// spares the join's wait; `cgroupProcs` then serve only kernels without it (< 5.7).
     public var cgroupDirectory: String?
+    /// Where the program finds the word that it is in its cgroups (a socket yielding "1"; EOF
+    /// without it: the move failed and it must end), so its own start-up overlaps the move,
+    /// which on cgroup v1 waits for an RCU grace period; nil: the child waits before execve.
+    /// Must be above 2 (fds 0-2 are the child's stdio).
+    public var cgroupJoinedDescriptor: Int32?
 
     public init(root: String, entries: [Entry], credentials: Credentials?) {
         self.root = root
@@ -67,6 +72,9 @@ extension ChildProcess {
     ) throws -> pid_t {
         guard let executable = arguments.first, executable.hasPrefix("/") else {
             throw SystemError("jail: execve", path: arguments.first, errno: EINVAL)
+        }
+        if let descriptor = jail.cgroupJoinedDescriptor, descriptor < 3 {
+            throw SystemError("jail: the cgroup word's descriptor \(descriptor) is one of fds 0-2", path: arguments.first, errno: EINVAL)
         }
         var strings: [UnsafeMutablePointer<CChar>?] = []
         defer { for pointer in strings { free(pointer) } }
@@ -105,7 +113,8 @@ extension ChildProcess {
                             jail.root, entries.baseAddress, Int32(entries.count),
                             jail.credentials?.uid ?? uid_t.max, jail.credentials?.gid ?? gid_t.max,
                             groups.baseAddress, Int32(groups.count), cgroup?.raw ?? -1, cgroupProcs.baseAddress,
-                            Int32(cgroupProcs.count), stdio.baseAddress, executable, argv, environ, &failure)
+                            Int32(cgroupProcs.count), jail.cgroupJoinedDescriptor ?? -1, stdio.baseAddress, executable,
+                            argv, environ, &failure)
                     }
                 }
             }
@@ -113,7 +122,7 @@ extension ChildProcess {
         guard pid < 0 else { return pid }
         let step = Int(failure.step)
         let path: String
-        if step == MARTLET_JAIL_STEP_CGROUP {
+        if step == MARTLET_JAIL_STEP_CGROUP, failure.entry >= 0 {
             path = jail.cgroupProcs[Int(failure.entry)]
         } else if step == MARTLET_JAIL_STEP_CLONE, let directory = jail.cgroupDirectory {
             path = directory
@@ -144,7 +153,7 @@ extension ChildProcess {
         case MARTLET_JAIL_STEP_NO_NEW_PRIVS: "prctl(PR_SET_NO_NEW_PRIVS) in"
         case MARTLET_JAIL_STEP_EXEC: "execve"
         case MARTLET_JAIL_STEP_STDIO: "dup2 of fds 0-2 in"
-        case MARTLET_JAIL_STEP_CGROUP: "joining the cgroup"
+        case MARTLET_JAIL_STEP_CGROUP: "moving the child into the cgroup"
         default: "step \(step)"
         }
     }

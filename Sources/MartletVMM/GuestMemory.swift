@@ -28,7 +28,12 @@ public final class GuestMemory {
         }
         var mapped: [Region] = []
         for (start, length) in ranges {
-            guard let pointer = GuestMemory.mapHugePageAligned(Int(length)) else {
+            // The first 2 MiB stays with 4 KiB pages: the loader writes a few pages there (boot
+            // structures, the test guests, the BIOS), and a huge page would be zeroed whole on
+            // the first write, 0.5-9 ms of the start-up measured on this nested host
+            // (scripts/bench-vmm --trace, phase machine.guest); a guest's use of it costs at
+            // most 512 more nested page faults beside the tens of thousands of a Linux boot.
+            guard let pointer = GuestMemory.mapHugePageAligned(Int(length), smallPages: start == 0 ? GuestMemory.hugePageSize : 0) else {
                 let code = errno
                 for region in mapped { munmap(region.host, Int(region.size)) }
                 throw VMMError(.memory, "cannot map \(length >> 20) MiB of guest memory: \(errnoText(code)); lower 'memory_mib'")
@@ -47,7 +52,8 @@ public final class GuestMemory {
     /// modulo 2 MiB; every region starts 2 MiB-aligned in the guest (0 and 4 GiB). With 4 KiB
     /// pages a booting Linux guest takes tens of thousands more nested page faults, which
     /// under nested virtualization cost a large part of its boot. nil (errno set) on failure.
-    static func mapHugePageAligned(_ length: Int) -> UnsafeMutableRawPointer? {
+    /// The first `smallPages` bytes get no MADV_HUGEPAGE.
+    static func mapHugePageAligned(_ length: Int, smallPages: Int = 0) -> UnsafeMutableRawPointer? {
         let slack = hugePageSize
         let raw = mmap(nil, length + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let raw, raw != MAP_FAILED else { return nil }
@@ -57,7 +63,7 @@ public final class GuestMemory {
         let aligned = raw + head
         munmap(aligned + length, slack - head)
         // Only a hint: without THP in the host kernel the memory works with 4 KiB pages.
-        _ = madvise(aligned, length, MADV_HUGEPAGE)
+        if length > smallPages { _ = madvise(aligned + smallPages, length - smallPages, MADV_HUGEPAGE) }
         return aligned
     }
 

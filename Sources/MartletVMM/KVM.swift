@@ -114,8 +114,9 @@ public final class VirtualMachineHandle {
         guard result >= 0 else { throw VMMError.ioctl("KVM_SET_USER_MEMORY_REGION", result) }
     }
 
-    /// The x86 platform pieces KVM emulates in the kernel: TSS/identity-map pages, the
-    /// irqchip (PIC + IOAPIC + LAPICs) and the PIT. Must run before any vCPU is created.
+    /// The x86 platform pieces KVM emulates in the kernel that must exist before any vCPU:
+    /// TSS/identity-map pages and the irqchip (PIC + IOAPIC + LAPICs). The PIT follows with
+    /// `startPIT` once the vCPUs exist.
     public func createPlatform(tssAddress: UInt64) throws {
         var result = ckvm_ioctl(fd, CKVM_SET_TSS_ADDR, UInt(tssAddress))
         guard result >= 0 else { throw VMMError.ioctl("KVM_SET_TSS_ADDR", result) }
@@ -126,10 +127,33 @@ public final class VirtualMachineHandle {
         guard result >= 0 else { throw VMMError.ioctl("KVM_SET_IDENTITY_MAP_ADDR", result) }
         result = ckvm_ioctl(fd, CKVM_CREATE_IRQCHIP, 0)
         guard result >= 0 else { throw VMMError.ioctl("KVM_CREATE_IRQCHIP", result) }
-        var pit = kvm_pit_config()
-        pit.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
-        result = withUnsafeMutablePointer(to: &pit) { ckvm_ioctl(fd, CKVM_CREATE_PIT2, UInt(bitPattern: $0)) }
-        guard result >= 0 else { throw VMMError.ioctl("KVM_CREATE_PIT2", result) }
+    }
+
+    /// Creates the in-kernel PIT (KVM_CREATE_PIT2) on a start-up thread of its own and returns
+    /// the wait for it, which throws what the ioctl reported; call it before the first
+    /// KVM_RUN, and on every path (it joins the thread). The kernel starts the PIT's worker
+    /// thread inside the ioctl and waits until that thread is scheduled: 3-4 ms on a busy
+    /// host (scripts/bench-vmm --trace), which the guest's loading overlaps instead of
+    /// following. Call it after the vCPUs exist: KVM_CREATE_VCPU waits for the VM lock the
+    /// ioctl holds. The thread runs under the process filter and ends before `Jail.lockDown`.
+    public func startPIT() throws -> () throws -> Void {
+        final class Outcome: @unchecked Sendable { var result = 0 }
+        let outcome = Outcome()
+        let fd = self.fd
+        let thread = try startThread {
+            var pit = kvm_pit_config()
+            pit.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
+            outcome.result = withUnsafeMutablePointer(to: &pit) { ckvm_ioctl(fd, CKVM_CREATE_PIT2, UInt(bitPattern: $0)) }
+        }
+        var joined = false
+        return { [self] in
+            guard !joined else { return }
+            joined = true
+            // pthread_join orders the thread's write of `result` before this read.
+            pthread_join(thread, nil)
+            _ = self  // the VM's descriptor stays open until the ioctl returned
+            guard outcome.result >= 0 else { throw VMMError.ioctl("KVM_CREATE_PIT2", outcome.result) }
+        }
     }
 
     /// Sets the level of a GSI of the in-kernel irqchip (KVM_IRQ_LINE).

@@ -94,6 +94,7 @@ public final class Machine: @unchecked Sendable {
         let firmware = try config.firmware.map { path in try field("firmware") { try FirmwareImage(path: path) } }
         let kernel = try firmware != nil ? nil : kernelOverride ?? field("kernel") { try KernelImage(bytes: readWholeFile(config.kernel, what: "kernel"), path: config.kernel) }
         let initrd = try config.initrd.map { path in try field("initrd") { try readWholeFile(path, what: "initrd") } }
+        StartupTrace.mark("machine.files")
         var disks: [VirtioBlock] = []
         for (index, disk) in config.disks.enumerated() {
             disks.append(try field("disks[\(index)]") { try VirtioBlock(path: disk.path, readOnly: disk.readOnly, serial: disk.id, direct: disk.cache == .none, queues: disk.queueCount(vcpus: config.vcpus), engine: blockEngine) })
@@ -104,11 +105,14 @@ public final class Machine: @unchecked Sendable {
 
         kvm = try KVMSystem()
         vm = try VirtualMachineHandle(system: kvm)
+        StartupTrace.mark("machine.create-vm")
         memory = try GuestMemory(size: UInt64(config.memoryMiB) << 20)
         for (slot, region) in memory.regions.enumerated() {
             try vm.setMemoryRegion(slot: UInt32(slot), guestAddress: region.guestAddress, size: region.size, host: region.host)
         }
+        StartupTrace.mark("machine.memory")
         try vm.createPlatform(tssAddress: firmware == nil ? BootLayout.tss : FirmwareImage.tssAddress)
+        StartupTrace.mark("machine.irqchip")
 
         func openFile(_ path: String, _ flags: Int32, mode: mode_t, field: String) throws -> FileDescriptor {
             do {
@@ -196,6 +200,7 @@ public final class Machine: @unchecked Sendable {
             }
         }
         self.notifiers = notifiers
+        StartupTrace.mark("machine.devices")
 
         let supportedCPUID = try kvm.supportedCPUID()
         var vcpus: [VCPUHandle] = []
@@ -206,6 +211,11 @@ public final class Machine: @unchecked Sendable {
             vcpus.append(vcpu)
         }
         self.vcpus = vcpus
+        StartupTrace.mark("machine.vcpus")
+        // The PIT's creation waits for the scheduler (`startPIT`); the firmware's or the
+        // guest's loading and the vCPUs' registers run meanwhile.
+        let waitForPIT = try vm.startPIT()
+        defer { try? waitForPIT() }
 
         var ports: [(range: ClosedRange<UInt16>, device: PortIODevice)] = [
             (Serial.base...Serial.base + 7, serial),
@@ -231,6 +241,9 @@ public final class Machine: @unchecked Sendable {
                 }
             }
         }
+        StartupTrace.mark("machine.guest")
+        try waitForPIT()
+        StartupTrace.mark("machine.pit")
         onEvent = { [unowned self] event in
             finish(event == .powerOff ? .powerOff : .reset)
         }
@@ -465,12 +478,14 @@ public final class Machine: @unchecked Sendable {
         sigaddset(&kick, SIGUSR2)
         pthread_sigmask(SIG_UNBLOCK, &kick, nil)
         // Before the first KVM_RUN: no guest instruction runs on an unconfined thread.
+        if vcpu.index == 0 { StartupTrace.mark("vcpu.thread") }
         do {
             try Seccomp.confineThread(.vcpu)
         } catch {
             finish(.crashed("vCPU \(vcpu.index): \(error)"))
             return
         }
+        if vcpu.index == 0 { StartupTrace.mark("vcpu.filter") }
         #if DEBUG
             // Test-only (never compiled into a release build): proves a violation ends the VMM
             // with SIGSYS and a line naming the syscall. socket(AF_INET) is in no allow-list.
@@ -525,8 +540,10 @@ public final class Machine: @unchecked Sendable {
     private func recordFirstExit() {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
-        _ = firstExit.compareExchange(
-            expected: 0, desired: UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec), ordering: .releasing)
+        let nanoseconds = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+        if firstExit.compareExchange(expected: 0, desired: nanoseconds, ordering: .releasing).exchanged {
+            StartupTrace.mark("first-exit", at: nanoseconds)
+        }
     }
 
     private func describeRegisters(_ vcpu: VCPUHandle) -> String {

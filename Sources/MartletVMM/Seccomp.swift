@@ -57,6 +57,7 @@ public enum Seccomp {
         guard result == 0 else {
             throw VMMError(.io, "seccomp: cannot install the SIGSYS handler: \(errnoText(Int32(-result)))")
         }
+        StartupTrace.mark("process-filter.handler")
         guard cseccomp_thread_mode() != 2 else { return }
         try install(rules(for: .process, restartable: restartable), kind: .process, mode: mode)
     }

@@ -47,6 +47,9 @@ let usage = """
       --stats                  print exit statistics as JSON on stderr when the VM ends
       --spawned-at NS          CLOCK_MONOTONIC nanoseconds when the spawner started this
                                process (before its jail), reported as spawn_ns by --stats
+      --cgroup-joined-fd FD    wait, before creating the VM, until FD yields "1": the
+                               spawner has moved this process into its cgroups (the runner's
+                               jail); end if it closes without it
       --seccomp MODE           on (default): a syscall outside a thread's allow-list ends the
                                VMM with SIGSYS, naming the syscall on stderr; log: only log it
                                (kernel audit log, dmesg); off: no filters (debugging only)
@@ -83,6 +86,7 @@ func say(_ text: String) {
 }
 
 let startNanoseconds = ChildProcess.monotonicNanoseconds()
+StartupTrace.mark("main", at: startNanoseconds)
 let arguments = Array(CommandLine.arguments.dropFirst())
 
 func selftest(_ arguments: [String]) -> Never {
@@ -178,6 +182,8 @@ var timeout: Double?
 var printStats = false
 /// When the spawner started this process (CLOCK_MONOTONIC ns): `spawn_ns` in the statistics.
 var spawnedAt: UInt64?
+/// The descriptor on which the spawner confirms the move into the VM's cgroups.
+var cgroupJoinedFD: Int32?
 var overrides: [(inout VMConfig) throws -> Void] = []
 
 func value(_ flag: String, _ index: inout Int) -> String {
@@ -209,6 +215,7 @@ while index < arguments.count {
     case "--rng": overrides.append { $0.rng = true }
     case "--stats": printStats = true
     case "--spawned-at": spawnedAt = UInt64(number(flag, value(flag, &index)))
+    case "--cgroup-joined-fd": cgroupJoinedFD = Int32(number(flag, value(flag, &index)))
     case "--seccomp":
         let v = value(flag, &index)
         guard let mode = VMConfig.SeccompMode(rawValue: v) else { fail("--seccomp: '\(v)' is not on, off or log", code: .badConfig) }
@@ -272,6 +279,7 @@ do {
 } catch {
     fail("\(error)", code: .badConfig)
 }
+StartupTrace.mark("config")
 
 // Before the first thread: every thread leaves SIGTERM to the one that stops the VM with it.
 StopSignal.block()
@@ -282,6 +290,21 @@ do {
     try Seccomp.installProcessFilter(mode: config.seccomp, restartable: config.onReboot == .restart)
 } catch {
     fail("\(error)", code: .failed)
+}
+StartupTrace.mark("process-filter")
+
+// Everything the VM allocates (guest RAM, KVM's objects, the kernel image's buffer) is charged
+// to the VM's cgroups: wait until the spawner has moved this process there.
+if let fd = cgroupJoinedFD {
+    var word: UInt8 = 0
+    var count: Int
+    repeat { count = read(fd, &word, 1) } while count < 0 && errno == EINTR
+    guard count == 1, word == UInt8(ascii: "1") else {
+        let reason = count < 0 ? String(cString: strerror(errno)) : "closed without confirming"
+        fail("--cgroup-joined-fd \(fd): \(reason): the spawner could not move this VMM into its cgroups", code: .failed)
+    }
+    close(fd)
+    StartupTrace.mark("cgroup-joined")
 }
 
 let machine: Machine
@@ -298,6 +321,7 @@ do {
 } catch {
     fail("\(error)", code: .failed)
 }
+StartupTrace.mark("machine")
 
 // The VM's files, taps and KVM handles are open: no capability is needed any more.
 do {
@@ -306,6 +330,7 @@ do {
     machine.closeSockets()
     fail("\(error)", code: .failed)
 }
+StartupTrace.mark("lockdown")
 
 if config.serial == .stdout {
     do {
@@ -329,6 +354,7 @@ if let socketPath = config.controlSocket {
 }
 
 let result: Machine.Exit
+StartupTrace.mark("control")
 do {
     try StopSignal.watch(machine)
     result = try machine.run(timeout: timeout)
@@ -358,8 +384,20 @@ case .stopped:
 case .reset:
     if config.onReboot == .restart {
         // A fresh process is the cleanest reset: every device and vCPU starts anew.
-        let argv = CommandLine.unsafeArgv
-        execv("/proc/self/exe", argv)
+        // The re-executed VMM is in its cgroups already and has no word to wait for.
+        var kept: [String] = []
+        var position = 0
+        let all = CommandLine.arguments
+        while position < all.count {
+            if all[position] == "--cgroup-joined-fd" {
+                position += 2
+                continue
+            }
+            kept.append(all[position])
+            position += 1
+        }
+        var argv: [UnsafeMutablePointer<CChar>?] = kept.map { strdup($0) } + [nil]
+        execv("/proc/self/exe", &argv)
         fail("restart after guest reset failed: execv: \(String(cString: strerror(errno)))", code: .failed)
     }
     fail("guest requested a reset (on_reboot: exit)", code: .reset)

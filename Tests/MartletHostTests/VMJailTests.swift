@@ -266,6 +266,57 @@ import Testing
         } throws: { "\($0)".contains(root) && "\($0)".contains("clone") }
     }
 
+    /// Moved by its parent while it starts (cgroup v1, or a kernel without clone3): a child
+    /// given `cgroupJoinedDescriptor` finds "1" there, and is in every cgroup by then; without
+    /// it, the child waits before execve and is in them when it runs. A `cgroup.procs` the
+    /// parent cannot write is refused by name, and the child does not run on.
+    @Test func aJailedChildIsMovedIntoItsCgroupsWhileItStarts() throws {
+        guard let hierarchy = try VMCgroup.hierarchy(forRunnerOf: "cgroup-test") else {
+            Issue.record("skipped: no cgroup with the memory controller below this process's own")
+            return
+        }
+        let name = "vmm-move-\(UUID().uuidString.prefix(8).lowercased())"
+        let cgroup = try VMCgroup(
+            name: name, limits: VMCgroup.Limits(memoryBytes: 256 << 20, tasks: 16, cpuQuota: 100_000), under: hierarchy)
+        defer { cgroup.remove() }
+        let root = try TestSupport.temporaryDirectory("cgroup-move-root")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var layout = JailLayout(root: root, entries: VMJail.systemEntries(), credentials: nil)
+        layout.cgroupProcs = cgroup.procsFiles
+        layout.cgroupDirectory = cgroup.unifiedDirectory
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        // The word on fd 3 (or "none" without it) and how many of the child's cgroups are this
+        // VM's by then.
+        let script = """
+            import os, sys
+            word = os.read(3, 8).decode() if sys.argv[1] == 'fd' else 'none'
+            print(word, sum(1 for line in open('/proc/self/cgroup') if line.rstrip().endswith('/\(name)')))
+            """
+        for descriptor in [Int32(3), nil] {
+            layout.cgroupJoinedDescriptor = descriptor
+            let output = try FileDescriptor.pipe()
+            let pid = try ChildProcess.spawnJailed(
+                ["/usr/bin/python3", "-c", script, descriptor == nil ? "none" : "fd"],
+                jail: layout, stdin: null.raw, stdout: output.write.raw, stderr: null.raw)
+            output.write.close()
+            var text = ""
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while case let count = output.read.read(into: &buffer), count > 0 {
+                text += String(decoding: buffer.prefix(count), as: UTF8.self)
+            }
+            #expect(ChildProcess.wait(pid) == .exited(0))
+            let expected = "\(descriptor == nil ? "none" : "1") \(cgroup.directories.count)"
+            #expect(text.trimmingCharacters(in: .whitespacesAndNewlines) == expected, "fd \(String(describing: descriptor)): \(text)")
+        }
+
+        layout.cgroupJoinedDescriptor = 3
+        layout.cgroupDirectory = nil
+        layout.cgroupProcs = [root + "/not-a-cgroup/cgroup.procs"]
+        #expect {
+            try ChildProcess.spawnJailed(["/usr/bin/true"], jail: layout, stdin: null.raw, stdout: null.raw, stderr: null.raw)
+        } throws: { "\($0)".contains(root + "/not-a-cgroup/cgroup.procs") && "\($0)".contains("moving the child into the cgroup") }
+    }
+
     /// A process over its memory limit is ended by the kernel's OOM killer, alone: the test
     /// (its parent) lives on and `memoryLimitKilled` says what happened.
     @Test func aProcessOverItsMemoryLimitEndsAlone() throws {

@@ -77,6 +77,18 @@ struct SeccompTests {
 
     /// The disk's requests through io_uring on its I/O thread, whose filter (and the process
     /// filter under it) lets the ring be set up and entered: 2000 requests, 32 in flight.
+    /// The runner's word that the VMM is in its cgroups (`--cgroup-joined-fd`, here stdin):
+    /// "1" lets the guest run; the pipe closing without it ends the VMM before it creates a VM.
+    @Test func theVMMWaitsForItsCgroupWordAndEndsWithoutIt() throws {
+        let elf = try TestSupport.guestELF.get()
+        let arguments = ["--kernel", elf, "--cmdline", "test=serial", "--memory", "16", "--serial", "none", "--cgroup-joined-fd", "0", "--timeout", "20"]
+        let confirmed = try TestSupport.run(TestSupport.vmmBinary, arguments, input: "1")
+        #expect(confirmed.status == 0, "\(confirmed.output)")
+        let refused = try TestSupport.run(TestSupport.vmmBinary, arguments, input: "")
+        #expect(refused.status == 1, "\(refused.output)")
+        #expect(refused.output.contains("--cgroup-joined-fd 0: closed without confirming"), "\(refused.output)")
+    }
+
     @Test func diskRequestsRunOnTheRingUnderTheFilters() throws {
         let (status, stderr, disk) = try Self.runBlockBenchmark(through: [])
         #expect(status == 0, "\(stderr)")

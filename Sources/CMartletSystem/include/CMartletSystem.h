@@ -54,8 +54,11 @@ enum {
 
 /// Starts `path` (argv, envp) in new mount, PID, IPC and UTS namespaces, as pid 1 of its PID
 /// namespace, created in the cgroup v2 directory `cgroup_fd` refers to (clone3's
-/// CLONE_INTO_CGROUP; -1: none) or else first joining the cgroups whose `cgroup.procs` files
-/// `cgroup_procs` names (so everything it allocates is charged there), inside a fresh tmpfs mounted on `root` (an existing, empty host directory)
+/// CLONE_INTO_CGROUP; -1: none) or else moved by the caller into the cgroups whose
+/// `cgroup.procs` files `cgroup_procs` names while it sets up. With `joined_fd` >= 0 the
+/// program finds a socket there that yields the byte '1' once it is in its cgroups (EOF
+/// without it: it must end), so it can overlap its own start-up with the move and wait before
+/// it allocates what must be charged there; with -1 the child waits before execve. Inside a fresh tmpfs mounted on `root` (an existing, empty host directory)
 /// holding only `entries` and a /proc of its own; `root` becomes its / through pivot_root.
 /// Then the groups, gid and uid (when `uid` is not (uid_t)-1), no_new_privs and an empty
 /// signal mask with default dispositions, fds 0-2 from `stdio`, every other fd closed.
@@ -65,7 +68,7 @@ enum {
 pid_t martlet_spawn_jailed(
     const char *root, const martlet_jail_entry *entries, int entry_count,
     uid_t uid, gid_t gid, const gid_t *groups, int group_count,
-    int cgroup_fd, const char *const *cgroup_procs, int cgroup_count,
+    int cgroup_fd, const char *const *cgroup_procs, int cgroup_count, int joined_fd,
     const int stdio[3], const char *path, char *const argv[], char *const envp[],
     martlet_jail_failure *failure);
 
