@@ -30,13 +30,15 @@ private struct FileLayout: Encodable {
 
     struct Disk: Encodable {
         var target: String?
+        var targets: [String]?
+        var raid: String?
         var filter: [String: String]?
         var filesystem: String
         var rootSize, swapSize: Int?
         var wipe: Bool
 
         enum CodingKeys: String, CodingKey {
-            case target, filter, filesystem, wipe
+            case target, targets, raid, filter, filesystem, wipe
             case rootSize = "root-size"
             case swapSize = "swap-size"
         }
@@ -129,7 +131,10 @@ private struct FileLayout: Encodable {
             diskFilter = table
         }
         disk = Disk(
-            target: diskFilter == nil ? answer.disk.target.description : nil, filter: diskFilter,
+            target: diskFilter == nil && answer.disk.targets.isEmpty
+                ? answer.disk.target.description : nil,
+            targets: answer.disk.targets.isEmpty ? nil : answer.disk.targets.map(\.description),
+            raid: answer.disk.raid?.rawValue, filter: diskFilter,
             filesystem: answer.disk.filesystem.rawValue,
             rootSize: answer.disk.rootSize.map { Int($0.bytes) },
             swapSize: answer.disk.swapSize.map { Int($0.bytes) }, wipe: answer.disk.wipe)

@@ -94,8 +94,17 @@ public struct AnswerFile: Codable, Sendable, Equatable {
 
     public enum Filesystem: String, Codable, Sendable, CaseIterable { case ext4, xfs }
 
+    /// Software RAID levels the installer builds with mdadm.
+    public enum RaidLevel: String, Codable, Sendable, CaseIterable { case raid1 }
+
     public struct DiskAnswer: Codable, Sendable, Equatable {
+        /// The install disk; with `raid`, the first of `targets`, or the filter that selects them all.
         public var target: DiskSelector
+        /// With `raid`: every disk of the array as listed in `targets` (empty when a
+        /// `[disk.filter]` selects them, or without raid).
+        public var targets: [DiskSelector]
+        /// Mirror root, swap and storage over every target disk (md, metadata 1.2).
+        public var raid: RaidLevel?
         /// Filesystem of a directory storage pool (the root filesystem is always ext4).
         public var filesystem: Filesystem
         public var rootSize: ByteSize?
@@ -107,9 +116,12 @@ public struct AnswerFile: Codable, Sendable, Equatable {
 
         public init(
             target: DiskSelector, filesystem: Filesystem = .ext4, rootSize: ByteSize? = nil,
-            swapSize: ByteSize? = nil, wipe: Bool = false
+            swapSize: ByteSize? = nil, wipe: Bool = false, targets: [DiskSelector] = [],
+            raid: RaidLevel? = nil
         ) {
             self.target = target
+            self.targets = targets
+            self.raid = raid
             self.filesystem = filesystem
             self.rootSize = rootSize
             self.swapSize = swapSize
@@ -374,9 +386,12 @@ extension AnswerFile {
         let answer = AnswerFile(
             global: global, disk: disk, storage: storage, network: network, firstBoot: firstBoot,
             postInstall: postInstall)
-        if storage.extraDisks.contains(disk.target), let storageSection {
+        if let storageSection,
+            let shared = storage.extraDisks.first(where: { ([disk.target] + disk.targets).contains($0) })
+        {
             throw storageSection.error(
-                "extra-disks", "'\(disk.target)' is also the install target ([disk] target)",
+                "extra-disks",
+                "'\(shared)' is also an install target ([disk] \(disk.targets.isEmpty ? "target" : "targets"))",
                 hint: "list only other disks as extra storage")
         }
         return answer
@@ -530,16 +545,53 @@ extension AnswerFile {
 
     private static func parseDisk(_ section: TOMLSection) throws -> DiskAnswer {
         let targetText = try section.string("target")
+        let targetsText = try section.strings("targets")
         let filterSection = try section.section("filter")
+        let raid = try section.choice("raid", RaidLevel.allCases.map(\.rawValue))
+            .flatMap(RaidLevel.init(rawValue:))
+        let raidHint =
+            "a mirror needs two or more disks: targets = [\"/dev/sda\", \"/dev/sdb\"] with "
+            + "raid = \"raid1\", or a [disk.filter] that matches them"
+        var targets: [DiskSelector] = []
         let target: DiskSelector
-        switch (targetText, filterSection) {
-        case (.some(let text), nil): target = try diskSelector(section, "target", text)
-        case (nil, .some(let filter)): target = .filter(try parseDiskFilter(filter))
-        case (.some, .some):
+        switch (targetText, targetsText, filterSection) {
+        case (.some(let text), nil, nil):
+            if raid != nil {
+                throw section.error(
+                    "raid", "needs two or more disks, and 'disk.target' names one", hint: raidHint)
+            }
+            target = try diskSelector(section, "target", text)
+        case (nil, .some(let texts), nil):
+            guard let raid else {
+                throw section.error(
+                    "targets", "lists several disks but no 'disk.raid' level says what to do with them",
+                    hint: "add raid = \"raid1\" to mirror them, or use target = \"...\" for one disk")
+            }
+            guard texts.count >= 2 else {
+                throw section.error(
+                    "targets", "\(raid.rawValue) needs two or more disks, \(texts.count) listed",
+                    hint: raidHint)
+            }
+            for text in texts {
+                let selector = try diskSelector(section, "targets", text)
+                guard !targets.contains(selector) else {
+                    throw section.error(
+                        "targets", "'\(text)' is listed twice",
+                        hint: "each disk of the mirror may appear once")
+                }
+                targets.append(selector)
+            }
+            target = targets[0]
+        case (nil, nil, .some(let filter)): target = .filter(try parseDiskFilter(filter))
+        case (.some, .some, _):
             throw section.error(
-                "filter", "conflicts with 'disk.target'",
-                hint: "choose the disk either by target or by a [disk.filter] table")
-        case (nil, nil):
+                "targets", "conflicts with 'disk.target'",
+                hint: "one disk: target = \"...\"; a mirror: targets = [...] with raid = \"raid1\"")
+        case (_, _, .some):
+            throw section.error(
+                "filter", "conflicts with 'disk.\(targetText == nil ? "targets" : "target")'",
+                hint: "choose the disks either by target(s) or by a [disk.filter] table")
+        case (nil, nil, nil):
             throw section.error(
                 "target", "missing: no disk to install on",
                 hint: "name the disk to install on, e.g. target = \"/dev/sda\", or give a "
@@ -559,7 +611,8 @@ extension AnswerFile {
         try section.finish()
         return DiskAnswer(
             target: target, filesystem: filesystem,
-            rootSize: rootSize, swapSize: swapSize.flatMap { $0.bytes == 0 ? nil : $0 }, wipe: wipe)
+            rootSize: rootSize, swapSize: swapSize.flatMap { $0.bytes == 0 ? nil : $0 }, wipe: wipe,
+            targets: targets, raid: raid)
     }
 
     private static func parseStorage(_ section: TOMLSection) throws -> StorageAnswer {

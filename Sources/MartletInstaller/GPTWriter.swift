@@ -60,6 +60,7 @@ enum GPTWriter {
             ped_partition_set_name(part, entry.name)
             let flag: PedPartitionFlag? =
                 switch entry.role {
+                case _ where entry.content == PartitionLayout.raidMember: PED_PARTITION_RAID
                 case .biosBoot: PED_PARTITION_BIOS_GRUB
                 case .esp: PED_PARTITION_ESP
                 case .swap: PED_PARTITION_SWAP

@@ -134,7 +134,8 @@ extension InstallPlan.StoragePool {
 public enum BootConfiguration {
     public static let kernelArguments = "console=tty0 console=ttyS0,115200n8"
 
-    public static func grubConfig(rootUUID: String, kernelVersion: String) -> String {
+    /// `raid`: the root is on an md array, which GRUB reads with its mdraid1x module.
+    public static func grubConfig(rootUUID: String, kernelVersion: String, raid: Bool = false) -> String {
         """
         # written by martlet-installer
         serial --unit=0 --speed=115200
@@ -143,7 +144,7 @@ public enum BootConfiguration {
         set timeout=3
         set default=0
         insmod part_gpt
-        insmod ext2
+        insmod ext2\(raid ? "\ninsmod mdraid1x" : "")
         search --no-floppy --fs-uuid --set=root \(rootUUID)
         menuentry 'Martlet' {
             linux /boot/vmlinuz-\(kernelVersion) root=UUID=\(rootUUID) ro \(kernelArguments)

@@ -17,6 +17,66 @@ public struct InstallPlan: Codable, Sendable, Equatable {
     /// The NICs under the management bridge (or its bond), by name or MAC.
     public var ports: [InterfaceSelector]
     public var answer: AnswerFile
+    /// With `raid`: the other disks of the mirror, partitioned exactly as `target`.
+    public var mirrors: [Disk] = []
+    /// The md arrays over the members' partitions (nil on a single disk).
+    public var raid: Raid?
+
+    /// Software RAID: one md array per partition role that holds data (root, swap, storage),
+    /// over that partition of every member disk; the BIOS boot partition and the ESP stay
+    /// plain partitions on every disk (firmware cannot read md), kept identical.
+    public struct Raid: Codable, Sendable, Equatable {
+        public var level: AnswerFile.RaidLevel
+        public var arrays: [MDArray]
+
+        public struct MDArray: Codable, Sendable, Equatable {
+            /// The md device the installer creates (`/dev/md0`); the installed host finds the
+            /// filesystems on it by UUID, whatever number it assembles it under.
+            public var device: String
+            /// The array's name in its superblock; created with homehost `any`, so the generic
+            /// initramfs, built without this machine's mdadm.conf, assembles it by scanning.
+            public var name: String
+            public var role: PartitionLayout.Role
+            public var members: [String]
+        }
+
+        public func array(_ role: PartitionLayout.Role) -> MDArray? { arrays.first { $0.role == role } }
+    }
+
+    /// The target and its mirrors: every disk that gets the partition table and GRUB.
+    public var targets: [Disk] { [target] + mirrors }
+
+    /// The device that holds a role's content: the md array with RAID, else the target's partition.
+    public func device(_ role: PartitionLayout.Role) -> String? {
+        if let array = raid?.array(role) { return array.device }
+        return layout.entry(role).map { target.partitionPath($0.number) }
+    }
+
+    /// The ESP of every target disk (the first is mounted at /boot/efi, the others are copies).
+    public var espDevices: [String] {
+        guard let esp = layout.entry(.esp) else { return [] }
+        return targets.map { $0.partitionPath(esp.number) }
+    }
+
+    /// `mdadm --create` for one array. `--assume-clean`: a new array has no data to keep in
+    /// sync; every block the host reads (ext4, LVM thin) is written through md to every
+    /// member first, and a full initial resync would write the whole disk before the host
+    /// could lose one (a scrub's mismatch_cnt counts never-written blocks only).
+    public static func mdadmCreateArguments(_ array: Raid.MDArray, level: AnswerFile.RaidLevel)
+        -> [String]
+    {
+        [
+            "--create", array.device, "--run", "--level=\(level == .raid1 ? "1" : level.rawValue)",
+            "--metadata=1.2", "--homehost=any", "--name=\(array.name)", "--assume-clean",
+            "--raid-devices=\(array.members.count)",
+        ] + array.members
+    }
+
+    /// `grub-install` for BIOS, once per target disk: each disk's first sector and BIOS boot
+    /// partition carry GRUB, so either disk boots alone.
+    public var grubInstallArguments: [[String]] {
+        targets.map { ["grub-install", "--target=i386-pc", "--recheck", $0.path] }
+    }
 
     /// A VM storage pool as written to /etc/martlet/storage.toml.
     public struct StoragePool: Codable, Sendable, Equatable {
@@ -40,30 +100,58 @@ public struct InstallPlan: Codable, Sendable, Equatable {
         answer: AnswerFile, disks: [Disk], nics: [NIC], source: String = InstallPlan.defaultSource
     ) throws -> InstallPlan {
         let ports = try NICSelection.ports(for: answer.network, nics: nics)
-        let target = try select(answer.disk.target, key: "disk.target", from: disks)
-        var destroys = try check(target, wipe: answer.disk.wipe, key: "disk.target")
+        let members = try selectTargets(answer.disk, from: disks)
+        let target = members[0]
+        let targetKey = answer.disk.raid == nil ? "disk.target" : targetsKey(answer.disk)
+        var destroys: [String] = []
+        for disk in members { destroys += try check(disk, wipe: answer.disk.wipe, key: targetKey) }
         let storageContent =
             answer.storage.type == .lvmThin ? "lvm" : answer.disk.filesystem.rawValue
-        let layout: PartitionLayout
+        // A mirror is as large as its smallest member.
+        let smallest = members.min { $0.size < $1.size }!
+        var layout: PartitionLayout
         do {
             layout = try PartitionLayout.compute(
-                diskSize: target.size, rootSize: answer.disk.rootSize,
+                diskSize: smallest.size, rootSize: answer.disk.rootSize,
                 swapSize: answer.disk.swapSize, storageContent: storageContent)
         } catch let error as MartletError {
             throw MartletError(
-                error.code, "\(target.path): \(error.message)", hint: error.hint, cause: error.cause
+                error.code, "\(smallest.path): \(error.message)", hint: error.hint, cause: error.cause
             )
         }
-        let storagePartition = target.partitionPath(layout.entry(.storage)!.number)
-        var pools = [pool(answer, name: "local", device: storagePartition, suffix: "")]
+        var raid: Raid?
+        if let level = answer.disk.raid {
+            let dataRoles: [PartitionLayout.Role] = [.root, .storage, .swap]
+            var arrays: [Raid.MDArray] = []
+            for role in dataRoles {
+                guard let entry = layout.entry(role) else { continue }
+                arrays.append(
+                    Raid.MDArray(
+                        device: "/dev/md\(arrays.count)", name: role.rawValue, role: role,
+                        members: members.map { $0.partitionPath(entry.number) }))
+            }
+            raid = Raid(level: level, arrays: arrays)
+            layout.entries = layout.entries.map { entry in
+                guard dataRoles.contains(entry.role) else { return entry }
+                var member = entry
+                member.typeGUID = PartitionLayout.GUID.linuxRAID
+                member.content = PartitionLayout.raidMember
+                return member
+            }
+        }
+        let storageDevice =
+            raid?.array(.storage)?.device ?? target.partitionPath(layout.entry(.storage)!.number)
+        var pools = [pool(answer, name: "local", device: storageDevice, suffix: "")]
         var extras: [Disk] = []
         for (index, selector) in answer.storage.extraDisks.enumerated() {
             let disk = try select(selector, key: "storage.extra-disks", from: disks)
-            guard disk.path != target.path, !extras.contains(where: { $0.path == disk.path }) else {
+            guard !members.contains(where: { $0.path == disk.path }),
+                !extras.contains(where: { $0.path == disk.path })
+            else {
                 throw MartletError(
                     .invalidInput,
                     "storage.extra-disks: '\(selector)' selects \(disk.path), which is already used",
-                    hint: "each disk may appear once, and not as the install target")
+                    hint: "each disk may appear once, and not as an install target")
             }
             destroys += try check(disk, wipe: answer.disk.wipe, key: "storage.extra-disks")
             let minimum = PartitionLayout.minimumStorageSize.bytes + 2 * PartitionLayout.alignment
@@ -81,7 +169,64 @@ public struct InstallPlan: Codable, Sendable, Equatable {
         }
         return InstallPlan(
             source: source, target: target, layout: layout, destroys: destroys, pools: pools,
-            extraDisks: extras, ports: ports, answer: answer)
+            extraDisks: extras, ports: ports, answer: answer, mirrors: Array(members.dropFirst()),
+            raid: raid)
+    }
+
+    /// The key an answer names its RAID disks with, for messages.
+    static func targetsKey(_ disk: AnswerFile.DiskAnswer) -> String {
+        disk.targets.isEmpty ? "disk.filter" : "disk.targets"
+    }
+
+    /// A mirror's members may differ this much in size: disks sold as the same size differ
+    /// by a few percent between vendors; more than that is usually the wrong disk (a filter
+    /// that also caught a data disk), and the space beyond the smallest would lie unused.
+    public static let mirrorSizeTolerance = 0.10
+
+    /// The install disks: the one target, or every member of the mirror. Refuses a mirror of
+    /// fewer than two disks, a disk selected twice, and members of very different sizes.
+    public static func selectTargets(_ answer: AnswerFile.DiskAnswer, from disks: [Disk]) throws
+        -> [Disk]
+    {
+        guard let level = answer.raid else {
+            return [try select(answer.target, key: "disk.target", from: disks)]
+        }
+        let key = targetsKey(answer)
+        var members: [Disk] = []
+        if answer.targets.isEmpty {
+            members = matches(answer.target, from: disks)
+            guard members.count >= 2 else {
+                throw MartletError(
+                    .invalidInput,
+                    "\(key): \(level.rawValue) needs two or more disks, and '\(answer.target)' matches "
+                        + "\(members.count)\(members.isEmpty ? "" : ": " + members.map(\.path).joined(separator: ", "))",
+                    hint: "widen the filter, or list the disks: targets = [\"/dev/sda\", \"/dev/sdb\"] "
+                        + "(`martlet-installer disks --match ANSWER` shows what it selects)")
+            }
+        } else {
+            for selector in answer.targets {
+                let disk = try select(selector, key: key, from: disks)
+                if let earlier = members.firstIndex(where: { $0.path == disk.path }) {
+                    throw MartletError(
+                        .invalidInput,
+                        "\(key): '\(answer.targets[earlier])' and '\(selector)' both select \(disk.path)",
+                        hint: "a mirror needs distinct disks")
+                }
+                members.append(disk)
+            }
+        }
+        let smallest = members.min { $0.size < $1.size }!
+        let largest = members.max { $0.size < $1.size }!
+        if Double(largest.size.bytes) > Double(smallest.size.bytes) * (1 + mirrorSizeTolerance) {
+            throw MartletError(
+                .refused,
+                "\(key): \(largest.path) (\(largest.size)) is more than "
+                    + "\(Int(mirrorSizeTolerance * 100))% larger than \(smallest.path) (\(smallest.size)); "
+                    + "a mirror holds only as much as its smallest disk, "
+                    + "\(ByteSize(largest.size.bytes - smallest.size.bytes)) would lie unused",
+                hint: "mirror disks of about the same size, or check that the selection names the disks you mean")
+        }
+        return members
     }
 
     private static func pool(
@@ -210,9 +355,11 @@ extension InstallPlan {
         let global = answer.global
         lines.append("Install plan")
         lines.append("  source:    \(source)")
-        lines.append(
-            "  target:    \(target.path)  \(target.size)  \(target.model ?? "")  serial \(target.serial ?? "-")"
-        )
+        for (index, disk) in targets.enumerated() {
+            lines.append(
+                "  \(index == 0 ? "target:   " : "mirror:   ") \(disk.path)  \(disk.size)  \(disk.model ?? "")  serial \(disk.serial ?? "-")"
+            )
+        }
         if destroys.isEmpty {
             lines.append("  wipes:     nothing (the disk is empty)")
         } else {
@@ -220,14 +367,39 @@ extension InstallPlan {
                 lines.append("  \(index == 0 ? "WIPES:    " : "          ") \(item)")
             }
         }
-        lines.append("  partitions (GPT):")
-        for entry in layout.entries {
-            let device = target.partitionPath(entry.number)
-            lines.append(
-                "    \(device.padding(toLength: 16, withPad: " ", startingAt: 0)) "
-                    + "\(entry.name.padding(toLength: 10, withPad: " ", startingAt: 0)) "
-                    + "\(entry.size.description.padding(toLength: 10, withPad: " ", startingAt: 0)) "
-                    + "\(entry.content ?? "-")")
+        lines.append(
+            mirrors.isEmpty ? "  partitions (GPT):" : "  partitions (GPT, the same on each of \(targets.count) disks):")
+        for disk in targets {
+            for entry in layout.entries {
+                let device = disk.partitionPath(entry.number)
+                var content = entry.content ?? "-"
+                if let array = raid?.array(entry.role) {
+                    content = "raid member of \(array.device)"
+                } else if entry.role == .esp && disk.path != target.path {
+                    content = "vfat, a copy of \(target.partitionPath(entry.number))"
+                }
+                lines.append(
+                    "    \(device.padding(toLength: 16, withPad: " ", startingAt: 0)) "
+                        + "\(entry.name.padding(toLength: 10, withPad: " ", startingAt: 0)) "
+                        + "\(entry.size.description.padding(toLength: 10, withPad: " ", startingAt: 0)) "
+                        + content)
+            }
+        }
+        if let raid {
+            lines.append("  \(raid.level.rawValue) arrays (md, metadata 1.2):")
+            for array in raid.arrays {
+                let content =
+                    switch array.role {
+                    case .root: "ext4 /"
+                    case .swap: "swap"
+                    default: answer.storage.type == .lvmThin ? "lvm" : answer.disk.filesystem.rawValue
+                    }
+                lines.append(
+                    "    \(array.device.padding(toLength: 16, withPad: " ", startingAt: 0)) "
+                        + "\(array.role.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) "
+                        + "\(content) over \(array.members.joined(separator: " + "))")
+            }
+            lines.append("  GRUB (BIOS) on: \(targets.map(\.path).joined(separator: ", "))")
         }
         lines.append("  storage pools:")
         for pool in pools {

@@ -76,7 +76,14 @@ public final class Installer {
             tools.append("mkfs.xfs")
         }
         if !kernelSupports("vfat") { tools.append("mcopy") }
+        if plan.raid != nil { tools += ["mdadm", "dd"] }
         try Tool.require(tools)
+        if plan.raid != nil && !mdAvailable() {
+            throw MartletError(
+                .missingDependency,
+                "disk.raid: this kernel has no md driver (no /proc/mdstat after modprobe raid1)",
+                hint: "boot a kernel with md RAID (CONFIG_MD_RAID1), or install on one disk with target = \"...\"")
+        }
         if plan.pools.contains(where: { $0.type == .lvmThin }) && !deviceMapperAvailable() {
             throw MartletError(
                 .missingDependency,
@@ -92,6 +99,12 @@ public final class Installer {
                     "the host image needs the package grub2-common (with grub-pc-bin and grub-efi-amd64-bin)"
             )
         }
+    }
+
+    /// Whether the kernel has md with the RAID1 personality (loading the modules when needed).
+    static func mdAvailable() -> Bool {
+        _ = try? Command("modprobe", ["-q", "raid1"]).runAllowingFailure()
+        return FileManager.default.fileExists(atPath: "/proc/mdstat")
     }
 
     /// Whether the kernel's device-mapper has the thin-pool target (loading the modules when
@@ -157,7 +170,7 @@ public final class Installer {
         try run("chroot", [targetRoot] + arguments, input: input)
     }
 
-    private var allDisks: [Disk] { [plan.target] + plan.extraDisks }
+    private var allDisks: [Disk] { plan.targets + plan.extraDisks }
 
     // MARK: - wipe
 
@@ -190,7 +203,8 @@ public final class Installer {
     // MARK: - partition
 
     private func partition() throws {
-        try GPTWriter.write(plan.layout, to: plan.target.path)
+        // A mirror's disks get the same table (the layout of the smallest of them).
+        for disk in plan.targets { try GPTWriter.write(plan.layout, to: disk.path) }
         for (index, disk) in plan.extraDisks.enumerated() {
             let end = (disk.size.bytes / PartitionLayout.alignment - 1) * PartitionLayout.alignment
             let content =
@@ -210,10 +224,25 @@ public final class Installer {
             try GPTWriter.write(layout, to: disk.path)
         }
         _ = try? Command("udevadm", ["settle", "--timeout=10"]).runAllowingFailure()
-        for entry in plan.layout.entries {
-            try waitForDevice(plan.target.partitionPath(entry.number))
+        for disk in plan.targets {
+            for entry in plan.layout.entries { try waitForDevice(disk.partitionPath(entry.number)) }
         }
         for disk in plan.extraDisks { try waitForDevice(disk.partitionPath(1)) }
+        if let raid = plan.raid { try createArrays(raid) }
+    }
+
+    /// The md arrays over the new partitions. Old signatures on a member (an earlier install
+    /// with the same layout leaves its md superblocks exactly where the new partitions start)
+    /// are wiped first, so mdadm neither asks nor reuses them.
+    private func createArrays(_ raid: InstallPlan.Raid) throws {
+        for array in raid.arrays {
+            for member in array.members { try run("wipefs", ["--all", "--force", member]) }
+            try run("mdadm", InstallPlan.mdadmCreateArguments(array, level: raid.level))
+            try waitForDevice(array.device)
+            currentReporter?.note(
+                "\(raid.level.rawValue) \(array.device) (\(array.role.rawValue)) over "
+                    + array.members.joined(separator: ", "))
+        }
     }
 
     private func waitForDevice(_ path: String) throws {
@@ -221,8 +250,7 @@ public final class Installer {
             if FileManager.default.fileExists(atPath: path) { return }
             // Some kernels ignore a whole-table re-read on loop devices: add partitions one by one.
             if attempt == 10 {
-                let disk =
-                    plan.extraDisks.first { path.hasPrefix($0.path) }?.path ?? plan.target.path
+                let disk = allDisks.first { path.hasPrefix($0.path) }?.path ?? plan.target.path
                 _ = try? Command("partx", ["--update", disk]).runAllowingFailure()
             }
             usleep(100_000)
@@ -232,9 +260,9 @@ public final class Installer {
 
     // MARK: - format
 
-    private func device(_ role: PartitionLayout.Role) -> String {
-        plan.target.partitionPath(plan.layout.entry(role)!.number)
-    }
+    /// The device holding a role: an md array with RAID, else the target's partition (the
+    /// ESP and BIOS boot partition are always the target's; mirrors get copies).
+    private func device(_ role: PartitionLayout.Role) -> String { plan.device(role)! }
 
     private func format() throws {
         try run("mkfs.vfat", ["-F", "32", "-n", "EFI", device(.esp)])
@@ -381,6 +409,7 @@ public final class Installer {
                 atPath: targetRoot + pool.path!, withIntermediateDirectories: true)
         }
         try write("etc/fstab", fstab)
+        if plan.raid != nil { try writeMdadmConf() }
 
         let short = global.hostname.split(separator: ".").first.map(String.init) ?? global.hostname
         try write("etc/hostname", short + "\n")
@@ -427,6 +456,20 @@ public final class Installer {
         }
     }
 
+    /// The arrays as `mdadm --detail --brief` describes them, for the installed host's
+    /// mdadm (monitoring, assembly after boot). The generic initramfs does not need it: it
+    /// assembles by scanning.
+    private func writeMdadmConf() throws {
+        var conf =
+            "# /etc/mdadm/mdadm.conf: written by martlet-installer\n"
+            + "# arrays were created with homehost 'any': any host assembles them under their names\n"
+            + "HOMEHOST <ignore>\nMAILADDR root\n"
+        for array in plan.raid?.arrays ?? [] {
+            conf += try runOutput("mdadm", ["--detail", "--brief", array.device]) + "\n"
+        }
+        try write("etc/mdadm/mdadm.conf", conf)
+    }
+
     // MARK: - network
 
     private func writeNetwork() throws {
@@ -468,14 +511,18 @@ public final class Installer {
 
     private func installBootloader() throws {
         try bindSystemDirectories()
-        try chroot(["grub-install", "--target=i386-pc", "--recheck", plan.target.path])
+        for arguments in plan.grubInstallArguments {
+            try chroot(arguments)
+            currentReporter?.note("GRUB (BIOS) on \(arguments.last!)")
+        }
         let rootUUID = try uuid(device(.root))
         try installEFIImages(rootUUID: rootUUID)
         if espStaged { try copyStagedESP() }
         let version = try kernelVersion()
         try write(
             "boot/grub/grub.cfg",
-            BootConfiguration.grubConfig(rootUUID: rootUUID, kernelVersion: version))
+            BootConfiguration.grubConfig(
+                rootUUID: rootUUID, kernelVersion: version, raid: plan.raid != nil))
         try write(
             "etc/default/grub.d/martlet.cfg",
             "GRUB_CMDLINE_LINUX=\"\(BootConfiguration.kernelArguments)\"\nGRUB_TERMINAL=\"console serial\"\n"
@@ -524,7 +571,7 @@ public final class Installer {
                 "--config=/boot/grub/x86_64-efi/load.cfg", "--prefix=",
                 "--output=/boot/efi/\(directory)/\(name)",
                 "part_gpt", "part_msdos", "ext2", "fat", "search_fs_uuid",
-            ])
+            ] + (plan.raid != nil ? ["mdraid1x"] : []))
         }
     }
 
@@ -568,7 +615,21 @@ public final class Installer {
         for pool in plan.pools where pool.type == .lvmThin && Self.deviceMapperAvailable() {
             try run("vgchange", ["-an", pool.volumeGroup!])
         }
+        try copyESP()
+        for array in plan.raid?.arrays ?? [] { try run("mdadm", ["--stop", array.device]) }
         try run("sync", [])
+    }
+
+    /// The first disk's ESP, byte for byte, onto every mirror's (same size): the firmware
+    /// finds GRUB on whichever disk is left, and the copy's volume serial equals the
+    /// original's, so fstab's UUID= mounts /boot/efi from either.
+    private func copyESP() throws {
+        let esps = plan.espDevices
+        guard let source = esps.first else { return }
+        for destination in esps.dropFirst() {
+            try run("dd", ["if=\(source)", "of=\(destination)", "bs=1M", "conv=fsync", "status=none"])
+            currentReporter?.note("ESP copied to \(destination)")
+        }
     }
 
     /// Reboots or powers off as the answer asks (`none` returns).

@@ -21,7 +21,8 @@ public struct PartitionLayout: Codable, Sendable, Equatable {
         public var start: UInt64
         public var size: ByteSize
         public var typeGUID: String
-        /// What goes into it: `vfat`, `ext4`, `xfs`, `swap`, `lvm` or nil (BIOS boot).
+        /// What goes into it: `vfat`, `ext4`, `xfs`, `swap`, `lvm`, `raid` (an md member) or
+        /// nil (BIOS boot).
         public var content: String?
 
         public var end: UInt64 { start + size.bytes }
@@ -31,6 +32,8 @@ public struct PartitionLayout: Codable, Sendable, Equatable {
     public var entries: [Entry]
 
     public static let alignment: UInt64 = 1 << 20
+    /// The content of a partition that is a member of an md array.
+    public static let raidMember = "raid"
     public static let minimumRootSize = AnswerFile.DiskAnswer.minimumRootSize
     public static let minimumStorageSize = ByteSize.gib(1)
     public static let maximumDefaultRootSize = ByteSize.gib(64)
@@ -41,6 +44,7 @@ public struct PartitionLayout: Codable, Sendable, Equatable {
         public static let linuxData = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
         public static let swap = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"
         public static let lvm = "E6D6D379-F507-44C2-A23C-238F2A3DF928"
+        public static let linuxRAID = "A19D880F-05FC-4D3B-A006-743F0F84911E"
     }
 
     /// ESP size: 512 MiB, or 1 GiB on disks above 100 GiB.

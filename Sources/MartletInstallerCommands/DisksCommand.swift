@@ -45,9 +45,13 @@ struct DisksCommand: ParsableCommand {
     /// one disk, or selects one an install may not use (mounted, held, not empty without
     /// wipe): what an install would say.
     private func show(selectedBy answer: AnswerFile, disks: [Disk]) throws {
-        let keys =
-            [("disk.target", answer.disk.target)]
-            + answer.storage.extraDisks.map { ("storage.extra-disks", $0) }
+        let diskKeys: [(String, DiskSelector)] =
+            answer.disk.raid == nil
+            ? [("disk.target", answer.disk.target)]
+            : answer.disk.targets.isEmpty
+                ? [("disk.filter", answer.disk.target)]
+                : answer.disk.targets.map { ("disk.targets", $0) }
+        let keys = diskKeys + answer.storage.extraDisks.map { ("storage.extra-disks", $0) }
         let selected = keys.map { key, selector in
             (key, selector, InstallPlan.matches(selector, from: disks))
         }
@@ -66,7 +70,17 @@ struct DisksCommand: ParsableCommand {
                 if !matches.isEmpty { print(DiskListing.text(matches), terminator: "") }
             }
         }
-        for (key, selector, _) in selected {
+        if let level = answer.disk.raid {
+            // The whole mirror at once: at least two distinct disks of about the same size.
+            let members = try InstallPlan.selectTargets(answer.disk, from: disks)
+            if !json {
+                print("\(level.rawValue) mirror over \(members.map(\.path).joined(separator: ", "))")
+            }
+            for disk in members {
+                _ = try InstallPlan.check(disk, wipe: answer.disk.wipe, key: diskKeys[0].0)
+            }
+        }
+        for (key, selector, _) in selected where answer.disk.raid == nil || key == "storage.extra-disks" {
             let disk = try InstallPlan.select(selector, key: key, from: disks)
             _ = try InstallPlan.check(disk, wipe: answer.disk.wipe, key: key)
         }

@@ -33,6 +33,16 @@ struct ValidateCommand: ParsableCommand {
             for note in try catalog.check(answers, answerFile: answer, required: root != nil) {
                 FileHandle.standardError.write(Data("note: \(note)\n".utf8))
             }
+            if let level = answers.disk.raid {
+                let disks =
+                    answers.disk.targets.isEmpty
+                    ? "every disk of '\(answers.disk.target)'"
+                    : answers.disk.targets.map { "'\($0)'" }.joined(separator: ", ")
+                let arrays = ["root", "storage"] + (answers.disk.swapSize == nil ? [] : ["swap"])
+                print(
+                    "\(answer): disks: \(level.rawValue) over \(disks): \(arrays.joined(separator: ", ")) "
+                        + "on md arrays; a BIOS boot partition, an ESP and GRUB on each disk")
+            }
             print("\(answer): valid")
         }
     }

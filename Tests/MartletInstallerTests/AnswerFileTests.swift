@@ -237,6 +237,44 @@ let malformedAnswers: [MalformedAnswer] = [
         name: "webhook over ftp", old: "vlan = 42",
         new: "vlan = 42\n[post-install]\nwebhook = \"ftp://deploy.example.org/x\"", key: "post-install.webhook"),
     .init(name: "not TOML", old: "vlan = 42", new: "vlan = = 42", key: "not valid TOML"),
+    // RAID1 (issue #15): every refusal names the key.
+    .init(
+        name: "raid with one target", old: "target = \"/dev/sdz\"",
+        new: "target = \"/dev/sdz\"\nraid = \"raid1\"", key: "disk.raid"),
+    .init(
+        name: "raid with a one-disk list", old: "target = \"/dev/sdz\"",
+        new: "targets = [\"/dev/sdz\"]\nraid = \"raid1\"", key: "disk.targets"),
+    .init(
+        name: "raid level unknown", old: "target = \"/dev/sdz\"",
+        new: "targets = [\"/dev/sdy\", \"/dev/sdz\"]\nraid = \"raid5\"", key: "disk.raid"),
+    .init(
+        name: "raid level not a string", old: "target = \"/dev/sdz\"",
+        new: "targets = [\"/dev/sdy\", \"/dev/sdz\"]\nraid = 1", key: "disk.raid"),
+    .init(
+        name: "the same disk twice in targets", old: "target = \"/dev/sdz\"",
+        new: "targets = [\"/dev/sdz\", \"/dev/sdz\"]\nraid = \"raid1\"", key: "disk.targets"),
+    .init(
+        name: "targets without raid", old: "target = \"/dev/sdz\"",
+        new: "targets = [\"/dev/sdy\", \"/dev/sdz\"]", key: "disk.targets"),
+    .init(
+        name: "targets and target together", old: "target = \"/dev/sdz\"",
+        new: "target = \"/dev/sdz\"\ntargets = [\"/dev/sdy\", \"/dev/sdz\"]\nraid = \"raid1\"",
+        key: "disk.targets"),
+    .init(
+        name: "targets and a filter together", old: "target = \"/dev/sdz\"",
+        new: "targets = [\"/dev/sdy\", \"/dev/sdz\"]\nraid = \"raid1\"\n[disk.filter]\nmin-size = \"1TB\"",
+        key: "disk.filter"),
+    .init(
+        name: "a target of the mirror that names no disk", old: "target = \"/dev/sdz\"",
+        new: "targets = [\"/dev/sdy\", \"sdz\"]\nraid = \"raid1\"", key: "disk.targets"),
+    .init(
+        name: "targets not an array", old: "target = \"/dev/sdz\"",
+        new: "targets = \"/dev/sdy /dev/sdz\"\nraid = \"raid1\"", key: "disk.targets"),
+    .init(
+        name: "extra disk is a mirror member",
+        old: "target = \"/dev/sdz\"\nfilesystem = \"ext4\"\nswap-size = \"1GiB\"\nwipe = false\n\n[storage]\ntype = \"lvm-thin\"\nvolume-group = \"martlet\"",
+        new: "targets = [\"/dev/sdz\", \"/dev/sdy\"]\nraid = \"raid1\"\n\n[storage]\nextra-disks = [\"/dev/sdy\"]",
+        key: "storage.extra-disks"),
 ]
 
 @Suite("Answer file")
