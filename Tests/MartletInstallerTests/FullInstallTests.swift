@@ -7,7 +7,15 @@ import Testing
 
 /// A small real Debian root filesystem (GRUB, initramfs-tools, a kernel), built once with
 /// mmdebstrap into a temporary name and renamed when complete, so a cold cache is safe.
-func testRootfs() throws -> String {
+/// Suites running at once share the one build of this process: each of them building it
+/// into the same temporary name removed the others' half-made tree (a cold cache then failed
+/// three tests at once on a fresh machine).
+func testRootfs() throws -> String { try testRootfsBuild.get() }
+
+/// Swift initialises a global once, on first use, whichever thread gets there first.
+private let testRootfsBuild = Result { try buildTestRootfs() }
+
+private func buildTestRootfs() throws -> String {
     let cache = "/var/cache/martlet/test-rootfs"
     // xkb-data: the installer checks the answer's keyboard layout against the image's list.
     // A cache from before it was included lacks the list and is rebuilt.
