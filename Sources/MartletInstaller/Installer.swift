@@ -398,7 +398,10 @@ public final class Installer {
         let global = plan.answer.global
         var fstab = "# /etc/fstab: written by martlet-installer; filesystems by UUID.\n"
         fstab += "UUID=\(try uuid(device(.root)))\t/\text4\terrors=remount-ro\t0\t1\n"
-        fstab += "UUID=\(try uuid(device(.esp)))\t/boot/efi\tvfat\tumask=0077\t0\t2\n"
+        // The ESP is needed only when GRUB is updated, so a late or missing one must not stop
+        // the boot: without `nofail` a slow udev (seen under TCG, the by-uuid link after the
+        // 90-s device timeout) sends the host to emergency mode with no network to repair it.
+        fstab += "UUID=\(try uuid(device(.esp)))\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2\n"
         if plan.layout.entry(.swap) != nil {
             fstab += "UUID=\(try uuid(device(.swap)))\tnone\tswap\tsw\t0\t0\n"
         }

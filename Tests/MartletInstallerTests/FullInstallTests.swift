@@ -203,6 +203,8 @@ extension LoopDeviceSuites {
                 .trimmingCharacters(in: .whitespacesAndNewlines)
                 #expect(!uuid.isEmpty && fstab.contains("UUID=\(uuid)\t\(mount)\t"), "\(fstab)")
             }
+            // A late or missing ESP must not hold up the host's boot.
+            #expect(fstab.contains("\t/boot/efi\tvfat\tumask=0077,nofail\t"), "\(fstab)")
             #expect(
                 FileManager.default.fileExists(atPath: "\(mountpoint)/boot/grub/i386-pc/normal.mod")
             )
