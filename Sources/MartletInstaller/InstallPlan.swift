@@ -183,6 +183,13 @@ public struct InstallPlan: Codable, Sendable, Equatable {
     /// that also caught a data disk), and the space beyond the smallest would lie unused.
     public static let mirrorSizeTolerance = 0.10
 
+    /// Whether two disks may mirror each other: the larger is at most `mirrorSizeTolerance`
+    /// larger than the smaller. The text UI offers partners by the same rule.
+    public static func mirrorSizesMatch(_ first: ByteSize, _ second: ByteSize) -> Bool {
+        let (smaller, larger) = first < second ? (first, second) : (second, first)
+        return Double(larger.bytes) <= Double(smaller.bytes) * (1 + mirrorSizeTolerance)
+    }
+
     /// The install disks: the one target, or every member of the mirror. Refuses a mirror of
     /// fewer than two disks, a disk selected twice, and members of very different sizes.
     public static func selectTargets(_ answer: AnswerFile.DiskAnswer, from disks: [Disk]) throws
@@ -217,7 +224,7 @@ public struct InstallPlan: Codable, Sendable, Equatable {
         }
         let smallest = members.min { $0.size < $1.size }!
         let largest = members.max { $0.size < $1.size }!
-        if Double(largest.size.bytes) > Double(smallest.size.bytes) * (1 + mirrorSizeTolerance) {
+        if !mirrorSizesMatch(smallest.size, largest.size) {
             throw MartletError(
                 .refused,
                 "\(key): \(largest.path) (\(largest.size)) is more than "

@@ -87,6 +87,43 @@ struct TextUIChoicesTests {
         #expect(try AnswerFile.parse(path: "saved.toml", contents: answer.toml) == answer)
     }
 
+    @Test("a mirror partner becomes targets + raid1, which the plan turns into md0 (root) and md1 (storage) over both disks")
+    func mirror() throws {
+        var choices = valid()
+        choices.mirror = "/dev/sdc"
+        choices.wipe = true
+        let answer = try choices.answerFile()
+        #expect(answer.disk.raid == .raid1)
+        #expect(answer.disk.target == .path("/dev/sdb"))
+        #expect(answer.disk.targets == [.path("/dev/sdb"), .path("/dev/sdc")])
+        let toml = answer.toml
+        #expect(toml.contains("raid = \"raid1\"") && toml.contains("targets = ") && !toml.contains("target = "), "\(toml)")
+        #expect(try AnswerFile.parse(path: "saved.toml", contents: toml) == answer)
+
+        let disks = [
+            Disk(path: "/dev/sdb", name: "sdb", size: .gib(100)), Disk(path: "/dev/sdc", name: "sdc", size: .gib(104)),
+        ]
+        let plan = try InstallPlan.make(
+            answer: answer, disks: disks, nics: [NIC(name: "eno1", mac: "52:54:00:aa:00:01")], source: "/src")
+        #expect(plan.targets.map(\.path) == ["/dev/sdb", "/dev/sdc"])
+        // The text UI asks for no swap (the layout's default is none), so no md2.
+        #expect(plan.raid?.arrays.map(\.device) == ["/dev/md0", "/dev/md1"])
+        #expect(plan.raid?.arrays.map(\.role) == [.root, .storage])
+        #expect(plan.raid?.arrays.allSatisfy { $0.members.count == 2 } == true)
+
+        let single = try valid().answerFile()
+        #expect(single.disk.raid == nil && single.disk.targets.isEmpty && single.disk.target == .path("/dev/sdb"))
+    }
+
+    @Test("mirror partners: the plan's size rule, at most 10% apart either way")
+    func mirrorSizes() {
+        #expect(InstallPlan.mirrorSizesMatch(.gib(100), .gib(110)))
+        #expect(InstallPlan.mirrorSizesMatch(.gib(110), .gib(100)))
+        #expect(!InstallPlan.mirrorSizesMatch(.gib(100), .gib(111)))
+        #expect(!InstallPlan.mirrorSizesMatch(.gib(12), .gib(8)))
+        #expect(InstallPlan.mirrorSizesMatch(.gib(8), .gib(8)))
+    }
+
     @Test("passwords: mismatch, missing login, ':' and SSH key shape are refused; short ones get a hint")
     func passwordProblems() {
         var choices = valid()

@@ -8,6 +8,9 @@ import MartletValidation
 struct TextUIChoices {
     var keyboard = "us"
     var target: String?
+    /// The second disk of a RAID1 mirror of the host (every data partition of `target` on md);
+    /// nil installs on `target` alone.
+    var mirror: String?
     var storage = StorageChoice.lvmThin
     var volumeGroup = "martlet"
     var extraDisks: [String] = []
@@ -49,8 +52,11 @@ struct TextUIChoices {
             hostname: hostname, timezone: timezone, keyboard: keyboard,
             rootPassword: password.isEmpty ? nil : .plain(password),
             rootSSHKeys: sshKey.isEmpty ? [] : [sshKey], rebootMode: .reboot)
+        // A mirror is written as an unattended install names it: both disks in `targets`.
+        let members = mirror.map { [target ?? "", $0] } ?? []
         let disk = AnswerFile.DiskAnswer(
-            target: .path(target ?? ""), filesystem: storage == .directoryXFS ? .xfs : .ext4, wipe: wipe)
+            target: .path(target ?? ""), filesystem: storage == .directoryXFS ? .xfs : .ext4, wipe: wipe,
+            targets: members.map { .path($0) }, raid: mirror == nil ? nil : .raid1)
         let storageAnswer = AnswerFile.StorageAnswer(
             type: storage == .lvmThin ? .lvmThin : .directory, volumeGroup: volumeGroup,
             extraDisks: extraDisks.map { .path($0) })
