@@ -52,6 +52,120 @@ struct TextUITests {
         #expect(try [fingerprint(target.path, size: .gib(8)), fingerprint(extra.path, size: .gib(2))] == before)
     }
 
+    @Test("a dry run mirroring the host on two loop disks prints its md arrays as the equivalent answer file does; the partner's data is warned about; the saved answer has targets + raid and validates")
+    func mirrorWalkthrough() throws {
+        let target = try LoopDisk(size: .gib(8))
+        let partner = try LoopDisk(size: .gib(8))
+        let larger = try LoopDisk(size: .gib(12))
+        try partner.partition(script: "label: gpt\nsize=200MiB, name=old\n", count: 1)
+        try sh("mkfs.ext4", ["-q", "-L", "olddata", partner.partition(1)])
+        let work = try TemporaryDirectory()
+        let disks = [(target.path, ByteSize.gib(8)), (partner.path, .gib(8)), (larger.path, .gib(12))]
+        let before = try disks.map { try fingerprint($0.0, size: $0.1) }
+        let saved = "\(work.path)/saved.toml"
+        let ui = try TmuxInstaller(arguments: [
+            "--dry-run", "--disks", target.path, partner.path, larger.path, "--answer-out", saved,
+        ])
+        var walk = TextUIWalk(target: target.path, extraDisks: [larger.path])
+        walk.mirror = partner.path
+        walk.mirrorHasData = true
+        try walk.drive(ui)
+        try ui.keys("F12")
+        let erase = try ui.waitFor("┤ Erase disks ├")
+        for path in [target.path, partner.path, larger.path] { #expect(erase.contains(path), "\(erase)") }
+        try ui.keys("Tab", "Enter")
+        try ui.waitFor("┤ Save answers ├")
+        try ui.keys("Enter")
+        #expect(try ui.exitStatus() == 0, "\(ui.stderr)")
+        let printed = planLines(try ui.history())
+        #expect(printed.contains { $0.contains("mirror:    \(partner.path)") }, "\(printed)")
+        // Root and storage are mirrored; the text UI asks for no swap, so there is no md2.
+        for (device, role) in [("/dev/md0", "root"), ("/dev/md1", "storage")] {
+            #expect(
+                printed.contains {
+                    $0.contains(device) && $0.contains(role) && $0.contains("\(target.path)p") && $0.contains("\(partner.path)p")
+                }, "\(device) \(role): \(printed)")
+        }
+        #expect(!printed.contains { $0.contains("/dev/md2") }, "\(printed)")
+        #expect(printed.contains { $0.contains(partner.path) && $0.contains("olddata") }, "\(printed)")
+
+        let equivalent = work.write("equivalent.toml", walk.answerFile())
+        let (status, expected, err) = try installer(["install", "--dry-run", "--answer", equivalent])
+        try #require(status == 0, "\(err)")
+        #expect(printed == planLines(expected))
+
+        let (validStatus, _, validErr) = try installer(["validate", saved])
+        #expect(validStatus == 0, "\(validErr)")
+        let answer = try AnswerFile.load(path: saved)
+        #expect(answer.disk.raid == .raid1)
+        #expect(answer.disk.targets == [.path(target.path), .path(partner.path)])
+        #expect(answer.storage.extraDisks == [.path(larger.path)])
+        let (_, replanned, _) = try installer(["install", "--dry-run", "--answer", saved])
+        #expect(
+            planLines(replanned)
+                == planLines(expected).map { $0.replacingOccurrences(of: "password set", with: "password hash set") })
+        #expect(try disks.map { try fingerprint($0.0, size: $0.1) } == before)
+    }
+
+    @Test("the mirror screen offers only a disk of the target's size; Back keeps the partner; Enter on 'No mirror' gives the single-disk install and offers the disk as storage again")
+    func mirrorBackAndNone() throws {
+        let target = try LoopDisk(size: .gib(8))
+        let partner = try LoopDisk(size: .gib(8))
+        let larger = try LoopDisk(size: .gib(12))
+        let ui = try TmuxInstaller(arguments: ["--dry-run", "--disks", target.path, partner.path, larger.path])
+        var walk = TextUIWalk(target: target.path)
+        walk.mirror = partner.path
+        try walk.drive(ui)
+        #expect(try ui.screen().contains("mirror:    \(partner.path)"))
+
+        try ui.keys("Tab", "Tab")
+        for title in ["┤ Time zone ├", "┤ Root login ├", "┤ Network ├", "┤ VM storage ├"] {
+            try pressBack(ui, to: title)
+        }
+        // The partner is not an extra storage disk; the larger disk is.
+        let extras = try ui.rows(containing: "[ ] /dev/")
+        #expect(extras.contains { $0.contains("\(larger.path) ") }, "\(extras)")
+        #expect(!extras.contains { $0.contains("\(partner.path) ") }, "\(extras)")
+        try pressBack(ui, to: "┤ Mirror (RAID1) ├")
+        var screen = try ui.screen()
+        let offered = try ui.rows(containing: "│ │ ")
+        #expect(offered.contains { $0.contains("No mirror: install on \(target.path) alone") }, "\(screen)")
+        #expect(offered.contains { $0.contains("\(partner.path) ") }, "\(screen)")
+        #expect(!offered.contains { $0.contains("\(larger.path) ") }, "\(screen)")
+        #expect(screen.contains("Not offered: \(larger.path) (12 GiB)"), "\(screen)")
+        #expect(try cursorOnRow(naming: partner.path, ui), "the partner chosen before must be the current row: \(screen)")
+
+        // Back to the target disk and forward without a change: the partner is still chosen.
+        try pressBack(ui, to: "┤ Target disk ├")
+        try ui.keys("F12")
+        screen = try ui.waitFor("┤ Mirror (RAID1) ├")
+        #expect(try cursorOnRow(naming: partner.path, ui), "\(screen)")
+
+        // Enter on "No mirror": the single-disk install, and the other disk is storage again.
+        try ui.keys("Up", "Enter")
+        try ui.waitFor("┤ VM storage ├")
+        let extrasNow = try ui.rows(containing: "[ ] /dev/")
+        #expect(extrasNow.contains { $0.contains("\(partner.path) ") }, "\(extrasNow)")
+        for title in ["┤ Network ├", "┤ Root login ├", "┤ Time zone ├", "Summary"] {
+            try ui.keys("F12")
+            try ui.waitFor(title)
+        }
+        screen = try ui.screen()
+        #expect(screen.contains("Erases: \(target.path)") && !screen.contains(partner.path), "\(screen)")
+        #expect(!screen.contains("/dev/md0") && !screen.contains("mirror:"), "\(screen)")
+        try ui.keys("Escape")
+        try ui.waitFor("┤ Quit ├")
+        try ui.keys("Enter")
+        #expect(try ui.exitStatus() == 0)
+    }
+
+    /// Whether the cursor sits on the list row naming `path` (newt puts it on the current row).
+    func cursorOnRow(naming path: String, _ ui: TmuxInstaller) throws -> Bool {
+        let screen = try ui.screen().split(separator: "\n").map(String.init)
+        guard let row = screen.firstIndex(where: { $0.contains("\(path) ") }) else { return false }
+        return ui.cursor.y == row
+    }
+
     @Test(
         "two NICs ticked on the network screen make an 802.3ad bond under br0, planned as the equivalent answer file",
         .enabled(if: TextUIWalk.allInterfaces.count >= 2, "needs two network interfaces in /sys/class/net"))

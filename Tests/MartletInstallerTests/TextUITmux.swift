@@ -138,6 +138,10 @@ struct TextUIWalk {
     var keyboardIndex = 2  // de
     var target: String
     var targetHasData = false
+    /// The second disk of a RAID1 mirror, chosen on the mirror screen (nil: that screen is not
+    /// expected, as with a single disk or no partner of the target's size).
+    var mirror: String?
+    var mirrorHasData = false
     var storageIndex = 0  // lvm-thin, directory ext4, directory xfs
     var extraDisks: [String] = []
     var staticAddress: (address: String, gateway: String)? = ("192.0.2.10/24", "192.0.2.1")
@@ -172,7 +176,7 @@ struct TextUIWalk {
             reboot-mode = "reboot"
 
             [disk]
-            target = "\(target)"
+            \(mirror.map { "targets = [\"\(target)\", \"\($0)\"]\nraid = \"raid1\"" } ?? "target = \"\(target)\"")
             filesystem = "\(filesystem)"
             wipe = true
 
@@ -211,6 +215,19 @@ struct TextUIWalk {
         if targetHasData {
             try ui.waitFor("┤ Check the disk ├")
             try ui.keys("Enter")
+        }
+        if let mirror {
+            try ui.waitFor("┤ Mirror (RAID1) ├")
+            // The list's first row is "No mirror", the partners follow.
+            try pick(mirror, in: ui, marker: "│ │ ")
+            try ui.keys("Enter")
+            if mirrorHasData {
+                let dialog = try ui.waitFor("┤ Check the disk ├")
+                guard dialog.contains("\(mirror) is not empty") else {
+                    throw MartletError(.failed, "the warning does not name the mirror disk \(mirror)", cause: dialog)
+                }
+                try ui.keys("Enter")
+            }
         }
 
         try ui.waitFor("┤ VM storage ├")

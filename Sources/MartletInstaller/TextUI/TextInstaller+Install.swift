@@ -28,7 +28,7 @@ extension TextInstaller {
         let logger = Logger(label: "martlet.installer")
         logger.info("text UI install\n\(plan.text)")
         let form = NewtForm(title: "Installing", width: 70, height: 9)
-        form.label(1, 1, "Installing the host on \(plan.target.path).")
+        form.label(1, 1, "Installing the host on \(plan.targets.map(\.path).joined(separator: " + ")).")
         let stage = form.label(1, 3, String(repeating: " ", count: 66))
         let scale = form.scale(1, 5, width: 66, full: 1000)
         let progress = TextUIProgress(stage: stage, scale: scale)
@@ -63,7 +63,8 @@ extension TextInstaller {
     /// Mounts the installed root filesystem again to put the answer file in /root.
     func saveAnswerOnTarget(_ plan: InstallPlan) throws -> String {
         if let out = options.answerOut { return try saveAnswer(plan.answer, to: out) }
-        let root = plan.target.partitionPath(plan.layout.entry(.root)!.number)
+        // On a mirror the root filesystem lives on the md array, not on a member's partition.
+        let root = plan.device(.root)!
         let mountpoint = "/run/martlet/saved-answer-\(getpid())"
         try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: mountpoint) }
@@ -76,7 +77,7 @@ extension TextInstaller {
     private func finished(_ plan: InstallPlan) -> Outcome {
         let form = NewtForm(title: "Installation complete")
         form.text(1, 1, width: 71, height: 6,
-            "The Martlet host is installed on \(plan.target.path).\n\n"
+            "The Martlet host is installed on \(plan.targets.map(\.path).joined(separator: " + ")).\n\n"
                 + "Remove the installation medium, then reboot into the new host.\n"
                 + "The install log is in /var/log/martlet/install.log on the host.")
         let destination = options.answerOut ?? Self.savedAnswerPath + " on the installed host"

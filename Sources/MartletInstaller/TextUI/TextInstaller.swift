@@ -58,7 +58,7 @@ public final class TextInstaller {
     public init(options: Options) { self.options = options }
 
     private enum Step: Int, CaseIterable {
-        case welcome, keyboard, disk, storage, network, password, timezone, summary
+        case welcome, keyboard, disk, mirror, storage, network, password, timezone, summary
     }
 
     private enum Move { case next, back, quit }
@@ -83,6 +83,7 @@ public final class TextInstaller {
             case .welcome: move = welcome()
             case .keyboard: move = keyboard()
             case .disk: move = targetDisk()
+            case .mirror: move = mirrorDisk()
             case .storage: move = storage()
             case .network: move = network()
             case .password: move = password()
@@ -99,14 +100,21 @@ public final class TextInstaller {
                 }
             }
             switch move {
-            case .next: step = Step(rawValue: step.rawValue + 1)!
-            case .back: step = Step(rawValue: max(step.rawValue - 1, 0))!
+            case .next, .back:
+                let direction = move == .next ? 1 : -1
+                repeat { step = Step(rawValue: max(step.rawValue + direction, 0))! } while !shows(step)
             case .quit:
                 finished = true
                 NewtScreen.finish()
                 return .cancelled
             }
         }
+    }
+
+    /// The mirror screen only appears when a disk can mirror the target; with one disk the
+    /// flow is the single-disk install's.
+    private func shows(_ step: Step) -> Bool {
+        step != .mirror || !mirrorCandidates.isEmpty
     }
 
     /// Why a disk is never offered as a target, or nil when it may be.
@@ -228,6 +236,9 @@ public final class TextInstaller {
             if self.choices.target != path {
                 self.choices.target = path
                 self.choices.extraDisks.removeAll { $0 == path }
+                if let mirror = self.choices.mirror, !self.mirrorCandidates.contains(where: { $0.path == mirror }) {
+                    self.choices.mirror = nil
+                }
             }
         }
         return loop(form, error: error, store: store) {
@@ -239,24 +250,68 @@ public final class TextInstaller {
             if disk.size < minimum {
                 return "\(disk.path) is too small (\(disk.size)): the host needs at least \(minimum)."
             }
-            var warnings: [String] = []
-            if disk.hasData { warnings.append("\(disk.path) is not empty: \(disk.contentSummary).") }
-            if disk.transport == "usb" || disk.removable {
-                warnings.append("\(disk.path) is a USB or removable disk: the host would boot from it.")
-            }
-            if !warnings.isEmpty {
-                let text = warnings.joined(separator: "\n") + "\n\nUse it? It is erased only after the summary."
-                if !NewtScreen.confirm("Check the disk", text, yes: "Use it", no: "Choose another") {
-                    return "Choose another disk."
-                }
-            }
-            return nil
+            return confirmUse(disk) ? nil : "Choose another disk."
+        }
+    }
+
+    /// Asks before using a disk that holds data or is USB/removable; true when it may be used.
+    private func confirmUse(_ disk: Disk) -> Bool {
+        var warnings: [String] = []
+        if disk.hasData { warnings.append("\(disk.path) is not empty: \(disk.contentSummary).") }
+        if disk.transport == "usb" || disk.removable {
+            warnings.append("\(disk.path) is a USB or removable disk: the host would boot from it.")
+        }
+        guard !warnings.isEmpty else { return true }
+        let text = warnings.joined(separator: "\n") + "\n\nUse it? It is erased only after the summary."
+        return NewtScreen.confirm("Check the disk", text, yes: "Use it", no: "Choose another")
+    }
+
+    /// Disks that may mirror the target: offered, large enough, and within the plan's size
+    /// rule (`InstallPlan.mirrorSizesMatch`), so the plan never refuses what the screen offers.
+    private var mirrorCandidates: [Disk] {
+        guard let target = offered.first(where: { $0.path == choices.target }) else { return [] }
+        let minimum = PartitionLayout.minimumDiskSize(rootSize: nil, swapSize: nil)
+        return offered.filter {
+            $0.path != target.path && $0.size >= minimum && InstallPlan.mirrorSizesMatch($0.size, target.size)
+        }
+    }
+
+    private func mirrorDisk() -> Move {
+        let form = NewtForm(title: "Mirror (RAID1)")
+        let target = choices.target ?? ""
+        form.text(1, 0, width: 71, height: 2,
+            "Mirror the host onto a second disk? The root filesystem and VM storage become md RAID1 "
+                + "arrays over both disks, and either disk boots the host.")
+        let candidates = mirrorCandidates
+        let current = candidates.firstIndex { $0.path == choices.mirror }.map { $0 + 1 } ?? 0
+        let list = form.listbox(
+            1, 3, height: 7, width: 71,
+            items: ["No mirror: install on \(target) alone"] + candidates.map(Self.describe), current: current)
+        let targetSize = offered.first { $0.path == target }?.size ?? ByteSize(0)
+        let mismatched = offered.filter { $0.path != target && !InstallPlan.mirrorSizesMatch($0.size, targetSize) }
+        if !mismatched.isEmpty {
+            form.text(1, 11, width: 71, height: 3,
+                "Not offered: " + mismatched.map { "\($0.path) (\($0.size))" }.joined(separator: ", ")
+                    + ": a mirror disk must be within \(Int(InstallPlan.mirrorSizeTolerance * 100))% "
+                    + "of \(target) (\(targetSize)).")
+        }
+        let error = errorLabel(form)
+        form.buttons(["Back", "Next"], y: 17)
+        let store = {
+            guard let index = list.current else { return }
+            let mirror = index == 0 ? nil : candidates[index - 1].path
+            self.choices.mirror = mirror
+            self.choices.extraDisks.removeAll { $0 == mirror }
+        }
+        return loop(form, error: error, store: store) {
+            guard let mirror = candidates.first(where: { $0.path == choices.mirror }) else { return nil }
+            return confirmUse(mirror) ? nil : "Choose another disk, or no mirror."
         }
     }
 
     private var extraCandidates: [Disk] {
         let minimum = PartitionLayout.minimumStorageSize.bytes + 2 * PartitionLayout.alignment
-        return offered.filter { $0.path != choices.target && $0.size.bytes >= minimum }
+        return offered.filter { $0.path != choices.target && $0.path != choices.mirror && $0.size.bytes >= minimum }
     }
 
     private func storage() -> Move {
@@ -409,7 +464,7 @@ public final class TextInstaller {
         }
         let form = NewtForm(title: options.dryRun ? "Summary (dry run: nothing is written)" : "Summary")
         form.text(1, 0, width: 71, height: 16, plan.text)
-        let erased = ([plan.target] + plan.extraDisks).map { "\($0.path) (\($0.size), \($0.model ?? "no model"))" }
+        let erased = (plan.targets + plan.extraDisks).map { "\($0.path) (\($0.size), \($0.model ?? "no model"))" }
         form.label(1, 16, String(("Erases: " + erased.joined(separator: ", ")).prefix(71)))
         form.buttons(["Back", "Install"], y: 17)
         while true {
