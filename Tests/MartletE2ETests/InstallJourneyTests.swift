@@ -40,13 +40,18 @@ import Testing
             ("uefi-cd-dhcp", .uefi, .nvme, "directory", .api),
         ] where Self.recheck(name) {
             Scenario.run("recheck-" + name) { scenario in
-                let base = E2E.workRoot + "/" + name + "/target.img"
-                let overlay = scenario.log("target.qcow2")
-                try? FileManager.default.removeItem(atPath: overlay)
-                try Command("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, overlay]).run()
-                defer { try? FileManager.default.removeItem(atPath: overlay) }
+                // The BIOS lane installed a mirror of two disks.
+                let images = name.hasPrefix("bios") ? ["target.img", "target2.img"] : ["target.img"]
+                var disks: [QEMUConfiguration.Disk] = []
+                for image in images {
+                    let overlay = scenario.log(image + ".qcow2")
+                    try? FileManager.default.removeItem(atPath: overlay)
+                    try Command("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", E2E.workRoot + "/" + name + "/" + image, overlay]).run()
+                    disks.append(.init(path: overlay, interface: interface))
+                }
+                defer { for disk in disks { try? FileManager.default.removeItem(atPath: disk.path) } }
                 try Self.checkInstalledHost(
-                    scenario, firmware: firmware, disk: .init(path: overlay, interface: interface),
+                    scenario, firmware: firmware, disks: disks,
                     hostname: name.hasPrefix("bios") ? "hv-bios" : "hv-uefi", address: "10.0.2.15/24",
                     staticAddress: name.hasPrefix("bios"), storage: storage, vmInterface: vms,
                     cloudImage: name.hasPrefix("bios"))
@@ -67,15 +72,18 @@ import Testing
 
     // MARK: - Scenarios
 
-    /// BIOS + the ISO as a USB stick; the answer on a second disk labelled MARTLET-ANSWER,
-    /// picked with the GRUB menu's "Unattended install" entry; static address; LVM thin.
+    /// BIOS + the ISO as a USB stick; the answer on a third disk labelled MARTLET-ANSWER,
+    /// picked with the GRUB menu's "Unattended install" entry; static address; LVM thin on
+    /// a RAID1 mirror of two disks. After the checks the host powers off and boots again
+    /// from the second disk alone.
     static func biosUSBStatic(_ scenario: Scenario) throws {
         let iso = try E2E.iso.get().path
         let key = try E2E.sshKey.get()
         let target = scenario.log("target.img")
-        try E2E.sparseDisk(target, bytes: 16 << 30)
+        let mirror = scenario.log("target2.img")
+        for disk in [target, mirror] { try E2E.sparseDisk(disk, bytes: 16 << 30) }
         let answer = answerFile(
-            hostname: "hv-bios.e2e.test", key: key.publicKey, target: "size:largest",
+            hostname: "hv-bios.e2e.test", key: key.publicKey, target: "",
             storage: "lvm-thin",
             network: """
                 mode = "static"
@@ -83,14 +91,15 @@ import Testing
                 gateway = "10.0.2.2"
                 dns = ["10.0.2.3"]
                 ipv6 = "none"
-                """)
+                """,
+            mirror: ["/dev/vda", "/dev/vdb"])
         try answer.write(toFile: scenario.log("answer.toml"), atomically: false, encoding: .utf8)
         let answerDisk = scenario.log("answer.img")
         try E2E.answerDisk(answerDisk, answer: answer)
 
         let installer = try QEMUMachine(
             QEMUConfiguration(
-                iso: iso, firmware: .bios, medium: .usb, disks: [.init(path: target)],
+                iso: iso, firmware: .bios, medium: .usb, disks: [.init(path: target), .init(path: mirror)],
                 answerDisk: answerDisk, memoryMiB: 2048, serialLog: scenario.log("install.log"),
                 noReboot: true))
         defer { installer.shutdown() }
@@ -104,11 +113,62 @@ import Testing
         scenario.mark("boot-to-installer")
         try waitForInstall(installer, timeout: .seconds(1800))
         scenario.mark("install")
+        // Either disk must be able to start the host: GRUB's boot code in both MBRs.
+        for disk in [target, mirror] {
+            guard let handle = FileHandle(forReadingAtPath: disk), let mbr = try handle.read(upToCount: 512),
+                mbr.range(of: Data("GRUB".utf8)) != nil
+            else { throw MartletError(.failed, "no GRUB boot code in the MBR of \(disk)") }
+            try handle.close()
+        }
 
         try checkInstalledHost(
-            scenario, firmware: .bios, disk: .init(path: target, interface: .virtio),
+            scenario, firmware: .bios, disks: [.init(path: target), .init(path: mirror)],
             hostname: "hv-bios", address: "10.0.2.15/24", staticAddress: true, storage: "lvm-thin",
-            vmInterface: .cli, cloudImage: true)
+            vmInterface: .cli, cloudImage: true, powerOff: true
+        ) { checks in
+            checkMirror(checks, members: "[UU]")
+        }
+        try checkDegradedBoot(scenario, survivor: mirror)
+    }
+
+    /// The arrays of the lane's RAID1 install, as `/proc/mdstat` shows them: root and the
+    /// storage PV (the answer asks for no swap), each with `members` (`[UU]` whole, `[_U]` or
+    /// `[U_]` with a disk gone), and `/` on one of them.
+    static func checkMirror(_ checks: HostChecks, members: String...) {
+        checks.check("/ on md RAID1", "findmnt -no SOURCE /") { $0.output.hasPrefix("/dev/md") }
+        checks.check("two RAID1 arrays, \(members.joined(separator: " or "))", "cat /proc/mdstat") { result in
+            let lines = result.output.split(separator: "\n")
+            let arrays = lines.filter { $0.hasPrefix("md") }
+            let states = lines.filter { $0.contains("blocks") }
+            // "md127 : active (auto-read-only) raid1 vda4[1]" is running too: md marks an
+            // array read-only until its first write (the PV of a degraded boot).
+            return arrays.count == 2 && arrays.allSatisfy { $0.contains(" : active ") && $0.contains(" raid1 ") }
+                && states.count == 2 && states.allSatisfy { line in members.contains { line.contains($0) } }
+        }
+    }
+
+    /// The mirror's promise: with the first disk gone, the host starts from the second alone
+    /// (GRUB from that disk's MBR, the arrays run degraded) and answers over SSH.
+    static func checkDegradedBoot(_ scenario: Scenario, survivor: String) throws {
+        let key = try E2E.sshKey.get()
+        let port = try E2E.freePort()
+        let host = try QEMUMachine(
+            QEMUConfiguration(
+                firmware: .bios, disks: [.init(path: survivor)], memoryMiB: 2048, sshPort: port,
+                serialLog: scenario.log("degraded-boot.log"), boot: .disk))
+        defer { host.shutdown() }
+        try host.start()
+        let ssh = SSHSession(port: port, key: key.privateKey)
+        try ssh.waitUntilReachable(timeout: .seconds(900), machine: host)
+        scenario.mark("degraded-boot-to-ssh")
+        let checks = HostChecks(ssh: ssh)
+        checks.check("hostname on one disk", "hostname") { $0.output == "hv-bios" }
+        checkMirror(checks, members: "[_U]", "[U_]")
+        try? checks.transcript.write(toFile: scenario.log("degraded-checks.txt"), atomically: false, encoding: .utf8)
+        guard checks.failures.isEmpty else {
+            throw MartletError(
+                .failed, "\(checks.failures.count) check(s) failed on the degraded host: " + checks.failures.joined(separator: " | "))
+        }
     }
 
     /// UEFI + CD; NVMe target; DHCP; directory pool. The answer comes from an answer server
@@ -187,7 +247,7 @@ import Testing
         }
 
         try checkInstalledHost(
-            scenario, firmware: .uefi, disk: .init(path: target, interface: .nvme),
+            scenario, firmware: .uefi, disks: [.init(path: target, interface: .nvme)],
             hostname: "hv-uefi", address: "10.0.2.15/24", staticAddress: false, storage: "directory",
             vmInterface: .api
         ) { checks in
@@ -223,9 +283,11 @@ import Testing
 
     static func answerFile(
         hostname: String, key: String, target: String, storage: String, network: String,
-        extraDisk: String = ""
+        extraDisk: String = "", mirror: [String]? = nil
     ) -> String {
-        """
+        let disks = mirror.map { "targets = [\($0.map { "\"\($0)\"" }.joined(separator: ", "))]\nraid = \"raid1\"" }
+            ?? "target = \"\(target)\""
+        return """
         [global]
         hostname = "\(hostname)"
         timezone = "UTC"
@@ -233,7 +295,7 @@ import Testing
         reboot-mode = "poweroff"
 
         [disk]
-        target = "\(target)"
+        \(disks)
         root-size = "6GiB"
         wipe = true
         \(extraDisk)
@@ -289,14 +351,15 @@ import Testing
     /// Boots the installed disk alone (no installer medium, no answer disk) and checks the
     /// host over SSH. Every check runs; the failures are reported together.
     static func checkInstalledHost(
-        _ scenario: Scenario, firmware: QEMUConfiguration.Firmware, disk: QEMUConfiguration.Disk,
+        _ scenario: Scenario, firmware: QEMUConfiguration.Firmware, disks: [QEMUConfiguration.Disk],
         hostname: String, address: String, staticAddress: Bool, storage: String,
-        vmInterface: VMJourney.Interface, cloudImage: Bool = false, more: (HostChecks) -> Void = { _ in }
+        vmInterface: VMJourney.Interface, cloudImage: Bool = false, powerOff: Bool = false,
+        more: (HostChecks) -> Void = { _ in }
     ) throws {
         let key = try E2E.sshKey.get()
         let port = try E2E.freePort()
         var configuration = QEMUConfiguration(
-            firmware: firmware, disks: [disk], memoryMiB: 2048, sshPort: port,
+            firmware: firmware, disks: disks, memoryMiB: 2048, sshPort: port,
             serialLog: scenario.log("first-boot.log"), boot: .disk)
         // The cloud image reaches the host as a person's would: `volume import` of a URL.
         var imageServer: AnswerServer?
@@ -415,6 +478,15 @@ import Testing
             }
             throw MartletError(
                 .failed, "\(failures.count) check(s) failed on the installed host: " + failures.joined(separator: " | "))
+        }
+        // A clean power-off, as an admin would before pulling a disk: an array left dirty
+        // would not start degraded on the next boot.
+        if powerOff {
+            _ = try? ssh.run("systemctl poweroff", timeout: 30)
+            do { _ = try host.waitForExit(timeout: .seconds(300)) } catch {
+                throw MartletError(.failed, "the host did not power off within 300 s", cause: host.serialTail(30))
+            }
+            scenario.mark("poweroff")
         }
     }
 
