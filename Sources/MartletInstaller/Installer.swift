@@ -265,7 +265,8 @@ public final class Installer {
     private func device(_ role: PartitionLayout.Role) -> String { plan.device(role)! }
 
     private func format() throws {
-        try run("mkfs.vfat", ["-F", "32", "-n", "EFI", device(.esp)])
+        // Every disk's ESP now, with one serial; GRUB fills the first, finish() copies it.
+        for esp in plan.espDevices { try run("mkfs.vfat", espMirror.formatArguments(esp)) }
         try run("mkfs.ext4", ["-q", "-F", "-L", "martlet-root", device(.root)])
         if plan.layout.entry(.swap) != nil {
             try run("mkswap", ["-L", "martlet-swap", device(.swap)])
@@ -623,17 +624,24 @@ public final class Installer {
         try run("sync", [])
     }
 
-    /// The first disk's ESP, byte for byte, onto every mirror's (same size): the firmware
-    /// finds GRUB on whichever disk is left, and the copy's volume serial equals the
-    /// original's, so fstab's UUID= mounts /boot/efi from either.
+    /// The first disk's ESP files onto every mirror's ESP (formatted with the same serial):
+    /// the firmware finds GRUB on whichever disk is left, and fstab's UUID= mounts
+    /// /boot/efi from either. Runs once the ESP is unmounted.
     private func copyESP() throws {
         let esps = plan.espDevices
-        guard let source = esps.first else { return }
+        guard let source = esps.first, esps.count > 1 else { return }
+        let scratch = try Self.temporaryDirectory("/tmp/martlet-esp")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
         for destination in esps.dropFirst() {
-            try run("dd", ["if=\(source)", "of=\(destination)", "bs=1M", "conv=fsync", "status=none"])
-            currentReporter?.note("ESP copied to \(destination)")
+            try ESPMirror.copyFiles(from: source, to: destination, scratch: scratch) {
+                try run($0, $1)
+            }
+            currentReporter?.note("ESP files copied to \(destination)")
         }
     }
+
+    /// The volume serial every ESP of this install gets.
+    private let espMirror = ESPMirror()
 
     /// Reboots or powers off as the answer asks (`none` returns).
     public static func conclude(_ mode: AnswerFile.RebootMode) throws {
