@@ -243,7 +243,10 @@ struct NestedLinuxTests {
         let (status, seconds, serial) = try Self.bootOuter(initrd: outerInitrd, log: work.appendingPathComponent("serial.log"), timeout: 1500)
         let excerpt = String(serial.suffix(6000))
         print("nested Linux boot: QEMU exited \(status) after \(seconds) s")
-        for line in serial.split(separator: "\n") where line.contains("INNER-") || line.contains("OUTER-") {
+        // Split on every newline: the console ends its lines with CR LF, which Swift reads as
+        // one Character, so split(separator: "\n") would leave such lines joined.
+        let lines = serial.split(whereSeparator: \.isNewline)
+        for line in lines where line.contains("INNER-") || line.contains("OUTER-") {
             print("  \(line)")
         }
 
@@ -258,13 +261,13 @@ struct NestedLinuxTests {
         #expect(serial.contains("INNER-PING: ok"), "the inner guest got no ping replies over virtio-net:\n\(excerpt)")
         #expect(!serial.contains("OUTER-TAP-RX: 0"), "no packet from the inner guest reached the tap:\n\(excerpt)")
         #expect(!serial.contains("OUTER: no /dev/vhost-net"), "vhost_net did not load in the outer system:\n\(excerpt)")
-        let info = serial.split(separator: "\n").first { $0.contains("OUTER-INFO:") } ?? ""
+        let info = lines.first { $0.contains("OUTER-INFO:") } ?? ""
         #expect(info.contains(#""kind":"net""#) && info.contains(#""engine":"vhost-net""#), "the NIC did not run on vhost-net: \(info)\n\(excerpt)")
-        // Weak: these also match inside the userspace run's OUTER-USERSPACE-INNER-… lines (a
-        // stricter per-line match failed on a passing run; see the session-11 note).
-        #expect(serial.contains("INNER-BENCH: 2097152 bytes"), "the download over vhost-net failed:\n\(excerpt)")
-        #expect(serial.contains("INNER-UPLOAD: 2097152 bytes") && serial.contains("OUTER-UPLOADED: 2097152"), "the upload over vhost-net failed:\n\(excerpt)")
-        let userspace = serial.split(separator: "\n").first { $0.contains("OUTER-USERSPACE-INFO:") } ?? ""
+        // The vhost-net run's own lines: the userspace run repeats them as OUTER-USERSPACE-….
+        let vhostLines = lines.filter { !$0.contains("OUTER-USERSPACE-") }
+        #expect(vhostLines.contains { $0.contains("INNER-BENCH: 2097152 bytes") }, "the download over vhost-net failed:\n\(excerpt)")
+        #expect(vhostLines.contains { $0.contains("INNER-UPLOAD: 2097152 bytes") } && serial.contains("OUTER-UPLOADED: 2097152"), "the upload over vhost-net failed:\n\(excerpt)")
+        let userspace = lines.first { $0.contains("OUTER-USERSPACE-INFO:") } ?? ""
         #expect(userspace.contains(#""engine":"userspace""#), "without vhost_net the NIC did not fall back to userspace: \(userspace)\n\(excerpt)")
         #expect(serial.contains("OUTER-USERSPACE-INNER-BENCH: 2097152 bytes"), "the download over the userspace engine failed:\n\(excerpt)")
         #expect(serial.contains("OUTER-USERSPACE-INNER-UPLOAD: 2097152 bytes") && serial.contains("OUTER-USERSPACE-UPLOADED: 2097152"), "the upload over the userspace engine failed:\n\(excerpt)")
