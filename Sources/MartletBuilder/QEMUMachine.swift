@@ -100,6 +100,11 @@ public struct QEMUConfiguration: Sendable, Equatable {
             self.hostPort = hostPort
         }
     }
+    /// Virtio NICs on the user network. More than one share it through a QEMU hub, as the
+    /// members of a bond plugged into one switch; their MACs are `nicMACs`.
+    public var nics: Int = 1
+    /// The NICs' MACs: 52:54:00:12:34:56 (QEMU's default for the first), then counting up.
+    public var nicMACs: [String] { (0..<nics).map { String(format: "52:54:00:12:34:%02x", 0x56 + $0) } }
     /// Serial console log; a file in the machine's private temp folder when nil.
     public var serialLog: String?
     /// No console: serial only to the log, no display, stdin closed. When false, the serial
@@ -149,6 +154,9 @@ public struct QEMUConfiguration: Sendable, Equatable {
         }
         guard (1...64).contains(cpus) else {
             throw MartletError(.invalidInput, "cpus \(cpus) is out of range (1–64)")
+        }
+        guard (1...8).contains(nics) else {
+            throw MartletError(.invalidInput, "nics \(nics) is out of range (1–8)")
         }
         if let sshPort, !(1...65535).contains(sshPort) {
             throw MartletError(.invalidInput, "ssh port \(sshPort) is not a TCP port (1–65535)")
@@ -304,14 +312,28 @@ public final class QEMUMachine: Sendable {
                 "-device", "virtio-blk-pci,drive=answer,serial=MARTLET-ANSWER",
             ]
         }
-        var nic = "user,restrict=on,model=virtio-net-pci"
-        if let port = config.sshPort { nic += ",hostfwd=tcp:127.0.0.1:\(port)-:22" }
-        if let port = config.apiPort { nic += ",hostfwd=tcp:127.0.0.1:\(port)-:8443" }
+        var forwards = ""
+        if let port = config.sshPort { forwards += ",hostfwd=tcp:127.0.0.1:\(port)-:22" }
+        if let port = config.apiPort { forwards += ",hostfwd=tcp:127.0.0.1:\(port)-:8443" }
         for forward in config.guestForwards {
-            nic += ",guestfwd=tcp:\(QEMUConfiguration.guestForwardAddress):\(forward.guestPort)"
+            forwards += ",guestfwd=tcp:\(QEMUConfiguration.guestForwardAddress):\(forward.guestPort)"
                 + "-cmd:socat - TCP:127.0.0.1:\(forward.hostPort)"
         }
-        args += ["-nic", nic]
+        if config.nics <= 1 {
+            args += ["-nic", "user,restrict=on,model=virtio-net-pci" + forwards]
+        } else {
+            let user = "user,restrict=on" + forwards
+            // One user network on hub 0, and a hub port per NIC: every NIC sees every frame,
+            // like ports of one switch. The NIC ids (nic0, nic1, …) name them for the
+            // monitor's set_link.
+            args += ["-netdev", user + ",id=uplink", "-netdev", "hubport,id=uplinkport,hubid=0,netdev=uplink"]
+            for (index, mac) in config.nicMACs.enumerated() {
+                args += [
+                    "-netdev", "hubport,id=port\(index),hubid=0",
+                    "-device", "virtio-net-pci,id=nic\(index),netdev=port\(index),mac=\(mac)",
+                ]
+            }
+        }
         let log = Self.escape(serialLogPath)
         if config.headless {
             args += [

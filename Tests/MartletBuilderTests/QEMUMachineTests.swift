@@ -158,6 +158,26 @@ struct QEMUArgumentsTests {
         #expect(args.contains("-smp 2"))
     }
 
+    @Test("two NICs share the user network through a hub, with their own MACs and ids")
+    func bondedNICs() throws {
+        let directory = try ScratchDirectory()
+        let disk = try directory.write("d.img", "")
+        var config = QEMUConfiguration(disks: [.init(path: disk)], sshPort: 2222, boot: .disk)
+        config.nics = 2
+        #expect(config.nicMACs == ["52:54:00:12:34:56", "52:54:00:12:34:57"])
+        let args = try QEMUMachine(config).arguments().joined(separator: " ")
+        #expect(!args.contains("-nic "))
+        #expect(args.contains("-netdev user,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,id=uplink"))
+        #expect(args.contains("-netdev hubport,id=uplinkport,hubid=0,netdev=uplink"))
+        for index in 0..<2 {
+            #expect(args.contains("-netdev hubport,id=port\(index),hubid=0"))
+            #expect(args.contains(
+                "-device virtio-net-pci,id=nic\(index),netdev=port\(index),mac=\(config.nicMACs[index])"))
+        }
+        config.nics = 0
+        #expect(throws: MartletError.self) { try QEMUMachine(config) }
+    }
+
     @Test("a CD path with a comma is escaped; boot from disk reorders bootindex")
     func escaping() throws {
         let directory = try ScratchDirectory()

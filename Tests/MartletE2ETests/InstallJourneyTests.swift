@@ -74,8 +74,8 @@ import Testing
 
     /// BIOS + the ISO as a USB stick; the answer on a third disk labelled MARTLET-ANSWER,
     /// picked with the GRUB menu's "Unattended install" entry; static address; LVM thin on
-    /// a RAID1 mirror of two disks. After the checks the host powers off and boots again
-    /// from the second disk alone.
+    /// a RAID1 mirror of two disks; the management network on an active-backup bond of two
+    /// NICs. After the checks the host powers off and boots again from the second disk alone.
     static func biosUSBStatic(_ scenario: Scenario) throws {
         let iso = try E2E.iso.get().path
         let key = try E2E.sshKey.get()
@@ -92,16 +92,17 @@ import Testing
                 dns = ["10.0.2.3"]
                 ipv6 = "none"
                 """,
-            mirror: ["/dev/vda", "/dev/vdb"])
+            mirror: ["/dev/vda", "/dev/vdb"], bond: bondNICs.nicMACs)
         try answer.write(toFile: scenario.log("answer.toml"), atomically: false, encoding: .utf8)
         let answerDisk = scenario.log("answer.img")
         try E2E.answerDisk(answerDisk, answer: answer)
 
-        let installer = try QEMUMachine(
-            QEMUConfiguration(
-                iso: iso, firmware: .bios, medium: .usb, disks: [.init(path: target), .init(path: mirror)],
-                answerDisk: answerDisk, memoryMiB: 2048, serialLog: scenario.log("install.log"),
-                noReboot: true))
+        var installerConfiguration = QEMUConfiguration(
+            iso: iso, firmware: .bios, medium: .usb, disks: [.init(path: target), .init(path: mirror)],
+            answerDisk: answerDisk, memoryMiB: 2048, serialLog: scenario.log("install.log"),
+            noReboot: true)
+        installerConfiguration.nics = bondNICs.nics
+        let installer = try QEMUMachine(installerConfiguration)
         defer { installer.shutdown() }
         scenario.mark("prepare")
         try installer.start()
@@ -124,11 +125,71 @@ import Testing
         try checkInstalledHost(
             scenario, firmware: .bios, disks: [.init(path: target), .init(path: mirror)],
             hostname: "hv-bios", address: "10.0.2.15/24", staticAddress: true, storage: "lvm-thin",
-            vmInterface: .cli, cloudImage: true, powerOff: true
+            vmInterface: .cli, cloudImage: true, powerOff: true, nics: bondNICs.nics
         ) { checks in
             checkMirror(checks, members: "[UU]")
         }
         try checkDegradedBoot(scenario, survivor: mirror)
+    }
+
+    /// The BIOS lane's machines: two NICs on one hub, the members of the host's bond.
+    static var bondNICs: QEMUConfiguration {
+        var configuration = QEMUConfiguration()
+        configuration.nics = 2
+        return configuration
+    }
+
+    /// The management bond: both NICs in bond0 (active-backup) under br0. Then QEMU cuts the
+    /// active NIC's link; the bond must move to the other, and the host keep answering over
+    /// SSH, which now runs through it. The link comes back before the journeys go on.
+    static func checkBondFailover(_ checks: HostChecks, host: QEMUMachine, macs: [String]) {
+        let show = "cat /proc/net/bonding/bond0; ip -o link show dev bond0"
+        guard let bond = checks.check("bond0 of both NICs under br0", show, { result in
+            result.output.contains("Bonding Mode: fault-tolerance (active-backup)")
+                && macs.allSatisfy { result.output.contains("Permanent HW addr: \($0)") }
+                && result.output.components(separatedBy: "MII Status: up").count == 4
+                && result.output.contains("master br0")
+        }) else { return }
+        // Each slave's block: "Slave Interface: NAME" … "Permanent HW addr: MAC".
+        let slaves: [(name: String, mac: String)] = bond.output.components(separatedBy: "Slave Interface: ")
+            .dropFirst().compactMap { block in
+                let name = block.prefix { !$0.isWhitespace }
+                guard let mac = macs.first(where: { block.contains("Permanent HW addr: \($0)") }) else { return nil }
+                return (String(name), mac)
+            }
+        let active = bond.output.split(whereSeparator: \.isNewline)
+            .first { $0.hasPrefix("Currently Active Slave: ") }?.split(separator: " ").last.map(String.init)
+        guard slaves.count == 2, let active, let cut = slaves.first(where: { $0.name == active }),
+            let other = slaves.first(where: { $0.name != active }),
+            let index = macs.firstIndex(of: cut.mac)
+        else {
+            checks.fail("bond failover", "no active slave among \(slaves) in:\n\(bond.output)")
+            return
+        }
+        do {
+            _ = try host.monitor("set_link nic\(index) off")
+        } catch {
+            checks.fail("bond failover", "set_link nic\(index) off: \(error)")
+            return
+        }
+        // Bounded waits (miimon is 100 ms); the checks fail when they run out.
+        checks.check(
+            "bond0 moved to \(other.name) when \(cut.name) lost its link",
+            "for i in $(seq 60); do grep -q 'Currently Active Slave: \(other.name)' /proc/net/bonding/bond0 && break; sleep 1; done; "
+                + "grep 'Currently Active Slave' /proc/net/bonding/bond0; "
+                + "grep -A1 'Slave Interface: \(cut.name)' /proc/net/bonding/bond0"
+        ) { $0.output.contains("Currently Active Slave: \(other.name)") && $0.output.contains("MII Status: down") }
+        do {
+            _ = try host.monitor("set_link nic\(index) on")
+        } catch {
+            checks.fail("bond failover", "set_link nic\(index) on: \(error)")
+            return
+        }
+        checks.check(
+            "\(cut.name) back in bond0 once its link returned",
+            "for i in $(seq 60); do grep -A1 'Slave Interface: \(cut.name)' /proc/net/bonding/bond0 | grep -q 'MII Status: up' && break; sleep 1; done; "
+                + "grep -A1 'Slave Interface: \(cut.name)' /proc/net/bonding/bond0"
+        ) { $0.output.contains("MII Status: up") }
     }
 
     /// The arrays of the lane's RAID1 install, as `/proc/mdstat` shows them: root and the
@@ -152,10 +213,11 @@ import Testing
     static func checkDegradedBoot(_ scenario: Scenario, survivor: String) throws {
         let key = try E2E.sshKey.get()
         let port = try E2E.freePort()
-        let host = try QEMUMachine(
-            QEMUConfiguration(
-                firmware: .bios, disks: [.init(path: survivor)], memoryMiB: 2048, sshPort: port,
-                serialLog: scenario.log("degraded-boot.log"), boot: .disk))
+        var configuration = QEMUConfiguration(
+            firmware: .bios, disks: [.init(path: survivor)], memoryMiB: 2048, sshPort: port,
+            serialLog: scenario.log("degraded-boot.log"), boot: .disk)
+        configuration.nics = bondNICs.nics
+        let host = try QEMUMachine(configuration)
         defer { host.shutdown() }
         try host.start()
         let ssh = SSHSession(port: port, key: key.privateKey)
@@ -164,6 +226,15 @@ import Testing
         let checks = HostChecks(ssh: ssh)
         checks.check("hostname on one disk", "hostname") { $0.output == "hv-bios" }
         checkMirror(checks, members: "[_U]", "[U_]")
+        // The second disk's ESP got the first's files and volume serial (ESPMirror), so
+        // fstab's UUID= mounts it and it holds both GRUB images. A nofail mount may come
+        // after sshd: wait for it (bounded; the check fails when it never comes).
+        checks.check(
+            "the surviving disk's ESP mounted with GRUB's files",
+            "for i in $(seq 90); do findmnt /boot/efi >/dev/null && break; sleep 1; done; "
+                + "findmnt -n -o SOURCE,FSTYPE /boot/efi; "
+                + "test -s /boot/efi/EFI/BOOT/BOOTX64.EFI && test -s /boot/efi/EFI/martlet/grubx64.efi && echo esp-files-present"
+        ) { $0.output.contains("/dev/vda2 vfat") && $0.output.contains("esp-files-present") }
         try? checks.transcript.write(toFile: scenario.log("degraded-checks.txt"), atomically: false, encoding: .utf8)
         guard checks.failures.isEmpty else {
             throw MartletError(
@@ -283,8 +354,12 @@ import Testing
 
     static func answerFile(
         hostname: String, key: String, target: String, storage: String, network: String,
-        extraDisk: String = "", mirror: [String]? = nil
+        extraDisk: String = "", mirror: [String]? = nil, bond: [String]? = nil
     ) -> String {
+        let nic = bond == nil ? "interface = \"\(E2E.nicMAC)\"" : ""
+        let bondTable = bond.map {
+            "\n[network.bond]\ninterfaces = [\($0.map { "\"\($0)\"" }.joined(separator: ", "))]\nmode = \"active-backup\"\n"
+        } ?? ""
         let disks = mirror.map { "targets = [\($0.map { "\"\($0)\"" }.joined(separator: ", "))]\nraid = \"raid1\"" }
             ?? "target = \"\(target)\""
         return """
@@ -304,8 +379,9 @@ import Testing
         type = "\(storage)"
 
         [network]
-        interface = "\(E2E.nicMAC)"
+        \(nic)
         \(network)
+        \(bondTable)
 
         """
     }
@@ -354,13 +430,14 @@ import Testing
         _ scenario: Scenario, firmware: QEMUConfiguration.Firmware, disks: [QEMUConfiguration.Disk],
         hostname: String, address: String, staticAddress: Bool, storage: String,
         vmInterface: VMJourney.Interface, cloudImage: Bool = false, powerOff: Bool = false,
-        more: (HostChecks) -> Void = { _ in }
+        nics: Int = 1, more: (HostChecks) -> Void = { _ in }
     ) throws {
         let key = try E2E.sshKey.get()
         let port = try E2E.freePort()
         var configuration = QEMUConfiguration(
             firmware: firmware, disks: disks, memoryMiB: 2048, sshPort: port,
             serialLog: scenario.log("first-boot.log"), boot: .disk)
+        configuration.nics = nics
         // The cloud image reaches the host as a person's would: `volume import` of a URL.
         var imageServer: AnswerServer?
         var cloud: (url: String, sha256: String)?
@@ -398,10 +475,14 @@ import Testing
         }
         checks.check("hostname", "hostname") { $0.output == hostname }
         checks.check("br0 address", "ip -4 -o addr show dev br0") { $0.output.contains("inet \(address)") }
-        checks.check(
-            "NIC enslaved to br0",
-            "for n in /sys/class/net/*; do [ \"$(cat $n/address)\" = \(E2E.nicMAC) ] && [ \"${n##*/}\" != br0 ] && ip -o link show dev ${n##*/}; done"
-        ) { $0.output.contains("master br0") }
+        if nics == 1 {
+            checks.check(
+                "NIC enslaved to br0",
+                "for n in /sys/class/net/*; do [ \"$(cat $n/address)\" = \(E2E.nicMAC) ] && [ \"${n##*/}\" != br0 ] && ip -o link show dev ${n##*/}; done"
+            ) { $0.output.contains("master br0") }
+        } else {
+            checkBondFailover(checks, host: host, macs: configuration.nicMACs)
+        }
         checks.check("only the configured IPv4 address on br0", "ip -4 -o addr show dev br0 scope link") {
             $0.output.isEmpty
         }
