@@ -87,6 +87,28 @@ struct TextUIChoicesTests {
         #expect(try AnswerFile.parse(path: "saved.toml", contents: answer.toml) == answer)
     }
 
+    @Test("the Summary's Erases line drops models, then sizes, then disks, never cutting a path")
+    func erasesLine() {
+        func disk(_ name: String, _ model: String) -> Disk {
+            Disk(path: "/dev/\(name)", name: name, size: .gib(960), model: model)
+        }
+        let short = [disk("sda", "SSD"), disk("sdb", "SSD")]
+        #expect(TextUIChoices.erasesLine(short, width: 71) == "Erases: /dev/sda (960 GiB, SSD), /dev/sdb (960 GiB, SSD)")
+        let long = [disk("nvme0n1", "SAMSUNG MZQL2960HCJR-00A07"), disk("nvme1n1", "SAMSUNG MZQL2960HCJR-00A07")]
+        #expect(TextUIChoices.erasesLine(long, width: 71) == "Erases: /dev/nvme0n1 (960 GiB), /dev/nvme1n1 (960 GiB)")
+        let many = (0..<12).map { disk("nvme\($0)n1", "X") }
+        let line = TextUIChoices.erasesLine(many, width: 71)
+        #expect(line.count <= 71, "\(line)")
+        #expect(line.hasPrefix("Erases: /dev/nvme0n1, /dev/nvme1n1, ") && line.hasSuffix(" more"), "\(line)")
+        // Every path shown is whole, and the count covers the rest.
+        let shown: [String] = String(line.dropFirst("Erases: ".count)).components(separatedBy: ", ")
+        let last: [String] = shown.last!.components(separatedBy: " +")
+        let paths = Array(shown.dropLast()) + [last[0]]
+        let more = Int(last[1].components(separatedBy: " ")[0])!
+        #expect(paths == Array(many.prefix(paths.count)).map(\.path))
+        #expect(paths.count + more == many.count)
+    }
+
     @Test("a mirror partner becomes targets + raid1, which the plan turns into md0 (root) and md1 (storage) over both disks")
     func mirror() throws {
         var choices = valid()

@@ -145,3 +145,31 @@ struct TextUIChoices {
         return nil
     }
 }
+
+extension TextUIChoices {
+    /// The Summary's one line naming every disk the install erases, within `width`
+    /// columns: with sizes and models when they fit, else with sizes, else the paths alone
+    /// (the confirmation dialog after it names each disk in full). Never a path cut short.
+    static func erasesLine(_ disks: [Disk], width: Int) -> String {
+        let forms: [(Disk) -> String] = [
+            { "\($0.path) (\($0.size), \($0.model ?? "no model"))" },
+            { "\($0.path) (\($0.size))" },
+            { $0.path },
+        ]
+        for form in forms {
+            let line = "Erases: " + disks.map(form).joined(separator: ", ")
+            if line.count <= width { return line }
+        }
+        // More disks than one line holds: as many paths as fit, then how many more.
+        var line = "Erases:"
+        for (index, disk) in disks.enumerated() {
+            let next = line + (index == 0 ? " " : ", ") + disk.path
+            let rest = disks.count - index - 1
+            if next.count + (rest == 0 ? 0 : " +\(rest) more".count) > width {
+                return line + " +\(disks.count - index) more"
+            }
+            line = next
+        }
+        return line
+    }
+}
