@@ -139,6 +139,20 @@ import Testing
         return configuration
     }
 
+    /// Starts an installed host from its disks and waits until SSH answers (the phase ends
+    /// there). The caller shuts the machine down; if SSH never answers, the machine ends
+    /// with the error (QEMUMachine's deinit).
+    static func bootAndReach(
+        _ configuration: QEMUConfiguration, _ scenario: Scenario, phase: String
+    ) throws -> (QEMUMachine, SSHSession) {
+        let host = try QEMUMachine(configuration)
+        try host.start()
+        let ssh = SSHSession(port: configuration.sshPort!, key: try E2E.sshKey.get().privateKey)
+        try ssh.waitUntilReachable(timeout: .seconds(900), machine: host)
+        scenario.mark(phase)
+        return (host, ssh)
+    }
+
     /// The management bond: both NICs in bond0 (active-backup) under br0. Then QEMU cuts the
     /// active NIC's link; the bond must move to the other, and the host keep answering over
     /// SSH, which now runs through it. The link comes back before the journeys go on.
@@ -211,18 +225,12 @@ import Testing
     /// The mirror's promise: with the first disk gone, the host starts from the second alone
     /// (GRUB from that disk's MBR, the arrays run degraded) and answers over SSH.
     static func checkDegradedBoot(_ scenario: Scenario, survivor: String) throws {
-        let key = try E2E.sshKey.get()
-        let port = try E2E.freePort()
         var configuration = QEMUConfiguration(
-            firmware: .bios, disks: [.init(path: survivor)], memoryMiB: 2048, sshPort: port,
+            firmware: .bios, disks: [.init(path: survivor)], memoryMiB: 2048, sshPort: try E2E.freePort(),
             serialLog: scenario.log("degraded-boot.log"), boot: .disk)
         configuration.nics = bondNICs.nics
-        let host = try QEMUMachine(configuration)
+        let (host, ssh) = try bootAndReach(configuration, scenario, phase: "degraded-boot-to-ssh")
         defer { host.shutdown() }
-        try host.start()
-        let ssh = SSHSession(port: port, key: key.privateKey)
-        try ssh.waitUntilReachable(timeout: .seconds(900), machine: host)
-        scenario.mark("degraded-boot-to-ssh")
         let checks = HostChecks(ssh: ssh)
         checks.check("hostname on one disk", "hostname") { $0.output == "hv-bios" }
         checkMirror(checks, members: "[_U]", "[U_]")
@@ -432,10 +440,8 @@ import Testing
         vmInterface: VMJourney.Interface, cloudImage: Bool = false, powerOff: Bool = false,
         nics: Int = 1, more: (HostChecks) -> Void = { _ in }
     ) throws {
-        let key = try E2E.sshKey.get()
-        let port = try E2E.freePort()
         var configuration = QEMUConfiguration(
-            firmware: firmware, disks: disks, memoryMiB: 2048, sshPort: port,
+            firmware: firmware, disks: disks, memoryMiB: 2048, sshPort: try E2E.freePort(),
             serialLog: scenario.log("first-boot.log"), boot: .disk)
         configuration.nics = nics
         // The cloud image reaches the host as a person's would: `volume import` of a URL.
@@ -454,12 +460,8 @@ import Testing
         }
         defer { withExtendedLifetime(imageServer) {} }
         if vmInterface == .api { configuration.apiPort = try E2E.freePort() }
-        let host = try QEMUMachine(configuration)
+        let (host, ssh) = try bootAndReach(configuration, scenario, phase: "first-boot-to-ssh")
         defer { host.shutdown() }
-        try host.start()
-        let ssh = SSHSession(port: port, key: key.privateKey)
-        try ssh.waitUntilReachable(timeout: .seconds(900), machine: host)
-        scenario.mark("first-boot-to-ssh")
 
         let checks = HostChecks(ssh: ssh)
         checks.check("system state", "systemctl is-system-running --wait", timeout: 300) {
