@@ -33,8 +33,11 @@ public struct InstallPlan: Codable, Sendable, Equatable {
             /// The md device the installer creates (`/dev/md0`); the installed host finds the
             /// filesystems on it by UUID, whatever number it assembles it under.
             public var device: String
-            /// The array's name in its superblock; created with homehost `any`, so the generic
-            /// initramfs, built without this machine's mdadm.conf, assembles it by scanning.
+            /// The array's name in its superblock, its device's (`md0`); created with homehost
+            /// `any`, so the generic initramfs, built without this machine's mdadm.conf,
+            /// assembles it by scanning. mdadm takes a numeric name of a local array as its
+            /// number: the host shows `/dev/md0` as the plan did, not a number counted down
+            /// from md127 as for a name like `root`.
             public var name: String
             public var role: PartitionLayout.Role
             public var members: [String]
@@ -127,7 +130,7 @@ public struct InstallPlan: Codable, Sendable, Equatable {
                 guard let entry = layout.entry(role) else { continue }
                 arrays.append(
                     Raid.MDArray(
-                        device: "/dev/md\(arrays.count)", name: role.rawValue, role: role,
+                        device: "/dev/md\(arrays.count)", name: "md\(arrays.count)", role: role,
                         members: members.map { $0.partitionPath(entry.number) }))
             }
             raid = Raid(level: level, arrays: arrays)

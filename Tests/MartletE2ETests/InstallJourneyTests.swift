@@ -180,12 +180,15 @@ import Testing
             checks.fail("bond failover", "no active slave among \(slaves) in:\n\(bond.output)")
             return
         }
-        do {
-            _ = try host.monitor("set_link nic\(index) off")
-        } catch {
-            checks.fail("bond failover", "set_link nic\(index) off: \(error)")
-            return
+        /// QEMU's link of the active NIC, up or down (false when the monitor refused).
+        func setLink(_ state: String) -> Bool {
+            do { _ = try host.monitor("set_link nic\(index) \(state)") } catch {
+                checks.fail("bond failover", "set_link nic\(index) \(state): \(error)")
+                return false
+            }
+            return true
         }
+        guard setLink("off") else { return }
         // Bounded waits (miimon is 100 ms); the checks fail when they run out.
         checks.check(
             "bond0 moved to \(other.name) when \(cut.name) lost its link",
@@ -193,12 +196,7 @@ import Testing
                 + "grep 'Currently Active Slave' /proc/net/bonding/bond0; "
                 + "grep -A1 'Slave Interface: \(cut.name)' /proc/net/bonding/bond0"
         ) { $0.output.contains("Currently Active Slave: \(other.name)") && $0.output.contains("MII Status: down") }
-        do {
-            _ = try host.monitor("set_link nic\(index) on")
-        } catch {
-            checks.fail("bond failover", "set_link nic\(index) on: \(error)")
-            return
-        }
+        guard setLink("on") else { return }
         checks.check(
             "\(cut.name) back in bond0 once its link returned",
             "for i in $(seq 60); do grep -A1 'Slave Interface: \(cut.name)' /proc/net/bonding/bond0 | grep -q 'MII Status: up' && break; sleep 1; done; "
@@ -210,7 +208,8 @@ import Testing
     /// storage PV (the answer asks for no swap), each with `members` (`[UU]` whole, `[_U]` or
     /// `[U_]` with a disk gone), and `/` on one of them.
     static func checkMirror(_ checks: HostChecks, members: String...) {
-        checks.check("/ on md RAID1", "findmnt -no SOURCE /") { $0.output.hasPrefix("/dev/md") }
+        // md0 and md1 as the plan names them: the arrays carry numeric names (InstallPlan.Raid).
+        checks.check("/ on md RAID1 /dev/md0", "findmnt -no SOURCE /") { $0.output == "/dev/md0" }
         checks.check("two RAID1 arrays, \(members.joined(separator: " or "))", "cat /proc/mdstat") { result in
             let lines = result.output.split(separator: "\n")
             let arrays = lines.filter { $0.hasPrefix("md") }
@@ -218,6 +217,7 @@ import Testing
             // "md127 : active (auto-read-only) raid1 vda4[1]" is running too: md marks an
             // array read-only until its first write (the PV of a degraded boot).
             return arrays.count == 2 && arrays.allSatisfy { $0.contains(" : active ") && $0.contains(" raid1 ") }
+                && Set(arrays.map { $0.prefix { $0 != " " } }) == ["md0", "md1"]
                 && states.count == 2 && states.allSatisfy { line in members.contains { line.contains($0) } }
         }
     }

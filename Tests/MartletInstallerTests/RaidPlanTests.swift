@@ -67,6 +67,8 @@ struct RaidPlanTests {
             #expect(arguments.contains("--level=1"))
             #expect(arguments.contains("--metadata=1.2"))
             #expect(arguments.contains("--homehost=any"))
+            // The device's own name: mdadm assembles a local array named md0 as /dev/md0.
+            #expect(arguments.contains("--name=\(array.device.dropFirst("/dev/".count))"))
             #expect(arguments.contains("--raid-devices=2"))
             #expect(Array(arguments.suffix(2)) == array.members)
         }
