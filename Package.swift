@@ -153,7 +153,8 @@ let package = Package(
             name: "MartletInstallerTests",
             dependencies: ["MartletInstaller", "MartletAnswer", "MartletCore", "MartletTestSupport"]),
         .testTarget(
-            name: "MartletVMMTests", dependencies: ["MartletVMM", "MartletVMMProtocol", "MartletSystem"]),
+            name: "MartletVMMTests",
+            dependencies: ["MartletVMM", "MartletVMMProtocol", "MartletSystem", "MartletTestSupport"]),
         .testTarget(
             name: "MartletHostTests",
             dependencies: [

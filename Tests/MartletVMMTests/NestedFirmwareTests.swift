@@ -1,5 +1,6 @@
 import Foundation
 import MartletSystem
+import MartletTestSupport
 import MartletVMMProtocol
 import Testing
 
@@ -14,9 +15,9 @@ import Testing
 /// Before it, the same nested VMM boots an empty disk and must report "no bootable device".
 @Suite(.serialized)
 struct NestedFirmwareTests {
-    static let firmware = "/usr/share/seabios/bios-microvm.bin"
+    static let firmware = NestedKVM.firmware
     static let available =
-        NestedLinuxTests.available && FileManager.default.fileExists(atPath: firmware)
+        NestedKVM.available && FileManager.default.fileExists(atPath: firmware)
         && FileManager.default.isExecutableFile(atPath: "/usr/bin/grub-mkimage")
         && FileManager.default.fileExists(atPath: "/usr/lib/grub/i386-pc/boot.img")
 
@@ -25,7 +26,7 @@ struct NestedFirmwareTests {
     static func buildDisk(in work: URL) throws -> URL {
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         let script = TestSupport.repository.appendingPathComponent("scripts/make-grub-disk").path
-        let result = try TestSupport.run("/bin/sh", [script, work.path, NestedLinuxTests.kernelDirectory], timeout: 180)
+        let result = try TestSupport.run("/bin/sh", [script, work.path, NestedKVM.kernelDirectory], timeout: 180)
         guard result.status == 0 else { throw VMMError(.io, "\(script) failed: \(result.output)") }
         return work.appendingPathComponent("disk.img")
     }
@@ -58,25 +59,6 @@ struct NestedFirmwareTests {
 
         """
 
-    /// Runs QEMU until its serial log at `log` contains `marker` (or `timeout` seconds pass),
-    /// kills it and returns the log.
-    static func runUntil(_ marker: String, log: URL, timeout: TimeInterval, arguments: [String]) throws -> String {
-        let null = try FileDescriptor.open("/dev/null", O_RDWR)
-        let pid = try ChildProcess.spawn(
-            ["/usr/bin/qemu-system-x86_64"] + arguments, stdin: null.raw, stdout: null.raw, stderr: null.raw)
-        defer {
-            // SIGKILL: QEMU busy in TCG does not act on SIGTERM for minutes (seen here).
-            if ChildProcess.termination(pid) == nil { kill(pid, SIGKILL) }
-            _ = ChildProcess.wait(pid)
-        }
-        var text = ""
-        _ = Poll.until(timeout: timeout, interval: 0.5) {
-            text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-            return text.contains(marker) || ChildProcess.termination(pid) != nil
-        }
-        return (try? String(contentsOf: log, encoding: .utf8)) ?? text
-    }
-
     @Test(.enabled(if: available), .timeLimit(.minutes(30)))
     func seaBIOSBootsGRUBAndDebianKernelFromAnMBRDisk() throws {
         let work = try TestSupport.temporaryDirectory()
@@ -88,31 +70,27 @@ struct NestedFirmwareTests {
         let sercon = work.appendingPathComponent("sercon-port")
         try Data([0xF8, 0x03]).write(to: sercon)
         let qemuLog = work.appendingPathComponent("qemu-microvm.log")
-        let referenceSerial = try Self.runUntil("Linux version", log: qemuLog, timeout: 240, arguments: [
+        let referenceSerial = try NestedKVM.run([
             "-M", "microvm,acpi=on", "-accel", "tcg", "-m", "256", "-bios", Self.firmware,
             "-drive", "id=disk,file=\(disk.path),format=raw,if=none,readonly=on", "-device", "virtio-blk-device,drive=disk",
             "-fw_cfg", "name=etc/sercon-port,file=\(sercon.path)",
             "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none", "-serial", "file:\(qemuLog.path)",
-        ])
+        ], log: qemuLog, until: "Linux version", timeout: 240).serial
         try #require(referenceSerial.contains("MARTLET-GRUB-LINUX") && referenceSerial.contains("Linux version"), "QEMU microvm itself did not boot the disk image's GRUB into its kernel:\n\(referenceSerial.suffix(3000))")
 
-        let version = try FileManager.default.contentsOfDirectory(atPath: "\(NestedLinuxTests.kernelDirectory)/lib/modules").sorted().last!
-        let modules = "\(NestedLinuxTests.kernelDirectory)/lib/modules/\(version)/kernel"
         let vmm = try NestedLinuxTests.releaseBinary()
         let outer = work.appendingPathComponent("outer")
-        try NestedLinuxTests.install("/bin/busybox", into: outer, as: "bin/busybox")
-        for module in ["virt/lib/irqbypass", "drivers/crypto/ccp/ccp", "arch/x86/kvm/kvm", "arch/x86/kvm/kvm-amd"] {
-            try NestedLinuxTests.install("\(modules)/\(module).ko", into: outer, as: "modules/\(URL(fileURLWithPath: module).lastPathComponent).ko")
-        }
-        try NestedLinuxTests.installExecutable(vmm, into: outer, as: "martlet-vmm")
-        try NestedLinuxTests.install(Self.firmware, into: outer, as: "bios-microvm.bin")
-        try NestedLinuxTests.install(disk.path, into: outer, as: "disk.img")
+        try NestedKVM.install("/bin/busybox", into: outer, as: "bin/busybox")
+        try NestedKVM.installModules(NestedKVM.kvmModules, into: outer)
+        try NestedKVM.installExecutable(vmm, into: outer, as: "martlet-vmm")
+        try NestedKVM.install(Self.firmware, into: outer, as: "bios-microvm.bin")
+        try NestedKVM.install(disk.path, into: outer, as: "disk.img")
         try Data(count: 1 << 20).write(to: outer.appendingPathComponent("empty.img"))
         for directory in ["proc", "sys", "dev", "tmp"] { try FileManager.default.createDirectory(at: outer.appendingPathComponent(directory), withIntermediateDirectories: true) }
         try Self.outerInit.write(to: outer.appendingPathComponent("init"), atomically: true, encoding: .utf8)
         chmod(outer.appendingPathComponent("init").path, 0o755)
         let outerInitrd = work.appendingPathComponent("outer.cpio.gz")
-        try NestedLinuxTests.packCPIO(outer, to: outerInitrd)
+        try NestedKVM.packCPIO(outer, to: outerInitrd)
 
         let (status, seconds, serial) = try NestedLinuxTests.bootOuter(initrd: outerInitrd, log: work.appendingPathComponent("serial.log"), timeout: 540)
         let excerpt = String(serial.suffix(6000))

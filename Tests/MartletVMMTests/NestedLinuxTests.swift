@@ -1,4 +1,5 @@
 import Foundation
+import MartletTestSupport
 import Testing
 
 @testable import MartletVMM
@@ -13,11 +14,7 @@ import Testing
 /// throughput line of each engine.
 @Suite(.serialized)
 struct NestedLinuxTests {
-    static let kernelDirectory = "/var/cache/martlet/kernel"
-    static let available =
-        FileManager.default.fileExists(atPath: "\(kernelDirectory)/vmlinuz")
-        && FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64")
-        && FileManager.default.isExecutableFile(atPath: "/bin/busybox")
+    static let available = NestedKVM.available
 
     static let innerModules = [
         "drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_mmio", "drivers/block/virtio_blk",
@@ -156,41 +153,13 @@ struct NestedLinuxTests {
         return path.output.trimmingCharacters(in: .whitespacesAndNewlines) + "/martlet-vmm"
     }
 
-    /// Packs `directory` as a gzip'd newc cpio archive at `output`.
-    static func packCPIO(_ directory: URL, to output: URL) throws {
-        let result = try TestSupport.run("/bin/sh", ["-c", "cd '\(directory.path)' && find . | cpio -o -H newc --quiet | gzip -1 > '\(output.path)'"], timeout: 120)
-        guard result.status == 0 else { throw VMMError(.io, "cpio of \(directory.path) failed: \(result.output)") }
-    }
-
-    static func install(_ source: String, into root: URL, as path: String) throws {
-        let target = root.appendingPathComponent(path)
-        try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: URL(fileURLWithPath: source).resolvingSymlinksInPath().path, toPath: target.path)
-    }
-
-    /// Installs the executable at `source` into `root` as `path`, with the shared libraries
-    /// `ldd` names (the release binary links the Swift runtime statically, glibc dynamically).
-    static func installExecutable(_ source: String, into root: URL, as path: String) throws {
-        try install(source, into: root, as: path)
-        let ldd = try TestSupport.run("/usr/bin/ldd", [source])
-        for line in ldd.output.split(separator: "\n") {
-            guard let library = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).first(where: { $0.hasPrefix("/") }).map(String.init) else { continue }
-            try? install(library, into: root, as: String(library.dropFirst()))
-        }
-    }
-
     /// Boots the outer machine: QEMU/TCG (`-cpu max`, so kvm-amd loads) with Debian's kernel
     /// and `initrd`, its console in `log`. Returns QEMU's exit status, the seconds it ran and
     /// the console text.
     static func bootOuter(initrd: URL, log: URL, timeout: TimeInterval) throws -> (status: Int32, seconds: Int, serial: String) {
         let start = Date()
-        let qemu = try TestSupport.run("/usr/bin/qemu-system-x86_64", [
-            "-accel", "tcg", "-cpu", "max", "-m", "3072", "-smp", "1",
-            "-kernel", "\(kernelDirectory)/vmlinuz", "-initrd", initrd.path,
-            "-append", "console=ttyS0 panic=-1 quiet",
-            "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
-            "-serial", "file:\(log.path)",
-        ], timeout: timeout)
+        let qemu = try TestSupport.run(
+            "/usr/bin/qemu-system-x86_64", NestedKVM.outerArguments(initrd: initrd, log: log), timeout: timeout)
         return (qemu.status, Int(Date().timeIntervalSince(start)), (try? String(contentsOf: log, encoding: .utf8)) ?? "")
     }
 
@@ -198,41 +167,35 @@ struct NestedLinuxTests {
     func stockDebianKernelBootsInsideNestedKVM() throws {
         let work = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: work) }
-        let version = try FileManager.default.contentsOfDirectory(atPath: "\(Self.kernelDirectory)/lib/modules").sorted().last!
-        let modules = "\(Self.kernelDirectory)/lib/modules/\(version)/kernel"
         let vmm = try Self.releaseBinary()
 
         let inner = work.appendingPathComponent("inner")
-        try Self.install("/bin/busybox", into: inner, as: "bin/busybox")
-        for module in Self.innerModules {
-            try Self.install("\(modules)/\(module).ko", into: inner, as: "modules/\(URL(fileURLWithPath: module).lastPathComponent).ko")
-        }
+        try NestedKVM.install("/bin/busybox", into: inner, as: "bin/busybox")
+        try NestedKVM.installModules(Self.innerModules, into: inner)
         for directory in ["proc", "sys", "dev"] { try FileManager.default.createDirectory(at: inner.appendingPathComponent(directory), withIntermediateDirectories: true) }
         try Self.innerInit.write(to: inner.appendingPathComponent("init"), atomically: true, encoding: .utf8)
         chmod(inner.appendingPathComponent("init").path, 0o755)
 
         let outer = work.appendingPathComponent("outer")
-        try Self.install("/bin/busybox", into: outer, as: "bin/busybox")
-        for module in [
-            "virt/lib/irqbypass", "drivers/crypto/ccp/ccp", "arch/x86/kvm/kvm", "arch/x86/kvm/kvm-amd", "drivers/net/tun",
-            "drivers/net/tap", "drivers/vhost/vhost_iotlb", "drivers/vhost/vhost", "drivers/vhost/vhost_net",
-        ] {
-            try Self.install("\(modules)/\(module).ko", into: outer, as: "modules/\(URL(fileURLWithPath: module).lastPathComponent).ko")
-        }
-        try Self.installExecutable(vmm, into: outer, as: "martlet-vmm")
-        try Self.install("\(Self.kernelDirectory)/vmlinuz", into: outer, as: "inner/vmlinuz")
+        try NestedKVM.install("/bin/busybox", into: outer, as: "bin/busybox")
+        try NestedKVM.installModules(
+            NestedKVM.kvmModules + [
+                "drivers/net/tun", "drivers/net/tap", "drivers/vhost/vhost_iotlb", "drivers/vhost/vhost", "drivers/vhost/vhost_net",
+            ], into: outer)
+        try NestedKVM.installExecutable(vmm, into: outer, as: "martlet-vmm")
+        try NestedKVM.install("\(NestedKVM.kernelDirectory)/vmlinuz", into: outer, as: "inner/vmlinuz")
         // The inner guest's disk: an ext4 image with a file from the host.
         let files = work.appendingPathComponent("disk-files")
         try FileManager.default.createDirectory(at: files, withIntermediateDirectories: true)
         try "host file for the inner guest\n".write(to: files.appendingPathComponent("hello.txt"), atomically: true, encoding: .utf8)
         let mkfs = try TestSupport.run("/sbin/mkfs.ext4", ["-q", "-F", "-d", files.path, outer.appendingPathComponent("disk.img").path, "8M"])
         try #require(mkfs.status == 0, "mkfs.ext4: \(mkfs.output)")
-        try Self.packCPIO(inner, to: outer.appendingPathComponent("inner/initrd.gz"))
+        try NestedKVM.packCPIO(inner, to: outer.appendingPathComponent("inner/initrd.gz"))
         for directory in ["proc", "sys", "dev", "tmp"] { try FileManager.default.createDirectory(at: outer.appendingPathComponent(directory), withIntermediateDirectories: true) }
         try Self.outerInit.write(to: outer.appendingPathComponent("init"), atomically: true, encoding: .utf8)
         chmod(outer.appendingPathComponent("init").path, 0o755)
         let outerInitrd = work.appendingPathComponent("outer.cpio.gz")
-        try Self.packCPIO(outer, to: outerInitrd)
+        try NestedKVM.packCPIO(outer, to: outerInitrd)
 
         // Every limit here is a safety net, far above a quiet run: under `make test` the
         // nested guest shares two cores with other QEMUs. One CI run saw an 8-MiB upload over
