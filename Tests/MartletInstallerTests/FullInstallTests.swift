@@ -17,10 +17,12 @@ private let testRootfsBuild = Result { try buildTestRootfs() }
 
 private func buildTestRootfs() throws -> String {
     let cache = "/var/cache/martlet/test-rootfs"
-    // xkb-data: the installer checks the answer's keyboard layout against the image's list.
-    // A cache from before it was included lacks the list and is rebuilt.
+    // xkb-data: the installer checks the answer's keyboard layout against the image's list;
+    // systemd-sysv: /sbin/init, for the installed disk's boot (InstalledDiskFirmwareBootTests).
+    // A cache from before either was included lacks its file and is rebuilt.
     if FileManager.default.fileExists(atPath: "\(cache)/usr/sbin/grub-install"),
-        FileManager.default.fileExists(atPath: "\(cache)/usr/share/X11/xkb/rules/base.lst")
+        FileManager.default.fileExists(atPath: "\(cache)/usr/share/X11/xkb/rules/base.lst"),
+        FileManager.default.fileExists(atPath: "\(cache)/sbin/init")
     {
         return cache
     }
@@ -33,7 +35,7 @@ private func buildTestRootfs() throws -> String {
         [
             "--quiet", "--variant=minbase",
             "--include=grub-pc-bin,grub-efi-amd64-bin,grub-common,grub2-common,initramfs-tools,"
-                + "linux-image-amd64,systemd,udev,kmod,tzdata,xkb-data",
+                + "linux-image-amd64,systemd,systemd-sysv,udev,kmod,tzdata,xkb-data",
             "bookworm", temporary, "http://deb.debian.org/debian",
         ])
     _ = try? sh("rm", ["-rf", "--one-file-system", cache])
