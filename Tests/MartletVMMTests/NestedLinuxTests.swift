@@ -99,9 +99,16 @@ struct NestedLinuxTests {
         # client gets 30 s, and `reap` waits at most $2 s for the VMM to end, then prints the
         # state, kernel wait channel and stack of each of its threads and kills it.
         ctl() { timeout 30 /martlet-vmm control "$@" || echo "no answer from martlet-vmm control $* ($?)"; }
+        # Limits by the outer clock, not by rounds: each round forks under TCG, and on a starved
+        # machine 400 rounds took far longer than 400 s.
+        now() { cut -d. -f1 /proc/uptime; }
+        wait_for() {
+            end=$(( $(now) + $3 ))
+            while ! grep -q "$2" "$1" 2>/dev/null && [ $(now) -lt $end ]; do sleep 1; done
+        }
         reap() {
-            i=0
-            while kill -0 $1 2>/dev/null && [ $i -lt $2 ]; do sleep 1; i=$((i+1)); done
+            end=$(( $(now) + $2 ))
+            while kill -0 $1 2>/dev/null && [ $(now) -lt $end ]; do sleep 1; done
             if kill -0 $1 2>/dev/null; then
                 echo "OUTER-STUCK: martlet-vmm $1 still runs after $2 s"
                 for t in /proc/$1/task/*; do
@@ -122,8 +129,7 @@ struct NestedLinuxTests {
             --cmdline "console=ttyS0 panic=-1 loglevel=6 printk.time=1" --disk /disk.img,id=nested \\
             --net mtap0 --serial file:/inner.log --control-socket /vm.sock --timeout 600 &
         vmm=$!
-        i=0
-        while ! grep -q INNER-WAITING /inner.log 2>/dev/null && [ $i -lt 400 ]; do sleep 1; i=$((i+1)); done
+        wait_for /inner.log INNER-WAITING 400
         echo "OUTER-INFO: $(ctl /vm.sock info)"
         echo "OUTER-SHUTDOWN: $(ctl /vm.sock shutdown)"
         reap $vmm 120
@@ -140,8 +146,7 @@ struct NestedLinuxTests {
             --cmdline "console=ttyS0 panic=-1 loglevel=4 martlet.bench" \\
             --net mtap0 --serial file:/bench.log --control-socket /bench.sock --timeout 600 &
         vmm=$!
-        i=0
-        while ! grep -q INNER-BENCH /bench.log 2>/dev/null && [ $i -lt 400 ]; do sleep 1; i=$((i+1)); done
+        wait_for /bench.log INNER-BENCH 400
         echo "OUTER-USERSPACE-INFO: $(ctl /bench.sock info)"
         ctl /bench.sock shutdown >/dev/null
         reap $vmm 120
@@ -221,10 +226,13 @@ struct NestedLinuxTests {
         // run saw 226 s for the same upload and a ping (2-s wait) go unanswered. So the
         // transfers are 2 MiB (the rings still wrap many times), pings wait 10 s, and the
         // inner VMMs get 600 s. A session-12 verification run saw the userspace run's outer
-        // script stop after starting its VMM and the outer QEMU reach this test's 1500 s with
-        // nothing more on the console: the control client now gets 30 s and each VMM at most
-        // 120 s to end after its shutdown, then its threads are printed (OUTER-STUCK) and it
-        // is killed, so such a run ends with its evidence.
+        // script print nothing more after starting its VMM until the outer QEMU reached this
+        // test's 1500 s: its wait counted 400 rounds of sleep+grep (each a fork under TCG, on
+        // a machine running the whole unit suite), or the VMM stopped answering. The waits
+        // now end by the outer clock, the control client gets 30 s and each VMM at most 120 s
+        // to end after its shutdown, then its threads are printed (OUTER-STUCK) and it is
+        // killed, and the inner console's end is printed when INNER-BENCH never came: such a
+        // run ends with its evidence.
         let (status, seconds, serial) = try Self.bootOuter(initrd: outerInitrd, log: work.appendingPathComponent("serial.log"), timeout: 1500)
         let excerpt = String(serial.suffix(6000))
         print("nested Linux boot: QEMU exited \(status) after \(seconds) s")
