@@ -104,7 +104,10 @@ public struct QEMUConfiguration: Sendable, Equatable {
     /// members of a bond plugged into one switch; their MACs are `nicMACs`.
     public var nics: Int = 1
     /// The NICs' MACs: 52:54:00:12:34:56 (QEMU's default for the first), then counting up.
-    public var nicMACs: [String] { (0..<nics).map { String(format: "52:54:00:12:34:%02x", 0x56 + $0) } }
+    public var nicMACs: [String] { Self.nicMACs(count: nics) }
+    public static func nicMACs(count: Int) -> [String] {
+        (0..<count).map { String(format: "52:54:00:12:34:%02x", 0x56 + $0) }
+    }
     /// Serial console log; a file in the machine's private temp folder when nil.
     public var serialLog: String?
     /// No console: serial only to the log, no display, stdin closed. When false, the serial

@@ -17,7 +17,7 @@ enum E2E {
     /// Serial logs of failed scenarios are kept here (ignored by git).
     static let artifacts = packageRoot + "/artifacts/e2e"
     /// QEMU's default MAC for the first NIC: the answer files name the NIC by it.
-    static let nicMAC = "52:54:00:12:34:56"
+    static let nicMAC = QEMUConfiguration.nicMACs(count: 1)[0]
     static let version = "0.1.0"
 
     static var binaries: String { TestPaths.releaseBinaries }

@@ -92,7 +92,7 @@ import Testing
                 dns = ["10.0.2.3"]
                 ipv6 = "none"
                 """,
-            mirror: ["/dev/vda", "/dev/vdb"], bond: bondNICs.nicMACs)
+            mirror: ["/dev/vda", "/dev/vdb"], bond: QEMUConfiguration.nicMACs(count: bondNICs))
         try answer.write(toFile: scenario.log("answer.toml"), atomically: false, encoding: .utf8)
         let answerDisk = scenario.log("answer.img")
         try E2E.answerDisk(answerDisk, answer: answer)
@@ -101,7 +101,7 @@ import Testing
             iso: iso, firmware: .bios, medium: .usb, disks: [.init(path: target), .init(path: mirror)],
             answerDisk: answerDisk, memoryMiB: 2048, serialLog: scenario.log("install.log"),
             noReboot: true)
-        installerConfiguration.nics = bondNICs.nics
+        installerConfiguration.nics = bondNICs
         let installer = try QEMUMachine(installerConfiguration)
         defer { installer.shutdown() }
         scenario.mark("prepare")
@@ -125,19 +125,15 @@ import Testing
         try checkInstalledHost(
             scenario, firmware: .bios, disks: [.init(path: target), .init(path: mirror)],
             hostname: "hv-bios", address: "10.0.2.15/24", staticAddress: true, storage: "lvm-thin",
-            vmInterface: .cli, cloudImage: true, powerOff: true, nics: bondNICs.nics
+            vmInterface: .cli, cloudImage: true, powerOff: true, nics: bondNICs
         ) { checks in
             checkMirror(checks, members: "[UU]")
         }
         try checkDegradedBoot(scenario, survivor: mirror)
     }
 
-    /// The BIOS lane's machines: two NICs on one hub, the members of the host's bond.
-    static var bondNICs: QEMUConfiguration {
-        var configuration = QEMUConfiguration()
-        configuration.nics = 2
-        return configuration
-    }
+    /// The BIOS lane's machines have two NICs on one hub, the members of the host's bond.
+    static let bondNICs = 2
 
     /// Starts an installed host from its disks and waits until SSH answers (the phase ends
     /// there). The caller shuts the machine down; if SSH never answers, the machine ends
@@ -228,7 +224,7 @@ import Testing
         var configuration = QEMUConfiguration(
             firmware: .bios, disks: [.init(path: survivor)], memoryMiB: 2048, sshPort: try E2E.freePort(),
             serialLog: scenario.log("degraded-boot.log"), boot: .disk)
-        configuration.nics = bondNICs.nics
+        configuration.nics = bondNICs
         let (host, ssh) = try bootAndReach(configuration, scenario, phase: "degraded-boot-to-ssh")
         defer { host.shutdown() }
         let checks = HostChecks(ssh: ssh)

@@ -465,7 +465,7 @@ public final class TextInstaller {
         let form = NewtForm(title: options.dryRun ? "Summary (dry run: nothing is written)" : "Summary")
         form.text(1, 0, width: 71, height: 16, plan.text)
         let disks = plan.targets + plan.extraDisks
-        let erased = disks.map { "\($0.path) (\($0.size), \($0.model ?? "no model"))" }
+        let erased = disks.map(TextUIChoices.erasedDisk)
         form.label(1, 16, TextUIChoices.erasesLine(disks, width: 71))
         form.buttons(["Back", "Install"], y: 17)
         while true {

@@ -150,9 +150,14 @@ extension TextUIChoices {
     /// The Summary's one line naming every disk the install erases, within `width`
     /// columns: with sizes and models when they fit, else with sizes, else the paths alone
     /// (the confirmation dialog after it names each disk in full). Never a path cut short.
+    /// A disk as the Summary and the erase confirmation name it: path, size and model.
+    static func erasedDisk(_ disk: Disk) -> String {
+        "\(disk.path) (\(disk.size), \(disk.model ?? "no model"))"
+    }
+
     static func erasesLine(_ disks: [Disk], width: Int) -> String {
         let forms: [(Disk) -> String] = [
-            { "\($0.path) (\($0.size), \($0.model ?? "no model"))" },
+            erasedDisk,
             { "\($0.path) (\($0.size))" },
             { $0.path },
         ]
