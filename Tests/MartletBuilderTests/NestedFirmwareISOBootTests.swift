@@ -12,10 +12,11 @@ import Testing
 /// The ISO is not packed into the outer initramfs: the outer QEMU gets it as a read-only
 /// virtio-blk-pci drive, and that block device (/dev/vda there) is the VMM's `--disk …,ro`.
 /// It prints when each stage first showed on the console, in seconds from the outer start:
-/// MARTLET-LIVE-READY at 136 s, the whole test 155 s with the ISO build.
-/// The inner VM has one vCPU, as the outer QEMU has. With two on the outer's one (and before
-/// the live layer masked martlet-vms-autostart) the same boot took 1537 s: a vCPU that spins
-/// on a lock waits while the outer runs the other, which holds it.
+/// MARTLET-LIVE-READY at 136 s, the whole test 155 s with the ISO build (205 s before the
+/// live layer masked martlet-vms-autostart, which waited for a network this VM does not have).
+/// The inner VM has one vCPU, as the outer QEMU has. With two on the outer's one the same
+/// boot took 1537 s: a vCPU that spins on a lock waits while the outer runs the other, which
+/// holds it.
 @Suite struct NestedFirmwareISOBootTests {
     static let available = NestedKVM.available && FileManager.default.fileExists(atPath: NestedKVM.firmware)
 
