@@ -178,11 +178,12 @@ struct NestedLinuxTests {
 
     /// Boots the outer machine: QEMU/TCG (`-cpu max`, so kvm-amd loads) with Debian's kernel
     /// and `initrd`, its console in `log`. Returns QEMU's exit status, the seconds it ran and
-    /// the console text.
+    /// the console text. The outer machine has two vCPUs, as many as the inner VMs of this
+    /// test and of NestedFirmwareTests have.
     static func bootOuter(initrd: URL, log: URL, timeout: TimeInterval) throws -> (status: Int32, seconds: Int, serial: String) {
         let start = Date()
         let qemu = try TestSupport.run(
-            "/usr/bin/qemu-system-x86_64", NestedKVM.outerArguments(initrd: initrd, log: log), timeout: timeout)
+            "/usr/bin/qemu-system-x86_64", NestedKVM.outerArguments(initrd: initrd, log: log, cpus: 2), timeout: timeout)
         return (qemu.status, Int(Date().timeIntervalSince(start)), (try? String(contentsOf: log, encoding: .utf8)) ?? "")
     }
 
