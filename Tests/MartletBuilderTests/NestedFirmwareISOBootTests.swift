@@ -49,15 +49,16 @@ import Testing
         // medium and keeps only the overlay's upper layer in RAM, but systemd and the page
         // cache of the boot need room (ISOBootTests give QEMU 2048).
         let initrd = work.appendingPathComponent("outer.cpio.gz")
+        let vcpus = 1
         try NestedKVM.packInitramfs(
-            outer, init: NestedKVM.firmwareBootInit(readOnly: true, memoryMiB: 1536, vcpus: 1, timeout: 840),
+            outer, init: NestedKVM.firmwareBootInit(readOnly: true, memoryMiB: 1536, vcpus: vcpus, timeout: 840),
             to: initrd)
 
         // The wait ends at the live system's marker, when QEMU ends, or after 15 minutes (then
         // the expectations below fail).
         let log = work.appendingPathComponent("serial.log")
         let run = try NestedKVM.run(
-            NestedKVM.outerArguments(initrd: initrd, log: log, disks: [result.iso], readOnly: true), log: log,
+            NestedKVM.outerArguments(initrd: initrd, log: log, disks: [result.iso], readOnly: true, cpus: vcpus), log: log,
             stages: Self.stages.map(\.marker), until: "MARTLET-LIVE-READY 0.1.0", timeout: 900)
         let serial = run.serial
         print("nested live ISO boot in martlet-vmm (seconds from the outer QEMU's start):")

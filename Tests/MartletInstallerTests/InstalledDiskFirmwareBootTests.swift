@@ -57,14 +57,15 @@ extension LoopDeviceSuites {
             try NestedKVM.installExecutable(TestPaths.executable("martlet-vmm"), into: outer, as: "martlet-vmm")
             try NestedKVM.install(NestedKVM.firmware, into: outer, as: "bios-microvm.bin")
             let initrd = URL(fileURLWithPath: "\(work.path)/outer.cpio.gz")
+            let vcpus = 1
             try NestedKVM.packInitramfs(
-                outer, init: NestedKVM.firmwareBootInit(readOnly: false, memoryMiB: 768, vcpus: 1, timeout: 1500),
+                outer, init: NestedKVM.firmwareBootInit(readOnly: false, memoryMiB: 768, vcpus: vcpus, timeout: 1500),
                 to: initrd)
 
             // The loop disk's file, opened by QEMU with snapshot=on: nothing writes to it.
             let log = URL(fileURLWithPath: "\(work.path)/serial.log")
             let run = try NestedKVM.run(
-                NestedKVM.outerArguments(initrd: initrd, log: log, disks: [disk.file]), log: log,
+                NestedKVM.outerArguments(initrd: initrd, log: log, disks: [disk.file], cpus: vcpus), log: log,
                 stages: Self.stages, until: "MARTLET-FIRST-BOOT on hv1", timeout: 1500)
             let serial = run.serial
             let excerpt = String(serial.suffix(6000))

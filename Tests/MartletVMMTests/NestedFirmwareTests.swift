@@ -50,7 +50,7 @@ struct NestedFirmwareTests {
         echo OUTER-START-VMM
         # The inner console goes straight to the outer one, so a stall shows how far it got;
         # the VMM's own messages wait in a file so they cannot split the guest's lines.
-        /martlet-vmm --firmware /bios-microvm.bin --disk /disk.img --memory 256 --vcpus 2 \\
+        /martlet-vmm --firmware /bios-microvm.bin --disk /disk.img --memory 256 --vcpus \(NestedLinuxTests.innerVCPUs) \\
             --serial stdout --timeout 420 </dev/null 2>/vmm.err
         echo "OUTER-VMM-EXIT $?"
         echo OUTER-VMM-STDERR

@@ -22,6 +22,9 @@ struct NestedLinuxTests {
         "lib/crc16", "fs/mbcache", "fs/jbd2/jbd2", "crypto/crc32c_generic", "fs/ext4/ext4", "drivers/acpi/button",
     ]
 
+    /// The inner VM's vCPUs, in this test and in NestedFirmwareTests; the outer QEMU gets as many.
+    static let innerVCPUs = 2
+
     static let innerInit = """
         #!/bin/busybox sh
         /bin/busybox --install -s /bin
@@ -125,7 +128,7 @@ struct NestedLinuxTests {
         # busybox nc half-closes at the end of its stdin, which would end the upload early.
         sleep 900 | nc -l -p 5001 > /upload &
         echo OUTER-START-VMM
-        /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus 2 \\
+        /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus \(innerVCPUs) \\
             --cmdline "console=ttyS0 panic=-1 loglevel=6 printk.time=1" --disk /disk.img,id=nested \\
             --net mtap0 --serial file:/inner.log --control-socket /vm.sock --timeout 600 &
         vmm=$!
@@ -142,7 +145,7 @@ struct NestedLinuxTests {
         sleep 900 | nc -l -p 5001 > /upload &
         rmmod vhost_net
         [ -c /dev/vhost-net ] && echo "OUTER: vhost_net is still loaded"
-        /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus 2 \\
+        /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus \(innerVCPUs) \\
             --cmdline "console=ttyS0 panic=-1 loglevel=4 martlet.bench" \\
             --net mtap0 --serial file:/bench.log --control-socket /bench.sock --timeout 600 &
         vmm=$!
@@ -178,12 +181,11 @@ struct NestedLinuxTests {
 
     /// Boots the outer machine: QEMU/TCG (`-cpu max`, so kvm-amd loads) with Debian's kernel
     /// and `initrd`, its console in `log`. Returns QEMU's exit status, the seconds it ran and
-    /// the console text. The outer machine has two vCPUs, as many as the inner VMs of this
-    /// test and of NestedFirmwareTests have.
+    /// the console text. The outer machine has `innerVCPUs` vCPUs.
     static func bootOuter(initrd: URL, log: URL, timeout: TimeInterval) throws -> (status: Int32, seconds: Int, serial: String) {
         let start = Date()
         let qemu = try TestSupport.run(
-            "/usr/bin/qemu-system-x86_64", NestedKVM.outerArguments(initrd: initrd, log: log, cpus: 2), timeout: timeout)
+            "/usr/bin/qemu-system-x86_64", NestedKVM.outerArguments(initrd: initrd, log: log, cpus: innerVCPUs), timeout: timeout)
         return (qemu.status, Int(Date().timeIntervalSince(start)), (try? String(contentsOf: log, encoding: .utf8)) ?? "")
     }
 
