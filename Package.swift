@@ -162,7 +162,7 @@ let package = Package(
             dependencies: ["MartletValidation", "MartletVMMProtocol", "MartletAnswer", "MartletCore"]),
         .testTarget(
             name: "MartletBuilderTests",
-            dependencies: ["MartletBuilder", "MartletCore", "MartletTestSupport"]),
+            dependencies: ["MartletBuilder", "MartletCore", "MartletInstaller", "MartletTestSupport"]),
         .testTarget(
             name: "MartletInstallerTests",
             dependencies: ["MartletInstaller", "MartletAnswer", "MartletCore", "MartletTestSupport"]),

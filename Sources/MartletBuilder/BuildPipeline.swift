@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MartletCore
+import Synchronization
 
 /// What `martlet build` was asked to do.
 public struct BuildOptions: Sendable {
@@ -78,8 +79,14 @@ final class BuildContext {
     let options: BuildOptions
     let logger: Logger
     let work: String
-    /// The host root filesystem: what the installer copies onto a server.
+    /// The host root filesystem, the merged view of the base and Martlet layers: what the
+    /// installer copies onto a server.
     var rootfs: String { work + "/rootfs" }
+    /// The base layer's squashfs (from the cache), mounted read-only.
+    var baseMount: String { work + "/base" }
+    /// The overlay's upper folder: everything the build adds to or changes in the base layer.
+    var martletLayer: String { work + "/martlet" }
+    var overlayWork: String { work + "/overlay-work" }
     /// The live-only layer stacked above the host root at boot.
     var liveLayer: String { work + "/live" }
     /// The tree that becomes the ISO 9660 filesystem.
@@ -91,6 +98,12 @@ final class BuildContext {
     /// Filled by the stages, read by the manifest.
     var kernelVersion = ""
     var rootfsDigest = ""
+    /// The cached mmdebstrap tarball; only needed when the base layer is not cached.
+    var rootfsTarball = ""
+    var baseKey = ""
+    var baseImage = ""
+    /// Mount points, in the order they were mounted.
+    private var mounts: [String] = []
     var binaryHashes: [String: String] = [:]
     var sizes: [String: UInt64] = [:]
     var stageSeconds: [String: Double] = [:]
@@ -98,6 +111,8 @@ final class BuildContext {
     var profile: Profile { options.profile }
     var assets: String { options.assetsDirectory }
     var epoch: Int { options.sourceDateEpoch }
+
+    private static let builds = Atomic<Int>(0)
 
     init(options: BuildOptions, logger: Logger) throws {
         self.options = options
@@ -109,9 +124,13 @@ final class BuildContext {
             guard let pid = name.split(separator: "-").last.flatMap({ pid_t($0) }),
                 kill(pid, 0) != 0, errno == ESRCH
             else { continue }
+            Self.detachMounts(under: base + "/" + name)
             try? FileManager.default.removeItem(atPath: base + "/" + name)
         }
-        self.work = base + "/\(options.profile.name)-\(getpid())"
+        // NAME.N-PID: builds running at once in one process (the tests) each get their own.
+        let number = Self.builds.add(1, ordering: .relaxed).newValue
+        self.work = base + "/\(options.profile.name).\(number)-\(getpid())"
+        Self.detachMounts(under: work)
         try? FileManager.default.removeItem(atPath: work)
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
     }
@@ -124,15 +143,50 @@ final class BuildContext {
         try Command(executable, arguments, environment: environment).run(logger: logger)
     }
 
+    /// A killed build also leaves its mounts; they are detached before its folder is removed,
+    /// deepest first.
+    static func detachMounts(under folder: String) {
+        let table = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        let points = table.split(separator: "\n").compactMap { line -> String? in
+            let fields = line.split(separator: " ")
+            guard fields.count > 1 else { return nil }
+            // The table writes a space in a path as \040; build folders have none.
+            let point = String(fields[1])
+            return point.hasPrefix(folder + "/") ? point : nil
+        }
+        for point in points.reversed() {
+            _ = try? Command("umount", ["-l", point]).run()
+        }
+    }
+
+    /// `mount ARGUMENTS`, the last one being the mount point; unmounted by `unmount` or when
+    /// the build ends.
+    func mount(_ arguments: [String]) throws {
+        try run("mount", arguments)
+        mounts.append(arguments.last!)
+    }
+
+    func unmount(_ point: String) throws {
+        try run("umount", [point])
+        mounts.removeAll { $0 == point }
+    }
+
     deinit {
+        for point in mounts.reversed() {
+            // A lazy unmount as the fallback still detaches the tree, so the removal below
+            // can never walk into the cached base layer.
+            if (try? Command("umount", [point]).run()) == nil {
+                _ = try? Command("umount", ["-l", point]).run()
+            }
+        }
         // Removing a tree with device nodes and root-owned files needs nothing special as
         // root; a leftover work folder would only waste disk.
         try? FileManager.default.removeItem(atPath: work)
     }
 }
 
-/// The build: rootfs → overlays → binaries → trim → host initramfs → squashfs → live
-/// initramfs → grub → ISO.
+/// The build: rootfs → base layer → overlays → binaries → trim → host initramfs → live
+/// initramfs → squashfs → grub → ISO.
 public struct BuildPipeline: Sendable {
     public let options: BuildOptions
     public init(_ options: BuildOptions) { self.options = options }
@@ -140,7 +194,8 @@ public struct BuildPipeline: Sendable {
     /// The tools every build needs, checked before anything starts.
     static let requiredTools = [
         "mmdebstrap", "mksquashfs", "xorriso", "grub-mkimage", "grub-script-check", "mkfs.vfat",
-        "mmd", "mcopy", "sha256sum", "dpkg-query", "depmod", "tar", "strip", "readelf",
+        "mmd", "mcopy", "sha256sum", "dpkg-query", "depmod", "tar", "strip", "readelf", "mount",
+        "umount",
     ]
 
     public func run(logger: Logger) throws -> BuildResult {
@@ -149,8 +204,8 @@ public struct BuildPipeline: Sendable {
         try checkBinaries()
         let context = try BuildContext(options: options, logger: logger)
         let stages: [any BuildStage] = [
-            RootfsStage(), OverlayStage(), BinariesStage(), TrimStage(), HostInitramfsStage(),
-            SquashfsStage(), InitramfsStage(), BootloaderStage(), ISOStage(),
+            RootfsStage(), BaseLayerStage(), OverlayStage(), BinariesStage(), TrimStage(),
+            HostInitramfsStage(), InitramfsStage(), SquashfsStage(), BootloaderStage(), ISOStage(),
         ]
         for (index, stage) in stages.enumerated() {
             let reporter = StageReporter(

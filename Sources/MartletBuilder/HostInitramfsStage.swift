@@ -1,13 +1,20 @@
+import CMartletSystem
 import Foundation
 import MartletCore
 
 /// The installed host's initramfs, built once here instead of on every target: a generic
 /// one (the modules the host overlay's initramfs-tools configuration lists: storage
 /// controllers, md RAID, LVM, ext4), so the installer only copies it. `mkinitramfs` runs in
-/// the host root with `SOURCE_DATE_EPOCH`, which pins every timestamp in the archive, (the squashfs
-/// pins the file's own), so two builds give the same bytes. Runs after the trim, so it holds only modules the host has.
+/// the merged host root with `SOURCE_DATE_EPOCH`, which pins every timestamp in the archive
+/// (the squashfs pins the file's own), so two builds give the same bytes.
+///
+/// It is cached: its inputs are the base layer and what the overlays put in the Martlet
+/// layer, but not Martlet's own binaries, which no initramfs hook copies. So a rebuild after a
+/// binary change, or one with nothing changed, copies it instead of spending a minute on it.
 struct HostInitramfsStage: BuildStage {
     let name = "host-initramfs"
+
+    static let cacheFormat = "1"
 
     func run(_ context: BuildContext, _ reporter: StageReporter) throws {
         let root = context.rootfs
@@ -18,18 +25,96 @@ struct HostInitramfsStage: BuildStage {
                 "\(context.profile.path): the installed host needs an initramfs, and the root filesystem has no mkinitramfs",
                 hint: "add \"initramfs-tools\" to [debian] packages")
         }
-        // mmdebstrap's own initramfs was made for the build machine's view of the world and
-        // with the build's clock; this one replaces it.
-        for stale in TrimStage.glob(root + "/boot/initrd.img-*") {
-            try FileManager.default.removeItem(atPath: stale)
-        }
         let image = "/boot/initrd.img-\(version)"
-        reporter.note("mkinitramfs for \(version)")
-        try context.run(
-            "chroot", [root, "/usr/sbin/mkinitramfs", "-o", image, version],
-            environment: ["SOURCE_DATE_EPOCH": String(context.epoch), "LC_ALL": "C"])
+        let excluded = Set(BinariesStage.names.map { "usr/bin/" + $0 })
+        let layer = try TreeListing(context.martletLayer, excluding: excluded)
+        let key = Digest.sha256(
+            text: "format=\(Self.cacheFormat)\nbase=\(context.baseKey)\nkernel=\(version)\n"
+                + layer.text)
+        let folder = context.options.cacheDirectory + "/host-initramfs"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        RootfsStage.removeAbandonedPartials(in: folder)
+        let cached = folder + "/\(key.prefix(16)).img"
+
+        if context.options.useCache, FileManager.default.fileExists(atPath: cached) {
+            reporter.note("using cached \(image) (\(cached))")
+            try FileManager.default.copyItem(atPath: cached, toPath: root + image)
+        } else {
+            reporter.note("mkinitramfs for \(version)")
+            try make(image, version: version, context: context)
+            let temporary = cached + ".partial-\(getpid())"
+            defer { try? FileManager.default.removeItem(atPath: temporary) }
+            try FileManager.default.copyItem(atPath: root + image, toPath: temporary)
+            if rename(temporary, cached) != 0 { throw MartletError.system("rename", path: cached) }
+        }
         let size = fileSize(root + image)
         context.sizes["host-initrd.img"] = size
         reporter.note("\(image): \(ByteSize(size))")
+    }
+
+    private func make(_ image: String, version: String, context: BuildContext) throws {
+        let root = context.rootfs
+        // mkinitramfs works in a folder under /var/tmp (and hooks use /tmp). On tmpfs mounts
+        // those folders are not copied up into the Martlet layer, which must be the same
+        // whether this ran or the cache answered.
+        for scratch in ["/tmp", "/var/tmp"] {
+            try context.mount(["-t", "tmpfs", "-o", "mode=1777", "tmpfs", root + scratch])
+        }
+        defer {
+            for scratch in ["/var/tmp", "/tmp"] { try? context.unmount(root + scratch) }
+        }
+        try context.run(
+            "chroot", [root, "/usr/sbin/mkinitramfs", "-o", image, version],
+            environment: ["SOURCE_DATE_EPOCH": String(context.epoch), "LC_ALL": "C"])
+    }
+}
+
+/// Every entry of a tree, one line each, sorted: path, type, mode, owner, group, size, device,
+/// link target, SHA-256 of the content and of the extended attributes (but overlayfs's own).
+/// Two trees with the same listing have the same files; used as a cache key and by the
+/// tests that compare the layered image with a single tree.
+struct TreeListing: Equatable {
+    var lines: [String]
+    var text: String { lines.joined(separator: "\n") + "\n" }
+
+    init(_ root: String, excluding excluded: Set<String> = [], contents: Bool = true) throws {
+        var lines: [String] = []
+        guard let walker = FileManager.default.enumerator(atPath: root) else {
+            throw MartletError(.notFound, "cannot read the tree '\(root)'")
+        }
+        while let relative = walker.nextObject() as? String {
+            if excluded.contains(relative) { continue }
+            lines.append(try Self.line(root + "/" + relative, relative, contents: contents))
+        }
+        self.lines = lines.sorted()
+    }
+
+    static func line(_ path: String, _ relative: String, contents: Bool) throws -> String {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { throw MartletError.system("lstat", path: path) }
+        let type: String
+        var detail = ""
+        switch info.st_mode & S_IFMT {
+        case S_IFREG:
+            type = "f"
+            detail = "\(info.st_size)" + (contents ? " " + (try Digest.sha256(file: path)) : "")
+        case S_IFDIR: type = "d"
+        case S_IFLNK:
+            type = "l"
+            detail = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? "?"
+        case S_IFCHR: type = "c"; detail = "\(info.st_rdev)"
+        case S_IFBLK: type = "b"; detail = "\(info.st_rdev)"
+        case S_IFIFO: type = "p"
+        default: type = "s"
+        }
+        var attributes = ""
+        for name in try OverlayAttributes.names(path).sorted()
+        where !name.hasPrefix(OverlayAttributes.prefix) {
+            let size = lgetxattr(path, name, nil, 0)
+            var value = [UInt8](repeating: 0, count: max(size, 0))
+            if size > 0 { _ = lgetxattr(path, name, &value, value.count) }
+            attributes += name + "=" + Digest.sha256(text: value.map { String($0) }.joined(separator: ",")) + ";"
+        }
+        return "\(relative) \(type) \(String(info.st_mode & 0o7777, radix: 8)) \(info.st_uid):\(info.st_gid) \(detail) \(attributes)"
     }
 }

@@ -64,8 +64,8 @@ public struct ISOVerifier: Sendable {
     public var iso: String
     /// The volume label the ISO must carry; any valid label passes when nil.
     public var expectedLabel: String?
-    /// Path of the host squashfs inside the ISO.
-    public var squashfsPath: String = "live/host.squashfs"
+    /// Paths of the layer images inside the ISO.
+    public var squashfsPaths: [String] = SquashfsStage.images.map { "live/" + $0 }
     /// Files the in-ISO SHA256SUMS cannot list: itself, and the El Torito catalog that
     /// xorriso writes while making the image (its path comes from the ISO).
     public static let unlistedFiles: Set<String> = ["SHA256SUMS"]
@@ -133,16 +133,23 @@ public struct ISOVerifier: Sendable {
         return ISOCheck(name: "label", passed: true, detail: "volume label '\(label)'")
     }
 
+    /// Each layer must be a whole squashfs 4 image; the first that is not fails the check.
     func checkSquashfs(_ tree: ExtractedTree) -> ISOCheck {
-        let path = tree.path + "/" + squashfsPath
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            return ISOCheck(
-                name: "squashfs", passed: false, detail: "/\(squashfsPath) is not on the ISO")
+        var details: [String] = []
+        for squashfsPath in squashfsPaths {
+            let path = tree.path + "/" + squashfsPath
+            guard let handle = FileHandle(forReadingAtPath: path) else {
+                return ISOCheck(
+                    name: "squashfs", passed: false, detail: "/\(squashfsPath) is not on the ISO")
+            }
+            defer { try? handle.close() }
+            let header = (try? handle.read(upToCount: 96)) ?? Data()
+            let size = (try? handle.seekToEnd()) ?? 0
+            let check = Squashfs.check(header: header, fileSize: size, name: "/" + squashfsPath)
+            guard check.passed else { return check }
+            details.append(check.detail)
         }
-        defer { try? handle.close() }
-        let header = (try? handle.read(upToCount: 96)) ?? Data()
-        let size = (try? handle.seekToEnd()) ?? 0
-        return Squashfs.check(header: header, fileSize: size, name: "/" + squashfsPath)
+        return ISOCheck(name: "squashfs", passed: true, detail: details.joined(separator: "; "))
     }
 }
 

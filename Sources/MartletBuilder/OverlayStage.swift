@@ -109,20 +109,25 @@ struct BinariesStage: BuildStage {
 }
 
 /// Removes what a hypervisor host does not need, as the profile declares, plus state that
-/// must never be shared between machines (machine-id, SSH host keys).
+/// must never be shared between machines (machine-id, SSH host keys). All of it is done to
+/// the Debian packages when the base layer is made (`trimPackages`); this stage applies the
+/// profile's paths again to the merged root, for what the overlays brought.
 struct TrimStage: BuildStage {
     let name = "trim"
 
     func run(_ context: BuildContext, _ reporter: StageReporter) throws {
-        let root = context.rootfs
-        var removed = 0
-        for pattern in context.profile.trim.paths {
-            for match in Self.glob(root + pattern) where match.hasPrefix(root + "/") {
-                try FileManager.default.removeItem(atPath: match)
-                removed += 1
-            }
-        }
-        let modules = root + "/lib/modules/\(context.kernelVersion)/kernel/"
+        let removed = try Self.removePaths(context.profile.trim.paths, in: context.rootfs)
+        reporter.note("removed \(removed) paths the overlays brought")
+    }
+
+    /// Trims the unpacked Debian root at `root`: paths, kernel module trees (then depmod),
+    /// per-machine identity and mmdebstrap's initramfs, which was made for the build machine
+    /// and with the build's clock (`HostInitramfsStage` makes the host's own).
+    static func trimPackages(
+        _ root: String, kernelVersion: String, context: BuildContext, reporter: StageReporter
+    ) throws -> Int {
+        var removed = try removePaths(context.profile.trim.paths, in: root)
+        let modules = root + "/lib/modules/\(kernelVersion)/kernel/"
         for tree in context.profile.trim.kernelModules {
             let path = modules + tree
             if FileManager.default.fileExists(atPath: path) {
@@ -133,16 +138,27 @@ struct TrimStage: BuildStage {
             }
         }
         // Module dependency files must describe what is left, or modprobe fails later.
-        try context.run("depmod", ["-b", root, context.kernelVersion])
+        try context.run("depmod", ["-b", root, kernelVersion])
 
         // Per-machine identity: systemd creates the machine-id on first boot of an empty
         // file; SSH host keys are generated on first boot by martlet-ssh-hostkeys.service.
         try "".write(toFile: root + "/etc/machine-id", atomically: false, encoding: .utf8)
         try? FileManager.default.removeItem(atPath: root + "/var/lib/dbus/machine-id")
-        for key in Self.glob(root + "/etc/ssh/ssh_host_*") {
-            try FileManager.default.removeItem(atPath: key)
+        for path in glob(root + "/etc/ssh/ssh_host_*") + glob(root + "/boot/initrd.img-*") {
+            try FileManager.default.removeItem(atPath: path)
         }
-        reporter.note("removed \(removed) paths")
+        return removed
+    }
+
+    static func removePaths(_ patterns: [String], in root: String) throws -> Int {
+        var removed = 0
+        for pattern in patterns {
+            for match in glob(root + pattern) where match.hasPrefix(root + "/") {
+                try FileManager.default.removeItem(atPath: match)
+                removed += 1
+            }
+        }
+        return removed
     }
 
     static func glob(_ pattern: String) -> [String] {

@@ -6,6 +6,7 @@ import Synchronization
 /// everything that decides its contents (suite, mirror, components, architecture,
 /// variant, packages). A cache entry appears only once complete (written under a
 /// temporary name, then renamed), so an interrupted build never leaves a bad entry.
+/// `BaseLayerStage` unpacks it; when the base layer is cached, nothing here runs.
 struct RootfsStage: BuildStage {
     let name = "rootfs"
 
@@ -31,31 +32,19 @@ struct RootfsStage: BuildStage {
         let cacheDir = context.options.cacheDirectory + "/rootfs"
         try FileManager.default.createDirectory(atPath: cacheDir, withIntermediateDirectories: true)
         let tarball = "\(cacheDir)/\(profile.debian.suite)-\(key.prefix(16)).tar"
+        context.rootfsTarball = tarball
         Self.removeAbandonedPartials(in: cacheDir)
 
+        if BaseLayerStage.isCached(context.options) {
+            // The base layer was made from it already; the tarball may even be gone.
+            reporter.note("base layer cached; the root filesystem is not needed")
+            return
+        }
         if context.options.useCache, FileManager.default.fileExists(atPath: tarball) {
             reporter.note("using cached root filesystem \(tarball)")
         } else {
             try bootstrap(profile, into: tarball, context: context, reporter: reporter)
         }
-
-        reporter.note("unpacking")
-        try FileManager.default.createDirectory(
-            atPath: context.rootfs, withIntermediateDirectories: true)
-        try context.run(
-            "tar", [
-                "-C", context.rootfs, "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                "-xpf", tarball,
-            ])
-        let modules = (try? FileManager.default.contentsOfDirectory(
-            atPath: context.rootfs + "/lib/modules")) ?? []
-        guard let version = modules.sorted().last else {
-            throw MartletError(
-                .failed, "the root filesystem has no kernel in /lib/modules",
-                hint: "check [kernel] package in \(profile.path)")
-        }
-        context.kernelVersion = version
-        context.sizes["rootfs-tarball"] = fileSize(tarball)
     }
 
     /// A build killed mid-bootstrap leaves `NAME.tar.partial-PID`; once PID is gone the

@@ -1,19 +1,35 @@
 import Foundation
 import MartletCore
 
-/// Packs the host root filesystem and the live layer as squashfs images on the ISO.
-/// Timestamps are pinned to SOURCE_DATE_EPOCH so the same inputs give the same bytes.
+/// Packs the Martlet layer and the live layer as squashfs images on the ISO, beside the base
+/// layer (`BaseLayerStage`). Timestamps are pinned to SOURCE_DATE_EPOCH so the same inputs
+/// give the same bytes.
 struct SquashfsStage: BuildStage {
     let name = "squashfs"
 
     func run(_ context: BuildContext, _ reporter: StageReporter) throws {
         let live = context.isoTree + "/live"
         try FileManager.default.createDirectory(atPath: live, withIntermediateDirectories: true)
-        try pack(context.rootfs, to: live + "/host.squashfs", context: context, reporter: reporter)
-        try pack(context.liveLayer, to: live + "/live.squashfs", context: context, reporter: nil)
-        context.sizes["host.squashfs"] = fileSize(live + "/host.squashfs")
-        context.sizes["live.squashfs"] = fileSize(live + "/live.squashfs")
+        // The Martlet layer is final: the overlay lets go of its upper folder, which loses
+        // overlayfs's bookkeeping, and the merged root comes back read-only, stacked the way
+        // the live system stacks the two images (the manifest reads its package list there).
+        try context.unmount(context.rootfs)
+        try OverlayAttributes.strip(context.martletLayer)
+        try context.mountMerged(writable: false)
+        // A hard link when the cache is on the same filesystem: the ISO only reads it.
+        if link(context.baseImage, live + "/base.squashfs") != 0 {
+            try FileManager.default.copyItem(atPath: context.baseImage, toPath: live + "/base.squashfs")
+        }
+        try Self.pack(context.martletLayer, to: live + "/martlet.squashfs", context: context, reporter: reporter)
+        try Self.pack(context.liveLayer, to: live + "/live.squashfs", context: context, reporter: nil)
+        for image in Self.images {
+            context.sizes[image] = fileSize(live + "/" + image)
+        }
     }
+
+    /// The images under `/live` on the ISO, lowest layer last (overlayfs's lowerdir order):
+    /// the live layer, the Martlet layer, the Debian packages.
+    static let images = ["live.squashfs", "martlet.squashfs", "base.squashfs"]
 
     /// The mksquashfs command line for `settings`, timestamps pinned to `epoch`.
     static func arguments(
@@ -36,7 +52,7 @@ struct SquashfsStage: BuildStage {
         return arguments
     }
 
-    private func pack(
+    static func pack(
         _ source: String, to image: String, context: BuildContext, reporter: StageReporter?
     ) throws {
         var arguments = Self.arguments(

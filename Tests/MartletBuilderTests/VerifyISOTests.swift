@@ -6,7 +6,7 @@ import Testing
 @testable import MartletBuilder
 
 /// The files of a small hybrid ISO (GRUB for BIOS and UEFI from grub-mkrescue, a real
-/// squashfs at /live/host.squashfs, a /SHA256SUMS over every file) that tests change and
+/// squashfs at /live/martlet.squashfs, a /SHA256SUMS over every file) that tests change and
 /// master again with xorriso.
 final class VerifiableISO {
     let scratch: ScratchDirectory
@@ -20,13 +20,15 @@ final class VerifiableISO {
         let first = try GrubTestISO.make(in: scratch, marker: "VERIFY", name: "first.iso") { tree in
             try FileManager.default.createDirectory(
                 atPath: tree + "/live", withIntermediateDirectories: true)
-            try Command(
-                "mksquashfs",
-                [
-                    scratch.file("rootfs"), tree + "/live/host.squashfs", "-comp", "zstd",
-                    "-noappend", "-quiet",
-                ]
-            ).run()
+            for image in SquashfsStage.images {
+                try Command(
+                    "mksquashfs",
+                    [
+                        scratch.file("rootfs"), tree + "/live/" + image, "-comp", "zstd",
+                        "-noappend", "-quiet",
+                    ]
+                ).run()
+            }
         }
         tree = scratch.file("iso")
         try Command("xorriso", ["-osirrox", "on", "-indev", first, "-extract", "/", tree])
@@ -151,14 +153,14 @@ struct VerifyISOTests {
         let sumsPath = fixture.tree + "/SHA256SUMS"
         let sums = try String(contentsOfFile: sumsPath, encoding: .utf8)
         let line = try #require(
-            sums.split(separator: "\n").first { $0.hasSuffix("./live/host.squashfs") })
+            sums.split(separator: "\n").first { $0.hasSuffix("./live/martlet.squashfs") })
         let flipped = (line.first == "0" ? "1" : "0") + line.dropFirst()
         try sums.replacingOccurrences(of: line, with: flipped).write(
             toFile: sumsPath, atomically: true, encoding: .utf8)
         var check = try #require(
             try fixture.verify(try fixture.master("a.iso")).check("sha256sums"))
         #expect(!check.passed)
-        #expect(check.detail.contains("/live/host.squashfs does not match"))
+        #expect(check.detail.contains("/live/martlet.squashfs does not match"))
 
         try (sums + "not a checksum line\n").write(
             toFile: sumsPath, atomically: true, encoding: .utf8)
@@ -176,16 +178,16 @@ struct VerifyISOTests {
     @Test("a missing or fake squashfs fails the squashfs check")
     func squashfs() throws {
         let fixture = try VerifiableISO()
-        let squashfs = fixture.tree + "/live/host.squashfs"
+        let squashfs = fixture.tree + "/live/martlet.squashfs"
         try FileManager.default.removeItem(atPath: squashfs)
         var report = try fixture.verify(try fixture.master("a.iso"))
         #expect(report.check("squashfs")?.passed == false)
         #expect(
-            report.check("squashfs")?.detail.contains("/live/host.squashfs is not on the ISO")
+            report.check("squashfs")?.detail.contains("/live/martlet.squashfs is not on the ISO")
                 == true)
         #expect(
             report.check("sha256sums")?.detail.contains(
-                "/live/host.squashfs is listed but not on the ISO") == true)
+                "/live/martlet.squashfs is listed but not on the ISO") == true)
 
         try Data(repeating: 0x41, count: 4096).write(to: URL(fileURLWithPath: squashfs))
         try fixture.writeSums()

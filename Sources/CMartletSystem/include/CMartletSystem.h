@@ -4,6 +4,8 @@
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+// Extended attributes (llistxattr, lgetxattr, lremovexattr), which Swift's Glibc module leaves out.
+#include <sys/xattr.h>
 
 /// glibc declares these only under _GNU_SOURCE, which Swift's Glibc module does not define;
 /// each returns what the function it wraps returns (and sets errno the same way).

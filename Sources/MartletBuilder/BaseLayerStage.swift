@@ -1,0 +1,151 @@
+import CMartletSystem
+import Foundation
+import MartletCore
+
+/// The Debian layer of the host image: the profile's packages, trimmed, packed once and kept
+/// in the cache as a squashfs keyed by everything that decides its bytes. A build then mounts
+/// it read-only under an overlay whose upper folder collects the Martlet layer (overlays,
+/// binaries, `[[file]]` settings, the host initramfs), so a rebuild after an overlay or binary
+/// change packs only that small layer. The live system stacks the two the same way, and the
+/// installer copies their merged view, so an installed host is the same as from one image.
+struct BaseLayerStage: BuildStage {
+    let name = "base-layer"
+
+    /// Bumped when the way the base layer is made changes, so old cache entries are not reused.
+    static let cacheFormat = "1"
+
+    /// The base layer's bytes follow from the rootfs (its cache key), the trims, the squashfs
+    /// settings and the epoch every timestamp is pinned to.
+    static func cacheKey(_ profile: Profile, epoch: Int) -> String {
+        let text = [
+            "format=\(cacheFormat)", "rootfs=\(RootfsStage.cacheKey(profile))",
+            "trim-paths=\(profile.trim.paths.joined(separator: ","))",
+            "trim-modules=\(profile.trim.kernelModules.joined(separator: ","))",
+            "squashfs=\(profile.squashfs.summary)", "epoch=\(epoch)",
+        ].joined(separator: "\n")
+        return Digest.sha256(text: text)
+    }
+
+    static func image(_ options: BuildOptions) -> String {
+        let key = cacheKey(options.profile, epoch: options.sourceDateEpoch)
+        return options.cacheDirectory + "/base/\(options.profile.debian.suite)-\(key.prefix(16)).squashfs"
+    }
+
+    /// Whether a build with `options` finds its base layer in the cache (and so needs no rootfs).
+    static func isCached(_ options: BuildOptions) -> Bool {
+        options.useCache && FileManager.default.fileExists(atPath: image(options))
+    }
+
+    func run(_ context: BuildContext, _ reporter: StageReporter) throws {
+        let options = context.options
+        let image = Self.image(options)
+        context.baseKey = Self.cacheKey(options.profile, epoch: options.sourceDateEpoch)
+        context.baseImage = image
+        let folder = (image as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        RootfsStage.removeAbandonedPartials(in: folder)
+        if Self.isCached(options) {
+            reporter.note("using cached base layer \(image)")
+        } else {
+            try pack(into: image, context: context, reporter: reporter)
+        }
+        context.sizes["base.squashfs"] = fileSize(image)
+
+        for folder in [context.baseMount, context.martletLayer, context.overlayWork, context.rootfs] {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        }
+        try context.mount(["-t", "squashfs", "-o", "ro,loop", image, context.baseMount])
+        try context.mountMerged(writable: true)
+        let modules = (try? FileManager.default.contentsOfDirectory(
+            atPath: context.rootfs + "/lib/modules")) ?? []
+        guard let version = modules.sorted().last else {
+            throw MartletError(
+                .failed, "the base layer \(image) has no kernel in /lib/modules",
+                hint: "check [kernel] package in \(context.profile.path), or delete the cached image")
+        }
+        context.kernelVersion = version
+    }
+
+    /// Unpacks the rootfs, trims it and packs it into the cache. The image appears under its
+    /// name only once complete.
+    private func pack(into image: String, context: BuildContext, reporter: StageReporter) throws {
+        let tree = context.work + "/base-tree"
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        reporter.note("unpacking \(context.rootfsTarball)")
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        try context.run(
+            "tar", [
+                "-C", tree, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                "-xpf", context.rootfsTarball,
+            ])
+        let modules = (try? FileManager.default.contentsOfDirectory(atPath: tree + "/lib/modules")) ?? []
+        guard let version = modules.sorted().last else {
+            throw MartletError(
+                .failed, "the root filesystem has no kernel in /lib/modules",
+                hint: "check [kernel] package in \(context.profile.path)")
+        }
+        let removed = try TrimStage.trimPackages(tree, kernelVersion: version, context: context, reporter: reporter)
+        reporter.note("trimmed \(removed) paths; packing the base layer")
+        let temporary = image + ".partial-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: temporary) }
+        try SquashfsStage.pack(tree, to: temporary, context: context, reporter: reporter)
+        if rename(temporary, image) != 0 { throw MartletError.system("rename", path: image) }
+    }
+}
+
+extension BuildContext {
+    /// Mounts the merged host root at `rootfs`: writable (the Martlet layer collects in
+    /// `martletLayer`) while the stages fill it, read-only (the two layers as the live system
+    /// stacks them) once the Martlet layer is final.
+    func mountMerged(writable: Bool) throws {
+        let options =
+            writable
+            ? "lowerdir=\(baseMount),upperdir=\(martletLayer),workdir=\(overlayWork)"
+                // Plain copy-ups only: no redirects, metadata-only copies or index, which a
+                // squashfs of the upper folder could not carry to the live system.
+                + ",redirect_dir=off,metacopy=off,index=off,xino=off"
+            : "ro,lowerdir=\(martletLayer):\(baseMount)"
+        try mount(["-t", "overlay", "overlay", "-o", options, rootfs])
+    }
+}
+
+/// The extended attributes overlayfs keeps in its upper folder for itself. Only `opaque` (a
+/// folder that hides the one below it) means something in a lower layer; the others record
+/// where a copy came from (file handles of this build's mounts) and would make two builds
+/// differ.
+enum OverlayAttributes {
+    static let prefix = "trusted.overlay."
+    static let kept: Set<String> = ["trusted.overlay.opaque"]
+
+    /// Removes overlayfs's own bookkeeping from every entry under `tree`, but `opaque`.
+    static func strip(_ tree: String) throws {
+        try strip(entry: tree)
+        guard let walker = FileManager.default.enumerator(atPath: tree) else { return }
+        while let relative = walker.nextObject() as? String {
+            try strip(entry: tree + "/" + relative)
+        }
+    }
+
+    private static func strip(entry path: String) throws {
+        for name in try names(path) where name.hasPrefix(prefix) && !kept.contains(name) {
+            if lremovexattr(path, name) != 0 && errno != ENODATA {
+                throw MartletError.system("lremovexattr \(name)", path: path)
+            }
+        }
+    }
+
+    static func names(_ path: String) throws -> [String] {
+        let size = llistxattr(path, nil, 0)
+        if size < 0 {
+            if errno == ENOTSUP { return [] }
+            throw MartletError.system("llistxattr", path: path)
+        }
+        guard size > 0 else { return [] }
+        var buffer = [CChar](repeating: 0, count: size)
+        let count = llistxattr(path, &buffer, size)
+        guard count >= 0 else { throw MartletError.system("llistxattr", path: path) }
+        return buffer[..<count].split(separator: 0).map {
+            String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+    }
+}
