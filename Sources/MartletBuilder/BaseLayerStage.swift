@@ -13,6 +13,9 @@ struct BaseLayerStage: BuildStage {
 
     /// Bumped when the way the base layer is made changes, so old cache entries are not reused.
     static let cacheFormat = "1"
+    /// Base layers kept (≈ 130 MiB each for profiles/default): a new epoch, trim or package
+    /// list makes a new one.
+    static let cacheEntries = 4
 
     /// The base layer's bytes follow from the rootfs (its cache key), the trims, the squashfs
     /// settings and the epoch every timestamp is pinned to.
@@ -46,8 +49,10 @@ struct BaseLayerStage: BuildStage {
         RootfsStage.removeAbandonedPartials(in: folder)
         if Self.isCached(options) {
             reporter.note("using cached base layer \(image)")
+            CacheEntries.used(image)
         } else {
             try pack(into: image, context: context, reporter: reporter)
+            CacheEntries.prune(folder, suffix: ".squashfs", keep: Self.cacheEntries)
         }
         context.sizes["base.squashfs"] = fileSize(image)
 
@@ -93,6 +98,29 @@ struct BaseLayerStage: BuildStage {
     }
 }
 
+/// The layer caches get a new entry for every new key (an edited overlay makes a new host
+/// initramfs); each keeps only its most recently used ones.
+enum CacheEntries {
+    /// Marks `path` as just used.
+    static func used(_ path: String) {
+        _ = utimensat(AT_FDCWD, path, nil, 0)
+    }
+
+    /// Removes all but the `keep` most recently used files ending in `suffix` from `folder`.
+    static func prune(_ folder: String, suffix: String, keep: Int) {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [])
+            .filter { $0.hasSuffix(suffix) }
+        let byAge = names.map { name -> (String, Date) in
+            let path = folder + "/" + name
+            let date = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
+            return (path, date ?? .distantPast)
+        }.sorted { $0.1 > $1.1 }
+        for (path, _) in byAge.dropFirst(keep) {
+            try? FileManager.default.removeItem(atPath: path)
+        }
+    }
+}
+
 extension BuildContext {
     /// Mounts the merged host root at `rootfs`: writable (the Martlet layer collects in
     /// `martletLayer`) while the stages fill it, read-only (the two layers as the live system
@@ -104,7 +132,7 @@ extension BuildContext {
                 // Plain copy-ups only: no redirects, metadata-only copies or index, which a
                 // squashfs of the upper folder could not carry to the live system.
                 + ",redirect_dir=off,metacopy=off,index=off,xino=off"
-            : "ro,lowerdir=\(martletLayer):\(baseMount)"
+            : "ro,lowerdir=\(martletLayer):\(binariesLayer):\(baseMount)"
         try mount(["-t", "overlay", "overlay", "-o", options, rootfs])
     }
 }

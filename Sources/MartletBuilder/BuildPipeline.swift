@@ -87,6 +87,8 @@ final class BuildContext {
     /// The overlay's upper folder: everything the build adds to or changes in the base layer.
     var martletLayer: String { work + "/martlet" }
     var overlayWork: String { work + "/overlay-work" }
+    /// Martlet's executables, moved out of the Martlet layer into a layer of their own.
+    var binariesLayer: String { work + "/binaries" }
     /// The live-only layer stacked above the host root at boot.
     var liveLayer: String { work + "/live" }
     /// The tree that becomes the ISO 9660 filesystem.

@@ -8,13 +8,16 @@ import MartletCore
 /// the merged host root with `SOURCE_DATE_EPOCH`, which pins every timestamp in the archive
 /// (the squashfs pins the file's own), so two builds give the same bytes.
 ///
-/// It is cached: its inputs are the base layer and what the overlays put in the Martlet
-/// layer, but not Martlet's own binaries, which no initramfs hook copies. So a rebuild after a
-/// binary change, or one with nothing changed, copies it instead of spending a minute on it.
+/// It is cached, keyed by the base layer and by what the overlays put in the Martlet layer that
+/// mkinitramfs reads (`isInput`): not Martlet's own binaries, which no initramfs hook copies.
+/// So a rebuild after a binary change, a unit or web UI change, or with nothing changed copies
+/// it instead of spending 10-20 s on it.
 struct HostInitramfsStage: BuildStage {
     let name = "host-initramfs"
 
     static let cacheFormat = "1"
+    /// Host initramfs images kept (≈ 15 MiB each); every overlay change makes a new one.
+    static let cacheEntries = 8
 
     func run(_ context: BuildContext, _ reporter: StageReporter) throws {
         let root = context.rootfs
@@ -27,10 +30,11 @@ struct HostInitramfsStage: BuildStage {
         }
         let image = "/boot/initrd.img-\(version)"
         let excluded = Set(BinariesStage.names.map { "usr/bin/" + $0 })
-        let layer = try TreeListing(context.martletLayer, excluding: excluded)
+        let inputs = try TreeListing(context.martletLayer, excluding: excluded).lines
+            .filter(Self.isInput)
         let key = Digest.sha256(
             text: "format=\(Self.cacheFormat)\nbase=\(context.baseKey)\nkernel=\(version)\n"
-                + layer.text)
+                + inputs.joined(separator: "\n"))
         let folder = context.options.cacheDirectory + "/host-initramfs"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         RootfsStage.removeAbandonedPartials(in: folder)
@@ -38,6 +42,7 @@ struct HostInitramfsStage: BuildStage {
 
         if context.options.useCache, FileManager.default.fileExists(atPath: cached) {
             reporter.note("using cached \(image) (\(cached))")
+            CacheEntries.used(cached)
             try FileManager.default.copyItem(atPath: cached, toPath: root + image)
         } else {
             reporter.note("mkinitramfs for \(version)")
@@ -46,10 +51,36 @@ struct HostInitramfsStage: BuildStage {
             defer { try? FileManager.default.removeItem(atPath: temporary) }
             try FileManager.default.copyItem(atPath: root + image, toPath: temporary)
             if rename(temporary, cached) != 0 { throw MartletError.system("rename", path: cached) }
+            CacheEntries.prune(folder, suffix: ".img", keep: Self.cacheEntries)
         }
         let size = fileSize(root + image)
         context.sizes["host-initrd.img"] = size
         reporter.note("\(image): \(ByteSize(size))")
+    }
+
+    /// What initramfs-tools and its hooks read from the root: their configuration, the module
+    /// and udev settings, keymaps, fstab, crypttab, RAID and LVM settings, firmware, modules,
+    /// and any executable or library (a hook may copy it in). The Martlet layer's other files
+    /// (systemd units, `/etc/martlet`, the web UI, `/etc/issue`) are not among them, so a
+    /// change there reuses the cached image.
+    static let inputFolders = [
+        "etc/initramfs-tools", "usr/share/initramfs-tools", "etc/modprobe.d", "lib/modprobe.d",
+        "usr/lib/modprobe.d", "etc/udev", "lib/udev", "usr/lib/udev", "etc/default",
+        "etc/console-setup", "etc/kbd", "etc/mdadm", "etc/lvm", "etc/crypttab", "etc/fstab",
+        "etc/ld.so.conf", "etc/ld.so.conf.d", "lib/firmware", "usr/lib/firmware", "lib/modules",
+        "usr/lib/modules",
+    ]
+
+    /// Whether a `TreeListing` line of the Martlet layer is an input of mkinitramfs.
+    static func isInput(_ line: String) -> Bool {
+        let fields = line.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
+        guard fields.count > 2 else { return true }
+        let path = String(fields[0])
+        if inputFolders.contains(where: { path == $0 || path.hasPrefix($0 + "/") }) { return true }
+        let executable = fields[1] == "f" && (Int(fields[2], radix: 8) ?? 0) & 0o111 != 0
+        let library = path.hasSuffix(".so") || path.contains(".so.")
+        // A character device in an upper folder is a whiteout: a base file the overlays removed.
+        return executable || library || fields[1] == "c" || fields[1] == "l" && path.contains("bin/")
     }
 
     private func make(_ image: String, version: String, context: BuildContext) throws {

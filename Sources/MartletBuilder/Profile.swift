@@ -79,6 +79,8 @@ public struct Profile: Sendable, Equatable {
         public var level: Int?
         /// Block size in bytes (power of two, 4 KiB – 1 MiB).
         public var blockSize: Int
+        /// With xz, also try the x86 branch filter on every block (kept where smaller).
+        public var x86Filter = true
 
         /// What `martlet build --fast` packs with, whatever the profile says. Measured with
         /// scripts/bench-squashfs on the host tree of profiles/default (498 MiB): zstd level 3
@@ -88,7 +90,9 @@ public struct Profile: Sendable, Equatable {
 
         /// For the manifest and logs, e.g. `zstd level 3, 1048576-byte blocks`.
         public var summary: String {
-            compression + (level.map { " level \($0)" } ?? "") + ", \(blockSize)-byte blocks"
+            compression + (level.map { " level \($0)" } ?? "")
+                + (compression == "xz" && !x86Filter ? " without the x86 filter" : "")
+                + ", \(blockSize)-byte blocks"
         }
     }
 

@@ -1,25 +1,37 @@
 import Foundation
 import MartletCore
 
-/// Packs the Martlet layer and the live layer as squashfs images on the ISO, beside the base
-/// layer (`BaseLayerStage`). Timestamps are pinned to SOURCE_DATE_EPOCH so the same inputs
-/// give the same bytes.
+/// Packs what the build added to the base layer (`BaseLayerStage`) as two images, so a
+/// change to one packs only that one: Martlet's executables (tens of MB, cached by their
+/// hashes) and the rest of the Martlet layer (overlays, `[[file]]` settings, the host
+/// initramfs: a few MB); and the live layer. Timestamps are pinned to SOURCE_DATE_EPOCH so the
+/// same inputs give the same bytes.
 struct SquashfsStage: BuildStage {
     let name = "squashfs"
+
+    static let cacheFormat = "1"
+    /// Binaries layers kept (≈ 25 MiB each for profiles/default).
+    static let cacheEntries = 4
+
+    /// The images under `/live` on the ISO, top layer first (overlayfs's lowerdir order):
+    /// the live layer, then the host's layers, which the installer copies merged.
+    static let images = ["live.squashfs"] + hostLayers.map { $0 + ".squashfs" }
+    static let hostLayers = ["martlet", "binaries", "base"]
 
     func run(_ context: BuildContext, _ reporter: StageReporter) throws {
         let live = context.isoTree + "/live"
         try FileManager.default.createDirectory(atPath: live, withIntermediateDirectories: true)
         // The Martlet layer is final: the overlay lets go of its upper folder, which loses
-        // overlayfs's bookkeeping, and the merged root comes back read-only, stacked the way
-        // the live system stacks the two images (the manifest reads its package list there).
+        // overlayfs's bookkeeping; the executables move to a layer of their own; the merged
+        // root comes back read-only, stacked the way the live system stacks the images (the
+        // manifest reads its package list there).
         try context.unmount(context.rootfs)
         try OverlayAttributes.strip(context.martletLayer)
+        try Self.moveBinaries(from: context.martletLayer, to: context.binariesLayer)
         try context.mountMerged(writable: false)
-        // A hard link when the cache is on the same filesystem: the ISO only reads it.
-        if link(context.baseImage, live + "/base.squashfs") != 0 {
-            try FileManager.default.copyItem(atPath: context.baseImage, toPath: live + "/base.squashfs")
-        }
+
+        try place(context.baseImage, live + "/base.squashfs")
+        try place(try binariesImage(context, reporter), live + "/binaries.squashfs")
         try Self.pack(context.martletLayer, to: live + "/martlet.squashfs", context: context, reporter: reporter)
         try Self.pack(context.liveLayer, to: live + "/live.squashfs", context: context, reporter: nil)
         for image in Self.images {
@@ -27,9 +39,69 @@ struct SquashfsStage: BuildStage {
         }
     }
 
-    /// The images under `/live` on the ISO, lowest layer last (overlayfs's lowerdir order):
-    /// the live layer, the Martlet layer, the Debian packages.
-    static let images = ["live.squashfs", "martlet.squashfs", "base.squashfs"]
+    /// A hard link when the cache is on the same filesystem: the ISO only reads it.
+    private func place(_ cached: String, _ target: String) throws {
+        if link(cached, target) != 0 {
+            try FileManager.default.copyItem(atPath: cached, toPath: target)
+        }
+    }
+
+    /// Moves `/usr/bin/<binary>` for each of Martlet's executables from the Martlet layer into
+    /// a tree of its own, whose `usr` and `usr/bin` get the owner and mode they have in the
+    /// layer (copied up from the base, so the same as there).
+    static func moveBinaries(from layer: String, to tree: String) throws {
+        for folder in ["", "/usr", "/usr/bin"] {
+            var info = stat()
+            guard lstat(layer + folder, &info) == 0 else { throw MartletError.system("lstat", path: layer + folder) }
+            if mkdir(tree + folder, 0o755) != 0 && errno != EEXIST {
+                throw MartletError.system("mkdir", path: tree + folder)
+            }
+            if chmod(tree + folder, info.st_mode & 0o7777) != 0 || chown(tree + folder, info.st_uid, info.st_gid) != 0 {
+                throw MartletError.system("chmod/chown", path: tree + folder)
+            }
+        }
+        for name in BinariesStage.names {
+            let path = "/usr/bin/" + name
+            if rename(layer + path, tree + path) != 0 { throw MartletError.system("rename", path: layer + path) }
+        }
+    }
+
+    /// The binaries layer from the cache, or packed into it. Its bytes follow from the
+    /// listing of its tree (hashes, modes, link targets), the squashfs setting and the epoch.
+    private func binariesImage(_ context: BuildContext, _ reporter: StageReporter) throws -> String {
+        let settings = Self.binariesSettings(context.profile.squashfs)
+        let listing = try TreeListing(context.binariesLayer)
+        let key = Digest.sha256(
+            text: "format=\(Self.cacheFormat)\nsquashfs=\(settings.summary)\nepoch=\(context.epoch)\n"
+                + listing.text)
+        let folder = context.options.cacheDirectory + "/binaries"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        RootfsStage.removeAbandonedPartials(in: folder)
+        let image = folder + "/\(key.prefix(16)).squashfs"
+        if context.options.useCache, FileManager.default.fileExists(atPath: image) {
+            reporter.note("using cached binaries layer \(image)")
+            CacheEntries.used(image)
+            return image
+        }
+        reporter.note("packing the binaries layer (\(settings.summary))")
+        let temporary = image + ".partial-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: temporary) }
+        var arguments = Self.arguments(context.binariesLayer, temporary, settings: settings, epoch: context.epoch)
+        arguments.append("-no-progress")
+        try context.run("mksquashfs", arguments)
+        if rename(temporary, image) != 0 { throw MartletError.system("rename", path: image) }
+        CacheEntries.prune(folder, suffix: ".squashfs", keep: Self.cacheEntries)
+        return image
+    }
+
+    /// The profile's setting, but xz without the x86 filter: mksquashfs compresses every block
+    /// once per filter and keeps the smaller, so the filter doubles the time; on Martlet's
+    /// binaries it saves 5 % (22.9 against 24.2 MB; 28 s against 14 s on 2 cores).
+    static func binariesSettings(_ settings: Profile.Squashfs) -> Profile.Squashfs {
+        var settings = settings
+        settings.x86Filter = false
+        return settings
+    }
 
     /// The mksquashfs command line for `settings`, timestamps pinned to `epoch`.
     static func arguments(
@@ -40,7 +112,7 @@ struct SquashfsStage: BuildStage {
             "-b", String(settings.blockSize),
             "-mkfs-time", String(epoch), "-all-time", String(epoch),
         ]
-        if settings.compression == "xz" {
+        if settings.compression == "xz" && settings.x86Filter {
             // The branch/call/jump filter makes x86 code (kernel modules, our static Swift
             // binaries) compress better: 132.6 MiB instead of 136.2 MiB for the host tree of
             // profiles/default (scripts/bench-squashfs).

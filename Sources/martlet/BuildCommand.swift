@@ -9,8 +9,10 @@ struct BuildCommand: ParsableCommand {
         commandName: "build",
         abstract: "Build the hybrid ISO (BIOS+UEFI, CD and USB) of a profile.",
         discussion: """
-            Stages: rootfs (mmdebstrap, cached) → overlays → binaries → trim → squashfs → \
-            initramfs → grub → iso → checksums. Needs root. The ISO, SHA256SUMS and a \
+            Stages: rootfs (mmdebstrap, cached) → base layer (the Debian packages, trimmed, \
+            cached as a squashfs) → overlays → binaries → trim → host initramfs (cached) → \
+            initramfs → squashfs (the Martlet layer: what the stages added to the base) → \
+            grub → iso → checksums. Needs root. The ISO, SHA256SUMS and a \
             manifest are written into the output folder only when every stage succeeded.
             """)
 
@@ -26,10 +28,10 @@ struct BuildCommand: ParsableCommand {
     @Option(help: "Boot assets folder (GRUB templates, initramfs init; default: the iso/ folder above the profile).")
     var assets: String?
 
-    @Option(help: "Cache folder for root filesystems.")
+    @Option(help: "Cache folder for root filesystems, base layers and host initramfs images.")
     var cacheDir: String = "/var/cache/martlet"
 
-    @Flag(help: "Build the root filesystem afresh instead of using the cache.")
+    @Flag(help: "Build the root filesystem, the base layer and the host initramfs afresh instead of taking them from the cache (and store the new ones there).")
     var noCache = false
 
     @Flag(

@@ -7,13 +7,14 @@ import Testing
 
 @testable import MartletBuilder
 
-/// The host image comes in two layers, the Debian packages (cached) and Martlet's own files.
+/// The host image comes in layers: the Debian packages and Martlet's executables (both cached),
+/// and Martlet's other files.
 /// These tests hold the layered image to the single tree the builder made before layers, to
 /// the installer's copy of it, and to the promises of a rebuild: bit-identical whether the
 /// caches were warm or cold, and only the small layer repacked after an overlay change.
 @Suite(.serialized) struct LayeredImageTests {
-    /// The base and Martlet layers of `iso`, mounted read-only and merged the way the live
-    /// initramfs merges them for the installer; unmounted on deinit.
+    /// The host layers of `iso`, mounted read-only and merged the way the live initramfs
+    /// merges them for the installer; unmounted on deinit.
     final class MergedLayers {
         let scratch: ScratchDirectory
         var merged: String { scratch.file("merged") }
@@ -25,12 +26,11 @@ import Testing
                 "xorriso",
                 ["-osirrox", "on", "-indev", iso, "-extract", "/live", scratch.file("images")]
             ).run()
-            for layer in ["base", "martlet"] {
+            for layer in SquashfsStage.hostLayers {
                 try mount(["-t", "squashfs", "-o", "ro,loop"], scratch.file("images/\(layer).squashfs"), layer)
             }
-            try mount(
-                ["-t", "overlay", "-o", "ro,lowerdir=\(scratch.file("martlet")):\(scratch.file("base"))"],
-                "overlay", "merged")
+            let lower = SquashfsStage.hostLayers.map { scratch.file($0) }.joined(separator: ":")
+            try mount(["-t", "overlay", "-o", "ro,lowerdir=\(lower)"], "overlay", "merged")
         }
 
         private func mount(_ options: [String], _ source: String, _ point: String) throws {
@@ -164,6 +164,7 @@ import Testing
         let before = try MergedLayers(iso: first.iso)
         let after = try MergedLayers(iso: changed.iso)
         #expect(try before.hash("base") == after.hash("base"))
+        #expect(try before.hash("binaries") == after.hash("binaries"))
         #expect(try before.hash("martlet") != after.hash("martlet"))
         #expect(
             try String(contentsOfFile: after.merged + "/etc/martlet/changed-by-test", encoding: .utf8)
