@@ -38,7 +38,7 @@ e2e: release
 test: unit fuzz-smoke e2e
 
 bench-build: release
-	bash scripts/bench-build
+	MARTLET_RELEASE_BIN=$(RELEASE_BIN) bash scripts/bench-build
 
 # libFuzzer over the parsers and decoders (SECONDS per target); `make test` replays the corpora.
 SECONDS_PER_TARGET ?= 60

@@ -6,8 +6,9 @@ import MartletCore
 /// in the cache as a squashfs keyed by everything that decides its bytes. A build then mounts
 /// it read-only under an overlay whose upper folder collects the Martlet layer (overlays,
 /// binaries, `[[file]]` settings, the host initramfs), so a rebuild after an overlay or binary
-/// change packs only that small layer. The live system stacks the two the same way, and the
-/// installer copies their merged view, so an installed host is the same as from one image.
+/// change packs only what changed (`SquashfsStage` splits the executables off). The live
+/// system stacks the layers the same way, and the installer copies their merged view, so an
+/// installed host is the same as from one image.
 struct BaseLayerStage: BuildStage {
     let name = "base-layer"
 
@@ -123,7 +124,7 @@ enum CacheEntries {
 
 extension BuildContext {
     /// Mounts the merged host root at `rootfs`: writable (the Martlet layer collects in
-    /// `martletLayer`) while the stages fill it, read-only (the two layers as the live system
+    /// `martletLayer`) while the stages fill it, read-only (the host layers as the live system
     /// stacks them) once the Martlet layer is final.
     func mountMerged(writable: Bool) throws {
         let options =

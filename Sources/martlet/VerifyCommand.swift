@@ -12,7 +12,7 @@ struct VerifyCommand: ParsableCommand {
             catalog), mbr (boot code and partition entries, for BIOS from a dd'd stick), gpt \
             (valid header and an EFI system partition holding FAT, for UEFI from a stick), \
             label (the ISO 9660 volume label, equal to --label when given), squashfs \
-            (/live/{live,martlet,base}.squashfs are squashfs 4 images, not cut off), sha256sums (every file \
+            (/live/{live,martlet,binaries,base}.squashfs are squashfs 4 images, not cut off), sha256sums (every file \
             listed in the ISO's /SHA256SUMS matches, and every file is listed), and \
             iso-sha256 (only when a SHA256SUMS next to the ISO lists it).
 
