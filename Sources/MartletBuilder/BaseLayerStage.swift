@@ -30,31 +30,32 @@ struct BaseLayerStage: BuildStage {
         return Digest.sha256(text: text)
     }
 
-    static func image(_ options: BuildOptions) -> String {
-        let key = cacheKey(options.profile, epoch: options.sourceDateEpoch)
-        return options.cacheDirectory + "/base/\(options.profile.debian.suite)-\(key.prefix(16)).squashfs"
+    static func cache(_ options: BuildOptions) throws -> BuildCache {
+        try BuildCache(options, "base", suffix: ".squashfs", keep: cacheEntries)
+    }
+
+    static func image(_ options: BuildOptions) throws -> String {
+        try cache(options).path(
+            cacheKey(options.profile, epoch: options.sourceDateEpoch),
+            prefix: options.profile.debian.suite + "-")
     }
 
     /// Whether a build with `options` finds its base layer in the cache (and so needs no rootfs).
-    static func isCached(_ options: BuildOptions) -> Bool {
-        options.useCache && FileManager.default.fileExists(atPath: image(options))
+    static func isCached(_ options: BuildOptions) throws -> Bool {
+        try options.useCache && FileManager.default.fileExists(atPath: image(options))
     }
 
     func run(_ context: BuildContext, _ reporter: StageReporter) throws {
         let options = context.options
-        let image = Self.image(options)
-        context.baseKey = Self.cacheKey(options.profile, epoch: options.sourceDateEpoch)
-        context.baseImage = image
-        let folder = (image as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        RootfsStage.removeAbandonedPartials(in: folder)
-        if Self.isCached(options) {
-            reporter.note("using cached base layer \(image)")
-            CacheEntries.used(image)
-        } else {
-            try pack(into: image, context: context, reporter: reporter)
-            CacheEntries.prune(folder, suffix: ".squashfs", keep: Self.cacheEntries)
+        let key = Self.cacheKey(options.profile, epoch: options.sourceDateEpoch)
+        context.baseKey = key
+        let (image, cached) = try Self.cache(options).entry(
+            key, prefix: options.profile.debian.suite + "-", reuse: options.useCache
+        ) { temporary in
+            try pack(into: temporary, context: context, reporter: reporter)
         }
+        if cached { reporter.note("using cached base layer \(image)") }
+        context.baseImage = image
         context.sizes["base.squashfs"] = fileSize(image)
 
         for folder in [context.baseMount, context.martletLayer, context.overlayWork, context.rootfs] {
@@ -72,8 +73,7 @@ struct BaseLayerStage: BuildStage {
         context.kernelVersion = version
     }
 
-    /// Unpacks the rootfs, trims it and packs it into the cache. The image appears under its
-    /// name only once complete.
+    /// Unpacks the rootfs, trims it and packs it as `image`.
     private func pack(into image: String, context: BuildContext, reporter: StageReporter) throws {
         let tree = context.work + "/base-tree"
         defer { try? FileManager.default.removeItem(atPath: tree) }
@@ -92,33 +92,7 @@ struct BaseLayerStage: BuildStage {
         }
         let removed = try TrimStage.trimPackages(tree, kernelVersion: version, context: context, reporter: reporter)
         reporter.note("trimmed \(removed) paths; packing the base layer")
-        let temporary = image + ".partial-\(getpid())"
-        defer { try? FileManager.default.removeItem(atPath: temporary) }
-        try SquashfsStage.pack(tree, to: temporary, context: context, reporter: reporter)
-        if rename(temporary, image) != 0 { throw MartletError.system("rename", path: image) }
-    }
-}
-
-/// The layer caches get a new entry for every new key (an edited overlay makes a new host
-/// initramfs); each keeps only its most recently used ones.
-enum CacheEntries {
-    /// Marks `path` as just used.
-    static func used(_ path: String) {
-        _ = utimensat(AT_FDCWD, path, nil, 0)
-    }
-
-    /// Removes all but the `keep` most recently used files ending in `suffix` from `folder`.
-    static func prune(_ folder: String, suffix: String, keep: Int) {
-        let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [])
-            .filter { $0.hasSuffix(suffix) }
-        let byAge = names.map { name -> (String, Date) in
-            let path = folder + "/" + name
-            let date = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
-            return (path, date ?? .distantPast)
-        }.sorted { $0.1 > $1.1 }
-        for (path, _) in byAge.dropFirst(keep) {
-            try? FileManager.default.removeItem(atPath: path)
-        }
+        try SquashfsStage.pack(tree, to: image, context: context, reporter: reporter)
     }
 }
 

@@ -35,23 +35,15 @@ struct HostInitramfsStage: BuildStage {
         let key = Digest.sha256(
             text: "format=\(Self.cacheFormat)\nbase=\(context.baseKey)\nkernel=\(version)\n"
                 + inputs.joined(separator: "\n"))
-        let folder = context.options.cacheDirectory + "/host-initramfs"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        RootfsStage.removeAbandonedPartials(in: folder)
-        let cached = folder + "/\(key.prefix(16)).img"
-
-        if context.options.useCache, FileManager.default.fileExists(atPath: cached) {
-            reporter.note("using cached \(image) (\(cached))")
-            CacheEntries.used(cached)
-            try FileManager.default.copyItem(atPath: cached, toPath: root + image)
-        } else {
+        let cache = try BuildCache(context.options, "host-initramfs", suffix: ".img", keep: Self.cacheEntries)
+        let (cached, reused) = try cache.entry(key, reuse: context.options.useCache) { temporary in
             reporter.note("mkinitramfs for \(version)")
             try make(image, version: version, context: context)
-            let temporary = cached + ".partial-\(getpid())"
-            defer { try? FileManager.default.removeItem(atPath: temporary) }
             try FileManager.default.copyItem(atPath: root + image, toPath: temporary)
-            if rename(temporary, cached) != 0 { throw MartletError.system("rename", path: cached) }
-            CacheEntries.prune(folder, suffix: ".img", keep: Self.cacheEntries)
+        }
+        if reused {
+            reporter.note("using cached \(image) (\(cached))")
+            try FileManager.default.copyItem(atPath: cached, toPath: root + image)
         }
         let size = fileSize(root + image)
         context.sizes["host-initrd.img"] = size

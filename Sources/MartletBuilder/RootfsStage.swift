@@ -35,7 +35,7 @@ struct RootfsStage: BuildStage {
         context.rootfsTarball = tarball
         Self.removeAbandonedPartials(in: cacheDir)
 
-        if BaseLayerStage.isCached(context.options) {
+        if try BaseLayerStage.isCached(context.options) {
             // The base layer was made from it already; the tarball may even be gone.
             reporter.note("base layer cached; the root filesystem is not needed")
             return

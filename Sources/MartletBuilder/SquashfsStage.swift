@@ -32,18 +32,22 @@ struct SquashfsStage: BuildStage {
 
         try place(context.baseImage, live + "/base.squashfs")
         try place(try binariesImage(context, reporter), live + "/binaries.squashfs")
-        try Self.pack(context.martletLayer, to: live + "/martlet.squashfs", context: context, reporter: reporter)
+        // Its one large file is the host initramfs, zstd already: its blocks are stored as they
+        // are (-noD) instead of failing to compress for 7 s (15.55 against 15.52 MB); small
+        // files still go compressed into fragments.
+        try Self.pack(
+            context.martletLayer, to: live + "/martlet.squashfs", context: context,
+            reporter: reporter, options: ["-noD"])
         try Self.pack(context.liveLayer, to: live + "/live.squashfs", context: context, reporter: nil)
         for image in Self.images {
             context.sizes[image] = fileSize(live + "/" + image)
         }
     }
 
-    /// A hard link when the cache is on the same filesystem: the ISO only reads it.
+    /// A copy, not a hard link: the ISO stage pins the times of everything in its tree, and
+    /// the cache orders its entries by when they were last used.
     private func place(_ cached: String, _ target: String) throws {
-        if link(cached, target) != 0 {
-            try FileManager.default.copyItem(atPath: cached, toPath: target)
-        }
+        try FileManager.default.copyItem(atPath: cached, toPath: target)
     }
 
     /// Moves `/usr/bin/<binary>` for each of Martlet's executables from the Martlet layer into
@@ -74,23 +78,14 @@ struct SquashfsStage: BuildStage {
         let key = Digest.sha256(
             text: "format=\(Self.cacheFormat)\nsquashfs=\(settings.summary)\nepoch=\(context.epoch)\n"
                 + listing.text)
-        let folder = context.options.cacheDirectory + "/binaries"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        RootfsStage.removeAbandonedPartials(in: folder)
-        let image = folder + "/\(key.prefix(16)).squashfs"
-        if context.options.useCache, FileManager.default.fileExists(atPath: image) {
-            reporter.note("using cached binaries layer \(image)")
-            CacheEntries.used(image)
-            return image
+        let cache = try BuildCache(context.options, "binaries", suffix: ".squashfs", keep: Self.cacheEntries)
+        let (image, cached) = try cache.entry(key, reuse: context.options.useCache) { temporary in
+            reporter.note("packing the binaries layer (\(settings.summary))")
+            var arguments = Self.arguments(context.binariesLayer, temporary, settings: settings, epoch: context.epoch)
+            arguments.append("-no-progress")
+            try context.run("mksquashfs", arguments)
         }
-        reporter.note("packing the binaries layer (\(settings.summary))")
-        let temporary = image + ".partial-\(getpid())"
-        defer { try? FileManager.default.removeItem(atPath: temporary) }
-        var arguments = Self.arguments(context.binariesLayer, temporary, settings: settings, epoch: context.epoch)
-        arguments.append("-no-progress")
-        try context.run("mksquashfs", arguments)
-        if rename(temporary, image) != 0 { throw MartletError.system("rename", path: image) }
-        CacheEntries.prune(folder, suffix: ".squashfs", keep: Self.cacheEntries)
+        if cached { reporter.note("using cached binaries layer \(image)") }
         return image
     }
 
@@ -125,10 +120,11 @@ struct SquashfsStage: BuildStage {
     }
 
     static func pack(
-        _ source: String, to image: String, context: BuildContext, reporter: StageReporter?
+        _ source: String, to image: String, context: BuildContext, reporter: StageReporter?,
+        options: [String] = []
     ) throws {
         var arguments = Self.arguments(
-            source, image, settings: context.profile.squashfs, epoch: context.epoch)
+            source, image, settings: context.profile.squashfs, epoch: context.epoch) + options
         if reporter == nil { arguments.append("-no-progress") }
         try Command("mksquashfs", arguments).stream(logger: context.logger) { line, _ in
             // The progress bar ends in " NN%"; everything else is the summary.

@@ -144,7 +144,7 @@ import Testing
         options.cacheDirectory = cache.path
         try? FileManager.default.removeItem(atPath: options.outputDirectory)
         let cold = try BuildPipeline(options).run(logger: Logger(label: "test.cold"))
-        #expect(FileManager.default.fileExists(atPath: BaseLayerStage.image(options)))
+        #expect(FileManager.default.fileExists(atPath: try BaseLayerStage.image(options)))
         #expect(cold.isoSHA256 == warm.isoSHA256)
     }
 
