@@ -83,7 +83,7 @@ struct SquashfsStage: BuildStage {
             reporter.note("packing the binaries layer (\(settings.summary))")
             var arguments = Self.arguments(context.binariesLayer, temporary, settings: settings, epoch: context.epoch)
             arguments.append("-no-progress")
-            try context.run("mksquashfs", arguments)
+            try Self.mksquashfs(arguments).run(logger: context.logger)
         }
         if cached { reporter.note("using cached binaries layer \(image)") }
         return image
@@ -119,6 +119,13 @@ struct SquashfsStage: BuildStage {
         return arguments
     }
 
+    /// mksquashfs refuses to run when SOURCE_DATE_EPOCH is in its environment and times are
+    /// given on the command line too; `martlet build` takes its default epoch from that
+    /// variable and passes it as `-mkfs-time` and `-all-time` (every time, not only later ones).
+    static func mksquashfs(_ arguments: [String]) -> Command {
+        Command("env", ["-u", "SOURCE_DATE_EPOCH", "mksquashfs"] + arguments)
+    }
+
     static func pack(
         _ source: String, to image: String, context: BuildContext, reporter: StageReporter?,
         options: [String] = []
@@ -126,7 +133,7 @@ struct SquashfsStage: BuildStage {
         var arguments = Self.arguments(
             source, image, settings: context.profile.squashfs, epoch: context.epoch) + options
         if reporter == nil { arguments.append("-no-progress") }
-        try Command("mksquashfs", arguments).stream(logger: context.logger) { line, _ in
+        try Self.mksquashfs(arguments).stream(logger: context.logger) { line, _ in
             // The progress bar ends in " NN%"; everything else is the summary.
             guard let reporter, line.hasSuffix("%"),
                 let percent = line.split(separator: " ").last.flatMap({ UInt64($0.dropLast()) })
