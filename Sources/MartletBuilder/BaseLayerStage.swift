@@ -34,10 +34,12 @@ struct BaseLayerStage: BuildStage {
         try BuildCache(options, "base", suffix: ".squashfs", keep: cacheEntries)
     }
 
+    /// Entries are named SUITE-KEY.squashfs.
+    static func prefix(_ options: BuildOptions) -> String { options.profile.debian.suite + "-" }
+
     static func image(_ options: BuildOptions) throws -> String {
         try cache(options).path(
-            cacheKey(options.profile, epoch: options.sourceDateEpoch),
-            prefix: options.profile.debian.suite + "-")
+            cacheKey(options.profile, epoch: options.sourceDateEpoch), prefix: prefix(options))
     }
 
     /// Whether a build with `options` finds its base layer in the cache (and so needs no rootfs).
@@ -50,7 +52,7 @@ struct BaseLayerStage: BuildStage {
         let key = Self.cacheKey(options.profile, epoch: options.sourceDateEpoch)
         context.baseKey = key
         let (image, cached) = try Self.cache(options).entry(
-            key, prefix: options.profile.debian.suite + "-", reuse: options.useCache
+            key, prefix: Self.prefix(options), reuse: options.useCache
         ) { temporary in
             try pack(into: temporary, context: context, reporter: reporter)
         }
@@ -63,14 +65,7 @@ struct BaseLayerStage: BuildStage {
         }
         try context.mount(["-t", "squashfs", "-o", "ro,loop", image, context.baseMount])
         try context.mountMerged(writable: true)
-        let modules = (try? FileManager.default.contentsOfDirectory(
-            atPath: context.rootfs + "/lib/modules")) ?? []
-        guard let version = modules.sorted().last else {
-            throw MartletError(
-                .failed, "the base layer \(image) has no kernel in /lib/modules",
-                hint: "check [kernel] package in \(context.profile.path), or delete the cached image")
-        }
-        context.kernelVersion = version
+        context.kernelVersion = try context.kernelVersion(in: context.rootfs)
     }
 
     /// Unpacks the rootfs, trims it and packs it as `image`.
@@ -78,18 +73,7 @@ struct BaseLayerStage: BuildStage {
         let tree = context.work + "/base-tree"
         defer { try? FileManager.default.removeItem(atPath: tree) }
         reporter.note("unpacking \(context.rootfsTarball)")
-        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
-        try context.run(
-            "tar", [
-                "-C", tree, "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                "-xpf", context.rootfsTarball,
-            ])
-        let modules = (try? FileManager.default.contentsOfDirectory(atPath: tree + "/lib/modules")) ?? []
-        guard let version = modules.sorted().last else {
-            throw MartletError(
-                .failed, "the root filesystem has no kernel in /lib/modules",
-                hint: "check [kernel] package in \(context.profile.path)")
-        }
+        let version = try context.unpackRootfs(into: tree)
         let removed = try TrimStage.trimPackages(tree, kernelVersion: version, context: context, reporter: reporter)
         reporter.note("trimmed \(removed) paths; packing the base layer")
         try SquashfsStage.pack(tree, to: image, context: context, reporter: reporter)
@@ -97,6 +81,29 @@ struct BaseLayerStage: BuildStage {
 }
 
 extension BuildContext {
+    /// Unpacks the rootfs tarball into `tree` (owners, modes, xattrs kept) and returns the
+    /// version of its kernel.
+    func unpackRootfs(into tree: String) throws -> String {
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        try run(
+            "tar", [
+                "-C", tree, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf",
+                rootfsTarball,
+            ])
+        return try kernelVersion(in: tree)
+    }
+
+    /// The newest kernel in `root`'s `/lib/modules`.
+    func kernelVersion(in root: String) throws -> String {
+        let modules = (try? FileManager.default.contentsOfDirectory(atPath: root + "/lib/modules")) ?? []
+        guard let version = modules.sorted().last else {
+            throw MartletError(
+                .failed, "the root filesystem in \(root) has no kernel in /lib/modules",
+                hint: "check [kernel] package in \(profile.path)")
+        }
+        return version
+    }
+
     /// Mounts the merged host root at `rootfs`: writable (the Martlet layer collects in
     /// `martletLayer`) while the stages fill it, read-only (the host layers as the live system
     /// stacks them) once the Martlet layer is final.

@@ -17,7 +17,7 @@ struct BuildCache {
         self.keep = keep
         self.suffix = suffix
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        RootfsStage.removeAbandonedPartials(in: folder)
+        Self.removeAbandonedPartials(in: folder)
     }
 
     func path(_ key: String, prefix: String = "") -> String {
@@ -56,6 +56,18 @@ struct BuildCache {
         }.sorted { $0.1 > $1.1 }
         for (path, _) in byAge.dropFirst(keep) {
             try? FileManager.default.removeItem(atPath: path)
+        }
+    }
+
+    /// A build killed while making an entry leaves `NAME.partial-PID`; once PID is gone the
+    /// file is garbage (and large). The rootfs tarballs follow the same rule.
+    static func removeAbandonedPartials(in directory: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+            guard let range = name.range(of: ".partial-"),
+                let pid = pid_t(name[range.upperBound...]),
+                kill(pid, 0) != 0, errno == ESRCH
+            else { continue }
+            try? FileManager.default.removeItem(atPath: directory + "/" + name)
         }
     }
 }

@@ -1,4 +1,3 @@
-import CMartletSystem
 import Foundation
 import MartletCore
 
@@ -30,8 +29,8 @@ struct HostInitramfsStage: BuildStage {
         }
         let image = "/boot/initrd.img-\(version)"
         let excluded = Set(BinariesStage.names.map { "usr/bin/" + $0 })
-        let inputs = try TreeListing(context.martletLayer, excluding: excluded).lines
-            .filter(Self.isInput)
+        let inputs = try TreeListing(context.martletLayer, excluding: excluded).entries
+            .filter(Self.isInput).map(\.line)
         let key = Digest.sha256(
             text: "format=\(Self.cacheFormat)\nbase=\(context.baseKey)\nkernel=\(version)\n"
                 + inputs.joined(separator: "\n"))
@@ -63,16 +62,14 @@ struct HostInitramfsStage: BuildStage {
         "usr/lib/modules",
     ]
 
-    /// Whether a `TreeListing` line of the Martlet layer is an input of mkinitramfs.
-    static func isInput(_ line: String) -> Bool {
-        let fields = line.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
-        guard fields.count > 2 else { return true }
-        let path = String(fields[0])
+    /// Whether an entry of the Martlet layer is an input of mkinitramfs.
+    static func isInput(_ entry: TreeListing.Entry) -> Bool {
+        let path = entry.path
         if inputFolders.contains(where: { path == $0 || path.hasPrefix($0 + "/") }) { return true }
-        let executable = fields[1] == "f" && (Int(fields[2], radix: 8) ?? 0) & 0o111 != 0
+        let executable = entry.type == "f" && entry.mode & 0o111 != 0
         let library = path.hasSuffix(".so") || path.contains(".so.")
         // A character device in an upper folder is a whiteout: a base file the overlays removed.
-        return executable || library || fields[1] == "c" || fields[1] == "l" && path.contains("bin/")
+        return executable || library || entry.type == "c" || entry.type == "l" && path.contains("bin/")
     }
 
     private func make(_ image: String, version: String, context: BuildContext) throws {
@@ -89,55 +86,5 @@ struct HostInitramfsStage: BuildStage {
         try context.run(
             "chroot", [root, "/usr/sbin/mkinitramfs", "-o", image, version],
             environment: ["SOURCE_DATE_EPOCH": String(context.epoch), "LC_ALL": "C"])
-    }
-}
-
-/// Every entry of a tree, one line each, sorted: path, type, mode, owner, group, size, device,
-/// link target, SHA-256 of the content and of the extended attributes (but overlayfs's own).
-/// Two trees with the same listing have the same files; used as a cache key and by the
-/// tests that compare the layered image with a single tree.
-struct TreeListing: Equatable {
-    var lines: [String]
-    var text: String { lines.joined(separator: "\n") + "\n" }
-
-    init(_ root: String, excluding excluded: Set<String> = [], contents: Bool = true) throws {
-        var lines: [String] = []
-        guard let walker = FileManager.default.enumerator(atPath: root) else {
-            throw MartletError(.notFound, "cannot read the tree '\(root)'")
-        }
-        while let relative = walker.nextObject() as? String {
-            if excluded.contains(relative) { continue }
-            lines.append(try Self.line(root + "/" + relative, relative, contents: contents))
-        }
-        self.lines = lines.sorted()
-    }
-
-    static func line(_ path: String, _ relative: String, contents: Bool) throws -> String {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { throw MartletError.system("lstat", path: path) }
-        let type: String
-        var detail = ""
-        switch info.st_mode & S_IFMT {
-        case S_IFREG:
-            type = "f"
-            detail = "\(info.st_size)" + (contents ? " " + (try Digest.sha256(file: path)) : "")
-        case S_IFDIR: type = "d"
-        case S_IFLNK:
-            type = "l"
-            detail = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? "?"
-        case S_IFCHR: type = "c"; detail = "\(info.st_rdev)"
-        case S_IFBLK: type = "b"; detail = "\(info.st_rdev)"
-        case S_IFIFO: type = "p"
-        default: type = "s"
-        }
-        var attributes = ""
-        for name in try OverlayAttributes.names(path).sorted()
-        where !name.hasPrefix(OverlayAttributes.prefix) {
-            let size = lgetxattr(path, name, nil, 0)
-            var value = [UInt8](repeating: 0, count: max(size, 0))
-            if size > 0 { _ = lgetxattr(path, name, &value, value.count) }
-            attributes += name + "=" + Digest.sha256(text: value.map { String($0) }.joined(separator: ",")) + ";"
-        }
-        return "\(relative) \(type) \(String(info.st_mode & 0o7777, radix: 8)) \(info.st_uid):\(info.st_gid) \(detail) \(attributes)"
     }
 }

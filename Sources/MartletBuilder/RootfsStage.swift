@@ -33,7 +33,7 @@ struct RootfsStage: BuildStage {
         try FileManager.default.createDirectory(atPath: cacheDir, withIntermediateDirectories: true)
         let tarball = "\(cacheDir)/\(profile.debian.suite)-\(key.prefix(16)).tar"
         context.rootfsTarball = tarball
-        Self.removeAbandonedPartials(in: cacheDir)
+        BuildCache.removeAbandonedPartials(in: cacheDir)
 
         if try BaseLayerStage.isCached(context.options) {
             // The base layer was made from it already; the tarball may even be gone.
@@ -44,18 +44,6 @@ struct RootfsStage: BuildStage {
             reporter.note("using cached root filesystem \(tarball)")
         } else {
             try bootstrap(profile, into: tarball, context: context, reporter: reporter)
-        }
-    }
-
-    /// A build killed mid-bootstrap leaves `NAME.tar.partial-PID`; once PID is gone the
-    /// file is garbage (and large).
-    static func removeAbandonedPartials(in directory: String) {
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
-            guard let range = name.range(of: ".partial-"),
-                let pid = pid_t(name[range.upperBound...]),
-                kill(pid, 0) != 0, errno == ESRCH
-            else { continue }
-            try? FileManager.default.removeItem(atPath: directory + "/" + name)
         }
     }
 

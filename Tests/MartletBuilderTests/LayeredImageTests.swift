@@ -63,10 +63,7 @@ import Testing
         try #require(
             FileManager.default.fileExists(atPath: context.rootfsTarball),
             "the rootfs tarball \(context.rootfsTarball) is gone from the cache (the base layer outlived it); delete /var/cache/martlet/base to rebuild both")
-        try FileManager.default.createDirectory(atPath: context.rootfs, withIntermediateDirectories: true)
-        try context.run("tar", ["-C", context.rootfs, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", context.rootfsTarball])
-        context.kernelVersion = try #require(
-            try FileManager.default.contentsOfDirectory(atPath: context.rootfs + "/lib/modules").sorted().last)
+        context.kernelVersion = try context.unpackRootfs(into: context.rootfs)
         _ = try TrimStage.trimPackages(context.rootfs, kernelVersion: context.kernelVersion, context: context, reporter: reporter)
         try OverlayStage().run(context, reporter)
         try BinariesStage().run(context, reporter)
