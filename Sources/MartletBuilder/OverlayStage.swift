@@ -147,7 +147,24 @@ struct TrimStage: BuildStage {
         for path in glob(root + "/etc/ssh/ssh_host_*") + glob(root + "/boot/initrd.img-*") {
             try FileManager.default.removeItem(atPath: path)
         }
+        try linkInitramfs(root)
         return removed
+    }
+
+    /// The `/initrd.img` links beside `/vmlinuz` that Debian's linux-update-symlinks makes when
+    /// the kernel is installed with an initramfs. mmdebstrap runs with `INITRD=No`
+    /// (`RootfsStage`), so it made none; the image they name is HostInitramfsStage's, and the
+    /// host keeps the layout it would have had.
+    static func linkInitramfs(_ root: String) throws {
+        for suffix in ["", ".old"] {
+            let initrd = root + "/initrd.img" + suffix
+            guard let kernel = try? FileManager.default.destinationOfSymbolicLink(atPath: root + "/vmlinuz" + suffix),
+                kernel.hasPrefix("boot/vmlinuz-"),
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: initrd)) == nil
+            else { continue }
+            let version = kernel.dropFirst("boot/vmlinuz-".count)
+            try FileManager.default.createSymbolicLink(atPath: initrd, withDestinationPath: "boot/initrd.img-\(version)")
+        }
     }
 
     static func removePaths(_ patterns: [String], in root: String) throws -> Int {

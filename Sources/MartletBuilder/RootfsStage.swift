@@ -11,7 +11,7 @@ struct RootfsStage: BuildStage {
     let name = "rootfs"
 
     /// Bumped when the way the rootfs is made changes, so old cache entries are not reused.
-    static let cacheFormat = "2"
+    static let cacheFormat = "3"
 
     static func cacheKey(_ profile: Profile) -> String {
         let debian = profile.debian
@@ -70,9 +70,12 @@ struct RootfsStage: BuildStage {
         reporter.note("mmdebstrap \(debian.suite) from \(debian.mirror) (\(debian.packages.count + 1) packages)")
         let stderrLines = LineLog()
         do {
+            // INITRD=No: the kernel's postinst makes no initramfs. One made here would be for
+            // the build machine, and the base layer would throw it away (HostInitramfsStage
+            // makes the host's); skipping it saves about 35 s of the bootstrap.
             try Command(
                 "mmdebstrap", arguments,
-                environment: ["SOURCE_DATE_EPOCH": String(context.epoch)]
+                environment: ["SOURCE_DATE_EPOCH": String(context.epoch), "INITRD": "No"]
             ).stream(logger: context.logger) { line, _ in
                 stderrLines.append(line)
                 if line.hasPrefix("I: ") { reporter.update(message: String(line.dropFirst(3))) }

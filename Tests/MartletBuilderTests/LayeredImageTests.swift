@@ -95,6 +95,9 @@ import Testing
         let result = try TestBuilds.first.get()
         let layers = try MergedLayers(iso: result.iso)
         let merged = try Self.listing(layers.merged, scratch: layers.scratch, name: "merged")
+        // mmdebstrap made no initramfs (INITRD=No); Debian's /initrd.img link names the host's.
+        let link = try FileManager.default.destinationOfSymbolicLink(atPath: layers.merged + "/initrd.img")
+        #expect(link.hasPrefix("boot/initrd.img-") && fileSize(layers.merged + "/" + link) > 1_000_000, "\(link)")
 
         // The single tree as the ISO carried it: one squashfs, which pins every time and keeps
         // the extended attributes squashfs can hold.

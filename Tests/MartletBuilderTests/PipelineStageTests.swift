@@ -88,6 +88,24 @@ private func mode(_ path: String) -> mode_t {
         }
         #expect(error?.message.contains("'/etc/nope' does not exist") == true)
     }
+
+    @Test("the /initrd.img links name the image of the kernel /vmlinuz names, and an existing link stays")
+    func initramfsLinksFollowTheKernelLinks() throws {
+        let build = try ScratchBuild(profile: try profile(overlays: [], live: [], files: []))
+        let root = build.context.rootfs
+        let files = FileManager.default
+        try files.createSymbolicLink(atPath: root + "/vmlinuz", withDestinationPath: "boot/vmlinuz-6.1.0-9-amd64")
+        try files.createSymbolicLink(atPath: root + "/vmlinuz.old", withDestinationPath: "boot/vmlinuz-6.1.0-8-amd64")
+        try files.createSymbolicLink(atPath: root + "/initrd.img.old", withDestinationPath: "boot/mine")
+        try TrimStage.linkInitramfs(root)
+        #expect(try files.destinationOfSymbolicLink(atPath: root + "/initrd.img") == "boot/initrd.img-6.1.0-9-amd64")
+        #expect(try files.destinationOfSymbolicLink(atPath: root + "/initrd.img.old") == "boot/mine")
+
+        // No kernel link (a layout without them): nothing is made.
+        let bare = try ScratchBuild(profile: try profile(overlays: [], live: [], files: []))
+        try TrimStage.linkInitramfs(bare.context.rootfs)
+        #expect(try files.contentsOfDirectory(atPath: bare.context.rootfs).isEmpty)
+    }
 }
 
 @Suite struct InitramfsTests {
