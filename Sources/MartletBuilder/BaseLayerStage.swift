@@ -68,10 +68,37 @@ struct BaseLayerStage: BuildStage {
         context.kernelVersion = try context.kernelVersion(in: context.rootfs)
     }
 
+    /// Room on the tree's tmpfs beyond the tarball's size (each small file takes a page).
+    static let scratchMargin: UInt64 = 256 << 20
+    /// Memory the build leaves to the rest of the machine (mksquashfs's buffers among it).
+    static let memoryLeftOver: UInt64 = 2 << 30
+
+    /// MemAvailable of /proc/meminfo in bytes; 0 when it cannot be read.
+    static func availableMemory(_ meminfo: String? = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8)) -> UInt64 {
+        for line in (meminfo ?? "").split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let fields = line.split(separator: " ")
+            if fields.count >= 2, let kib = UInt64(fields[1]) { return kib << 10 }
+        }
+        return 0
+    }
+
     /// Unpacks the rootfs, trims it and packs it as `image`.
     private func pack(into image: String, context: BuildContext, reporter: StageReporter) throws {
         let tree = context.work + "/base-tree"
-        defer { try? FileManager.default.removeItem(atPath: tree) }
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        // The tree lives only until it is packed. In memory, unpacking it takes 1 s where the
+        // build machine's ext4 took 15 s (measured on a 740-MB rootfs: the kernel's time to
+        // create 17 000 files there); on a machine short of memory it goes to disk as before.
+        let size = fileSize(context.rootfsTarball) + Self.scratchMargin
+        if Self.availableMemory() >= size + Self.memoryLeftOver {
+            try context.mount(["-t", "tmpfs", "-o", "mode=0755,size=\(size)", "tmpfs", tree])
+        } else {
+            reporter.note("less than \(ByteSize(size + Self.memoryLeftOver)) of memory available: unpacking on disk")
+        }
+        defer {
+            try? context.unmountIfMounted(tree)
+            try? FileManager.default.removeItem(atPath: tree)
+        }
         reporter.note("unpacking \(context.rootfsTarball)")
         let version = try context.unpackRootfs(into: tree)
         let removed = try TrimStage.trimPackages(tree, kernelVersion: version, context: context, reporter: reporter)

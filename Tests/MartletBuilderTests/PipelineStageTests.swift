@@ -108,6 +108,16 @@ private func mode(_ path: String) -> mode_t {
     }
 }
 
+@Suite struct BaseTreeScratchTests {
+    @Test("the base tree's tmpfs is sized by MemAvailable, and an unreadable meminfo means disk")
+    func availableMemoryReadsMemAvailable() {
+        let meminfo = "MemTotal:       24576000 kB\nMemFree:         1000 kB\nMemAvailable:    2097152 kB\n"
+        #expect(BaseLayerStage.availableMemory(meminfo) == 2 << 30)
+        #expect(BaseLayerStage.availableMemory("MemTotal: 5 kB\n") == 0)
+        #expect(BaseLayerStage.availableMemory(nil) == 0)
+    }
+}
+
 @Suite struct InitramfsTests {
     @Test func moduleClosureFollowsModulesDep() throws {
         let graph = try ModuleDependencies(
