@@ -90,13 +90,14 @@ struct BaseLayerStage: BuildStage {
         // build machine's ext4 took 15 s (measured on a 740-MB rootfs: the kernel's time to
         // create 17 000 files there); on a machine short of memory it goes to disk as before.
         let size = fileSize(context.rootfsTarball) + Self.scratchMargin
-        if Self.availableMemory() >= size + Self.memoryLeftOver {
+        let inMemory = Self.availableMemory() >= size + Self.memoryLeftOver
+        if inMemory {
             try context.mount(["-t", "tmpfs", "-o", "mode=0755,size=\(size)", "tmpfs", tree])
         } else {
             reporter.note("less than \(ByteSize(size + Self.memoryLeftOver)) of memory available: unpacking on disk")
         }
         defer {
-            try? context.unmountIfMounted(tree)
+            if inMemory { try? context.unmount(tree) }
             try? FileManager.default.removeItem(atPath: tree)
         }
         reporter.note("unpacking \(context.rootfsTarball)")

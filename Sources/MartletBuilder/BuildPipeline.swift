@@ -173,11 +173,6 @@ final class BuildContext {
         mounts.removeAll { $0 == point }
     }
 
-    /// `unmount(point)` when this build mounted something there and has not unmounted it.
-    func unmountIfMounted(_ point: String) throws {
-        if mounts.contains(point) { try unmount(point) }
-    }
-
     deinit {
         for point in mounts.reversed() {
             // A lazy unmount as the fallback still detaches the tree, so the removal below

@@ -121,8 +121,8 @@ struct TrimStage: BuildStage {
     }
 
     /// Trims the unpacked Debian root at `root`: paths, kernel module trees (then depmod),
-    /// per-machine identity and mmdebstrap's initramfs, which was made for the build machine
-    /// and with the build's clock (`HostInitramfsStage` makes the host's own).
+    /// per-machine identity, and any initramfs a package made despite `INITRD=No` (it would be
+    /// the build machine's; `HostInitramfsStage` makes the host's own).
     static func trimPackages(
         _ root: String, kernelVersion: String, context: BuildContext, reporter: StageReporter
     ) throws -> Int {
