@@ -63,7 +63,7 @@ final class VhostNet {
         let fd = file.raw
         // The ring and header layout the driver chose must be one the kernel serves; the
         // offload bits are the tap's business, not vhost's.
-        let layout = driverFeatures & (VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex)
+        let layout = driverFeatures & (VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex | VirtQueue.featureIndirect | VirtioNet.featureMergeableBuffers)
         guard layout & ~features == 0 else {
             throw VMMError(.io, "'\(path)' lacks the features 0x\(String(layout & ~features, radix: 16)) the driver accepted")
         }

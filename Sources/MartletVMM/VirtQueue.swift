@@ -25,6 +25,11 @@ public final class VirtQueue {
     static let availableNoInterrupt: UInt16 = 1
     /// The feature bit VIRTIO_RING_F_EVENT_IDX.
     static let featureEventIndex: UInt64 = 1 << 29
+    /// The feature bit VIRTIO_RING_F_INDIRECT_DESC.
+    static let featureIndirect: UInt64 = 1 << 28
+    /// Entries of one indirect table at most: Linux's largest (a block request of 256
+    /// segments and its header and status, a network frame's pages) stay far below it.
+    static let maxIndirectEntries: UInt64 = 1024
 
     public let maxSize: UInt16
     public var size: UInt16
@@ -38,6 +43,10 @@ public final class VirtQueue {
     /// interrupt (used_event, after the available ring) and the device after which available
     /// entry it wants a notification (avail_event, after the used ring), instead of the flags.
     public var eventIndex = false
+    /// VIRTIO_RING_F_INDIRECT_DESC negotiated: a chain's head may point at a table of
+    /// descriptors in guest RAM instead of the ring's own, so a request of many buffers takes
+    /// one entry of the ring (Linux uses it for every chain of more than one buffer).
+    public var indirect = false
     /// The used index the driver was last shown (by `publishUsed`).
     private var signalledUsed: UInt16 = 0
     /// Chains returned through the used ring since the queue was made; a reset keeps it (a
@@ -58,6 +67,7 @@ public final class VirtQueue {
         nextAvailable = 0
         nextUsed = 0
         eventIndex = false
+        indirect = false
         signalledUsed = 0
     }
 
@@ -94,22 +104,43 @@ public final class VirtQueue {
         let head: UInt16 = try memory.read(at: availableRing + 4 + 2 * UInt64(nextAvailable % size))
         nextAvailable &+= 1
         var buffers: [DescriptorBuffer] = []
+        // The table the chain is walked in: the ring's, or an indirect one its head names.
+        var table = descriptorTable
+        var entries = UInt64(size)
+        var inIndirect = false
         var index = head
         var total: UInt64 = 0
         while true {
-            guard index < size else {
-                throw VMMError(.device, "descriptor index \(index) is outside the queue of \(size)")
+            guard UInt64(index) < entries else {
+                throw VMMError(.device, "descriptor index \(index) is outside the \(inIndirect ? "indirect table" : "queue") of \(entries)")
             }
-            guard buffers.count < Int(size) else {
-                throw VMMError(.device, "descriptor chain from \(head) is longer than the queue (a loop)")
+            guard buffers.count < Int(entries) else {
+                throw VMMError(.device, "descriptor chain from \(head) is longer than its table (a loop)")
             }
-            let descriptor = descriptorTable + 16 * UInt64(index)
+            let descriptor = table + 16 * UInt64(index)
             let address: UInt64 = try memory.read(at: descriptor)
             let length: UInt32 = try memory.read(at: descriptor + 8)
             let flags: UInt16 = try memory.read(at: descriptor + 12)
             let next: UInt16 = try memory.read(at: descriptor + 14)
-            guard flags & VirtQueue.descriptorIndirect == 0 else {
-                throw VMMError(.device, "descriptor \(index) is indirect, a feature not offered")
+            if flags & VirtQueue.descriptorIndirect != 0 {
+                // Only as the whole chain in the ring (what the spec lets a driver send and
+                // what every driver does): never inside a table, never with NEXT.
+                guard indirect else {
+                    throw VMMError(.device, "descriptor \(index) is indirect, a feature not negotiated")
+                }
+                guard !inIndirect, buffers.isEmpty, flags & VirtQueue.descriptorNext == 0 else {
+                    throw VMMError(.device, "indirect descriptor \(index) is inside a table or chained (NEXT); only a chain's only descriptor may be indirect")
+                }
+                guard length > 0, length % 16 == 0, UInt64(length) / 16 <= VirtQueue.maxIndirectEntries,
+                    memory.contains(address, length: UInt64(length))
+                else {
+                    throw VMMError(.device, "indirect table of descriptor \(index) (0x\(String(address, radix: 16))+\(length)) is not 1...\(VirtQueue.maxIndirectEntries) descriptors inside guest RAM")
+                }
+                table = address
+                entries = UInt64(length) / 16
+                inIndirect = true
+                index = 0
+                continue
             }
             guard memory.contains(address, length: UInt64(length)) else {
                 throw VMMError(.device, "descriptor \(index) points outside guest RAM (0x\(String(address, radix: 16))+\(length))")
@@ -127,6 +158,13 @@ public final class VirtQueue {
             index = next
         }
         return DescriptorChain(head: head, buffers: buffers)
+    }
+
+    /// Gives back the last `count` chains popped and not pushed: the next pops return them
+    /// again. For a receive that found too few buffers for a whole frame and waits for more.
+    public func rewind(_ count: Int) {
+        precondition(count >= 0 && count <= Int(size), "rewinding \(count) chains of a queue of \(size)")
+        nextAvailable &-= UInt16(count)
     }
 
     /// Returns a chain to the driver through the used ring with `length` bytes written; the

@@ -114,7 +114,7 @@ final class VirtioMMIOTransport: MMIODevice {
         return device.counters.report(kind: device.kind, requests: requests, engine: engine)
     }
 
-    var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex }
+    var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex | VirtQueue.featureIndirect }
 
     private var selectedQueue: VirtQueue? {
         Int(queueSelect) < queues.count ? queues[Int(queueSelect)] : nil
@@ -166,6 +166,7 @@ final class VirtioMMIOTransport: MMIODevice {
                     do {
                         try queue.validate(memory)
                         queue.eventIndex = driverFeatures & VirtQueue.featureEventIndex != 0
+                        queue.indirect = driverFeatures & VirtQueue.featureIndirect != 0
                         queue.ready = true
                     } catch let error as VMMError {
                         fail(error)

@@ -15,6 +15,10 @@ import Synchronization
 /// for the device's life, with one line on stderr saying why.
 public final class VirtioNet: VirtioDevice {
     static let featureMAC: UInt64 = 1 << 5
+    /// VIRTIO_NET_F_MRG_RXBUF: a received frame may span several of the driver's buffers, so
+    /// Linux posts page-sized buffers instead of chains of 17 pages for every frame (which
+    /// fill a 256-entry ring with 15 frames): the host-to-guest rate depends on it.
+    static let featureMergeableBuffers: UInt64 = 1 << 15
     /// VIRTIO_NET_F_CSUM, GUEST_CSUM, GUEST_TSO4, GUEST_TSO6, HOST_TSO4, HOST_TSO6: the header
     /// carries them and the tap does the work, so they cost nothing on either engine. Offered
     /// only when the tap takes TUNSETOFFLOAD.
@@ -41,6 +45,8 @@ public final class VirtioNet: VirtioDevice {
     private var vhost: (engine: VhostNet, kicks: [Int32], call: Int32, engineChanged: () -> Void)?
     private var pendingVhost: VhostNet?
     private let kernelServing = Atomic<Bool>(false)
+    /// The driver accepted MRG_RXBUF (the userspace engine's receive needs to know).
+    private let mergeable = Atomic<Bool>(false)
 
     /// Opens the tap `tap`; `vhost` is the kernel engine, if it opened, which serves the
     /// device once `attachKernelEngine` gave it the queues' eventfds.
@@ -55,7 +61,7 @@ public final class VirtioNet: VirtioDevice {
         // A tap that cannot hand over partial checksums and TSO frames gets no offloads offered.
         let offloads = VirtioNet.setTapOffloads(fd, guestFeatures: VirtioNet.featureOffloads)
         _ = VirtioNet.setTapOffloads(fd, guestFeatures: 0)
-        features = VirtioNet.featureMAC | (offloads ? VirtioNet.featureOffloads : 0)
+        features = VirtioNet.featureMAC | VirtioNet.featureMergeableBuffers | (offloads ? VirtioNet.featureOffloads : 0)
         pendingVhost = vhost
         guard pipe(&wake) == 0 else {
             close(fd)
@@ -101,6 +107,7 @@ public final class VirtioNet: VirtioDevice {
 
     func driverReady(features driverFeatures: UInt64, queues: [VirtQueue], memory: GuestMemory) {
         _ = VirtioNet.setTapOffloads(fd, guestFeatures: driverFeatures)
+        mergeable.store(driverFeatures & VirtioNet.featureMergeableBuffers != 0, ordering: .releasing)
         guard let vhost else { return }
         do {
             try vhost.engine.start(features: driverFeatures, queues: queues, memory: memory, kicks: vhost.kicks, call: vhost.call, tap: fd)
@@ -113,6 +120,7 @@ public final class VirtioNet: VirtioDevice {
     }
 
     func reset() {
+        mergeable.store(false, ordering: .releasing)
         guard let vhost, servedInKernel else { return }
         vhost.engine.stop(queueCount: queueSizes.count)
         kernelServing.store(false, ordering: .releasing)
@@ -174,24 +182,66 @@ public final class VirtioNet: VirtioDevice {
         return used
     }
 
-    /// Copies one received frame (its virtio-net header first) into the next chain the guest
-    /// made available on the receive queue, cut to the chain's size; returns the bytes
-    /// delivered, or nil when there is no chain. A chain with a device-readable buffer throws.
+    /// Copies one received frame (its virtio-net header first) into the chains the guest made
+    /// available on the receive queue; returns the bytes delivered, or nil when there are not
+    /// chains enough yet (none are used then). Without MRG_RXBUF the frame goes into one chain,
+    /// cut to its size; with it (`mergeable`) into as many as it takes, their count in the
+    /// header's num_buffers, and a frame larger than the whole ring is dropped (0). A chain
+    /// with a device-readable buffer, or a first chain shorter than the header, throws.
     /// Public for the fuzz target.
-    public static func receive(_ frame: ArraySlice<UInt8>, into queue: VirtQueue, memory: GuestMemory) throws -> Int? {
-        guard let chain = try queue.pop(memory) else { return nil }
-        guard chain.buffers.allSatisfy(\.writable) else {
-            throw VMMError(.device, "virtio-net receive chain \(chain.head) has a device-readable buffer")
+    public static func receive(_ frame: ArraySlice<UInt8>, into queue: VirtQueue, memory: GuestMemory, mergeable: Bool = false) throws -> Int? {
+        var chains: [DescriptorChain] = []
+        var room = 0
+        repeat {
+            guard let chain = try queue.pop(memory) else {
+                queue.rewind(chains.count)
+                return nil
+            }
+            guard chain.buffers.allSatisfy(\.writable) else {
+                throw VMMError(.device, "virtio-net receive chain \(chain.head) has a device-readable buffer")
+            }
+            room += chain.buffers.reduce(0) { $0 + Int($1.length) }
+            chains.append(chain)
+            if mergeable && chains.count == 1 && room < headerSize {
+                throw VMMError(.device, "virtio-net receive chain \(chain.head) is \(room) bytes, shorter than the \(headerSize)-byte header")
+            }
+        } while mergeable && room < frame.count && chains.count < Int(queue.size)
+        if mergeable && room < frame.count {
+            // The whole ring cannot hold it: waiting would wait forever.
+            queue.rewind(chains.count)
+            return 0
         }
-        var offset = frame.startIndex
-        for buffer in chain.buffers where offset < frame.endIndex {
-            let count = min(Int(buffer.length), frame.endIndex - offset)
-            try memory.write(frame[offset..<offset + count], at: buffer.address)
-            offset += count
+        // num_buffers: the chains this frame takes (1 without MRG_RXBUF, as the spec asks).
+        var header = Array(frame.prefix(headerSize))
+        if header.count == headerSize {
+            header[10] = UInt8(chains.count & 0xFF)
+            header[11] = UInt8(chains.count >> 8)
         }
-        let delivered = offset - frame.startIndex
-        try queue.push(memory, head: chain.head, length: UInt32(delivered))
-        return delivered
+        var written = [Int](repeating: 0, count: chains.count)
+        var chainIndex = 0, bufferIndex = 0, bufferOffset = 0
+        func put(_ bytes: ArraySlice<UInt8>) throws {
+            var rest = bytes
+            while !rest.isEmpty && chainIndex < chains.count {
+                let buffers = chains[chainIndex].buffers
+                guard bufferIndex < buffers.count else {
+                    (chainIndex, bufferIndex, bufferOffset) = (chainIndex + 1, 0, 0)
+                    continue
+                }
+                let buffer = buffers[bufferIndex]
+                let count = min(Int(buffer.length) - bufferOffset, rest.count)
+                try memory.write(rest.prefix(count), at: buffer.address + UInt64(bufferOffset))
+                rest = rest.dropFirst(count)
+                written[chainIndex] += count
+                bufferOffset += count
+                if bufferOffset == Int(buffer.length) { (bufferIndex, bufferOffset) = (bufferIndex + 1, 0) }
+            }
+        }
+        try put(header[...])
+        try put(frame.dropFirst(header.count))
+        for (chain, length) in zip(chains, written) {
+            try queue.push(memory, head: chain.head, length: UInt32(length))
+        }
+        return written.reduce(0, +)
     }
 
     private func startReceiving() {
@@ -236,7 +286,8 @@ public final class VirtioNet: VirtioDevice {
             }
             let length = pending
             let delivered = deliver? { queue, memory in
-                guard let delivered = try Self.receive(frame[0..<length], into: queue, memory: memory) else { return false }
+                let mergeable = mergeable.load(ordering: .acquiring)
+                guard let delivered = try Self.receive(frame[0..<length], into: queue, memory: memory, mergeable: mergeable) else { return false }
                 counters.bytes.add(delivered, ordering: .relaxed)
                 return true
             }

@@ -70,8 +70,9 @@ enum FwCfgInput {
 }
 
 /// Lays fuzz bytes out as a guest would: a small header sets the queue (size and ring
-/// addresses, possibly bogus), the rest is guest RAM from address 0; nil when the queue is one
-/// a driver could not make ready (the transport refuses it before any device sees it).
+/// addresses, possibly bogus; bit 4 of its flags byte negotiates indirect descriptors), the
+/// rest is guest RAM from address 0; nil when the queue is one a driver could not make ready
+/// (the transport refuses it before any device sees it).
 enum GuestRing {
     static let headerSize = 8
 
@@ -89,6 +90,7 @@ enum GuestRing {
         ram.copyBytes(from: bytes.dropFirst(headerSize).prefix(ram.count))
         guard (try? queue.validate(memory)) != nil else { return nil }
         queue.ready = true
+        queue.indirect = bytes[6] & 0x10 != 0
         return (memory, queue)
     }
 }
@@ -144,7 +146,8 @@ enum BlockInput {
 
 /// virtio-net's transmit side takes every frame on the ring the bytes lay out (`GuestRing`);
 /// then, with bit 2 of the header's flags byte, the same ring serves as the receive queue for
-/// a frame cut from the input's end (its last byte says how long), chain after chain.
+/// a frame cut from the input's end (its last byte says how long), chain after chain, spread
+/// over several chains with bit 5 (MRG_RXBUF).
 enum NetInput {
     static func run(_ bytes: [UInt8]) {
         guard let (memory, queue) = GuestRing.layout(bytes) else { return }
@@ -154,7 +157,7 @@ enum NetInput {
         }
         let frame = bytes.suffix(Int(bytes.last ?? 0) * 64)
         for _ in 0..<Int(queue.size) + 1 {
-            guard (try? VirtioNet.receive(frame, into: queue, memory: memory)) != nil else { return }
+            guard (try? VirtioNet.receive(frame, into: queue, memory: memory, mergeable: bytes[6] & 0x20 != 0)) != nil else { return }
         }
     }
 }
