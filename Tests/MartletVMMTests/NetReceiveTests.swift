@@ -16,7 +16,7 @@ struct NetReceiveTests {
         var availableIndex: UInt16 = 0
 
         init(size: UInt16) throws {
-            memory = try GuestMemory(size: 1 << 20)
+            memory = try GuestMemory(size: 2 << 20)
             queue = VirtQueue(maxSize: 256)
             queue.size = size
             queue.descriptorTable = NetReceiveTests.descriptors
