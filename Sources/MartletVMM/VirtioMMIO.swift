@@ -25,6 +25,9 @@ protocol VirtioDevice: AnyObject {
     /// Whether a kernel engine serves the queues now: it interrupts the guest through the
     /// irqfd itself, so the transport cannot set InterruptStatus before each interrupt.
     var servedInKernel: Bool { get }
+    /// Whether a kernel engine waits on `queue`'s notifications now (a device may leave one,
+    /// such as virtio-net's control queue, to userspace).
+    func servedInKernel(queue: Int) -> Bool
     /// Which engine moves the data, for devices that have a choice ("vhost-net", "userspace").
     var engine: String? { get }
 }
@@ -34,6 +37,7 @@ extension VirtioDevice {
     func driverReady(features: UInt64, queues: [VirtQueue], memory: GuestMemory) {}
     func reset() {}
     var servedInKernel: Bool { false }
+    func servedInKernel(queue: Int) -> Bool { servedInKernel }
     var engine: String? { nil }
 }
 
@@ -71,7 +75,7 @@ final class VirtioMMIOTransport: MMIODevice {
         self.interrupt = interrupt
         self.queues = device.queueSizes.map { VirtQueue(maxSize: $0) }
         if let net = device as? VirtioNet {
-            net.deliver = { [unowned self] body in deliver(queue: 0, body) }
+            net.deliver = { [unowned self] queue, body in deliver(queue: queue, body) }
         }
     }
 
