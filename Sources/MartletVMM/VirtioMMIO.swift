@@ -30,6 +30,8 @@ protocol VirtioDevice: AnyObject {
     func servedInKernel(queue: Int) -> Bool
     /// Which engine moves the data, for devices that have a choice ("vhost-net", "userspace").
     var engine: String? { get }
+    /// The queue pairs the driver uses, for a NIC (for `info`).
+    var queuePairs: Int? { get }
 }
 
 extension VirtioDevice {
@@ -39,6 +41,7 @@ extension VirtioDevice {
     var servedInKernel: Bool { false }
     func servedInKernel(queue: Int) -> Bool { servedInKernel }
     var engine: String? { nil }
+    var queuePairs: Int? { nil }
 }
 
 /// The virtio-mmio transport, version 2 ("modern"), one device per 4 KiB window.
@@ -114,8 +117,8 @@ final class VirtioMMIOTransport: MMIODevice {
     /// The device's counters for `info`.
     var report: ControlReply.Device {
         // The engine changes under the lock (a DRIVER_OK write whose vhost-net set-up failed).
-        let (requests, engine) = lock.withLock { (queues.reduce(0) { $0 + $1.completed }, device.engine) }
-        return device.counters.report(kind: device.kind, requests: requests, engine: engine)
+        let (requests, engine, pairs) = lock.withLock { (queues.reduce(0) { $0 + $1.completed }, device.engine, device.queuePairs) }
+        return device.counters.report(kind: device.kind, requests: requests, engine: engine, queuePairs: pairs)
     }
 
     var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex | VirtQueue.featureIndirect }

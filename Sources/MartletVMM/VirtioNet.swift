@@ -155,6 +155,8 @@ public final class VirtioNet: VirtioDevice {
     /// "vhost-net" when the kernel moves the frames, else "userspace" (for `info`).
     var engine: String? { vhost == nil ? "userspace" : "vhost-net" }
 
+    var queuePairs: Int? { activePairs }
+
     /// Whether the kernel serves the data queues now: their eventfds are its to wait on, and
     /// it interrupts the guest without the transport knowing.
     var servedInKernel: Bool { kernelQueues.load(ordering: .acquiring) > 0 }

@@ -266,6 +266,7 @@ struct NetMultiQueueTests {
         #expect(transport.read(offset: 0x100, size: 4) == 0xAA00_5452, "mac")
         #expect(transport.read(offset: 0x100 + 6, size: 2) == 0, "status (not offered)")
         #expect(!transport.needsReset)
+        #expect(transport.report.queuePairs == 1)
 
         // Until the driver asks for two pairs, the second pair's tap queue is detached: the
         // tap steers no frame to a receive queue the driver does not fill.
@@ -285,6 +286,7 @@ struct NetMultiQueueTests {
         transport.notify(queue: 4)
         #expect(try memory.read(UInt8.self, at: 0x21_1000) == VirtioNet.controlOK)
         #expect(device.activePairs == 2)
+        #expect(transport.report.queuePairs == 2, "info shows the pairs in use")
         #expect(try namespace.attachedTapQueues() == 2)
 
         let before = try namespace.tapReceivedPackets()
