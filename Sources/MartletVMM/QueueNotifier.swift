@@ -63,12 +63,21 @@ final class QueueNotifier: @unchecked Sendable {
     /// the machine is paused) returns false.
     func run(mayContinue: () -> Bool) {
         let all = ([wakeEvent] + queueEvents).map { pollfd(fd: $0.raw, events: Int16(POLLIN), revents: 0) }
+        let device = transport.device
+        // The wake event first, then the queues this thread serves (slots into `all`).
+        var watched = Array(all.indices)
+        var fds = all
         while true {
-            // While a kernel engine (vhost-net) serves queues, their eventfds are its; the
-            // wake event comes first, then the queues this thread still serves.
-            let device = transport.device
-            let watched = device.servedInKernel ? [0] + queueEvents.indices.filter { !device.servedInKernel(queue: $0) }.map { $0 + 1 } : Array(all.indices)
-            var fds = watched.map { all[$0] }
+            // While a kernel engine (vhost-net) serves queues, their eventfds are its; a
+            // device may keep one (virtio-net's control queue) for this thread.
+            if device.servedInKernel {
+                watched = [0] + queueEvents.indices.filter { !device.servedInKernel(queue: $0) }.map { $0 + 1 }
+                fds = watched.map { all[$0] }
+            } else if fds.count != all.count {
+                watched = Array(all.indices)
+                fds = all
+            }
+            for index in fds.indices { fds[index].revents = 0 }
             if poll(&fds, nfds_t(fds.count), -1) < 0 {
                 if errno == EINTR { continue }
                 return
