@@ -43,6 +43,7 @@ const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
 const unsigned long CKVM_TUNSETIFF = TUNSETIFF;
 const unsigned long CKVM_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
 const unsigned long CKVM_TUNSETOFFLOAD = TUNSETOFFLOAD;
+const unsigned long CKVM_TUNSETQUEUE = TUNSETQUEUE;
 const unsigned int CKVM_TUN_F_CSUM = TUN_F_CSUM;
 const unsigned int CKVM_TUN_F_TSO4 = TUN_F_TSO4;
 const unsigned int CKVM_TUN_F_TSO6 = TUN_F_TSO6;
@@ -170,19 +171,26 @@ long ckvm_setup_lapic_lint(int vcpu_fd) {
     return ckvm_ioctl(vcpu_fd, KVM_SET_LAPIC, (unsigned long)&lapic);
 }
 
-int ckvm_open_tap(const char *name, int vnet_header_size) {
+int ckvm_open_tap(const char *name, int vnet_header_size, int multi_queue) {
     int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return -errno;
     struct ifreq request;
     memset(&request, 0, sizeof(request));
     strncpy(request.ifr_name, name, IFNAMSIZ - 1);
-    request.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    request.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (multi_queue ? IFF_MULTI_QUEUE : 0);
     if (ioctl(fd, TUNSETIFF, &request) < 0 || ioctl(fd, TUNSETVNETHDRSZ, &vnet_header_size) < 0) {
         int error = errno;
         close(fd);
         return -error;
     }
     return fd;
+}
+
+long ckvm_tap_set_queue(int fd, int attach) {
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    request.ifr_flags = attach ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE;
+    return ioctl(fd, TUNSETQUEUE, &request) < 0 ? -errno : 0;
 }
 
 long ckvm_release_range(int fd, int is_block_device, int zeroes, uint64_t offset, uint64_t length) {

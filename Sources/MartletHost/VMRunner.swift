@@ -334,6 +334,8 @@ public final class VMRunner: Sendable {
                 }
                 _ = try? Command("ip", ["link", "delete", tap]).runAllowingFailure()
                 var arguments = ["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"]
+                // One tap queue per virtio-net queue pair; the VMM opens each.
+                if (nic.queues ?? 1) > 1 { arguments.append("multi_queue") }
                 if let user { arguments += ["user", "\(user.uid)", "group", "\(user.gid)"] }
                 try Command("ip", arguments).run()
                 created.append(tap)

@@ -213,7 +213,7 @@ extension VMHost {
         }
         // The runner creates these taps on the NICs' bridges before it starts the VMM.
         config.nics = definition.nics.enumerated().map { index, nic in
-            VMConfig.NIC(tap: VMDefinition.tapName(vm: definition.name, index: index), mac: nic.mac)
+            VMConfig.NIC(tap: VMDefinition.tapName(vm: definition.name, index: index), mac: nic.mac, queues: nic.queues)
         }
         return config
     }

@@ -50,6 +50,7 @@ public enum APIBody {
         public struct NICRequest: Codable, Sendable {
             public var bridge: String?
             public var mac: String?
+            public var queues: Int?
         }
 
         /// The definition of VM `name`, with the TOML file's defaults, validated.
@@ -82,7 +83,8 @@ public enum APIBody {
                 nics: (nics ?? []).enumerated().map { index, nic in
                     .init(
                         bridge: nic.bridge ?? "br0",
-                        mac: nic.mac?.lowercased() ?? VMDefinition.generatedMAC(vm: name, index: index))
+                        mac: nic.mac?.lowercased() ?? VMDefinition.generatedMAC(vm: name, index: index),
+                        queues: nic.queues)
                 },
                 autostart: autostart ?? false, onCrash: policy, cloudInit: cloudInit, jail: jail ?? true)
             try definition.validate()

@@ -123,9 +123,13 @@ public struct VMDefinition: Codable, Equatable, Sendable {
     public struct NIC: Codable, Equatable, Sendable {
         public var bridge: String
         public var mac: String
-        public init(bridge: String = "br0", mac: String) {
+        /// virtio-net queue pairs (the VMM's `queues`); nil: one. More than one makes the tap
+        /// a multi-queue one.
+        public var queues: Int?
+        public init(bridge: String = "br0", mac: String, queues: Int? = nil) {
             self.bridge = bridge
             self.mac = mac
+            self.queues = queues
         }
     }
 
@@ -274,7 +278,7 @@ extension VMDefinition {
             let bridge = try section.string("bridge") ?? "br0"
             let mac =
                 try section.string("mac")?.lowercased() ?? Self.generatedMAC(vm: name, index: index)
-            nics.append(NIC(bridge: bridge, mac: mac))
+            nics.append(NIC(bridge: bridge, mac: mac, queues: try section.int("queues")))
             try section.finish()
         }
         let cloudInitSection = try root.section("cloud-init")
@@ -392,6 +396,11 @@ extension VMDefinition {
                     table: .nic(index), key: "mac", message: "'\(nic.mac)' is not a unicast MAC address",
                     hint: "write six hex bytes like \"02:4d:4c:12:34:56\", or leave it out to generate one")
             }
+            if let queues = nic.queues, !(1...VMConfig.NIC.maxQueues).contains(queues) {
+                return Violation(
+                    table: .nic(index), key: "queues", message: "\(queues) queue pairs is out of range",
+                    hint: "use 1 to \(VMConfig.NIC.maxQueues), or leave it out for one")
+            }
             if nics[..<index].contains(where: { $0.mac == nic.mac }) {
                 return Violation(
                     table: .nic(index), key: "mac", message: "'\(nic.mac)' is used by another NIC of this VM")
@@ -486,6 +495,7 @@ private struct FileLayout: Encodable {
 
     struct NIC: Encodable {
         var bridge, mac: String
+        var queues: Int?
     }
 
     var vcpus: Int
@@ -526,7 +536,7 @@ private struct FileLayout: Encodable {
             }
         nic =
             definition.nics.isEmpty
-            ? nil : definition.nics.map { NIC(bridge: $0.bridge, mac: $0.mac) }
+            ? nil : definition.nics.map { NIC(bridge: $0.bridge, mac: $0.mac, queues: $0.queues) }
         cloudInit = definition.cloudInit.map(CloudInitTable.init)
     }
 }

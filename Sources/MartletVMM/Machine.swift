@@ -164,14 +164,15 @@ public final class Machine: @unchecked Sendable {
         var devices: [VirtioDevice] = disks
         for (index, nic) in config.nics.enumerated() {
             let mac = nic.mac.flatMap(VMConfig.NIC.parseMAC) ?? VirtioNet.defaultMAC(for: nic.tap)
-            let vhost: VhostNet?
+            // One vhost-net device per queue pair (it serves one rx and one tx ring); all or none.
+            var vhost: [VhostNet] = []
             do {
-                vhost = try VhostNet(path: Machine.vhostNetPath, memory: memory)
+                for _ in 0..<nic.queuePairs { vhost.append(try VhostNet(path: Machine.vhostNetPath, memory: memory)) }
             } catch {
                 Machine.reportOnce(&Machine.vhostNetUnavailable, "martlet-vmm: \(error); virtio-net runs in userspace\n")
-                vhost = nil
+                vhost = []
             }
-            devices.append(try field("nics[\(index)]") { try VirtioNet(tap: nic.tap, mac: mac, vhost: vhost) })
+            devices.append(try field("nics[\(index)]") { try VirtioNet(tap: nic.tap, mac: mac, pairs: nic.queuePairs, vhost: vhost) })
         }
         if config.rng { devices.append(try VirtioRNG()) }
         var irqFDs: [Int32?] = []

@@ -62,19 +62,30 @@ final class QueueNotifier: @unchecked Sendable {
     /// Serves notifications until `mayContinue` (asked after every wake-up; it blocks while
     /// the machine is paused) returns false.
     func run(mayContinue: () -> Bool) {
-        var fds = ([wakeEvent] + queueEvents).map { pollfd(fd: $0.raw, events: Int16(POLLIN), revents: 0) }
+        let all = ([wakeEvent] + queueEvents).map { pollfd(fd: $0.raw, events: Int16(POLLIN), revents: 0) }
+        let device = transport.device
+        // The wake event first, then the queues this thread serves (slots into `all`).
+        var watched = Array(all.indices)
+        var fds = all
         while true {
-            // While a kernel engine (vhost-net) serves the queues, their eventfds are its.
-            let watched = transport.device.servedInKernel ? 1 : fds.count
+            // While a kernel engine (vhost-net) serves queues, their eventfds are its; a
+            // device may keep one (virtio-net's control queue) for this thread.
+            if device.servedInKernel {
+                watched = [0] + queueEvents.indices.filter { !device.servedInKernel(queue: $0) }.map { $0 + 1 }
+                fds = watched.map { all[$0] }
+            } else if fds.count != all.count {
+                watched = Array(all.indices)
+                fds = all
+            }
             for index in fds.indices { fds[index].revents = 0 }
-            if poll(&fds, nfds_t(watched), -1) < 0 {
+            if poll(&fds, nfds_t(fds.count), -1) < 0 {
                 if errno == EINTR { continue }
                 return
             }
             wakeEvent.drain()
             guard mayContinue() else { return }
-            for (index, event) in queueEvents.enumerated() where fds[index + 1].revents != 0 && event.drain() {
-                transport.notify(queue: index)
+            for (slot, entry) in zip(fds, watched).dropFirst() where slot.revents != 0 && queueEvents[entry - 1].drain() {
+                transport.notify(queue: entry - 1)
             }
         }
     }

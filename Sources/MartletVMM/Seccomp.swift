@@ -145,12 +145,14 @@ public enum Seccomp {
         let ringEnter = Rule("io_uring_enter")
         // vhost-net takes the rings when the driver sets DRIVER_OK and lets go of them on a
         // reset, both status writes handled on a vCPU's exit; the tap's offloads follow the
-        // driver's features at the same moment. The process list has them too: filters stack,
-        // so a vCPU thread runs only what both allow.
+        // driver's features at the same moment, and its queues are attached or detached
+        // (TUNSETQUEUE) as the driver's queue pairs. The process list has them too: filters
+        // stack, so a vCPU thread runs only what both allow.
+        let tapQueues = Rule("ioctl", [(1, UInt64(CKVM_TUNSETQUEUE))])
         let vhostRings = [
             CKVM_VHOST_SET_FEATURES, CKVM_VHOST_SET_VRING_NUM, CKVM_VHOST_SET_VRING_BASE, CKVM_VHOST_SET_VRING_ADDR,
             CKVM_VHOST_SET_VRING_KICK, CKVM_VHOST_SET_VRING_CALL, CKVM_VHOST_NET_SET_BACKEND, CKVM_TUNSETOFFLOAD,
-        ].map { Rule("ioctl", [(1, UInt64($0))]) }
+        ].map { Rule("ioctl", [(1, UInt64($0))]) } + [tapQueues]
         switch kind {
         case .vcpu:
             // Device emulation on the vCPU's exits: disk reads and writes, frames to the tap,
@@ -161,8 +163,9 @@ public enum Seccomp {
                 + ["sendto", "shutdown", "clone3", "clone", "poll", "ppoll"].map { Rule($0) }
         case .device:
             // A NIC's receive thread starts on the guest's first receive-queue notify, which
-            // arrives here; it adds its own (io) filter.
-            return common + blockIO + [ringEnter, Rule("ioctl", [(1, UInt64(CKVM_IRQ_LINE))])]
+            // arrives here; it adds its own (io) filter. A NIC's control queue sets its queue
+            // pairs here (TUNSETQUEUE).
+            return common + blockIO + [ringEnter, tapQueues, Rule("ioctl", [(1, UInt64(CKVM_IRQ_LINE))])]
                 + [Rule("seccomp", [(0, UInt64(SECCOMP_SET_MODE_FILTER))])]
                 + ["poll", "ppoll", "sendto", "clone3", "clone"].map { Rule($0) }
         case .io:

@@ -14,10 +14,10 @@ final class VirtioCounters: Sendable {
 
     /// The counters as `info` reports them, with `requests` counted by the transport and the
     /// device's `engine` where it has a choice.
-    func report(kind: String, requests: Int, engine: String? = nil) -> ControlReply.Device {
+    func report(kind: String, requests: Int, engine: String? = nil, queuePairs: Int? = nil) -> ControlReply.Device {
         ControlReply.Device(
             kind: kind, requests: requests, bytes: bytes.load(ordering: .relaxed),
             notifications: notifications.load(ordering: .relaxed), notifyExits: notifyExits.load(ordering: .relaxed),
-            interrupts: interrupts.load(ordering: .relaxed), engine: engine)
+            interrupts: interrupts.load(ordering: .relaxed), engine: engine, queuePairs: queuePairs)
     }
 }

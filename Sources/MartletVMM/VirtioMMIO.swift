@@ -25,8 +25,13 @@ protocol VirtioDevice: AnyObject {
     /// Whether a kernel engine serves the queues now: it interrupts the guest through the
     /// irqfd itself, so the transport cannot set InterruptStatus before each interrupt.
     var servedInKernel: Bool { get }
+    /// Whether a kernel engine waits on `queue`'s notifications now (a device may leave one,
+    /// such as virtio-net's control queue, to userspace).
+    func servedInKernel(queue: Int) -> Bool
     /// Which engine moves the data, for devices that have a choice ("vhost-net", "userspace").
     var engine: String? { get }
+    /// The queue pairs the driver uses, for a NIC (for `info`).
+    var queuePairs: Int? { get }
 }
 
 extension VirtioDevice {
@@ -34,7 +39,9 @@ extension VirtioDevice {
     func driverReady(features: UInt64, queues: [VirtQueue], memory: GuestMemory) {}
     func reset() {}
     var servedInKernel: Bool { false }
+    func servedInKernel(queue: Int) -> Bool { servedInKernel }
     var engine: String? { nil }
+    var queuePairs: Int? { nil }
 }
 
 /// The virtio-mmio transport, version 2 ("modern"), one device per 4 KiB window.
@@ -71,7 +78,7 @@ final class VirtioMMIOTransport: MMIODevice {
         self.interrupt = interrupt
         self.queues = device.queueSizes.map { VirtQueue(maxSize: $0) }
         if let net = device as? VirtioNet {
-            net.deliver = { [unowned self] body in deliver(queue: 0, body) }
+            net.deliver = { [unowned self] queue, body in deliver(queue: queue, body) }
         }
     }
 
@@ -110,8 +117,8 @@ final class VirtioMMIOTransport: MMIODevice {
     /// The device's counters for `info`.
     var report: ControlReply.Device {
         // The engine changes under the lock (a DRIVER_OK write whose vhost-net set-up failed).
-        let (requests, engine) = lock.withLock { (queues.reduce(0) { $0 + $1.completed }, device.engine) }
-        return device.counters.report(kind: device.kind, requests: requests, engine: engine)
+        let (requests, engine, pairs) = lock.withLock { (queues.reduce(0) { $0 + $1.completed }, device.engine, device.queuePairs) }
+        return device.counters.report(kind: device.kind, requests: requests, engine: engine, queuePairs: pairs)
     }
 
     var offeredFeatures: UInt64 { device.features | VirtioMMIOTransport.versionOne | VirtQueue.featureEventIndex | VirtQueue.featureIndirect }

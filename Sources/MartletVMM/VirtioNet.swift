@@ -1,5 +1,6 @@
 import CKVM
 import MartletSystem
+import MartletVMMProtocol
 import Synchronization
 
 #if canImport(Glibc)
@@ -9,10 +10,16 @@ import Synchronization
 /// virtio-net over a tap device opened with a 12-byte virtio-net header (IFF_VNET_HDR), so
 /// frames pass between the tap and the guest's buffers unchanged, offload requests (partial
 /// checksums, TSO) included. Two engines: vhost-net, where the kernel moves the frames
-/// (`VhostNet`), and userspace, where queue 0 receives (a thread polls the tap) and queue 1
-/// transmits (handled by the thread that got the notification). vhost-net is used when it
-/// opened and every step of handing it the rings works; any failure falls back to userspace
-/// for the device's life, with one line on stderr saying why.
+/// (`VhostNet`, one per queue pair), and userspace, where each pair's receive queue is fed
+/// by a thread polling that pair's tap queue and its transmit queue is handled by the thread
+/// that got the notification. vhost-net is used when it opened and every step of handing it
+/// the rings works; any failure falls back to userspace for the device's life, with one line
+/// on stderr saying why.
+///
+/// More than one queue pair (VIRTIO_NET_F_MQ): queues rx0, tx0, rx1, tx1, ..., then the
+/// control queue, served in userspace whatever the engine; each pair has its own queue of a
+/// multi-queue tap, and the pairs the driver does not use are detached from the tap, so the
+/// tap steers no frame to a receive queue nobody fills.
 public final class VirtioNet: VirtioDevice {
     static let featureMAC: UInt64 = 1 << 5
     /// VIRTIO_NET_F_MRG_RXBUF: a received frame may span several of the driver's buffers, so
@@ -23,54 +30,100 @@ public final class VirtioNet: VirtioDevice {
     /// carries them and the tap does the work, so they cost nothing on either engine. Offered
     /// only when the tap takes TUNSETOFFLOAD.
     static let featureOffloads: UInt64 = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 11) | (1 << 12)
+    /// VIRTIO_NET_F_CTRL_VQ and VIRTIO_NET_F_MQ, offered only with more than one pair.
+    static let featureControlQueue: UInt64 = 1 << 17
+    static let featureMultiQueue: UInt64 = 1 << 22
     public static let headerSize = 12
     public static let maxFrame = 65_562
+    static let controlQueueSize: UInt16 = 64
+    /// The control queue's answers (VIRTIO_NET_OK, VIRTIO_NET_ERR) and the one command served:
+    /// VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET with a le16 pair count.
+    public static let controlOK: UInt8 = 0
+    public static let controlError: UInt8 = 1
+    static let controlClassMQ: UInt8 = 4
+    static let controlPairsSet: UInt8 = 0
 
     let deviceID: UInt32 = 1
     let features: UInt64
-    let queueSizes: [UInt16] = [256, 256]
+    let queueSizes: [UInt16]
     let tap: String
     let mac: [UInt8]
     let kind = "net"
     let counters = VirtioCounters()
-    private let fd: Int32
-    private var wake: [Int32] = [-1, -1]
-    private var thread: pthread_t?
+    /// Queue pairs offered (max_virtqueue_pairs).
+    let pairs: Int
+    /// One tap queue per pair.
+    private let fds: [Int32]
+    /// Whether each tap queue is attached (multi-queue taps only), under the transport's lock.
+    private var attached: [Bool]
+    /// Pairs the driver can use: 1 until it negotiated MQ and set more (under the transport's lock).
+    private(set) var activePairs = 1
+    /// The driver accepted VIRTIO_NET_F_MQ (the control queue then follows the last pair) and
+    /// VIRTIO_NET_F_CTRL_VQ (under the transport's lock).
+    private var negotiatedMQ = false
+    private var negotiatedControl = false
+    /// One wake pipe and receive thread per pair.
+    private var wakes: [[Int32]] = []
+    private var threads: [pthread_t?]
     private let state = ConditionLock()
     private var stopping = false
-    /// Delivers into the receive queue under the transport's lock (set by the transport).
-    var deliver: ((_ body: (VirtQueue, GuestMemory) throws -> Bool) -> Bool?)?
-    /// The kernel engine and what it needs from the machine (`attachKernelEngine`); nil once
-    /// it failed or when it never opened. Used under the transport's lock.
-    private var vhost: (engine: VhostNet, kicks: [Int32], call: Int32, engineChanged: () -> Void)?
-    private var pendingVhost: VhostNet?
-    private let kernelServing = Atomic<Bool>(false)
+    /// Delivers into a receive queue (by queue index) under the transport's lock (set by the transport).
+    var deliver: ((_ queue: Int, _ body: (VirtQueue, GuestMemory) throws -> Bool) -> Bool?)?
+    /// The kernel engines (one per pair) and what they need from the machine
+    /// (`attachKernelEngine`); nil once they failed or when they never opened. Used under the
+    /// transport's lock.
+    private var vhost: (engines: [VhostNet], kicks: [Int32], call: Int32, engineChanged: () -> Void)?
+    private var pendingVhost: [VhostNet]
+    /// The queues the kernel serves now (data queues of the pairs started), 0 when none.
+    private let kernelQueues = Atomic<Int>(0)
     /// The driver accepted MRG_RXBUF (the userspace engine's receive needs to know).
     private let mergeable = Atomic<Bool>(false)
 
-    /// Opens the tap `tap`; `vhost` is the kernel engine, if it opened, which serves the
-    /// device once `attachKernelEngine` gave it the queues' eventfds.
-    init(tap: String, mac: [UInt8], vhost: VhostNet? = nil) throws {
-        let result = ckvm_open_tap(tap, Int32(VirtioNet.headerSize))
-        guard result >= 0 else {
-            throw VMMError(.io, "cannot open tap '\(tap)': \(errnoText(-result)); it must be a tap device (ip tuntap add dev \(tap) mode tap vnet_hdr) and the VMM needs CAP_NET_ADMIN or ownership of it")
+    /// Opens `pairs` queues of the tap `tap` (a multi-queue tap when more than one); `vhost`
+    /// are the kernel engines, one per pair, if they opened, which serve the device once
+    /// `attachKernelEngine` gave them the queues' eventfds.
+    init(tap: String, mac: [UInt8], pairs: Int = 1, vhost: [VhostNet] = []) throws {
+        precondition((1...VMConfig.NIC.maxQueues).contains(pairs))
+        var fds: [Int32] = []
+        var fdsToClean = true
+        defer { if fdsToClean { for fd in fds { close(fd) } } }
+        for _ in 0..<pairs {
+            var result = ckvm_open_tap(tap, Int32(VirtioNet.headerSize), pairs > 1 ? 1 : 0)
+            // A tap made with multi_queue opens only as one, one queue or more.
+            if result == -EINVAL && pairs == 1 { result = ckvm_open_tap(tap, Int32(VirtioNet.headerSize), 1) }
+            guard result >= 0 else {
+                let kind = pairs > 1 ? "a multi-queue tap device (ip tuntap add dev \(tap) mode tap vnet_hdr multi_queue) for \(pairs) queue pairs" : "a tap device (ip tuntap add dev \(tap) mode tap vnet_hdr)"
+                throw VMMError(.io, "cannot open tap '\(tap)'\(pairs > 1 ? " queue \(fds.count)" : ""): \(errnoText(-result)); it must be \(kind) and the VMM needs CAP_NET_ADMIN or ownership of it")
+            }
+            fds.append(result)
         }
-        fd = result
+        self.fds = fds
+        self.pairs = pairs
         self.tap = tap
         self.mac = mac
+        attached = Array(repeating: true, count: pairs)
+        threads = Array(repeating: nil, count: pairs)
+        queueSizes = Array(repeating: 256, count: 2 * pairs) + (pairs > 1 ? [VirtioNet.controlQueueSize] : [])
         // A tap that cannot hand over partial checksums and TSO frames gets no offloads offered.
-        let offloads = VirtioNet.setTapOffloads(fd, guestFeatures: VirtioNet.featureOffloads)
-        _ = VirtioNet.setTapOffloads(fd, guestFeatures: 0)
+        let offloads = fds.allSatisfy { VirtioNet.setTapOffloads($0, guestFeatures: VirtioNet.featureOffloads) }
+        for fd in fds { _ = VirtioNet.setTapOffloads(fd, guestFeatures: 0) }
         features = VirtioNet.featureMAC | VirtioNet.featureMergeableBuffers | (offloads ? VirtioNet.featureOffloads : 0)
+            | (pairs > 1 ? VirtioNet.featureControlQueue | VirtioNet.featureMultiQueue : 0)
         pendingVhost = vhost
-        guard pipe(&wake) == 0 else {
-            close(fd)
-            throw VMMError(.io, "pipe for tap '\(tap)' failed: \(errnoText(errno))")
+        // Every property is set: a throw from here on runs deinit, which closes the taps and the pipes made.
+        fdsToClean = false
+        for _ in 0..<pairs {
+            var wake: [Int32] = [-1, -1]
+            guard pipe(&wake) == 0 else {
+                throw VMMError(.io, "pipe for tap '\(tap)' failed: \(errnoText(errno))")
+            }
+            for end in wake {
+                _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+                _ = fcntl(end, F_SETFL, O_NONBLOCK)
+            }
+            wakes.append(wake)
         }
-        for end in wake {
-            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
-            _ = fcntl(end, F_SETFL, O_NONBLOCK)
-        }
+        setActivePairs(1)
     }
 
     /// TUNSETOFFLOAD with the TUN_F_* flags matching the driver's GUEST_* offloads: which
@@ -85,34 +138,59 @@ public final class VirtioNet: VirtioDevice {
         return ckvm_ioctl(fd, CKVM_TUNSETOFFLOAD, UInt(flags)) >= 0
     }
 
-    /// Gives the kernel engine the queues' ioeventfds (`kicks`, by queue index), the device's
-    /// irqfd (`call`) and a way to make the queue notifier look again at `servedInKernel`.
-    /// Without them (KVM refused ioeventfd or irqfd) the device stays in userspace.
+    /// Gives the kernel engines the queues' ioeventfds (`kicks`, by queue index), the device's
+    /// irqfd (`call`) and a way to make the queue notifier look again at which queues the
+    /// kernel serves. Without them (KVM refused ioeventfd or irqfd) the device stays in userspace.
     func attachKernelEngine(kicks: [Int32]?, call: Int32?, engineChanged: @escaping () -> Void) {
-        guard let engine = pendingVhost else { return }
-        pendingVhost = nil
+        guard !pendingVhost.isEmpty else { return }
+        let engines = pendingVhost
+        pendingVhost = []
         guard let kicks, let call else {
             Machine.trace("martlet-vmm: tap '\(tap)': vhost-net needs KVM's ioeventfd and irqfd, which it refused; virtio-net runs in userspace\n")
             return
         }
-        vhost = (engine, kicks, call, engineChanged)
+        vhost = (engines, kicks, call, engineChanged)
     }
 
     /// "vhost-net" when the kernel moves the frames, else "userspace" (for `info`).
     var engine: String? { vhost == nil ? "userspace" : "vhost-net" }
 
-    /// Whether the kernel serves the queues now: their eventfds are its to wait on, and it
-    /// interrupts the guest without the transport knowing.
-    var servedInKernel: Bool { kernelServing.load(ordering: .acquiring) }
+    var queuePairs: Int? { activePairs }
+
+    /// Whether the kernel serves the data queues now: their eventfds are its to wait on, and
+    /// it interrupts the guest without the transport knowing.
+    var servedInKernel: Bool { kernelQueues.load(ordering: .acquiring) > 0 }
+
+    /// The control queue stays in userspace while the kernel serves the data queues.
+    func servedInKernel(queue: Int) -> Bool { queue < kernelQueues.load(ordering: .acquiring) }
+
+    /// The control queue's index: after the last pair with MQ negotiated, else after the
+    /// first (the spec's layout for a driver that took CTRL_VQ but not MQ); nil without one.
+    private var controlQueue: Int? {
+        guard negotiatedControl else { return nil }
+        return negotiatedMQ ? 2 * pairs : 2
+    }
 
     func driverReady(features driverFeatures: UInt64, queues: [VirtQueue], memory: GuestMemory) {
-        _ = VirtioNet.setTapOffloads(fd, guestFeatures: driverFeatures)
+        for fd in fds { _ = VirtioNet.setTapOffloads(fd, guestFeatures: driverFeatures) }
         mergeable.store(driverFeatures & VirtioNet.featureMergeableBuffers != 0, ordering: .releasing)
+        negotiatedMQ = pairs > 1 && driverFeatures & VirtioNet.featureMultiQueue != 0
+        negotiatedControl = pairs > 1 && driverFeatures & VirtioNet.featureControlQueue != 0
+        setActivePairs(1)
         guard let vhost else { return }
+        // Without MQ the driver has one pair (and queue 2 may be its control queue).
+        let served = negotiatedMQ ? pairs : 1
+        var started = 0
         do {
-            try vhost.engine.start(features: driverFeatures, queues: queues, memory: memory, kicks: vhost.kicks, call: vhost.call, tap: fd)
-            kernelServing.store(true, ordering: .releasing)
+            for pair in 0..<served {
+                try vhost.engines[pair].start(
+                    features: driverFeatures, queues: Array(queues[2 * pair...2 * pair + 1]), memory: memory,
+                    kicks: Array(vhost.kicks[2 * pair...2 * pair + 1]), call: vhost.call, tap: fds[pair])
+                started += 1
+            }
+            kernelQueues.store(2 * served, ordering: .releasing)
         } catch {
+            for engine in vhost.engines[0..<started] { engine.stop(queueCount: 2) }
             Machine.trace("martlet-vmm: tap '\(tap)': \(error); virtio-net runs in userspace\n")
             self.vhost = nil
         }
@@ -121,39 +199,99 @@ public final class VirtioNet: VirtioDevice {
 
     func reset() {
         mergeable.store(false, ordering: .releasing)
+        negotiatedMQ = false
+        negotiatedControl = false
+        setActivePairs(1)
         guard let vhost, servedInKernel else { return }
-        vhost.engine.stop(queueCount: queueSizes.count)
-        kernelServing.store(false, ordering: .releasing)
+        for engine in vhost.engines { engine.stop(queueCount: 2) }
+        kernelQueues.store(0, ordering: .releasing)
         vhost.engineChanged()
+    }
+
+    /// Attaches the tap queues of the first `count` pairs and detaches the others, so the
+    /// tap spreads frames over the receive queues the driver fills (TUNSETQUEUE; a
+    /// single-queue tap has nothing to steer).
+    private func setActivePairs(_ count: Int) {
+        activePairs = count
+        guard pairs > 1 else { return }
+        for pair in 1..<pairs where attached[pair] != (pair < count) {
+            if ckvm_tap_set_queue(fds[pair], pair < count ? 1 : 0) >= 0 { attached[pair] = pair < count }
+        }
     }
 
     deinit {
         stop()
-        close(fd)
-        close(wake[0])
-        close(wake[1])
+        for fd in fds { close(fd) }
+        for wake in wakes {
+            close(wake[0])
+            close(wake[1])
+        }
     }
 
+    /// mac, status (not offered: 0), max_virtqueue_pairs (le16 at 8), byte by byte.
     func readConfig(offset: Int, size: Int) -> UInt64 {
+        let space = mac + [0, 0, UInt8(pairs & 0xFF), UInt8(pairs >> 8)]
         var value: UInt64 = 0
-        for i in 0..<size where offset + i < mac.count {
-            value |= UInt64(mac[offset + i]) << (8 * UInt64(i))
+        for i in 0..<size where offset + i < space.count {
+            value |= UInt64(space[offset + i]) << (8 * UInt64(i))
         }
         return value
     }
 
     func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool {
-        guard !servedInKernel else { return false }
-        if queue == 0 {
-            startReceiving()
+        if queue == controlQueue {
+            return try Self.control(virtQueue, memory: memory, maxPairs: negotiatedMQ ? pairs : 1) { count in
+                setActivePairs(count)
+            }
+        }
+        guard !servedInKernel(queue: queue), queue < 2 * pairs else { return false }
+        let pair = queue / 2
+        if queue % 2 == 0 {
+            startReceiving(pair: pair)
             var byte: UInt8 = 1
-            _ = write(wake[1], &byte, 1)
+            _ = write(wakes[pair][1], &byte, 1)
             return false
         }
+        let fd = fds[pair]
         return try Self.transmit(virtQueue, memory: memory) { frame in
             _ = frame.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }  // a full tap drops the frame, like a wire
             counters.bytes.add(frame.count, ordering: .relaxed)
         }
+    }
+
+    /// Answers every command the driver made available on the control queue: class, command,
+    /// data (device-readable), then an ack byte (device-writable) that gets VIRTIO_NET_OK or
+    /// VIRTIO_NET_ERR. Only VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET with a count in 1...`maxPairs` is
+    /// OK (`setPairs` applies it); anything else, a short or long command included, is ERR.
+    /// A chain with no device-writable byte, or a device-readable one after it, throws.
+    /// Public, without a tap, for the fuzz target.
+    public static func control(_ virtQueue: VirtQueue, memory: GuestMemory, maxPairs: Int, setPairs: (Int) -> Void) throws -> Bool {
+        var used = false
+        while let chain = try virtQueue.pop(memory) {
+            guard let ack = chain.writable.first(where: { $0.length > 0 }) else {
+                throw VMMError(.device, "virtio-net control chain \(chain.head) has no device-writable ack byte")
+            }
+            // The one command served is 4 bytes; only that many are read of a longer one.
+            var command: [UInt8] = []
+            var length = 0
+            for buffer in chain.readable {
+                length += Int(buffer.length)
+                let wanted = min(Int(buffer.length), 4 - command.count)
+                if wanted > 0 { command += try memory.buffer(at: buffer.address, length: UInt64(wanted)) }
+            }
+            var answer = controlError
+            if length == 4, command[0] == controlClassMQ, command[1] == controlPairsSet {
+                let count = Int(command[2]) | Int(command[3]) << 8
+                if (1...maxPairs).contains(count) {
+                    setPairs(count)
+                    answer = controlOK
+                }
+            }
+            try memory.write(answer, at: ack.address)
+            try virtQueue.push(memory, head: chain.head, length: 1)
+            used = true
+        }
+        return used
     }
 
     /// Takes every frame the guest made available on the transmit queue (its virtio-net header
@@ -244,30 +382,30 @@ public final class VirtioNet: VirtioDevice {
         return written.reduce(0, +)
     }
 
-    private func startReceiving() {
+    private func startReceiving(pair: Int) {
         state.withLock {
-            guard thread == nil, !stopping else { return }
-            thread = try? startThread { [unowned self] in receiveLoop() }
+            guard threads[pair] == nil, !stopping else { return }
+            threads[pair] = try? startThread { [unowned self] in receiveLoop(pair: pair) }
         }
     }
 
-    /// Stops the kernel engine or the receive thread (when the VM ends).
+    /// Stops the kernel engines or the receive threads (when the VM ends).
     func stop() {
-        if let vhost { vhost.engine.stop(queueCount: queueSizes.count) }
-        let running: pthread_t? = state.withLock {
+        if let vhost { for engine in vhost.engines { engine.stop(queueCount: 2) } }
+        let running: [pthread_t] = state.withLock {
             stopping = true
-            return thread
+            return threads.compactMap { $0 }
         }
         var byte: UInt8 = 1
-        _ = write(wake[1], &byte, 1)
-        if let running {
-            pthread_join(running, nil)
-            state.withLock { thread = nil }
-        }
+        for wake in wakes { _ = write(wake[1], &byte, 1) }
+        for thread in running { pthread_join(thread, nil) }
+        state.withLock { threads = threads.map { _ in nil } }
     }
 
-    private func receiveLoop() {
+    private func receiveLoop(pair: Int) {
         Seccomp.confineThreadOrExit(.io)
+        let fd = fds[pair]
+        let wake = wakes[pair]
         var frame = [UInt8](repeating: 0, count: VirtioNet.maxFrame)
         var pending = 0
         while !state.withLock({ stopping }) {
@@ -285,7 +423,7 @@ public final class VirtioNet: VirtioDevice {
                 pending = count
             }
             let length = pending
-            let delivered = deliver? { queue, memory in
+            let delivered = deliver?(2 * pair) { queue, memory in
                 let mergeable = mergeable.load(ordering: .acquiring)
                 guard let delivered = try Self.receive(frame[0..<length], into: queue, memory: memory, mergeable: mergeable) else { return false }
                 counters.bytes.add(delivered, ordering: .relaxed)

@@ -83,9 +83,12 @@ public struct ControlReply: Equatable, Sendable {
         /// or "userspace" (the VMM). With vhost-net the requests, bytes and interrupts the
         /// kernel served are not counted.
         public var engine: String?
+        /// A NIC's queue pairs in use: 1 until its driver negotiated multi-queue and set more.
+        public var queuePairs: Int?
 
-        public init(kind: String, requests: Int, bytes: Int, notifications: Int, notifyExits: Int, interrupts: Int, engine: String? = nil) {
+        public init(kind: String, requests: Int, bytes: Int, notifications: Int, notifyExits: Int, interrupts: Int, engine: String? = nil, queuePairs: Int? = nil) {
             self.kind = kind
+            self.queuePairs = queuePairs
             self.engine = engine
             self.requests = requests
             self.bytes = bytes
@@ -102,7 +105,7 @@ public struct ControlReply: Equatable, Sendable {
             [
                 .string("kind", \.kind), .integer("requests", \.requests), .integer("bytes", \.bytes),
                 .integer("notifications", \.notifications), .integer("notify_exits", \.notifyExits),
-                .integer("interrupts", \.interrupts), .string("engine", \.engine),
+                .integer("interrupts", \.interrupts), .string("engine", \.engine), .integer("queue_pairs", \.queuePairs),
             ]
         }
     }

@@ -47,7 +47,7 @@ extension VMConfig.Disk {
 
 extension VMConfig.NIC {
     static var fields: [JSONField<Self>] {
-        [.string("tap", \.tap), .string("mac", \.mac)]
+        [.string("tap", \.tap), .string("mac", \.mac), .integer("queues", \.queues)]
     }
 }
 

@@ -45,10 +45,23 @@ public struct VMConfig: Equatable, Sendable {
         public var tap: String
         /// "52:54:00:12:34:56"; derived from the tap name when nil.
         public var mac: String?
-        public init(tap: String, mac: String? = nil) {
+        /// virtio-net queue pairs (VIRTIO_NET_F_MQ), each on its own queue of a multi-queue
+        /// tap; nil: one.
+        public var queues: Int?
+        public init(tap: String, mac: String? = nil, queues: Int? = nil) {
             self.tap = tap
             self.mac = mac
+            self.queues = queues
         }
+
+        /// The most queue pairs a NIC may have.
+        public static let maxQueues = 8
+
+        /// The queue pairs the NIC gets: `queues`, else one. Not one per vCPU as for disks:
+        /// more than one pair needs a tap made with `multi_queue` (a tap made without it
+        /// cannot be opened that way), and each pair costs a tap queue and, with vhost-net, a
+        /// kernel worker thread, so it is asked for where the traffic needs it.
+        public var queuePairs: Int { queues ?? 1 }
 
         /// The six bytes of "52:54:00:12:34:56", nil when `text` is not such an address.
         public static func parseMAC(_ text: String) -> [UInt8]? { MACAddress.bytes(text) }
@@ -119,6 +132,11 @@ public struct VMConfig: Equatable, Sendable {
         for (index, disk) in disks.enumerated() {
             if let queues = disk.queues, !(1...Disk.maxQueues).contains(queues) {
                 throw ProtocolError("disks[\(index)].queues: \(queues) is out of range; use 1 to \(Disk.maxQueues), or leave it out for one per vCPU")
+            }
+        }
+        for (index, nic) in nics.enumerated() {
+            if let queues = nic.queues, !(1...NIC.maxQueues).contains(queues) {
+                throw ProtocolError("nics[\(index)].queues: \(queues) is out of range; use 1 to \(NIC.maxQueues) queue pairs, or leave it out for one")
             }
         }
         guard disks.count + nics.count + (rng ? 1 : 0) <= VMConfig.maxVirtioDevices else {

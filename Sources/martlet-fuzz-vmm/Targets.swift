@@ -147,10 +147,15 @@ enum BlockInput {
 /// virtio-net's transmit side takes every frame on the ring the bytes lay out (`GuestRing`);
 /// then, with bit 2 of the header's flags byte, the same ring serves as the receive queue for
 /// a frame cut from the input's end (its last byte says how long), chain after chain, spread
-/// over several chains with bit 5 (MRG_RXBUF).
+/// over several chains with bit 5 (MRG_RXBUF); with bit 3 it is the control queue of a device
+/// with up to 8 queue pairs.
 enum NetInput {
     static func run(_ bytes: [UInt8]) {
         guard let (memory, queue) = GuestRing.layout(bytes) else { return }
+        if bytes[6] & 8 != 0 {
+            _ = try? VirtioNet.control(queue, memory: memory, maxPairs: 8) { pairs in precondition((1...8).contains(pairs)) }
+            return
+        }
         if bytes[6] & 4 == 0 {
             _ = try? VirtioNet.transmit(queue, memory: memory) { frame in _ = frame.count }
             return

@@ -33,7 +33,10 @@ let usage = """
                                add a virtio-blk disk (raw file or block device) with N request
                                queues (default one per vCPU, at most 16); cache=none bypasses
                                the host's page cache (O_DIRECT); repeatable
-      --net TAP[,mac=MAC]      add a virtio-net device on a tap (created if missing); repeatable
+      --net TAP[,mac=MAC][,queues=N]
+                               add a virtio-net device on a tap (created if missing) with N
+                               queue pairs (default 1, at most 8; more than 1 needs a tap made
+                               with multi_queue); repeatable
       --rng                    add a virtio-rng device
       --serial WHERE           stdout (default; stdin is the console input), none, file:PATH,
                                or socket:PATH (a unix socket: output to the client, input from it)
@@ -241,8 +244,13 @@ while index < arguments.count {
         let parts = value(flag, &index).split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         var nic = VMConfig.NIC(tap: parts[0])
         for option in parts.dropFirst() {
-            guard option.hasPrefix("mac=") else { fail("--net: unknown option '\(option)'; use TAP[,mac=MAC]", code: .badConfig) }
-            nic.mac = String(option.dropFirst(4))
+            if option.hasPrefix("mac=") {
+                nic.mac = String(option.dropFirst(4))
+            } else if option.hasPrefix("queues="), let queues = Int(option.dropFirst(7)) {
+                nic.queues = queues
+            } else {
+                fail("--net: unknown option '\(option)'; use TAP[,mac=MAC][,queues=N]", code: .badConfig)
+            }
         }
         overrides.append { $0.nics.append(nic) }
     case "--disk":

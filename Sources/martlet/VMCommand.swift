@@ -94,8 +94,8 @@ struct VMCreateCommand: ParsableCommand {
     @Option(
         name: .customLong("nic"),
         help: ArgumentHelp(
-            "A NIC on a bridge, MAC generated unless given; repeatable.",
-            valueName: "BRIDGE[,mac=MAC]"))
+            "A NIC on a bridge, MAC generated unless given, with N virtio-net queue pairs (default 1, at most 8); repeatable.",
+            valueName: "BRIDGE[,mac=MAC][,queues=N]"))
     var nics: [String] = []
 
     @Flag(help: "Start the VM when the host boots.")
@@ -158,15 +158,19 @@ struct VMCreateCommand: ParsableCommand {
                 let interfaces = try nics.enumerated().map { index, text -> VMDefinition.NIC in
                     let parts = text.split(separator: ",").map(String.init)
                     var mac = VMDefinition.generatedMAC(vm: name, index: index)
+                    var queues: Int?
                     for option in parts.dropFirst() {
-                        guard option.hasPrefix("mac=") else {
+                        if option.hasPrefix("mac=") {
+                            mac = String(option.dropFirst(4)).lowercased()
+                        } else if option.hasPrefix("queues="), let count = Int(option.dropFirst(7)) {
+                            queues = count
+                        } else {
                             throw MartletError(
                                 .invalidInput,
-                                "--nic: unknown option '\(option)'; use BRIDGE[,mac=MAC]")
+                                "--nic: unknown option '\(option)'; use BRIDGE[,mac=MAC][,queues=N]")
                         }
-                        mac = String(option.dropFirst(4)).lowercased()
                     }
-                    return VMDefinition.NIC(bridge: parts.first ?? "br0", mac: mac)
+                    return VMDefinition.NIC(bridge: parts.first ?? "br0", mac: mac, queues: queues)
                 }
                 let definition = VMDefinition(
                     name: name, vcpus: vcpus, memory: memory,

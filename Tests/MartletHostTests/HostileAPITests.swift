@@ -43,6 +43,8 @@ import Testing
         Case(method: "POST", path: "/v1/vms", body: vm(#""nics": [{"mac": "ff:ff:ff:ff:ff:ff"}]"#), status: 400, mentions: "mac"),
         Case(method: "POST", path: "/v1/vms", body: vm(#""nics": [{"mac": "00:00:00:00:00:00"}]"#), status: 400, mentions: "mac"),
         Case(method: "POST", path: "/v1/vms", body: vm(#""nics": [{"mac": "+1:+2:+3:+4:+5:+6"}]"#), status: 400, mentions: "mac"),
+        Case(method: "POST", path: "/v1/vms", body: vm(#""nics": [{"queues": 0}]"#), status: 400, mentions: "queues"),
+        Case(method: "POST", path: "/v1/vms", body: vm(#""nics": [{"queues": 9}]"#), status: 400, mentions: "queues"),
         Case(method: "POST", path: "/v1/vms", body: vm(#""disks": [{"pool": "../x", "volume": "v"}]"#), status: 400, mentions: "pool"),
         Case(method: "POST", path: "/v1/vms", body: #"{"name": "vm1", "kernel": ""}"#, status: 400, mentions: "kernel"),
         Case(method: "POST", path: "/v1/vms", body: vm(#""onCrash": "explode""#), status: 400, mentions: "onCrash"),

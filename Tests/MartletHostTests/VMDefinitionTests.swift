@@ -50,6 +50,7 @@ import Testing
             [[nic]]
             bridge = "br1"
             mac = "02:AA:bb:cc:dd:ee"
+            queues = 4
             """)
         #expect(definition.name == "web")
         #expect(definition.vcpus == 2)
@@ -64,7 +65,8 @@ import Testing
                 .init(pool: "local", volume: "web-data", readOnly: true),
             ])
         #expect(definition.nics[0].mac == VMDefinition.generatedMAC(vm: "web", index: 0))
-        #expect(definition.nics[1] == .init(bridge: "br1", mac: "02:aa:bb:cc:dd:ee"))
+        #expect(definition.nics[1] == .init(bridge: "br1", mac: "02:aa:bb:cc:dd:ee", queues: 4))
+        #expect(definition.nics[0].queues == nil)
         // The TOML it writes reads back to the same definition.
         #expect(try parse(definition.toml) == definition)
     }
@@ -254,6 +256,9 @@ import Testing
         definition.nics = [.init(bridge: "br0", mac: "01:00:00:00:00:01")]
         let multicast = #expect(throws: MartletError.self) { try definition.validate() }
         #expect(multicast?.message == "VM 'web': nic[0].mac: '01:00:00:00:00:01' is not a unicast MAC address")
+        definition.nics = [.init(bridge: "br0", mac: "02:00:00:00:00:01", queues: 9)]
+        let queues = #expect(throws: MartletError.self) { try definition.validate() }
+        #expect(queues?.message == "VM 'web': nic[0].queues: 9 queue pairs is out of range", "\(String(describing: queues))")
         definition.nics = []
         definition.vcpus = 65
         let vcpus = #expect(throws: MartletError.self) { try definition.validate() }

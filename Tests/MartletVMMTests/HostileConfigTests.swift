@@ -37,6 +37,9 @@ import MartletVMMProtocol
         "bad-cache": #"{"kernel": "@/kernel", "disks": [{"path": "@/disk.img", "cache": "unsafe"}]}"#,
         "zero-queues": #"{"kernel": "@/kernel", "disks": [{"path": "@/disk.img", "queues": 0}]}"#,
         "many-queues": #"{"kernel": "@/kernel", "disks": [{"path": "@/disk.img", "queues": 65536}]}"#,
+        "zero-nic-queues": #"{"kernel": "@/kernel", "nics": [{"tap": "tap0", "queues": 0}]}"#,
+        "many-nic-queues": #"{"kernel": "@/kernel", "nics": [{"tap": "tap0", "queues": 9}]}"#,
+        "text-nic-queues": #"{"kernel": "@/kernel", "nics": [{"tap": "tap0", "queues": "2"}]}"#,
     ]
 
     static let cases: [Case] = [
@@ -93,6 +96,12 @@ import MartletVMMProtocol
         Case(arguments: ["--config", "@/bad-cache.json"], field: "disks[0].cache"),
         Case(arguments: ["--config", "@/zero-queues.json"], field: "disks[0].queues"),
         Case(arguments: ["--config", "@/many-queues.json"], field: "disks[0].queues"),
+        Case(arguments: ["--config", "@/zero-nic-queues.json"], field: "nics[0].queues"),
+        Case(arguments: ["--config", "@/many-nic-queues.json"], field: "nics[0].queues"),
+        Case(arguments: ["--config", "@/text-nic-queues.json"], field: "nics[0].queues"),
+        Case(arguments: ["--kernel", "@/kernel", "--net", "tap0,queues=-1"], field: "nics[0].queues"),
+        Case(arguments: ["--kernel", "@/kernel", "--net", "tap0,queues=100"], field: "nics[0].queues"),
+        Case(arguments: ["--kernel", "@/kernel", "--net", "tap0,queues=two"], field: "queues=N"),
         Case(arguments: ["--kernel", "@/kernel", "--memory", "1e3"], field: "--memory"),
         Case(arguments: ["--kernel", "@/kernel", "--vcpus", "+2"], field: "--vcpus"),
         Case(arguments: ["--kernel", "@/kernel", "--memory", "-0"], field: "--memory"),

@@ -49,6 +49,25 @@ struct NestedLinuxTests {
                 echo "INNER-UPLOAD: failed"
             fi
         }
+        # Two queue pairs (martlet.mq): the driver must take VIRTIO_NET_F_MQ and set two pairs
+        # over the control queue; a ping from each vCPU leaves through that vCPU's pair (XPS).
+        if grep -q martlet.mq /proc/cmdline; then
+            for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net; do
+                insmod /modules/$m.ko || echo "INNER: insmod $m failed"
+            done
+            echo "INNER-MQ-QUEUES: $(ls /sys/class/net/eth0/queues | tr '\\n' ' ')"
+            ip addr add 10.78.0.2/24 dev eth0 && ip link set eth0 up
+            for mask in 1 2; do
+                taskset $mask ping -c 2 -W 10 10.78.0.1 >/dev/null 2>&1 && echo "INNER-MQ-PING-CPUMASK-$mask: ok" || echo "INNER-MQ-PING-CPUMASK-$mask: failed"
+            done
+            echo "INNER-MQ-SET-FAILURES: $(dmesg | grep -c 'Fail to set num of queue pairs')"
+            insmod /modules/button.ko || echo "INNER: insmod button failed"
+            before=$(grep acpi /proc/interrupts)
+            echo INNER-MQ-DONE
+            i=0
+            while [ "$(grep acpi /proc/interrupts)" = "$before" ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
+            poweroff -f
+        fi
         if grep -q martlet.bench /proc/cmdline; then
             for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net; do
                 insmod /modules/$m.ko || echo "INNER: insmod $m failed"
@@ -142,6 +161,26 @@ struct NestedLinuxTests {
         echo "OUTER-DISK-REPLY: $(grep -a -c 'reply from the inner guest' /disk.img)"
         echo "OUTER-TAP-RX: $(cat /sys/class/net/mtap0/statistics/rx_packets)"
         echo "OUTER-UPLOADED: $(wc -c < /upload)"
+        # Two queue pairs (on vhost-net here, on the userspace engine after rmmod below): the
+        # VMM creates mtap1 itself, as a multi-queue tap (busybox's ip cannot make one).
+        # $1: the run's name (its files), $2: its label on the console.
+        mq_run() {
+            /martlet-vmm --kernel /inner/vmlinuz --initrd /inner/initrd.gz --memory 256 --vcpus \(innerVCPUs) \\
+                --cmdline "console=ttyS0 panic=-1 loglevel=4 martlet.mq" \\
+                --net mtap1,queues=2 --serial file:/$1.log --control-socket /$1.sock --timeout 600 &
+            vmm=$!
+            end=$(( $(now) + 60 ))
+            while [ ! -e /sys/class/net/mtap1 ] && [ $(now) -lt $end ]; do sleep 1; done
+            ip addr add 10.78.0.1/24 dev mtap1 && ip link set mtap1 up
+            wait_for /$1.log INNER-MQ-DONE 400
+            echo "OUTER-$2-INFO: $(ctl /$1.sock info)"
+            ctl /$1.sock shutdown >/dev/null
+            reap $vmm 120
+            echo "OUTER-$2-VMM-EXIT $?"
+            grep -a INNER-MQ /$1.log | sed "s/^/OUTER-$2-/"
+            grep -q INNER-MQ-DONE /$1.log || { echo "OUTER-$2-NO-DONE, the inner console's end:"; tail -c 3000 /$1.log; }
+        }
+        mq_run mq MQ
         sleep 900 | nc -l -p 5001 > /upload &
         rmmod vhost_net
         [ -c /dev/vhost-net ] && echo "OUTER: vhost_net is still loaded"
@@ -158,6 +197,7 @@ struct NestedLinuxTests {
         echo "OUTER-USERSPACE-$(grep -a INNER-BENCH /bench.log)"
         echo "OUTER-USERSPACE-$(grep -a INNER-UPLOAD /bench.log)"
         echo "OUTER-USERSPACE-UPLOADED: $(wc -c < /upload)"
+        mq_run mq-userspace MQ-USERSPACE
         poweroff -f
 
         """
@@ -266,6 +306,18 @@ struct NestedLinuxTests {
         #expect(vhostLines.contains { $0.contains("INNER-UPLOAD: 2097152 bytes") } && serial.contains("OUTER-UPLOADED: 2097152"), "the upload over vhost-net failed:\n\(excerpt)")
         let userspace = lines.first { $0.contains("OUTER-USERSPACE-INFO:") } ?? ""
         #expect(userspace.contains(#""engine":"userspace""#), "without vhost_net the NIC did not fall back to userspace: \(userspace)\n\(excerpt)")
+        #expect(serial.contains("OUTER-MQ-INNER-MQ-QUEUES: rx-0 rx-1 tx-0 tx-1"), "the inner guest did not get two queue pairs:\n\(excerpt)")
+        #expect(serial.contains("OUTER-MQ-INNER-MQ-SET-FAILURES: 0"), "the driver's VQ_PAIRS_SET was refused:\n\(excerpt)")
+        #expect(serial.contains("OUTER-MQ-INNER-MQ-PING-CPUMASK-1: ok") && serial.contains("OUTER-MQ-INNER-MQ-PING-CPUMASK-2: ok"), "pings from each vCPU over two queue pairs failed:\n\(excerpt)")
+        let multiQueue = lines.first { $0.contains("OUTER-MQ-INFO:") } ?? ""
+        #expect(multiQueue.contains(#""engine":"vhost-net""#) && multiQueue.contains(#""queue_pairs":2"#), "the two-pair NIC did not run on vhost-net with both pairs: \(multiQueue)\n\(excerpt)")
+        #expect(serial.contains("OUTER-MQ-VMM-EXIT 0"), "the two-pair run did not end with the guest's power-off:\n\(excerpt)")
+        #expect(serial.contains("OUTER-MQ-USERSPACE-INNER-MQ-QUEUES: rx-0 rx-1 tx-0 tx-1"), "the inner guest did not get two queue pairs on the userspace engine:\n\(excerpt)")
+        #expect(serial.contains("OUTER-MQ-USERSPACE-INNER-MQ-SET-FAILURES: 0"), "VQ_PAIRS_SET was refused on the userspace engine:\n\(excerpt)")
+        #expect(serial.contains("OUTER-MQ-USERSPACE-INNER-MQ-PING-CPUMASK-1: ok") && serial.contains("OUTER-MQ-USERSPACE-INNER-MQ-PING-CPUMASK-2: ok"), "pings from each vCPU over two pairs failed on the userspace engine:\n\(excerpt)")
+        let multiQueueUserspace = lines.first { $0.contains("OUTER-MQ-USERSPACE-INFO:") } ?? ""
+        #expect(multiQueueUserspace.contains(#""engine":"userspace""#) && multiQueueUserspace.contains(#""queue_pairs":2"#), "the two-pair NIC without vhost_net: \(multiQueueUserspace)\n\(excerpt)")
+        #expect(serial.contains("OUTER-MQ-USERSPACE-VMM-EXIT 0"), "the two-pair userspace run did not end with the guest's power-off:\n\(excerpt)")
         #expect(serial.contains("OUTER-USERSPACE-INNER-BENCH: 2097152 bytes"), "the download over the userspace engine failed:\n\(excerpt)")
         #expect(serial.contains("OUTER-USERSPACE-INNER-UPLOAD: 2097152 bytes") && serial.contains("OUTER-USERSPACE-UPLOADED: 2097152"), "the upload over the userspace engine failed:\n\(excerpt)")
         #expect(serial.contains("OUTER-USERSPACE-VMM-EXIT 0"), "the userspace-engine run did not end with the guest's power-off:\n\(excerpt)")

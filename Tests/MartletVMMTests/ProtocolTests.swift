@@ -46,7 +46,7 @@ struct ProtocolTests {
         #expect(throws: ProtocolError("vm.json: firmwre: unknown key; known keys: \(VMConfig.fields.map(\.key).sorted().joined(separator: ", "))")) {
             try VMConfig(json: #"{"kernel": "k", "firmwre": "/x"}"#, source: "vm.json")
         }
-        #expect(throws: ProtocolError("vm.json: nics[1].bridge: unknown key; known keys: mac, tap")) {
+        #expect(throws: ProtocolError("vm.json: nics[1].bridge: unknown key; known keys: mac, queues, tap")) {
             try VMConfig(json: #"{"kernel": "k", "nics": [{"tap": "a"}, {"tap": "b", "bridge": "br0"}]}"#, source: "vm.json")
         }
         #expect(throws: ProtocolError("vm.json: disks[0].read_only: expected true or false, got \"yes\"")) {

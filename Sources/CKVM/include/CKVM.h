@@ -39,6 +39,8 @@ extern const unsigned long CKVM_TUNSETIFF;
 extern const unsigned long CKVM_TUNSETVNETHDRSZ;
 /// TUNSETOFFLOAD: which offloads (TUN_F_*) a tap may leave to the reader of its frames.
 extern const unsigned long CKVM_TUNSETOFFLOAD;
+/// TUNSETQUEUE: attaches or detaches one queue (fd) of a multi-queue tap.
+extern const unsigned long CKVM_TUNSETQUEUE;
 extern const unsigned int CKVM_TUN_F_CSUM;
 extern const unsigned int CKVM_TUN_F_TSO4;
 extern const unsigned int CKVM_TUN_F_TSO6;
@@ -101,10 +103,15 @@ long ckvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *values,
 /// wiring a PC has and Linux expects. Returns 0 or -errno.
 long ckvm_setup_lapic_lint(int vcpu_fd);
 
-/// Opens (or creates) the tap interface `name` with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a
+/// Opens (or creates) the tap interface `name` with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (and
+/// IFF_MULTI_QUEUE when `multi_queue`: one more queue of the tap per call) and a
 /// `vnet_header_size`-byte virtio-net header (TUNSETIFF, TUNSETVNETHDRSZ are _IOW macros).
 /// Returns the fd, or -errno.
-int ckvm_open_tap(const char *name, int vnet_header_size);
+int ckvm_open_tap(const char *name, int vnet_header_size, int multi_queue);
+
+/// TUNSETQUEUE with IFF_ATTACH_QUEUE (`attach`) or IFF_DETACH_QUEUE (the flags travel in a
+/// struct ifreq): whether the tap steers frames to this queue. Returns 0 or -errno.
+long ckvm_tap_set_queue(int fd, int attach);
 
 /// VHOST_SET_MEM_TABLE (a flexible array member) with `count` regions: guest-physical start,
 /// size and the host address that backs it. Returns 0 or -errno.
