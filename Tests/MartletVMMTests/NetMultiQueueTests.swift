@@ -19,37 +19,23 @@ struct NetMultiQueueTests {
     static let write: UInt16 = 2
     static let size: UInt16 = 16
 
-    /// A control queue at fixed rings in 4 MiB of guest memory.
+    /// A control queue at fixed rings in 4 MiB of guest memory (`BareRing`).
     final class ControlRing {
-        let memory: GuestMemory
-        let queue = VirtQueue(maxSize: NetMultiQueueTests.size)
-        var availableIndex: UInt16 = 0
+        let ring: BareRing
+        var memory: GuestMemory { ring.memory }
         var pairs: [Int] = []
 
-        init() throws {
-            memory = try GuestMemory(size: 4 << 20)
-            queue.descriptorTable = 0x1000
-            queue.availableRing = 0x2000
-            queue.usedRing = 0x3000
-            try queue.validate(memory)
-            queue.ready = true
-        }
+        init() throws { ring = try BareRing(size: NetMultiQueueTests.size) }
 
         func descriptor(_ index: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0) throws {
-            let base = queue.descriptorTable + 16 * UInt64(index)
-            try memory.write(address, at: base)
-            try memory.write(length, at: base + 8)
-            try memory.write(flags, at: base + 12)
-            try memory.write(next, at: base + 14)
+            try ring.descriptor(index, address: address, length: length, flags: flags, next: next)
         }
 
         /// Makes `head` available and runs the control queue with at most `maxPairs`.
         func submit(head: UInt16, maxPairs: Int = 4) throws -> Bool {
-            try memory.write(head, at: queue.availableRing + 4 + 2 * UInt64(availableIndex % NetMultiQueueTests.size))
-            availableIndex &+= 1
-            try memory.write(availableIndex, at: queue.availableRing + 2)
-            let used = try VirtioNet.control(queue, memory: memory, maxPairs: maxPairs) { pairs.append($0) }
-            _ = try queue.publishUsed(memory)
+            try ring.makeAvailable(head)
+            let used = try VirtioNet.control(ring.queue, memory: memory, maxPairs: maxPairs) { pairs.append($0) }
+            _ = try ring.queue.publishUsed(memory)
             return used
         }
 

@@ -104,3 +104,46 @@ func runGuest(_ test: String, vcpus: Int = 1, memoryMiB: Int = 32, disks: [VMCon
     let exit = try machine.run(timeout: timeout)
     return (exit, capture.text, machine.deviceCounters)
 }
+
+/// One virtqueue in plain guest memory, without a transport, for device code that takes a
+/// `VirtQueue` directly (receive, control): descriptors at 0x1000, the available ring at
+/// 0x2000, the used ring at 0x3000.
+final class BareRing {
+    let memory: GuestMemory
+    let queue: VirtQueue
+    var availableIndex: UInt16 = 0
+
+    init(size: UInt16, memoryMiB: Int = 4) throws {
+        memory = try GuestMemory(size: memoryMiB << 20)
+        queue = VirtQueue(maxSize: 256)
+        queue.size = size
+        queue.descriptorTable = 0x1000
+        queue.availableRing = 0x2000
+        queue.usedRing = 0x3000
+        try queue.validate(memory)
+        queue.ready = true
+    }
+
+    func descriptor(_ index: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0) throws {
+        let base = queue.descriptorTable + 16 * UInt64(index)
+        try memory.write(address, at: base)
+        try memory.write(length, at: base + 8)
+        try memory.write(flags, at: base + 12)
+        try memory.write(next, at: base + 14)
+    }
+
+    /// Puts `head` in the available ring and moves its index past it.
+    func makeAvailable(_ head: UInt16) throws {
+        try memory.write(head, at: queue.availableRing + 4 + 2 * UInt64(availableIndex % queue.size))
+        availableIndex &+= 1
+        try memory.write(availableIndex, at: queue.availableRing + 2)
+    }
+
+    /// The used ring's entries `0..<count`: (head, length).
+    func usedEntries(_ count: Int) throws -> [(head: UInt16, length: UInt32)] {
+        try (0..<count).map { entry in
+            let base = queue.usedRing + 4 + 8 * UInt64(entry)
+            return (UInt16(try memory.read(UInt32.self, at: base)), try memory.read(UInt32.self, at: base + 4))
+        }
+    }
+}
