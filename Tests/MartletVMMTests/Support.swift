@@ -114,7 +114,7 @@ final class BareRing {
     var availableIndex: UInt16 = 0
 
     init(size: UInt16, memoryMiB: Int = 4) throws {
-        memory = try GuestMemory(size: memoryMiB << 20)
+        memory = try GuestMemory(size: UInt64(memoryMiB) << 20)
         queue = VirtQueue(maxSize: 256)
         queue.size = size
         queue.descriptorTable = 0x1000
