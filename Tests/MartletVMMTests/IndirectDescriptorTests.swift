@@ -25,11 +25,7 @@ struct IndirectDescriptorTests {
 
     /// Writes entry `index` of a table at `table`.
     func entry(_ harness: VirtioHarness, _ index: UInt64, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0, table: UInt64 = table) throws {
-        let base = table + 16 * index
-        try harness.memory.write(address, at: base)
-        try harness.memory.write(length, at: base + 8)
-        try harness.memory.write(flags, at: base + 12)
-        try harness.memory.write(next, at: base + 14)
+        try harness.memory.writeDescriptor(index, in: table, address: address, length: length, flags: flags, next: next)
     }
 
     /// The request header, 512 bytes of data and the status byte as table entries 0-2.

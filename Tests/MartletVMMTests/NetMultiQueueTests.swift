@@ -220,11 +220,7 @@ struct NetMultiQueueTests {
         let rings = Self.rings(queue)
         let index: UInt16 = try memory.read(at: rings.available + 2)
         let slot = index % Self.size
-        let descriptor = rings.descriptors + 16 * UInt64(slot)
-        try memory.write(address, at: descriptor)
-        try memory.write(length, at: descriptor + 8)
-        try memory.write(flags, at: descriptor + 12)
-        try memory.write(UInt16(0), at: descriptor + 14)
+        try memory.writeDescriptor(UInt64(slot), in: rings.descriptors, address: address, length: length, flags: flags)
         try memory.write(slot, at: rings.available + 4 + 2 * UInt64(slot))
         try memory.write(index &+ 1, at: rings.available + 2)
         transport.notify(queue: queue)

@@ -125,11 +125,7 @@ final class BareRing {
     }
 
     func descriptor(_ index: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0) throws {
-        let base = queue.descriptorTable + 16 * UInt64(index)
-        try memory.write(address, at: base)
-        try memory.write(length, at: base + 8)
-        try memory.write(flags, at: base + 12)
-        try memory.write(next, at: base + 14)
+        try memory.writeDescriptor(UInt64(index), in: queue.descriptorTable, address: address, length: length, flags: flags, next: next)
     }
 
     /// Puts `head` in the available ring and moves its index past it.
@@ -145,5 +141,17 @@ final class BareRing {
             let base = queue.usedRing + 4 + 8 * UInt64(entry)
             return (UInt16(try memory.read(UInt32.self, at: base)), try memory.read(UInt32.self, at: base + 4))
         }
+    }
+}
+
+extension GuestMemory {
+    /// Writes entry `index` of the descriptor table at `table` (the ring's or an indirect one),
+    /// as a driver lays it out: address, length, flags, next.
+    func writeDescriptor(_ index: UInt64, in table: UInt64, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0) throws {
+        let base = table + 16 * index
+        try write(address, at: base)
+        try write(length, at: base + 8)
+        try write(flags, at: base + 12)
+        try write(next, at: base + 14)
     }
 }

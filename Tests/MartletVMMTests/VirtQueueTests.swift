@@ -36,11 +36,7 @@ final class VirtioHarness {
     }
 
     func descriptor(_ index: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0) throws {
-        let base = VirtioHarness.descriptors + 16 * UInt64(index)
-        try memory.write(address, at: base)
-        try memory.write(length, at: base + 8)
-        try memory.write(flags, at: base + 12)
-        try memory.write(next, at: base + 14)
+        try memory.writeDescriptor(UInt64(index), in: VirtioHarness.descriptors, address: address, length: length, flags: flags, next: next)
     }
 
     /// Makes `head` available (advancing the index by `advance`) and notifies queue 0.
