@@ -518,7 +518,10 @@ public final class Machine: @unchecked Sendable {
                 case KVM_EXIT_HLT:
                     continue
                 case KVM_EXIT_SHUTDOWN:
-                    finish(.reset)  // a triple fault: Linux's last-resort reboot
+                    // A triple fault: Linux's last-resort reboot, or a guest that lost its
+                    // stack or IDT. The registers tell the two apart after the fact.
+                    Machine.trace("martlet-vmm: vCPU \(vcpu.index) triple fault (KVM_EXIT_SHUTDOWN)\(describeFault(vcpu)); treated as a reset\n")
+                    finish(.reset)
                 case KVM_EXIT_SYSTEM_EVENT:
                     switch Int32(exit.event_type) {
                     case KVM_SYSTEM_EVENT_SHUTDOWN: finish(.powerOff)
@@ -550,6 +553,21 @@ public final class Machine: @unchecked Sendable {
     private func describeRegisters(_ vcpu: VCPUHandle) -> String {
         guard let regs = try? vcpu.registers() else { return "" }
         return " at rip 0x\(String(regs.rip, radix: 16))"
+    }
+
+    /// The state a triple fault leaves behind: where the guest was, its stack, the last page
+    /// fault's address and the tables the CPU could not use.
+    private func describeFault(_ vcpu: VCPUHandle) -> String {
+        guard let regs = try? vcpu.registers() else { return "" }
+        var text = " at rip 0x\(String(regs.rip, radix: 16)) rsp 0x\(String(regs.rsp, radix: 16)) rflags 0x\(String(regs.rflags, radix: 16))"
+        if let sregs = try? vcpu.specialRegisters() {
+            let fields: [(String, UInt64)] = [
+                ("cr0", sregs.cr0), ("cr2", sregs.cr2), ("cr3", sregs.cr3), ("cr4", sregs.cr4), ("efer", sregs.efer),
+                ("idt", sregs.idt.base), ("gdt", sregs.gdt.base), ("cs", UInt64(sregs.cs.selector)),
+            ]
+            text += fields.map { " \($0.0) 0x\(String($0.1, radix: 16))" }.joined()
+        }
+        return text
     }
 
     private func handlePortIO(_ vcpu: VCPUHandle, _ exit: ckvm_exit) {

@@ -128,8 +128,8 @@ public enum Seccomp {
                 "capget",
             ].map { Rule($0) } + [Rule("kill", [(0, pid)]), Rule("tgkill", [(0, pid)])]
         // The KVM ioctls a running VM needs: the run loop, interrupts from devices, registers
-        // for crash reports.
-        let runtimeKVM = [CKVM_RUN, CKVM_IRQ_LINE, CKVM_GET_REGS].map { Rule("ioctl", [(1, UInt64($0))]) }
+        // and special registers for crash reports.
+        let runtimeKVM = [CKVM_RUN, CKVM_IRQ_LINE, CKVM_GET_REGS, CKVM_GET_SREGS].map { Rule("ioctl", [(1, UInt64($0))]) }
         // Sockets already accepted or connected: the serial and control clients.
         let connected = ["sendto", "recvfrom", "shutdown", "setsockopt", "accept4"].map { Rule($0) }
         // A virtio-blk request: reads, writes, FLUSH, and DISCARD / WRITE_ZEROES on files
