@@ -75,6 +75,22 @@ struct SeccompTests {
         #expect(!result.output.contains("killed by seccomp"), "\(result.output)")
     }
 
+    /// A triple fault is a reset, reported with the registers that tell why: the vCPU's
+    /// filter lets it read its special registers.
+    @Test func aTripleFaultIsAResetThatNamesTheRegisters() throws {
+        let elf = try TestSupport.guestELF.get()
+        let result = try TestSupport.run(TestSupport.vmmBinary, [
+            "--kernel", elf, "--cmdline", "test=triple-fault", "--memory", "16", "--seccomp", "on", "--timeout", "20",
+        ])
+        #expect(result.status == VMMExitCode.reset.rawValue, "\(result.output)")
+        #expect(result.output.contains("triple fault next"), "\(result.output)")
+        #expect(!result.output.contains("guest done"), "\(result.output)")
+        let report = try #require(result.output.split(separator: "\n").first { $0.contains("triple fault (KVM_EXIT_SHUTDOWN)") }, "\(result.output)")
+        for field in ["rip 0x", "rsp 0x", "cr0 0x", "cr3 0x", "idt 0x0 "] {
+            #expect(report.contains(field), "\(report)")
+        }
+    }
+
     /// The disk's requests through io_uring on its I/O thread, whose filter (and the process
     /// filter under it) lets the ring be set up and entered: 2000 requests, 32 in flight.
     /// The runner's word that the VMM is in its cgroups (`--cgroup-joined-fd`, here stdin):

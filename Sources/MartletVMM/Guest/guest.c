@@ -1,7 +1,7 @@
 /* The tiny 64-bit test guest of martlet-vmm and of the MartletHost tests. Entered like Linux
  * (64-bit mode, identity-mapped paging, zero page in RSI), it reads "test=NAME" from the command
- * line and exercises one part of the VMM: serial, port I/O, i8042 reset, SMP (APIC IDs),
- * virtio-blk, virtio-rng, virtio-net, console input, or the polling benchmarks. It ends by
+ * line and exercises one part of the VMM: serial, port I/O, i8042 reset, triple fault, SMP
+ * (APIC IDs), virtio-blk, virtio-rng, virtio-net, console input, or the polling benchmarks. It ends by
  * powering off through the ACPI PM1a control port; "halt" instead prints its command line and
  * sleeps in HLT, so the VM stays running until the host stops it.
  * Built twice: as an ELF by the test suites, and as the flat binary embedded for `selftest`. */
@@ -548,6 +548,14 @@ void guest_main(const uint8_t *zero_page) {
         print("resetting\n");
         outb(0x64, 0xfe);
         for (;;) __asm__ volatile("cli; hlt");
+    } else if (arg_is("test=", "triple-fault")) {
+        /* No IDT at all: the invalid opcode cannot be delivered, nor the double fault after it. */
+        print("triple fault next\n");
+        static const struct {
+            uint16_t limit;
+            uint64_t base;
+        } __attribute__((packed)) no_idt = {0, 0};
+        __asm__ volatile("lidt %0; ud2" : : "m"(no_idt));
     } else if (arg_is("test=", "blk") || arg_is("test=", "selftest")) {
         test_blk();
     } else if (arg_is("test=", "echo")) {
