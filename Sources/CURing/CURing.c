@@ -3,9 +3,12 @@
 #include <errno.h>
 #include <liburing.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 struct curing_ring {
     struct io_uring ring;
+    int event;
 };
 
 curing_ring *curing_create(unsigned entries, int *error) {
@@ -24,6 +27,17 @@ curing_ring *curing_create(unsigned entries, int *error) {
         *error = -result;
         return NULL;
     }
+    // Signalled for every completion, so a thread can wait for them with its other eventfds
+    // in one poll. Registered before the restrictions, which allow no io_uring_register after.
+    ring->event = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    result = ring->event < 0 ? -errno : io_uring_register_eventfd(&ring->ring, ring->event);
+    if (result < 0) {
+        if (ring->event >= 0) close(ring->event);
+        io_uring_queue_exit(&ring->ring);
+        free(ring);
+        *error = -result;
+        return NULL;
+    }
     struct io_uring_restriction allowed[2] = {
         {.opcode = IORING_RESTRICTION_SQE_OP, .sqe_op = IORING_OP_READV},
         {.opcode = IORING_RESTRICTION_SQE_OP, .sqe_op = IORING_OP_WRITEV},
@@ -32,6 +46,7 @@ curing_ring *curing_create(unsigned entries, int *error) {
     if (result == 0) result = io_uring_enable_rings(&ring->ring);
     if (result < 0) {
         io_uring_queue_exit(&ring->ring);
+        close(ring->event);
         free(ring);
         *error = -result;
         return NULL;
@@ -41,8 +56,11 @@ curing_ring *curing_create(unsigned entries, int *error) {
 
 void curing_destroy(curing_ring *ring) {
     io_uring_queue_exit(&ring->ring);
+    close(ring->event);
     free(ring);
 }
+
+int curing_completion_event(curing_ring *ring) { return ring->event; }
 
 int curing_prepare_transfer(curing_ring *ring, int write, int fd, const struct iovec *vectors, unsigned count,
                             uint64_t offset, uint64_t tag) {

@@ -30,6 +30,16 @@ final class BlockRing {
 
     deinit { curing_destroy(ring) }
 
+    /// An eventfd the kernel signals for every completion it posts: the device's I/O thread
+    /// waits for it together with the queues' notifications.
+    var completionEvent: Int32 { curing_completion_event(ring) }
+
+    /// Resets the completion eventfd; the completions are taken with `takeCompletion`.
+    func drainCompletionEvent() {
+        var count: UInt64 = 0
+        _ = read(completionEvent, &count, 8)
+    }
+
     /// Queues a readv or writev of `vectors` (which must stay valid until its completion was
     /// taken); false when the submission queue is full.
     func prepare(write: Bool, fd: Int32, vectors: UnsafePointer<iovec>, count: Int, offset: UInt64, tag: UInt64) -> Bool {
@@ -39,7 +49,8 @@ final class BlockRing {
     /// Forgets what was queued since the last submit, before the kernel saw any of it.
     func discardUnsubmitted() { curing_discard_unsubmitted(ring) }
 
-    /// Submits everything queued and waits until `completions` completions are ready.
+    /// Submits everything queued and waits until `completions` completions are ready (0: does
+    /// not wait).
     func submit(waitingFor completions: Int) throws {
         let result = curing_submit_and_wait(ring, UInt32(completions))
         if result < 0 { throw VMMError(.io, "io_uring_enter failed: \(errnoText(-result))") }

@@ -33,12 +33,15 @@ struct EventFD {
 
 /// The I/O thread of one virtio device: KVM signals one eventfd per queue when the guest
 /// writes that queue's index to QueueNotify (KVM_IOEVENTFD), so a notification costs the vCPU
-/// no exit to the VMM, and this thread processes the queue while the vCPU runs on.
+/// no exit to the VMM, and this thread processes the queue while the vCPU runs on. A device
+/// whose requests complete later (a disk's io_uring) gives it one more eventfd to wait on.
 final class QueueNotifier: @unchecked Sendable {
     let transport: VirtioMMIOTransport
     private let queueEvents: [EventFD]
     /// Signalled to make the thread look at the run state (pause, stop).
     private let wakeEvent: EventFD
+    /// Readable when some of the device's asynchronous requests completed (not owned here).
+    private let completionEvent: Int32?
 
     /// Registers an eventfd for each queue of `transport` with KVM; throws when KVM refuses.
     init(transport: VirtioMMIOTransport, vm: VirtualMachineHandle) throws {
@@ -51,6 +54,7 @@ final class QueueNotifier: @unchecked Sendable {
         }
         queueEvents = events
         wakeEvent = try EventFD()
+        completionEvent = transport.device.startAsynchronousCompletions()
     }
 
     /// The queues' eventfds, by queue index (a kernel engine waits on them itself).
@@ -59,12 +63,17 @@ final class QueueNotifier: @unchecked Sendable {
     /// Makes the thread call its `mayContinue` soon.
     func wake() { wakeEvent.signal() }
 
-    /// Serves notifications until `mayContinue` (asked after every wake-up; it blocks while
-    /// the machine is paused) returns false.
+    /// Serves notifications and completions until `mayContinue` (asked after every wake-up;
+    /// it blocks while the machine is paused) returns false; the device's requests still
+    /// running end before this returns.
     func run(mayContinue: () -> Bool) {
+        defer { transport.quiesce() }
+        let completionSlot = completionEvent.map { _ in queueEvents.count + 1 }
         let all = ([wakeEvent] + queueEvents).map { pollfd(fd: $0.raw, events: Int16(POLLIN), revents: 0) }
+            + (completionEvent.map { [pollfd(fd: $0, events: Int16(POLLIN), revents: 0)] } ?? [])
         let device = transport.device
-        // The wake event first, then the queues this thread serves (slots into `all`).
+        // The wake event first, then the queues this thread serves, then the completions
+        // (slots into `all`).
         var watched = Array(all.indices)
         var fds = all
         while true {
@@ -72,6 +81,7 @@ final class QueueNotifier: @unchecked Sendable {
             // device may keep one (virtio-net's control queue) for this thread.
             if device.servedInKernel {
                 watched = [0] + queueEvents.indices.filter { !device.servedInKernel(queue: $0) }.map { $0 + 1 }
+                    + (completionSlot.map { [$0] } ?? [])
                 fds = watched.map { all[$0] }
             } else if fds.count != all.count {
                 watched = Array(all.indices)
@@ -84,8 +94,12 @@ final class QueueNotifier: @unchecked Sendable {
             }
             wakeEvent.drain()
             guard mayContinue() else { return }
-            for (slot, entry) in zip(fds, watched).dropFirst() where slot.revents != 0 && queueEvents[entry - 1].drain() {
-                transport.notify(queue: entry - 1)
+            for (slot, entry) in zip(fds, watched).dropFirst() where slot.revents != 0 {
+                if entry == completionSlot {
+                    transport.completeAsynchronously()
+                } else if queueEvents[entry - 1].drain() {
+                    transport.notify(queue: entry - 1)
+                }
             }
         }
     }

@@ -177,6 +177,9 @@ public final class VirtQueue {
         completed += 1
     }
 
+    /// Whether chains were pushed that `publishUsed` has not shown the driver yet.
+    public var hasUnpublished: Bool { nextUsed != signalledUsed }
+
     /// Makes the chains pushed since the last call visible to the driver, with one write of
     /// the used index for the whole batch, and says whether the driver wants an interrupt for
     /// them: with EVENT_IDX when the used index passed its used_event, else unless it set

@@ -52,9 +52,27 @@ public final class VirtioBlock: VirtioDevice {
     private var ring: BlockRing?
     /// Why there is no ring, for the VMM's log.
     private(set) var ringRefusal: String?
-    /// Transfers queued on the ring and not yet completed; a transfer's tag is its index.
-    private var inFlight: [Transfer] = []
-    /// The most transfers one io_uring_enter submitted (tests see a guest's queue depth).
+    /// The ring whose eventfd the I/O thread waits on, kept open after a failure of the ring
+    /// leaves the device on preadv/pwritev (the thread still polls the descriptor).
+    private var completionRing: BlockRing?
+    /// Transfers on the ring (queued or submitted), by tag: a slot of this table, nil when free.
+    private var slots: [Transfer?] = []
+    private var freeSlots: [Int] = []
+    /// Transfers queued or submitted and not yet completed.
+    private(set) var inFlight = 0
+    /// Slots queued since the last io_uring_enter: a bad chain later in the same drain drops them.
+    private var unsubmitted: [Int] = []
+    /// Transfers in flight at most: the submission queue's entries, so a transfer always finds
+    /// one, and the completion queue (twice as large) never overflows.
+    private let ringEntries: Int
+    /// Whether completions reach the driver when the kernel posts them (`completeAsynchronously`,
+    /// on the I/O thread) rather than at the end of the `process` that submitted them: the
+    /// queue then never drains to empty while the guest keeps it full.
+    private var asynchronous = false
+    /// Driver resets so far: a transfer from before one is dropped when it completes, never
+    /// returned to rings the driver has laid out anew.
+    private var generation = 0
+    /// The most transfers in flight at once (tests see a guest's queue depth).
     private(set) var largestSubmission = 0
 
     /// Opens `path` (O_RDONLY when `readOnly`), an image file or a block device and nothing
@@ -79,9 +97,10 @@ public final class VirtioBlock: VirtioDevice {
         self.capacityBytes = UInt64(size)
         self.serial = Array(serial.utf8.prefix(20))
         self.queueSizes = Array(repeating: 256, count: queues)
+        ringEntries = Int(queueSizes[0])
         if engine == .ioUring {
             do {
-                ring = try BlockRing(entries: UInt32(queueSizes[0]))
+                ring = try BlockRing(entries: UInt32(ringEntries))
             } catch {
                 ringRefusal = "\(error)"
             }
@@ -128,8 +147,9 @@ public final class VirtioBlock: VirtioDevice {
 
     /// Executes every request the guest made available on `virtQueue`; returns whether the used
     /// ring changed. A malformed request throws (the transport then stops the device).
-    /// On the ring, the transfers of all chains the queue holds are submitted together and
-    /// completed before this returns, so the transport publishes the whole batch at once.
+    /// On the ring, the transfers of all chains the queue holds are submitted together; they
+    /// complete before this returns, unless completions are asynchronous, when the I/O thread
+    /// returns them as the kernel posts them (`completeAsynchronously`).
     public func process(queue: Int, _ virtQueue: VirtQueue, memory: GuestMemory) throws -> Bool {
         var used = false
         do {
@@ -139,18 +159,48 @@ public final class VirtioBlock: VirtioDevice {
                 }
                 used = true
             }
-            try completeInFlight(virtQueue, memory: memory)
+            try reap(waitingFor: asynchronous ? 0 : inFlight, memory: memory)
         } catch {
             // The device stops on a malformed chain: the transfers queued before it are
             // dropped unsubmitted, so a batch with a bad chain moves no data at all.
-            abandonInFlight()
+            abandonUnsubmitted()
             throw error
         }
         return used
     }
 
+    /// Completions become asynchronous: the I/O thread waits on the returned eventfd with the
+    /// queues' and calls `completeAsynchronously` when it fires. Nil on preadv/pwritev.
+    func startAsynchronousCompletions() -> Int32? {
+        guard let ring else { return nil }
+        asynchronous = true
+        completionRing = ring
+        return ring.completionEvent
+    }
+
+    /// Returns the transfers the kernel completed since the last call to their queues, or
+    /// drops them when the transport says the device cannot take them (it failed); never waits.
+    func completeAsynchronously(memory: GuestMemory, deliver: Bool) throws {
+        // Drained first: a completion posted after this signals the eventfd again.
+        completionRing?.drainCompletionEvent()
+        try reap(waitingFor: 0, memory: memory, deliver: deliver)
+    }
+
+    /// The driver reset the device. A transfer still in flight completes in the kernel; the
+    /// transfer is then dropped (the guest reset with requests outstanding, and like on
+    /// hardware their data may still land in the buffers it gave).
+    func reset() {
+        generation += 1
+    }
+
+    /// Waits for every transfer still in flight and drops it: the VM ends, and no transfer
+    /// may write into guest memory once the I/O thread has left.
+    func quiesce(memory: GuestMemory) {
+        try? reap(waitingFor: inFlight, memory: memory, deliver: false)
+    }
+
     /// Executes one request; returns the number of bytes written into guest buffers, or nil
-    /// when its transfer went onto the ring (`completeInFlight` finishes it).
+    /// when its transfer went onto the ring (`reap` finishes it).
     private func handle(_ chain: DescriptorChain, queue virtQueue: VirtQueue, memory: GuestMemory) throws -> UInt32? {
         guard let header = chain.buffers.first, !header.writable, header.length >= 16 else {
             throw VMMError(.device, "virtio-blk request \(chain.head): the first descriptor must be a device-readable 16-byte header")
@@ -182,7 +232,7 @@ public final class VirtioBlock: VirtioDevice {
                 status = .ioError
             } else if let ring {
                 let buffers = try data.map { try memory.buffer(at: $0.address, length: UInt64($0.length)) }
-                try queueTransfer(Transfer(head: chain.head, statusAddress: statusAddress, isRead: isRead, offset: Int(start), buffers: buffers, length: Int(length)), on: ring, virtQueue, memory: memory)
+                try queueTransfer(Transfer(queue: virtQueue, generation: generation, head: chain.head, statusAddress: statusAddress, isRead: isRead, offset: Int(start), buffers: buffers, length: Int(length)), on: ring, memory: memory)
                 return nil
             } else {
                 var offset = Int(start)
@@ -198,7 +248,7 @@ public final class VirtioBlock: VirtioDevice {
                 if status == .ok { counters.bytes.add(Int(length), ordering: .relaxed) }
             }
         case 4:  // FLUSH: acknowledged only once the data is durable
-            try completeInFlight(virtQueue, memory: memory)
+            try reap(waitingFor: inFlight, memory: memory)
             if synchronize(fd) != 0 { status = .ioError }
         case 11, 13:  // DISCARD, WRITE_ZEROES
             status = try release(data, zeroes: type == 13, chain: chain.head, memory: memory)
@@ -246,9 +296,12 @@ public final class VirtioBlock: VirtioDevice {
         return .ok
     }
 
-    /// A read or write on its way through the ring: the guest buffers it moves (already
-    /// checked to lie in guest RAM) and the iovec array the kernel reads them from.
+    /// A read or write on its way through the ring: the queue and driver generation it came
+    /// from, the guest buffers it moves (already checked to lie in guest RAM) and the iovec
+    /// array the kernel reads them from.
     private struct Transfer {
+        let queue: VirtQueue
+        let generation: Int
         let head: UInt16
         let statusAddress: UInt64
         let isRead: Bool
@@ -258,10 +311,11 @@ public final class VirtioBlock: VirtioDevice {
         var vectors: UnsafeMutablePointer<iovec>? = nil
     }
 
-    /// Puts `transfer` on the ring, completing what is in flight first when the submission
-    /// queue is full. With `cache: none` it goes through O_DIRECT when every buffer, the
-    /// offset and the length are sector-aligned.
-    private func queueTransfer(_ transfer: Transfer, on ring: BlockRing, _ virtQueue: VirtQueue, memory: GuestMemory) throws {
+    /// Puts `transfer` on the ring, first waiting for one completion when `ringEntries` are in
+    /// flight. With `cache: none` it goes through O_DIRECT when every buffer, the offset and
+    /// the length are sector-aligned.
+    private func queueTransfer(_ transfer: Transfer, on ring: BlockRing, memory: GuestMemory) throws {
+        if inFlight >= ringEntries { try reap(waitingFor: 1, memory: memory) }
         var transfer = transfer
         let sector = Int(VirtioBlock.sectorSize)
         let aligned = transfer.buffers.allSatisfy { (Int(bitPattern: $0.baseAddress) | $0.count) % sector == 0 } && transfer.offset % sector == 0
@@ -271,62 +325,71 @@ public final class VirtioBlock: VirtioDevice {
         }
         transfer.vectors = vectors
         let fd = aligned ? directFile?.raw ?? self.fd : self.fd
-        for attempt in 0..<2 {
-            if ring.prepare(write: !transfer.isRead, fd: fd, vectors: vectors, count: transfer.buffers.count, offset: UInt64(transfer.offset), tag: UInt64(inFlight.count)) {
-                inFlight.append(transfer)
-                return
-            }
-            if attempt == 0 { try completeInFlight(virtQueue, memory: memory) }
+        let slot = freeSlots.popLast() ?? slots.count
+        if slot == slots.count { slots.append(nil) }
+        guard ring.prepare(write: !transfer.isRead, fd: fd, vectors: vectors, count: transfer.buffers.count, offset: UInt64(transfer.offset), tag: UInt64(slot)) else {
+            vectors.deallocate()
+            freeSlots.append(slot)
+            throw VMMError(.io, "virtio-blk '\(path)': the io_uring has no free submission entry with \(inFlight) transfers in flight")
         }
-        vectors.deallocate()
-        throw VMMError(.io, "virtio-blk '\(path)': the io_uring has no free submission entry after a drain")
+        slots[slot] = transfer
+        unsubmitted.append(slot)
+        inFlight += 1
+        largestSubmission = max(largestSubmission, inFlight)
     }
 
-    /// Submits the queued transfers with one io_uring_enter, waits for all of them and
-    /// returns each to the driver: a short transfer is finished with preadv/pwritev (a
-    /// read at the end of a file that shrank ends there: an I/O error), a failed one is the
-    /// guest's VIRTIO_BLK_S_IOERR.
-    private func completeInFlight(_ virtQueue: VirtQueue, memory: GuestMemory) throws {
-        guard let ring, !inFlight.isEmpty else { return }
-        largestSubmission = max(largestSubmission, inFlight.count)
-        var completed = 0
-        var results = [Int32?](repeating: nil, count: inFlight.count)
-        while completed < inFlight.count {
+    /// Submits the queued transfers with one io_uring_enter, waits until `count` transfers in
+    /// flight completed, and takes every completion there is. Each goes back to its queue
+    /// (`deliver`, and from this generation) or is dropped: a short transfer is finished with
+    /// preadv/pwritev (a read at the end of a file that shrank ends there: an I/O error), a
+    /// failed one is the guest's VIRTIO_BLK_S_IOERR.
+    private func reap(waitingFor count: Int, memory: GuestMemory, deliver: Bool = true) throws {
+        guard let ring, inFlight > 0 else { return }
+        var done = 0
+        repeat {
             do {
-                try ring.submit(waitingFor: inFlight.count - completed)
+                try ring.submit(waitingFor: max(count - done, 0))
             } catch {
                 // The kernel may hold some of them: their iovec arrays stay allocated, the
                 // ring is closed (which waits for them) and the device stops.
-                inFlight.removeAll()
+                slots.removeAll()
+                freeSlots.removeAll()
+                unsubmitted.removeAll()
+                inFlight = 0
                 useSynchronousTransfers(reason: "\(error)")
                 throw VMMError(.io, "virtio-blk '\(path)': \(error)")
             }
+            unsubmitted.removeAll()
             while let completion = ring.takeCompletion() {
-                guard completion.tag < UInt64(results.count), results[Int(completion.tag)] == nil else { continue }
-                results[Int(completion.tag)] = completion.result
-                completed += 1
+                guard completion.tag < UInt64(slots.count), let transfer = slots[Int(completion.tag)] else { continue }
+                slots[Int(completion.tag)] = nil
+                freeSlots.append(Int(completion.tag))
+                inFlight -= 1
+                done += 1
+                transfer.vectors?.deallocate()
+                guard deliver, transfer.generation == generation else { continue }
+                var ok = completion.result >= 0
+                if ok && Int(completion.result) < transfer.length {
+                    ok = finish(transfer, from: Int(completion.result))
+                }
+                if ok { counters.bytes.add(transfer.length, ordering: .relaxed) }
+                try memory.write((ok ? Status.ok : Status.ioError).rawValue, at: transfer.statusAddress)
+                try transfer.queue.push(memory, head: transfer.head, length: (ok && transfer.isRead ? UInt32(transfer.length) : 0) + 1)
             }
-        }
-        let transfers = inFlight
-        inFlight.removeAll(keepingCapacity: true)
-        for (transfer, result) in zip(transfers, results) {
-            transfer.vectors?.deallocate()
-            var ok = result! >= 0
-            if ok && Int(result!) < transfer.length {
-                ok = finish(transfer, from: Int(result!))
-            }
-            if ok { counters.bytes.add(transfer.length, ordering: .relaxed) }
-            try memory.write((ok ? Status.ok : Status.ioError).rawValue, at: transfer.statusAddress)
-            try virtQueue.push(memory, head: transfer.head, length: (ok && transfer.isRead ? UInt32(transfer.length) : 0) + 1)
-        }
+        } while done < count
     }
 
-    /// Drops the queued transfers, which `completeInFlight` has not submitted yet.
-    private func abandonInFlight() {
-        guard let ring, !inFlight.isEmpty else { return }
+    /// Drops the transfers queued since the last submit, which the kernel never saw.
+    private func abandonUnsubmitted() {
+        guard let ring, !unsubmitted.isEmpty else { return }
         ring.discardUnsubmitted()
-        for transfer in inFlight { transfer.vectors?.deallocate() }
-        inFlight.removeAll()
+        for slot in unsubmitted {
+            slots[slot]?.vectors?.deallocate()
+            slots[slot] = nil
+            freeSlots.append(slot)
+        }
+        inFlight -= unsubmitted.count
+        unsubmitted.removeAll()
     }
 
     /// Moves the bytes of `transfer` after the first `done` with preadv/pwritev.

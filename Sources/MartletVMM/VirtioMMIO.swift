@@ -32,6 +32,15 @@ protocol VirtioDevice: AnyObject {
     var engine: String? { get }
     /// The queue pairs the driver uses, for a NIC (for `info`).
     var queuePairs: Int? { get }
+    /// Lets requests complete after `process` returned: an eventfd that becomes readable when
+    /// some did (the I/O thread then calls `completeAsynchronously`), or nil when `process`
+    /// finishes every request itself.
+    func startAsynchronousCompletions() -> Int32?
+    /// Returns the requests completed since the last call to their queues, or drops them when
+    /// `deliver` is false (the device failed); never waits (under the transport's lock).
+    func completeAsynchronously(memory: GuestMemory, deliver: Bool) throws
+    /// Waits for the requests still running and drops them: the I/O thread leaves.
+    func quiesce(memory: GuestMemory)
 }
 
 extension VirtioDevice {
@@ -42,6 +51,9 @@ extension VirtioDevice {
     func servedInKernel(queue: Int) -> Bool { servedInKernel }
     var engine: String? { nil }
     var queuePairs: Int? { nil }
+    func startAsynchronousCompletions() -> Int32? { nil }
+    func completeAsynchronously(memory: GuestMemory, deliver: Bool) throws {}
+    func quiesce(memory: GuestMemory) {}
 }
 
 /// The virtio-mmio transport, version 2 ("modern"), one device per 4 KiB window.
@@ -244,19 +256,56 @@ final class VirtioMMIOTransport: MMIODevice {
                 status & VirtioMMIOTransport.statusNeedsReset == 0
             else { return false }
             do {
-                guard try device.process(queue: index, queues[index], memory: memory) else { return false }
-                interruptStatus |= 1
-                return try queues[index].publishUsed(memory)
-            } catch let error as VMMError {
-                lastError = error
-                status |= VirtioMMIOTransport.statusNeedsReset
-                interruptStatus |= 2
-                return true
+                _ = try device.process(queue: index, queues[index], memory: memory)
+                return try publishUsed()
             } catch {
-                return false
+                return stop(error)
             }
         }
         if raise { signal() }
+    }
+
+    /// Some of the device's asynchronous requests completed (its completion eventfd fired):
+    /// they go back to the driver as a notification's would, unless the device failed or the
+    /// driver is not running it.
+    func completeAsynchronously() {
+        let raise: Bool = lock.withLock {
+            let live = status & VirtioMMIOTransport.statusDriverOK != 0 && status & VirtioMMIOTransport.statusNeedsReset == 0
+            do {
+                try device.completeAsynchronously(memory: memory, deliver: live)
+                return live ? try publishUsed() : false
+            } catch {
+                return stop(error)
+            }
+        }
+        if raise { signal() }
+    }
+
+    /// The I/O thread leaves: the device's requests still running end first.
+    func quiesce() {
+        lock.withLock { device.quiesce(memory: memory) }
+    }
+
+    /// Shows the driver the chains used since the last time on every queue (a device may
+    /// complete one queue's requests while it serves another), with the VRING bit set first;
+    /// returns whether the driver wants an interrupt.
+    private func publishUsed() throws -> Bool {
+        var raise = false
+        for queue in queues where queue.ready && queue.hasUnpublished {
+            interruptStatus |= 1
+            if try queue.publishUsed(memory) { raise = true }
+        }
+        return raise
+    }
+
+    /// Stops the device on malformed input (DEVICE_NEEDS_RESET, with a config interrupt to
+    /// tell the driver); returns whether to interrupt.
+    private func stop(_ error: Error) -> Bool {
+        guard let error = error as? VMMError else { return false }
+        lastError = error
+        status |= VirtioMMIOTransport.statusNeedsReset
+        interruptStatus |= 2
+        return true
     }
 
     /// Whether the device stopped on malformed input (for tests and `info`).

@@ -159,6 +159,100 @@ import MartletSystem
         #expect(try Data(contentsOf: URL(fileURLWithPath: disk.path)) == before, "the queued write was dropped unsubmitted")
     }
 
+    /// With asynchronous completions (the I/O thread's mode) a batch may still be in flight
+    /// when the notify returns; the ring's eventfd says when the kernel completed some, and
+    /// `completeAsynchronously` returns them: the same bytes, statuses and used lengths.
+    @Test func asynchronousCompletionsComeThroughTheRingsEventFD() throws {
+        let disk = try Disk()
+        let device = try disk.device(.ioUring)
+        let event = try #require(device.startAsynchronousCompletions())
+        let harness = try VirtioHarness(device: device)
+        try chain(harness, 0, type: 1, sector: 100)
+        try harness.memory.write([UInt8](repeating: 0xC3, count: 512), at: data(0))
+        for index in UInt16(1)..<5 { try chain(harness, index, type: 0, sector: 10 * UInt64(index), length: 1024) }
+        try submit(harness, heads: [0, 3, 6, 9, 12])
+        // The kernel signals the eventfd for every completion, also for one it posted while
+        // the notify still ran; the device takes each completion once.
+        var fds = [pollfd(fd: event, events: Int16(POLLIN), revents: 0)]
+        repeat {
+            try #require(poll(&fds, 1, 10_000) == 1, "no completion within 10 s; used \(harness.usedIndex) of 5")
+            harness.transport.completeAsynchronously()
+        } while harness.usedIndex < 5
+        // A signal may trail the completion it announces (taken already): once, at most.
+        if poll(&fds, 1, 0) == 1 { harness.transport.completeAsynchronously() }
+        #expect(poll(&fds, 1, 0) == 0, "the eventfd was drained")
+        #expect(harness.usedIndex == 5, "no completion was returned twice")
+        #expect(device.inFlight == 0)
+        #expect(harness.interrupts >= 1)
+        for index in UInt16(0)..<5 { #expect(try harness.memory.read(UInt8.self, at: status(index)) == 0) }
+        let file = try Data(contentsOf: URL(fileURLWithPath: disk.path))
+        #expect(file.subdata(in: 51200..<51712) == Data(repeating: 0xC3, count: 512))
+        for index in 1..<5 {
+            #expect(try harness.memory.bytes(at: data(UInt16(index)), length: 1024) == Array(file.subdata(in: 5120 * index..<5120 * index + 1024)))
+        }
+        let lengths = try (0..<5).map { try harness.memory.read(UInt32.self, at: VirtioHarness.used + 4 + 8 * UInt64($0) + 4) }
+        let heads = try (0..<5).map { try harness.memory.read(UInt32.self, at: VirtioHarness.used + 4 + 8 * UInt64($0)) }
+        #expect(Dictionary(uniqueKeysWithValues: zip(heads, lengths)) == [0: 1, 3: 1025, 6: 1025, 9: 1025, 12: 1025])
+    }
+
+    /// The I/O thread leaving (the VM ends) waits for the transfers still in flight and drops
+    /// them: none is left to write into guest memory, and none is reported half-done.
+    @Test func quiesceLeavesNoTransferInFlight() throws {
+        let disk = try Disk(size: 1 << 20)
+        // O_DIRECT (on the test directory's ext4): the reads go to the disk, so most are
+        // still in flight when the notify returns, where cached reads would complete inline.
+        let device = try VirtioBlock(path: disk.path, readOnly: false, serial: "quiesce", direct: true)
+        try #require(device.blockEngine == .ioUring, "io_uring refused: \(device.ringRefusal ?? "")")
+        _ = try #require(device.startAsynchronousCompletions())
+        let harness = try VirtioHarness(device: device)
+        for index in UInt16(0)..<5 { try chain(harness, index, type: 0, sector: 64 * UInt64(index), length: 32768) }
+        try submit(harness, heads: (0..<5).map { 3 * $0 })
+        #expect(harness.transport.lastError == nil)
+        let before = device.inFlight
+        harness.transport.quiesce()
+        #expect(device.inFlight == 0, "\(before) were in flight before")
+        // Those the kernel completed during the notify went back then; the rest were dropped
+        // with their status byte untouched.
+        let statuses = try (UInt16(0)..<5).map { try harness.memory.read(UInt8.self, at: status($0)) }
+        #expect(statuses.allSatisfy { $0 == 0 || $0 == 0xFF }, "\(statuses)")
+        #expect(statuses.filter { $0 == 0 }.count == Int(harness.usedIndex))
+    }
+
+    /// A driver that resets the device with reads in flight and sets it up again: the reads
+    /// complete in the kernel, but none is returned to the new rings (their heads mean
+    /// nothing there), and the device serves the new requests.
+    @Test func aTransferInFlightAcrossADriverResetIsDropped() throws {
+        let disk = try Disk(size: 1 << 20)
+        let device = try VirtioBlock(path: disk.path, readOnly: false, serial: "reset", direct: true)
+        try #require(device.blockEngine == .ioUring, "io_uring refused: \(device.ringRefusal ?? "")")
+        let event = try #require(device.startAsynchronousCompletions())
+        let harness = try VirtioHarness(device: device)
+        for index in UInt16(0)..<5 { try chain(harness, index, type: 0, sector: 64 * UInt64(index), length: 32768) }
+        try submit(harness, heads: (0..<5).map { 3 * $0 })
+        let early = Int(harness.usedIndex)
+        try #require(device.inFlight > 0, "all five O_DIRECT reads completed during the notify: nothing crosses the reset")
+        try harness.memory.write([UInt8](repeating: 0, count: 4 + 8 * Int(VirtioHarness.queueSize)), at: VirtioHarness.used)
+        harness.initialize()
+        var fds = [pollfd(fd: event, events: Int16(POLLIN), revents: 0)]
+        while device.inFlight > 0 {
+            try #require(poll(&fds, 1, 10_000) == 1, "no completion within 10 s; \(device.inFlight) in flight")
+            harness.transport.completeAsynchronously()
+        }
+        #expect(harness.usedIndex == 0, "a completion from before the reset reached the new ring")
+        #expect(try harness.memory.read(UInt64.self, at: VirtioHarness.used + 4) == 0)
+        let statuses = try (UInt16(0)..<5).map { try harness.memory.read(UInt8.self, at: status($0)) }
+        #expect(statuses.filter { $0 == 0 }.count == early, "\(statuses)")
+        // The new rings work: a read of sector 1.
+        try chain(harness, 0, type: 0, sector: 1)
+        try submit(harness, heads: [0])
+        repeat {
+            try #require(poll(&fds, 1, 10_000) == 1, "the read after the reset did not complete within 10 s")
+            harness.transport.completeAsynchronously()
+        } while harness.usedIndex < 1
+        #expect(try harness.memory.read(UInt8.self, at: status(0)) == 0)
+        #expect(try harness.memory.bytes(at: data(0), length: 512) == (512..<1024).map { UInt8($0 % 251) })
+    }
+
     /// A write and a FLUSH behind one notify: the flush's fdatasync runs only once the write
     /// completed (its bytes are in the file) and before the driver sees either.
     @Test(arguments: engines)

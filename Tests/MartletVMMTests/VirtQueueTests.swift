@@ -19,6 +19,13 @@ final class VirtioHarness {
     init(device: VirtioDevice, features: UInt32 = 0) throws {
         memory = try GuestMemory(size: 4 << 20)
         transport = VirtioMMIOTransport(device: device, base: 0xD000_0000, irq: 5, memory: memory) { _ in }
+        initialize(features: features)
+    }
+
+    /// Resets the device and sets it up with queue 0 at the harness's addresses, as a driver
+    /// does when it binds.
+    func initialize(features: UInt32 = 0) {
+        availableIndex = 0
         transport.write(offset: 0x70, size: 4, value: 0)
         transport.write(offset: 0x70, size: 4, value: 3)
         transport.write(offset: 0x24, size: 4, value: 0)

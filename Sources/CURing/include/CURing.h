@@ -8,14 +8,18 @@
 /// An io_uring instance and its mapped rings; opaque to Swift.
 typedef struct curing_ring curing_ring;
 
-/// io_uring_queue_init with `entries` submission entries, restricted to readv and writev
+/// io_uring_queue_init with `entries` submission entries and an eventfd for its completions
+/// (IORING_REGISTER_EVENTFD), restricted to readv and writev
 /// (IORING_REGISTER_RESTRICTIONS; no further io_uring_register is allowed). NULL with *error set
 /// to a positive errno when the kernel refuses (ENOSYS without io_uring, EPERM when
 /// io_uring_disabled or a seccomp filter says no, EINVAL before Linux 5.10, ENOMEM).
 curing_ring *curing_create(unsigned entries, int *error);
 
-/// io_uring_queue_exit: unmaps the rings and closes the ring's descriptor.
+/// io_uring_queue_exit: unmaps the rings and closes the ring's descriptor and its eventfd.
 void curing_destroy(curing_ring *ring);
+
+/// The ring's eventfd (non-blocking): the kernel adds to it for every completion it posts.
+int curing_completion_event(curing_ring *ring);
 
 /// Queues a readv (`write` 0) or writev of `count` vectors at `offset` of `fd`, tagged `tag`.
 /// -EBUSY when the submission queue is full (submit and reap first).
