@@ -59,7 +59,7 @@ public final class VirtioBlock: VirtioDevice {
     private var slots: [Transfer?] = []
     private var freeSlots: [Int] = []
     /// Transfers queued or submitted and not yet completed.
-    private(set) var inFlight = 0
+    public private(set) var inFlight = 0
     /// Slots queued since the last io_uring_enter: a bad chain later in the same drain drops them.
     private var unsubmitted: [Int] = []
     /// Transfers in flight at most: the submission queue's entries, so a transfer always finds
@@ -171,7 +171,7 @@ public final class VirtioBlock: VirtioDevice {
 
     /// Completions become asynchronous: the I/O thread waits on the returned eventfd with the
     /// queues' and calls `completeAsynchronously` when it fires. Nil on preadv/pwritev.
-    func startAsynchronousCompletions() -> Int32? {
+    public func startAsynchronousCompletions() -> Int32? {
         guard let ring else { return nil }
         asynchronous = true
         completionRing = ring
@@ -180,7 +180,7 @@ public final class VirtioBlock: VirtioDevice {
 
     /// Returns the transfers the kernel completed since the last call to their queues, or
     /// drops them when the transport says the device cannot take them (it failed); never waits.
-    func completeAsynchronously(memory: GuestMemory, deliver: Bool) throws {
+    public func completeAsynchronously(memory: GuestMemory, deliver: Bool) throws {
         // Drained first: a completion posted after this signals the eventfd again.
         completionRing?.drainCompletionEvent()
         try reap(waitingFor: 0, memory: memory, deliver: deliver)
@@ -195,7 +195,7 @@ public final class VirtioBlock: VirtioDevice {
 
     /// Waits for every transfer still in flight and drops it: the VM ends, and no transfer
     /// may write into guest memory once the I/O thread has left.
-    func quiesce(memory: GuestMemory) {
+    public func quiesce(memory: GuestMemory) {
         try? reap(waitingFor: inFlight, memory: memory, deliver: false)
     }
 

@@ -110,8 +110,9 @@ enum VirtQueueInput {
 
 /// virtio-blk's request handling on the ring the bytes lay out (`GuestRing`), over a 64 KiB
 /// disk in /dev/shm (so FLUSH costs nothing); bit 2 of the header's flags byte makes it
-/// read-only, bit 3 puts it on preadv/pwritev instead of io_uring. Reads, writes, GET_ID,
-/// DISCARD and WRITE_ZEROES all reach the file.
+/// read-only, bit 3 puts it on preadv/pwritev instead of io_uring, and bit 5 (on io_uring)
+/// returns the completions as the I/O thread does, from the ring's eventfd. Reads, writes,
+/// GET_ID, DISCARD and WRITE_ZEROES all reach the file.
 enum BlockInput {
     /// The disk, made once per process and removed at exit; what one input writes stays for
     /// the next, as on a real disk.
@@ -137,10 +138,31 @@ enum BlockInput {
         }
     }
 
+    /// Read-write and read-only on io_uring with asynchronous completions (bit 5).
+    nonisolated(unsafe) static let asynchronous: [(device: VirtioBlock, event: Int32)]? = disk.flatMap { disk in
+        try? [false, true].map { readOnly in
+            let device = try VirtioBlock(path: disk, readOnly: readOnly, serial: "fuzz", engine: .ioUring)
+            guard let event = device.startAsynchronousCompletions() else { throw FuzzSetupError() }
+            return (device, event)
+        }
+    }
+
+    struct FuzzSetupError: Error {}
+
     static func run(_ bytes: [UInt8]) {
-        guard let devices, let (memory, queue) = GuestRing.layout(bytes) else { return }
-        let device = devices[Int(bytes[6] >> 2) & 3]
+        guard let devices, let asynchronous, let (memory, queue) = GuestRing.layout(bytes) else { return }
+        guard bytes[6] & 0x28 == 0x20 else {
+            _ = try? devices[Int(bytes[6] >> 2) & 3].process(queue: 0, queue, memory: memory)
+            return
+        }
+        let (device, event) = asynchronous[Int(bytes[6] >> 2) & 1]
         _ = try? device.process(queue: 0, queue, memory: memory)
+        var fds = [pollfd(fd: event, events: Int16(POLLIN), revents: 0)]
+        while device.inFlight > 0, poll(&fds, 1, 1000) == 1 {
+            guard (try? device.completeAsynchronously(memory: memory, deliver: true)) != nil else { break }
+        }
+        // This input's memory goes away: nothing may still be in flight into it.
+        device.quiesce(memory: memory)
     }
 }
 
