@@ -1,4 +1,5 @@
 import Foundation
+import MartletSystem
 import MartletTestSupport
 import Testing
 
@@ -222,11 +223,53 @@ struct NestedLinuxTests {
     /// Boots the outer machine: QEMU/TCG (`-cpu max`, so kvm-amd loads) with Debian's kernel
     /// and `initrd`, its console in `log`. Returns QEMU's exit status, the seconds it ran and
     /// the console text. The outer machine has `innerVCPUs` vCPUs.
-    static func bootOuter(initrd: URL, log: URL, timeout: TimeInterval) throws -> (status: Int32, seconds: Int, serial: String) {
+    /// How the outer kernel dies of QEMU's TCG rather than of anything under test: TCG takes
+    /// an interrupt right after a #VMEXIT, while the outer kernel still has the inner guest's
+    /// GS base ("stack guard page was hit" in __svm_vcpu_run, then a panic), or a vCPU of the
+    /// outer machine stops for good (a soft lockup that goes on for minutes). Seen under QEMU's
+    /// own process as well as martlet-vmm's (scripts/bench-nested).
+    static func outerDeath(_ serial: String) -> String? {
+        if let line = serial.split(whereSeparator: \.isNewline).first(where: { $0.contains("stack guard page was hit") || $0.contains("Kernel panic - not syncing") }) {
+            return String(line)
+        }
+        let stuck = serial.split(whereSeparator: \.isNewline).first { line in
+            guard let range = line.range(of: "soft lockup - CPU#"), let seconds = line[range.upperBound...].split(separator: " ").dropFirst(3).first else { return false }
+            return Int(seconds.prefix { $0.isNumber }) ?? 0 >= 120  // "130s!"
+        }
+        return stuck.map(String.init)
+    }
+
+    @Test func anOuterKernelDeathIsToldFromTheConsole() {
+        #expect(Self.outerDeath("OUTER-RUN\r\n[   48.85] BUG: TASK stack guard page was hit at 00000000fa10ead8\r\n")?.contains("stack guard page") == true)
+        #expect(Self.outerDeath("[   70.26] Kernel panic - not syncing: corrupted stack end detected inside scheduler\n") != nil)
+        #expect(Self.outerDeath("[   64.78] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [martlet-vmm:111]\n") == nil, "a short stall may pass")
+        #expect(Self.outerDeath("[  176.78] watchdog: BUG: soft lockup - CPU#0 stuck for 130s! [martlet-vmm:111]\n") != nil)
+        #expect(Self.outerDeath("OUTER-START-VMM\nINNER-PING: ok\nOUTER-DONE\n") == nil)
+    }
+
+    /// Boots the outer machine and waits until it powers off, its kernel dies (`outerDeath`:
+    /// QEMU is killed then) or `timeout` seconds pass (recorded as an issue).
+    static func bootOuter(initrd: URL, log: URL, timeout: TimeInterval) throws -> (status: Int32, seconds: Int, serial: String, death: String?) {
         let start = Date()
-        let qemu = try TestSupport.run(
-            "/usr/bin/qemu-system-x86_64", NestedKVM.outerArguments(initrd: initrd, log: log, cpus: innerVCPUs), timeout: timeout)
-        return (qemu.status, Int(Date().timeIntervalSince(start)), (try? String(contentsOf: log, encoding: .utf8)) ?? "")
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        let pid = try ChildProcess.spawn(
+            ["/usr/bin/qemu-system-x86_64"] + NestedKVM.outerArguments(initrd: initrd, log: log, cpus: innerVCPUs),
+            stdin: null.raw, stdout: null.raw, stderr: null.raw)
+        var termination: ChildProcess.Termination?
+        var death: String?
+        let ended = Poll.until(timeout: timeout, interval: 1) {
+            termination = ChildProcess.termination(pid)
+            if termination != nil { return true }
+            death = outerDeath((try? String(contentsOf: log, encoding: .utf8)) ?? "")
+            return death != nil
+        }
+        if termination == nil {
+            kill(pid, SIGKILL)
+            termination = ChildProcess.wait(pid)
+        }
+        if !ended { Issue.record("the outer QEMU still ran after \(Int(timeout)) s; killed") }
+        let status: Int32 = if case .exited(let code) = termination { code } else { -1 }
+        return (status, Int(Date().timeIntervalSince(start)), (try? String(contentsOf: log, encoding: .utf8)) ?? "", death)
     }
 
     @Test(.enabled(if: available), .timeLimit(.minutes(30)))
@@ -276,9 +319,15 @@ struct NestedLinuxTests {
         // to end after its shutdown, then its threads are printed (OUTER-STUCK) and it is
         // killed, and the inner console's end is printed when INNER-BENCH never came: such a
         // run ends with its evidence.
-        let (status, seconds, serial) = try Self.bootOuter(initrd: outerInitrd, log: work.appendingPathComponent("serial.log"), timeout: 1500)
+        var (status, seconds, serial, death) = try Self.bootOuter(initrd: outerInitrd, log: work.appendingPathComponent("serial.log"), timeout: 1500)
+        if let first = death {
+            // Not this test's subject: the outer machine gets one more boot, and says so.
+            print("nested Linux boot: the outer kernel died after \(seconds) s (\(first)); a fault of QEMU's TCG, booting it once more")
+            (status, seconds, serial, death) = try Self.bootOuter(initrd: outerInitrd, log: work.appendingPathComponent("serial-2.log"), timeout: 1500)
+        }
         let excerpt = String(serial.suffix(6000))
         print("nested Linux boot: QEMU exited \(status) after \(seconds) s")
+        #expect(death == nil, "the outer kernel died on the second boot as well (\(death ?? "")):\n\(excerpt)")
         // Split on every newline: the console ends its lines with CR LF, which Swift reads as
         // one Character, so split(separator: "\n") would leave such lines joined.
         let lines = serial.split(whereSeparator: \.isNewline)
