@@ -561,19 +561,16 @@ public final class Machine: @unchecked Sendable {
     /// are then the reset state, and the message says so instead of printing them.
     private func describeFault(_ vcpu: VCPUHandle) -> String {
         guard let regs = try? vcpu.registers() else { return "" }
-        guard let sregs = try? vcpu.specialRegisters() else { return " at rip 0x\(String(regs.rip, radix: 16))" }
+        guard let sregs = try? vcpu.specialRegisters() else { return describeRegisters(vcpu) }
         if regs.rip == 0xFFF0, sregs.cs.selector == 0xF000, sregs.cr0 & 1 == 0 {
             return " (KVM reset the vCPU before reporting it, as on AMD: where it faulted is lost)"
         }
-        var text = " at rip 0x\(String(regs.rip, radix: 16)) rsp 0x\(String(regs.rsp, radix: 16)) rflags 0x\(String(regs.rflags, radix: 16))"
-        do {
-            let fields: [(String, UInt64)] = [
-                ("cr0", sregs.cr0), ("cr2", sregs.cr2), ("cr3", sregs.cr3), ("cr4", sregs.cr4), ("efer", sregs.efer),
-                ("idt", sregs.idt.base), ("gdt", sregs.gdt.base), ("cs", UInt64(sregs.cs.selector)),
-            ]
-            text += fields.map { " \($0.0) 0x\(String($0.1, radix: 16))" }.joined()
-        }
-        return text
+        let fields: [(String, UInt64)] = [
+            ("rip", regs.rip), ("rsp", regs.rsp), ("rflags", regs.rflags), ("cr0", sregs.cr0), ("cr2", sregs.cr2),
+            ("cr3", sregs.cr3), ("cr4", sregs.cr4), ("efer", sregs.efer), ("idt", sregs.idt.base), ("gdt", sregs.gdt.base),
+            ("cs", UInt64(sregs.cs.selector)),
+        ]
+        return " at" + fields.map { " \($0.0) 0x\(String($0.1, radix: 16))" }.joined()
     }
 
     private func handlePortIO(_ vcpu: VCPUHandle, _ exit: ckvm_exit) {

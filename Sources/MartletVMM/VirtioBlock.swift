@@ -52,28 +52,28 @@ public final class VirtioBlock: VirtioDevice {
     private var ring: BlockRing?
     /// Why there is no ring, for the VMM's log.
     private(set) var ringRefusal: String?
-    /// The ring whose eventfd the I/O thread waits on, kept open after a failure of the ring
-    /// leaves the device on preadv/pwritev (the thread still polls the descriptor).
+    /// The ring whose eventfd the I/O thread waits on, set when completions become
+    /// asynchronous: they reach the driver when the kernel posts them (`completeAsynchronously`,
+    /// on the I/O thread) rather than at the end of the `process` that submitted them, so the
+    /// queue never drains to empty while the guest keeps it full. Kept open after a failure of
+    /// the ring leaves the device on preadv/pwritev (the thread still polls the descriptor).
     private var completionRing: BlockRing?
+    private var asynchronous: Bool { completionRing != nil }
     /// Transfers on the ring (queued or submitted), by tag: a slot of this table, nil when free.
     private var slots: [Transfer?] = []
     private var freeSlots: [Int] = []
     /// Transfers queued or submitted and not yet completed.
-    public private(set) var inFlight = 0
+    public var inFlight: Int { slots.count - freeSlots.count }
     /// Slots queued since the last io_uring_enter: a bad chain later in the same drain drops them.
     private var unsubmitted: [Int] = []
     /// Transfers in flight at most: the submission queue's entries, so a transfer always finds
     /// one, and the completion queue (twice as large) never overflows.
     private let ringEntries: Int
-    /// Whether completions reach the driver when the kernel posts them (`completeAsynchronously`,
-    /// on the I/O thread) rather than at the end of the `process` that submitted them: the
-    /// queue then never drains to empty while the guest keeps it full.
-    private var asynchronous = false
     /// Driver resets so far: a transfer from before one is dropped when it completes, never
     /// returned to rings the driver has laid out anew.
     private var generation = 0
     /// The most transfers in flight at once (tests see a guest's queue depth).
-    private(set) var largestSubmission = 0
+    private(set) var largestInFlight = 0
 
     /// Opens `path` (O_RDONLY when `readOnly`), an image file or a block device and nothing
     /// else (a FIFO would block, a directory or /dev/null is no disk); errors name the path.
@@ -173,7 +173,6 @@ public final class VirtioBlock: VirtioDevice {
     /// queues' and calls `completeAsynchronously` when it fires. Nil on preadv/pwritev.
     public func startAsynchronousCompletions() -> Int32? {
         guard let ring else { return nil }
-        asynchronous = true
         completionRing = ring
         return ring.completionEvent
     }
@@ -334,8 +333,7 @@ public final class VirtioBlock: VirtioDevice {
         }
         slots[slot] = transfer
         unsubmitted.append(slot)
-        inFlight += 1
-        largestSubmission = max(largestSubmission, inFlight)
+        largestInFlight = max(largestInFlight, inFlight)
     }
 
     /// Submits the queued transfers with one io_uring_enter, waits until `count` transfers in
@@ -355,7 +353,6 @@ public final class VirtioBlock: VirtioDevice {
                 slots.removeAll()
                 freeSlots.removeAll()
                 unsubmitted.removeAll()
-                inFlight = 0
                 useSynchronousTransfers(reason: "\(error)")
                 throw VMMError(.io, "virtio-blk '\(path)': \(error)")
             }
@@ -364,7 +361,6 @@ public final class VirtioBlock: VirtioDevice {
                 guard completion.tag < UInt64(slots.count), let transfer = slots[Int(completion.tag)] else { continue }
                 slots[Int(completion.tag)] = nil
                 freeSlots.append(Int(completion.tag))
-                inFlight -= 1
                 done += 1
                 transfer.vectors?.deallocate()
                 guard deliver, transfer.generation == generation else { continue }
@@ -388,7 +384,6 @@ public final class VirtioBlock: VirtioDevice {
             slots[slot] = nil
             freeSlots.append(slot)
         }
-        inFlight -= unsubmitted.count
         unsubmitted.removeAll()
     }
 

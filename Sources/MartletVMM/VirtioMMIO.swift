@@ -240,10 +240,7 @@ final class VirtioMMIOTransport: MMIODevice {
 
     /// Marks the device broken (DEVICE_NEEDS_RESET) and tells the driver with a config interrupt.
     private func fail(_ error: VMMError) {
-        lastError = error
-        status |= VirtioMMIOTransport.statusNeedsReset
-        interruptStatus |= 2
-        signal()
+        if stop(error) { signal() }
     }
 
     /// The driver notified `queue`: process it and interrupt if the used ring moved and the

@@ -59,7 +59,7 @@ struct IOEventTests {
         #expect(try machine.run(timeout: 30) == .powerOff)
         let disk = try #require(machine.virtio.first?.device as? VirtioBlock)
         #expect(disk.blockEngine == .ioUring, "\(disk.ringRefusal ?? "")")
-        #expect(disk.largestSubmission == 32)
+        #expect(disk.largestInFlight == 32)
         #expect(machine.deviceCounters.first?.requests == 3200)
     }
 

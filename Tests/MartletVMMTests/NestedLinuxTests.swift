@@ -229,14 +229,12 @@ struct NestedLinuxTests {
     /// outer machine stops for good (a soft lockup that goes on for minutes). Seen under QEMU's
     /// own process as well as martlet-vmm's (scripts/bench-nested).
     static func outerDeath(_ serial: String) -> String? {
-        if let line = serial.split(whereSeparator: \.isNewline).first(where: { $0.contains("stack guard page was hit") || $0.contains("Kernel panic - not syncing") }) {
-            return String(line)
-        }
-        let stuck = serial.split(whereSeparator: \.isNewline).first { line in
+        let death = serial.split(whereSeparator: \.isNewline).first { line in
+            if line.contains("stack guard page was hit") || line.contains("Kernel panic - not syncing") { return true }
             guard let range = line.range(of: "soft lockup - CPU#"), let seconds = line[range.upperBound...].split(separator: " ").dropFirst(3).first else { return false }
             return Int(seconds.prefix { $0.isNumber }) ?? 0 >= 120  // "130s!"
         }
-        return stuck.map(String.init)
+        return death.map(String.init)
     }
 
     @Test func anOuterKernelDeathIsToldFromTheConsole() {
